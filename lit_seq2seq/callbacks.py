@@ -1,0 +1,61 @@
+"""Callbacks the CLI adds: plain-text progress when there is no terminal, and a predictions file."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+
+class LogProgress(L.Callback):
+    """One line every `every` fraction of a training epoch and one per validation: readable in CI logs."""
+
+    def __init__(self, every: float = 0.1) -> None:
+        self.every = every
+        self._start = 0.0
+        self._next = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start, self._next = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        done, total = trainer.fit_loop.epoch_loop.batch_progress.current.processed, trainer.num_training_batches
+        if trainer.is_global_zero and done >= self._next:
+            self._next = done + max(1, int(total * self.every))
+            loss = trainer.callback_metrics.get("train/loss")
+            rate = done / max(time.perf_counter() - self._start, 1e-9)
+            loss_text = f" train/loss {loss.item():.4f}" if loss is not None else ""
+            print(f"epoch {trainer.current_epoch} batch {done}/{total}{loss_text} ({rate:.0f} batches/s)", flush=True)
+
+    def _print_metrics(self, trainer: L.Trainer, prefix: str) -> None:
+        if trainer.is_global_zero and not trainer.sanity_checking:
+            items = sorted((k, v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix))
+            text = " ".join(f"{k} {v.item():.4f}" for k, v in items if "position" not in k)
+            print(f"epoch {trainer.current_epoch} {text}", flush=True)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._print_metrics(trainer, "val/")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._print_metrics(trainer, "test/")
+
+
+class PredictionWriter(L.Callback):
+    """Writes `predict` results to <log dir>/predictions.tsv: source, target and prediction per line."""
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        outputs = trainer.predict_loop.predictions
+        if not outputs or not trainer.is_global_zero:
+            return
+        path = Path(trainer.log_dir or trainer.default_root_dir) / "predictions.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = {k: torch.cat([o[k] for o in outputs]).tolist() for k in ("source", "target", "prediction")}
+        with path.open("w") as f:
+            f.write("source\ttarget\tprediction\n")
+            for s, t, p in zip(rows["source"], rows["target"], rows["prediction"]):
+                f.write("\t".join(" ".join(map(str, x)) for x in (s, t, p)) + "\n")
+        print(f"predictions written to {path}", file=sys.stderr)

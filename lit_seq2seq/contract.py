@@ -1,0 +1,63 @@
+"""The two-graph ONNX contract shared by export, runtime and search: file names, I/O names, metadata keys."""
+
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder_step.onnx"
+
+# Encoder: source -> initial decoder state. Names are the same as the decoder's state inputs so an app can
+# feed the encoder's outputs straight into the first step.
+SOURCE = "source"  # int64 (batch, source_len), right-padded with the pad token
+TOKEN = "token"  # int64 (batch,)
+LOGITS = "logits"  # float32 (batch, vocab)
+H = "h"  # float32 (num_layers, batch, hidden)
+C = "c"  # float32 (num_layers, batch, hidden); LSTM only
+MEMORY = "memory"  # float32 (batch, source_len, memory_dim); attention only
+MEMORY_MASK = "memory_mask"  # bool (batch, source_len), True at real tokens; attention only
+
+RECURRENT = (H, C)  # state the step graph updates; outputs are named with OUT_SUFFIX
+OUT_SUFFIX = "_out"
+
+# Axis of each state entry that runs over the batch, for selecting rows (beam search, finished rows).
+BATCH_AXIS = {H: 1, C: 1, MEMORY: 0, MEMORY_MASK: 0}
+
+
+def state_names(cell: str, attention: bool) -> list[str]:
+    """Names of the decoder state, in graph order, for a cell ("lstm" or "gru") and attention flag."""
+    names = [H, C] if cell == "lstm" else [H]
+    return names + ([MEMORY, MEMORY_MASK] if attention else [])
+
+
+def encoder_io(cell: str, attention: bool) -> tuple[list[str], list[str]]:
+    """(input names, output names) of encoder.onnx."""
+    return [SOURCE], state_names(cell, attention)
+
+
+def decoder_io(cell: str, attention: bool) -> tuple[list[str], list[str]]:
+    """(input names, output names) of decoder_step.onnx."""
+    state = state_names(cell, attention)
+    return [TOKEN, *state], [LOGITS] + [n + OUT_SUFFIX for n in state if n in RECURRENT]
+
+
+# metadata_props keys; every value is a string (ONNX metadata is str -> str).
+META_KEYS = (
+    "format_version",  # contract version, bumped on incompatible changes
+    "producer_version",  # lit-seq2seq version that exported the graphs
+    "task",  # task name, e.g. reverse_first
+    "vocab_size",
+    "pad_token",
+    "start_token",
+    "eos_token",  # "" when the task has no end token (fixed-length targets)
+    "min_token",  # smallest id a source token may take
+    "source_length",  # longest source seen in training
+    "min_source_length",
+    "max_target_length",  # decoder steps to run at most
+    "hidden_size",
+    "num_layers",
+    "cell",  # lstm | gru
+    "bidirectional",  # 0 | 1
+    "attention",  # 0 | 1
+    "memory_dim",  # width of MEMORY, 0 without attention
+    "inputs",  # comma-separated input names of this graph
+    "outputs",  # comma-separated output names of this graph
+    "weights_sha256",  # hash of this graph's initializers, checked at load
+)
+FORMAT_VERSION = "1"

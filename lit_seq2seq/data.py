@@ -1,0 +1,178 @@
+"""Seq2SeqDataModule: generated task data, deterministic per seed and split, sharded by DDP, resumable mid-epoch."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from lit_seq2seq.tasks import Task, make_task, split_rng
+
+# The data module restores the sampler position itself (see ResumableSampler), so Lightning's generic warning
+# about resuming mid-epoch with a plain DataLoader does not apply.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+
+
+class TensorPairs(Dataset):
+    """(source, target) rows; fetched a whole batch at a time through `__getitems__` (one indexing op)."""
+
+    def __init__(self, source: Tensor, target: Tensor) -> None:
+        self.source, self.target = source, target
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.source[i], self.target[i]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        idx = torch.as_tensor(indices)
+        return self.source[idx], self.target[idx]
+
+
+def _already_batched(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    return batch
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (shuffled per seed and epoch, one shard per rank) that can start mid-epoch.
+
+    Being a DistributedSampler, Lightning leaves it in place under DDP instead of wrapping it. `skip_batches`
+    drops the batches a resumed run already trained on, for the epoch `resume_epoch` only.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, batch_size: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.batch_size = batch_size
+        self.resume_epoch, self.skip_batches = -1, 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        if self.epoch == self.resume_epoch:
+            indices = indices[self.skip_batches * self.batch_size :]
+            self.resume_epoch = -1
+        return iter(indices)
+
+
+class Seq2SeqDataModule(L.LightningDataModule):
+    """Generated sequence-to-sequence data.
+
+    Args:
+        task: Task name: reverse_first (the seed: first target_length tokens reversed), copy, reverse, sort, add.
+        vocab_size: Number of token ids, the reserved ones included (0 pad/start, 1 end for tasks with one).
+        source_length: Source length (the longest one for variable-length tasks).
+        target_length: Target length of reverse_first (default 3); derived by the other tasks, leave unset.
+        min_source_length: Shortest source of variable-length tasks (default 1).
+        train_size: Training samples.
+        val_size: Validation samples.
+        test_size: Test samples.
+        predict_size: Samples for ``predict``.
+        batch_size: Samples per batch (per device under DDP).
+        seed: Seed of the data; each split draws from its own stream of it.
+        num_workers: DataLoader worker processes (0 is fastest: the data already sits in memory).
+    """
+
+    def __init__(
+        self,
+        task: str = "reverse_first",
+        vocab_size: int = 51,
+        source_length: int = 6,
+        target_length: int | None = None,
+        min_source_length: int | None = None,
+        train_size: int = 100_000,
+        val_size: int = 1_000,
+        test_size: int = 1_000,
+        predict_size: int = 1_000,
+        batch_size: int = 32,
+        seed: int = 42,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.task: Task = make_task(task, vocab_size, source_length, target_length, min_source_length)
+        for name, value in (("train_size", train_size), ("batch_size", batch_size)):
+            if value < 1:
+                raise ValueError(f"--data.{name} must be >= 1, got {value}")
+        for name, value in (
+            ("val_size", val_size),
+            ("test_size", test_size),
+            ("predict_size", predict_size),
+            ("num_workers", num_workers),
+        ):
+            if value < 0:
+                raise ValueError(f"--data.{name} must be >= 0, got {value}")
+        self.save_hyperparameters()
+        self.sizes = {"train": train_size, "val": val_size, "test": test_size, "predict": predict_size}
+        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self.datasets: dict[str, TensorPairs] = {}
+        self._resume: dict[str, int] = {}
+
+    # Sizes the model needs; linked into --model.* by the CLI.
+    @property
+    def vocab_size(self) -> int:
+        return self.task.vocab_size
+
+    @property
+    def max_target_length(self) -> int:
+        return self.task.target_length
+
+    @property
+    def eos_token(self) -> int | None:
+        return self.task.eos_token
+
+    def split(self, name: str) -> TensorPairs:
+        """The samples of a split, generated on first use; identical in every process for the same seed."""
+        if name not in self.datasets:
+            source, target = self.task.sample(self.sizes[name], split_rng(self.seed, name))
+            self.datasets[name] = TensorPairs(torch.from_numpy(source), torch.from_numpy(target))
+        return self.datasets[name]
+
+    def setup(self, stage: str) -> None:
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+        for name in splits[stage]:
+            self.split(name)
+
+    def _loader(self, name: str, sampler: ResumableSampler | None = None) -> DataLoader:
+        return DataLoader(
+            self.split(name),
+            batch_size=self.batch_size,
+            sampler=sampler,
+            collate_fn=_already_batched,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(self.split("train"), replicas, rank, self.seed, self.batch_size)
+        if self._resume:
+            sampler.resume_epoch, sampler.skip_batches = self._resume["epoch"], self._resume["batches"]
+            self._resume = {}
+        return self._loader("train", sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position in the training data: the epoch and how many of its batches were trained on."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        return {
+            "epoch": trainer.current_epoch,
+            "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume = dict(state_dict)

@@ -1,0 +1,184 @@
+"""Seq2SeqModule: a thin LightningModule around the Seq2Seq nets (loss, metrics, optimizer, resume state)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+from torchmetrics import Metric
+
+from lit_seq2seq.model import Seq2Seq, net_kwargs, shift_right
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+class Seq2SeqMetrics(Metric):
+    """Sums behind loss, token accuracy (teacher forced), exact match and per-position accuracy (greedy).
+
+    All states are sums reduced with "sum" across DDP ranks, so every rank computes the same global figures.
+    """
+
+    full_state_update = False
+
+    def __init__(self, max_target_length: int) -> None:
+        super().__init__()
+        for name in ("loss_sum", "tokens", "token_correct", "sequences", "exact"):
+            self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("position_correct", torch.zeros(max_target_length, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, loss_sum: Tensor, logits: Tensor, target: Tensor, greedy: Tensor, pad_token: int) -> None:
+        mask = target != pad_token
+        self.loss_sum += loss_sum.double()
+        self.tokens += mask.sum()
+        self.token_correct += ((logits.argmax(-1) == target) & mask).sum()
+        hits = greedy == target  # (B, T)
+        self.sequences += len(target)
+        self.exact += hits.all(1).sum()
+        self.position_correct += hits.sum(0)
+
+    def compute(self) -> dict[str, Tensor]:
+        out = {
+            "loss": self.loss_sum / self.tokens.clamp(min=1),
+            "token_acc": self.token_correct / self.tokens.clamp(min=1),
+            "exact_match": self.exact / self.sequences.clamp(min=1),
+        }
+        positions = self.position_correct / self.sequences.clamp(min=1)
+        out.update({f"position_{i}_acc": positions[i] for i in range(len(positions))})
+        return {k: v.float() for k, v in out.items()}
+
+
+class Seq2SeqModule(L.LightningModule):
+    """Teacher-forced training of a Seq2Seq net; validation and test also decode greedily for exact match.
+
+    Args:
+        vocab_size: Number of token ids (linked from the data).
+        max_target_length: Decoder steps (linked from the data).
+        eos_token: End token or None (linked from the data).
+        hidden_size: Units of every RNN layer.
+        num_layers: Stacked RNN layers in encoder and decoder.
+        cell: ``lstm`` or ``gru``.
+        bidirectional: Bidirectional encoder.
+        attention: Luong attention over the encoder outputs.
+        embedding_dim: Learned embedding width; null feeds one-hot vectors (the tutorial).
+        dropout: Dropout between RNN layers and before the output layer.
+        teacher_forcing_ratio: Probability of feeding the true previous token while training; below 1 the
+            model's own prediction is fed otherwise (scheduled sampling, decoded step by step).
+        optimizer: Optimizer, e.g. ``--model.optimizer Adam --model.optimizer.lr 0.003``.
+        lr_scheduler: Optional learning-rate scheduler, stepped every epoch.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 51,
+        max_target_length: int = 3,
+        eos_token: int | None = None,
+        hidden_size: int = 128,
+        num_layers: int = 1,
+        cell: str = "lstm",
+        bidirectional: bool = False,
+        attention: bool = False,
+        embedding_dim: int | None = None,
+        dropout: float = 0.0,
+        teacher_forcing_ratio: float = 1.0,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= teacher_forcing_ratio <= 1.0:
+            raise ValueError(f"--model.teacher_forcing_ratio must be in [0, 1], got {teacher_forcing_ratio}")
+        # Only primitives go into hparams, so checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.net = Seq2Seq(**net_kwargs(self.hparams))
+        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        self.teacher_forcing_ratio = teacher_forcing_ratio
+        self.metrics = torch.nn.ModuleDict({s: Seq2SeqMetrics(max_target_length) for s in ("val", "test")})
+        self._pending_rng: dict[str, Any] | None = None
+
+    def _logits(self, source: Tensor, target: Tensor) -> Tensor:
+        net = self.net
+        if not self.training or self.teacher_forcing_ratio >= 1.0:
+            return net(source, shift_right(target, net.start_token))
+        # Scheduled sampling: step by step, feeding the true token with probability teacher_forcing_ratio.
+        state, token, steps = net.encode(source), torch.full_like(target[:, 0], net.start_token), []
+        for t in range(target.shape[1]):
+            logits, state = net.step(token, state)
+            steps.append(logits)
+            teacher = torch.rand(len(target), device=target.device) < self.teacher_forcing_ratio
+            token = torch.where(teacher, target[:, t], logits.argmax(-1))
+        return torch.stack(steps, 1)
+
+    def _loss_sum(self, logits: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(), target.flatten(), ignore_index=self.net.pad_token, reduction="sum"
+        )
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        source, target = batch
+        loss = self._loss_sum(self._logits(source, target), target) / (target != self.net.pad_token).sum()
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss.item()}) at global step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}); stopped without saving, so the last good "
+                "checkpoint is left as it was. Lower --model.optimizer.lr or check the data."
+            )
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+        source, target = batch
+        logits = self._logits(source, target)
+        greedy = self.net.greedy(source)
+        width = target.shape[1]
+        greedy = F.pad(greedy, (0, width - greedy.shape[1]), value=self.net.pad_token)[:, :width]
+        self.metrics[stage].update(self._loss_sum(logits, target), logits, target, greedy, self.net.pad_token)
+
+    def _log_epoch(self, stage: str) -> None:
+        values = self.metrics[stage].compute()
+        self.metrics[stage].reset()
+        main = {"loss", "token_acc", "exact_match"}
+        for name, value in values.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name in main, sync_dist=False)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        source, target = batch
+        return {"source": source, "target": target, "prediction": self.net.greedy(source)}
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(self.parameters())
+        if self.lr_scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
+
+    # Exact resume: the RNG (dropout, scheduled sampling) continues from where the checkpoint was taken.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_state"] = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._pending_rng = checkpoint.get("rng_state")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._pending_rng is not None:
+            torch.set_rng_state(self._pending_rng["cpu"])
+            if "cuda" in self._pending_rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._pending_rng["cuda"])
+            self._pending_rng = None

@@ -1,0 +1,185 @@
+"""Generated sequence tasks in plain numpy (no torch): the seed task and variable-length tasks with an end token.
+
+Token ids: 0 is padding and the decoder's start token in every task. Tasks with an end token use 1 for it, and
+their content tokens start at 2; the seed task has no end token and its content tokens start at 1.
+Sources are right-padded with 0; targets are right-padded with 0 after the end token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+PAD = 0
+START = 0
+EOS = 1
+
+SPLITS = ("train", "val", "test", "predict")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A generated task: sizes, and `sample(n, rng) -> (source (n, S), target (n, T))` as int64 arrays."""
+
+    name: str
+    vocab_size: int
+    source_length: int  # longest source
+    min_source_length: int
+    target_length: int  # decoder steps, the end token included
+    eos_token: int | None
+    min_token: int  # smallest id of a content token in a source
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        source, lengths = self._sources(n, rng)
+        target = _TARGETS[self.name](self, source, lengths)
+        return source, target
+
+    def _sources(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if self.name == "add":
+            return _add_sources(self, n, rng)
+        lengths = rng.integers(self.min_source_length, self.source_length + 1, size=n)
+        tokens = rng.integers(self.min_token, self.vocab_size, size=(n, self.source_length))
+        mask = np.arange(self.source_length) < lengths[:, None]
+        return np.where(mask, tokens, PAD).astype(np.int64), lengths
+
+
+def _reverse_first(task: Task, source: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    return source[:, : task.target_length][:, ::-1].copy()
+
+
+def _with_eos(body: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Append EOS after each row's `lengths` tokens of `body` (n, S) -> (n, S + 1)."""
+    n, s = body.shape
+    target = np.zeros((n, s + 1), dtype=np.int64)
+    target[:, :s] = np.where(np.arange(s) < lengths[:, None], body, PAD)
+    target[np.arange(n), lengths] = EOS
+    return target
+
+
+def _copy(task: Task, source: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    return _with_eos(source, lengths)
+
+
+def _reverse(task: Task, source: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    idx = lengths[:, None] - 1 - np.arange(source.shape[1])  # (n, S), negative past the row's length
+    body = np.take_along_axis(source, np.clip(idx, 0, None), axis=1)
+    return _with_eos(body, lengths)
+
+
+def _sort(task: Task, source: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    big = np.where(source == PAD, task.vocab_size, source)
+    return _with_eos(np.sort(big, axis=1), lengths)
+
+
+# add: "a+b" -> digits of a+b. Digits d are tokens 2 + d, the plus sign is token 12.
+_DIGIT0 = 2
+_PLUS = 12
+
+
+def _digits(values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Most-significant-first digit tokens of `values`, left-aligned in (n, width), and their counts."""
+    counts = np.maximum(1, np.floor(np.log10(np.maximum(values, 1))).astype(np.int64) + 1)
+    pos = counts[:, None] - 1 - np.arange(width)  # power of ten shown at each column
+    digits = (values[:, None] // 10 ** np.clip(pos, 0, None)) % 10
+    return np.where(pos >= 0, digits + _DIGIT0, PAD), counts
+
+
+def _operand_digits(task: Task) -> int:
+    return (task.source_length - 1) // 2
+
+
+def _add_sources(task: Task, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    d = _operand_digits(task)
+    a, b = rng.integers(0, 10**d, size=n), rng.integers(0, 10**d, size=n)
+    da, na = _digits(a, d)
+    db, nb = _digits(b, d)
+    source = np.zeros((n, task.source_length), dtype=np.int64)
+    source[:, :d] = da
+    rows = np.arange(n)
+    source[rows, na] = _PLUS
+    cols = na[:, None] + 1 + np.arange(d)  # where b's digits go
+    valid = np.arange(d) < nb[:, None]
+    source[np.repeat(rows, d)[valid.ravel()], cols[valid]] = db[valid]
+    return source, na + 1 + nb
+
+
+def _add(task: Task, source: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    d = _operand_digits(task)
+    plus = np.argmax(source == _PLUS, axis=1)
+    value = np.zeros(len(source), dtype=np.int64)
+    power = np.ones(len(source), dtype=np.int64)
+    # Read both operands right to left: a ends before the plus, b ends at the row's length.
+    for ends in (plus, lengths):
+        power[:] = 1
+        for k in range(1, d + 1):
+            col = ends - k
+            tok = source[np.arange(len(source)), np.clip(col, 0, None)]
+            ok = (col >= 0) & (tok >= _DIGIT0) & (tok < _DIGIT0 + 10)
+            value += np.where(ok, (tok - _DIGIT0) * power, 0)
+            power *= 10
+    body, counts = _digits(value, d + 1)
+    return _with_eos(body, counts)
+
+
+_TARGETS = {"reverse_first": _reverse_first, "copy": _copy, "reverse": _reverse, "sort": _sort, "add": _add}
+TASKS = tuple(_TARGETS)
+
+
+def make_task(
+    name: str = "reverse_first",
+    vocab_size: int = 51,
+    source_length: int = 6,
+    target_length: int | None = None,
+    min_source_length: int | None = None,
+) -> Task:
+    """Validate the settings of a task and build it; errors name the CLI flag (--data.*)."""
+    if name not in _TARGETS:
+        raise ValueError(f"--data.task: unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    if source_length < 1:
+        raise ValueError(f"--data.source_length must be >= 1, got {source_length}")
+    if name == "reverse_first":
+        target_length = 3 if target_length is None else target_length
+        if target_length < 1:
+            raise ValueError(f"--data.target_length must be >= 1, got {target_length}")
+        if target_length > source_length:
+            raise ValueError(
+                f"--data.target_length ({target_length}) must be <= --data.source_length ({source_length})"
+            )
+        if min_source_length not in (None, source_length):
+            raise ValueError("--data.min_source_length: task reverse_first has fixed-length sources; leave it unset")
+        if vocab_size < 2:
+            raise ValueError(
+                f"--data.vocab_size must be >= 2 (token 0 is reserved, at least one real token), got {vocab_size}"
+            )
+        return Task(name, vocab_size, source_length, source_length, target_length, None, 1)
+
+    if name == "add":
+        if source_length < 3:
+            raise ValueError(f"--data.source_length must be >= 3 for task add (a+b), got {source_length}")
+        if vocab_size < _PLUS + 1:
+            raise ValueError(f"--data.vocab_size must be >= {_PLUS + 1} for task add (digits and +), got {vocab_size}")
+        if min_source_length is not None:
+            raise ValueError("--data.min_source_length: task add draws its own lengths; leave it unset")
+        derived = _operand_digits(Task(name, vocab_size, source_length, 3, 0, EOS, _DIGIT0)) + 2
+        min_len, min_token = 3, _DIGIT0
+    else:
+        min_len = 1 if min_source_length is None else min_source_length
+        if not 1 <= min_len <= source_length:
+            raise ValueError(
+                f"--data.min_source_length must be in [1, --data.source_length={source_length}], got {min_len}"
+            )
+        if vocab_size < 3:
+            raise ValueError(
+                f"--data.vocab_size must be >= 3 for task {name} (0 pad, 1 end, at least one real token), "
+                f"got {vocab_size}"
+            )
+        derived, min_token = source_length + 1, EOS + 1
+    if target_length is not None and target_length != derived:
+        raise ValueError(f"--data.target_length: task {name} derives it ({derived} with the end token); leave it unset")
+    return Task(name, vocab_size, source_length, min_len, derived, EOS, min_token)
+
+
+def split_rng(seed: int, split: str) -> np.random.Generator:
+    """Independent, reproducible stream per (seed, split): train, val, test and predict never share draws."""
+    return np.random.default_rng([seed, SPLITS.index(split)])
