@@ -20,8 +20,11 @@ def main(args: Sequence[str] | None = None) -> int:
         options = parser.parse_args(args[1:])
         try:
             return options.run(options)
-        except ValueError as error:
+        except (ValueError, TypeError) as error:  # bad input (flags, lines, model files): exit code 2
             parser.error(str(error))
+        except BrokenPipeError:  # `... | head`: the reader left; not an error
+            sys.stderr.close()
+            return 0
     from lit_seq2seq.lightning_cli import Seq2SeqCLI
 
     if args and args[0] in ("-h", "--help"):
@@ -67,11 +70,50 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=_run_decode)
 
 
-def _run_decode(o: argparse.Namespace) -> int:
-    from lit_seq2seq.runtime import decode_lines
+def _parse_tokens(text: str, where: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split()]
+    except ValueError:
+        raise ValueError(f"{where}: {text.strip()!r} is not a list of space-separated integer token ids") from None
 
+
+def _run_decode(o: argparse.Namespace) -> int:
+    import numpy as np
+
+    from lit_seq2seq.runtime import OnnxSeq2Seq
+
+    for flag, value in (("--beam_size", o.beam_size), ("--batch_size", o.batch_size), ("--threads", o.threads)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    model = OnnxSeq2Seq.load(o.model_dir, intra_op_threads=o.threads)
     lines = o.sequences or sys.stdin.read().splitlines()
-    return decode_lines(lines, o.model_dir, o.beam_size, o.length_penalty, o.batch_size, o.threads)
+    sources, expected = [], []
+    for number, line in enumerate(lines, 1):
+        source, _, target = line.partition("\t")
+        sources.append(_parse_tokens(source, f"line {number}"))
+        try:
+            model.check_source(np.asarray(sources[-1], dtype=np.int64))
+        except ValueError as error:
+            raise ValueError(f"line {number}: {error}") from None
+        expected.append(_parse_tokens(target, f"line {number} (expected)") if target.strip() else None)
+    decoded: list[list[int]] = []
+    for start in range(0, len(sources), o.batch_size):
+        chunk = sources[start : start + o.batch_size]
+        batch = np.full((len(chunk), max(map(len, chunk))), model.pad_token, dtype=np.int64)
+        for i, row in enumerate(chunk):
+            batch[i, : len(row)] = row
+        if o.beam_size == 1:
+            tokens = model.greedy(batch)
+        else:
+            tokens = model.beam_search(batch, o.beam_size, o.length_penalty)[0]
+        decoded.extend(model.strip(row) for row in tokens)
+    for row in decoded:
+        print(" ".join(map(str, row)))
+    scored = [(d, e) for d, e in zip(decoded, expected) if e is not None]
+    if scored:
+        hits = sum(d == e for d, e in scored)
+        print(f"exact match: {hits}/{len(scored)} = {hits / len(scored):.2%}", file=sys.stderr)
+    return 0
 
 
 def _sample_args(p: argparse.ArgumentParser) -> None:
@@ -82,10 +124,25 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_sample(o: argparse.Namespace) -> int:
-    from lit_seq2seq.runtime import sample_lines
+    import numpy as np
 
-    for line in sample_lines(o.model_dir, o.num, o.seed):
-        print(line)
+    from lit_seq2seq.runtime import OnnxSeq2Seq
+    from lit_seq2seq.tasks import PAD, make_task
+
+    if o.num < 1:
+        raise ValueError(f"--num must be >= 1, got {o.num}")
+    model = OnnxSeq2Seq.load(o.model_dir)
+    meta = model.meta
+    task = make_task(
+        meta["task"],
+        model.vocab_size,
+        int(meta["source_length"]),
+        model.max_target_length if meta["task"] == "reverse_first" else None,
+        int(meta["min_source_length"]) if meta["task"] not in ("reverse_first", "add") else None,
+    )
+    source, target = task.sample(o.num, np.random.default_rng(o.seed))
+    for s, t in zip(source, target):
+        print(" ".join(str(x) for x in s if x != PAD) + "\t" + " ".join(map(str, model.strip(t))))
     return 0
 
 

@@ -58,6 +58,12 @@ META_KEYS = (
     "memory_dim",  # width of MEMORY, 0 without attention
     "inputs",  # comma-separated input names of this graph
     "outputs",  # comma-separated output names of this graph
-    "weights_sha256",  # hash of this graph's initializers, checked at load
+    "export_id",  # random id shared by the two graphs of one export: a mixed pair is refused
+    "content_sha256",  # see HASH_KEY
 )
 FORMAT_VERSION = "1"
+
+# "content_sha256" holds the sha256 of the file's bytes as written with that value replaced by this placeholder,
+# so any app can check a file with a hash function alone. "export_id" is shared by the two files of one export.
+HASH_KEY = "content_sha256"
+HASH_PLACEHOLDER = "0" * 64

@@ -42,7 +42,8 @@ class TokenInput(nn.Module):
 
 
 class Encoder(nn.Module):
-    """source (B, S) int64, right-padded with `pad_token` -> decoder state dict.
+    """source (B, S) int64, right-padded with `pad_token` -> decoder state dict (memory and mask included;
+    Seq2Seq.encode drops them when the decoder has no attention).
 
     Padding never leaks: padded batches run packed, so each row's final state is the one after its last token.
     """
@@ -97,9 +98,7 @@ class Encoder(nn.Module):
                 final = self.bridge[name](torch.cat([final[:, 0], final[:, 1]], dim=-1))
                 final = torch.tanh(final) if name == contract.H else final
             state[name] = final
-        if self.attention:
-            state[contract.MEMORY] = memory
-            state[contract.MEMORY_MASK] = mask
+        state[contract.MEMORY], state[contract.MEMORY_MASK] = memory, mask
         return state
 
 
@@ -201,7 +200,9 @@ class Seq2Seq(nn.Module):
         )
 
     def encode(self, source: Tensor, pack: bool | None = None) -> State:
-        return self.encoder(source, pack)
+        """source (B, S) -> the decoder's initial state, keyed by `contract.state_names`."""
+        state = self.encoder(source, pack)
+        return {n: state[n] for n in contract.state_names(self.cell, self.attention)}
 
     def forward(self, source: Tensor, decoder_input: Tensor) -> Tensor:
         """Teacher forcing: source (B, S), decoder_input (B, T) -> logits (B, T, V)."""

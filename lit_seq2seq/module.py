@@ -11,6 +11,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from torchmetrics import Metric
 
+from lit_seq2seq.checkpoint import HASH_KEY, check_weights, weights_sha256
 from lit_seq2seq.model import Seq2Seq, net_kwargs, shift_right
 
 
@@ -167,13 +168,16 @@ class Seq2SeqModule(L.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
 
-    # Exact resume: the RNG (dropout, scheduled sampling) continues from where the checkpoint was taken.
+    # Integrity hash of the weights. Exact resume: the RNG (dropout, scheduled sampling) continues from where
+    # the checkpoint was taken.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[HASH_KEY] = weights_sha256(checkpoint["state_dict"])
         checkpoint["rng_state"] = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_weights(checkpoint, "checkpoint")
         self._pending_rng = checkpoint.get("rng_state")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

@@ -1,0 +1,307 @@
+"""Export a checkpoint's nets to encoder.onnx + decoder_step.onnx, self-described by metadata, verified against PyTorch.
+
+Exporter: the TorchScript-based `torch.onnx.export(..., dynamo=False)`, chosen deliberately. It maps
+`pack_padded_sequence` onto the ONNX LSTM/GRU `sequence_lens` input (padding-exact encoders), keeps every axis
+named in `dynamic_axes` dynamic even where the example has size 1, writes one self-contained .onnx file (no
+`.onnx.data`) and needs no onnxscript. The dynamo exporter does none of the first three here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import Tensor, nn
+
+from lit_seq2seq import __version__, contract
+from lit_seq2seq.checkpoint import read_checkpoint
+from lit_seq2seq.model import Seq2Seq, net_kwargs
+from lit_seq2seq.runtime import OnnxSeq2Seq
+from lit_seq2seq.tasks import Task, make_task
+
+PARITY_TOL = 1e-4
+_UNUSED = "unused_memory"  # traced-only encoder output, removed before saving
+
+
+class ExportVerificationError(RuntimeError):
+    """The exported graphs disagree with PyTorch or fail the ONNX checker; nothing was written."""
+
+
+class EncoderGraph(nn.Module):
+    """encoder.onnx: `source` int64 (batch, source_len) -> `h` [, `c`] float32 (num_layers, batch, hidden)
+    [, `memory` float32 (batch, source_len, memory_dim), `memory_mask` bool (batch, source_len)].
+    """
+
+    def __init__(self, net: Seq2Seq) -> None:
+        super().__init__()
+        self.net = net
+        self.names = contract.state_names(net.cell, net.attention)
+
+    def forward(self, source: Tensor) -> tuple[Tensor, ...]:
+        # The tracer fails on a packed RNN whose sequence output is unused, so memory is always an output
+        # here; `_finish` removes it from the graph outputs of models without attention.
+        state = self.net.encoder(source, pack=True)
+        return tuple(state[n] for n in self.names) + ((state[contract.MEMORY],) if not self.net.attention else ())
+
+
+class DecoderStepGraph(nn.Module):
+    """decoder_step.onnx: `token` int64 (batch,) and the state named as the encoder's outputs ->
+    `logits` float32 (batch, vocab), `h_out` [, `c_out`] float32 (num_layers, batch, hidden).
+    """
+
+    def __init__(self, net: Seq2Seq) -> None:
+        super().__init__()
+        self.net = net
+        self.names = contract.state_names(net.cell, net.attention)
+
+    def forward(self, token: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        logits, new = self.net.step(token, dict(zip(self.names, state)))
+        return (logits, *(new[n] for n in self.names if n in contract.RECURRENT))
+
+
+def _dynamic_axes(names: list[str]) -> dict[str, dict[int, str]]:
+    axes = {
+        contract.SOURCE: {0: "batch", 1: "source_len"},
+        contract.TOKEN: {0: "batch"},
+        contract.LOGITS: {0: "batch"},
+        contract.MEMORY: {0: "batch", 1: "source_len"},
+        contract.MEMORY_MASK: {0: "batch", 1: "source_len"},
+        _UNUSED: {0: "batch", 1: "source_len"},
+    }
+    for n in contract.RECURRENT:
+        axes[n] = axes[n + contract.OUT_SUFFIX] = {1: "batch"}
+    return {n: axes[n] for n in names}
+
+
+def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, inputs: list[str], outputs: list[str], opset: int):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice and tracer chatter
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=False,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=_dynamic_axes(inputs + outputs),
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+
+
+def _example_source(net: Seq2Seq, task: Task) -> Tensor:
+    """(3, 5) source with one padded row, so the traced graph contains the packed (padding-exact) path."""
+    gen = torch.Generator().manual_seed(0)
+    source = torch.randint(task.min_token, net.vocab_size, (3, 5), generator=gen)
+    source[1, 3:] = net.pad_token
+    return source
+
+
+def export_encoder(net: Seq2Seq, path: Path, task: Task, opset: int = 17) -> None:
+    """Write encoder.onnx; I/O as in `EncoderGraph` (names from `contract.encoder_io`)."""
+    inputs, outputs = contract.encoder_io(net.cell, net.attention)
+    traced = outputs + ([] if net.attention else [_UNUSED])
+    _export(EncoderGraph(net), (_example_source(net, task),), path, inputs, traced, opset)
+
+
+def export_decoder_step(net: Seq2Seq, path: Path, task: Task, opset: int = 17) -> None:
+    """Write decoder_step.onnx; I/O as in `DecoderStepGraph` (names from `contract.decoder_io`)."""
+    inputs, outputs = contract.decoder_io(net.cell, net.attention)
+    state = net.encode(_example_source(net, task), pack=True)
+    token = torch.tensor([net.start_token, 2 % net.vocab_size, 1], dtype=torch.int64)
+    _export(DecoderStepGraph(net), (token, *(state[n] for n in inputs[1:])), path, inputs, outputs, opset)
+
+
+def metadata(net: Seq2Seq, task: Task, inputs: list[str], outputs: list[str], export_id: str) -> dict[str, str]:
+    """metadata_props of one graph: everything a runtime needs, as strings (keys in `contract.META_KEYS`)."""
+    values: dict[str, Any] = {
+        "format_version": contract.FORMAT_VERSION,
+        "producer_version": __version__,
+        "export_id": export_id,
+        "task": task.name,
+        "vocab_size": net.vocab_size,
+        "pad_token": net.pad_token,
+        "start_token": net.start_token,
+        "eos_token": "" if net.eos_token is None else net.eos_token,
+        "min_token": task.min_token,
+        "source_length": task.source_length,
+        "min_source_length": task.min_source_length,
+        "max_target_length": net.max_target_length,
+        "hidden_size": net.hidden_size,
+        "num_layers": net.num_layers,
+        "cell": net.cell,
+        "bidirectional": int(net.encoder.bidirectional),
+        "attention": int(net.attention),
+        "memory_dim": net.memory_dim,
+        "inputs": ",".join(inputs),
+        "outputs": ",".join(outputs),
+        contract.HASH_KEY: contract.HASH_PLACEHOLDER,
+    }
+    return {k: str(v) for k, v in values.items()}
+
+
+def _finish(path: Path, meta: dict[str, str]) -> None:
+    """Add metadata and the content hash: sha256 of the file as written with the hash replaced by zeros."""
+    model = onnx.load(str(path))
+    for output in [o for o in model.graph.output if o.name == _UNUSED]:
+        model.graph.output.remove(output)
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+    model.producer_name, model.producer_version = "lit-seq2seq", __version__
+    data = model.SerializeToString()
+    digest = hashlib.sha256(data).hexdigest().encode()
+    path.write_bytes(data.replace(contract.HASH_PLACEHOLDER.encode(), digest, 1))
+
+
+def load_checkpoint(ckpt_path: str | os.PathLike) -> tuple[Seq2Seq, Task]:
+    """The pure net and task of a `lit-seq2seq fit` checkpoint, loaded with torch's safe (weights-only) loader."""
+    ckpt = read_checkpoint(ckpt_path)
+    net = Seq2Seq(**net_kwargs(ckpt["hyper_parameters"]))
+    weights = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    net.load_state_dict(weights)
+    data = ckpt.get("datamodule_hyper_parameters") or {}
+    task = make_task(
+        data.get("task", "reverse_first"),
+        net.vocab_size,
+        data.get("source_length", 6),
+        data.get("target_length"),
+        data.get("min_source_length"),
+    )
+    return net.eval(), task
+
+
+@dataclass
+class ExportReport:
+    output_dir: Path
+    encoder_max_diff: float
+    decoder_max_diff: float
+    greedy_rows: int
+    greedy_identical: bool
+    beam_rows: int
+    beam_identical: bool
+    exact_match: float
+
+    def __str__(self) -> str:
+        return (
+            f"exported to {self.output_dir}/{{{contract.ENCODER_FILE},{contract.DECODER_FILE}}}\n"
+            f"  parity vs PyTorch (max abs diff, tol {PARITY_TOL:g}): encoder {self.encoder_max_diff:.2e}, "
+            f"decoder step {self.decoder_max_diff:.2e}\n"
+            f"  greedy tokens identical to PyTorch on {self.greedy_rows} fresh task sources: {self.greedy_identical}\n"
+            f"  beam search (beam 3) tokens identical on {self.beam_rows} sources: {self.beam_identical}\n"
+            f"  exact match of the exported model on those sources: {self.exact_match:.2%}"
+        )
+
+
+def _max_diff(expected: list[np.ndarray], got: list[np.ndarray]) -> float:
+    diffs = [np.abs(e.astype(np.float64) - g.astype(np.float64)).max(initial=0.0) for e, g in zip(expected, got)]
+    return float(max(diffs))
+
+
+def verify(net: Seq2Seq, task: Task, model_dir: Path, samples: int) -> ExportReport:
+    """Compare the graphs in `model_dir` with PyTorch: per-graph outputs, then greedy and beam tokens."""
+    for name in (contract.ENCODER_FILE, contract.DECODER_FILE):
+        try:
+            onnx.checker.check_model(str(model_dir / name), full_check=True)
+        except Exception as error:  # noqa: BLE001
+            raise ExportVerificationError(f"onnx.checker rejected {name}: {error}") from None
+    runtime = OnnxSeq2Seq.load(model_dir)
+    rng = np.random.default_rng(0)
+    enc_diff = dec_diff = 0.0
+    for batch in (1, 2, 7):
+        for length in sorted({1, max(1, task.source_length // 2), task.source_length, task.source_length + 3}):
+            source = rng.integers(task.min_token, net.vocab_size, size=(batch, length))
+            for row in range(1, batch, 2):  # every other row padded at a random length >= 1
+                source[row, rng.integers(1, length + 1) :] = net.pad_token
+            with torch.no_grad():
+                state = net.encode(torch.from_numpy(source), pack=True)
+            names = contract.state_names(net.cell, net.attention)
+            got = runtime.encode(source)
+            enc_diff = max(enc_diff, _max_diff([state[n].numpy() for n in names], [got[n] for n in names]))
+            token = rng.integers(0, net.vocab_size, size=batch)
+            with torch.no_grad():
+                logits, new = net.step(torch.from_numpy(token), state)
+            got_logits, got_new = runtime.step(token, got)
+            recurrent = [n for n in names if n in contract.RECURRENT]
+            dec_diff = max(
+                dec_diff,
+                _max_diff(
+                    [logits.numpy(), *(new[n].numpy() for n in recurrent)],
+                    [got_logits, *(got_new[n] for n in recurrent)],
+                ),
+            )
+    if not (enc_diff <= PARITY_TOL and dec_diff <= PARITY_TOL):
+        raise ExportVerificationError(
+            f"ONNX outputs differ from PyTorch: encoder max abs diff {enc_diff:.3e}, decoder step {dec_diff:.3e} "
+            f"(tolerance {PARITY_TOL:g})"
+        )
+
+    source, target = task.sample(samples, np.random.default_rng(20261128))
+    expected = net.greedy(torch.from_numpy(source)).numpy()
+    got = runtime.greedy(source)
+    greedy_ok = expected.shape == got.shape and bool((expected == got).all())
+    if not greedy_ok:
+        rows = int((expected != got).any(1).sum()) if expected.shape == got.shape else samples
+        raise ExportVerificationError(
+            f"greedy tokens differ between onnxruntime and PyTorch on {rows} of {samples} sources"
+        )
+    beam_rows = min(samples, 64)
+    expected_beam = net.beam_search(torch.from_numpy(source[:beam_rows]), beam_size=3)[0].numpy()
+    got_beam = runtime.beam_search(source[:beam_rows], beam_size=3)[0]
+    beam_ok = expected_beam.shape == got_beam.shape and bool((expected_beam == got_beam).all())
+    if not beam_ok:
+        raise ExportVerificationError(f"beam-search tokens differ between onnxruntime and PyTorch ({beam_rows} rows)")
+    width = target.shape[1]
+    padded = np.pad(got, ((0, 0), (0, max(0, width - got.shape[1]))), constant_values=net.pad_token)[:, :width]
+    return ExportReport(
+        model_dir, enc_diff, dec_diff, samples, greedy_ok, beam_rows, beam_ok, float((padded == target).all(1).mean())
+    )
+
+
+def export_checkpoint(
+    ckpt_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    opset: int = 17,
+    verify_samples: int = 256,
+    overwrite: bool = False,
+) -> ExportReport:
+    """Export, verify, then move both graphs into `output_dir`; on any failure `output_dir` is left untouched."""
+    if verify_samples < 1:
+        raise ValueError(f"--verify_samples must be >= 1, got {verify_samples}")
+    if not 14 <= opset <= 20:
+        raise ValueError(f"--opset must be in [14, 20], got {opset}")
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output_dir {out} exists and is not a folder")
+    existing = [n for n in (contract.ENCODER_FILE, contract.DECODER_FILE) if (out / n).exists()]
+    if existing and not overwrite:
+        raise ValueError(f"--output_dir {out} already holds {', '.join(existing)}; pass --overwrite to replace them")
+    net, task = load_checkpoint(ckpt_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    try:
+        export_id = uuid.uuid4().hex
+        for name, write, io in (
+            (contract.ENCODER_FILE, export_encoder, contract.encoder_io(net.cell, net.attention)),
+            (contract.DECODER_FILE, export_decoder_step, contract.decoder_io(net.cell, net.attention)),
+        ):
+            write(net, tmp / name, task, opset)
+            _finish(tmp / name, metadata(net, task, *io, export_id))
+        report = verify(net, task, tmp, verify_samples)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (contract.ENCODER_FILE, contract.DECODER_FILE):
+            os.replace(tmp / name, out / name)  # atomic per file; the shared export_id catches a mixed pair
+        report.output_dir = out
+        return report
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,255 @@
+"""OnnxSeq2Seq: decode with encoder.onnx + decoder_step.onnx using numpy and onnxruntime only (no torch).
+
+Every input is validated before onnxruntime sees it: onnxruntime wraps negative token ids around silently,
+returns NaN logits (argmax 0) for non-finite state, and fails deep inside its kernels on mismatched shapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from lit_seq2seq import contract
+from lit_seq2seq.search import beam_search, greedy_search
+
+State = dict[str, np.ndarray]
+_HASH_ENTRY = contract.HASH_KEY.encode() + b"\x12\x40"  # protobuf: key string, then field 2 (value), 64 bytes
+
+
+class ModelFileError(ValueError):
+    """An exported graph is missing, damaged, altered or does not belong with its partner."""
+
+
+def check_content_hash(data: bytes, name: str) -> None:
+    """Raise ModelFileError unless `data` carries a content_sha256 that matches its bytes."""
+    at = data.find(_HASH_ENTRY)
+    stored = data[at + len(_HASH_ENTRY) : at + len(_HASH_ENTRY) + 64] if at >= 0 else b""
+    if len(stored) != 64:
+        raise ModelFileError(f"{name}: no {contract.HASH_KEY} metadata (truncated, or not exported by lit-seq2seq)")
+    actual = hashlib.sha256(data.replace(stored, contract.HASH_PLACEHOLDER.encode(), 1)).hexdigest()
+    if actual.encode() != stored:
+        raise ModelFileError(f"{name}: content hash mismatch, the file was altered or damaged; export it again")
+
+
+def _session(path: Path, options: ort.SessionOptions, providers: Sequence[str], verify: bool):
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelFileError(
+            f"{path}: missing; a model folder holds {contract.ENCODER_FILE} and {contract.DECODER_FILE} "
+            "written by `lit-seq2seq export`"
+        ) from None
+    if verify:
+        check_content_hash(data, str(path))
+    try:
+        session = ort.InferenceSession(data, options, providers=list(providers))
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises several types for unreadable models
+        raise ModelFileError(f"{path}: onnxruntime cannot load it (damaged?): {error}") from None
+    return session, dict(session.get_modelmeta().custom_metadata_map)
+
+
+class OnnxSeq2Seq:
+    """A loaded two-graph export. Stateless between calls: one instance may serve many threads at once."""
+
+    def __init__(self, encoder: ort.InferenceSession, decoder: ort.InferenceSession, meta: Mapping[str, str]) -> None:
+        self.encoder, self.decoder, self.meta = encoder, decoder, dict(meta)
+        self.vocab_size = int(meta["vocab_size"])
+        self.pad_token, self.start_token = int(meta["pad_token"]), int(meta["start_token"])
+        self.eos_token = int(meta["eos_token"]) if meta["eos_token"] else None
+        self.min_token = int(meta["min_token"])
+        self.max_target_length = int(meta["max_target_length"])
+        self.num_layers, self.hidden_size = int(meta["num_layers"]), int(meta["hidden_size"])
+        self.memory_dim = int(meta["memory_dim"])
+        self.cell, self.attention = meta["cell"], meta["attention"] == "1"
+        self.state_names = contract.state_names(self.cell, self.attention)
+        self.recurrent = [n for n in self.state_names if n in contract.RECURRENT]
+        self._step_outputs = contract.decoder_io(self.cell, self.attention)[1]
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | os.PathLike,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        intra_op_threads: int = 1,
+        inter_op_threads: int = 1,
+        verify_hash: bool = True,
+    ) -> OnnxSeq2Seq:
+        """Load `model_dir`/{encoder,decoder_step}.onnx; settings come from their metadata alone."""
+        root = Path(model_dir)
+        if not root.is_dir():
+            raise ModelFileError(f"model_dir {root}: no such folder")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = intra_op_threads, inter_op_threads
+        options.log_severity_level = 3
+        encoder, enc_meta = _session(root / contract.ENCODER_FILE, options, providers, verify_hash)
+        decoder, dec_meta = _session(root / contract.DECODER_FILE, options, providers, verify_hash)
+        for name, meta in ((contract.ENCODER_FILE, enc_meta), (contract.DECODER_FILE, dec_meta)):
+            if meta.get("format_version") != contract.FORMAT_VERSION:
+                raise ModelFileError(
+                    f"{root / name}: contract format_version {meta.get('format_version')!r}; this runtime reads "
+                    f"{contract.FORMAT_VERSION!r}"
+                )
+        if enc_meta.get("export_id") != dec_meta.get("export_id"):
+            raise ModelFileError(
+                f"{root}: {contract.ENCODER_FILE} and {contract.DECODER_FILE} come from different exports"
+            )
+        model = cls(encoder, decoder, dec_meta)
+        for session, io, name in (
+            (encoder, contract.encoder_io(model.cell, model.attention), contract.ENCODER_FILE),
+            (decoder, contract.decoder_io(model.cell, model.attention), contract.DECODER_FILE),
+        ):
+            actual = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+            if actual != io:
+                raise ModelFileError(f"{root / name}: I/O names {actual} do not match the contract {io}")
+        return model
+
+    # ---- validation -------------------------------------------------------------------------------------------
+    def check_source(self, source: Any) -> tuple[np.ndarray, bool]:
+        """source as a (batch, source_len) int64 array, and whether it was a single (source_len,) sequence."""
+        if isinstance(source, (list, tuple)):
+            try:
+                source = np.asarray(source)
+            except ValueError:
+                raise ValueError("source: rows have different lengths; right-pad them with the pad token") from None
+        if not isinstance(source, np.ndarray):
+            raise TypeError(f"source must be a numpy array or a list of token ids, got {type(source).__name__}")
+        if source.dtype == object:
+            raise ValueError("source: rows have different lengths; right-pad them with the pad token")
+        if source.dtype.kind not in "iu":
+            raise TypeError(f"source must hold integer token ids, got dtype {source.dtype}")
+        single = source.ndim == 1
+        if source.ndim not in (1, 2):
+            raise ValueError(f"source must have shape [batch, source_len] or [source_len], got {source.shape}")
+        source = source[None] if single else source
+        if source.shape[0] == 0:
+            raise ValueError("source: empty batch")
+        if source.shape[1] == 0:
+            raise ValueError("source: empty sequence (source_len is 0)")
+        pad = source == self.pad_token
+        def where(row: int, col: int | None = None) -> str:
+            at = "" if col is None else f"position {col}"
+            return f"source {at}" if single else f"source row {row}{', ' if at else ''}{at}"
+
+        bad = ~pad & ((source < self.min_token) | (source >= self.vocab_size))
+        if bad.any():
+            row, col = map(int, np.argwhere(bad)[0])
+            raise ValueError(
+                f"{where(row, col)}: token {source[row, col]} is out of range; tokens must be in "
+                f"[{self.min_token}, {self.vocab_size - 1}], or {self.pad_token} (padding) at the end"
+            )
+        if pad[:, 0].any():
+            raise ValueError(f"{where(int(np.argmax(pad[:, 0])))}: empty sequence (starts with padding)")
+        gap = pad[:, :-1] & ~pad[:, 1:]
+        if gap.any():
+            row, col = map(int, np.argwhere(gap)[0])
+            raise ValueError(f"{where(row, col + 1)}: token after padding; pad only at the end")
+        return source.astype(np.int64, copy=False), single
+
+    def _check_token(self, token: Any) -> np.ndarray:
+        if not isinstance(token, np.ndarray) or token.dtype.kind not in "iu":
+            raise TypeError(f"token must be a numpy integer array, got {getattr(token, 'dtype', type(token).__name__)}")
+        if token.ndim != 1 or len(token) == 0:
+            raise ValueError(f"token must have shape [batch] with batch >= 1, got {token.shape}")
+        bad = (token < 0) | (token >= self.vocab_size)
+        if bad.any():
+            raise ValueError(f"token ids must be in [0, {self.vocab_size - 1}], got {token[bad][:5].tolist()}")
+        return token.astype(np.int64, copy=False)
+
+    def check_state(self, state: Any, batch: int) -> State:
+        """Validate a decoder state for `batch` rows: names, dtypes, shapes, finiteness, masks."""
+        if not isinstance(state, Mapping) or set(state) != set(self.state_names):
+            got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"state must be a dict with exactly {self.state_names}, got {got}")
+        out = {}
+        for name in self.state_names:
+            value = state[name]
+            want = np.bool_ if name == contract.MEMORY_MASK else np.float32
+            if not isinstance(value, np.ndarray) or value.dtype != want:
+                got = getattr(value, "dtype", type(value).__name__)
+                raise TypeError(f"state[{name!r}] must be a numpy {np.dtype(want)} array, got {got}")
+            out[name] = value
+        expected = {n: (self.num_layers, batch, self.hidden_size) for n in self.recurrent}
+        if self.attention:
+            source_len = out[contract.MEMORY].shape[1] if out[contract.MEMORY].ndim == 3 else -1
+            expected[contract.MEMORY] = (batch, source_len, self.memory_dim)
+            expected[contract.MEMORY_MASK] = (batch, source_len)
+        for name, shape in expected.items():
+            if out[name].shape != shape or min(shape) < 1:
+                raise ValueError(
+                    f"state[{name!r}] must have shape {shape} for token batch {batch}, got {out[name].shape}"
+                )
+            if name != contract.MEMORY_MASK and not np.isfinite(out[name]).all():
+                raise ValueError(f"state[{name!r}] holds NaN or infinite values")
+        if self.attention and not out[contract.MEMORY_MASK].any(1).all():
+            raise ValueError("state['memory_mask'] has a row with no True entry (an empty source)")
+        return out
+
+    # ---- graphs -----------------------------------------------------------------------------------------------
+    def encode(self, source: Any) -> State:
+        """source (batch, source_len) or (source_len,) -> the decoder's initial state (names as in the contract)."""
+        source, _ = self.check_source(source)
+        return self._encode(source)
+
+    def _encode(self, source: np.ndarray) -> State:
+        return dict(zip(self.state_names, self.encoder.run(self.state_names, {contract.SOURCE: source})))
+
+    def step(self, token: Any, state: Any) -> tuple[np.ndarray, State]:
+        """One decoder step: token (batch,) int and state -> logits (batch, vocab) float32 and the new state."""
+        token = self._check_token(token)
+        return self._step(token, self.check_state(state, len(token)))
+
+    def _step(self, token: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        logits, *recurrent = self.decoder.run(self._step_outputs, {contract.TOKEN: token, **state})
+        new = dict(state)
+        new.update(zip(self.recurrent, recurrent))
+        return logits, new
+
+    # ---- search -----------------------------------------------------------------------------------------------
+    def _max_len(self, max_len: int | None) -> int:
+        if max_len is None:
+            return self.max_target_length
+        if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1:
+            raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+        return int(max_len)
+
+    def greedy(self, source: Any, max_len: int | None = None) -> np.ndarray:
+        """Greedy decoding, batched: (batch, source_len) -> (batch, steps) int64, padded after the end token.
+
+        A single (source_len,) sequence gives a (steps,) array.
+        """
+        source, single = self.check_source(source)
+        tokens = greedy_search(
+            self._step, self._encode(source), len(source), self._max_len(max_len),
+            self.start_token, self.eos_token, self.pad_token,
+        )  # fmt: skip
+        return tokens[0] if single else tokens
+
+    def beam_search(
+        self, source: Any, beam_size: int = 4, length_penalty: float = 1.0, max_len: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Beam search: best tokens (batch, steps) and their score, log-probability / length ** length_penalty."""
+        source, single = self.check_source(source)
+        if isinstance(beam_size, bool) or not isinstance(beam_size, (int, np.integer)) or beam_size < 1:
+            raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
+        if not np.isfinite(length_penalty):
+            raise ValueError(f"length_penalty must be finite, got {length_penalty}")
+        tokens, scores = beam_search(
+            self._step, self._encode(source), len(source), self._max_len(max_len), int(beam_size),
+            self.start_token, self.eos_token, self.pad_token, float(length_penalty),
+        )  # fmt: skip
+        return (tokens[0], scores[0]) if single else (tokens, scores)
+
+    def strip(self, tokens: np.ndarray) -> list[int]:
+        """A decoded row as a plain list: the tokens before the end token (padding removed)."""
+        out = []
+        for t in tokens.tolist():
+            if t == self.eos_token or (self.eos_token is not None and t == self.pad_token):
+                break
+            out.append(t)
+        return out
