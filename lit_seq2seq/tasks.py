@@ -107,16 +107,15 @@ def _add_sources(task: Task, n: int, rng: np.random.Generator) -> tuple[np.ndarr
 def _add(task: Task, source: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     d = _operand_digits(task)
     plus = np.argmax(source == _PLUS, axis=1)
+    rows = np.arange(len(source))
     value = np.zeros(len(source), dtype=np.int64)
-    power = np.ones(len(source), dtype=np.int64)
-    # Read both operands right to left: a ends before the plus, b ends at the row's length.
-    for ends in (plus, lengths):
-        power[:] = 1
+    # Read each operand right to left between its bounds: a in (-1, plus), b in (plus, length).
+    for starts, ends in ((np.full_like(plus, -1), plus), (plus, lengths)):
+        power = np.ones(len(source), dtype=np.int64)
         for k in range(1, d + 1):
             col = ends - k
-            tok = source[np.arange(len(source)), np.clip(col, 0, None)]
-            ok = (col >= 0) & (tok >= _DIGIT0) & (tok < _DIGIT0 + 10)
-            value += np.where(ok, (tok - _DIGIT0) * power, 0)
+            tok = source[rows, np.clip(col, 0, None)]
+            value += np.where(col > starts, (tok - _DIGIT0) * power, 0)
             power *= 10
     body, counts = _digits(value, d + 1)
     return _with_eos(body, counts)

@@ -1,0 +1,193 @@
+"""Seq2SeqDataModule and ResumableSampler: sizes, shapes, determinism, DDP shards, mid-epoch resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lit_seq2seq.data import ResumableSampler, Seq2SeqDataModule, TensorPairs
+from lit_seq2seq.tasks import split_rng
+
+SMALL = dict(train_size=200, val_size=50, test_size=30, predict_size=20, batch_size=16)
+
+
+def _batches(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return list(loader)
+
+
+def test_split_sizes_and_linked_properties():
+    dm = Seq2SeqDataModule(**SMALL)
+    dm.setup("fit")
+    assert set(dm.datasets) == {"train", "val"}  # fit builds only what it needs
+    dm.setup("test")
+    dm.setup("predict")
+    assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 200, "val": 50, "test": 30, "predict": 20}
+    assert (dm.vocab_size, dm.max_target_length, dm.eos_token) == (51, 3, None)
+    dm = Seq2SeqDataModule(task="copy", vocab_size=9, source_length=5, **SMALL)
+    assert (dm.vocab_size, dm.max_target_length, dm.eos_token) == (9, 6, 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs,shape",
+    [
+        (dict(), (6, 3)),
+        (dict(task="reverse_first", source_length=4, target_length=2, vocab_size=11), (4, 2)),
+        (dict(task="copy", vocab_size=9, source_length=5), (5, 6)),
+        (dict(task="add", vocab_size=13, source_length=5), (5, 4)),
+    ],
+)
+def test_batch_shapes_and_dtype(kwargs, shape):
+    dm = Seq2SeqDataModule(**kwargs, **SMALL)
+    dm.setup("fit")
+    dm.setup("test")
+    dm.setup("predict")
+    s, t = shape
+    for loader, size in (
+        (dm.train_dataloader(), 200),
+        (dm.val_dataloader(), 50),
+        (dm.test_dataloader(), 30),
+        (dm.predict_dataloader(), 20),
+    ):
+        batches = _batches(loader)
+        assert len(batches) == -(-size // 16)
+        for i, (source, target) in enumerate(batches):
+            b = 16 if i < len(batches) - 1 else size - 16 * (len(batches) - 1)
+            assert source.shape == (b, s) and target.shape == (b, t)
+            assert source.dtype == torch.int64 and target.dtype == torch.int64
+        assert sum(len(x) for x, _ in batches) == size
+
+
+def test_split_equals_task_sample_of_its_stream():
+    dm = Seq2SeqDataModule(seed=5, **SMALL)
+    source, target = dm.task.sample(50, split_rng(5, "val"))
+    val = dm.split("val")
+    np.testing.assert_array_equal(val.source.numpy(), source)
+    np.testing.assert_array_equal(val.target.numpy(), target)
+    # eval loaders keep the generated order
+    got = torch.cat([x for x, _ in dm.val_dataloader()])
+    np.testing.assert_array_equal(got.numpy(), source)
+
+
+def test_same_seed_identical_batches_across_instances():
+    def epoch_batches(seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        dm = Seq2SeqDataModule(seed=seed, **SMALL)
+        dm.setup("fit")
+        return _batches(dm.train_dataloader()) + _batches(dm.val_dataloader())
+
+    a, b, c = epoch_batches(3), epoch_batches(3), epoch_batches(4)
+    assert len(a) == len(b)
+    for (sa, ta), (sb, tb) in zip(a, b):
+        assert torch.equal(sa, sb) and torch.equal(ta, tb)
+    assert not all(torch.equal(sa, sc) for (sa, _), (sc, _) in zip(a, c))
+
+
+def test_train_loader_shuffles_per_epoch_and_covers_everything():
+    dm = Seq2SeqDataModule(**SMALL)
+    loader = dm.train_dataloader()
+    rows = dm.split("train").source
+    order0 = torch.cat([x for x, _ in loader])
+    loader.sampler.set_epoch(1)
+    order1 = torch.cat([x for x, _ in loader])
+    assert not torch.equal(order0, rows)  # shuffled
+    assert not torch.equal(order0, order1)  # reshuffled per epoch
+    key = lambda t: sorted(map(tuple, t.tolist()))  # noqa: E731
+    assert key(order0) == key(rows) == key(order1)  # each epoch is a permutation of the split
+
+
+def test_tensor_pairs_getitems_matches_getitem():
+    source, target = torch.arange(20).view(10, 2), torch.arange(10)
+    ds = TensorPairs(source, target)
+    s, t = ds.__getitems__([3, 1, 7])
+    assert torch.equal(s, torch.stack([ds[i][0] for i in (3, 1, 7)]))
+    assert torch.equal(t, torch.tensor([3, 1, 7]))
+
+
+# -------------------------------------------------------------------------------------------- ResumableSampler
+
+
+@pytest.mark.parametrize("size", [100, 64])
+def test_two_ranks_get_disjoint_shards_covering_the_dataset(size):
+    ds = TensorPairs(torch.zeros(size, 1), torch.zeros(size, 1))
+    for epoch in (0, 1):
+        shards = []
+        for rank in (0, 1):
+            sampler = ResumableSampler(ds, num_replicas=2, rank=rank, seed=11, batch_size=8)
+            sampler.set_epoch(epoch)
+            shards.append(list(sampler))
+        assert len(shards[0]) == len(shards[1]) == size // 2
+        assert not set(shards[0]) & set(shards[1])
+        assert sorted(shards[0] + shards[1]) == list(range(size))
+
+
+def test_single_rank_is_a_seeded_permutation():
+    ds = TensorPairs(torch.zeros(50, 1), torch.zeros(50, 1))
+    a = list(ResumableSampler(ds, 1, 0, seed=1, batch_size=4))
+    b = list(ResumableSampler(ds, 1, 0, seed=1, batch_size=4))
+    c = list(ResumableSampler(ds, 1, 0, seed=2, batch_size=4))
+    assert a == b != c and sorted(a) == list(range(50))
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+@pytest.mark.parametrize("skip", [0, 1, 3])
+def test_skip_batches_drops_exactly_the_trained_batches_of_the_resume_epoch(replicas, skip):
+    ds = TensorPairs(torch.zeros(96, 1), torch.zeros(96, 1))
+    batch = 5
+    for rank in range(replicas):
+        full = ResumableSampler(ds, replicas, rank, seed=3, batch_size=batch)
+        full.set_epoch(2)
+        expected = list(full)
+        full.set_epoch(3)
+        expected_next = list(full)
+
+        sampler = ResumableSampler(ds, replicas, rank, seed=3, batch_size=batch)
+        sampler.resume_epoch, sampler.skip_batches = 2, skip
+        sampler.set_epoch(1)
+        assert len(list(sampler)) == 96 // replicas  # an earlier epoch is not touched
+        sampler.set_epoch(2)
+        resumed = list(sampler)
+        assert resumed == expected[skip * batch :]  # same order, the first skip * batch indices dropped
+        assert len(resumed) == 96 // replicas - skip * batch
+        sampler.set_epoch(3)
+        assert list(sampler) == expected_next  # the following epoch is whole again
+
+
+def test_datamodule_resume_state_reaches_the_sampler():
+    dm = Seq2SeqDataModule(**SMALL)
+    full = [x for x, _ in dm.train_dataloader()]
+    assert dm.state_dict() == {}  # no trainer: nothing to save
+    dm.load_state_dict({"epoch": 0, "batches": 4})
+    resumed = [x for x, _ in dm.train_dataloader()]
+    assert len(resumed) == len(full) - 4
+    assert all(torch.equal(a, b) for a, b in zip(full[4:], resumed))
+    again = [x for x, _ in dm.train_dataloader()]  # consumed once: a new loader starts from the beginning
+    assert len(again) == len(full)
+
+
+# ------------------------------------------------------------------------------------------------- validation
+
+BAD_DATA = [
+    (dict(batch_size=0), r"--data\.batch_size must be >= 1, got 0"),
+    (dict(batch_size=-4), r"--data\.batch_size must be >= 1"),
+    (dict(train_size=0), r"--data\.train_size must be >= 1"),
+    (dict(val_size=-1), r"--data\.val_size must be >= 0"),
+    (dict(test_size=-1), r"--data\.test_size must be >= 0"),
+    (dict(predict_size=-1), r"--data\.predict_size must be >= 0"),
+    (dict(num_workers=-1), r"--data\.num_workers must be >= 0"),
+    (dict(target_length=9), r"--data\.target_length.*must be <= --data\.source_length"),
+    (dict(task="nope"), r"--data\.task"),
+    (dict(vocab_size=1), r"--data\.vocab_size"),
+    (dict(task="copy", min_source_length=9), r"--data\.min_source_length"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", BAD_DATA, ids=[str(k) for k, _ in BAD_DATA])
+def test_bad_data_settings_name_the_flag(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Seq2SeqDataModule(**kwargs)
+
+
+def test_empty_eval_splits_are_allowed():
+    dm = Seq2SeqDataModule(train_size=10, val_size=0, test_size=0, predict_size=0, batch_size=4)
+    dm.setup("fit")
+    assert len(dm.split("val")) == 0 and _batches(dm.val_dataloader()) == []

@@ -1,0 +1,355 @@
+"""Seq2Seq nets: shapes, teacher forcing == stepping, padding invariance, greedy and beam search, metrics."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lit_seq2seq.model import Seq2Seq, TokenInput, net_kwargs, shift_right
+from lit_seq2seq.module import Seq2SeqMetrics, Seq2SeqModule
+
+V, H, S, T = 9, 16, 7, 5  # vocab, hidden, longest source, decoder steps
+EOS = 1
+
+COMBOS = [
+    dict(cell=cell, num_layers=layers, bidirectional=bi, attention=att, embedding_dim=emb)
+    for cell, layers, bi, att, emb in itertools.product(
+        ("lstm", "gru"), (1, 2), (False, True), (False, True), (None, 8)
+    )
+]
+
+
+def _id(c: dict) -> str:
+    return (
+        f"{c['cell']}-L{c['num_layers']}{'-bi' if c['bidirectional'] else ''}{'-att' if c['attention'] else ''}"
+        f"-{'onehot' if c['embedding_dim'] is None else 'emb'}"
+    )
+
+
+def make_net(seed: int = 0, eos_token: int | None = EOS, **kwargs) -> Seq2Seq:
+    torch.manual_seed(seed)
+    settings = dict(vocab_size=V, max_target_length=T, eos_token=eos_token, hidden_size=H) | kwargs
+    return Seq2Seq(**settings).eval()
+
+
+def padded_sources(lengths: list[int], width: int = S, seed: int = 0) -> torch.Tensor:
+    """Right-padded sources with real tokens in 2..V-1, one row per length."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(2, V, (len(lengths), width), generator=g)
+    mask = torch.arange(width) < torch.tensor(lengths)[:, None]
+    return torch.where(mask, tokens, 0)
+
+
+LENGTHS = [7, 3, 5, 1, 7, 2]
+
+
+# ------------------------------------------------------------------------------------------------------ shapes
+
+
+@pytest.mark.parametrize("combo", COMBOS, ids=_id)
+def test_output_shapes(combo):
+    net = make_net(**combo)
+    source = padded_sources(LENGTHS)
+    b, layers = len(LENGTHS), combo["num_layers"]
+    decoder_input = torch.randint(0, V, (b, T))
+    assert net(source, decoder_input).shape == (b, T, V)
+
+    state = net.encode(source)
+    expected = {"h": (layers, b, H)}
+    if combo["cell"] == "lstm":
+        expected["c"] = (layers, b, H)
+    if combo["attention"]:
+        memory_dim = H * (2 if combo["bidirectional"] else 1)
+        assert net.memory_dim == memory_dim
+        expected |= {"memory": (b, S, memory_dim), "memory_mask": (b, S)}
+        assert state["memory_mask"].dtype == torch.bool
+        assert torch.equal(state["memory_mask"], source != 0)
+    assert {k: tuple(v.shape) for k, v in state.items()} == expected
+
+    logits, new_state = net.step(torch.zeros(b, dtype=torch.long), state)
+    assert logits.shape == (b, V)
+    assert {k: tuple(v.shape) for k, v in new_state.items()} == expected
+
+    greedy = net.greedy(source)
+    assert greedy.dtype == torch.int64 and greedy.shape[0] == b and 1 <= greedy.shape[1] <= T
+    fixed = make_net(eos_token=None, **combo).greedy(source)
+    assert fixed.shape == (b, T)
+    assert net.greedy(source, max_len=2).shape[1] <= 2
+
+    tokens, scores = net.beam_search(source, beam_size=3)
+    assert tokens.shape[0] == b and tokens.shape[1] <= T and scores.shape == (b,)
+    assert torch.isfinite(scores).all() and (scores <= 0).all()
+
+
+def test_one_hot_and_embedding_inputs():
+    one_hot = TokenInput(V, None)
+    tokens = torch.tensor([[0, 3, 8]])
+    assert one_hot.dim == V and torch.equal(one_hot(tokens), F.one_hot(tokens, V).float())
+    assert not list(one_hot.parameters())  # the tutorial's fixed one-hot input has nothing to learn
+    emb = TokenInput(V, 4)
+    assert emb.dim == 4 and emb(tokens).shape == (1, 3, 4) and emb.table.requires_grad
+    net = make_net(embedding_dim=None)
+    assert net.encoder.rnn.input_size == V and net.decoder.rnn.input_size == V
+    net = make_net(embedding_dim=6)
+    assert net.encoder.rnn.input_size == 6 and net.decoder.rnn.input_size == 6
+
+
+def test_shift_right():
+    target = torch.tensor([[5, 6, 7], [8, 1, 0]])
+    assert shift_right(target, 0).tolist() == [[0, 5, 6], [0, 8, 1]]
+    assert shift_right(target, 3).tolist() == [[3, 5, 6], [3, 8, 1]]
+
+
+# ------------------------------------------------------------------------------ teacher forcing == step by step
+
+
+@pytest.mark.parametrize("combo", COMBOS, ids=_id)
+def test_teacher_forced_logits_equal_step_by_step(combo):
+    net = make_net(**combo)
+    for source in (padded_sources(LENGTHS), padded_sources([S, S, S])):  # packed and unpacked encoder paths
+        decoder_input = shift_right(torch.randint(0, V, (len(source), T)), net.start_token)
+        with torch.no_grad():
+            forced = net(source, decoder_input)
+            state, steps = net.encode(source), []
+            for t in range(T):
+                logits, state = net.step(decoder_input[:, t], state)
+                steps.append(logits)
+        diff = (forced - torch.stack(steps, 1)).abs().max().item()
+        assert diff < 1e-5, f"max abs diff {diff}"
+
+
+# ------------------------------------------------------------------------------------------- padding invariance
+
+
+@pytest.mark.parametrize("combo", COMBOS, ids=_id)
+def test_padding_does_not_leak(combo):
+    """Each right-padded row's encoder state and decoder logits equal those of the same row encoded alone."""
+    net = make_net(**combo)
+    source = padded_sources(LENGTHS)
+    decoder_input = torch.randint(0, V, (len(source), 3))
+    with torch.no_grad():
+        batch_state = net.encode(source)
+        batch_logits = net.decoder(decoder_input, batch_state)[0]
+        for i, n in enumerate(LENGTHS):
+            for alone in (source[i : i + 1, :n], F.pad(source[i : i + 1, :n], (0, 4))):  # unpadded; padded alone
+                state = net.encode(alone)
+                for name in ("h", "c"):
+                    if name in state:
+                        torch.testing.assert_close(batch_state[name][:, i], state[name][:, 0], atol=1e-6, rtol=0)
+                if combo["attention"]:
+                    torch.testing.assert_close(batch_state["memory"][i, :n], state["memory"][0, :n], atol=1e-6, rtol=0)
+                    assert not batch_state["memory_mask"][i, n:].any()
+                logits = net.decoder(decoder_input[i : i + 1], state)[0]
+                torch.testing.assert_close(batch_logits[i], logits[0], atol=1e-5, rtol=0)
+
+
+def test_padding_changes_nothing_even_when_pad_memory_is_large():
+    """Attention must mask padded positions, whatever the encoder left there."""
+    net = make_net(attention=True, bidirectional=True)
+    source = padded_sources([3, 7])
+    with torch.no_grad():
+        state = net.encode(source)
+        clean = net.decoder(torch.zeros(2, 2, dtype=torch.long), state)[0]
+        state["memory"] = state["memory"].clone()
+        state["memory"][0, 3:] = 1e3
+        dirty = net.decoder(torch.zeros(2, 2, dtype=torch.long), state)[0]
+    torch.testing.assert_close(clean, dirty, atol=1e-6, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------------- greedy
+
+
+def manual_greedy(net: Seq2Seq, source: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Argmax loop with finished rows padded after their end token; (B, max_len)."""
+    with torch.no_grad():
+        state = net.encode(source)
+        token = torch.full((len(source),), net.start_token)
+        done = torch.zeros(len(source), dtype=torch.bool)
+        out = []
+        for _ in range(max_len):
+            logits, state = net.step(token, state)
+            token = torch.where(done, net.pad_token, logits.argmax(-1))
+            out.append(token)
+            if net.eos_token is not None:
+                done |= token == net.eos_token
+    return torch.stack(out, 1)
+
+
+def _pad_to(tokens: torch.Tensor, width: int) -> torch.Tensor:
+    return F.pad(tokens, (0, width - tokens.shape[1]))
+
+
+@pytest.mark.parametrize("combo", COMBOS[::3] + [COMBOS[-1]], ids=_id)
+@pytest.mark.parametrize("eos", [None, EOS])
+def test_greedy_equals_manual_argmax_loop(combo, eos):
+    net = make_net(eos_token=eos, **combo)
+    if eos is not None:
+        with torch.no_grad():
+            net.decoder.output.bias[EOS] += 1.5  # make rows end at different steps
+    source = padded_sources(LENGTHS * 3, seed=1)
+    greedy = net.greedy(source)
+    manual = manual_greedy(net, source, T)
+    assert torch.equal(_pad_to(greedy, T), manual)
+    if eos is None:
+        assert greedy.shape == (len(source), T)
+    else:
+        ended = (manual == EOS).any(1)
+        assert ended.any()  # the bias did its job: the test covers finished rows
+        for row in manual[ended]:  # only padding after the end token
+            at = row.tolist().index(EOS)
+            assert (row[at + 1 :] == 0).all()
+
+
+def test_greedy_stops_when_every_row_has_ended():
+    net = make_net()
+    with torch.no_grad():
+        net.decoder.output.bias[EOS] += 100.0  # every row ends at the first step
+    out = net.greedy(padded_sources(LENGTHS))
+    assert out.tolist() == [[EOS]] * len(LENGTHS)
+
+
+# ------------------------------------------------------------------------------------------------ beam search
+
+
+@pytest.mark.parametrize("combo", COMBOS[::3] + [COMBOS[-1]], ids=_id)
+@pytest.mark.parametrize("eos", [None, EOS])
+def test_beam_size_one_equals_greedy(combo, eos):
+    net = make_net(eos_token=eos, **combo)
+    if eos is not None:
+        with torch.no_grad():
+            net.decoder.output.bias[EOS] += 1.5
+    source = padded_sources(LENGTHS * 2, seed=2)
+    tokens, _ = net.beam_search(source, beam_size=1)
+    greedy = net.greedy(source)
+    assert torch.equal(_pad_to(tokens, T), _pad_to(greedy, T))
+
+
+def sequence_score(net: Seq2Seq, source: torch.Tensor, tokens: torch.Tensor, length_penalty: float) -> np.ndarray:
+    """Sum of the tokens' log-probabilities up to and including the end token, / length ** length_penalty."""
+    with torch.no_grad():
+        logits = net(source, shift_right(tokens, net.start_token)).double()
+    logp = logits.log_softmax(-1).gather(2, tokens[:, :, None])[:, :, 0]  # (B, T)
+    keep = torch.ones_like(tokens, dtype=torch.bool)
+    if net.eos_token is not None:
+        ended_before = torch.cumsum((tokens == net.eos_token).long(), 1) - (tokens == net.eos_token).long()
+        keep = ended_before == 0
+    total = (logp * keep).sum(1)
+    length = keep.sum(1).double()
+    return (total / length**length_penalty if length_penalty else total).numpy()
+
+
+@pytest.mark.parametrize("combo", [COMBOS[0], COMBOS[7], COMBOS[-1]], ids=_id)
+@pytest.mark.parametrize("eos", [None, EOS])
+@pytest.mark.parametrize("length_penalty", [1.0, 0.0, 0.6])
+def test_beam_score_is_the_normalised_log_prob_of_its_sequence(combo, eos, length_penalty):
+    net = make_net(eos_token=eos, **combo)
+    if eos is not None:
+        with torch.no_grad():
+            net.decoder.output.bias[EOS] += 1.0
+    source = padded_sources(LENGTHS, seed=3)
+    tokens, scores = net.beam_search(source, beam_size=4, length_penalty=length_penalty)
+    assert scores.dtype == torch.float64
+    expected = sequence_score(net, source, _pad_to(tokens, T), length_penalty)
+    np.testing.assert_allclose(scores.numpy(), expected, atol=1e-5, rtol=0)
+
+
+def test_wide_beam_finds_the_exhaustive_best():
+    """Beam as wide as the whole search space returns the best of all V**T sequences (raw sums, no end token)."""
+    vocab, steps = 4, 3
+    torch.manual_seed(4)
+    net = Seq2Seq(vocab_size=vocab, max_target_length=steps, hidden_size=H).eval()
+    source = torch.randint(1, vocab, (5, 4))
+    tokens, scores = net.beam_search(source, beam_size=vocab**steps, length_penalty=0.0)
+    every = torch.tensor(list(itertools.product(range(vocab), repeat=steps)))  # (64, 3)
+    for i in range(len(source)):
+        all_scores = sequence_score(net, source[i : i + 1].expand(len(every), -1), every, 0.0)
+        best = all_scores.argmax()
+        assert tokens[i].tolist() == every[best].tolist()
+        assert scores[i].item() == pytest.approx(all_scores[best], abs=1e-5)
+
+
+def test_beam_size_must_be_positive():
+    with pytest.raises(ValueError, match="beam_size must be >= 1"):
+        make_net().beam_search(padded_sources([3]), beam_size=0)
+
+
+# ---------------------------------------------------------------------------------------- module and metrics
+
+
+def test_metrics_numbers():
+    metric = Seq2SeqMetrics(max_target_length=3)
+    target = torch.tensor([[5, 1, 0], [4, 6, 1], [2, 1, 0]])
+    logits = F.one_hot(torch.tensor([[5, 1, 3], [4, 2, 1], [3, 3, 3]]), 8).float()  # argmax right on 5 of 7 tokens
+    greedy = torch.tensor([[5, 1, 0], [4, 6, 1], [2, 3, 0]])
+    metric.update(torch.tensor(7.0), logits, target, greedy, pad_token=0)
+    out = metric.compute()
+    assert out["loss"].item() == pytest.approx(1.0)  # 7 / 7 non-pad tokens
+    assert out["token_acc"].item() == pytest.approx(4 / 7)
+    assert out["exact_match"].item() == pytest.approx(2 / 3)
+    assert [out[f"position_{i}_acc"].item() for i in range(3)] == pytest.approx([1.0, 2 / 3, 1.0])
+
+
+def test_module_builds_the_net_from_primitive_hparams():
+    module = Seq2SeqModule(vocab_size=V, max_target_length=T, eos_token=EOS, hidden_size=H, cell="gru", num_layers=2)
+    assert isinstance(module.net, Seq2Seq)
+    assert (module.net.vocab_size, module.net.max_target_length, module.net.eos_token) == (V, T, EOS)
+    assert module.net.cell == "gru" and module.net.num_layers == 2 and module.net.hidden_size == H
+    assert "optimizer" not in module.hparams and "lr_scheduler" not in module.hparams
+    assert all(isinstance(v, (int, float, str, bool, type(None))) for v in module.hparams.values())
+    assert net_kwargs(module.hparams) == {k: v for k, v in module.hparams.items() if k != "teacher_forcing_ratio"}
+
+
+def test_scheduled_sampling_ratio_zero_feeds_own_predictions():
+    torch.manual_seed(0)
+    module = Seq2SeqModule(vocab_size=V, max_target_length=T, eos_token=None, hidden_size=H, teacher_forcing_ratio=0.0)
+    source, target = padded_sources([S, S, S]), torch.randint(1, V, (3, T))
+    module.train()
+    with torch.no_grad():
+        sampled = module._logits(source, target)
+        free = manual_greedy(module.net, source, T)  # ratio 0: decoding feeds its argmax, like greedy
+    assert sampled.shape == (3, T, V)
+    assert torch.equal(sampled.argmax(-1), free)
+    module.eval()  # evaluation is always teacher forced
+    with torch.no_grad():
+        torch.testing.assert_close(module._logits(source, target), module.net(source, shift_right(target, 0)))
+
+
+# ------------------------------------------------------------------------------------------------- validation
+
+BAD_NETS = [
+    (dict(hidden_size=0), r"--model\.hidden_size must be >= 1, got 0"),
+    (dict(hidden_size=-2), r"--model\.hidden_size must be >= 1"),
+    (dict(num_layers=0), r"--model\.num_layers must be >= 1"),
+    (dict(cell="rnn"), r"--model\.cell: unknown cell 'rnn'"),
+    (dict(cell="LSTM"), r"--model\.cell"),
+    (dict(dropout=1.0), r"--model\.dropout must be in \[0, 1\)"),
+    (dict(dropout=-0.1), r"--model\.dropout must be in \[0, 1\)"),
+    (dict(embedding_dim=0), r"--model\.embedding_dim must be >= 1"),
+    (dict(vocab_size=0), r"--model\.vocab_size must be >= 1"),
+    (dict(max_target_length=0), r"--model\.max_target_length must be >= 1"),
+    (dict(eos_token=V), r"--model\.eos_token must be in \[0, vocab_size=9\)"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", BAD_NETS, ids=[str(k) for k, _ in BAD_NETS])
+def test_bad_net_settings_name_the_flag(kwargs, message):
+    settings = dict(vocab_size=V, max_target_length=T, hidden_size=H) | kwargs
+    with pytest.raises(ValueError, match=message):
+        Seq2Seq(**settings)
+    with pytest.raises(ValueError, match=message):
+        Seq2SeqModule(**settings)
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.01, 2.0])
+def test_bad_teacher_forcing_ratio_names_the_flag(ratio):
+    with pytest.raises(ValueError, match=r"--model\.teacher_forcing_ratio must be in \[0, 1\]"):
+        Seq2SeqModule(vocab_size=V, hidden_size=H, teacher_forcing_ratio=ratio)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 1.0])
+def test_teacher_forcing_ratio_bounds_are_accepted(ratio):
+    assert Seq2SeqModule(vocab_size=V, hidden_size=H, teacher_forcing_ratio=ratio).teacher_forcing_ratio == ratio
