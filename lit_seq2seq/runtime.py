@@ -132,6 +132,7 @@ class OnnxSeq2Seq:
         if source.shape[1] == 0:
             raise ValueError("source: empty sequence (source_len is 0)")
         pad = source == self.pad_token
+
         def where(row: int, col: int | None = None) -> str:
             at = "" if col is None else f"position {col}"
             return f"source {at}" if single else f"source row {row}{', ' if at else ''}{at}"
