@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Create .venv and install lit-seq2seq with its dev extras, pinned to the CPU build of torch (constraints.txt).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+.venv/bin/python -c "import torch, lightning, onnxruntime; print('torch', torch.__version__, '| lightning', lightning.__version__, '| onnxruntime', onnxruntime.__version__)"
