@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-OWN_COMMANDS = ("export", "decode", "sample")
+OWN_COMMANDS = ("export", "decode", "sample", "report")
 
 
 def main(args: Sequence[str] | None = None) -> int:
@@ -146,6 +146,19 @@ def _run_sample(o: argparse.Namespace) -> int:
     return 0
 
 
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log_dir", required=True, help="a run folder with metrics.csv, e.g. runs/reverse/version_0")
+    p.set_defaults(run=_run_report)
+
+
+def _run_report(o: argparse.Namespace) -> int:
+    from lit_seq2seq.report import write_report
+
+    png, table = write_report(o.log_dir)
+    print(f"report written to {png} and {table}")
+    return 0
+
+
 _COMMANDS = {
     "export": ("Export a checkpoint to encoder.onnx + decoder_step.onnx and verify them.", _export_args),
     "decode": (
@@ -154,4 +167,5 @@ _COMMANDS = {
         _decode_args,
     ),
     "sample": ("Print fresh 'SOURCE<TAB>TARGET' lines of an exported model's task.", _sample_args),
+    "report": ("Plot learning curves and per-position accuracy of a run (report.png + report.csv).", _report_args),
 }
