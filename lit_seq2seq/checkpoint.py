@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,14 @@ def read_checkpoint(path: str | os.PathLike, flag: str = "--ckpt_path") -> dict[
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{flag} {path}: no such file")
+    # torch.load skips the zip CRCs, and the weights hash does not cover optimizer or loop state.
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"{flag} {path}: cannot be read as a checkpoint (truncated or damaged?): {error}") from None
+    if broken is not None:
+        raise ValueError(f"{flag} {path}: damaged ({broken} fails its CRC check)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - zip and unpickling errors vary; what matters is the file is bad

@@ -51,11 +51,13 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export(o: argparse.Namespace) -> int:
-    from lit_seq2seq.export import export_checkpoint
+    from lit_seq2seq.export import ExportVerificationError, export_checkpoint
 
-    report = export_checkpoint(
-        o.ckpt_path, o.output_dir, opset=o.opset, verify_samples=o.verify_samples, overwrite=o.overwrite
-    )
+    try:
+        report = export_checkpoint(o.ckpt_path, o.output_dir, o.opset, o.verify_samples, o.overwrite)
+    except ExportVerificationError as error:
+        print(f"lit-seq2seq export: verification failed, nothing was written: {error}", file=sys.stderr)
+        return 1
     print(report)
     return 0
 

@@ -117,6 +117,8 @@ class OnnxSeq2Seq:
                 source = np.asarray(source)
             except ValueError:
                 raise ValueError("source: rows have different lengths; right-pad them with the pad token") from None
+            if source.size == 0:  # numpy makes [] and [[]] float64: name the real problem
+                raise ValueError(f"source: empty {'batch' if source.ndim == 1 else 'sequence'} (shape {source.shape})")
         if not isinstance(source, np.ndarray):
             raise TypeError(f"source must be a numpy array or a list of token ids, got {type(source).__name__}")
         if source.dtype == object:
@@ -238,6 +240,8 @@ class OnnxSeq2Seq:
         source, single = self.check_source(source)
         if isinstance(beam_size, bool) or not isinstance(beam_size, (int, np.integer)) or beam_size < 1:
             raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
+        if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float, np.number)):
+            raise TypeError(f"length_penalty must be a finite number, got {length_penalty!r}")
         if not np.isfinite(length_penalty):
             raise ValueError(f"length_penalty must be finite, got {length_penalty}")
         tokens, scores = beam_search(

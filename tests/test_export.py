@@ -1,0 +1,355 @@
+"""Export of fitted checkpoints to encoder.onnx + decoder_step.onnx: the contract, dynamic axes, parity with
+PyTorch (tensors and tokens), end-token handling, and the export command's safety (refusals, atomic replacement,
+clean failure on verification errors, bad flags).
+
+Every model is a tiny `lit-seq2seq fit` (one epoch, hidden 16) shared across the session (see export_models.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import cli_exit, run_cli
+from export_models import CONTRACT_VARIANTS, SPECS, build
+
+from lit_seq2seq import __version__, contract
+from lit_seq2seq import export as export_module
+from lit_seq2seq.cli import main
+from lit_seq2seq.export import ExportVerificationError, export_checkpoint, load_checkpoint
+from lit_seq2seq.runtime import OnnxSeq2Seq
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The number of training batches"),
+    pytest.mark.filterwarnings("ignore:.*LeafSpec"),  # lightning vs torch 2.13 pytree deprecation notice
+    pytest.mark.filterwarnings("ignore::UserWarning"),  # the TorchScript exporter's tracer chatter
+]
+FILES = (contract.ENCODER_FILE, contract.DECODER_FILE)
+ONNX_TYPES = {"tensor(int64)": np.int64, "tensor(float)": np.float32, "tensor(bool)": np.bool_}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """name -> (checkpoint, export dir); built on first use, once per session."""
+    return lambda name: build(tmp_path_factory, name)
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    """name -> (torch net, task, OnnxSeq2Seq), cached for the module."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            ckpt, out = exported(name)
+            net, task = load_checkpoint(ckpt)
+            cache[name] = (net, task, OnnxSeq2Seq.load(out))
+        return cache[name]
+
+    return get
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def random_source(rng, batch: int, length: int, min_token: int, vocab: int) -> np.ndarray:
+    """(batch, length) valid source; every other row right-padded at a random length >= 1."""
+    source = rng.integers(min_token, vocab, size=(batch, length))
+    for row in range(1, batch, 2):
+        source[row, rng.integers(1, length + 1) :] = 0
+    return source
+
+
+# ----------------------------------------------------------------------------------------------- the contract
+
+
+def _expected_shapes(meta: dict[str, str]) -> dict[str, list]:
+    layers, hidden = int(meta["num_layers"]), int(meta["hidden_size"])
+    state = [layers, "batch", hidden]
+    return {
+        contract.SOURCE: ["batch", "source_len"],
+        contract.TOKEN: ["batch"],
+        contract.LOGITS: ["batch", int(meta["vocab_size"])],
+        contract.H: state,
+        contract.C: state,
+        contract.H + contract.OUT_SUFFIX: state,
+        contract.C + contract.OUT_SUFFIX: state,
+        contract.MEMORY: ["batch", "source_len", int(meta["memory_dim"])],
+        contract.MEMORY_MASK: ["batch", "source_len"],
+    }
+
+
+def _expected_dtype(name: str):
+    if name in (contract.SOURCE, contract.TOKEN):
+        return np.int64
+    return np.bool_ if name == contract.MEMORY_MASK else np.float32
+
+
+@pytest.mark.parametrize("name", CONTRACT_VARIANTS)
+def test_files_io_names_dtypes_and_shapes_follow_the_contract(name, exported):
+    cell, attention, bidirectional, layers, task = SPECS[name]
+    _, out = exported(name)
+    # Two self-contained files and nothing else: no external-data .onnx.data, no leftovers.
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    for file, io in ((contract.ENCODER_FILE, contract.encoder_io), (contract.DECODER_FILE, contract.decoder_io)):
+        session = ort.InferenceSession(str(out / file), providers=["CPUExecutionProvider"])
+        meta = session.get_modelmeta().custom_metadata_map
+        inputs, outputs = io(cell, attention)
+        assert [i.name for i in session.get_inputs()] == inputs, file
+        assert [o.name for o in session.get_outputs()] == outputs, file
+        shapes = _expected_shapes(meta)
+        for arg in [*session.get_inputs(), *session.get_outputs()]:
+            assert ONNX_TYPES[arg.type] == _expected_dtype(arg.name.removesuffix(contract.OUT_SUFFIX)), arg
+            assert arg.shape == shapes[arg.name], (file, arg.name, arg.shape)
+        assert meta["inputs"] == ",".join(inputs) and meta["outputs"] == ",".join(outputs)
+        model = onnx.load(str(out / file), load_external_data=False)
+        assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer), (
+            f"{file} stores weights outside the file"
+        )
+
+
+@pytest.mark.parametrize("name", CONTRACT_VARIANTS)
+def test_metadata_holds_every_key_with_the_right_values(name, exported):
+    cell, attention, bidirectional, layers, task = SPECS[name]
+    _, out = exported(name)
+    metas = []
+    for file in FILES:
+        meta = dict(ort.InferenceSession(str(out / file)).get_modelmeta().custom_metadata_map)
+        assert set(meta) == set(contract.META_KEYS), f"{file}: {set(meta) ^ set(contract.META_KEYS)}"
+        metas.append(meta)
+    enc, dec = metas
+    common = {k for k in contract.META_KEYS if k not in ("inputs", "outputs", contract.HASH_KEY)}
+    assert {k: enc[k] for k in common} == {k: dec[k] for k in common}  # export_id included
+    assert len(dec["export_id"]) == 32
+    expected = {
+        "format_version": contract.FORMAT_VERSION,
+        "producer_version": __version__,
+        "task": task,
+        "pad_token": "0",
+        "start_token": "0",
+        "hidden_size": "16",
+        "num_layers": str(layers),
+        "cell": cell,
+        "bidirectional": str(int(bidirectional)),
+        "attention": str(int(attention)),
+        "memory_dim": str(16 * (2 if bidirectional else 1) if attention else 0),
+    }
+    if task == "reverse_first":  # --data.vocab_size 9 --data.source_length 4 --data.target_length 2
+        expected |= {"vocab_size": "9", "eos_token": "", "min_token": "1", "source_length": "4"}
+        expected |= {"min_source_length": "4", "max_target_length": "2"}
+    else:  # copy / reverse: --data.vocab_size 8 --data.source_length 5; targets end with token 1
+        expected |= {"vocab_size": "8", "eos_token": "1", "min_token": "2", "source_length": "5"}
+        expected |= {"min_source_length": "1", "max_target_length": "6"}
+    assert {k: dec[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru_bi_attention"])
+def test_content_hash_is_checkable_with_a_hash_function_alone(name, exported):
+    """As documented in contract.py: sha256 of the file with the stored hex value replaced by 64 zeros."""
+    _, out = exported(name)
+    for file in FILES:
+        data = (out / file).read_bytes()
+        stored = ort.InferenceSession(data).get_modelmeta().custom_metadata_map[contract.HASH_KEY]
+        assert len(stored) == 64 and stored != contract.HASH_PLACEHOLDER
+        assert data.count(stored.encode()) == 1
+        assert hashlib.sha256(data.replace(stored.encode(), contract.HASH_PLACEHOLDER.encode())).hexdigest() == stored
+
+
+# --------------------------------------------------------------------------------------- dynamic axes, parity
+
+
+@pytest.mark.parametrize("name", CONTRACT_VARIANTS)
+def test_dynamic_batch_and_source_length_match_torch(name, loaded):
+    net, task, model = loaded(name)
+    rng = np.random.default_rng(1)
+    for batch in (1, 2, 5, 33):
+        for length in (1, 3, 6, 11):  # 6 and 11 are longer than any training source
+            source = random_source(rng, batch, length, task.min_token, net.vocab_size)
+            with torch.no_grad():
+                expected = net.encode(torch.from_numpy(source))
+            got = model.encode(source)
+            assert list(got) == model.state_names
+            for key, value in expected.items():
+                assert got[key].shape == tuple(value.shape), (batch, length, key)
+                if key == contract.MEMORY_MASK:
+                    assert (got[key] == value.numpy()).all()
+                else:
+                    np.testing.assert_allclose(got[key], value.numpy(), atol=1e-4, err_msg=f"{batch}x{length} {key}")
+            tokens = model.greedy(source)
+            assert tokens.dtype == np.int64 and len(tokens) == batch
+            np.testing.assert_array_equal(tokens, net.greedy(torch.from_numpy(source)).numpy(), f"{batch}x{length}")
+
+
+@pytest.mark.parametrize("name", CONTRACT_VARIANTS)
+def test_greedy_and_beam_tokens_identical_to_torch(name, loaded):
+    net, task, model = loaded(name)
+    source, _ = task.sample(48, np.random.default_rng(7))
+    expected = net.greedy(torch.from_numpy(source)).numpy()
+    np.testing.assert_array_equal(model.greedy(source), expected)
+    tokens, scores = model.beam_search(source, beam_size=3)
+    expected_tokens, expected_scores = net.beam_search(torch.from_numpy(source), beam_size=3)
+    np.testing.assert_array_equal(tokens, expected_tokens.numpy())
+    np.testing.assert_allclose(scores, expected_scores.numpy(), atol=1e-4)
+    single = source[0][source[0] != 0]  # one (source_len,) sequence in, one (steps,) sequence out
+    np.testing.assert_array_equal(model.greedy(single), net.greedy(torch.from_numpy(single[None])).numpy()[0])
+
+
+def _assert_padded_after_eos(tokens: np.ndarray, eos: int) -> None:
+    for row in tokens:
+        ends = np.flatnonzero(row == eos)
+        if len(ends):
+            assert (row[ends[0] + 1 :] == 0).all(), f"tokens after the end token are not padding: {row}"
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm_attention", "gru_bi_attention", "copy_trained"])
+def test_rows_are_padded_after_their_end_token(name, loaded):
+    net, task, model = loaded(name)
+    source, _ = task.sample(64, np.random.default_rng(3))
+    _assert_padded_after_eos(model.greedy(source), model.eos_token)
+    _assert_padded_after_eos(model.beam_search(source, beam_size=3)[0], model.eos_token)
+
+
+def test_trained_copy_model_stops_each_row_at_its_end_token_and_the_batch_early(loaded):
+    net, task, model = loaded("copy_trained")  # copy of 1..3 tokens in 2..5, max_target_length 4
+    assert model.max_target_length == 4 and model.eos_token == 1
+    source = np.array([[2, 3, 0], [4, 0, 0], [5, 0, 0]])
+    tokens = model.greedy(source)
+    assert tokens.shape == (3, 3)  # every row ended by step 3: no 4th step was run
+    assert tokens.tolist() == [[2, 3, 1], [4, 1, 0], [5, 1, 0]]
+    np.testing.assert_array_equal(tokens, net.greedy(torch.from_numpy(source)).numpy())
+    assert model.greedy(np.array([[4], [5]])).tolist() == [[4, 1], [5, 1]]
+    assert model.greedy(np.array([[2, 3, 4]])).shape == (1, 4)  # the longest target runs all steps
+    beam = model.beam_search(source, beam_size=3)[0]  # runs until every beam ended, so it may be wider
+    assert beam[:, :3].tolist() == tokens.tolist() and (beam[:, 3:] == 0).all()
+    assert [model.strip(row) for row in tokens] == [[2, 3], [4], [5]]
+
+
+def test_greedy_equals_a_loop_over_step(loaded):
+    """runtime.greedy is the documented loop: argmax, feed back, keep finished rows at pad, stop when all end."""
+    _, task, model = loaded("copy_trained")
+    source, _ = task.sample(32, np.random.default_rng(11))
+    state = model.encode(source)
+    token = np.zeros(len(source), dtype=np.int64)
+    done = np.zeros(len(source), dtype=bool)
+    steps = []
+    for _ in range(model.max_target_length):
+        logits, state = model.step(token, state)
+        token = np.where(done, 0, logits.argmax(-1))
+        steps.append(token)
+        done |= token == model.eos_token
+        if done.all():
+            break
+    np.testing.assert_array_equal(model.greedy(source), np.stack(steps, 1))
+
+
+# ------------------------------------------------------------------------------------------- export safety
+
+
+def _copy_export(name: str, exported, dest: Path) -> tuple[Path, Path]:
+    ckpt, out = exported(name)
+    shutil.copytree(out, dest)
+    return ckpt, dest
+
+
+def test_existing_export_is_refused_without_overwrite_and_replaced_with_it(exported, tmp_path, capsys):
+    ckpt, out = _copy_export("gru", exported, tmp_path / "model")
+    before = snapshot(out)
+    code, err = cli_exit(["export", "--ckpt_path", ckpt, "--output_dir", out, "--verify_samples", "8"], capsys)
+    assert code == 2 and "--overwrite" in err and "Traceback" not in err
+    assert snapshot(out) == before
+
+    run_cli(["export", "--ckpt_path", ckpt, "--output_dir", out, "--verify_samples", "8", "--overwrite"])
+    after = snapshot(out)
+    assert sorted(after) == sorted(FILES) and all(after[f] != before[f] for f in FILES)  # new export_id and hash
+    assert OnnxSeq2Seq.load(out).meta["export_id"] != OnnxSeq2Seq.load(exported("gru")[1]).meta["export_id"]
+    assert not list(tmp_path.glob(".model.export-*"))
+
+
+def test_failed_verification_raises_and_leaves_the_folder_untouched(exported, tmp_path, monkeypatch):
+    ckpt, out = _copy_export("lstm", exported, tmp_path / "model")
+    before = snapshot(out)
+    monkeypatch.setattr(export_module, "PARITY_TOL", -1.0)
+    with pytest.raises(ExportVerificationError, match="differ from PyTorch"):
+        export_checkpoint(ckpt, out, verify_samples=8, overwrite=True)
+    assert snapshot(out) == before
+    with pytest.raises(ExportVerificationError):
+        export_checkpoint(ckpt, tmp_path / "fresh", verify_samples=8)
+    assert not (tmp_path / "fresh").exists()  # nothing created for a failed export
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no .<name>.export-* temp dirs left
+
+
+def test_cli_returns_1_when_verification_fails(exported, tmp_path, monkeypatch, capsys):
+    ckpt, _ = exported("lstm")
+    monkeypatch.setattr(export_module, "PARITY_TOL", -1.0)
+    capsys.readouterr()
+    try:
+        code = main(["export", "--ckpt_path", str(ckpt), "--output_dir", str(tmp_path / "m"), "--verify_samples", "8"])
+    except SystemExit as error:
+        code = error.code
+    assert code == 1
+    assert "differ from PyTorch" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def _tensor_offset(data: bytes, tensor: torch.Tensor) -> int:
+    raw = tensor.contiguous().numpy().tobytes()
+    assert data.count(raw) == 1
+    return data.find(raw) + len(raw) // 2
+
+
+def _damage(ckpt: Path, dest: Path, how: str) -> Path:
+    data = bytearray(ckpt.read_bytes())
+    if how == "truncated_half":
+        data = data[: len(data) // 2]
+    elif how == "truncated_tail":
+        data = data[:-64]
+    else:
+        loaded = torch.load(ckpt, weights_only=True)
+        tensor = (
+            loaded["state_dict"]["net.decoder.output.weight"]
+            if how == "flipped_byte_in_weights"
+            else loaded["optimizer_states"][0]["state"][1]["exp_avg_sq"]  # lies in the middle of the file
+        )
+        data[_tensor_offset(bytes(data), tensor)] ^= 0x10
+    dest.write_bytes(bytes(data))
+    return dest
+
+
+@pytest.mark.parametrize(
+    "how", ["truncated_half", "truncated_tail", "flipped_byte_in_weights", "flipped_byte_in_optimizer_state"]
+)
+def test_damaged_checkpoint_exits_2_naming_the_flag(how, exported, tmp_path, capsys):
+    ckpt = _damage(exported("lstm")[0], tmp_path / "damaged.ckpt", how)
+    code, err = cli_exit(["export", "--ckpt_path", ckpt, "--output_dir", tmp_path / "m"], capsys)
+    assert code == 2 and "--ckpt_path" in err and "Traceback" not in err, err
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--ckpt_path", "missing.ckpt"], "--ckpt_path missing.ckpt: no such file"),
+        (["--verify_samples", "0"], "--verify_samples must be >= 1"),
+        (["--verify_samples", "-3"], "--verify_samples must be >= 1"),
+        (["--opset", "9"], "--opset must be in"),
+    ],
+)
+def test_bad_export_flags_exit_2_naming_the_flag(flags, message, exported, in_tmp, capsys):
+    ckpt, _ = exported("lstm")
+    args = ["export", "--ckpt_path", ckpt, "--output_dir", in_tmp / "m", *flags]
+    code, err = cli_exit(args, capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (in_tmp / "m").exists()
+
+
+def test_output_dir_that_is_a_file_exits_2(exported, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, err = cli_exit(["export", "--ckpt_path", exported("lstm")[0], "--output_dir", tmp_path / "file"], capsys)
+    assert code == 2 and "--output_dir" in err and (tmp_path / "file").read_text() == "x"

@@ -1,0 +1,562 @@
+"""The torch-free runtime: OnnxSeq2Seq without torch, validation of every input, damaged model files, thread
+safety, the `sample | decode` commands, and export/consumer_example.py (a foreign app using onnxruntime alone).
+
+Models are tiny fits exported once per session (see export_models.py).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import io
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import REPO, cli_exit
+from export_models import CLI, build, run_python
+
+from lit_seq2seq import contract
+from lit_seq2seq.cli import main
+from lit_seq2seq.runtime import ModelFileError, OnnxSeq2Seq
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The number of training batches"),
+    pytest.mark.filterwarnings("ignore:.*LeafSpec"),  # lightning vs torch 2.13 pytree deprecation notice
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
+CONSUMER = REPO / "export" / "consumer_example.py"
+# Installed first in a subprocess: any import of these packages fails, as on a machine without them.
+BLOCK_IMPORTS = """
+import sys
+class _Blocked:
+    names = {"torch", "lightning", "pytorch_lightning", "lightning_fabric", "torchmetrics", *sys.argv[1:2]}
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.names:
+            raise ImportError(f"{name} is not installed here")
+sys.meta_path.insert(0, _Blocked())
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """name -> export dir; fitted and exported on first use, once per session."""
+    return lambda name: build(tmp_path_factory, name)[1]
+
+
+@pytest.fixture(scope="module")
+def models(exported):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = OnnxSeq2Seq.load(exported(name))
+        return cache[name]
+
+    return get
+
+
+def strip_all(model: OnnxSeq2Seq, tokens: np.ndarray) -> list[str]:
+    return [" ".join(map(str, model.strip(row))) for row in tokens]
+
+
+def pad_rows(rows: list[list[int]]) -> np.ndarray:
+    out = np.zeros((len(rows), max(map(len, rows))), dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+# ------------------------------------------------------------------------------------------- without torch
+
+
+def test_runtime_loads_and_decodes_without_torch_or_lightning(exported):
+    code = (
+        BLOCK_IMPORTS
+        + """
+import numpy as np
+from lit_seq2seq.runtime import OnnxSeq2Seq
+model = OnnxSeq2Seq.load(sys.argv[2])
+print(model.greedy(np.array([[2, 3, 4], [5, 0, 0]])).tolist())
+print(model.beam_search(np.array([[2, 3, 4]]), beam_size=2)[0].shape[0])
+assert not any(m.split(".")[0] in _Blocked.names for m in sys.modules), sorted(sys.modules)
+try:
+    import torch
+except ImportError:
+    pass
+else:
+    raise SystemExit("the import blocker let torch in")
+"""
+    )
+    result = run_python(code, "none", str(exported("gru_bi_attention")))
+    assert result.returncode == 0, result.stderr
+    expected = OnnxSeq2Seq.load(exported("gru_bi_attention")).greedy(np.array([[2, 3, 4], [5, 0, 0]])).tolist()
+    assert result.stdout.splitlines() == [str(expected), "1"]
+
+
+def test_python_m_decode_runs_without_torch_or_lightning(exported):
+    code = (
+        BLOCK_IMPORTS
+        + """
+import runpy
+sys.argv = ["lit_seq2seq", "decode", "--model_dir", sys.argv[2], "2 3 4", "5 4"]
+try:
+    runpy.run_module("lit_seq2seq", run_name="__main__", alter_sys=True)
+except SystemExit as exit:
+    assert not any(m.split(".")[0] in _Blocked.names for m in sys.modules), sorted(sys.modules)
+    raise
+"""
+    )
+    result = run_python(code, "none", str(exported("copy_trained")))
+    assert result.returncode == 0, result.stderr
+    model = OnnxSeq2Seq.load(exported("copy_trained"))
+    assert result.stdout.splitlines() == strip_all(model, model.greedy(pad_rows([[2, 3, 4], [5, 4]])))
+
+
+# --------------------------------------------------------------------------------------------- bad inputs
+# Each case also says what raw onnxruntime (encoder/decoder session.run, found by calling it directly) does with
+# the same input: an error (often from deep inside a kernel), silent garbage, or a crash of the whole process.
+
+GOOD = np.array([[3, 4, 5, 6], [2, 3, 0, 0]])
+SOURCE_CASES = [
+    # raw: error, INVALID_ARGUMENT "Unexpected input data type. Actual: (tensor(float)), expected: (tensor(int64))"
+    pytest.param("lstm", GOOD.astype(np.float32), TypeError, "integer token ids", id="float source"),
+    # raw: error, INVALID_ARGUMENT "Unexpected input data type. Actual: (tensor(bool)) ..."
+    pytest.param("lstm", GOOD.astype(bool), TypeError, "integer token ids", id="bool source"),
+    # raw: error, INVALID_ARGUMENT "Invalid rank for input: source Got: 3 Expected: 2"
+    pytest.param("lstm", GOOD[None], ValueError, "shape [batch, source_len]", id="3-D source"),
+    # raw: CRASH, the encoder segfaults (exit code 139) and takes the whole process down, every cell
+    pytest.param("lstm", np.zeros((0, 5), np.int64), ValueError, "empty batch", id="empty batch"),
+    # raw: silent garbage, all-zero h/c (and a (2, 0, M) memory); decoding then runs from a blank state
+    pytest.param("lstm", np.zeros((2, 0), np.int64), ValueError, "empty sequence", id="empty sequence"),
+    # raw: silent garbage, the packed length counts non-pad tokens, so the row is read from the wrong positions
+    pytest.param("lstm", np.array([[3, 4], [0, 3]]), ValueError, "row 1: empty sequence", id="row starts with pad"),
+    # raw: silent garbage, all-zero state; with attention an all-False memory_mask row
+    pytest.param("lstm_attention", np.array([[3, 4], [0, 0]]), ValueError, "row 1", id="row of padding only"),
+    # raw: silent garbage, as for a row that starts with padding
+    pytest.param("lstm", np.array([[3, 0, 4], [2, 3, 4]]), ValueError, "token after padding", id="pad in middle"),
+    # raw: error from the Gather kernel: "indices element out of data bounds, idx=9 must be within [-9,8]"
+    pytest.param("lstm", np.array([[3, 9]]), ValueError, "token 9 is out of range", id="token = vocab_size"),
+    # raw: error from the Gather kernel, as above
+    pytest.param("gru", np.array([[3, 99]]), ValueError, "token 99 is out of range", id="token too large"),
+    # raw: silent garbage, Gather wraps -1 around to the last id (vocab_size - 1)
+    pytest.param("lstm", np.array([[3, -1]]), ValueError, "token -1 is out of range", id="negative token"),
+    # raw: error from the Gather kernel (below -vocab_size nothing wraps)
+    pytest.param("lstm", np.array([[3, -100]]), ValueError, "token -100 is out of range", id="very negative token"),
+    # raw: silent garbage, the end token is a valid id but never appears in a training source
+    pytest.param("gru", np.array([[3, 1, 4]]), ValueError, "token 1 is out of range", id="eos id in source"),
+    # raw: silent garbage, as for a pad in the middle
+    pytest.param("gru", np.array([[3, 0, 4]]), ValueError, "token after padding", id="pad id 0 in eos source"),
+    # raw: error, RuntimeError "Could not create tensor from given input list"
+    pytest.param("lstm", [[1, 2], [3]], ValueError, "different lengths", id="ragged lists"),
+    # raw: error, RuntimeError "Could not create tensor from given input list"
+    pytest.param("lstm", [[1, 2], [3, [4]]], ValueError, "different lengths", id="ragged nested lists"),
+    # raw: error, "Invalid rank for input: source Got: 1 Expected: 2"
+    pytest.param("lstm", [], (ValueError, TypeError), "empty", id="empty list"),
+    # raw: silent garbage on the LSTM (all-zero state for a (1, 0) source); the bidirectional GRU fails inside
+    # its Reshape kernel ("The input tensor cannot be reshaped to the requested shape")
+    pytest.param("lstm", [[]], (ValueError, TypeError), "empty", id="list of one empty row"),
+    # raw: silent garbage, a Python list is converted to the input's type: [[1.5, 2.7]] is read as [[1, 2]]
+    pytest.param("lstm", [[1.5, 2.7]], TypeError, "integer token ids", id="list of floats"),
+    # raw: error, RuntimeError "Input must be a list of dictionaries or a single numpy array for input 'source'"
+    pytest.param("lstm", "3 4", TypeError, "numpy array or a list", id="string"),
+]
+
+
+@pytest.mark.parametrize("name,source,error,message", SOURCE_CASES)
+def test_bad_source_is_refused_with_a_clear_message(name, source, error, message, models):
+    model = models(name)
+    for call in (model.encode, model.greedy, lambda s: model.beam_search(s, beam_size=2)):
+        with pytest.raises(error, match=message.replace("[", r"\[")):
+            call(source)
+
+
+def _with(token: np.ndarray | None = None, **changes):
+    """A step case: a batch-2 token and GOOD's encoding with entries replaced (a callable gets the state; None
+    removes the entry)."""
+
+    def make(state):
+        new = {**state, **{k: (v(state) if callable(v) else v) for k, v in changes.items()}}
+        return np.zeros(2, np.int64) if token is None else token, {k: v for k, v in new.items() if v is not None}
+
+    return make
+
+
+def _poisoned(value):
+    def make(state):
+        h = state["h"].copy()
+        h[0, 0, 0] = value
+        return h
+
+    return make
+
+
+def _mask_row_false(state):
+    mask = state["memory_mask"].copy()
+    mask[1] = False
+    return mask
+
+
+STEP_CASES = [
+    # raw: error, "Unexpected input data type. Actual: (tensor(float)), expected: (tensor(int64))"
+    pytest.param(
+        "lstm", _with(token=np.zeros(2, np.float32)), TypeError, "token must be a numpy integer", id="float token"
+    ),
+    # raw: error, "Invalid rank for input: token Got: 2 Expected: 1"
+    pytest.param("lstm", _with(token=np.zeros((2, 1), np.int64)), ValueError, "token must have shape", id="2-D token"),
+    # raw: error from the Gather kernel, "idx=9 must be within the inclusive range [-9,8]"
+    pytest.param("lstm", _with(token=np.array([9, 0])), ValueError, "token ids must be in", id="token too large"),
+    # raw: silent garbage, -1 reads the embedding of id vocab_size - 1
+    pytest.param("lstm", _with(token=np.array([-1, 0])), ValueError, "token ids must be in", id="negative token"),
+    # raw: error, ValueError "Required inputs (['h']) are missing from input feed"
+    pytest.param("lstm", _with(h=None), ValueError, "exactly", id="missing state key"),
+    # raw: error, INVALID_ARGUMENT "Invalid input name: extra"
+    pytest.param("lstm", _with(extra=lambda s: s["h"]), ValueError, "exactly", id="extra state key"),
+    # raw: error, "Unexpected input data type. Actual: (tensor(double)), expected: (tensor(float))"
+    pytest.param("lstm", _with(h=lambda s: s["h"].astype(np.float64)), TypeError, "float32", id="float64 state"),
+    # raw: error, "Got invalid dimensions for input: h ... index: 2 Got: 3 Expected: 16"
+    pytest.param("lstm", _with(h=np.zeros((1, 2, 3), np.float32)), ValueError, "must have shape", id="wrong h shape"),
+    # raw: error, "Invalid rank for input: h Got: 2 Expected: 3"
+    pytest.param("gru", _with(h=lambda s: s["h"][0]), ValueError, "must have shape", id="2-D h"),
+    # raw: error from inside the LSTM kernel: "Input initial_h must have shape {1,3,16}. Actual:{1,2,16}"
+    pytest.param("lstm", _with(token=np.zeros(3, np.int64)), ValueError, "for token batch 3", id="token batch 3, h 2"),
+    # raw: error from inside the GRU kernel, as above
+    pytest.param("gru", _with(h=lambda s: s["h"][:, :1]), ValueError, "for token batch 2", id="h batch 1, token 2"),
+    # raw: error from inside the LSTM kernel: "Input initial_c must have shape {1,2,16}. Actual:{1,3,16}"
+    pytest.param("lstm", _with(c=np.zeros((1, 3, 16), np.float32)), ValueError, "state\\['c'\\]", id="c batch 3"),
+    # raw: silent garbage; GRU: NaN logits, argmax 0 (reads as padding); LSTM: finite, plausible-looking logits
+    pytest.param("gru", _with(h=_poisoned(np.nan)), ValueError, "NaN or infinite", id="NaN in h (gru)"),
+    pytest.param("lstm", _with(h=_poisoned(np.nan)), ValueError, "NaN or infinite", id="NaN in h (lstm)"),
+    # raw: silent garbage, as for NaN
+    pytest.param("gru", _with(h=_poisoned(np.inf)), ValueError, "NaN or infinite", id="inf in h"),
+    # raw: error from inside the Where kernel: BroadcastIterator "axis == 1 || axis == largest was false"
+    pytest.param(
+        "lstm_attention",
+        _with(memory_mask=lambda s: s["memory_mask"][:, :3]),
+        ValueError,
+        "memory_mask",
+        id="mask shorter than memory",
+    ),  # fmt: skip
+    # raw: silent garbage, a (1, S) mask broadcasts over every row of the batch
+    pytest.param(
+        "lstm_attention",
+        _with(memory_mask=lambda s: s["memory_mask"][:1]),
+        ValueError,
+        "memory_mask",
+        id="mask batch 1",
+    ),  # fmt: skip
+    # raw: silent garbage, masked_fill with finfo.min makes the attention uniform over the padding
+    pytest.param("lstm_attention", _with(memory_mask=_mask_row_false), ValueError, "no True", id="all-False mask row"),
+    # raw: error, "Unexpected input data type. Actual: (tensor(int64)), expected: (tensor(bool))"
+    pytest.param(
+        "gru_bi_attention",
+        _with(memory_mask=lambda s: s["memory_mask"].astype(np.int64)),
+        TypeError,
+        "bool",
+        id="int mask",
+    ),  # fmt: skip
+    # raw: error, "Got invalid dimensions for input: memory ... index: 2 Got: 5 Expected: 32"
+    pytest.param(
+        "gru_bi_attention",
+        _with(memory=np.zeros((2, 4, 5), np.float32)),
+        ValueError,
+        "memory",
+        id="memory width",
+    ),  # fmt: skip
+    # raw: silent garbage, NaN logits for that row (argmax 0, which reads as padding)
+    pytest.param(
+        "gru_bi_attention",
+        _with(memory=lambda s: s["memory"] * np.nan),
+        ValueError,
+        "NaN",
+        id="NaN in memory",
+    ),  # fmt: skip
+    # raw: n/a, an app builds the feed dict itself (`{**state}` of a list is a Python TypeError)
+    pytest.param("lstm", lambda s: (np.zeros(2, np.int64), list(s.values())), ValueError, "dict", id="state as list"),
+]
+
+
+@pytest.mark.parametrize("name,make,error,message", STEP_CASES)
+def test_bad_step_input_is_refused_with_a_clear_message(name, make, error, message, models):
+    model = models(name)
+    token, state = make(model.encode(GOOD))
+    with pytest.raises(error, match=message):
+        model.step(token, state)
+
+
+def test_good_step_input_passes_the_same_checks(models):
+    for name in ("lstm", "gru", "lstm_attention", "gru_bi_attention"):
+        model = models(name)
+        logits, state = model.step(np.zeros(2, np.int64), model.encode(GOOD))
+        assert logits.shape == (2, model.vocab_size) and set(state) == set(model.state_names)
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        # Not graph inputs: beam 0 would reach numpy's argsort[:, :0] and max_len 0 an empty (batch, 0) answer.
+        (lambda m: m.beam_search(GOOD, beam_size=0), "beam_size must be a positive int"),
+        (lambda m: m.beam_search(GOOD, beam_size=True), "beam_size must be a positive int"),
+        (lambda m: m.beam_search(GOOD, beam_size=2.0), "beam_size must be a positive int"),
+        (lambda m: m.greedy(GOOD, max_len=0), "max_len must be a positive int"),
+        (lambda m: m.greedy(GOOD, max_len=-2), "max_len must be a positive int"),
+        (lambda m: m.beam_search(GOOD, max_len=0), "max_len must be a positive int"),
+        (lambda m: m.beam_search(GOOD, length_penalty=float("nan")), "length_penalty must be finite"),
+        (lambda m: m.beam_search(GOOD, length_penalty="long"), "length_penalty"),
+    ],
+    ids=["beam 0", "beam True", "beam 2.0", "max_len 0", "max_len -2", "beam max_len 0", "penalty nan", "penalty str"],
+)
+def test_bad_search_settings_are_refused(call, message, models):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call(models("lstm"))
+
+
+# ------------------------------------------------------------------------------------------ damaged files
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _stored_hash_offset(path: Path) -> int:
+    data = path.read_bytes()
+    stored = onnx.load(str(path)).metadata_props
+    value = next(p.value for p in stored if p.key == contract.HASH_KEY)
+    return data.find(value.encode()) + 10
+
+
+def _rehashed_with(path: Path, key: str, value: str) -> None:
+    """Change one metadata value and store a valid content hash: a well-formed file from another contract."""
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        prop.value = value if prop.key == key else prop.value
+        prop.value = contract.HASH_PLACEHOLDER if prop.key == contract.HASH_KEY else prop.value
+    data = model.SerializeToString()
+    path.write_bytes(data.replace(contract.HASH_PLACEHOLDER.encode(), hashlib.sha256(data).hexdigest().encode(), 1))
+
+
+def _damage(how: str, model_dir: Path, other_dirs: dict[str, Path]) -> None:
+    enc, dec = model_dir / contract.ENCODER_FILE, model_dir / contract.DECODER_FILE
+    if how == "truncated encoder":
+        enc.write_bytes(enc.read_bytes()[: enc.stat().st_size // 2])
+    elif how == "empty encoder":
+        enc.write_bytes(b"")
+    elif how == "flipped byte in the middle of the decoder":
+        _flip(dec, dec.stat().st_size // 2)
+    elif how == "flipped byte in the stored hash":
+        _flip(enc, _stored_hash_offset(enc))
+    elif how == "encoder of another model":
+        shutil.copy(other_dirs["lstm"] / contract.ENCODER_FILE, enc)
+    elif how == "encoder of another export of the same checkpoint":
+        shutil.copy(other_dirs["again"] / contract.ENCODER_FILE, enc)
+    elif how == "missing decoder":
+        dec.unlink()
+    elif how == "unknown format_version":
+        _rehashed_with(dec, "format_version", "99")
+    elif how == "missing folder":
+        shutil.rmtree(model_dir)
+
+
+DAMAGE = {
+    "truncated encoder": "no content_sha256 metadata",
+    "empty encoder": "no content_sha256 metadata",
+    "flipped byte in the middle of the decoder": "content hash mismatch",
+    "flipped byte in the stored hash": "content hash mismatch",
+    "encoder of another model": "different exports",
+    "encoder of another export of the same checkpoint": "different exports",
+    "missing decoder": "decoder_step.onnx: missing",
+    "unknown format_version": "format_version '99'",
+    "missing folder": "no such folder",
+}
+
+
+@pytest.fixture(scope="module")
+def other_exports(tmp_path_factory):
+    """A second export of the gru checkpoint (same graphs, new export_id) and the lstm export."""
+    from lit_seq2seq.export import export_checkpoint
+
+    ckpt, _ = build(tmp_path_factory, "gru")
+    again = tmp_path_factory.mktemp("again") / "model"
+    export_checkpoint(ckpt, again, verify_samples=4)
+    return {"again": again, "lstm": build(tmp_path_factory, "lstm")[1]}
+
+
+@pytest.mark.parametrize("how", list(DAMAGE))
+def test_damaged_model_files_raise_model_file_error_and_decode_exits_2(how, exported, other_exports, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    shutil.copytree(exported("gru"), model_dir)
+    _damage(how, model_dir, other_exports)
+    with pytest.raises(ModelFileError, match=DAMAGE[how]) as info:
+        OnnxSeq2Seq.load(model_dir)
+    assert isinstance(info.value, ValueError)
+    code, err = cli_exit(["decode", "--model_dir", model_dir, "2 3"], capsys)
+    assert code == 2 and DAMAGE[how] in err and "Traceback" not in err
+
+
+def test_pristine_copy_loads(exported, tmp_path):
+    shutil.copytree(exported("gru"), tmp_path / "model")
+    assert OnnxSeq2Seq.load(tmp_path / "model").greedy([[2, 3]]).shape[0] == 1
+
+
+# ------------------------------------------------------------------------------------------ thread safety
+
+
+def test_one_instance_serves_8_threads_with_the_serial_results(models):
+    model = models("gru_bi_attention")
+    rng = np.random.default_rng(5)
+    batches = []
+    for i in range(8):
+        source = rng.integers(2, 8, size=(3 + 5 * i, 1 + i % 5))
+        source[1::2, 1:] = 0  # some padded rows
+        batches.append(source)
+    serial = [(model.greedy(b), model.beam_search(b, beam_size=2)[0]) for b in batches]
+
+    def work(i):
+        return [(model.greedy(batches[i]), model.beam_search(batches[i], beam_size=2)[0]) for _ in range(5)]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(8)))
+    for i, runs in enumerate(results):
+        for greedy, beam in runs:
+            np.testing.assert_array_equal(greedy, serial[i][0])
+            np.testing.assert_array_equal(beam, serial[i][1])
+
+
+# --------------------------------------------------------------------------------------------- the CLI
+
+
+def _main(args, capsys, stdin: str | None = None, monkeypatch=None) -> tuple[int, str, str]:
+    capsys.readouterr()
+    if stdin is not None:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_sample_then_decode_scores_exact_match(exported, models, capsys, monkeypatch):
+    model_dir, model = exported("copy_trained"), models("copy_trained")
+    code, sample, _ = _main(["sample", "--model_dir", model_dir, "-n", "40", "--seed", "3"], capsys)
+    lines = sample.splitlines()
+    assert code == 0 and len(lines) == 40 and all("\t" in line for line in lines)
+    code, out, err = _main(["decode", "--model_dir", model_dir], capsys, sample, monkeypatch)
+    assert code == 0
+    sources = pad_rows([[int(t) for t in line.split("\t")[0].split()] for line in lines])
+    assert out.splitlines() == strip_all(model, model.greedy(sources))
+    hits = sum(o == line.split("\t")[1] for o, line in zip(out.splitlines(), lines))
+    assert f"exact match: {hits}/40 = " in err
+    assert hits >= 20  # the fit learned copy (~95% on its validation set)
+
+    code, out, err = _main(["decode", "--model_dir", model_dir, "--beam_size", "3"], capsys, sample, monkeypatch)
+    assert code == 0 and out.splitlines() == strip_all(model, model.beam_search(sources, beam_size=3)[0])
+    assert "exact match: " in err
+
+
+def test_decode_arguments_and_no_tab_print_no_score(exported, models, capsys):
+    model = models("lstm")
+    code, out, err = _main(["decode", "--model_dir", exported("lstm"), "1 2 3 4", "8 7 6 5", "3 3"], capsys)
+    assert code == 0 and "exact match" not in err
+    expected = strip_all(model, model.greedy(pad_rows([[1, 2, 3, 4], [8, 7, 6, 5], [3, 3]])))
+    assert out.splitlines() == expected and all(len(line.split()) == 2 for line in expected)
+
+
+def test_sample_piped_into_decode_with_the_installed_command(exported):
+    model_dir = str(exported("copy_trained"))
+    sample = subprocess.run([CLI, "sample", "--model_dir", model_dir, "-n", "10"], capture_output=True, text=True)
+    assert sample.returncode == 0, sample.stderr
+    decode = subprocess.run(
+        [CLI, "decode", "--model_dir", model_dir], input=sample.stdout, capture_output=True, text=True
+    )
+    assert decode.returncode == 0, decode.stderr
+    assert len(decode.stdout.splitlines()) == 10 and "exact match: " in decode.stderr
+
+
+def _exit(args, capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    out = capsys.readouterr()
+    return info.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    "stdin,message",
+    [
+        ("2 3\t2 3\n2 x 4\t2 4\n", "line 2: '2 x 4' is not a list of space-separated integer token ids"),
+        ("2 3\n4 5\t4 y\n", "line 2 (expected)"),
+        ("2 3\n\n", "line 2: source: empty sequence"),
+        ("2 3\n4 5\n2 9\n", "line 3: source position 1: token 9 is out of range"),
+        ("2 3\n2 0 3\n", "line 2: source position 2: token after padding"),
+        ("1 2\n", "line 1: source position 0: token 1 is out of range"),
+    ],
+    ids=["not a number", "bad expected", "empty line", "token too large", "pad inside", "eos inside"],
+)
+def test_bad_decode_line_exits_2_naming_the_line(stdin, message, exported, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    code, out, err = _exit(["decode", "--model_dir", exported("gru")], capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not out  # every line is checked before anything is decoded
+
+
+@pytest.mark.parametrize("flag", ["--beam_size", "--batch_size", "--threads"])
+def test_bad_decode_flags_exit_2(flag, exported, capsys):
+    code, err = cli_exit(["decode", "--model_dir", exported("gru"), flag, "0", "2 3"], capsys)
+    assert code == 2 and f"{flag} must be >= 1" in err
+
+
+# ------------------------------------------------------------------------------------- consumer example
+
+
+def test_consumer_example_imports_only_numpy_and_onnxruntime():
+    text = CONSUMER.read_text()
+    assert text.startswith('"""')
+    imported = set()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module.split(".")[0])
+    assert imported <= {"hashlib", "sys", "pathlib", "numpy", "onnxruntime"}, imported
+
+
+@pytest.mark.parametrize(
+    "name,rows",
+    [
+        ("lstm", [[1, 2, 3, 4], [8, 7, 6, 5], [4, 4], [2, 5, 7, 1, 3, 3]]),
+        ("gru_bi_attention", [[2, 3, 4, 5, 6], [7], [3, 3, 2], [6, 5, 4, 3, 2, 7, 7]]),
+        ("copy_trained", [[2, 3, 4], [5], [4, 2], [3, 3, 3]]),
+    ],
+)
+def test_consumer_example_matches_the_runtime(name, rows, exported, models):
+    """Run as a foreign app would, with lit_seq2seq and torch unimportable; sources as arguments and on stdin."""
+    model = models(name)
+    expected = strip_all(model, model.greedy(pad_rows(rows)))
+    code = BLOCK_IMPORTS + "import runpy\nsys.argv = sys.argv[2:]\nrunpy.run_path(sys.argv[0], run_name='__main__')"
+    lines = [" ".join(map(str, r)) for r in rows]
+    by_args = run_python(code, "lit_seq2seq", str(CONSUMER), str(exported(name)), *lines)
+    assert by_args.returncode == 0, by_args.stderr
+    assert by_args.stdout.splitlines() == expected
+    by_stdin = subprocess.run(
+        [sys.executable, str(CONSUMER), str(exported(name))],
+        input="".join(f"{line}\tignored\n" for line in lines),
+        capture_output=True,
+        text=True,
+    )
+    assert by_stdin.returncode == 0, by_stdin.stderr
+    assert by_stdin.stdout.splitlines() == expected
+
+
+def test_consumer_example_refuses_a_damaged_file(exported, tmp_path):
+    shutil.copytree(exported("gru"), tmp_path / "model")
+    _flip(tmp_path / "model" / contract.DECODER_FILE, (tmp_path / "model" / contract.DECODER_FILE).stat().st_size // 2)
+    result = subprocess.run(
+        [sys.executable, str(CONSUMER), str(tmp_path / "model"), "2 3"], capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "content hash mismatch" in result.stderr
