@@ -14,7 +14,8 @@ OWN_COMMANDS = ("export", "decode", "sample", "report")
 
 def main(args: Sequence[str] | None = None) -> int:
     """Run the command in `args` (default: sys.argv[1:]); returns the exit code for the own commands."""
-    args = list(sys.argv[1:] if args is None else args)
+    from_argv = args is None
+    args = list(sys.argv[1:] if from_argv else args)
     if args and args[0] in OWN_COMMANDS:
         parser = _parser(args[0])
         options = parser.parse_args(args[1:])
@@ -29,7 +30,7 @@ def main(args: Sequence[str] | None = None) -> int:
 
     if args and args[0] in ("-h", "--help"):
         print(f"Other commands: {', '.join(OWN_COMMANDS)} (lit-seq2seq COMMAND --help)\n")
-    Seq2SeqCLI(args)
+    Seq2SeqCLI(None if from_argv else args)  # None: LightningCLI reads sys.argv itself
     return 0
 
 
