@@ -75,9 +75,13 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
 
 def _parse_tokens(text: str, where: str) -> list[int]:
     try:
-        return [int(t) for t in text.split()]
+        tokens = [int(t) for t in text.split()]
     except ValueError:
         raise ValueError(f"{where}: {text.strip()!r} is not a list of space-separated integer token ids") from None
+    huge = [t for t in tokens if not -(2**63) <= t < 2**63]
+    if huge:
+        raise ValueError(f"{where}: token {huge[0]} is out of range")
+    return tokens
 
 
 def _run_decode(o: argparse.Namespace) -> int:

@@ -59,6 +59,23 @@ class ResumableSampler(DistributedSampler):
         return iter(indices)
 
 
+class ShardSampler(DistributedSampler):
+    """Rows rank, rank + replicas, rank + 2 * replicas, ... in order: each row on exactly one rank.
+
+    For val/test/predict under DDP. Lightning's default there, a DistributedSampler, pads the split with repeated
+    rows to an equal count per rank, which skews the metrics whenever the size is not a multiple of the world size.
+    Being a DistributedSampler, this one is left in place by Lightning.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.indices = range(rank, len(dataset), num_replicas)  # type: ignore[arg-type]
+        self.num_samples = len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+
 class Seq2SeqDataModule(L.LightningDataModule):
     """Generated sequence-to-sequence data.
 
@@ -136,7 +153,15 @@ class Seq2SeqDataModule(L.LightningDataModule):
         for name in splits[stage]:
             self.split(name)
 
-    def _loader(self, name: str, sampler: ResumableSampler | None = None) -> DataLoader:
+    def _replicas(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _eval_loader(self, name: str) -> DataLoader:
+        replicas, rank = self._replicas()
+        return self._loader(name, ShardSampler(self.split(name), replicas, rank) if replicas > 1 else None)
+
+    def _loader(self, name: str, sampler: DistributedSampler | None = None) -> DataLoader:
         return DataLoader(
             self.split(name),
             batch_size=self.batch_size,
@@ -144,11 +169,16 @@ class Seq2SeqDataModule(L.LightningDataModule):
             collate_fn=_already_batched,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # Every `iter(loader)` draws a worker base seed from `generator`, by default the global torch RNG.
+            # Dropout and scheduled sampling draw from that RNG too, and a resumed fit restores it at its first
+            # batch: a draw made by the val and train loaders between the checkpoint and the next step would be
+            # lost on resume and shift every random number after an epoch boundary. An own generator keeps the
+            # global stream for training alone.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        replicas, rank = self._replicas()
         sampler = ResumableSampler(self.split("train"), replicas, rank, self.seed, self.batch_size)
         if self._resume:
             sampler.resume_epoch, sampler.skip_batches = self._resume["epoch"], self._resume["batches"]
@@ -156,13 +186,13 @@ class Seq2SeqDataModule(L.LightningDataModule):
         return self._loader("train", sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
+        return self._eval_loader("predict")
 
     def state_dict(self) -> dict[str, Any]:
         """Position in the training data: the epoch and how many of its batches were trained on."""

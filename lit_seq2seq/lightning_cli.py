@@ -4,23 +4,37 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lit_seq2seq.callbacks import LogProgress, PredictionWriter
+from lit_seq2seq.callbacks import AtomicCheckpointIO, LogProgress, PredictionWriter, Seq2SeqCheckpoint
+from lit_seq2seq.checkpoint import read_checkpoint
 from lit_seq2seq.data import Seq2SeqDataModule
-from lit_seq2seq.module import Seq2SeqModule
+from lit_seq2seq.module import NonFiniteLossError, Seq2SeqModule
 
 CHECKPOINT_NAMES = ("best", "last")
+# --ckpt_path values Lightning resolves itself (not files).
+LIGHTNING_CKPT_NAMES = ("hpc", "registry")
 
 
 class Seq2SeqCLI(LightningCLI):
-    """LightningCLI with the data sizes linked into the model, best/last checkpoints and CI-friendly logging."""
+    """LightningCLI with the data sizes linked into the model, best/last checkpoints and CI-friendly logging.
+
+    Checkpoints passed with --ckpt_path (a file, or best/last: the newest of that name under
+    <default_root_dir>/version_*/checkpoints, for fit too) are read and checked before anything is built: a
+    missing, truncated, damaged, altered or foreign file, or one trained with other model sizes than the flags
+    give, exits with code 2 and a message naming the file. A fit stopped by a NaN/infinite loss exits with code 1
+    and one line saying at which step.
+    """
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         interactive = sys.stderr.isatty()
+        self._checkpoint: dict[str, Any] | None = None
+        self._ckpt_checked = False
         super().__init__(
             Seq2SeqModule,
             Seq2SeqDataModule,
@@ -43,7 +57,7 @@ class Seq2SeqCLI(LightningCLI):
             ("data.eos_token", "model.eos_token"),
         ):
             parser.link_arguments(source, target, apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(Seq2SeqCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/exact_match",
@@ -53,6 +67,36 @@ class Seq2SeqCLI(LightningCLI):
             }
         )
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI (2.4+) torch.loads --ckpt_path here, before before_instantiate_classes, to take the model's
+        # hyperparameters from it: resolve and check the file first.
+        self._check_ckpt_path()
+        parse = getattr(super(), "_parse_ckpt_path", None)
+        if parse is not None:
+            parse()
+
+    def _check_ckpt_path(self) -> None:
+        """Resolve `--ckpt_path best|last`, then read and verify the file; exit 2 naming it if it is bad."""
+        subcommand = self.config.get("subcommand")
+        if self._ckpt_checked or not subcommand:
+            return
+        self._ckpt_checked = True
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path is None or str(ckpt_path) in LIGHTNING_CKPT_NAMES or str(ckpt_path).startswith("registry:"):
+            return
+        if ckpt_path in CHECKPOINT_NAMES:
+            # A new process has no ModelCheckpoint that remembers the file; Lightning would look in the new
+            # version folder only and, for fit, silently start from scratch.
+            root = Path(config.trainer.default_root_dir or ".")
+            config.ckpt_path = ckpt_path = str(self._newest_checkpoint(root, ckpt_path, subcommand))
+        # Lightning's own errors for a bad file are long tracebacks, and a checkpoint whose weights were altered
+        # would load as a different model.
+        try:
+            self._checkpoint = read_checkpoint(ckpt_path)
+        except ValueError as error:
+            self.parser.error(str(error))
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         root = config.trainer.default_root_dir or "."
@@ -61,15 +105,15 @@ class Seq2SeqCLI(LightningCLI):
             config.trainer.logger = Namespace(
                 class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace(save_dir=root, name="")
             )
-        if self.subcommand in ("validate", "test", "predict") and config.ckpt_path in CHECKPOINT_NAMES:
-            config.ckpt_path = str(self._newest_checkpoint(Path(root), config.ckpt_path))
+        self._check_ckpt_path()  # done already, unless this Lightning has no _parse_ckpt_path
 
-    def _newest_checkpoint(self, root: Path, name: str) -> Path:
+    def _newest_checkpoint(self, root: Path, name: str, subcommand: str) -> Path:
         """`--ckpt_path best|last` in a new process: the newest <root>/version_*/checkpoints/<name>.ckpt."""
         found = sorted(root.glob(f"*/checkpoints/{name}.ckpt"), key=lambda p: p.stat().st_mtime)
         if not found:
+            hint = "drop --ckpt_path to start a new fit" if subcommand == "fit" else "run fit first"
             self.parser.error(
-                f"--ckpt_path {name}: no {name}.ckpt under {root}/*/checkpoints; run fit first or pass a file path"
+                f"--ckpt_path {name}: no {name}.ckpt under {root}/*/checkpoints; {hint} or pass a file path"
             )
         return found[-1]
 
@@ -78,3 +122,40 @@ class Seq2SeqCLI(LightningCLI):
             super().instantiate_classes()
         except ValueError as error:  # our argument checks: report like any other bad flag (exit code 2)
             self.parser.error(str(error))
+        if self._checkpoint is not None:
+            self._check_model_matches(self._checkpoint)
+            self._checkpoint = None
+
+    def _check_model_matches(self, checkpoint: dict[str, Any]) -> None:
+        """Exit 2 if the checkpoint's weights do not fit the model the flags describe (other sizes)."""
+        ckpt_path = self.config[self.subcommand].ckpt_path
+        saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
+        built = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        if saved == built:
+            return
+        theirs, ours = checkpoint["hyper_parameters"], dict(self.model.hparams)
+        differ = [
+            f"{k}={theirs[k]!r} (flags: {ours[k]!r})" for k in sorted(theirs) if theirs[k] != ours.get(k, theirs[k])
+        ]
+        detail = ", ".join(differ) if differ else f"weights {sorted(set(saved) ^ set(built)) or 'shapes'} differ"
+        self.parser.error(
+            f"--ckpt_path {ckpt_path}: the checkpoint holds a model of other sizes than the flags describe: "
+            f"{detail}; pass the --config/--model.*/--data.* flags it was trained with"
+        )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        if "plugins" not in kwargs:
+            plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
+            plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
+            if not any(isinstance(p, CheckpointIO) for p in plugins):
+                plugins.append(AtomicCheckpointIO())  # a fit killed while writing never leaves a torn checkpoint
+            kwargs["plugins"] = plugins
+        return super().instantiate_trainer(**kwargs)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except NonFiniteLossError as error:  # a training outcome, not a crash: one line, exit code 1
+            if self.trainer.is_global_zero:  # every rank stops; the first one speaks for them
+                print(f"lit-seq2seq {subcommand}: error: {error}", file=sys.stderr, flush=True)
+            sys.exit(1)

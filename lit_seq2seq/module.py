@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
@@ -122,11 +123,19 @@ class Seq2SeqModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         source, target = batch
         loss = self._loss_sum(self._logits(source, target), target) / (target != self.net.pad_token).sum()
-        if not torch.isfinite(loss):
+        value, trainer = loss.detach(), self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            # Every rank must stop at the same step: a rank that raised alone would leave the others waiting
+            # forever in the gradient all-reduce. One all-gather of the losses; every rank decides alike.
+            value = trainer.strategy.all_gather(value)
+        if not torch.isfinite(value).all():
+            values = value.reshape(-1).tolist()
+            where = ", ".join(f"{v} on rank {r}" for r, v in enumerate(values) if not math.isfinite(v))
             raise NonFiniteLossError(
-                f"non-finite training loss ({loss.item()}) at global step {self.global_step} "
-                f"(epoch {self.current_epoch}, batch {batch_idx}); stopped without saving, so the last good "
-                "checkpoint is left as it was. Lower --model.optimizer.lr or check the data."
+                f"non-finite training loss ({where if len(values) > 1 else values[0]}) at global step "
+                f"{self.global_step} (epoch {self.current_epoch}, batch {batch_idx}); stopped before that step's "
+                "update and without saving, so the last good checkpoint is left as it was. Lower "
+                "--model.optimizer.lr or check the data."
             )
         self.log("train/loss", loss, prog_bar=True)
         return loss
@@ -171,6 +180,13 @@ class Seq2SeqModule(L.LightningModule):
     # Integrity hash of the weights. Exact resume: the RNG (dropout, scheduled sampling) continues from where
     # the checkpoint was taken.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        bad = [k for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:  # raised before anything is written: the previous checkpoint files stay as they were
+            raise NonFiniteLossError(
+                f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) after global step "
+                f"{self.global_step} (epoch {self.current_epoch}); not saving them, so the last good checkpoint is "
+                "left as it was. Lower --model.optimizer.lr or check the data."
+            )
         checkpoint[HASH_KEY] = weights_sha256(checkpoint["state_dict"])
         checkpoint["rng_state"] = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():

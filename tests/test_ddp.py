@@ -1,0 +1,122 @@
+"""DDP on CPU (gloo, 2 processes): `lit-seq2seq fit|test|predict --trainer.strategy ddp --trainer.devices 2`.
+
+`ddp` re-executes the command line for the second rank, so the runs are `python -m lit_seq2seq ...` subprocesses.
+A test-only callback (imported from this file by both ranks) records the source rows each rank trained on.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import last_metric, read_metrics, run_cli, version_dirs
+
+from lit_seq2seq.data import Seq2SeqDataModule
+
+TASK = [
+    "--data.task", "reverse_first", "--data.vocab_size", "11", "--data.source_length", "4",
+    "--data.target_length", "2", "--data.train_size", "1000", "--data.val_size", "63", "--data.test_size", "101",
+    "--data.predict_size", "37", "--data.batch_size", "32", "--model.hidden_size", "16",
+]  # fmt: skip  # odd eval sizes: a split that does not divide by 2 ranks must still count each row once
+EPOCHS = 2
+DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+
+
+class RecordTrainRows(L.Callback):
+    """Test only: saves the source rows of every training batch to <root>/rows-rank{R}-epoch{E}.pt."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rows: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self.rows.append(batch[0].cpu())
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        path = Path(trainer.default_root_dir) / f"rows-rank{trainer.global_rank}-epoch{trainer.current_epoch}.pt"
+        torch.save({"rows": torch.cat(self.rows), "world_size": trainer.world_size}, path)
+
+
+class PoisonRank1(L.Callback):
+    """Test only: a NaN weight on rank 1 alone at global step 5, so only that rank sees a NaN loss."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if trainer.global_rank == 1 and trainer.global_step == 5:
+            with torch.no_grad():
+                next(pl_module.parameters()).view(-1)[0] = float("nan")
+
+
+def cli(root: Path, *args: str, expect: int = 0) -> str:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), *sys.path]))
+    cmd = [sys.executable, "-m", "lit_seq2seq", *args, *TASK, "--trainer.default_root_dir", str(root)]
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == expect, done.stderr[-4000:]
+    return done.stderr
+
+
+def _multiset(rows: torch.Tensor) -> list[tuple[int, ...]]:
+    return sorted(map(tuple, rows.tolist()))
+
+
+@pytest.mark.filterwarnings("ignore:The number of training batches")
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")
+def test_ddp_two_ranks_shard_train_reduce_metrics_and_write_once(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    root.mkdir()
+    cli(root, "fit", *DDP, "--trainer.max_epochs", str(EPOCHS), "--trainer.callbacks+=test_ddp.RecordTrainRows")
+
+    # Written once, by rank 0: one version folder, one config, one best and one last checkpoint.
+    assert [p.name for p in version_dirs(root)] == ["version_0"]
+    version = root / "version_0"
+    assert sorted(p.name for p in (version / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in version.iterdir()) == ["checkpoints", "config.yaml", "hparams.yaml", "metrics.csv"]
+    assert len([r for r in read_metrics(version) if r.get("val/exact_match")]) == EPOCHS  # one row per epoch
+    last = torch.load(version / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == EPOCHS * 16  # 1000 rows / 2 ranks = 500 per rank = 16 batches of 32
+
+    # Each rank trained on its own half of the train split, and together on all of it, in every epoch.
+    train = Seq2SeqDataModule(**{k: v for k, v in last["datamodule_hyper_parameters"].items() if k[0] != "_"})
+    everything = _multiset(train.split("train").source)
+    orders = []
+    for epoch in range(EPOCHS):
+        shards = [torch.load(root / f"rows-rank{r}-epoch{epoch}.pt", weights_only=True) for r in (0, 1)]
+        assert [s["world_size"] for s in shards] == [2, 2]
+        assert [len(s["rows"]) for s in shards] == [500, 500]
+        assert _multiset(torch.cat([s["rows"] for s in shards])) == everything
+        orders.append(shards[0]["rows"])
+    assert not torch.equal(orders[0], orders[1])  # reshuffled per epoch
+
+    # test under DDP: metrics over the whole split (101 rows, none twice), equal to a single-process test
+    cli(root, "test", *DDP, "--ckpt_path", "best")
+    ddp_test = version_dirs(root)[-1]
+    monkeypatch.chdir(tmp_path)
+    run_cli(["test", *TASK, "--ckpt_path", "best", "--trainer.default_root_dir", str(root)])
+    single_test = version_dirs(root)[-1]
+    assert [p.name for p in version_dirs(root)] == ["version_0", "version_1", "version_2"]
+    assert last_metric(ddp_test, "test/exact_match") == last_metric(single_test, "test/exact_match")
+    assert last_metric(ddp_test, "test/token_acc") == last_metric(single_test, "test/token_acc")
+    assert last_metric(ddp_test, "test/loss") == pytest.approx(last_metric(single_test, "test/loss"), rel=1e-6)
+    assert not (ddp_test / "checkpoints").exists()
+
+    # predict under DDP: every row once, in the split's order, written by rank 0 alone
+    cli(root, "predict", *DDP, "--ckpt_path", "best")
+    ddp_predictions = (version_dirs(root)[-1] / "predictions.tsv").read_text()
+    run_cli(["predict", *TASK, "--ckpt_path", "best", "--trainer.default_root_dir", str(root)])
+    assert ddp_predictions == (version_dirs(root)[-1] / "predictions.tsv").read_text()
+    assert len(ddp_predictions.splitlines()) == 1 + 37
+
+
+def test_ddp_nan_loss_on_one_rank_stops_every_rank_with_exit_1(tmp_path):
+    """The ranks agree on stopping; a rank that raised alone would leave the other hanging in the all-reduce."""
+    flags = ["--trainer.max_epochs", "1", "--checkpoint.every_n_train_steps", "2"]
+    flags += ["--trainer.callbacks+=test_ddp.PoisonRank1"]
+    err = cli(tmp_path, "fit", *DDP, *flags, expect=1)
+    assert "Traceback" not in err
+    (message,) = [line for line in err.splitlines() if "error:" in line]  # rank 0 speaks for both
+    assert message.startswith("lit-seq2seq fit: error: non-finite training loss (nan on rank 1) at global step 5")
+    last = torch.load(tmp_path / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 4 and all(torch.isfinite(v).all() for v in last["state_dict"].values())

@@ -1,0 +1,248 @@
+"""Holding up: a NaN/infinite loss stops a fit with one clear line (exit 1) and leaves the last good checkpoint
+byte-identical; damaged, altered, foreign or mismatched checkpoints are refused (exit 2, naming the file) by
+fit, test and export before any model is built from them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from conftest import cli_exit, run_cli, version_dirs
+
+from lit_seq2seq.checkpoint import HASH_KEY, check_weights, read_checkpoint
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The number of training batches"),
+    pytest.mark.filterwarnings("ignore:.*could not find the monitored key"),
+]
+
+TASK = [
+    "--data.task", "reverse_first", "--data.vocab_size", "11", "--data.source_length", "4",
+    "--data.target_length", "2", "--data.val_size", "32", "--data.test_size", "32", "--model.hidden_size", "16",
+]  # fmt: skip
+FIT = [*TASK, "--data.train_size", "640", "--data.batch_size", "32", "--trainer.max_epochs", "1"]  # 20 steps
+
+
+def root_args(root: Path) -> list[str]:
+    return ["--trainer.default_root_dir", str(root)]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------- non-finite loss
+
+
+class Poison(L.Callback):
+    """Test only: sets one weight to NaN at global step `step`, before the step's forward pass ("loss") or right
+    after its update, before the checkpoint callback saves ("weights"). Records (step, sha256) of every last.ckpt
+    written, in `Poison.written`."""
+
+    written: list[tuple[int, str]] = []
+
+    def __init__(self, step: int = 10, when: str = "loss") -> None:
+        self.step, self.when = step, when
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        Poison.written = []
+        io = trainer.strategy.checkpoint_io
+        save = io.save_checkpoint
+
+        def save_and_record(checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+            save(checkpoint, path, storage_options)
+            if Path(path).name == "last.ckpt":
+                Poison.written.append((checkpoint["global_step"], sha(Path(path))))
+
+        io.save_checkpoint = save_and_record
+
+    def _poison(self, pl_module: L.LightningModule) -> None:
+        with torch.no_grad():
+            next(pl_module.parameters()).view(-1)[0] = float("nan")
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.when == "loss" and trainer.global_step == self.step:
+            self._poison(pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.when == "weights" and trainer.global_step == self.step:  # runs before ModelCheckpoint's hook
+            self._poison(pl_module)
+
+
+def _poisoned_fit(root: Path, step: int, when: str, capsys: pytest.CaptureFixture[str]) -> tuple[Any, str]:
+    callback = json.dumps({"class_path": "test_robustness.Poison", "init_args": {"step": step, "when": when}})
+    args = ["fit", *FIT, "--checkpoint.every_n_train_steps", "4", f"--trainer.callbacks+={callback}", *root_args(root)]
+    return cli_exit(args, capsys)
+
+
+def test_nan_loss_stops_with_one_line_exit_1_and_the_last_checkpoint_untouched(in_tmp, capsys):
+    code, err = _poisoned_fit(in_tmp, 10, "loss", capsys)
+    assert code == 1
+    assert "lit-seq2seq fit: error: non-finite training loss (nan) at global step 10 (epoch 0, batch 10)" in err
+    assert "Traceback" not in err
+    last = in_tmp / "version_0" / "checkpoints" / "last.ckpt"
+    assert [s for s, _ in Poison.written] == [4, 8]  # no write at or after the NaN step
+    assert sha(last) == Poison.written[-1][1]  # byte-identical to what was written before the NaN step
+    checkpoint = read_checkpoint(last)
+    assert checkpoint["global_step"] == 8
+    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())
+
+
+def test_nan_weights_are_never_saved(in_tmp, capsys):
+    code, err = _poisoned_fit(in_tmp, 8, "weights", capsys)  # step 8 is a checkpoint step
+    assert code == 1
+    assert "non-finite weights (net." in err and "after global step 8" in err and "Traceback" not in err
+    assert [s for s, _ in Poison.written] == [4]
+    assert sha(in_tmp / "version_0" / "checkpoints" / "last.ckpt") == Poison.written[0][1]
+    assert read_checkpoint(in_tmp / "version_0" / "checkpoints" / "last.ckpt")["global_step"] == 4
+
+
+def test_a_diverging_learning_rate_exits_1_from_the_shell(tmp_path):
+    # no injection: SGD with lr 1e38 overflows within a few steps
+    args = [*FIT, "--model.optimizer", "SGD", "--model.optimizer.lr", "1e38", "--checkpoint.every_n_train_steps", "1"]
+    cmd = [sys.executable, "-m", "lit_seq2seq", "fit", *args, *root_args(tmp_path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    (message,) = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert message.startswith("lit-seq2seq fit: error: non-finite training loss") and "at global step" in message
+    step = int(message.split("at global step ")[1].split()[0])
+    if step > 0:  # the checkpoint of the step before: finite (if absurd) weights that load
+        checkpoint = read_checkpoint(tmp_path / "version_0" / "checkpoints" / "last.ckpt")
+        assert checkpoint["global_step"] == step
+        assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())
+
+
+# ------------------------------------------------------------------------------------------ damaged checkpoints
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of a tiny fit."""
+    root = tmp_path_factory.mktemp("good")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        run_cli(["fit", *FIT, *root_args(root)])
+    return root / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def _tensor_bytes_at(path: Path, key: str) -> tuple[int, int]:
+    """(offset, size) of the raw bytes of state_dict[key] inside a torch.save zip file (stored uncompressed)."""
+    raw = torch.load(path, weights_only=True)["state_dict"][key].contiguous().numpy().tobytes()
+    offset = path.read_bytes().find(raw)
+    assert offset > 0
+    return offset, len(raw)
+
+
+def _flip(data: bytearray, at: int) -> bytearray:
+    data[at] ^= 0x01
+    return data
+
+
+def _damaged(good: Path, kind: str, folder: Path) -> Path:
+    path = folder / f"{kind}.ckpt"
+    data = bytearray(good.read_bytes())
+    if kind == "truncated_half":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "truncated_tail":
+        path.write_bytes(data[:-20])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "not_a_checkpoint":
+        path.write_text("hello\n")
+    elif kind == "flipped_tensor_byte":
+        offset, size = _tensor_bytes_at(good, "net.decoder.output.weight")
+        path.write_bytes(_flip(data, offset + size // 2))
+    elif kind == "flipped_pickle_byte":
+        with zipfile.ZipFile(good) as z:
+            info = next(i for i in z.infolist() if i.filename.endswith("data.pkl"))
+        path.write_bytes(_flip(data, info.header_offset + 30 + len(info.filename) + 100))
+    elif kind == "foreign_dict":
+        torch.save({"weights": torch.zeros(3), "note": "not from lit-seq2seq"}, path)
+    elif kind == "foreign_state_dict":  # a plain model state_dict, as torch.save(model.state_dict()) writes it
+        torch.save(torch.load(good, weights_only=True)["state_dict"], path)
+    elif kind == "altered_weights":  # a valid file whose weights were changed after saving
+        checkpoint = torch.load(good, weights_only=True)
+        tensor = next(iter(checkpoint["state_dict"].values()))
+        tensor.view(-1)[0] += 0.5
+        torch.save(checkpoint, path)
+    else:
+        raise AssertionError(kind)
+    return path
+
+
+DAMAGE = [
+    "truncated_half", "truncated_tail", "empty", "not_a_checkpoint", "flipped_tensor_byte", "flipped_pickle_byte",
+    "foreign_dict", "foreign_state_dict", "altered_weights",
+]  # fmt: skip
+
+
+def test_raw_torch_load_on_a_flipped_tensor_byte(good, tmp_path):
+    """torch.load alone does not notice one flipped bit inside a tensor's bytes: it does not check the zip CRC32
+    on reading (mmap or not) and returns a different model. read_checkpoint checks the CRCs, and the saved
+    weights_sha256 is the backstop behind them (also checked when Lightning restores a checkpoint)."""
+    path = _damaged(good, "flipped_tensor_byte", tmp_path)
+    original = torch.load(good, weights_only=True)["state_dict"]
+    for mmap in (False, True):
+        damaged = torch.load(path, weights_only=True, mmap=mmap)
+        assert [k for k in original if not torch.equal(original[k], damaged["state_dict"][k])] == [
+            "net.decoder.output.weight"
+        ]  # silently different weights
+        with pytest.raises(ValueError, match=f"the weights do not match their saved {HASH_KEY}"):
+            check_weights(damaged, str(path))
+    with pytest.raises(ValueError, match=f"{path}: damaged .* fails its CRC check"):
+        read_checkpoint(path)
+
+
+def test_the_weights_hash_catches_what_the_zip_format_cannot(good, tmp_path):
+    path = _damaged(good, "altered_weights", tmp_path)
+    checkpoint = torch.load(path, weights_only=True)  # loads fine: the file was rewritten whole
+    assert HASH_KEY in checkpoint
+    with pytest.raises(ValueError, match=f"{path}: the weights do not match their saved {HASH_KEY}"):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+@pytest.mark.parametrize("command", ["test", "validate", "predict", "fit", "export"])
+def test_damaged_checkpoint_is_refused_with_exit_2_naming_the_file(command, kind, good, in_tmp, capsys):
+    path = _damaged(good, kind, in_tmp)
+    runs = in_tmp / "runs"
+    if command == "export":
+        args = ["export", "--ckpt_path", path, "--output_dir", in_tmp / "export"]
+    else:
+        args = [command, *(FIT if command == "fit" else TASK), "--ckpt_path", path, *root_args(runs)]
+    code, err = cli_exit(args, capsys)
+    assert code == 2
+    assert str(path) in err and "Traceback" not in err
+    assert not runs.exists() and not (in_tmp / "export").exists()  # nothing built, trained, logged or exported
+
+
+@pytest.mark.parametrize("command", ["test", "fit"])
+def test_checkpoint_for_other_data_sizes_is_refused_with_exit_2(command, good, in_tmp, capsys):
+    # (LightningCLI takes the --model.* sizes from the checkpoint; the data's vocabulary is linked in afterwards)
+    args = [command, *(FIT if command == "fit" else TASK), "--data.vocab_size", "13", "--ckpt_path", good]
+    code, err = cli_exit([*args, *root_args(in_tmp / "runs")], capsys)
+    assert code == 2
+    assert f"--ckpt_path {good}" in err and "vocab_size=11 (flags: 13)" in err and "Traceback" not in err
+    assert not version_dirs(in_tmp / "runs")
+
+
+def test_named_checkpoint_that_is_damaged_is_refused(good, in_tmp, capsys):
+    runs = in_tmp / "runs"
+    target = runs / "version_0" / "checkpoints" / "best.ckpt"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(good.read_bytes()[:1000])
+    code, err = cli_exit(["test", *TASK, "--ckpt_path", "best", *root_args(runs)], capsys)
+    assert code == 2 and str(target) in err
+    assert version_dirs(runs) == [runs / "version_0"]
