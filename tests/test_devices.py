@@ -1,0 +1,67 @@
+"""Device-agnostic training: mixed precision and device moves on CPU; the CUDA path itself under the gpu marker."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, REVERSE_YAML, last_metric, run_cli, version_dirs
+
+from lit_seq2seq.model import Seq2Seq
+
+TINY = [
+    "--data.vocab_size", "11", "--data.source_length", "4", "--data.target_length", "2",
+    "--data.train_size", "2000", "--data.val_size", "200", "--data.test_size", "200",
+    "--model.hidden_size", "32", "--model.optimizer.lr", "0.01", "--trainer.max_epochs", "3",
+]  # fmt: skip
+OVERLAYS = sorted((REPO / "configs" / "trainer").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_trainer_overlays_compose_with_a_task_config(overlay, capsys):
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--config", REVERSE_YAML, "--config", overlay, "--print_config"])
+    trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    assert {k: trainer[k] for k in yaml.safe_load(overlay.read_text())["trainer"]} == yaml.safe_load(
+        overlay.read_text()
+    )["trainer"]
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
+    """The precision plugin path used on GPUs (bf16-mixed autocast) runs and learns on CPU too."""
+    run_cli(["fit", "--config", REVERSE_YAML, *TINY, "--trainer.precision", "bf16-mixed",
+             "--trainer.default_root_dir", tmp_path])  # fmt: skip
+    assert last_metric(version_dirs(tmp_path)[-1], "val/exact_match") > 0.3  # chance: 0.01
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_decoding_follows_the_module_device_and_dtype(attention):
+    net = Seq2Seq(vocab_size=12, max_target_length=5, eos_token=1, hidden_size=8, attention=attention).double()
+    source = torch.tensor([[2, 3, 4], [5, 6, 0]])
+    tokens = net.greedy(source)
+    assert tokens.device == source.device and tokens.dtype == torch.int64
+    assert torch.equal(tokens, net.beam_search(source, beam_size=1)[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fit_on_gpu_bf16_then_test(tmp_path):
+    args = [*TINY, "--trainer.default_root_dir", tmp_path]
+    run_cli(["fit", "--config", REVERSE_YAML, "--config", REPO / "configs/trainer/gpu.yaml", *args])
+    assert last_metric(version_dirs(tmp_path)[-1], "val/exact_match") > 0.3
+    run_cli(["test", "--config", REVERSE_YAML, *args, "--trainer.accelerator", "gpu", "--trainer.devices", "1",
+             "--ckpt_path", "best"])  # fmt: skip
+    assert last_metric(version_dirs(tmp_path)[-1], "test/exact_match") > 0.3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_greedy_on_gpu_matches_cpu():
+    torch.manual_seed(0)
+    net = Seq2Seq(vocab_size=20, max_target_length=6, eos_token=1, hidden_size=32, attention=True).eval()
+    source = torch.randint(2, 20, (64, 7))
+    source[::3, 4:] = 0
+    expected = net.greedy(source)
+    got = net.cuda().greedy(source.cuda())
+    assert got.is_cuda and torch.equal(got.cpu(), expected)
