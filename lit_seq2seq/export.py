@@ -150,11 +150,26 @@ def metadata(net: Seq2Seq, task: Task, inputs: list[str], outputs: list[str], ex
     return {k: str(v) for k, v in values.items()}
 
 
+def _prune(graph: onnx.GraphProto) -> None:
+    """Drop nodes and initializers that no graph output depends on (the traced-only memory branch)."""
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    del graph.node[:]
+    graph.node.extend(reversed(keep))
+    for init in [i for i in graph.initializer if i.name not in needed]:
+        graph.initializer.remove(init)
+
+
 def _finish(path: Path, meta: dict[str, str]) -> None:
     """Add metadata and the content hash: sha256 of the file as written with the hash replaced by zeros."""
     model = onnx.load(str(path))
     for output in [o for o in model.graph.output if o.name == _UNUSED]:
         model.graph.output.remove(output)
+    _prune(model.graph)
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,10 @@ from lit_seq2seq.search import beam_search, greedy_search
 
 State = dict[str, np.ndarray]
 _HASH_ENTRY = contract.HASH_KEY.encode() + b"\x12\x40"  # protobuf: key string, then field 2 (value), 64 bytes
+MAX_STEPS = 4096  # longest decode accepted: far past any generated task, short of exhausting memory
+_SMALL = 64  # sources up to this many tokens are range-checked in Python, larger ones with numpy
+_PLAN_MAX_BATCH = 16  # greedy batches up to this size decode through pre-bound buffers (_Plan), one plan per
+# batch size and thread; larger batches are compute-bound and take session.run
 
 
 class ModelFileError(ValueError):
@@ -54,8 +59,72 @@ def _session(path: Path, options: ort.SessionOptions, providers: Sequence[str], 
     return session, dict(session.get_modelmeta().custom_metadata_map)
 
 
+class _Plan:
+    """Greedy decoding of one batch size through IOBinding, for small batches, where session.run's per-call work
+    (wrapping every input, allocating every output) is a large part of the time.
+
+    The recurrent state lives in two buffer sets owned here: the encoder writes set 0, and the two step bindings
+    ping-pong between the sets, so a decoder step is a token copy and one `run_with_iobinding`. The source, and the
+    attention memory whose shape follows it, are bound per call. Not thread-safe: each thread keeps its own plans.
+    """
+
+    def __init__(self, model: OnnxSeq2Seq, batch: int) -> None:
+        # The model's sessions and settings, not the model: it holds the plans (no reference cycle).
+        self.run_encoder, self.run_step = model.encoder.run_with_iobinding, model.decoder.run_with_iobinding
+        self.tokens = (model.start_token, model.eos_token, model.pad_token)
+        self.token = np.zeros(batch, np.int64)
+        self.logits = np.zeros((batch, model.vocab_size), np.float32)
+        self.arrays = [self.token, self.logits]  # every buffer an OrtValue wraps, kept alive with the plan
+        value = ort.OrtValue.ortvalue_from_numpy
+        shape = (model.num_layers, batch, model.hidden_size)
+        self.recurrent = {name: [value(self._keep(np.zeros(shape, np.float32))) for _ in (0, 1)]
+                          for name in model.recurrent}  # fmt: skip
+        self.fixed = [n for n in model.state_names if n not in contract.RECURRENT]  # memory, mask: shape follows source
+        self.encoder = model.encoder.io_binding()
+        for name, sets in self.recurrent.items():
+            self.encoder.bind_ortvalue_output(name, sets[0])
+        for name in self.fixed:  # rebound each call; a name bound again keeps its place in get_outputs()
+            self.encoder.bind_output(name, "cpu")
+        token, logits = value(self.token), value(self.logits)
+        self.steps = []  # binding p reads buffer set p and writes set 1 - p
+        for p in (0, 1):
+            binding = model.decoder.io_binding()
+            binding.bind_ortvalue_input(contract.TOKEN, token)
+            binding.bind_ortvalue_output(contract.LOGITS, logits)
+            for name, sets in self.recurrent.items():
+                binding.bind_ortvalue_input(name, sets[p])
+                binding.bind_ortvalue_output(name + contract.OUT_SUFFIX, sets[1 - p])
+            self.steps.append(binding)
+
+    def _keep(self, array: np.ndarray) -> np.ndarray:
+        self.arrays.append(array)
+        return array
+
+    def greedy(self, source: np.ndarray, max_len: int) -> np.ndarray:
+        source = np.ascontiguousarray(source)  # the binding reads this memory: keep it referenced until we return
+        self.encoder.bind_cpu_input(contract.SOURCE, source)
+        for name in self.fixed:  # unallocated again: after a run the binding holds the last output, shape and all
+            self.encoder.bind_output(name, "cpu")
+        self.run_encoder(self.encoder)
+        if self.fixed:
+            outputs = self.encoder.get_outputs()[len(self.recurrent) :]
+            for name, value in zip(self.fixed, outputs):
+                for binding in self.steps:
+                    binding.bind_ortvalue_input(name, value)
+        run, steps, token, logits = self.run_step, self.steps, self.token, self.logits
+
+        def step(tokens: np.ndarray, parity: int) -> tuple[np.ndarray, int]:
+            # `logits` is overwritten by the next step: greedy_search reads it before asking for another.
+            token[...] = tokens
+            run(steps[parity])
+            return logits, 1 - parity
+
+        return greedy_search(step, 0, len(source), max_len, *self.tokens)
+
+
 class OnnxSeq2Seq:
-    """A loaded two-graph export. Stateless between calls: one instance may serve many threads at once."""
+    """A loaded two-graph export. One instance may serve many threads at once: no result depends on earlier calls
+    (small-batch greedy reuses per-thread buffers, see _Plan, but never carries anything over)."""
 
     def __init__(self, encoder: ort.InferenceSession, decoder: ort.InferenceSession, meta: Mapping[str, str]) -> None:
         self.encoder, self.decoder, self.meta = encoder, decoder, dict(meta)
@@ -70,6 +139,10 @@ class OnnxSeq2Seq:
         self.state_names = contract.state_names(self.cell, self.attention)
         self.recurrent = [n for n in self.state_names if n in contract.RECURRENT]
         self._step_outputs = contract.decoder_io(self.cell, self.attention)[1]
+        self._local = threading.local()  # per-thread _Plan cache
+        self._bindable = all(
+            s.get_providers() == ["CPUExecutionProvider"] for s in (encoder, decoder)
+        )  # pre-bound CPU buffers would add copies on other providers
 
     @classmethod
     def load(
@@ -133,11 +206,20 @@ class OnnxSeq2Seq:
             raise ValueError("source: empty batch")
         if source.shape[1] == 0:
             raise ValueError("source: empty sequence (source_len is 0)")
+        # Fast accept, the common case: every token in range and no padding anywhere. Then none of the checks
+        # below can fail; anything else takes them to find (and name) the first bad position.
+        if source.size <= _SMALL:  # a Python min/max over a short list beats two numpy reductions
+            flat = source.ravel().tolist()
+            lo, hi = min(flat), max(flat)
+        else:
+            lo, hi = int(source.min()), int(source.max())
+        if self.min_token <= lo and hi < self.vocab_size and not lo <= self.pad_token <= hi:
+            return source.astype(np.int64, copy=False), single
         pad = source == self.pad_token
 
         def where(row: int, col: int | None = None) -> str:
             at = "" if col is None else f"position {col}"
-            return f"source {at}" if single else f"source row {row}{', ' if at else ''}{at}"
+            return f"source {at}".rstrip() if single else f"source row {row}{', ' if at else ''}{at}"
 
         bad = ~pad & ((source < self.min_token) | (source >= self.vocab_size))
         if bad.any():
@@ -217,8 +299,8 @@ class OnnxSeq2Seq:
     def _max_len(self, max_len: int | None) -> int:
         if max_len is None:
             return self.max_target_length
-        if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1:
-            raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+        if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or not 1 <= max_len <= MAX_STEPS:
+            raise ValueError(f"max_len must be an int in [1, {MAX_STEPS}], got {max_len!r}")
         return int(max_len)
 
     def greedy(self, source: Any, max_len: int | None = None) -> np.ndarray:
@@ -227,10 +309,17 @@ class OnnxSeq2Seq:
         A single (source_len,) sequence gives a (steps,) array.
         """
         source, single = self.check_source(source)
-        tokens = greedy_search(
-            self._step, self._encode(source), len(source), self._max_len(max_len),
-            self.start_token, self.eos_token, self.pad_token,
-        )  # fmt: skip
+        max_len = self._max_len(max_len)
+        if self._bindable and len(source) <= _PLAN_MAX_BATCH:
+            plans = self._local.__dict__.setdefault("plans", {})  # this thread's, by batch size
+            plan = plans.get(len(source))
+            if plan is None:
+                plan = plans[len(source)] = _Plan(self, len(source))
+            tokens = plan.greedy(source, max_len)
+        else:
+            tokens = greedy_search(
+                self._step, self._encode(source), len(source), max_len, self.start_token, self.eos_token, self.pad_token
+            )
         return tokens[0] if single else tokens
 
     def beam_search(
@@ -240,6 +329,8 @@ class OnnxSeq2Seq:
         source, single = self.check_source(source)
         if isinstance(beam_size, bool) or not isinstance(beam_size, (int, np.integer)) or beam_size < 1:
             raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
+        if beam_size > self.vocab_size:
+            raise ValueError(f"beam_size must be <= vocab_size ({self.vocab_size}), got {beam_size}")
         if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float, np.number)):
             raise TypeError(f"length_penalty must be a finite number, got {length_penalty!r}")
         if not np.isfinite(length_penalty):

@@ -40,12 +40,16 @@ def greedy_search(
     done = np.zeros(batch_size, dtype=bool)
     for t in range(max_len):
         logits, state = step(tokens, state)
-        tokens = np.where(done, pad_token, np.asarray(logits).argmax(-1)).astype(np.int64)
-        out[:, t] = tokens
-        if eos_token is not None:
+        tokens = np.asarray(logits).argmax(-1)  # a new array, intp: int64 wherever numpy is 64-bit
+        if tokens.dtype != np.int64:
+            tokens = tokens.astype(np.int64)
+        if eos_token is not None:  # without one no row ever finishes
+            if t:  # finished rows emit padding; none is finished before the first step
+                np.putmask(tokens, done, pad_token)
             done |= tokens == eos_token
-            if done.all():
-                return out[:, : t + 1]
+        out[:, t] = tokens
+        if eos_token is not None and done.all():
+            return out[:, : t + 1]
     return out
 
 

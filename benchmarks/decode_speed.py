@@ -1,0 +1,339 @@
+"""Greedy decoding speed of OnnxSeq2Seq (onnxruntime) vs PyTorch eager, a tight torch loop and an onnxruntime floor.
+
+One process, one thread everywhere (torch.set_num_threads(1), onnxruntime intra/inter op threads 1), seed model
+(reverse_first: 6 source tokens, 3 decoder steps, 128-unit LSTM, one-hot inputs). Contenders are interleaved
+(the order rotates every repeat) and the table reports medians over repeats:
+
+  * batch 1, latency per sequence: OnnxSeq2Seq.greedy; the torch net's eager `net.greedy` under
+    torch.inference_mode; a hand-written torch loop (encode + 3 x step + argmax, no numpy); the same number of
+    InferenceSession.run calls (1 encoder + 3 steps) on the real graphs with no validation or search around them;
+    and the floor: 1 + 3 InferenceSession.run calls on trivial Identity/Add graphs with the same inputs/outputs.
+  * batch 1024, throughput: OnnxSeq2Seq.greedy against eager `net.greedy` (and the tight torch loop).
+  * a fresh subprocess that imports lit_seq2seq.runtime, loads the model and decodes one sequence, against one that
+    imports torch, loads the checkpoint and decodes one: import time, wall time and peak RSS (ru_maxrss).
+
+    .venv/bin/python benchmarks/decode_speed.py --ckpt_path CKPT --model_dir ONNX_DIR [--repeats 30] [--clock cpu]
+    .venv/bin/python benchmarks/decode_speed.py --train [--repeats 30]      # fit + export the seed model first
+
+On a shared machine prefer --clock cpu (the calling thread's CPU time; every engine here computes in that thread):
+wall time then mostly measures the other jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from onnx import TensorProto, helper
+
+from lit_seq2seq.export import load_checkpoint
+from lit_seq2seq.runtime import OnnxSeq2Seq
+
+ROOT = Path(__file__).resolve().parents[1]
+KERAS_MS_PER_SEQUENCE = 265.0  # the Keras tutorial on these machines; a reference constant, not measured here
+GOALS = {"torch_b1": 5.0, "floor_b1": 3.0, "torch_b1024": 1.2}
+
+
+def train_and_export(workdir: Path) -> tuple[Path, Path]:
+    """`lit-seq2seq fit --config configs/reverse.yaml` then `lit-seq2seq export`, in `workdir`."""
+    run_dir, onnx_dir = workdir / "reverse", workdir / "onnx"
+    cli = [sys.executable, "-m", "lit_seq2seq"]
+    print(f"training the seed model in {run_dir} ...", flush=True)
+    subprocess.run(
+        [*cli, "fit", "--config", str(ROOT / "configs" / "reverse.yaml"), "--trainer.default_root_dir", str(run_dir)],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    ckpt = sorted(run_dir.glob("**/checkpoints/best.ckpt"))[-1]
+    subprocess.run([*cli, "export", "--ckpt_path", str(ckpt), "--output_dir", str(onnx_dir)], check=True)
+    return ckpt, onnx_dir
+
+
+def _session(model: bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def floor_sessions(vocab: int, layers: int, hidden: int) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+    """Trivial graphs with the seed graphs' inputs and outputs: encoder source (+ h0, c0) -> h, c by Identity;
+    step token, h, c (+ x) -> logits, h_out, c_out by Identity/Add. One node per output, nothing computed."""
+
+    def value(name: str, dtype: int, shape: list) -> object:
+        return helper.make_tensor_value_info(name, dtype, shape)
+
+    f, i64, state = TensorProto.FLOAT, TensorProto.INT64, [layers, "batch", hidden]
+    encoder = helper.make_graph(
+        [helper.make_node("Identity", ["h0"], ["h"]), helper.make_node("Identity", ["c0"], ["c"])],
+        "encoder_floor",
+        [value("source", i64, ["batch", "source_len"]), value("h0", f, state), value("c0", f, state)],
+        [value("h", f, state), value("c", f, state)],
+    )
+    step = helper.make_graph(
+        [
+            helper.make_node("Identity", ["x"], ["logits"]),
+            helper.make_node("Add", ["h", "h"], ["h_out"]),
+            helper.make_node("Add", ["c", "c"], ["c_out"]),
+        ],
+        "step_floor",
+        [value("token", i64, ["batch"]), value("h", f, state), value("c", f, state), value("x", f, ["batch", vocab])],
+        [value("logits", f, ["batch", vocab]), value("h_out", f, state), value("c_out", f, state)],
+    )
+    models = [helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8) for g in (encoder, step)]
+    return _session(models[0].SerializeToString()), _session(models[1].SerializeToString())
+
+
+def contenders(model: OnnxSeq2Seq, net: torch.nn.Module, source: np.ndarray, with_floor: bool) -> dict[str, Callable]:
+    """Zero-argument callables that each decode `source` greedily (max_target_length steps)."""
+    steps, batch = model.max_target_length, len(source)
+    tsource = torch.from_numpy(source)
+
+    def onnx_greedy() -> object:
+        return model.greedy(source)
+
+    def torch_greedy() -> object:
+        with torch.inference_mode():
+            return net.greedy(tsource)
+
+    def torch_tight() -> object:
+        with torch.inference_mode():
+            state = net.encode(tsource)
+            token = torch.full((batch,), net.start_token, dtype=torch.long)
+            out = []
+            for _ in range(steps):
+                logits, state = net.step(token, state)
+                token = logits.argmax(-1)
+                out.append(token)
+            return torch.stack(out, 1)
+
+    out = {"onnx_greedy": onnx_greedy, "torch_greedy": torch_greedy, "torch_tight": torch_tight}
+    if not with_floor:
+        return out
+
+    names = model.state_names
+    step_outputs = [o.name for o in model.decoder.get_outputs()]
+    start = np.full(batch, model.start_token, dtype=np.int64)
+
+    def onnx_raw() -> object:
+        # The real graphs, plain InferenceSession.run, no validation, no search loop: 1 encoder + `steps` steps.
+        state = dict(zip(names, model.encoder.run(names, {"source": source})))
+        token = start
+        for _ in range(steps):
+            logits, *new = model.decoder.run(step_outputs, {"token": token, **state})
+            state.update(zip(names, new))
+            token = logits.argmax(-1)
+        return token
+
+    encoder, step = floor_sessions(model.vocab_size, model.num_layers, model.hidden_size)
+    zeros = np.zeros((model.num_layers, batch, model.hidden_size), np.float32)
+    x = np.zeros((batch, model.vocab_size), np.float32)
+
+    def floor() -> object:
+        h, c = encoder.run(["h", "c"], {"source": source, "h0": zeros, "c0": zeros})
+        for _ in range(steps):
+            logits, h, c = step.run(["logits", "h_out", "c_out"], {"token": start, "h": h, "c": c, "x": x})
+        return logits
+
+    out.update(onnx_raw=onnx_raw, floor=floor)
+    return out
+
+
+def measure(funcs: dict[str, Callable], repeats: int, calls: int, clock: Callable[[], float]) -> dict[str, float]:
+    """Median over `repeats` of the mean seconds per call over `calls` back-to-back calls; the order rotates."""
+    names = list(funcs)
+    for f in funcs.values():  # warm up: first-run allocations, lazy inits
+        for _ in range(max(3, calls // 10)):
+            f()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for n in names[r % len(names) :] + names[: r % len(names)]:
+            f = funcs[n]
+            start = clock()
+            for _ in range(calls):
+                f()
+            times[n].append((clock() - start) / calls)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+CHILD_ONNX = """
+import json, resource, sys, time
+t0 = time.perf_counter()
+import numpy as np
+from lit_seq2seq.runtime import OnnxSeq2Seq
+t1 = time.perf_counter()
+model = OnnxSeq2Seq.load(sys.argv[1], intra_op_threads=1, inter_op_threads=1)
+t2 = time.perf_counter()
+tokens = model.greedy(np.array([5, 9, 12, 40, 3, 7]))
+t3 = time.perf_counter()
+print(json.dumps(dict(import_s=t1 - t0, load_s=t2 - t1, decode_s=t3 - t2, tokens=tokens.tolist(),
+    torch_loaded="torch" in sys.modules, maxrss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    vmhwm_kb=int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]))))
+"""
+
+CHILD_TORCH = """
+import json, resource, sys, time
+t0 = time.perf_counter()
+import torch
+from lit_seq2seq.checkpoint import read_checkpoint
+from lit_seq2seq.model import Seq2Seq, net_kwargs
+t1 = time.perf_counter()
+torch.set_num_threads(1)
+ckpt = read_checkpoint(sys.argv[1])
+net = Seq2Seq(**net_kwargs(ckpt["hyper_parameters"]))
+net.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
+net.eval()
+t2 = time.perf_counter()
+with torch.inference_mode():
+    tokens = net.greedy(torch.tensor([[5, 9, 12, 40, 3, 7]]))[0]
+t3 = time.perf_counter()
+print(json.dumps(dict(import_s=t1 - t0, load_s=t2 - t1, decode_s=t3 - t2, tokens=tokens.tolist(),
+    torch_loaded=True, maxrss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    vmhwm_kb=int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]))))
+"""
+
+
+def fresh_process(code: str, arg: str) -> dict:
+    """Run `code` in a new interpreter. It is started by a shell that forks it (not exec'd by us): Linux carries
+    ru_maxrss across fork + exec, so a child exec'd straight from this big process would report our own size."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    command = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-c", code, arg]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["wall_s"] = time.perf_counter() - start
+    return result
+
+
+def _print_table(title: str, unit: str, rows: list[tuple[str, str, str, str]]) -> None:
+    print(f"\n{title}")
+    for label, value, comparison, goal in [("", unit, "comparison", "goal"), *rows]:
+        print(f"  {label:<58s}{value:>14s}  {comparison:<20s}{goal}".rstrip())
+
+
+def _goal(ok: bool, text: str) -> str:
+    return f"{text}: {'met' if ok else 'NOT met'}"
+
+
+def report_batch1(us: dict[str, float], args: argparse.Namespace, steps: int) -> None:
+    onnx = us["onnx_greedy"]
+    speedup, over = us["torch_greedy"] / onnx, onnx / us["floor"]
+    keras = KERAS_MS_PER_SEQUENCE * 1e3
+    rows = [
+        ("OnnxSeq2Seq.greedy", f"{onnx:.1f}", "", ""),
+        ("PyTorch eager net.greedy (inference_mode)", f"{us['torch_greedy']:.1f}", f"onnx {speedup:.2f}x faster",
+         _goal(speedup >= GOALS["torch_b1"], f">= {GOALS['torch_b1']:g}x")),
+        ("PyTorch tight loop (encode + steps + argmax, no numpy)", f"{us['torch_tight']:.1f}",
+         f"onnx {us['torch_tight'] / onnx:.2f}x faster", ""),
+        ("real graphs, bare InferenceSession.run (1 + 3 calls)", f"{us['onnx_raw']:.1f}",
+         f"{us['onnx_raw'] - onnx:+.1f} us vs onnx", ""),
+        ("floor: 1 + 3 InferenceSession.run on trivial graphs", f"{us['floor']:.1f}", f"onnx = {over:.2f}x floor",
+         _goal(over <= GOALS["floor_b1"], f"OnnxSeq2Seq <= {GOALS['floor_b1']:g}x floor")),
+        ("Keras tutorial (reference constant, NOT measured here)", f"{keras:.0f}",
+         f"onnx {keras / onnx:.0f}x faster", ""),
+    ]  # fmt: skip
+    title = f"batch 1, {steps} decode steps: median {args.clock} time per sequence ({args.repeats}x{args.calls} calls)"
+    _print_table(title, "us/sequence", rows)
+
+
+def report_batch(seconds: dict[str, float], args: argparse.Namespace, calls: int) -> None:
+    rate = {k: args.batch / v for k, v in seconds.items()}
+    gain = rate["onnx_greedy"] / rate["torch_greedy"]
+    rows = [
+        ("OnnxSeq2Seq.greedy", f"{rate['onnx_greedy']:,.0f}", "", ""),
+        ("PyTorch eager net.greedy (inference_mode)", f"{rate['torch_greedy']:,.0f}", f"onnx {gain:.2f}x faster",
+         _goal(gain >= GOALS["torch_b1024"], f">= {GOALS['torch_b1024']:g}x")),
+        ("PyTorch tight loop", f"{rate['torch_tight']:,.0f}",
+         f"onnx {rate['onnx_greedy'] / rate['torch_tight']:.2f}x faster", ""),
+    ]  # fmt: skip
+    title = f"batch {args.batch}: median throughput ({args.clock} time), {args.repeats} rounds of {calls} call(s)"
+    _print_table(title, "sequences/s", rows)
+
+
+def report_processes(procs: dict[str, list[dict]], repeats: int) -> None:
+    print(f"\nfresh process, decode one sequence: medians of {repeats} runs per side")
+    columns = ("import s", "load s", "decode ms", "wall s", "ru_maxrss MiB", "VmHWM MiB")
+    print(f"  {'':22s}" + "".join(f"{c:>14s}" for c in columns) + "  torch loaded")
+    keys = ("import_s", "load_s", "decode_s", "wall_s", "maxrss_kb", "vmhwm_kb")
+    med = {side: {k: statistics.median(r[k] for r in runs) for k in keys} for side, runs in procs.items()}
+    for side, label in (("onnx", "lit_seq2seq.runtime"), ("torch", "torch + checkpoint")):
+        m = med[side]
+        cells = (f"{m['import_s']:.3f}", f"{m['load_s']:.3f}", f"{m['decode_s'] * 1e3:.2f}", f"{m['wall_s']:.3f}",
+                 f"{m['maxrss_kb'] / 1024:.0f}", f"{m['vmhwm_kb'] / 1024:.0f}")  # fmt: skip
+        print(f"  {label:22s}" + "".join(f"{c:>14s}" for c in cells) + f"  {procs[side][0]['torch_loaded']}")
+    ratio = {k: med["torch"][k] / med["onnx"][k] for k in keys}
+    same = procs["onnx"][0]["tokens"] == procs["torch"][0]["tokens"]
+    print(f"  torch side / runtime side: import {ratio['import_s']:.1f}x, wall {ratio['wall_s']:.1f}x, "
+          f"peak RSS {ratio['maxrss_kb']:.1f}x; same tokens: {same}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt_path", help="a `lit-seq2seq fit` checkpoint of the seed model")
+    parser.add_argument("--model_dir", help="its `lit-seq2seq export` folder (encoder.onnx, decoder_step.onnx)")
+    parser.add_argument("--train", action="store_true", help="fit and export the seed model in a temp dir first")
+    parser.add_argument("--repeats", type=int, default=30, help="interleaved rounds per measurement (default 30)")
+    parser.add_argument("--calls", type=int, default=200, help="batch-1 calls timed together per round (200)")
+    parser.add_argument("--batch", type=int, default=1024, help="batch size of the throughput test (1024)")
+    parser.add_argument("--process_repeats", type=int, default=5, help="fresh subprocesses per side (5)")
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall",
+        help="wall: time.perf_counter (default); cpu: time.thread_time, this thread's CPU time, which leaves out "
+        "time spent descheduled on a busy machine (every engine here computes in the calling thread)",
+    )  # fmt: skip
+    args = parser.parse_args()
+    given = bool(args.ckpt_path) + bool(args.model_dir)
+    if (args.train and given) or (not args.train and given != 2):
+        parser.error("pass either --train, or both --ckpt_path and --model_dir")
+
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+    tmp = tempfile.TemporaryDirectory(prefix="decode_speed_") if args.train else None
+    ckpt, model_dir = train_and_export(Path(tmp.name)) if tmp else (Path(args.ckpt_path), Path(args.model_dir))
+
+    model = OnnxSeq2Seq.load(model_dir, intra_op_threads=1, inter_op_threads=1)
+    net, task = load_checkpoint(ckpt)
+    big, _ = task.sample(args.batch, np.random.default_rng(0))
+    big = np.ascontiguousarray(big, dtype=np.int64)
+    one = big[:1].copy()
+    with torch.inference_mode():
+        same = np.array_equal(model.greedy(big), net.greedy(torch.from_numpy(big)).numpy())
+    print(
+        f"onnxruntime {ort.__version__}, torch {torch.__version__}, numpy {np.__version__}; threads: torch "
+        f"{torch.get_num_threads()}, onnxruntime 1/1; {os.cpu_count()} cpu cores, load average "
+        f"{os.getloadavg()[0]:.2f}\nmodel {model_dir}: {model.cell} {model.hidden_size}, vocab {model.vocab_size}, "
+        f"source {one.shape[1]} tokens, {model.max_target_length} decoder steps; onnx greedy == torch greedy on "
+        f"{args.batch} sources: {same}",
+        flush=True,
+    )
+
+    clock = time.perf_counter if args.clock == "wall" else time.thread_time
+    b1 = measure(contenders(model, net, one, with_floor=True), args.repeats, args.calls, clock)
+    big_calls = max(1, args.calls // 100)
+    bb = measure(contenders(model, net, big, with_floor=False), args.repeats, big_calls, clock)
+    procs: dict[str, list[dict]] = {"onnx": [], "torch": []}
+    for r in range(args.process_repeats):
+        for side in ("onnx", "torch") if r % 2 == 0 else ("torch", "onnx"):
+            code, arg = (CHILD_ONNX, str(model_dir)) if side == "onnx" else (CHILD_TORCH, str(ckpt))
+            procs[side].append(fresh_process(code, arg))
+
+    report_batch1({k: v * 1e6 for k, v in b1.items()}, args, model.max_target_length)
+    report_batch(bb, args, big_calls)
+    report_processes(procs, args.process_repeats)
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (above ~1: other jobs "
+          "competed for the CPU; wall times are noisy, --clock cpu is steadier)")  # fmt: skip
+    if tmp:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
