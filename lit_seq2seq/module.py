@@ -137,7 +137,10 @@ class Seq2SeqModule(L.LightningModule):
                 "update and without saving, so the last good checkpoint is left as it was. Lower "
                 "--model.optimizer.lr or check the data."
             )
-        self.log("train/loss", loss, prog_bar=True)
+        # Only on the steps the logger writes: self.log costs ~0.5 ms a call, a tenth of a seed-task step.
+        trainer = self.trainer
+        if (self.global_step + 1) % trainer.log_every_n_steps == 0 or trainer.should_stop:
+            self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
