@@ -10,6 +10,7 @@ has all four entries h, c, memory, memory_mask).
 
 from __future__ import annotations
 
+import copy
 import io
 import sys
 from datetime import timedelta
@@ -206,7 +207,7 @@ def test_step_returns_a_valid_step_or_rejects_the_input(model):
     @given(case=states(model))
     def check(case):
         token, state = case
-        original = {k: v.copy() for k, v in state.items()} if isinstance(state, dict) else None
+        original = {k: copy.deepcopy(v) for k, v in state.items()} if isinstance(state, dict) else None
         try:
             logits, new = model.step(token, state)
         except Exception as error:  # noqa: BLE001
