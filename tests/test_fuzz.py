@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -35,6 +36,7 @@ FUZZ = settings(
     max_examples=150,
     deadline=timedelta(seconds=10),
     database=None,
+    derandomize=bool(os.environ.get("CI")),  # CI replays one fixed set of examples; local runs explore anew
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 INT64 = (-(2**63), 2**63 - 1)
