@@ -29,19 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from lit_seq2seq.runtime import OnnxSeq2Seq
-from lit_seq2seq.tasks import Task, make_task
+from lit_seq2seq.tasks import Task, task_from_metadata
 
 
 def task_of(model: OnnxSeq2Seq) -> Task:
     """The model's task from its metadata (the same construction as `lit-seq2seq sample`)."""
-    meta = model.meta
-    return make_task(
-        meta["task"],
-        model.vocab_size,
-        int(meta["source_length"]),
-        model.max_target_length if meta["task"] == "reverse_first" else None,
-        int(meta["min_source_length"]) if meta["task"] not in ("reverse_first", "add") else None,
-    )
+    return task_from_metadata(model.meta)
 
 
 def in_batches(decode: Callable[[np.ndarray], np.ndarray], source: np.ndarray, batch_size: int, pad: int) -> np.ndarray:

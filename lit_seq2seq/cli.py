@@ -134,19 +134,12 @@ def _run_sample(o: argparse.Namespace) -> int:
     import numpy as np
 
     from lit_seq2seq.runtime import OnnxSeq2Seq
-    from lit_seq2seq.tasks import PAD, make_task
+    from lit_seq2seq.tasks import PAD, task_from_metadata
 
     if o.num < 1:
         raise ValueError(f"--num must be >= 1, got {o.num}")
     model = OnnxSeq2Seq.load(o.model_dir)
-    meta = model.meta
-    task = make_task(
-        meta["task"],
-        model.vocab_size,
-        int(meta["source_length"]),
-        model.max_target_length if meta["task"] == "reverse_first" else None,
-        int(meta["min_source_length"]) if meta["task"] not in ("reverse_first", "add") else None,
-    )
+    task = task_from_metadata(model.meta)
     source, target = task.sample(o.num, np.random.default_rng(o.seed))
     for s, t in zip(source, target):
         print(" ".join(str(x) for x in s if x != PAD) + "\t" + " ".join(map(str, model.strip(t))))

@@ -182,3 +182,15 @@ def make_task(
 def split_rng(seed: int, split: str) -> np.random.Generator:
     """Independent, reproducible stream per (seed, split): train, val, test and predict never share draws."""
     return np.random.default_rng([seed, SPLITS.index(split)])
+
+
+def task_from_metadata(meta: dict[str, str]) -> Task:
+    """The task an export was trained on, rebuilt from its ONNX metadata (see lit_seq2seq/contract.py)."""
+    name = meta["task"]
+    return make_task(
+        name,
+        int(meta["vocab_size"]),
+        int(meta["source_length"]),
+        int(meta["max_target_length"]) if name == "reverse_first" else None,
+        int(meta["min_source_length"]) if name not in ("reverse_first", "add") else None,
+    )
