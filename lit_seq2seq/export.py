@@ -50,7 +50,7 @@ class EncoderGraph(nn.Module):
     def forward(self, source: Tensor) -> tuple[Tensor, ...]:
         # The tracer fails on a packed RNN whose sequence output is unused, so memory is always an output
         # here; `_finish` removes it from the graph outputs of models without attention.
-        state = self.net.encoder(source, pack=True)
+        state = self.net.encoder(source, pack=True, memory=True)
         return tuple(state[n] for n in self.names) + ((state[contract.MEMORY],) if not self.net.attention else ())
 
 

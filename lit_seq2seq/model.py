@@ -42,8 +42,8 @@ class TokenInput(nn.Module):
 
 
 class Encoder(nn.Module):
-    """source (B, S) int64, right-padded with `pad_token` -> decoder state dict (memory and mask included;
-    Seq2Seq.encode drops them when the decoder has no attention).
+    """source (B, S) int64, right-padded with `pad_token` -> decoder state dict, keyed by
+    `contract.state_names` (memory and memory_mask only for attention, or when asked for).
 
     Padding never leaks: padded batches run packed, so each row's final state is the one after its last token.
     """
@@ -78,7 +78,9 @@ class Encoder(nn.Module):
                 {name: nn.Linear(2 * hidden_size, hidden_size) for name in contract.state_names(cell, False)}
             )
 
-    def forward(self, source: Tensor, pack: bool | None = None) -> State:
+    def forward(self, source: Tensor, pack: bool | None = None, memory: bool | None = None) -> State:
+        """`memory` (default: the decoder has attention) adds memory and memory_mask to the state."""
+        memory = self.attention if memory is None else memory
         mask = source != self.pad_token  # (B, S)
         lengths = mask.sum(1)
         if pack is None:  # eager: pack only when some row is padded; export passes pack=True
@@ -87,9 +89,10 @@ class Encoder(nn.Module):
         if pack:
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
             out, finals = self.rnn(packed)
-            memory = pad_packed_sequence(out, batch_first=True, total_length=source.shape[1])[0]
+            if memory:  # unpacking is skipped when nobody reads the outputs
+                out = pad_packed_sequence(out, batch_first=True, total_length=source.shape[1])[0]
         else:
-            memory, finals = self.rnn(x)  # (B, S, H * directions)
+            out, finals = self.rnn(x)  # (B, S, H * directions)
         finals = finals if isinstance(finals, tuple) else (finals,)
         state = {}
         for name, final in zip(contract.state_names(self.cell, False), finals):
@@ -98,7 +101,8 @@ class Encoder(nn.Module):
                 final = self.bridge[name](torch.cat([final[:, 0], final[:, 1]], dim=-1))
                 final = torch.tanh(final) if name == contract.H else final
             state[name] = final
-        state[contract.MEMORY], state[contract.MEMORY_MASK] = memory, mask
+        if memory:
+            state[contract.MEMORY], state[contract.MEMORY_MASK] = out, mask
         return state
 
 
@@ -202,8 +206,7 @@ class Seq2Seq(nn.Module):
 
     def encode(self, source: Tensor, pack: bool | None = None) -> State:
         """source (B, S) -> the decoder's initial state, keyed by `contract.state_names`."""
-        state = self.encoder(source, pack)
-        return {n: state[n] for n in contract.state_names(self.cell, self.attention)}
+        return self.encoder(source, pack)
 
     def forward(self, source: Tensor, decoder_input: Tensor) -> Tensor:
         """Teacher forcing: source (B, S), decoder_input (B, T) -> logits (B, T, V)."""
