@@ -118,6 +118,8 @@ class Seq2SeqCLI(LightningCLI):
                 class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace(save_dir=root, name="")
             )
         self._check_ckpt_path()  # done already, unless this Lightning has no _parse_ckpt_path
+        if self.subcommand == "fit":
+            _check_fused_clipping(config, self.parser)
 
     def _newest_checkpoint(self, root: Path, name: str, subcommand: str) -> Path:
         """`--ckpt_path best|last` in a new process: the newest <root>/version_*/checkpoints/<name>.ckpt."""
@@ -171,3 +173,22 @@ class Seq2SeqCLI(LightningCLI):
             if self.trainer.is_global_zero:  # every rank stops; the first one speaks for them
                 print(f"lit-seq2seq {subcommand}: error: {error}", file=sys.stderr, flush=True)
             sys.exit(1)
+
+
+def _check_fused_clipping(config: Namespace, parser: LightningArgumentParser) -> None:
+    """Lightning's mixed-precision plugin refuses, at the first step, to clip the gradients of a fused optimizer
+    (even under bf16, which has no grad scaler); say so before anything starts, naming the flags."""
+    optimizer = config.model.get("optimizer")
+    init_args = optimizer.get("init_args") if isinstance(optimizer, Namespace) else None
+    precision = str(config.trainer.get("precision"))
+    if (
+        isinstance(init_args, Namespace)
+        and init_args.get("fused")
+        and config.trainer.get("gradient_clip_val")
+        and precision in ("16", "bf16", "16-mixed", "bf16-mixed")
+    ):
+        parser.error(
+            f"--trainer.gradient_clip_val {config.trainer.gradient_clip_val} cannot be combined with a fused optimizer "
+            f"(--model.optimizer.fused true) under --trainer.precision {precision}: Lightning does not clip gradients "
+            "that the optimizer unscales itself. Pass --model.optimizer.fused false, or drop the clipping."
+        )

@@ -109,6 +109,11 @@ BAD_FLAGS = [
     (["--model.embedding_dim", "0"], "--model.embedding_dim must be >= 1"),
     (["--model.teacher_forcing_ratio", "1.5"], "--model.teacher_forcing_ratio must be in [0, 1]"),
     (["--model.teacher_forcing_ratio", "-0.1"], "--model.teacher_forcing_ratio must be in [0, 1]"),
+    # reverse.yaml's Adam is fused: Lightning would refuse the clipping at the first step.
+    (
+        ["--trainer.precision", "bf16-mixed", "--trainer.gradient_clip_val", "1.0"],
+        "--trainer.gradient_clip_val 1.0 cannot be combined with a fused optimizer (--model.optimizer.fused true)",
+    ),
 ]
 
 
@@ -119,6 +124,12 @@ def test_bad_flags_exit_2_naming_the_flag(flags, message, in_tmp, capsys):
     assert message in err
     assert "Traceback" not in err
     assert not (in_tmp / "runs").exists()  # refused before the trainer started
+
+
+def test_clipping_under_mixed_precision_runs_with_fused_off(in_tmp):
+    flags = ["--model.optimizer.fused", "false", "--trainer.precision", "bf16-mixed"]
+    flags += ["--trainer.gradient_clip_val", "1"]
+    run_cli(["fit", "--config", REVERSE_YAML, *flags, "--trainer.fast_dev_run", "2", *root_args(in_tmp / "runs")])
 
 
 @pytest.mark.parametrize("flags", [["--data.nope", "1"], ["--model.nope", "1"], ["--trainer.nope", "1"]])
