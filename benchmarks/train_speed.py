@@ -30,6 +30,7 @@ the script checks that they end bit-identical, which is what "the same work" mea
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import statistics
@@ -56,12 +57,21 @@ SEED_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "reverse.yaml
 PLAIN_ADAM: dict[str, Any] = {"lr": LR}  # what a careful PyTorch user writes
 
 
+@functools.cache
 def shipped_adam() -> dict[str, Any]:
     """Adam's arguments in configs/reverse.yaml (the seed config), which ours trains with."""
     optimizer = yaml.safe_load(SEED_CONFIG.read_text())["model"]["optimizer"]
     if optimizer["class_path"] != "torch.optim.Adam" or optimizer["init_args"].get("lr") != LR:
         raise SystemExit(f"{SEED_CONFIG}: expected torch.optim.Adam with lr {LR}, got {optimizer}")
     return dict(optimizer["init_args"])
+
+
+SIDES = ("ours", "plain", "plain+same")
+
+
+def plain_sides() -> dict[str, dict[str, Any]]:
+    """Adam's arguments of each plain loop: torch's default one, and ours'."""
+    return {"plain": PLAIN_ADAM, "plain+same": shipped_adam()}
 
 
 def build_ours(train_size: int, callbacks: list[L.Callback]) -> tuple[L.Trainer, Seq2SeqModule, Seq2SeqDataModule]:
@@ -141,7 +151,7 @@ def run_whole(name: str, train_size: int) -> tuple[float, torch.nn.Module]:
         trainer.fit(module, data)
         net = module.net
     else:
-        plain = PlainLoop(train_size, PLAIN_ADAM if name == "plain" else shipped_adam())
+        plain = PlainLoop(train_size, plain_sides()[name])
         for _ in plain.steps():
             pass
         net = plain.net
@@ -151,7 +161,7 @@ def run_whole(name: str, train_size: int) -> tuple[float, torch.nn.Module]:
 def run_interleaved(train_size: int) -> tuple[dict[str, float], dict[str, torch.nn.Module]]:
     """Seconds and trained net of each side, from one fit that steps the plain loops after each of its steps."""
     seconds, plain = {}, {}
-    for name, adam in (("plain", PLAIN_ADAM), ("plain+same", shipped_adam())):
+    for name, adam in plain_sides().items():
         start = time.perf_counter()
         plain[name] = PlainLoop(train_size, adam)
         seconds[name] = time.perf_counter() - start
@@ -188,9 +198,6 @@ def _cpu_usage() -> tuple[float, float, float] | None:
     busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
     own = os.times()
     return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
-
-
-SIDES = ("ours", "plain", "plain+same")
 
 
 def _report(label: str, seconds: dict[str, list[float]]) -> None:

@@ -123,26 +123,22 @@ class Seq2SeqModule(L.LightningModule):
             token = torch.where(teacher, target[:, t], logits.argmax(-1))
         return torch.stack(steps, 1)
 
-    def _loss_sum(self, logits: Tensor, target: Tensor) -> Tensor:
+    def _cross_entropy(self, logits: Tensor, target: Tensor, reduction: str) -> Tensor:
+        """Over the non-pad tokens: "mean" is the training loss, "sum" what the metrics add up."""
         return F.cross_entropy(
-            logits.flatten(0, 1).float(), target.flatten(), ignore_index=self.net.pad_token, reduction="sum"
+            logits.flatten(0, 1).float(), target.flatten(), ignore_index=self.net.pad_token, reduction=reduction
         )
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         source, target = batch
-        logits = self._logits(source, target)
-        # Mean over the non-pad tokens; the same figure as the sums the metrics keep, in fewer ops.
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=self.net.pad_token)
+        loss = self._cross_entropy(self._logits(source, target), target, "mean")
         value, trainer = loss.detach(), self._trainer
         if trainer is not None and trainer.world_size > 1:
             # Every rank must stop at the same step: a rank that raised alone would leave the others waiting
             # forever in the gradient all-reduce. One all-gather of the losses; every rank decides alike.
             value = trainer.strategy.all_gather(value)
-            finite = bool(torch.isfinite(value).all())
-        else:
-            finite = math.isfinite(value.item())
-        if not finite:
-            values = value.reshape(-1).tolist()
+        values = value.reshape(-1).tolist()  # one host sync: this rank's loss, or every rank's
+        if not all(map(math.isfinite, values)):
             where = ", ".join(f"{v} on rank {r}" for r, v in enumerate(values) if not math.isfinite(v))
             raise NonFiniteLossError(
                 f"non-finite training loss ({where if len(values) > 1 else values[0]}) at global step "
@@ -162,7 +158,8 @@ class Seq2SeqModule(L.LightningModule):
         greedy = self.net.greedy(source)
         width = target.shape[1]
         greedy = F.pad(greedy, (0, width - greedy.shape[1]), value=self.net.pad_token)[:, :width]
-        self.metrics[stage].update(self._loss_sum(logits, target), logits, target, greedy, self.net.pad_token)
+        loss_sum = self._cross_entropy(logits, target, "sum")
+        self.metrics[stage].update(loss_sum, logits, target, greedy, self.net.pad_token)
 
     def _log_epoch(self, stage: str) -> None:
         values = self.metrics[stage].compute()

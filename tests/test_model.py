@@ -36,6 +36,15 @@ def make_net(seed: int = 0, eos_token: int | None = EOS, **kwargs) -> Seq2Seq:
     return Seq2Seq(**settings).eval()
 
 
+def make_ending_net(eos: int | None, end_bias: float = 1.5, **kwargs) -> Seq2Seq:
+    """make_net; with an end token, its logit raised by `end_bias` so that rows end at different steps."""
+    net = make_net(eos_token=eos, **kwargs)
+    if eos is not None:
+        with torch.no_grad():
+            net.decoder.output.bias[EOS] += end_bias
+    return net
+
+
 def padded_sources(lengths: list[int], width: int = S, seed: int = 0) -> torch.Tensor:
     """Right-padded sources with real tokens in 2..V-1, one row per length."""
     g = torch.Generator().manual_seed(seed)
@@ -186,10 +195,7 @@ def _pad_to(tokens: torch.Tensor, width: int) -> torch.Tensor:
 @pytest.mark.parametrize("combo", COMBOS[::3] + [COMBOS[-1]], ids=_id)
 @pytest.mark.parametrize("eos", [None, EOS])
 def test_greedy_equals_manual_argmax_loop(combo, eos):
-    net = make_net(eos_token=eos, **combo)
-    if eos is not None:
-        with torch.no_grad():
-            net.decoder.output.bias[EOS] += 1.5  # make rows end at different steps
+    net = make_ending_net(eos, **combo)
     source = padded_sources(LENGTHS * 3, seed=1)
     greedy = net.greedy(source)
     manual = manual_greedy(net, source, T)
@@ -218,10 +224,7 @@ def test_greedy_stops_when_every_row_has_ended():
 @pytest.mark.parametrize("combo", COMBOS[::3] + [COMBOS[-1]], ids=_id)
 @pytest.mark.parametrize("eos", [None, EOS])
 def test_beam_size_one_equals_greedy(combo, eos):
-    net = make_net(eos_token=eos, **combo)
-    if eos is not None:
-        with torch.no_grad():
-            net.decoder.output.bias[EOS] += 1.5
+    net = make_ending_net(eos, **combo)
     source = padded_sources(LENGTHS * 2, seed=2)
     tokens, _ = net.beam_search(source, beam_size=1)
     greedy = net.greedy(source)
@@ -246,10 +249,7 @@ def sequence_score(net: Seq2Seq, source: torch.Tensor, tokens: torch.Tensor, len
 @pytest.mark.parametrize("eos", [None, EOS])
 @pytest.mark.parametrize("length_penalty", [1.0, 0.0, 0.6])
 def test_beam_score_is_the_normalised_log_prob_of_its_sequence(combo, eos, length_penalty):
-    net = make_net(eos_token=eos, **combo)
-    if eos is not None:
-        with torch.no_grad():
-            net.decoder.output.bias[EOS] += 1.0
+    net = make_ending_net(eos, end_bias=1.0, **combo)
     source = padded_sources(LENGTHS, seed=3)
     tokens, scores = net.beam_search(source, beam_size=4, length_penalty=length_penalty)
     assert scores.dtype == torch.float64
