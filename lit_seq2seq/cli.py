@@ -26,7 +26,7 @@ def main(args: Sequence[str] | None = None) -> int:
         except BrokenPipeError:  # `... | head`: the reader left; not an error
             sys.stderr.close()
             return 0
-    from lit_seq2seq.lightning_cli import Seq2SeqCLI
+    from lit_seq2seq.train_cli import Seq2SeqCLI
 
     if args and args[0] in ("-h", "--help"):
         print(f"Other commands: {', '.join(OWN_COMMANDS)} (lit-seq2seq COMMAND --help)\n")

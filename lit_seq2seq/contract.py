@@ -1,4 +1,7 @@
-"""The two-graph ONNX contract shared by export, runtime and search: file names, I/O names, metadata keys."""
+"""The two-graph ONNX contract shared by export, runtime and search: file names, I/O names, metadata keys, and the
+content hash rule (stamped by export, checked by the runtime; plain hashlib, no torch or onnx)."""
+
+import hashlib
 
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder_step.onnx"
@@ -59,11 +62,36 @@ META_KEYS = (
     "inputs",  # comma-separated input names of this graph
     "outputs",  # comma-separated output names of this graph
     "export_id",  # random id shared by the two graphs of one export: a mixed pair is refused
-    "content_sha256",  # see HASH_KEY
+    "content_sha256",  # see CONTENT_HASH_KEY
 )
 FORMAT_VERSION = "1"
 
 # "content_sha256" holds the sha256 of the file's bytes as written with that value replaced by this placeholder,
 # so any app can check a file with a hash function alone. "export_id" is shared by the two files of one export.
-HASH_KEY = "content_sha256"
+CONTENT_HASH_KEY = "content_sha256"
 HASH_PLACEHOLDER = "0" * 64
+# The serialized metadata entry: key string, then protobuf field 2 (value) of length 64.
+_HASH_ENTRY = CONTENT_HASH_KEY.encode() + b"\x12\x40"
+
+
+class ModelFileError(ValueError):
+    """An exported graph is missing, damaged, altered or does not belong with its partner."""
+
+
+def stamp_content_hash(data: bytes) -> bytes:
+    """A serialized graph whose content_sha256 holds HASH_PLACEHOLDER -> the same bytes with the real hash."""
+    entry = _HASH_ENTRY + HASH_PLACEHOLDER.encode()
+    if data.count(entry) != 1:
+        raise ValueError(f"the serialized graph must hold exactly one {CONTENT_HASH_KEY} placeholder entry")
+    return data.replace(entry, _HASH_ENTRY + hashlib.sha256(data).hexdigest().encode())
+
+
+def check_content_hash(data: bytes, name: str) -> None:
+    """Raise ModelFileError unless `data` carries a content_sha256 that matches its bytes."""
+    at = data.find(_HASH_ENTRY)
+    stored = data[at + len(_HASH_ENTRY) : at + len(_HASH_ENTRY) + 64] if at >= 0 else b""
+    if len(stored) != 64:
+        raise ModelFileError(f"{name}: no {CONTENT_HASH_KEY} metadata (truncated, or not exported by lit-seq2seq)")
+    actual = hashlib.sha256(data.replace(stored, HASH_PLACEHOLDER.encode(), 1)).hexdigest()
+    if actual.encode() != stored:
+        raise ModelFileError(f"{name}: content hash mismatch, the file was altered or damaged; export it again")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,10 +11,6 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lit_seq2seq.tasks import Task, make_task, split_rng
-
-# The data module restores the sampler position itself (see ResumableSampler), so Lightning's generic warning
-# about resuming mid-epoch with a plain DataLoader does not apply.
-warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 class TensorPairs(Dataset):
@@ -128,9 +123,13 @@ class Seq2SeqDataModule(L.LightningDataModule):
         self.datasets: dict[str, TensorPairs] = {}
         self._resume: dict[str, int] = {}
 
-    # Sizes the model needs; linked into --model.* by the CLI.
+    # Sizes the net needs; linked into --model.net.* by the CLI. Generated tasks share one vocabulary.
     @property
-    def vocab_size(self) -> int:
+    def source_vocab_size(self) -> int:
+        return self.task.vocab_size
+
+    @property
+    def target_vocab_size(self) -> int:
         return self.task.vocab_size
 
     @property

@@ -8,12 +8,15 @@ named in `dynamic_axes` dynamic even where the example has size 1, writes one se
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
+import re
 import shutil
+import sys
 import tempfile
 import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,11 +28,13 @@ from torch import Tensor, nn
 
 from lit_seq2seq import __version__, contract
 from lit_seq2seq.checkpoint import read_checkpoint
-from lit_seq2seq.model import Seq2Seq, net_kwargs
+from lit_seq2seq.model import Seq2Seq
 from lit_seq2seq.runtime import OnnxSeq2Seq
-from lit_seq2seq.tasks import Task, make_task
+from lit_seq2seq.search import to_width
+from lit_seq2seq.tasks import Task, task_from_hparams
 
 PARITY_TOL = 1e-4
+_PACKED_SHAPE_NOTE = re.compile(r"shape inference of prim::(PackPadded|PadPacked) type is missing")
 _UNUSED = "unused_memory"  # traced-only encoder output, removed before saving
 
 
@@ -45,13 +50,14 @@ class EncoderGraph(nn.Module):
     def __init__(self, net: Seq2Seq) -> None:
         super().__init__()
         self.net = net
-        self.names = contract.state_names(net.cell, net.attention)
+        self.names = contract.state_names(net.config.cell, net.config.attention)
 
     def forward(self, source: Tensor) -> tuple[Tensor, ...]:
         # The tracer fails on a packed RNN whose sequence output is unused, so memory is always an output
-        # here; `_finish` removes it from the graph outputs of models without attention.
+        # here; `_prune_and_stamp` removes it from the graph outputs of models without attention.
         state = self.net.encoder(source, pack=True, memory=True)
-        return tuple(state[n] for n in self.names) + ((state[contract.MEMORY],) if not self.net.attention else ())
+        unused = () if self.net.config.attention else (state[contract.MEMORY],)
+        return tuple(state[n] for n in self.names) + unused
 
 
 class DecoderStepGraph(nn.Module):
@@ -62,7 +68,7 @@ class DecoderStepGraph(nn.Module):
     def __init__(self, net: Seq2Seq) -> None:
         super().__init__()
         self.net = net
-        self.names = contract.state_names(net.cell, net.attention)
+        self.names = contract.state_names(net.config.cell, net.config.attention)
 
     def forward(self, token: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
         logits, new = self.net.step(token, dict(zip(self.names, state)))
@@ -83,8 +89,28 @@ def _dynamic_axes(names: list[str]) -> dict[str, dict[int, str]]:
     return {n: axes[n] for n in names}
 
 
+@contextlib.contextmanager
+def _without_packed_shape_warnings() -> Iterator[None]:
+    """Hold back the exporter's C++ notes that shape inference cannot see through prim::PackPadded / PadPacked
+    (written straight to file descriptor 2, past Python's warning filters): the graphs are verified against PyTorch
+    after export, so they tell a user nothing. Every other line written to stderr meanwhile is passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            for line in held.read().decode(errors="replace").splitlines(keepends=True):
+                if not _PACKED_SHAPE_NOTE.search(line):
+                    sys.stderr.write(line)
+
+
 def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, inputs: list[str], outputs: list[str], opset: int):
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _without_packed_shape_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice and tracer chatter
         torch.onnx.export(
             module,
@@ -102,23 +128,23 @@ def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, inputs: lis
 def _example_source(net: Seq2Seq, task: Task) -> Tensor:
     """(3, 5) source with one padded row, so the traced graph contains the packed (padding-exact) path."""
     gen = torch.Generator().manual_seed(0)
-    source = torch.randint(task.min_token, net.vocab_size, (3, 5), generator=gen)
-    source[1, 3:] = net.pad_token
+    source = torch.randint(task.min_token, net.config.source_vocab_size, (3, 5), generator=gen)
+    source[1, 3:] = net.config.pad_token
     return source
 
 
 def export_encoder(net: Seq2Seq, path: Path, task: Task, opset: int = 17) -> None:
     """Write encoder.onnx; I/O as in `EncoderGraph` (names from `contract.encoder_io`)."""
-    inputs, outputs = contract.encoder_io(net.cell, net.attention)
-    traced = outputs + ([] if net.attention else [_UNUSED])
+    inputs, outputs = contract.encoder_io(net.config.cell, net.config.attention)
+    traced = outputs + ([] if net.config.attention else [_UNUSED])
     _export(EncoderGraph(net), (_example_source(net, task),), path, inputs, traced, opset)
 
 
 def export_decoder_step(net: Seq2Seq, path: Path, task: Task, opset: int = 17) -> None:
     """Write decoder_step.onnx; I/O as in `DecoderStepGraph` (names from `contract.decoder_io`)."""
-    inputs, outputs = contract.decoder_io(net.cell, net.attention)
+    inputs, outputs = contract.decoder_io(net.config.cell, net.config.attention)
     state = net.encode(_example_source(net, task), pack=True)
-    token = torch.tensor([net.start_token, 2 % net.vocab_size, 1], dtype=torch.int64)
+    token = torch.tensor([net.config.start_token, 2 % net.config.target_vocab_size, 1], dtype=torch.int64)
     _export(DecoderStepGraph(net), (token, *(state[n] for n in inputs[1:])), path, inputs, outputs, opset)
 
 
@@ -129,23 +155,23 @@ def metadata(net: Seq2Seq, task: Task, inputs: list[str], outputs: list[str], ex
         "producer_version": __version__,
         "export_id": export_id,
         "task": task.name,
-        "vocab_size": net.vocab_size,
-        "pad_token": net.pad_token,
-        "start_token": net.start_token,
-        "eos_token": "" if net.eos_token is None else net.eos_token,
+        "vocab_size": _one_vocab_size(net),
+        "pad_token": net.config.pad_token,
+        "start_token": net.config.start_token,
+        "eos_token": "" if net.config.eos_token is None else net.config.eos_token,
         "min_token": task.min_token,
         "source_length": task.source_length,
         "min_source_length": task.min_source_length,
-        "max_target_length": net.max_target_length,
-        "hidden_size": net.hidden_size,
-        "num_layers": net.num_layers,
-        "cell": net.cell,
-        "bidirectional": int(net.encoder.bidirectional),
-        "attention": int(net.attention),
-        "memory_dim": net.memory_dim,
+        "max_target_length": net.config.max_target_length,
+        "hidden_size": net.config.hidden_size,
+        "num_layers": net.config.num_layers,
+        "cell": net.config.cell,
+        "bidirectional": int(net.config.bidirectional),
+        "attention": int(net.config.attention),
+        "memory_dim": net.config.memory_dim,
         "inputs": ",".join(inputs),
         "outputs": ",".join(outputs),
-        contract.HASH_KEY: contract.HASH_PLACEHOLDER,
+        contract.CONTENT_HASH_KEY: contract.HASH_PLACEHOLDER,
     }
     return {k: str(v) for k, v in values.items()}
 
@@ -164,8 +190,8 @@ def _prune(graph: onnx.GraphProto) -> None:
         graph.initializer.remove(init)
 
 
-def _finish(path: Path, meta: dict[str, str]) -> None:
-    """Add metadata and the content hash: sha256 of the file as written with the hash replaced by zeros."""
+def _prune_and_stamp(path: Path, meta: dict[str, str]) -> None:
+    """Drop the traced-only output, add the metadata, then fill in the content hash (contract.stamp_content_hash)."""
     model = onnx.load(str(path))
     for output in [o for o in model.graph.output if o.name == _UNUSED]:
         model.graph.output.remove(output)
@@ -174,26 +200,24 @@ def _finish(path: Path, meta: dict[str, str]) -> None:
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)
     model.producer_name, model.producer_version = "lit-seq2seq", __version__
-    data = model.SerializeToString()
-    digest = hashlib.sha256(data).hexdigest().encode()
-    path.write_bytes(data.replace(contract.HASH_PLACEHOLDER.encode(), digest, 1))
+    path.write_bytes(contract.stamp_content_hash(model.SerializeToString()))
+
+
+def _one_vocab_size(net: Seq2Seq) -> int:
+    """Format 1 of the contract carries one vocabulary for source and target."""
+    config = net.config
+    if config.source_vocab_size != config.target_vocab_size:
+        raise ValueError(
+            f"--ckpt_path: the net has source_vocab_size {config.source_vocab_size} and target_vocab_size "
+            f"{config.target_vocab_size}; export format {contract.FORMAT_VERSION} carries one vocabulary for both"
+        )
+    return config.target_vocab_size
 
 
 def load_checkpoint(ckpt_path: str | os.PathLike) -> tuple[Seq2Seq, Task]:
-    """The pure net and task of a `lit-seq2seq fit` checkpoint, loaded with torch's safe (weights-only) loader."""
+    """The pure net and task of a `lit-seq2seq fit` checkpoint, read once with the checks of `read_checkpoint`."""
     ckpt = read_checkpoint(ckpt_path)
-    net = Seq2Seq(**net_kwargs(ckpt["hyper_parameters"]))
-    weights = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    net.load_state_dict(weights)
-    data = ckpt.get("datamodule_hyper_parameters") or {}
-    task = make_task(
-        data.get("task", "reverse_first"),
-        net.vocab_size,
-        data.get("source_length", 6),
-        data.get("target_length"),
-        data.get("min_source_length"),
-    )
-    return net.eval(), task
+    return Seq2Seq.from_checkpoint(ckpt), task_from_hparams(ckpt.get("datamodule_hyper_parameters") or {})
 
 
 @dataclass
@@ -235,15 +259,15 @@ def verify(net: Seq2Seq, task: Task, model_dir: Path, samples: int) -> ExportRep
     enc_diff = dec_diff = 0.0
     for batch in (1, 2, 7):
         for length in sorted({1, max(1, task.source_length // 2), task.source_length, task.source_length + 3}):
-            source = rng.integers(task.min_token, net.vocab_size, size=(batch, length))
+            source = rng.integers(task.min_token, net.config.source_vocab_size, size=(batch, length))
             for row in range(1, batch, 2):  # every other row padded at a random length >= 1
-                source[row, rng.integers(1, length + 1) :] = net.pad_token
+                source[row, rng.integers(1, length + 1) :] = net.config.pad_token
             with torch.no_grad():
                 state = net.encode(torch.from_numpy(source), pack=True)
-            names = contract.state_names(net.cell, net.attention)
+            names = contract.state_names(net.config.cell, net.config.attention)
             got = runtime.encode(source)
             enc_diff = max(enc_diff, _max_diff([state[n].numpy() for n in names], [got[n] for n in names]))
-            token = rng.integers(0, net.vocab_size, size=batch)
+            token = rng.integers(0, net.config.target_vocab_size, size=batch)
             with torch.no_grad():
                 logits, new = net.step(torch.from_numpy(token), state)
             got_logits, got_new = runtime.step(token, got)
@@ -276,8 +300,7 @@ def verify(net: Seq2Seq, task: Task, model_dir: Path, samples: int) -> ExportRep
     beam_ok = expected_beam.shape == got_beam.shape and bool((expected_beam == got_beam).all())
     if not beam_ok:
         raise ExportVerificationError(f"beam-search tokens differ between onnxruntime and PyTorch ({beam_rows} rows)")
-    width = target.shape[1]
-    padded = np.pad(got, ((0, 0), (0, max(0, width - got.shape[1]))), constant_values=net.pad_token)[:, :width]
+    padded = to_width(got, target.shape[1], net.config.pad_token)
     return ExportReport(
         model_dir, enc_diff, dec_diff, samples, greedy_ok, beam_rows, beam_ok, float((padded == target).all(1).mean())
     )
@@ -307,11 +330,11 @@ def export_checkpoint(
     try:
         export_id = uuid.uuid4().hex
         for name, write, io in (
-            (contract.ENCODER_FILE, export_encoder, contract.encoder_io(net.cell, net.attention)),
-            (contract.DECODER_FILE, export_decoder_step, contract.decoder_io(net.cell, net.attention)),
+            (contract.ENCODER_FILE, export_encoder, contract.encoder_io(net.config.cell, net.config.attention)),
+            (contract.DECODER_FILE, export_decoder_step, contract.decoder_io(net.config.cell, net.config.attention)),
         ):
             write(net, tmp / name, task, opset)
-            _finish(tmp / name, metadata(net, task, *io, export_id))
+            _prune_and_stamp(tmp / name, metadata(net, task, *io, export_id))
         report = verify(net, task, tmp, verify_samples)
         out.mkdir(parents=True, exist_ok=True)
         for name in (contract.ENCODER_FILE, contract.DECODER_FILE):

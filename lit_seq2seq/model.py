@@ -1,4 +1,5 @@
-"""Pure nn.Module encoder-decoder nets (LSTM/GRU, optional bidirectional encoder and Luong attention).
+"""Pure nn.Module encoder-decoder nets (LSTM/GRU, optional bidirectional encoder and Luong attention), and
+`NetConfig`, the one place their hyperparameters are declared and checked.
 
 The decoder has one code path, `Decoder.forward(tokens (B, T), state)`: teacher forcing runs it over the whole
 target, a single step runs it with T = 1, and the exported step graph is traced from that same call.
@@ -7,8 +8,10 @@ State travels as a dict keyed by the ONNX contract names (h, c, memory, memory_m
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
+import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +25,80 @@ from lit_seq2seq.search import beam_search, greedy_search
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 State = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Sizes and architecture of a Seq2Seq net. The sizes the data decides (vocabularies, target length, end
+    token) are linked from ``--data.*`` by the CLI; the rest are ``--model.net.*`` flags.
+
+    Args:
+        source_vocab_size: Number of source token ids, the reserved ones included (linked from the data).
+        target_vocab_size: Number of target token ids, the reserved ones included (linked from the data).
+        max_target_length: Decoder steps to run at most, the end token included (linked from the data).
+        eos_token: End-of-sequence token, or null for fixed-length targets (linked from the data).
+        hidden_size: Units of every RNN layer.
+        num_layers: Stacked RNN layers in the encoder and in the decoder.
+        cell: ``lstm`` or ``gru``.
+        bidirectional: Bidirectional encoder; its final states are bridged to the decoder by a linear layer.
+        attention: Luong (general) attention of the decoder over the encoder outputs.
+        embedding_dim: Learned embedding width; null feeds one-hot vectors as in the Keras tutorial.
+        dropout: Dropout between RNN layers and before the output layer.
+        pad_token: Padding id in sources and targets.
+        start_token: First decoder input.
+    """
+
+    source_vocab_size: int = 51
+    target_vocab_size: int = 51
+    max_target_length: int = 3
+    eos_token: int | None = None
+    hidden_size: int = 128
+    num_layers: int = 1
+    cell: str = "lstm"
+    bidirectional: bool = False
+    attention: bool = False
+    embedding_dim: int | None = None
+    dropout: float = 0.0
+    pad_token: int = 0
+    start_token: int = 0
+
+    FLAG = "--model.net."  # prefix of the flags that set these fields, for error messages
+
+    def __post_init__(self) -> None:
+        flag = self.FLAG
+        if self.cell not in CELLS:
+            raise ValueError(f"{flag}cell: unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        for name in ("source_vocab_size", "target_vocab_size", "hidden_size", "num_layers", "max_target_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{flag}{name} must be >= 1, got {getattr(self, name)}")
+        if self.embedding_dim is not None and self.embedding_dim < 1:
+            raise ValueError(f"{flag}embedding_dim must be >= 1 or null (one-hot), got {self.embedding_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"{flag}dropout must be in [0, 1), got {self.dropout}")
+        vocab = self.target_vocab_size
+        if self.eos_token is not None and not 0 <= self.eos_token < vocab:
+            raise ValueError(f"{flag}eos_token must be in [0, target_vocab_size={vocab}), got {self.eos_token}")
+        for name in ("pad_token", "start_token"):
+            if not 0 <= getattr(self, name) < min(self.source_vocab_size, vocab):
+                raise ValueError(f"{flag}{name} must be a token id of both vocabularies, got {getattr(self, name)}")
+
+    @property
+    def memory_dim(self) -> int:
+        """Width of the attention memory (the encoder's outputs); 0 without attention."""
+        return self.hidden_size * (2 if self.bidirectional else 1) if self.attention else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as primitives: what checkpoints store, so torch.load(weights_only=True) reads them."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any]) -> NetConfig:
+        """The config stored in a checkpoint's hyper_parameters (under "net")."""
+        if "net" not in hparams:
+            raise ValueError("no net configuration in the checkpoint's hyper_parameters (not a lit-seq2seq model?)")
+        net = hparams["net"]
+        net = net.to_dict() if isinstance(net, NetConfig) else dict(net)
+        return cls(**net)
 
 
 class TokenInput(nn.Module):
@@ -41,6 +118,17 @@ class TokenInput(nn.Module):
         return F.embedding(tokens, self.table)
 
 
+def _rnn(config: NetConfig, input_dim: int, bidirectional: bool) -> nn.RNNBase:
+    return CELLS[config.cell](
+        input_dim,
+        config.hidden_size,
+        num_layers=config.num_layers,
+        batch_first=True,
+        bidirectional=bidirectional,
+        dropout=config.dropout if config.num_layers > 1 else 0.0,
+    )
+
+
 class Encoder(nn.Module):
     """source (B, S) int64, right-padded with `pad_token` -> decoder state dict, keyed by
     `contract.state_names` (memory and memory_mask only for attention, or when asked for).
@@ -48,40 +136,23 @@ class Encoder(nn.Module):
     Padding never leaks: padded batches run packed, so each row's final state is the one after its last token.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        hidden_size: int,
-        num_layers: int,
-        cell: str,
-        bidirectional: bool,
-        embedding_dim: int | None,
-        dropout: float,
-        pad_token: int,
-        attention: bool,
-    ) -> None:
+    def __init__(self, config: NetConfig) -> None:
         super().__init__()
-        self.pad_token, self.cell, self.attention = pad_token, cell, attention
-        self.num_layers, self.bidirectional = num_layers, bidirectional
-        self.input = TokenInput(vocab_size, embedding_dim)
-        self.rnn = CELLS[cell](
-            self.input.dim,
-            hidden_size,
-            num_layers=num_layers,
-            batch_first=True,
-            bidirectional=bidirectional,
-            dropout=dropout if num_layers > 1 else 0.0,
-        )
-        if bidirectional:
+        self.config = config
+        self.input = TokenInput(config.source_vocab_size, config.embedding_dim)
+        self.rnn = _rnn(config, self.input.dim, config.bidirectional)
+        if config.bidirectional:
             # Bridge: both directions' final states of a layer -> that layer's decoder initial state.
+            hidden = config.hidden_size
             self.bridge = nn.ModuleDict(
-                {name: nn.Linear(2 * hidden_size, hidden_size) for name in contract.state_names(cell, False)}
+                {name: nn.Linear(2 * hidden, hidden) for name in contract.state_names(config.cell, False)}
             )
 
     def forward(self, source: Tensor, pack: bool | None = None, memory: bool | None = None) -> State:
         """`memory` (default: the decoder has attention) adds memory and memory_mask to the state."""
-        memory = self.attention if memory is None else memory
-        mask = source != self.pad_token  # (B, S)
+        config = self.config
+        memory = config.attention if memory is None else memory
+        mask = source != config.pad_token  # (B, S)
         lengths = mask.sum(1)
         if pack is None:  # eager: pack only when some row is padded; export passes pack=True
             pack = bool((lengths < source.shape[1]).any())
@@ -95,9 +166,9 @@ class Encoder(nn.Module):
             out, finals = self.rnn(x)  # (B, S, H * directions)
         finals = finals if isinstance(finals, tuple) else (finals,)
         state = {}
-        for name, final in zip(contract.state_names(self.cell, False), finals):
-            if self.bidirectional:  # (L * 2, B, H) -> (L, B, 2H) -> (L, B, H)
-                final = final.view(self.num_layers, 2, *final.shape[1:])
+        for name, final in zip(contract.state_names(config.cell, False), finals):
+            if config.bidirectional:  # (L * 2, B, H) -> (L, B, 2H) -> (L, B, H)
+                final = final.view(config.num_layers, 2, *final.shape[1:])
                 final = self.bridge[name](torch.cat([final[:, 0], final[:, 1]], dim=-1))
                 final = torch.tanh(final) if name == contract.H else final
             state[name] = final
@@ -114,41 +185,26 @@ class Decoder(nn.Module):
     plain RNN step plus one attention read.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        hidden_size: int,
-        num_layers: int,
-        cell: str,
-        embedding_dim: int | None,
-        dropout: float,
-        attention: bool,
-        memory_dim: int,
-    ) -> None:
+    def __init__(self, config: NetConfig) -> None:
         super().__init__()
-        self.cell, self.attention = cell, attention
-        self.input = TokenInput(vocab_size, embedding_dim)
-        self.rnn = CELLS[cell](
-            self.input.dim,
-            hidden_size,
-            num_layers=num_layers,
-            batch_first=True,
-            dropout=dropout if num_layers > 1 else 0.0,
-        )
-        if attention:
-            self.query = nn.Linear(hidden_size, memory_dim, bias=False)
-            self.combine = nn.Linear(hidden_size + memory_dim, hidden_size)
-        self.dropout = nn.Dropout(dropout)
-        self.output = nn.Linear(hidden_size, vocab_size)
+        self.config = config
+        self.input = TokenInput(config.target_vocab_size, config.embedding_dim)
+        self.rnn = _rnn(config, self.input.dim, bidirectional=False)
+        if config.attention:
+            self.query = nn.Linear(config.hidden_size, config.memory_dim, bias=False)
+            self.combine = nn.Linear(config.hidden_size + config.memory_dim, config.hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.output = nn.Linear(config.hidden_size, config.target_vocab_size)
 
     def forward(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
-        names = contract.state_names(self.cell, False)
+        cell = self.config.cell
+        names = contract.state_names(cell, False)
         hidden = tuple(state[n] for n in names)
-        out, finals = self.rnn(self.input(tokens), hidden if self.cell == "lstm" else hidden[0])  # (B, T, H)
+        out, finals = self.rnn(self.input(tokens), hidden if cell == "lstm" else hidden[0])  # (B, T, H)
         finals = finals if isinstance(finals, tuple) else (finals,)
         new_state = dict(state)
         new_state.update(zip(names, finals))
-        if self.attention:
+        if self.config.attention:
             memory, mask = state[contract.MEMORY], state[contract.MEMORY_MASK]  # (B, S, M), (B, S)
             scores = self.query(out) @ memory.transpose(1, 2)  # (B, T, S)
             scores = scores.masked_fill(~mask[:, None, :], torch.finfo(scores.dtype).min)
@@ -158,51 +214,27 @@ class Decoder(nn.Module):
 
 
 class Seq2Seq(nn.Module):
-    """Encoder-decoder with the decoding settings a runtime needs (start/end tokens, max target length).
+    """Encoder-decoder built from a `NetConfig`, which also carries the decoding settings a runtime needs
+    (start/end tokens, max target length)."""
 
-    Args:
-        vocab_size: Number of token ids, the reserved ones included.
-        max_target_length: Decoder steps to run at most (the end token included).
-        eos_token: End-of-sequence token, or None for fixed-length targets.
-        hidden_size: Units of every RNN layer.
-        num_layers: Stacked RNN layers in the encoder and in the decoder.
-        cell: ``lstm`` or ``gru``.
-        bidirectional: Bidirectional encoder; its final states are bridged to the decoder by a linear layer.
-        attention: Luong (general) attention of the decoder over the encoder outputs.
-        embedding_dim: Learned embedding width; None feeds one-hot vectors as in the Keras tutorial.
-        dropout: Dropout between RNN layers and before the output layer.
-        pad_token: Padding id in sources and targets.
-        start_token: First decoder input.
-    """
-
-    def __init__(
-        self,
-        vocab_size: int = 51,
-        max_target_length: int = 3,
-        eos_token: int | None = None,
-        hidden_size: int = 128,
-        num_layers: int = 1,
-        cell: str = "lstm",
-        bidirectional: bool = False,
-        attention: bool = False,
-        embedding_dim: int | None = None,
-        dropout: float = 0.0,
-        pad_token: int = 0,
-        start_token: int = 0,
-    ) -> None:
+    def __init__(self, config: NetConfig | None = None) -> None:
         super().__init__()
-        _check_net_args(vocab_size, max_target_length, eos_token, hidden_size, num_layers, cell, embedding_dim, dropout)
-        self.vocab_size, self.max_target_length, self.eos_token = vocab_size, max_target_length, eos_token
-        self.pad_token, self.start_token = pad_token, start_token
-        self.cell, self.attention, self.hidden_size, self.num_layers = cell, attention, hidden_size, num_layers
-        self.memory_dim = hidden_size * (2 if bidirectional else 1) if attention else 0
-        self.encoder = Encoder(
-            vocab_size, hidden_size, num_layers, cell, bidirectional, embedding_dim, dropout, pad_token, attention
-        )
-        self.decoder = Decoder(
-            vocab_size, hidden_size, num_layers, cell, embedding_dim, dropout, attention, self.memory_dim
-        )
+        self.config = config = NetConfig() if config is None else config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
         self.apply(_keras_init)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | os.PathLike | Mapping[str, Any]) -> Seq2Seq:
+        """The net of a `lit-seq2seq fit` checkpoint (a path, read safely, or a checkpoint already read), in eval
+        mode: the one way to rebuild a trained net."""
+        from lit_seq2seq.checkpoint import read_checkpoint
+
+        ckpt = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+        net = cls(NetConfig.from_hparams(ckpt["hyper_parameters"]))
+        prefix = "net."
+        net.load_state_dict({k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+        return net.eval()
 
     def encode(self, source: Tensor, pack: bool | None = None) -> State:
         """source (B, S) -> the decoder's initial state, keyed by `contract.state_names`."""
@@ -224,17 +256,19 @@ class Seq2Seq(nn.Module):
 
         return step
 
+    def _tokens(self) -> dict[str, Any]:
+        config = self.config
+        return {"start_token": config.start_token, "eos_token": config.eos_token, "pad_token": config.pad_token}
+
     @torch.no_grad()
     def greedy(self, source: Tensor, max_len: int | None = None) -> Tensor:
         """Greedy decoding: source (B, S) -> tokens (B, T), padded after the end token."""
         out = greedy_search(
             self._numpy_step(source.device),
             self.encode(source),
-            len(source),
-            max_len or self.max_target_length,
-            self.start_token,
-            self.eos_token,
-            self.pad_token,
+            batch_size=len(source),
+            max_len=self.config.max_target_length if max_len is None else max_len,
+            **self._tokens(),
         )
         return torch.from_numpy(out).to(source.device)
 
@@ -246,13 +280,11 @@ class Seq2Seq(nn.Module):
         tokens, scores = beam_search(
             self._numpy_step(source.device),
             self.encode(source),
-            len(source),
-            max_len or self.max_target_length,
-            beam_size,
-            self.start_token,
-            self.eos_token,
-            self.pad_token,
-            length_penalty,
+            batch_size=len(source),
+            max_len=self.config.max_target_length if max_len is None else max_len,
+            beam_size=beam_size,
+            length_penalty=length_penalty,
+            **self._tokens(),
         )
         return torch.from_numpy(tokens).to(source.device), torch.from_numpy(scores)
 
@@ -285,37 +317,3 @@ def shift_right(target: Tensor, start_token: int) -> Tensor:
     """Decoder input for teacher forcing: [start] + target[:-1] along dim 1."""
     start = torch.full_like(target[:, :1], start_token)
     return torch.cat([start, target[:, :-1]], dim=1)
-
-
-def _check_net_args(
-    vocab_size: int,
-    max_target_length: int,
-    eos_token: int | None,
-    hidden_size: int,
-    num_layers: int,
-    cell: str,
-    embedding_dim: int | None,
-    dropout: float,
-) -> None:
-    if cell not in CELLS:
-        raise ValueError(f"--model.cell: unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
-    for name, value in (
-        ("vocab_size", vocab_size),
-        ("hidden_size", hidden_size),
-        ("num_layers", num_layers),
-        ("max_target_length", max_target_length),
-    ):
-        if value < 1:
-            raise ValueError(f"--model.{name} must be >= 1, got {value}")
-    if embedding_dim is not None and embedding_dim < 1:
-        raise ValueError(f"--model.embedding_dim must be >= 1 or null (one-hot), got {embedding_dim}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"--model.dropout must be in [0, 1), got {dropout}")
-    if eos_token is not None and not 0 <= eos_token < vocab_size:
-        raise ValueError(f"--model.eos_token must be in [0, vocab_size={vocab_size}), got {eos_token}")
-
-
-def net_kwargs(hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """The Seq2Seq constructor arguments found in `hparams` (a module's or a checkpoint's hyperparameters)."""
-    names = inspect.signature(Seq2Seq).parameters
-    return {k: v for k, v in hparams.items() if k in names}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -12,12 +13,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from torchmetrics import Metric
 
-from lit_seq2seq.checkpoint import HASH_KEY, check_weights, weights_sha256
-from lit_seq2seq.model import Seq2Seq, net_kwargs, shift_right
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss."""
+from lit_seq2seq.checkpoint import NonFiniteError
+from lit_seq2seq.model import NetConfig, Seq2Seq, shift_right
+from lit_seq2seq.search import to_width
 
 
 class Seq2SeqMetrics(Metric):
@@ -59,16 +57,7 @@ class Seq2SeqModule(L.LightningModule):
     """Teacher-forced training of a Seq2Seq net; validation and test also decode greedily for exact match.
 
     Args:
-        vocab_size: Number of token ids (linked from the data).
-        max_target_length: Decoder steps (linked from the data).
-        eos_token: End token or None (linked from the data).
-        hidden_size: Units of every RNN layer.
-        num_layers: Stacked RNN layers in encoder and decoder.
-        cell: ``lstm`` or ``gru``.
-        bidirectional: Bidirectional encoder.
-        attention: Luong attention over the encoder outputs.
-        embedding_dim: Learned embedding width; null feeds one-hot vectors (the tutorial).
-        dropout: Dropout between RNN layers and before the output layer.
+        net: The net's sizes and architecture (``--model.net.*``); the sizes the data decides are linked from it.
         teacher_forcing_ratio: Probability of feeding the true previous token while training; below 1 the
             model's own prediction is fed otherwise (scheduled sampling, decoded step by step).
         optimizer: Optimizer, e.g. ``--model.optimizer Adam --model.optimizer.lr 0.003``.
@@ -77,30 +66,22 @@ class Seq2SeqModule(L.LightningModule):
 
     def __init__(
         self,
-        vocab_size: int = 51,
-        max_target_length: int = 3,
-        eos_token: int | None = None,
-        hidden_size: int = 128,
-        num_layers: int = 1,
-        cell: str = "lstm",
-        bidirectional: bool = False,
-        attention: bool = False,
-        embedding_dim: int | None = None,
-        dropout: float = 0.0,
+        net: NetConfig = NetConfig(),  # noqa: B008 - frozen, so one shared default is safe
         teacher_forcing_ratio: float = 1.0,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(net, Mapping):  # load_from_checkpoint passes the stored hparams back: a plain dict
+            net = NetConfig(**net)
         if not 0.0 <= teacher_forcing_ratio <= 1.0:
             raise ValueError(f"--model.teacher_forcing_ratio must be in [0, 1], got {teacher_forcing_ratio}")
         # Only primitives go into hparams, so checkpoints load with torch.load(weights_only=True).
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.net = Seq2Seq(**net_kwargs(self.hparams))
+        self.save_hyperparameters({"net": net.to_dict(), "teacher_forcing_ratio": teacher_forcing_ratio})
+        self.net = Seq2Seq(net)
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.teacher_forcing_ratio = teacher_forcing_ratio
-        self.metrics = torch.nn.ModuleDict({s: Seq2SeqMetrics(max_target_length) for s in ("val", "test")})
-        self._pending_rng: dict[str, Any] | None = None
+        self.metrics = torch.nn.ModuleDict({s: Seq2SeqMetrics(net.max_target_length) for s in ("val", "test")})
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets `_current_fx_name` twice around every hook it calls, ~44 times a training step, and
@@ -111,11 +92,11 @@ class Seq2SeqModule(L.LightningModule):
             super().__setattr__(name, value)
 
     def _logits(self, source: Tensor, target: Tensor) -> Tensor:
-        net = self.net
+        net, start = self.net, self.net.config.start_token
         if not self.training or self.teacher_forcing_ratio >= 1.0:
-            return net(source, shift_right(target, net.start_token))
+            return net(source, shift_right(target, start))
         # Scheduled sampling: step by step, feeding the true token with probability teacher_forcing_ratio.
-        state, token, steps = net.encode(source), torch.full_like(target[:, 0], net.start_token), []
+        state, token, steps = net.encode(source), torch.full_like(target[:, 0], start), []
         for t in range(target.shape[1]):
             logits, state = net.step(token, state)
             steps.append(logits)
@@ -126,7 +107,7 @@ class Seq2SeqModule(L.LightningModule):
     def _cross_entropy(self, logits: Tensor, target: Tensor, reduction: str) -> Tensor:
         """Over the non-pad tokens: "mean" is the training loss, "sum" what the metrics add up."""
         return F.cross_entropy(
-            logits.flatten(0, 1).float(), target.flatten(), ignore_index=self.net.pad_token, reduction=reduction
+            logits.flatten(0, 1).float(), target.flatten(), ignore_index=self.net.config.pad_token, reduction=reduction
         )
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -140,7 +121,7 @@ class Seq2SeqModule(L.LightningModule):
         values = value.reshape(-1).tolist()  # one host sync: this rank's loss, or every rank's
         if not all(map(math.isfinite, values)):
             where = ", ".join(f"{v} on rank {r}" for r, v in enumerate(values) if not math.isfinite(v))
-            raise NonFiniteLossError(
+            raise NonFiniteError(
                 f"non-finite training loss ({where if len(values) > 1 else values[0]}) at global step "
                 f"{self.global_step} (epoch {self.current_epoch}, batch {batch_idx}); stopped before that step's "
                 "update and without saving, so the last good checkpoint is left as it was. Lower "
@@ -155,11 +136,10 @@ class Seq2SeqModule(L.LightningModule):
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         source, target = batch
         logits = self._logits(source, target)
-        greedy = self.net.greedy(source)
-        width = target.shape[1]
-        greedy = F.pad(greedy, (0, width - greedy.shape[1]), value=self.net.pad_token)[:, :width]
+        pad = self.net.config.pad_token
+        greedy = to_width(self.net.greedy(source).cpu().numpy(), target.shape[1], pad)
         loss_sum = self._cross_entropy(logits, target, "sum")
-        self.metrics[stage].update(loss_sum, logits, target, greedy, self.net.pad_token)
+        self.metrics[stage].update(loss_sum, logits, target, torch.from_numpy(greedy).to(target.device), pad)
 
     def _log_epoch(self, stage: str) -> None:
         values = self.metrics[stage].compute()
@@ -189,29 +169,3 @@ class Seq2SeqModule(L.LightningModule):
         if self.lr_scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
-
-    # Integrity hash of the weights. Exact resume: the RNG (dropout, scheduled sampling) continues from where
-    # the checkpoint was taken.
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        bad = [k for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
-        if bad:  # raised before anything is written: the previous checkpoint files stay as they were
-            raise NonFiniteLossError(
-                f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) after global step "
-                f"{self.global_step} (epoch {self.current_epoch}); not saving them, so the last good checkpoint is "
-                "left as it was. Lower --model.optimizer.lr or check the data."
-            )
-        checkpoint[HASH_KEY] = weights_sha256(checkpoint["state_dict"])
-        checkpoint["rng_state"] = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_weights(checkpoint, "checkpoint")
-        self._pending_rng = checkpoint.get("rng_state")
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self._pending_rng is not None:
-            torch.set_rng_state(self._pending_rng["cpu"])
-            if "cuda" in self._pending_rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(self._pending_rng["cuda"])
-            self._pending_rng = None

@@ -6,7 +6,6 @@ returns NaN logits (argmax 0) for non-finite state, and fails deep inside its ke
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -17,29 +16,15 @@ import numpy as np
 import onnxruntime as ort
 
 from lit_seq2seq import contract
-from lit_seq2seq.search import beam_search, greedy_search
+from lit_seq2seq.contract import ModelFileError, check_content_hash
+from lit_seq2seq.search import beam_search, check_beam_settings, check_max_len, greedy_search
+
+__all__ = ["ModelFileError", "OnnxSeq2Seq"]
 
 State = dict[str, np.ndarray]
-_HASH_ENTRY = contract.HASH_KEY.encode() + b"\x12\x40"  # protobuf: key string, then field 2 (value), 64 bytes
-MAX_STEPS = 4096  # longest decode accepted: far past any generated task, short of exhausting memory
-_SMALL = 64  # sources up to this many tokens are range-checked in Python, larger ones with numpy
-_PLAN_MAX_BATCH = 16  # greedy batches up to this size decode through pre-bound buffers (_Plan), one plan per
+_PY_RANGE_CHECK_MAX = 64  # sources up to this many tokens are range-checked in Python, larger ones with numpy
+_BOUND_MAX_BATCH = 16  # greedy batches up to this size decode through pre-bound buffers (_BoundGreedy), one per
 # batch size and thread; larger batches are compute-bound and take session.run
-
-
-class ModelFileError(ValueError):
-    """An exported graph is missing, damaged, altered or does not belong with its partner."""
-
-
-def check_content_hash(data: bytes, name: str) -> None:
-    """Raise ModelFileError unless `data` carries a content_sha256 that matches its bytes."""
-    at = data.find(_HASH_ENTRY)
-    stored = data[at + len(_HASH_ENTRY) : at + len(_HASH_ENTRY) + 64] if at >= 0 else b""
-    if len(stored) != 64:
-        raise ModelFileError(f"{name}: no {contract.HASH_KEY} metadata (truncated, or not exported by lit-seq2seq)")
-    actual = hashlib.sha256(data.replace(stored, contract.HASH_PLACEHOLDER.encode(), 1)).hexdigest()
-    if actual.encode() != stored:
-        raise ModelFileError(f"{name}: content hash mismatch, the file was altered or damaged; export it again")
 
 
 def _session(path: Path, options: ort.SessionOptions, providers: Sequence[str], verify: bool):
@@ -59,7 +44,7 @@ def _session(path: Path, options: ort.SessionOptions, providers: Sequence[str], 
     return session, dict(session.get_modelmeta().custom_metadata_map)
 
 
-class _Plan:
+class _BoundGreedy:
     """Greedy decoding of one batch size through IOBinding, for small batches, where session.run's per-call work
     (wrapping every input, allocating every output) is a large part of the time.
 
@@ -71,7 +56,7 @@ class _Plan:
     def __init__(self, model: OnnxSeq2Seq, batch: int) -> None:
         # The model's sessions and settings, not the model: it holds the plans (no reference cycle).
         self.run_encoder, self.run_step = model.encoder.run_with_iobinding, model.decoder.run_with_iobinding
-        self.tokens = (model.start_token, model.eos_token, model.pad_token)
+        self.tokens = model.tokens
         self.token = np.zeros(batch, np.int64)
         self.logits = np.zeros((batch, model.vocab_size), np.float32)
         self.arrays = [self.token, self.logits]  # every buffer an OrtValue wraps, kept alive with the plan
@@ -114,17 +99,18 @@ class _Plan:
         run, steps, token, logits = self.run_step, self.steps, self.token, self.logits
 
         def step(tokens: np.ndarray, parity: int) -> tuple[np.ndarray, int]:
+            # The search's state is which buffer set holds the current state (the bindings ping-pong).
             # `logits` is overwritten by the next step: greedy_search reads it before asking for another.
             token[...] = tokens
             run(steps[parity])
             return logits, 1 - parity
 
-        return greedy_search(step, 0, len(source), max_len, *self.tokens)
+        return greedy_search(step, 0, batch_size=len(source), max_len=max_len, **self.tokens)
 
 
 class OnnxSeq2Seq:
     """A loaded two-graph export. One instance may serve many threads at once: no result depends on earlier calls
-    (small-batch greedy reuses per-thread buffers, see _Plan, but never carries anything over)."""
+    (small-batch greedy reuses per-thread buffers, see _BoundGreedy, but never carries anything over)."""
 
     def __init__(self, encoder: ort.InferenceSession, decoder: ort.InferenceSession, meta: Mapping[str, str]) -> None:
         self.encoder, self.decoder, self.meta = encoder, decoder, dict(meta)
@@ -136,10 +122,11 @@ class OnnxSeq2Seq:
         self.num_layers, self.hidden_size = int(meta["num_layers"]), int(meta["hidden_size"])
         self.memory_dim = int(meta["memory_dim"])
         self.cell, self.attention = meta["cell"], meta["attention"] == "1"
+        self.tokens = {"start_token": self.start_token, "eos_token": self.eos_token, "pad_token": self.pad_token}
         self.state_names = contract.state_names(self.cell, self.attention)
         self.recurrent = [n for n in self.state_names if n in contract.RECURRENT]
         self._step_outputs = contract.decoder_io(self.cell, self.attention)[1]
-        self._local = threading.local()  # per-thread _Plan cache
+        self._local = threading.local()  # per-thread _BoundGreedy cache
         self._bindable = all(
             s.get_providers() == ["CPUExecutionProvider"] for s in (encoder, decoder)
         )  # pre-bound CPU buffers would add copies on other providers
@@ -208,7 +195,7 @@ class OnnxSeq2Seq:
             raise ValueError("source: empty sequence (source_len is 0)")
         # Fast accept, the common case: every token in range and no padding anywhere. Then none of the checks
         # below can fail; anything else takes them to find (and name) the first bad position.
-        if source.size <= _SMALL:  # a Python min/max over a short list beats two numpy reductions
+        if source.size <= _PY_RANGE_CHECK_MAX:  # a Python min/max over a short list beats two numpy reductions
             flat = source.ravel().tolist()
             lo, hi = min(flat), max(flat)
         else:
@@ -297,11 +284,7 @@ class OnnxSeq2Seq:
 
     # ---- search -----------------------------------------------------------------------------------------------
     def _max_len(self, max_len: int | None) -> int:
-        if max_len is None:
-            return self.max_target_length
-        if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or not 1 <= max_len <= MAX_STEPS:
-            raise ValueError(f"max_len must be an int in [1, {MAX_STEPS}], got {max_len!r}")
-        return int(max_len)
+        return self.max_target_length if max_len is None else check_max_len(max_len)
 
     def greedy(self, source: Any, max_len: int | None = None) -> np.ndarray:
         """Greedy decoding, batched: (batch, source_len) -> (batch, steps) int64, padded after the end token.
@@ -310,15 +293,15 @@ class OnnxSeq2Seq:
         """
         source, single = self.check_source(source)
         max_len = self._max_len(max_len)
-        if self._bindable and len(source) <= _PLAN_MAX_BATCH:
-            plans = self._local.__dict__.setdefault("plans", {})  # this thread's, by batch size
-            plan = plans.get(len(source))
+        if self._bindable and len(source) <= _BOUND_MAX_BATCH:
+            bound = self._local.__dict__.setdefault("bound", {})  # this thread's, by batch size
+            plan = bound.get(len(source))
             if plan is None:
-                plan = plans[len(source)] = _Plan(self, len(source))
+                plan = bound[len(source)] = _BoundGreedy(self, len(source))
             tokens = plan.greedy(source, max_len)
         else:
             tokens = greedy_search(
-                self._step, self._encode(source), len(source), max_len, self.start_token, self.eos_token, self.pad_token
+                self._step, self._encode(source), batch_size=len(source), max_len=max_len, **self.tokens
             )
         return tokens[0] if single else tokens
 
@@ -327,18 +310,18 @@ class OnnxSeq2Seq:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Beam search: best tokens (batch, steps) and their score, log-probability / length ** length_penalty."""
         source, single = self.check_source(source)
-        if isinstance(beam_size, bool) or not isinstance(beam_size, (int, np.integer)) or beam_size < 1:
-            raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
+        beam_size, length_penalty = check_beam_settings(beam_size, length_penalty)  # before the encoder runs
         if beam_size > self.vocab_size:
             raise ValueError(f"beam_size must be <= vocab_size ({self.vocab_size}), got {beam_size}")
-        if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float, np.number)):
-            raise TypeError(f"length_penalty must be a finite number, got {length_penalty!r}")
-        if not np.isfinite(length_penalty):
-            raise ValueError(f"length_penalty must be finite, got {length_penalty}")
         tokens, scores = beam_search(
-            self._step, self._encode(source), len(source), self._max_len(max_len), int(beam_size),
-            self.start_token, self.eos_token, self.pad_token, float(length_penalty),
-        )  # fmt: skip
+            self._step,
+            self._encode(source),
+            batch_size=len(source),
+            max_len=self._max_len(max_len),
+            beam_size=beam_size,
+            length_penalty=length_penalty,
+            **self.tokens,
+        )
         return (tokens[0], scores[0]) if single else (tokens, scores)
 
     def strip(self, tokens: np.ndarray) -> list[int]:

@@ -1,20 +1,51 @@
 """Greedy and beam search over a single decoder step, in numpy: one implementation for PyTorch and onnxruntime.
 
-A `step(tokens (N,) int64, state) -> (logits (N, V), state)` callable hides the engine; `state` is a dict of
-arrays (numpy or torch) keyed by the contract names, each with its batch axis in `contract.BATCH_AXIS`.
+A `step(tokens (N,) int64, state) -> (logits (N, V), state)` callable hides the engine. Greedy search treats
+`state` as opaque (whatever `step` takes and returns); beam search reorders it, so there it is a dict of arrays
+(numpy or torch) keyed by the contract names, each with its batch axis in `contract.BATCH_AXIS`.
+The settings are checked here, so every engine refuses the same bad values with the same message.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from lit_seq2seq.contract import BATCH_AXIS
 
 State = dict[str, Any]
-Step = Callable[[np.ndarray, State], tuple[np.ndarray, State]]
+S = TypeVar("S")
+Step = Callable[[np.ndarray, S], tuple[np.ndarray, S]]
+MAX_STEPS = 4096  # longest decode accepted: far past any generated task, short of exhausting memory
+
+
+def check_max_len(max_len: Any) -> int:
+    """`max_len` as an int in [1, MAX_STEPS], or ValueError naming the bounds."""
+    if isinstance(max_len, bool) or not isinstance(max_len, numbers.Integral) or not 1 <= max_len <= MAX_STEPS:
+        raise ValueError(f"max_len must be an int in [1, {MAX_STEPS}], got {max_len!r}")
+    return int(max_len)
+
+
+def check_beam_settings(beam_size: Any, length_penalty: Any) -> tuple[int, float]:
+    """(beam_size, length_penalty) as (int >= 1, finite float), or ValueError/TypeError naming the value."""
+    if isinstance(beam_size, bool) or not isinstance(beam_size, numbers.Integral) or beam_size < 1:
+        raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, numbers.Real):
+        raise TypeError(f"length_penalty must be a finite number, got {length_penalty!r}")
+    if not math.isfinite(length_penalty):
+        raise ValueError(f"length_penalty must be finite, got {length_penalty}")
+    return int(beam_size), float(length_penalty)
+
+
+def to_width(tokens: np.ndarray, width: int, pad_token: int) -> np.ndarray:
+    """Decoded tokens (B, T) -> (B, width), to compare with targets of that width: padded after an early stop,
+    cut past `width`."""
+    tokens = tokens[:, :width]
+    return np.pad(tokens, ((0, 0), (0, width - tokens.shape[1])), constant_values=pad_token)
 
 
 def select_rows(state: State, rows: np.ndarray) -> State:
@@ -23,18 +54,21 @@ def select_rows(state: State, rows: np.ndarray) -> State:
 
 
 def greedy_search(
-    step: Step,
-    state: State,
+    step: Step[S],
+    state: S,
+    *,
     batch_size: int,
     max_len: int,
-    start_token: int = 0,
-    eos_token: int | None = None,
-    pad_token: int = 0,
+    start_token: int,
+    eos_token: int | None,
+    pad_token: int,
 ) -> np.ndarray:
-    """Feed back the argmax token. Returns (batch, steps) int64; rows are padded after their end token.
+    """Feed back the argmax token (the first maximum on ties). Returns (batch, steps) int64; rows are padded after
+    their end token.
 
     Finished rows stop changing; decoding stops when every row has emitted `eos_token` or after `max_len`.
     """
+    max_len = check_max_len(max_len)
     tokens = np.full(batch_size, start_token, dtype=np.int64)
     out = np.full((batch_size, max_len), pad_token, dtype=np.int64)
     done = np.zeros(batch_size, dtype=bool)
@@ -60,14 +94,15 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def beam_search(
-    step: Step,
+    step: Step[State],
     state: State,
+    *,
     batch_size: int,
     max_len: int,
-    beam_size: int = 4,
-    start_token: int = 0,
-    eos_token: int | None = None,
-    pad_token: int = 0,
+    beam_size: int,
+    start_token: int,
+    eos_token: int | None,
+    pad_token: int,
     length_penalty: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Beam search; returns the best sequence per row (batch, steps) and its score (batch,).
@@ -76,9 +111,8 @@ def beam_search(
     0 turns length normalisation off. Beams are ranked by raw sums while searching and by the normalised score
     at the end. A finished beam keeps its score and is extended with padding only.
     """
-    if beam_size < 1:
-        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
-    k = beam_size
+    max_len = check_max_len(max_len)
+    k, length_penalty = check_beam_settings(beam_size, length_penalty)
     state = select_rows(state, np.repeat(np.arange(batch_size), k))
     tokens = np.full(batch_size * k, start_token, dtype=np.int64)
     scores = np.full((batch_size, k), -np.inf)

@@ -7,7 +7,9 @@ Sources are right-padded with 0; targets are right-padded with 0 after the end t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -182,6 +184,17 @@ def make_task(
 def split_rng(seed: int, split: str) -> np.random.Generator:
     """Independent, reproducible stream per (seed, split): train, val, test and predict never share draws."""
     return np.random.default_rng([seed, SPLITS.index(split)])
+
+
+def task_from_hparams(data: Mapping[str, Any]) -> Task:
+    """The task of a checkpoint, from its datamodule_hyper_parameters (the Seq2SeqDataModule's arguments)."""
+    return make_task(
+        data.get("task", "reverse_first"),
+        data.get("vocab_size", 51),
+        data.get("source_length", 6),
+        data.get("target_length"),
+        data.get("min_source_length"),
+    )
 
 
 def task_from_metadata(meta: dict[str, str]) -> Task:

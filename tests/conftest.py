@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lit_seq2seq.model import NetConfig
+
 # Tiny nets gain nothing from intra-op threads, and on a busy 2-core machine two OpenMP threads spinning against
 # other processes make an LSTM backward ~100x slower (measured: 1 ms -> 250 ms per step). One thread keeps the
 # suite fast and its timings stable.
@@ -18,6 +20,11 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 REVERSE_YAML = REPO / "configs" / "reverse.yaml"
+
+
+def net_config(vocab_size: int = 9, **kwargs) -> NetConfig:
+    """A NetConfig with one vocabulary for source and target, as every generated task has."""
+    return NetConfig(source_vocab_size=vocab_size, target_vocab_size=vocab_size, **kwargs)
 
 
 def run_cli(args: Sequence[str]) -> None:

@@ -23,21 +23,23 @@ REVERSE_FIRST += ["--data.target_length", "2"]
 COPY = ["--data.task", "copy", "--data.vocab_size", "8", "--data.source_length", "5"]
 REVERSE = ["--data.task", "reverse", "--data.vocab_size", "8", "--data.source_length", "5"]
 # A few steps only: parity and plumbing do not need a model that learned anything.
-TINY = ["--data.train_size", "512", "--data.val_size", "64", "--data.test_size", "64", "--model.hidden_size", "16"]
+TINY = ["--data.train_size", "512", "--data.val_size", "64", "--data.test_size", "64", "--model.net.hidden_size", "16"]
 TINY += ["--trainer.max_epochs", "1"]
 
 VARIANTS: dict[str, list[str]] = {
     "lstm": [*REVERSE_FIRST, *TINY],
-    "gru": [*COPY, *TINY, "--model.cell", "gru"],
-    "lstm_attention": [*REVERSE, *TINY, "--model.attention", "true"],
+    "gru": [*COPY, *TINY, "--model.net.cell", "gru"],
+    "lstm_attention": [*REVERSE, *TINY, "--model.net.attention", "true"],
     "gru_bi_attention": [
-        *[*COPY, *TINY, "--model.cell", "gru", "--model.bidirectional", "true", "--model.attention", "true"],
+        *[*COPY, *TINY, "--model.net.cell", "gru", "--model.net.bidirectional", "true"],
+        *["--model.net.attention", "true"],
     ],
-    "lstm_2layer": [*REVERSE_FIRST, *TINY, "--model.num_layers", "2"],
+    "lstm_2layer": [*REVERSE_FIRST, *TINY, "--model.net.num_layers", "2"],
     # Learns copy in this one epoch (exact match 0.95-1.0 on fresh sources): it emits the end token where it should.
     "copy_trained": [
         *["--data.task", "copy", "--data.vocab_size", "6", "--data.source_length", "3", "--data.train_size", "2000"],
-        *["--data.val_size", "64", "--data.test_size", "64", "--model.hidden_size", "32", "--model.attention", "true"],
+        *["--data.val_size", "64", "--data.test_size", "64", "--model.net.hidden_size", "32"],
+        *["--model.net.attention", "true"],
         *["--trainer.max_epochs", "1", "--model.optimizer", "Adam", "--model.optimizer.lr", "0.01"],
     ],
 }

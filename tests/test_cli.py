@@ -21,7 +21,7 @@ pytestmark = [
 TASK = [
     "--data.task", "reverse_first", "--data.vocab_size", "11", "--data.source_length", "4",
     "--data.target_length", "2", "--data.val_size", "200", "--data.test_size", "500", "--data.predict_size", "100",
-    "--model.hidden_size", "32",
+    "--model.net.hidden_size", "32",
 ]  # fmt: skip
 # Measured test exact match after this fit: 0.83-0.93 over seeds 1, 2, 3, 7 and 42 (0.916 with the default 42).
 TINY_FIT = [*TASK, "--data.train_size", "2000", "--model.optimizer", "Adam", "--model.optimizer.lr", "0.01"]
@@ -78,10 +78,10 @@ def test_print_config_is_yaml_without_linked_keys(in_tmp, capsys):
     config = yaml.safe_load(capsys.readouterr().out)
     assert {"data", "model", "trainer", "checkpoint"} <= set(config)
     assert config["data"]["task"] == "reverse_first" and config["data"]["vocab_size"] == 51
-    assert config["model"]["hidden_size"] == 128 and config["model"]["cell"] == "lstm"
+    assert config["model"]["net"]["hidden_size"] == 128 and config["model"]["net"]["cell"] == "lstm"
     assert config["model"]["optimizer"]["init_args"]["lr"] == 0.001
-    for linked in ("vocab_size", "max_target_length", "eos_token"):
-        assert linked not in config["model"], f"model.{linked} is linked from the data and must not be settable"
+    for linked in ("source_vocab_size", "target_vocab_size", "max_target_length", "eos_token"):
+        assert linked not in config["model"]["net"], f"model.net.{linked} is linked from the data, not settable"
     assert config["checkpoint"]["monitor"] == "val/exact_match" and config["checkpoint"]["mode"] == "max"
     assert not list(in_tmp.iterdir())  # printing writes nothing
 
@@ -101,12 +101,12 @@ BAD_FLAGS = [
     (["--data.task", "copy", "--data.target_length", "null", "--data.min_source_length", "0"], "--data.min_source"),
     (["--data.task", "copy", "--data.target_length", "null", "--data.min_source_length", "7"], "--data.min_source"),
     (["--data.min_source_length", "3"], "--data.min_source_length"),
-    (["--model.hidden_size", "0"], "--model.hidden_size must be >= 1"),
-    (["--model.num_layers", "0"], "--model.num_layers must be >= 1"),
-    (["--model.cell", "rnn"], "--model.cell: unknown cell 'rnn'"),
-    (["--model.dropout", "1.0"], "--model.dropout must be in [0, 1)"),
-    (["--model.dropout", "-0.5"], "--model.dropout must be in [0, 1)"),
-    (["--model.embedding_dim", "0"], "--model.embedding_dim must be >= 1"),
+    (["--model.net.hidden_size", "0"], "--model.net.hidden_size must be >= 1"),
+    (["--model.net.num_layers", "0"], "--model.net.num_layers must be >= 1"),
+    (["--model.net.cell", "rnn"], "--model.net.cell: unknown cell 'rnn'"),
+    (["--model.net.dropout", "1.0"], "--model.net.dropout must be in [0, 1)"),
+    (["--model.net.dropout", "-0.5"], "--model.net.dropout must be in [0, 1)"),
+    (["--model.net.embedding_dim", "0"], "--model.net.embedding_dim must be >= 1"),
     (["--model.teacher_forcing_ratio", "1.5"], "--model.teacher_forcing_ratio must be in [0, 1]"),
     (["--model.teacher_forcing_ratio", "-0.1"], "--model.teacher_forcing_ratio must be in [0, 1]"),
     # reverse.yaml's Adam is fused: Lightning would refuse the clipping at the first step.
@@ -197,13 +197,14 @@ def test_checkpoints_load_safely_and_rebuild_the_model(trained):
     path = trained / "version_0" / "checkpoints" / "best.ckpt"
     for name in ("best.ckpt", "last.ckpt"):
         checkpoint = torch.load(path.parent / name, weights_only=True)
-        hparams = checkpoint["hyper_parameters"]
-        assert (hparams["vocab_size"], hparams["max_target_length"], hparams["eos_token"]) == (11, 2, None)
-        assert hparams["hidden_size"] == 32
+        net = checkpoint["hyper_parameters"]["net"]
+        assert (net["source_vocab_size"], net["target_vocab_size"], net["max_target_length"]) == (11, 11, 2)
+        assert net["eos_token"] is None and net["hidden_size"] == 32
 
     checkpoint = torch.load(path, weights_only=True)
     module = Seq2SeqModule.load_from_checkpoint(path, map_location="cpu").eval()
-    assert (module.net.vocab_size, module.net.max_target_length, module.net.hidden_size) == (11, 2, 32)
+    config = module.net.config
+    assert (config.source_vocab_size, config.max_target_length, config.hidden_size) == (11, 2, 32)
     loaded = module.state_dict()
     assert set(loaded) == set(checkpoint["state_dict"])
     assert all(torch.equal(loaded[k], v) for k, v in checkpoint["state_dict"].items())
@@ -256,7 +257,8 @@ def _last_weights(root: Path) -> dict[str, torch.Tensor]:
 
 def test_same_seed_fits_give_bit_identical_weights(in_tmp):
     # dropout and scheduled sampling draw random numbers every step: they must come from the seeded generators too
-    flags = [*QUICK_FIT, "--model.num_layers", "2", "--model.dropout", "0.2", "--model.teacher_forcing_ratio", "0.5"]
+    flags = [*QUICK_FIT, "--model.net.num_layers", "2", "--model.net.dropout", "0.2"]
+    flags += ["--model.teacher_forcing_ratio", "0.5"]
     run_cli(["fit", *flags, *root_args(in_tmp / "a")])
     run_cli(["fit", *flags, *root_args(in_tmp / "b")])
     run_cli(["fit", *flags, "--seed_everything", "7", *root_args(in_tmp / "c")])

@@ -23,9 +23,9 @@ def test_split_sizes_and_linked_properties():
     dm.setup("test")
     dm.setup("predict")
     assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 200, "val": 50, "test": 30, "predict": 20}
-    assert (dm.vocab_size, dm.max_target_length, dm.eos_token) == (51, 3, None)
+    assert (dm.source_vocab_size, dm.target_vocab_size, dm.max_target_length, dm.eos_token) == (51, 51, 3, None)
     dm = Seq2SeqDataModule(task="copy", vocab_size=9, source_length=5, **SMALL)
-    assert (dm.vocab_size, dm.max_target_length, dm.eos_token) == (9, 6, 1)
+    assert (dm.source_vocab_size, dm.target_vocab_size, dm.max_target_length, dm.eos_token) == (9, 9, 6, 1)
 
 
 @pytest.mark.parametrize(

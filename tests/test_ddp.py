@@ -21,7 +21,7 @@ from lit_seq2seq.data import Seq2SeqDataModule
 TASK = [
     "--data.task", "reverse_first", "--data.vocab_size", "11", "--data.source_length", "4",
     "--data.target_length", "2", "--data.train_size", "1000", "--data.val_size", "63", "--data.test_size", "101",
-    "--data.predict_size", "37", "--data.batch_size", "32", "--model.hidden_size", "16",
+    "--data.predict_size", "37", "--data.batch_size", "32", "--model.net.hidden_size", "16",
 ]  # fmt: skip  # odd eval sizes: a split that does not divide by 2 ranks must still count each row once
 EPOCHS = 2
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from conftest import REPO, REVERSE_YAML, last_metric, run_cli, version_dirs
+from conftest import REPO, REVERSE_YAML, last_metric, net_config, run_cli, version_dirs
 
 from lit_seq2seq.model import Seq2Seq
 
 TINY = [
     "--data.vocab_size", "11", "--data.source_length", "4", "--data.target_length", "2",
     "--data.train_size", "2000", "--data.val_size", "200", "--data.test_size", "200",
-    "--model.hidden_size", "32", "--model.optimizer.lr", "0.01", "--trainer.max_epochs", "3",
+    "--model.net.hidden_size", "32", "--model.optimizer.lr", "0.01", "--trainer.max_epochs", "3",
 ]  # fmt: skip
 OVERLAYS = sorted((REPO / "configs" / "trainer").glob("*.yaml"))
 
@@ -37,7 +37,7 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
 
 @pytest.mark.parametrize("attention", [False, True])
 def test_decoding_follows_the_module_device_and_dtype(attention):
-    net = Seq2Seq(vocab_size=12, max_target_length=5, eos_token=1, hidden_size=8, attention=attention).double()
+    net = Seq2Seq(net_config(12, max_target_length=5, eos_token=1, hidden_size=8, attention=attention)).double()
     source = torch.tensor([[2, 3, 4], [5, 6, 0]])
     tokens = net.greedy(source)
     assert tokens.device == source.device and tokens.dtype == torch.int64
@@ -59,7 +59,7 @@ def test_fit_on_gpu_bf16_then_test(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_greedy_on_gpu_matches_cpu():
     torch.manual_seed(0)
-    net = Seq2Seq(vocab_size=20, max_target_length=6, eos_token=1, hidden_size=32, attention=True).eval()
+    net = Seq2Seq(net_config(20, max_target_length=6, eos_token=1, hidden_size=32, attention=True)).eval()
     source = torch.randint(2, 20, (64, 7))
     source[::3, 4:] = 0
     expected = net.greedy(source)

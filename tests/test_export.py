@@ -125,7 +125,7 @@ def test_metadata_holds_every_key_with_the_right_values(name, exported):
         assert set(meta) == set(contract.META_KEYS), f"{file}: {set(meta) ^ set(contract.META_KEYS)}"
         metas.append(meta)
     enc, dec = metas
-    common = {k for k in contract.META_KEYS if k not in ("inputs", "outputs", contract.HASH_KEY)}
+    common = {k for k in contract.META_KEYS if k not in ("inputs", "outputs", contract.CONTENT_HASH_KEY)}
     assert {k: enc[k] for k in common} == {k: dec[k] for k in common}  # export_id included
     assert len(dec["export_id"]) == 32
     expected = {
@@ -156,7 +156,7 @@ def test_content_hash_is_checkable_with_a_hash_function_alone(name, exported):
     _, out = exported(name)
     for file in FILES:
         data = (out / file).read_bytes()
-        stored = ort.InferenceSession(data).get_modelmeta().custom_metadata_map[contract.HASH_KEY]
+        stored = ort.InferenceSession(data).get_modelmeta().custom_metadata_map[contract.CONTENT_HASH_KEY]
         assert len(stored) == 64 and stored != contract.HASH_PLACEHOLDER
         assert data.count(stored.encode()) == 1
         assert hashlib.sha256(data.replace(stored.encode(), contract.HASH_PLACEHOLDER.encode())).hexdigest() == stored
@@ -171,7 +171,7 @@ def test_dynamic_batch_and_source_length_match_torch(name, loaded):
     rng = np.random.default_rng(1)
     for batch in (1, 2, 5, 33):
         for length in (1, 3, 6, 11):  # 6 and 11 are longer than any training source
-            source = random_source(rng, batch, length, task.min_token, net.vocab_size)
+            source = random_source(rng, batch, length, task.min_token, net.config.source_vocab_size)
             with torch.no_grad():
                 expected = net.encode(torch.from_numpy(source))
             got = model.encode(source)

@@ -47,7 +47,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fuzz_model")
     flags = [
         "--data.task", "copy", "--data.vocab_size", "8", "--data.source_length", "5", "--data.train_size", "512",
-        "--data.val_size", "32", "--model.hidden_size", "16", "--model.attention", "true",
+        "--data.val_size", "32", "--model.net.hidden_size", "16", "--model.net.attention", "true",
         "--trainer.max_epochs", "1", "--trainer.enable_model_summary", "false",
         "--trainer.default_root_dir", str(root / "runs"),
     ]  # fmt: skip

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import net_config
 
-from lit_seq2seq.model import Seq2Seq, TokenInput, net_kwargs, shift_right
+from lit_seq2seq.model import NetConfig, Seq2Seq, TokenInput, shift_right
 from lit_seq2seq.module import Seq2SeqMetrics, Seq2SeqModule
 
 V, H, S, T = 9, 16, 7, 5  # vocab, hidden, longest source, decoder steps
@@ -33,7 +34,7 @@ def _id(c: dict) -> str:
 def make_net(seed: int = 0, eos_token: int | None = EOS, **kwargs) -> Seq2Seq:
     torch.manual_seed(seed)
     settings = dict(vocab_size=V, max_target_length=T, eos_token=eos_token, hidden_size=H) | kwargs
-    return Seq2Seq(**settings).eval()
+    return Seq2Seq(net_config(**settings)).eval()
 
 
 def make_ending_net(eos: int | None, end_bias: float = 1.5, **kwargs) -> Seq2Seq:
@@ -73,7 +74,7 @@ def test_output_shapes(combo):
         expected["c"] = (layers, b, H)
     if combo["attention"]:
         memory_dim = H * (2 if combo["bidirectional"] else 1)
-        assert net.memory_dim == memory_dim
+        assert net.config.memory_dim == memory_dim
         expected |= {"memory": (b, S, memory_dim), "memory_mask": (b, S)}
         assert state["memory_mask"].dtype == torch.bool
         assert torch.equal(state["memory_mask"], source != 0)
@@ -120,7 +121,7 @@ def test_shift_right():
 def test_teacher_forced_logits_equal_step_by_step(combo):
     net = make_net(**combo)
     for source in (padded_sources(LENGTHS), padded_sources([S, S, S])):  # packed and unpacked encoder paths
-        decoder_input = shift_right(torch.randint(0, V, (len(source), T)), net.start_token)
+        decoder_input = shift_right(torch.randint(0, V, (len(source), T)), net.config.start_token)
         with torch.no_grad():
             forced = net(source, decoder_input)
             state, steps = net.encode(source), []
@@ -176,15 +177,15 @@ def manual_greedy(net: Seq2Seq, source: torch.Tensor, max_len: int) -> torch.Ten
     """Argmax loop with finished rows padded after their end token; (B, max_len)."""
     with torch.no_grad():
         state = net.encode(source)
-        token = torch.full((len(source),), net.start_token)
+        token = torch.full((len(source),), net.config.start_token)
         done = torch.zeros(len(source), dtype=torch.bool)
         out = []
         for _ in range(max_len):
             logits, state = net.step(token, state)
-            token = torch.where(done, net.pad_token, logits.argmax(-1))
+            token = torch.where(done, net.config.pad_token, logits.argmax(-1))
             out.append(token)
-            if net.eos_token is not None:
-                done |= token == net.eos_token
+            if net.config.eos_token is not None:
+                done |= token == net.config.eos_token
     return torch.stack(out, 1)
 
 
@@ -234,11 +235,12 @@ def test_beam_size_one_equals_greedy(combo, eos):
 def sequence_score(net: Seq2Seq, source: torch.Tensor, tokens: torch.Tensor, length_penalty: float) -> np.ndarray:
     """Sum of the tokens' log-probabilities up to and including the end token, / length ** length_penalty."""
     with torch.no_grad():
-        logits = net(source, shift_right(tokens, net.start_token)).double()
+        logits = net(source, shift_right(tokens, net.config.start_token)).double()
     logp = logits.log_softmax(-1).gather(2, tokens[:, :, None])[:, :, 0]  # (B, T)
     keep = torch.ones_like(tokens, dtype=torch.bool)
-    if net.eos_token is not None:
-        ended_before = torch.cumsum((tokens == net.eos_token).long(), 1) - (tokens == net.eos_token).long()
+    if net.config.eos_token is not None:
+        is_end = (tokens == net.config.eos_token).long()
+        ended_before = torch.cumsum(is_end, 1) - is_end
         keep = ended_before == 0
     total = (logp * keep).sum(1)
     length = keep.sum(1).double()
@@ -261,7 +263,7 @@ def test_wide_beam_finds_the_exhaustive_best():
     """Beam as wide as the whole search space returns the best of all V**T sequences (raw sums, no end token)."""
     vocab, steps = 4, 3
     torch.manual_seed(4)
-    net = Seq2Seq(vocab_size=vocab, max_target_length=steps, hidden_size=H).eval()
+    net = Seq2Seq(net_config(vocab_size=vocab, max_target_length=steps, hidden_size=H)).eval()
     source = torch.randint(1, vocab, (5, 4))
     tokens, scores = net.beam_search(source, beam_size=vocab**steps, length_penalty=0.0)
     every = torch.tensor(list(itertools.product(range(vocab), repeat=steps)))  # (64, 3)
@@ -273,7 +275,7 @@ def test_wide_beam_finds_the_exhaustive_best():
 
 
 def test_beam_size_must_be_positive():
-    with pytest.raises(ValueError, match="beam_size must be >= 1"):
+    with pytest.raises(ValueError, match="beam_size must be a positive int"):
         make_net().beam_search(padded_sources([3]), beam_size=0)
 
 
@@ -294,18 +296,21 @@ def test_metrics_numbers():
 
 
 def test_module_builds_the_net_from_primitive_hparams():
-    module = Seq2SeqModule(vocab_size=V, max_target_length=T, eos_token=EOS, hidden_size=H, cell="gru", num_layers=2)
-    assert isinstance(module.net, Seq2Seq)
-    assert (module.net.vocab_size, module.net.max_target_length, module.net.eos_token) == (V, T, EOS)
-    assert module.net.cell == "gru" and module.net.num_layers == 2 and module.net.hidden_size == H
+    config = net_config(vocab_size=V, max_target_length=T, eos_token=EOS, hidden_size=H, cell="gru", num_layers=2)
+    module = Seq2SeqModule(config)
+    assert isinstance(module.net, Seq2Seq) and module.net.config == config
+    config = module.net.config
+    assert (config.source_vocab_size, config.max_target_length, config.eos_token) == (V, T, EOS)
+    assert config.cell == "gru" and config.num_layers == 2 and config.hidden_size == H
     assert "optimizer" not in module.hparams and "lr_scheduler" not in module.hparams
-    assert all(isinstance(v, (int, float, str, bool, type(None))) for v in module.hparams.values())
-    assert net_kwargs(module.hparams) == {k: v for k, v in module.hparams.items() if k != "teacher_forcing_ratio"}
+    assert set(module.hparams) == {"net", "teacher_forcing_ratio"}
+    assert all(isinstance(v, (int, float, str, bool, type(None))) for v in module.hparams["net"].values())
+    assert NetConfig.from_hparams(module.hparams) == config
 
 
 def test_scheduled_sampling_ratio_zero_feeds_own_predictions():
     torch.manual_seed(0)
-    module = Seq2SeqModule(vocab_size=V, max_target_length=T, eos_token=None, hidden_size=H, teacher_forcing_ratio=0.0)
+    module = Seq2SeqModule(net_config(V, max_target_length=T, hidden_size=H), teacher_forcing_ratio=0.0)
     source, target = padded_sources([S, S, S]), torch.randint(1, V, (3, T))
     module.train()
     with torch.no_grad():
@@ -321,35 +326,35 @@ def test_scheduled_sampling_ratio_zero_feeds_own_predictions():
 # ------------------------------------------------------------------------------------------------- validation
 
 BAD_NETS = [
-    (dict(hidden_size=0), r"--model\.hidden_size must be >= 1, got 0"),
-    (dict(hidden_size=-2), r"--model\.hidden_size must be >= 1"),
-    (dict(num_layers=0), r"--model\.num_layers must be >= 1"),
-    (dict(cell="rnn"), r"--model\.cell: unknown cell 'rnn'"),
-    (dict(cell="LSTM"), r"--model\.cell"),
-    (dict(dropout=1.0), r"--model\.dropout must be in \[0, 1\)"),
-    (dict(dropout=-0.1), r"--model\.dropout must be in \[0, 1\)"),
-    (dict(embedding_dim=0), r"--model\.embedding_dim must be >= 1"),
-    (dict(vocab_size=0), r"--model\.vocab_size must be >= 1"),
-    (dict(max_target_length=0), r"--model\.max_target_length must be >= 1"),
-    (dict(eos_token=V), r"--model\.eos_token must be in \[0, vocab_size=9\)"),
+    (dict(hidden_size=0), r"--model\.net\.hidden_size must be >= 1, got 0"),
+    (dict(hidden_size=-2), r"--model\.net\.hidden_size must be >= 1"),
+    (dict(num_layers=0), r"--model\.net\.num_layers must be >= 1"),
+    (dict(cell="rnn"), r"--model\.net\.cell: unknown cell 'rnn'"),
+    (dict(cell="LSTM"), r"--model\.net\.cell"),
+    (dict(dropout=1.0), r"--model\.net\.dropout must be in \[0, 1\)"),
+    (dict(dropout=-0.1), r"--model\.net\.dropout must be in \[0, 1\)"),
+    (dict(embedding_dim=0), r"--model\.net\.embedding_dim must be >= 1"),
+    (dict(source_vocab_size=0), r"--model\.net\.source_vocab_size must be >= 1"),
+    (dict(target_vocab_size=0), r"--model\.net\.target_vocab_size must be >= 1"),
+    (dict(max_target_length=0), r"--model\.net\.max_target_length must be >= 1"),
+    (dict(eos_token=V), r"--model\.net\.eos_token must be in \[0, target_vocab_size=9\)"),
+    (dict(pad_token=V), r"--model\.net\.pad_token must be a token id of both vocabularies"),
 ]
 
 
 @pytest.mark.parametrize("kwargs,message", BAD_NETS, ids=[str(k) for k, _ in BAD_NETS])
 def test_bad_net_settings_name_the_flag(kwargs, message):
-    settings = dict(vocab_size=V, max_target_length=T, hidden_size=H) | kwargs
+    settings = dict(source_vocab_size=V, target_vocab_size=V, max_target_length=T, hidden_size=H) | kwargs
     with pytest.raises(ValueError, match=message):
-        Seq2Seq(**settings)
-    with pytest.raises(ValueError, match=message):
-        Seq2SeqModule(**settings)
+        NetConfig(**settings)
 
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.01, 2.0])
 def test_bad_teacher_forcing_ratio_names_the_flag(ratio):
     with pytest.raises(ValueError, match=r"--model\.teacher_forcing_ratio must be in \[0, 1\]"):
-        Seq2SeqModule(vocab_size=V, hidden_size=H, teacher_forcing_ratio=ratio)
+        Seq2SeqModule(net_config(V, hidden_size=H), teacher_forcing_ratio=ratio)
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 1.0])
 def test_teacher_forcing_ratio_bounds_are_accepted(ratio):
-    assert Seq2SeqModule(vocab_size=V, hidden_size=H, teacher_forcing_ratio=ratio).teacher_forcing_ratio == ratio
+    assert Seq2SeqModule(net_config(V, hidden_size=H), teacher_forcing_ratio=ratio).teacher_forcing_ratio == ratio

@@ -14,7 +14,7 @@ from lit_seq2seq.cli import main
 TINY = [
     "--data.vocab_size", "11", "--data.source_length", "4", "--data.target_length", "2",
     "--data.train_size", "1000", "--data.val_size", "100", "--data.test_size", "100",
-    "--model.hidden_size", "16", "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "5",
+    "--model.net.hidden_size", "16", "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "5",
 ]  # fmt: skip
 
 

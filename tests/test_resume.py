@@ -37,7 +37,7 @@ EPOCHS = 3
 FIT = [
     "--data.task", "reverse_first", "--data.vocab_size", "11", "--data.source_length", "4",
     "--data.target_length", "2", "--data.train_size", "4096", "--data.val_size", "64", "--data.batch_size", "32",
-    "--model.hidden_size", "16", "--model.num_layers", "2", "--model.dropout", "0.1",
+    "--model.net.hidden_size", "16", "--model.net.num_layers", "2", "--model.net.dropout", "0.1",
     "--model.teacher_forcing_ratio", "0.5", "--model.optimizer", "Adam", "--model.optimizer.lr", "0.01",
     "--trainer.max_epochs", str(EPOCHS), "--trainer.accelerator", "cpu",
 ]  # fmt: skip

@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import cli_exit, run_cli, version_dirs
 
-from lit_seq2seq.checkpoint import HASH_KEY, check_weights, read_checkpoint
+from lit_seq2seq.checkpoint import WEIGHTS_HASH_KEY, check_weights, read_checkpoint
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:The number of training batches"),
@@ -28,7 +28,7 @@ pytestmark = [
 
 TASK = [
     "--data.task", "reverse_first", "--data.vocab_size", "11", "--data.source_length", "4",
-    "--data.target_length", "2", "--data.val_size", "32", "--data.test_size", "32", "--model.hidden_size", "16",
+    "--data.target_length", "2", "--data.val_size", "32", "--data.test_size", "32", "--model.net.hidden_size", "16",
 ]  # fmt: skip
 FIT = [*TASK, "--data.train_size", "640", "--data.batch_size", "32", "--trainer.max_epochs", "1"]  # 20 steps
 
@@ -199,7 +199,7 @@ def test_raw_torch_load_on_a_flipped_tensor_byte(good, tmp_path):
         assert [k for k in original if not torch.equal(original[k], damaged["state_dict"][k])] == [
             "net.decoder.output.weight"
         ]  # silently different weights
-        with pytest.raises(ValueError, match=f"the weights do not match their saved {HASH_KEY}"):
+        with pytest.raises(ValueError, match=f"the weights do not match their saved {WEIGHTS_HASH_KEY}"):
             check_weights(damaged, str(path))
     with pytest.raises(ValueError, match=f"{path}: damaged .* fails its CRC check"):
         read_checkpoint(path)
@@ -208,8 +208,8 @@ def test_raw_torch_load_on_a_flipped_tensor_byte(good, tmp_path):
 def test_the_weights_hash_catches_what_the_zip_format_cannot(good, tmp_path):
     path = _damaged(good, "altered_weights", tmp_path)
     checkpoint = torch.load(path, weights_only=True)  # loads fine: the file was rewritten whole
-    assert HASH_KEY in checkpoint
-    with pytest.raises(ValueError, match=f"{path}: the weights do not match their saved {HASH_KEY}"):
+    assert WEIGHTS_HASH_KEY in checkpoint
+    with pytest.raises(ValueError, match=f"{path}: the weights do not match their saved {WEIGHTS_HASH_KEY}"):
         read_checkpoint(path)
 
 

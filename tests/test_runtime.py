@@ -328,7 +328,7 @@ def _flip(path: Path, offset: int) -> None:
 def _stored_hash_offset(path: Path) -> int:
     data = path.read_bytes()
     stored = onnx.load(str(path)).metadata_props
-    value = next(p.value for p in stored if p.key == contract.HASH_KEY)
+    value = next(p.value for p in stored if p.key == contract.CONTENT_HASH_KEY)
     return data.find(value.encode()) + 10
 
 
@@ -337,7 +337,7 @@ def _rehashed_with(path: Path, key: str, value: str) -> None:
     model = onnx.load(str(path))
     for prop in model.metadata_props:
         prop.value = value if prop.key == key else prop.value
-        prop.value = contract.HASH_PLACEHOLDER if prop.key == contract.HASH_KEY else prop.value
+        prop.value = contract.HASH_PLACEHOLDER if prop.key == contract.CONTENT_HASH_KEY else prop.value
     data = model.SerializeToString()
     path.write_bytes(data.replace(contract.HASH_PLACEHOLDER.encode(), hashlib.sha256(data).hexdigest().encode(), 1))
 

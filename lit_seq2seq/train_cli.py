@@ -1,9 +1,9 @@
-"""Seq2SeqCLI: the LightningCLI behind `lit-seq2seq fit|validate|test|predict`."""
+"""Seq2SeqCLI: the LightningCLI behind `lit-seq2seq fit|validate|test|predict` (the entry point is cli.py)."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+import warnings
 from typing import Any
 
 import torch
@@ -12,12 +12,14 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lit_seq2seq.callbacks import AtomicCheckpointIO, LogProgress, PredictionWriter, Seq2SeqCheckpoint
-from lit_seq2seq.checkpoint import read_checkpoint
+from lit_seq2seq import checkpoint
+from lit_seq2seq.callbacks import LogProgress, PredictionWriter
+from lit_seq2seq.checkpoint import NonFiniteError, Seq2SeqCheckpoint, Seq2SeqCheckpointIO, read_checkpoint
 from lit_seq2seq.data import Seq2SeqDataModule
-from lit_seq2seq.module import NonFiniteLossError, Seq2SeqModule
+from lit_seq2seq.module import Seq2SeqModule
 
-CHECKPOINT_NAMES = ("best", "last")
+# The sizes the data decides, linked into the net's config: a YAML never states them twice.
+DATA_TO_NET = ("source_vocab_size", "target_vocab_size", "max_target_length", "eos_token")
 # --ckpt_path values Lightning resolves itself (not files).
 LIGHTNING_CKPT_NAMES = ("hpc", "registry")
 
@@ -34,8 +36,7 @@ class Seq2SeqCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         interactive = sys.stderr.isatty()
-        self._checkpoint: dict[str, Any] | None = None
-        self._ckpt_checked = False
+        self._checkpoint: dict[str, Any] | None = None  # the --ckpt_path file, read once
         super().__init__(
             Seq2SeqModule,
             Seq2SeqDataModule,
@@ -51,13 +52,8 @@ class Seq2SeqCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # The data decides the sizes; the model takes them, so a YAML never states them twice.
-        for source, target in (
-            ("data.vocab_size", "model.vocab_size"),
-            ("data.max_target_length", "model.max_target_length"),
-            ("data.eos_token", "model.eos_token"),
-        ):
-            parser.link_arguments(source, target, apply_on="instantiate")
+        for name in DATA_TO_NET:  # properties of the instantiated data module
+            parser.link_arguments(f"data.{name}", f"model.net.{name}", apply_on="instantiate")
         parser.add_argument(
             "--torch_threads",
             type=int | None,
@@ -76,34 +72,29 @@ class Seq2SeqCLI(LightningCLI):
         )
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI (2.4+) torch.loads --ckpt_path here, before before_instantiate_classes, to take the model's
-        # hyperparameters from it: resolve and check the file first.
-        self._check_ckpt_path()
-        parse = getattr(super(), "_parse_ckpt_path", None)
-        if parse is not None:
-            parse()
-
-    def _check_ckpt_path(self) -> None:
-        """Resolve `--ckpt_path best|last`, then read and verify the file; exit 2 naming it if it is bad."""
+        """Replaces LightningCLI's own (which torch.loads --ckpt_path to take the model's hyperparameters from it):
+        resolve `best|last`, read and check the file once (exit 2 naming it if it is bad), take the hyperparameters
+        from that read, and hand the checkpoint to the trainer's checkpoint IO so the restore does not read it again.
+        """
         subcommand = self.config.get("subcommand")
-        if self._ckpt_checked or not subcommand:
+        if not subcommand:
             return
-        self._ckpt_checked = True
         config = self.config[subcommand]
         ckpt_path = config.get("ckpt_path")
         if ckpt_path is None or str(ckpt_path) in LIGHTNING_CKPT_NAMES or str(ckpt_path).startswith("registry:"):
             return
-        if ckpt_path in CHECKPOINT_NAMES:
-            # A new process has no ModelCheckpoint that remembers the file; Lightning would look in the new
-            # version folder only and, for fit, silently start from scratch.
-            root = Path(config.trainer.default_root_dir or ".")
-            config.ckpt_path = ckpt_path = str(self._newest_checkpoint(root, ckpt_path, subcommand))
-        # Lightning's own errors for a bad file are long tracebacks, and a checkpoint whose weights were altered
-        # would load as a different model.
         try:
+            if ckpt_path in checkpoint.NAMES:
+                root = config.trainer.default_root_dir or "."
+                config.ckpt_path = ckpt_path = str(checkpoint.resolve(ckpt_path, root, subcommand))
+            # Lightning's own errors for a bad file are long tracebacks, and a checkpoint whose weights were altered
+            # would load as a different model.
             self._checkpoint = read_checkpoint(ckpt_path)
         except ValueError as error:
             self.parser.error(str(error))
+        hparams = {k: v for k, v in self._checkpoint["hyper_parameters"].items() if k != "_instantiator"}
+        if hparams:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -117,19 +108,8 @@ class Seq2SeqCLI(LightningCLI):
             config.trainer.logger = Namespace(
                 class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace(save_dir=root, name="")
             )
-        self._check_ckpt_path()  # done already, unless this Lightning has no _parse_ckpt_path
         if self.subcommand == "fit":
             _check_fused_clipping(config, self.parser)
-
-    def _newest_checkpoint(self, root: Path, name: str, subcommand: str) -> Path:
-        """`--ckpt_path best|last` in a new process: the newest <root>/version_*/checkpoints/<name>.ckpt."""
-        found = sorted(root.glob(f"*/checkpoints/{name}.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            hint = "drop --ckpt_path to start a new fit" if subcommand == "fit" else "run fit first"
-            self.parser.error(
-                f"--ckpt_path {name}: no {name}.ckpt under {root}/*/checkpoints; {hint} or pass a file path"
-            )
-        return found[-1]
 
     def instantiate_classes(self) -> None:
         try:
@@ -138,7 +118,7 @@ class Seq2SeqCLI(LightningCLI):
             self.parser.error(str(error))
         if self._checkpoint is not None:
             self._check_model_matches(self._checkpoint)
-            self._checkpoint = None
+            self._checkpoint = None  # the trainer's checkpoint IO holds it until the restore
 
     def _check_model_matches(self, checkpoint: dict[str, Any]) -> None:
         """Exit 2 if the checkpoint's weights do not fit the model the flags describe (other sizes)."""
@@ -147,9 +127,10 @@ class Seq2SeqCLI(LightningCLI):
         built = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
         if saved == built:
             return
-        theirs, ours = checkpoint["hyper_parameters"], dict(self.model.hparams)
+        theirs = checkpoint["hyper_parameters"].get("net", {})
+        ours = self.model.hparams["net"]
         differ = [
-            f"{k}={theirs[k]!r} (flags: {ours[k]!r})" for k in sorted(theirs) if theirs[k] != ours.get(k, theirs[k])
+            f"net.{k}={theirs[k]!r} (flags: {ours[k]!r})" for k in sorted(theirs) if theirs[k] != ours.get(k, theirs[k])
         ]
         detail = ", ".join(differ) if differ else f"weights {sorted(set(saved) ^ set(built)) or 'shapes'} differ"
         self.parser.error(
@@ -162,14 +143,23 @@ class Seq2SeqCLI(LightningCLI):
             plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
             plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
             if not any(isinstance(p, CheckpointIO) for p in plugins):
-                plugins.append(AtomicCheckpointIO())  # a fit killed while writing never leaves a torn checkpoint
+                io = Seq2SeqCheckpointIO()  # a fit killed while writing never leaves a torn checkpoint
+                if self._checkpoint is not None:
+                    io.preload(self.config[self.subcommand].ckpt_path, self._checkpoint)
+                plugins.append(io)
             kwargs["plugins"] = plugins
         return super().instantiate_trainer(**kwargs)
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
-            super()._run_subcommand(subcommand)
-        except NonFiniteLossError as error:  # a training outcome, not a crash: one line, exit code 1
+            with warnings.catch_warnings():
+                # The data module restores the sampler position itself (data.ResumableSampler), so Lightning's
+                # warning about resuming mid-epoch with a plain DataLoader does not apply.
+                warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+                # Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates; nothing a user can act on.
+                warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+                super()._run_subcommand(subcommand)
+        except NonFiniteError as error:  # a training outcome, not a crash: one line, exit code 1
             if self.trainer.is_global_zero:  # every rank stops; the first one speaks for them
                 print(f"lit-seq2seq {subcommand}: error: {error}", file=sys.stderr, flush=True)
             sys.exit(1)
