@@ -12,6 +12,10 @@ from collections.abc import Sequence
 OWN_COMMANDS = ("export", "decode", "sample", "report")
 
 
+class InputError(ValueError):
+    """Bad input data (a line read by decode), as opposed to a bad flag: reported without the usage text."""
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Run the command in `args` (default: sys.argv[1:]); returns the exit code for the own commands."""
     from_argv = args is None
@@ -19,9 +23,14 @@ def main(args: Sequence[str] | None = None) -> int:
     if args and args[0] in OWN_COMMANDS:
         parser = _parser(args[0])
         options = parser.parse_args(args[1:])
+        from lit_seq2seq.contract import ModelFileError
+
         try:
             return options.run(options)
-        except (ValueError, TypeError) as error:  # bad input (flags, lines, model files): exit code 2
+        except (InputError, ModelFileError) as error:  # the data is wrong, not the command line: exit code 2
+            print(f"{parser.prog}: error: {error}", file=sys.stderr)
+            sys.exit(2)  # as parser.error does, so in-process callers see the same SystemExit(2)
+        except (ValueError, TypeError) as error:  # bad flags: usage and exit code 2
             parser.error(str(error))
         except BrokenPipeError:  # `... | head`: the reader left; not an error
             sys.stderr.close()
@@ -70,6 +79,12 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--length_penalty", type=float, default=1.0, help="beam score / length ** this (default 1)")
     p.add_argument("--batch_size", type=int, default=256, help="sequences decoded together (default 256)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    p.add_argument(
+        "--skip_bad_lines",
+        action="store_true",
+        help="skip lines that are not valid sources (nothing is printed for them) and count them on stderr, "
+        "instead of stopping at the first with exit code 2",
+    )
     p.set_defaults(run=_run_decode)
 
 
@@ -77,10 +92,10 @@ def _parse_tokens(text: str, where: str) -> list[int]:
     try:
         tokens = [int(t) for t in text.split()]
     except ValueError:
-        raise ValueError(f"{where}: {text.strip()!r} is not a list of space-separated integer token ids") from None
+        raise InputError(f"{where}: {text.strip()!r} is not a list of space-separated integer token ids") from None
     huge = [t for t in tokens if not -(2**63) <= t < 2**63]
     if huge:
-        raise ValueError(f"{where}: token {huge[0]} is out of range")
+        raise InputError(f"{where}: token {huge[0]} is out of range")
     return tokens
 
 
@@ -94,15 +109,23 @@ def _run_decode(o: argparse.Namespace) -> int:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     model = OnnxSeq2Seq.load(o.model_dir, intra_op_threads=o.threads)
     lines = o.sequences or sys.stdin.read().splitlines()
-    sources, expected = [], []
+    sources, expected, bad = [], [], []
     for number, line in enumerate(lines, 1):
-        source, _, target = line.partition("\t")
-        sources.append(_parse_tokens(source, f"line {number}"))
+        source_text, _, target = line.partition("\t")
         try:
-            model.check_source(np.asarray(sources[-1], dtype=np.int64))
-        except ValueError as error:
-            raise ValueError(f"line {number}: {error}") from None
-        expected.append(_parse_tokens(target, f"line {number} (expected)") if target.strip() else None)
+            source = _parse_tokens(source_text, f"line {number}")
+            try:
+                model.check_source(np.asarray(source, dtype=np.int64))
+            except ValueError as error:
+                raise InputError(f"line {number}: {error}") from None
+            reference = _parse_tokens(target, f"line {number} (expected)") if target.strip() else None
+        except InputError as error:
+            if not o.skip_bad_lines:
+                raise
+            bad.append(str(error))
+            continue
+        sources.append(source)
+        expected.append(reference)
     decoded: list[list[int]] = []
     for start in range(0, len(sources), o.batch_size):
         chunk = sources[start : start + o.batch_size]
@@ -120,6 +143,8 @@ def _run_decode(o: argparse.Namespace) -> int:
     if scored:
         hits = sum(d == e for d, e in scored)
         print(f"exact match: {hits}/{len(scored)} = {hits / len(scored):.2%}", file=sys.stderr)
+    if bad:
+        print(f"skipped {len(bad)} bad line(s) of {len(lines)}; the first: {bad[0]}", file=sys.stderr)
     return 0
 
 

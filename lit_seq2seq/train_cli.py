@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import warnings
 from typing import Any
@@ -60,6 +61,13 @@ class Seq2SeqCLI(LightningCLI):
             default=None,
             help="torch intra-op threads (default: torch's choice). On a shared or busy machine 1 is often far "
             "faster for these small RNNs; results are reproducible only at a fixed thread count.",
+        )
+        parser.add_argument(
+            "--report",
+            type=bool,
+            default=True,
+            help="fit: write report.png and report.csv (learning curves, per-position accuracy) into the run folder "
+            "at the end, when matplotlib is installed (pip install 'lit-seq2seq[report]').",
         )
         parser.add_lightning_class_args(Seq2SeqCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -149,6 +157,28 @@ class Seq2SeqCLI(LightningCLI):
                 plugins.append(io)
             kwargs["plugins"] = plugins
         return super().instantiate_trainer(**kwargs)
+
+    def after_fit(self) -> None:
+        """Write the training report of this run (LightningCLI calls after_<subcommand> once it returns)."""
+        trainer = self.trainer
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
+        if not (self.config.fit.report and trainer.is_global_zero and log_dir and trainer.logger is not None):
+            return
+        if importlib.util.find_spec("matplotlib") is None:
+            print(
+                "no training report: matplotlib is not installed (pip install 'lit-seq2seq[report]', then "
+                f"lit-seq2seq report --log_dir {log_dir})",
+                file=sys.stderr,
+            )
+            return
+        from lit_seq2seq.report import write_report
+
+        try:
+            png, table = write_report(log_dir)
+        except ValueError as error:  # e.g. no metrics were logged (a run stopped before its first log step)
+            print(f"no training report: {error}", file=sys.stderr)
+            return
+        print(f"training report written to {png} and {table}", file=sys.stderr)
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
