@@ -5,57 +5,50 @@ with a seed of its own, so none of them comes from the train/val/test streams) a
 runtime, OnnxSeq2Seq: greedy, then beam_search for every beam size x length penalty (default beams 1, 2, 4, 8 and
 penalties 0, 0.6, 1.0). For each setting it prints the exact match (the whole decoded row, end token and padding
 included, equals the target, as test/exact_match counts it), how many rows differ from greedy and of those how
-many beam search fixed (greedy wrong, beam right) or broke (greedy right, beam wrong), and the decode time
-(onnxruntime and torch on one thread each, batches of --batch_size, best of --repeats).
+many beam search fixed (greedy wrong, beam right) or broke (greedy right, beam wrong), and the onnxruntime decode
+time (one thread, batches of --batch_size): all settings run in --repeats interleaved rounds (benchmarks/harness.py,
+the order rotating every round) and the table shows the median with its min-max spread.
 
 With --ckpt_path it also decodes the same sources with the PyTorch net (`lit_seq2seq.export.load_checkpoint`,
-then `net.greedy` / `net.beam_search`) and checks that the tokens are identical to the ONNX ones for every setting.
-Given only --ckpt_path, the checkpoint is exported to a temporary folder first (and verified by the exporter).
+then `net.greedy` / `net.beam_search`, untimed) and checks that the tokens are identical to the ONNX ones for every
+setting; it exits 1 if they are not. Given only --ckpt_path, the checkpoint is exported to a temporary folder first
+(and verified by the exporter).
 
     .venv/bin/python benchmarks/beam_vs_greedy.py --model_dir ONNX_DIR [--ckpt_path CKPT] [-n 1000] [--seed 7]
-    .venv/bin/python benchmarks/beam_vs_greedy.py --ckpt_path CKPT [-n 1000]
+    .venv/bin/python benchmarks/beam_vs_greedy.py --ckpt_path CKPT [-n 1000] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import functools
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from lit_seq2seq.runtime import OnnxSeq2Seq
-from lit_seq2seq.tasks import Task, task_from_metadata
+from lit_seq2seq.search import to_width
+from lit_seq2seq.tasks import task_from_metadata
+
+try:
+    from benchmarks import harness
+except ModuleNotFoundError:  # run as a script: its own folder, benchmarks/, is on sys.path
+    import harness
+
+Decode = Callable[[np.ndarray], np.ndarray]
 
 
-def task_of(model: OnnxSeq2Seq) -> Task:
-    """The model's task from its metadata (the same construction as `lit-seq2seq sample`)."""
-    return task_from_metadata(model.meta)
-
-
-def in_batches(decode: Callable[[np.ndarray], np.ndarray], source: np.ndarray, batch_size: int, pad: int) -> np.ndarray:
-    """Decode `source` in chunks and join the chunks, right-padded to the widest one."""
-    parts = [decode(source[i : i + batch_size]) for i in range(0, len(source), batch_size)]
-    width = max(p.shape[1] for p in parts)
-    return np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=pad) for p in parts])
-
-
-def fit_width(tokens: np.ndarray, width: int, pad: int) -> np.ndarray:
-    return np.pad(tokens, ((0, 0), (0, max(0, width - tokens.shape[1]))), constant_values=pad)[:, :width]
-
-
-def onnx_decoder(model: OnnxSeq2Seq, beam: int | None, length_penalty: float) -> Callable[[np.ndarray], np.ndarray]:
+def onnx_decoder(model: OnnxSeq2Seq, beam: int | None, length_penalty: float) -> Decode:
     """source -> tokens with the ONNX runtime: greedy when `beam` is None, else beam search."""
     if beam is None:
         return model.greedy
     return lambda source: model.beam_search(source, beam, length_penalty)[0]
 
 
-def torch_decoder(net, beam: int | None, length_penalty: float) -> Callable[[np.ndarray], np.ndarray]:
+def torch_decoder(net, beam: int | None, length_penalty: float) -> Decode:
     """The same with the PyTorch net of the checkpoint (`net.greedy` / `net.beam_search`)."""
     import torch
 
@@ -64,13 +57,11 @@ def torch_decoder(net, beam: int | None, length_penalty: float) -> Callable[[np.
     return lambda source: net.beam_search(torch.from_numpy(source), beam, length_penalty)[0].numpy()
 
 
-def timed(fn: Callable[[], np.ndarray], repeats: int) -> tuple[np.ndarray, float]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return out, best
+def in_batches(decode: Decode, source: np.ndarray, batch_size: int, width: int, pad: int) -> np.ndarray:
+    """Decode `source` in chunks of `batch_size`, each brought to the targets' `width`, and join them."""
+    return np.concatenate(
+        [to_width(decode(source[i : i + batch_size]), width, pad) for i in range(0, len(source), batch_size)]
+    )
 
 
 def main() -> int:
@@ -82,77 +73,79 @@ def main() -> int:
     p.add_argument("--beam_sizes", default="1,2,4,8", help="comma-separated beam sizes (default 1,2,4,8)")
     p.add_argument("--length_penalties", default="0,0.6,1.0", help="comma-separated penalties (default 0,0.6,1.0)")
     p.add_argument("--batch_size", type=int, default=256, help="sequences decoded together (default 256)")
-    p.add_argument("--repeats", type=int, default=1, help="timed runs per setting; the best is shown (default 1)")
+    p.add_argument("--repeats", type=int, default=1, help="interleaved timing rounds; the median is shown (default 1)")
     o = p.parse_args()
     if not (o.model_dir or o.ckpt_path):
         p.error("give --model_dir, --ckpt_path or both")
+    for flag in ("num", "batch_size", "repeats"):
+        if getattr(o, flag) < 1:
+            p.error(f"--{flag} must be >= 1, got {getattr(o, flag)}")
     beams = [int(b) for b in o.beam_sizes.split(",")]
     penalties = [float(x) for x in o.length_penalties.split(",")]
+    with tempfile.TemporaryDirectory(prefix="beam_vs_greedy-") as tmp:
+        ckpt, model_dir = harness.model_files(o.ckpt_path, o.model_dir, Path(tmp))
+        return run(o, ckpt, model_dir, beams, penalties)
 
-    tmp = None
-    if o.model_dir is None:
-        from lit_seq2seq.export import export_checkpoint
 
-        tmp = tempfile.TemporaryDirectory(prefix="beam_vs_greedy-")
-        o.model_dir = str(Path(tmp.name) / "onnx")
-        print(export_checkpoint(o.ckpt_path, o.model_dir), flush=True)
-
-    model = OnnxSeq2Seq.load(o.model_dir, intra_op_threads=1, inter_op_threads=1)
-    task = task_of(model)
-    source, target = task.sample(o.num, np.random.default_rng(o.seed))
+def run(o: argparse.Namespace, ckpt: Path | None, model_dir: Path, beams: list[int], penalties: list[float]) -> int:
+    model = OnnxSeq2Seq.load(model_dir, intra_op_threads=1, inter_op_threads=1)
+    source, target = task_from_metadata(model.meta).sample(o.num, np.random.default_rng(o.seed))
     width, pad = target.shape[1], model.pad_token
-
     net = None
-    if o.ckpt_path:
-        import torch
-
+    if ckpt is not None:
         from lit_seq2seq.export import load_checkpoint  # imports torch: only when a checkpoint is given
 
-        torch.set_num_threads(1)
-        net, _ = load_checkpoint(o.ckpt_path)
+        harness.pin_threads(1)
+        net, _ = load_checkpoint(ckpt)
 
     m = model.meta
     print(
-        f"model {o.model_dir}: task {m['task']} (vocab {m['vocab_size']}, source {m['min_source_length']}-"
+        f"model {model_dir}: task {m['task']} (vocab {m['vocab_size']}, source {m['min_source_length']}-"
         f"{m['source_length']} tokens, {m['max_target_length']} decoder steps), {m['cell']} x{m['num_layers']} "
-        f"hidden {m['hidden_size']}, bidirectional {m['bidirectional']}, attention {m['attention']}"
+        f"hidden {m['hidden_size']}, bidirectional {m['bidirectional']}, attention {m['attention']}\n"
+        f"{o.num} fresh sequences (seed {o.seed}), batches of {o.batch_size}, 1 thread, median of {o.repeats} "
+        f"interleaved round(s); {harness.versions()}"
     )
-    print(
-        f"{o.num} fresh sequences (seed {o.seed}), batches of {o.batch_size}, 1 thread, best of {o.repeats}; "
-        f"load average at start {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
-    )
+    before = harness.load_before()
 
-    settings: list[tuple[str, int | None, float]] = [("greedy", None, 0.0)]
-    settings += [(f"beam {k} lp {lp:g}", k, lp) for k in beams for lp in penalties]
-    header = f"{'setting':<16} {'exact match':>11} {'!=greedy':>8} {'fixed':>6} {'broken':>6}"
-    header += f" {'decode s':>9} {'x greedy':>8}" + (f" {'torch==onnx':>11}" if net is not None else "")
-    print(header)
-    greedy_tokens = greedy_hit = greedy_seconds = None
-    mismatches = 0
-    for name, k, lp in settings:
-        decode = onnx_decoder(model, k, lp)
-        tokens, seconds = timed(lambda decode=decode: in_batches(decode, source, o.batch_size, pad), o.repeats)
-        tokens = fit_width(tokens, width, pad)
+    settings: dict[str, tuple[int | None, float]] = {"greedy": (None, 0.0)}
+    settings.update({f"beam {k} lp {lp:g}": (k, lp) for k in beams for lp in penalties})
+    contenders = {
+        name: functools.partial(in_batches, onnx_decoder(model, k, lp), source, o.batch_size, width, pad)
+        for name, (k, lp) in settings.items()
+    }
+    seconds, results = harness.interleaved(contenders, o.repeats)
+    med = harness.medians(seconds)
+
+    greedy_tokens = results["greedy"][-1]
+    greedy_hit = (greedy_tokens == target).all(1)
+    header = ["setting", "exact match", "!=greedy", "fixed", "broken", "decode s", "min-max", "x greedy"]
+    rows, mismatches = [], 0
+    for name, (k, lp) in settings.items():
+        tokens = results[name][-1]
         hit = (tokens == target).all(1)
-        if greedy_tokens is None:
-            greedy_tokens, greedy_hit, greedy_seconds = tokens, hit, seconds
-        changed = (tokens != greedy_tokens).any(1)
-        line = (
-            f"{name:<16} {hit.mean():>11.2%} {int(changed.sum()):>8} {int((hit & ~greedy_hit).sum()):>6} "
-            f"{int((~hit & greedy_hit).sum()):>6} {seconds:>9.3f} {seconds / greedy_seconds:>8.1f}"
-        )
+        row = [
+            name,
+            f"{hit.mean():.2%}",
+            str(int((tokens != greedy_tokens).any(1).sum())),
+            str(int((hit & ~greedy_hit).sum())),
+            str(int((~hit & greedy_hit).sum())),
+            f"{med[name]:.3f}",
+            harness.spread(seconds[name], fmt=".3f"),
+            f"{med[name] / med['greedy']:.1f}",
+        ]
         if net is not None:
-            expected = fit_width(in_batches(torch_decoder(net, k, lp), source, o.batch_size, pad), width, pad)
+            expected = in_batches(torch_decoder(net, k, lp), source, o.batch_size, width, pad)
             differ = int((expected != tokens).any(1).sum())
             mismatches += differ > 0
-            line += f" {'True' if not differ else f'NO ({differ} rows)':>11}"
-        print(line, flush=True)
-    print(f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+            row.append("True" if not differ else f"NO ({differ} rows)")
+        rows.append(row)
+    harness.table("onnxruntime decoding, by setting", header + ["torch==onnx"] * (net is not None), rows)
+    print()
+    harness.load_after(before)
     if net is not None:
         verdict = "identical in every setting" if not mismatches else f"differ in {mismatches} settings"
         print(f"PyTorch vs ONNX tokens on these {o.num} sources: {verdict}")
-    if tmp is not None:
-        tmp.cleanup()
     return 1 if mismatches else 0
 
 

@@ -1,8 +1,9 @@
 """Greedy decoding speed of OnnxSeq2Seq (onnxruntime) vs PyTorch eager, a tight torch loop and an onnxruntime floor.
 
 One process, one thread everywhere (torch.set_num_threads(1), onnxruntime intra/inter op threads 1), seed model
-(reverse_first: 6 source tokens, 3 decoder steps, 128-unit LSTM, one-hot inputs). Contenders are interleaved
-(the order rotates every repeat) and the table reports medians over repeats:
+(reverse_first: 6 source tokens, 3 decoder steps, 128-unit LSTM, one-hot inputs). Contenders run in interleaved
+rounds (benchmarks/harness.py: the order rotates every round) and the tables report medians over the rounds, with
+their min-max spread:
 
   * batch 1, latency per sequence: OnnxSeq2Seq.greedy; the torch net's eager `net.greedy` under
     torch.inference_mode; a hand-written torch loop (encode + 3 x step + argmax, no numpy); the same number of
@@ -10,10 +11,12 @@ One process, one thread everywhere (torch.set_num_threads(1), onnxruntime intra/
     and the floor: 1 + 3 InferenceSession.run calls on trivial Identity/Add graphs with the same inputs/outputs.
   * batch 1024, throughput: OnnxSeq2Seq.greedy against eager `net.greedy` (and the tight torch loop).
   * a fresh subprocess that imports lit_seq2seq.runtime, loads the model and decodes one sequence, against one that
-    imports torch, loads the checkpoint and decodes one: import time, wall time and peak RSS (ru_maxrss).
+    imports torch, loads the checkpoint (`Seq2Seq.from_checkpoint`) and decodes one: import time, wall time and peak
+    RSS (ru_maxrss).
 
     .venv/bin/python benchmarks/decode_speed.py --ckpt_path CKPT --model_dir ONNX_DIR [--repeats 30] [--clock cpu]
     .venv/bin/python benchmarks/decode_speed.py --train [--repeats 30]      # fit + export the seed model first
+    .venv/bin/python benchmarks/decode_speed.py --ckpt_path CKPT --model_dir ONNX_DIR --repeats 3 --process_repeats 1
 
 On a shared machine prefer --clock cpu (the calling thread's CPU time; every engine here computes in that thread):
 wall time then mostly measures the other jobs.
@@ -22,13 +25,12 @@ wall time then mostly measures the other jobs.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,29 +42,13 @@ from onnx import TensorProto, helper
 from lit_seq2seq.export import load_checkpoint
 from lit_seq2seq.runtime import OnnxSeq2Seq
 
-ROOT = Path(__file__).resolve().parents[1]
+try:
+    from benchmarks import harness
+except ModuleNotFoundError:  # run as a script: its own folder, benchmarks/, is on sys.path
+    import harness
+
 KERAS_MS_PER_SEQUENCE = 265.0  # the Keras tutorial on these machines; a reference constant, not measured here
 GOALS = {"torch_b1": 5.0, "floor_b1": 3.0, "torch_b1024": 1.2}
-
-
-def train_and_export(workdir: Path) -> tuple[Path, Path]:
-    """`lit-seq2seq fit --config configs/reverse.yaml` then `lit-seq2seq export`, in `workdir`."""
-    run_dir, onnx_dir = workdir / "reverse", workdir / "onnx"
-    cli = [sys.executable, "-m", "lit_seq2seq"]
-    print(f"training the seed model in {run_dir} ...", flush=True)
-    subprocess.run(
-        [*cli, "fit", "--config", str(ROOT / "configs" / "reverse.yaml"), "--trainer.default_root_dir", str(run_dir)],
-        check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    ckpt = sorted(run_dir.glob("**/checkpoints/best.ckpt"))[-1]
-    subprocess.run([*cli, "export", "--ckpt_path", str(ckpt), "--output_dir", str(onnx_dir)], check=True)
-    return ckpt, onnx_dir
-
-
-def _session(model: bytes) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def floor_sessions(vocab: int, layers: int, hidden: int) -> tuple[ort.InferenceSession, ort.InferenceSession]:
@@ -90,7 +76,9 @@ def floor_sessions(vocab: int, layers: int, hidden: int) -> tuple[ort.InferenceS
         [value("logits", f, ["batch", vocab]), value("h_out", f, state), value("c_out", f, state)],
     )
     models = [helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8) for g in (encoder, step)]
-    return _session(models[0].SerializeToString()), _session(models[1].SerializeToString())
+    options, cpu = harness.ort_options(1), ["CPUExecutionProvider"]
+    encoder_session, step_session = (ort.InferenceSession(m.SerializeToString(), options, cpu) for m in models)
+    return encoder_session, step_session
 
 
 def contenders(model: OnnxSeq2Seq, net: torch.nn.Module, source: np.ndarray, with_floor: bool) -> dict[str, Callable]:
@@ -108,7 +96,7 @@ def contenders(model: OnnxSeq2Seq, net: torch.nn.Module, source: np.ndarray, wit
     def torch_tight() -> object:
         with torch.inference_mode():
             state = net.encode(tsource)
-            token = torch.full((batch,), net.start_token, dtype=torch.long)
+            token = torch.full((batch,), net.config.start_token, dtype=torch.long)
             out = []
             for _ in range(steps):
                 logits, state = net.step(token, state)
@@ -148,23 +136,6 @@ def contenders(model: OnnxSeq2Seq, net: torch.nn.Module, source: np.ndarray, wit
     return out
 
 
-def measure(funcs: dict[str, Callable], repeats: int, calls: int, clock: Callable[[], float]) -> dict[str, float]:
-    """Median over `repeats` of the mean seconds per call over `calls` back-to-back calls; the order rotates."""
-    names = list(funcs)
-    for f in funcs.values():  # warm up: first-run allocations, lazy inits
-        for _ in range(max(3, calls // 10)):
-            f()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        for n in names[r % len(names) :] + names[: r % len(names)]:
-            f = funcs[n]
-            start = clock()
-            for _ in range(calls):
-                f()
-            times[n].append((clock() - start) / calls)
-    return {n: statistics.median(v) for n, v in times.items()}
-
-
 CHILD_ONNX = """
 import json, resource, sys, time
 t0 = time.perf_counter()
@@ -184,14 +155,11 @@ CHILD_TORCH = """
 import json, resource, sys, time
 t0 = time.perf_counter()
 import torch
-from lit_seq2seq.checkpoint import read_checkpoint
-from lit_seq2seq.model import Seq2Seq, net_kwargs
+import lit_seq2seq.checkpoint  # what from_checkpoint reads with (it imports lightning): counted as import time
+from lit_seq2seq.model import Seq2Seq
 t1 = time.perf_counter()
 torch.set_num_threads(1)
-ckpt = read_checkpoint(sys.argv[1])
-net = Seq2Seq(**net_kwargs(ckpt["hyper_parameters"]))
-net.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
-net.eval()
+net = Seq2Seq.from_checkpoint(sys.argv[1])
 t2 = time.perf_counter()
 with torch.inference_mode():
     tokens = net.greedy(torch.tensor([[5, 9, 12, 40, 3, 7]]))[0]
@@ -207,70 +175,66 @@ def fresh_process(code: str, arg: str) -> dict:
     ru_maxrss across fork + exec, so a child exec'd straight from this big process would report our own size."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     command = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-c", code, arg]
-    start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["wall_s"] = time.perf_counter() - start
-    return result
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _print_table(title: str, unit: str, rows: list[tuple[str, str, str, str]]) -> None:
-    print(f"\n{title}")
-    for label, value, comparison, goal in [("", unit, "comparison", "goal"), *rows]:
-        print(f"  {label:<58s}{value:>14s}  {comparison:<20s}{goal}".rstrip())
-
-
-def _goal(ok: bool, text: str) -> str:
-    return f"{text}: {'met' if ok else 'NOT met'}"
-
-
-def report_batch1(us: dict[str, float], args: argparse.Namespace, steps: int) -> None:
+def report_batch1(seconds: dict[str, list[float]], args: argparse.Namespace, steps: int) -> None:
+    us = {k: v * 1e6 for k, v in harness.medians(seconds).items()}
     onnx = us["onnx_greedy"]
     speedup, over = us["torch_greedy"] / onnx, onnx / us["floor"]
     keras = KERAS_MS_PER_SEQUENCE * 1e3
+
+    def row(label: str, name: str, comparison: str, goal: str = "") -> tuple[str, ...]:
+        return label, f"{us[name]:.1f}", harness.spread(seconds[name], 1e6, ".1f"), comparison, goal
+
     rows = [
-        ("OnnxSeq2Seq.greedy", f"{onnx:.1f}", "", ""),
-        ("PyTorch eager net.greedy (inference_mode)", f"{us['torch_greedy']:.1f}", f"onnx {speedup:.2f}x faster",
-         _goal(speedup >= GOALS["torch_b1"], f">= {GOALS['torch_b1']:g}x")),
-        ("PyTorch tight loop (encode + steps + argmax, no numpy)", f"{us['torch_tight']:.1f}",
-         f"onnx {us['torch_tight'] / onnx:.2f}x faster", ""),
-        ("real graphs, bare InferenceSession.run (1 + 3 calls)", f"{us['onnx_raw']:.1f}",
-         f"{us['onnx_raw'] - onnx:+.1f} us vs onnx", ""),
-        ("floor: 1 + 3 InferenceSession.run on trivial graphs", f"{us['floor']:.1f}", f"onnx = {over:.2f}x floor",
-         _goal(over <= GOALS["floor_b1"], f"OnnxSeq2Seq <= {GOALS['floor_b1']:g}x floor")),
-        ("Keras tutorial (reference constant, NOT measured here)", f"{keras:.0f}",
+        row("OnnxSeq2Seq.greedy", "onnx_greedy", ""),
+        row("PyTorch eager net.greedy (inference_mode)", "torch_greedy", f"onnx {speedup:.2f}x faster",
+            harness.goal(speedup >= GOALS["torch_b1"], f">= {GOALS['torch_b1']:g}x")),
+        row("PyTorch tight loop (encode + steps + argmax, no numpy)", "torch_tight",
+            f"onnx {us['torch_tight'] / onnx:.2f}x faster"),
+        row("real graphs, bare InferenceSession.run (1 + 3 calls)", "onnx_raw",
+            f"{us['onnx_raw'] - onnx:+.1f} us vs onnx"),
+        row("floor: 1 + 3 InferenceSession.run on trivial graphs", "floor", f"onnx = {over:.2f}x floor",
+            harness.goal(over <= GOALS["floor_b1"], f"OnnxSeq2Seq <= {GOALS['floor_b1']:g}x floor")),
+        ("Keras tutorial (reference constant, NOT measured here)", f"{keras:.0f}", "",
          f"onnx {keras / onnx:.0f}x faster", ""),
     ]  # fmt: skip
     title = f"batch 1, {steps} decode steps: median {args.clock} time per sequence ({args.repeats}x{args.calls} calls)"
-    _print_table(title, "us/sequence", rows)
+    harness.table(title, ("", "us/sequence", "min-max", "comparison", "goal"), rows, "<>><<")
 
 
-def report_batch(seconds: dict[str, float], args: argparse.Namespace, calls: int) -> None:
-    rate = {k: args.batch / v for k, v in seconds.items()}
+def report_batch(seconds: dict[str, list[float]], args: argparse.Namespace, calls: int) -> None:
+    rate = {k: args.batch / v for k, v in harness.medians(seconds).items()}
     gain = rate["onnx_greedy"] / rate["torch_greedy"]
+
+    def row(label: str, name: str, comparison: str, goal: str = "") -> tuple[str, ...]:
+        lo, hi = args.batch / max(seconds[name]), args.batch / min(seconds[name])
+        return label, f"{rate[name]:,.0f}", f"{lo:,.0f}-{hi:,.0f}", comparison, goal
+
     rows = [
-        ("OnnxSeq2Seq.greedy", f"{rate['onnx_greedy']:,.0f}", "", ""),
-        ("PyTorch eager net.greedy (inference_mode)", f"{rate['torch_greedy']:,.0f}", f"onnx {gain:.2f}x faster",
-         _goal(gain >= GOALS["torch_b1024"], f">= {GOALS['torch_b1024']:g}x")),
-        ("PyTorch tight loop", f"{rate['torch_tight']:,.0f}",
-         f"onnx {rate['onnx_greedy'] / rate['torch_tight']:.2f}x faster", ""),
+        row("OnnxSeq2Seq.greedy", "onnx_greedy", ""),
+        row("PyTorch eager net.greedy (inference_mode)", "torch_greedy", f"onnx {gain:.2f}x faster",
+            harness.goal(gain >= GOALS["torch_b1024"], f">= {GOALS['torch_b1024']:g}x")),
+        row("PyTorch tight loop", "torch_tight", f"onnx {rate['onnx_greedy'] / rate['torch_tight']:.2f}x faster"),
     ]  # fmt: skip
     title = f"batch {args.batch}: median throughput ({args.clock} time), {args.repeats} rounds of {calls} call(s)"
-    _print_table(title, "sequences/s", rows)
+    harness.table(title, ("", "sequences/s", "min-max", "comparison", "goal"), rows, "<>><<")
 
 
 def report_processes(procs: dict[str, list[dict]], repeats: int) -> None:
-    print(f"\nfresh process, decode one sequence: medians of {repeats} runs per side")
-    columns = ("import s", "load s", "decode ms", "wall s", "ru_maxrss MiB", "VmHWM MiB")
-    print(f"  {'':22s}" + "".join(f"{c:>14s}" for c in columns) + "  torch loaded")
     keys = ("import_s", "load_s", "decode_s", "wall_s", "maxrss_kb", "vmhwm_kb")
-    med = {side: {k: statistics.median(r[k] for r in runs) for k in keys} for side, runs in procs.items()}
+    med = harness.medians({f"{side} {k}": [r[k] for r in runs] for side, runs in procs.items() for k in keys})
+    rows = []
     for side, label in (("onnx", "lit_seq2seq.runtime"), ("torch", "torch + checkpoint")):
-        m = med[side]
-        cells = (f"{m['import_s']:.3f}", f"{m['load_s']:.3f}", f"{m['decode_s'] * 1e3:.2f}", f"{m['wall_s']:.3f}",
-                 f"{m['maxrss_kb'] / 1024:.0f}", f"{m['vmhwm_kb'] / 1024:.0f}")  # fmt: skip
-        print(f"  {label:22s}" + "".join(f"{c:>14s}" for c in cells) + f"  {procs[side][0]['torch_loaded']}")
-    ratio = {k: med["torch"][k] / med["onnx"][k] for k in keys}
+        m = {k: med[f"{side} {k}"] for k in keys}
+        rows.append((label, f"{m['import_s']:.3f}", f"{m['load_s']:.3f}", f"{m['decode_s'] * 1e3:.2f}",
+                     f"{m['wall_s']:.3f}", f"{m['maxrss_kb'] / 1024:.0f}", f"{m['vmhwm_kb'] / 1024:.0f}",
+                     str(procs[side][0]["torch_loaded"])))  # fmt: skip
+    columns = ("", "import s", "load s", "decode ms", "wall s", "ru_maxrss MiB", "VmHWM MiB", "torch loaded")
+    harness.table(f"fresh process, decode one sequence: medians of {repeats} runs per side", columns, rows)
+    ratio = {k: med[f"torch {k}"] / med[f"onnx {k}"] for k in keys}
     same = procs["onnx"][0]["tokens"] == procs["torch"][0]["tokens"]
     print(f"  torch side / runtime side: import {ratio['import_s']:.1f}x, wall {ratio['wall_s']:.1f}x, "
           f"peak RSS {ratio['maxrss_kb']:.1f}x; same tokens: {same}")  # fmt: skip
@@ -286,7 +250,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1024, help="batch size of the throughput test (1024)")
     parser.add_argument("--process_repeats", type=int, default=5, help="fresh subprocesses per side (5)")
     parser.add_argument(
-        "--clock", choices=("wall", "cpu"), default="wall",
+        "--clock", choices=tuple(harness.CLOCKS), default="wall",
         help="wall: time.perf_counter (default); cpu: time.thread_time, this thread's CPU time, which leaves out "
         "time spent descheduled on a busy machine (every engine here computes in the calling thread)",
     )  # fmt: skip
@@ -294,12 +258,17 @@ def main() -> None:
     given = bool(args.ckpt_path) + bool(args.model_dir)
     if (args.train and given) or (not args.train and given != 2):
         parser.error("pass either --train, or both --ckpt_path and --model_dir")
+    for flag in ("repeats", "calls", "batch", "process_repeats"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
 
-    torch.set_num_threads(1)
-    torch.set_num_interop_threads(1)
-    tmp = tempfile.TemporaryDirectory(prefix="decode_speed_") if args.train else None
-    ckpt, model_dir = train_and_export(Path(tmp.name)) if tmp else (Path(args.ckpt_path), Path(args.model_dir))
+    harness.pin_threads(1)
+    with tempfile.TemporaryDirectory(prefix="decode_speed_") as tmp:
+        ckpt, model_dir = harness.model_files(args.ckpt_path, args.model_dir, Path(tmp), train=args.train)
+        run(args, ckpt, model_dir)
 
+
+def run(args: argparse.Namespace, ckpt: Path, model_dir: Path) -> None:
     model = OnnxSeq2Seq.load(model_dir, intra_op_threads=1, inter_op_threads=1)
     net, task = load_checkpoint(ckpt)
     big, _ = task.sample(args.batch, np.random.default_rng(0))
@@ -308,31 +277,34 @@ def main() -> None:
     with torch.inference_mode():
         same = np.array_equal(model.greedy(big), net.greedy(torch.from_numpy(big)).numpy())
     print(
-        f"onnxruntime {ort.__version__}, torch {torch.__version__}, numpy {np.__version__}; threads: torch "
-        f"{torch.get_num_threads()}, onnxruntime 1/1; {os.cpu_count()} cpu cores, load average "
-        f"{os.getloadavg()[0]:.2f}\nmodel {model_dir}: {model.cell} {model.hidden_size}, vocab {model.vocab_size}, "
-        f"source {one.shape[1]} tokens, {model.max_target_length} decoder steps; onnx greedy == torch greedy on "
-        f"{args.batch} sources: {same}",
+        f"{harness.versions()}; threads: torch {torch.get_num_threads()}, onnxruntime 1/1\nmodel {model_dir}: "
+        f"{model.cell} {model.hidden_size}, vocab {model.vocab_size}, source {one.shape[1]} tokens, "
+        f"{model.max_target_length} decoder steps; onnx greedy == torch greedy on {args.batch} sources: {same}",
         flush=True,
     )
+    before = harness.load_before()
 
-    clock = time.perf_counter if args.clock == "wall" else time.thread_time
-    b1 = measure(contenders(model, net, one, with_floor=True), args.repeats, args.calls, clock)
+    def timed(source: np.ndarray, with_floor: bool, calls: int) -> dict[str, list[float]]:
+        funcs = contenders(model, net, source, with_floor)
+        clock = harness.CLOCKS[args.clock]  # warm-up: first-run allocations, lazy inits
+        return harness.interleaved(funcs, args.repeats, calls=calls, warmup=max(3, calls // 10), clock=clock)[0]
+
     big_calls = max(1, args.calls // 100)
-    bb = measure(contenders(model, net, big, with_floor=False), args.repeats, big_calls, clock)
-    procs: dict[str, list[dict]] = {"onnx": [], "torch": []}
-    for r in range(args.process_repeats):
-        for side in ("onnx", "torch") if r % 2 == 0 else ("torch", "onnx"):
-            code, arg = (CHILD_ONNX, str(model_dir)) if side == "onnx" else (CHILD_TORCH, str(ckpt))
-            procs[side].append(fresh_process(code, arg))
+    b1, bb = timed(one, True, args.calls), timed(big, False, big_calls)
+    children = {
+        "onnx": functools.partial(fresh_process, CHILD_ONNX, str(model_dir)),
+        "torch": functools.partial(fresh_process, CHILD_TORCH, str(ckpt)),
+    }
+    walls, procs = harness.interleaved(children, args.process_repeats)  # wall clock: these are separate processes
+    for side, runs in procs.items():
+        for result, wall in zip(runs, walls[side]):
+            result["wall_s"] = wall
 
-    report_batch1({k: v * 1e6 for k, v in b1.items()}, args, model.max_target_length)
+    report_batch1(b1, args, model.max_target_length)
     report_batch(bb, args, big_calls)
     report_processes(procs, args.process_repeats)
-    print(f"\nload average at the end {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (above ~1: other jobs "
-          "competed for the CPU; wall times are noisy, --clock cpu is steadier)")  # fmt: skip
-    if tmp:
-        tmp.cleanup()
+    print()
+    harness.load_after(before)
 
 
 if __name__ == "__main__":
