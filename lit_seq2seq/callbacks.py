@@ -23,8 +23,10 @@ class LogProgress(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start, self._next = time.perf_counter(), 0
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        done, total = trainer.fit_loop.epoch_loop.batch_progress.current.processed, trainer.num_training_batches
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        done, total = batch_idx + 1, trainer.num_training_batches
         if trainer.is_global_zero and done >= self._next:
             self._next = done + max(1, int(total * self.every))
             loss = trainer.callback_metrics.get("train/loss")
@@ -54,8 +56,17 @@ class PredictionWriter(L.Callback):
 
     KEYS = ("source", "target", "prediction")
 
+    def __init__(self) -> None:
+        self._outputs: list[dict[str, torch.Tensor]] = []
+
+    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._outputs = []
+
+    def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
+        self._outputs.append(outputs)
+
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        outputs = trainer.predict_loop.predictions or []
+        outputs, self._outputs = self._outputs, []
         rows = {k: torch.cat([o[k] for o in outputs]).tolist() if outputs else [] for k in self.KEYS}
         world = trainer.world_size
         if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():

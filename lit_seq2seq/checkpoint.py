@@ -192,13 +192,15 @@ class Seq2SeqCheckpoint(ModelCheckpoint):
     def _top_k(self, trainer: L.Trainer) -> None:
         self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if not self._best_last_rules:
-            return super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         every = self._every_n_train_steps
         if not (self._saving(trainer) and every >= 1 and trainer.global_step % every == 0):
             return None
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if batch_idx + 1 == trainer.num_training_batches:
             return None  # the epoch end, right after this epoch's validation, writes it
         self._write_last(trainer, "batch")
         return None
@@ -217,7 +219,7 @@ class Seq2SeqCheckpoint(ModelCheckpoint):
             return super().on_train_epoch_end(trainer, pl_module)
         if not self._saving(trainer):
             return None
-        every = self._every_n_epochs
+        every = self.every_n_epochs
         if self._should_save_on_train_epoch_end(trainer) and (every < 1 or (trainer.current_epoch + 1) % every == 0):
             self._top_k(trainer)  # this epoch's validation just ran: its metric belongs to these weights
         self._write_last(trainer, "epoch")

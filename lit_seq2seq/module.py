@@ -113,8 +113,8 @@ class Seq2SeqModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         source, target = batch
         loss = self._cross_entropy(self._logits(source, target), target, "mean")
-        value, trainer = loss.detach(), self._trainer
-        if trainer is not None and trainer.world_size > 1:
+        value, trainer = loss.detach(), self.trainer
+        if trainer.world_size > 1:
             # Every rank must stop at the same step: a rank that raised alone would leave the others waiting
             # forever in the gradient all-reduce. One all-gather of the losses; every rank decides alike.
             value = trainer.strategy.all_gather(value)

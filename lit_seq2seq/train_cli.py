@@ -38,19 +38,30 @@ class Seq2SeqCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         interactive = sys.stderr.isatty()
         self._checkpoint: dict[str, Any] | None = None  # the --ckpt_path file, read once
-        super().__init__(
-            Seq2SeqModule,
-            Seq2SeqDataModule,
-            args=args,
-            run=run,
-            seed_everything_default=42,
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,
-            trainer_defaults={
-                "enable_progress_bar": interactive,
-                "callbacks": [PredictionWriter()] + ([] if interactive else [LogProgress()]),
-            },
-        )
+        try:
+            with warnings.catch_warnings():
+                # The data module restores the sampler position itself (data.ResumableSampler), so Lightning's
+                # warning about resuming mid-epoch with a plain DataLoader does not apply.
+                warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+                # Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates; nothing a user can act on.
+                warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+                super().__init__(
+                    Seq2SeqModule,
+                    Seq2SeqDataModule,
+                    args=args,
+                    run=run,
+                    seed_everything_default=42,
+                    save_config_kwargs={"overwrite": True},
+                    auto_configure_optimizers=False,
+                    trainer_defaults={
+                        "enable_progress_bar": interactive,
+                        "callbacks": [PredictionWriter()] + ([] if interactive else [LogProgress()]),
+                    },
+                )
+        except NonFiniteError as error:  # a training outcome, not a crash: one line, exit code 1
+            if self.trainer.is_global_zero:  # every rank stops; the first one speaks for them
+                print(f"lit-seq2seq {self.subcommand}: error: {error}", file=sys.stderr, flush=True)
+            sys.exit(1)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for name in DATA_TO_NET:  # properties of the instantiated data module
@@ -148,7 +159,7 @@ class Seq2SeqCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         if "plugins" not in kwargs:
-            plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
+            plugins = self.config_init.get(str(self.subcommand), self.config_init).get("trainer", {}).get("plugins")
             plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
             if not any(isinstance(p, CheckpointIO) for p in plugins):
                 io = Seq2SeqCheckpointIO()  # a fit killed while writing never leaves a torn checkpoint
@@ -179,20 +190,6 @@ class Seq2SeqCLI(LightningCLI):
             print(f"no training report: {error}", file=sys.stderr)
             return
         print(f"training report written to {png} and {table}", file=sys.stderr)
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        try:
-            with warnings.catch_warnings():
-                # The data module restores the sampler position itself (data.ResumableSampler), so Lightning's
-                # warning about resuming mid-epoch with a plain DataLoader does not apply.
-                warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
-                # Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates; nothing a user can act on.
-                warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-                super()._run_subcommand(subcommand)
-        except NonFiniteError as error:  # a training outcome, not a crash: one line, exit code 1
-            if self.trainer.is_global_zero:  # every rank stops; the first one speaks for them
-                print(f"lit-seq2seq {subcommand}: error: {error}", file=sys.stderr, flush=True)
-            sys.exit(1)
 
 
 def _check_fused_clipping(config: Namespace, parser: LightningArgumentParser) -> None:
