@@ -22,9 +22,11 @@ def load(path: Path) -> tuple[ort.InferenceSession, dict[str, str]]:
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     meta = dict(session.get_modelmeta().custom_metadata_map)
     stored = meta.get(HASH_KEY, "")
-    # The stored value is the sha256 of the file with that value replaced by 64 zeros.
-    actual = hashlib.sha256(data.replace(stored.encode(), HASH_PLACEHOLDER.encode(), 1)).hexdigest()
-    if len(stored) != 64 or actual != stored:
+    # The stored value is the sha256 of the file with that value replaced by 64 zeros, in place: in the raw bytes
+    # it follows the key and the two bytes 0x12 0x40 (protobuf: field 2, length 64).
+    at = data.find(HASH_KEY.encode() + b"\x12\x40") + len(HASH_KEY) + 2
+    actual = hashlib.sha256(data[:at] + HASH_PLACEHOLDER.encode() + data[at + 64 :]).hexdigest()
+    if len(stored) != 64 or data[at : at + 64] != stored.encode() or actual != stored:
         sys.exit(f"{path}: content hash mismatch (damaged or altered file)")
     return session, meta
 

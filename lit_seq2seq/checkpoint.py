@@ -3,6 +3,8 @@ best.ckpt and last.ckpt are written and the RNG that makes a resume exact (`Seq2
 `--ckpt_path best|last` means in a new process (`resolve`).
 
 The CLI installs both classes; a checkpoint passed to `--ckpt_path` is read (and checked) once, by `read_checkpoint`.
+The two classes subclass Lightning's and are built on first use (module `__getattr__`), so reading a checkpoint
+(`Seq2Seq.from_checkpoint`, export) imports torch alone, not Lightning's ~2 s and ~120 MB.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
+if TYPE_CHECKING:
+    import lightning as L
+
 import torch
-from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 WEIGHTS_HASH_KEY = "weights_sha256"
 RNG_KEY = "rng_state"
@@ -85,177 +87,202 @@ def resolve(name: str, root: str | os.PathLike, subcommand: str) -> Path:
     return found[-1]
 
 
-class Seq2SeqCheckpointIO(TorchCheckpointIO):
-    """Writes checkpoints whole or not at all, with the weights hash; reads the `--ckpt_path` file only once.
-
-    Writing: non-finite weights are refused (the previous files stay as they were); the weights hash is added; the
-    bytes go to a hidden temporary file beside the target, are fsynced, then os.replace'd onto it. A process killed
-    at any moment (SIGKILL, OOM killer, preemption) leaves either the previous complete file or the new complete
-    one. (Lightning's own writer stages the bytes in the system temp folder and *moves* them, which is a copy when
-    that folder is on another file system.) Remote paths (``s3://`` ...) go through Lightning's writer unchanged.
-
-    Reading: `preload` hands over the checkpoint the CLI already read and checked, so Lightning's restore does not
-    read the file again; any other path is read with `read_checkpoint`'s checks.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._preloaded: tuple[Path, dict[str, Any]] | None = None
-
-    def preload(self, path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
-        self._preloaded = (Path(path).resolve(), checkpoint)
-
-    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:
-        if self._preloaded is not None and "://" not in str(path) and Path(path).resolve() == self._preloaded[0]:
-            checkpoint, self._preloaded = self._preloaded[1], None
-            return checkpoint
-        if "://" in str(path):
-            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
-        return read_checkpoint(path)
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        state = checkpoint["state_dict"]
-        bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-        if bad:  # raised before anything is written: the previous checkpoint files stay as they were
-            raise NonFiniteError(
-                f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) after global step "
-                f"{checkpoint.get('global_step')} (epoch {checkpoint.get('epoch')}); not saving them, so the last "
-                "good checkpoint is left as it was. Lower --model.optimizer.lr or check the data."
-            )
-        checkpoint[WEIGHTS_HASH_KEY] = weights_sha256(state)
-        if storage_options is not None or "://" in str(path):
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            with tmp.open("wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return None
+def __getattr__(name: str) -> Any:
+    if name in ("Seq2SeqCheckpointIO", "Seq2SeqCheckpoint"):
+        globals().update(_lightning_classes())
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class Seq2SeqCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint (same arguments) with best.ckpt holding validated weights and last.ckpt the newest state.
+def _lightning_classes() -> dict[str, type]:
+    """Seq2SeqCheckpointIO and Seq2SeqCheckpoint, defined here so that Lightning is imported only when they are."""
+    import lightning as L  # noqa: F401 - the annotations below name it
+    from lightning.fabric.plugins import TorchCheckpointIO
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    With a monitored metric and ``save_last=True`` (the CLI's defaults), Lightning 2.6 has three flaws this fixes:
+    class Seq2SeqCheckpointIO(TorchCheckpointIO):
+        """Writes checkpoints whole or not at all, with the weights hash; reads the `--ckpt_path` file only once.
 
-    * last.ckpt is written only together with a top-k save: when the metric did not improve in the final epoch
-      it stays an epoch behind, and with ``every_n_train_steps`` nothing is written until the metric exists (the
-      whole first epoch, and the first epoch after a resume).
-    * with ``every_n_train_steps``, top-k saves happen at those steps, scoring weights that were never validated
-      with the metric of an earlier validation.
-    * a step save on an epoch's last batch lands before that epoch's validation; Lightning resumes from such a
-      checkpoint straight into the next epoch, so that validation (and its best.ckpt) never happens.
+        Writing: non-finite weights are refused (the previous files stay as they were); the weights hash is added; the
+        bytes go to a hidden temporary file beside the target, are fsynced, then os.replace'd onto it. A process killed
+        at any moment (SIGKILL, OOM killer, preemption) leaves either the previous complete file or the new complete
+        one. (Lightning's own writer stages the bytes in the system temp folder and *moves* them, which is a copy when
+        that folder is on another file system.) Remote paths (``s3://`` ...) go through Lightning's writer unchanged.
 
-    Here best.ckpt (top-k) is considered right after each validation, with its fresh metric; last.ckpt is written
-    every ``every_n_train_steps`` steps (except on an epoch's last batch), at every epoch end after its validation,
-    after a mid-epoch validation, and when training ends if the newest state is not in it yet. Other settings
-    (no monitor, ``save_last`` "link" or false, ``train_time_interval``) keep Lightning's behaviour.
+        Reading: `preload` hands over the checkpoint the CLI already read and checked, so Lightning's restore does not
+        read the file again; any other path is read with `read_checkpoint`'s checks.
+        """
 
-    A resumed fit logs into a new version folder; the best score so far is carried over from the checkpoint, so a
-    new best.ckpt is only written when the resumed run beats the run it continues (as an uninterrupted fit would).
-    The earlier best.ckpt is left where it is; `--ckpt_path best` picks the newest best.ckpt.
+        def __init__(self) -> None:
+            super().__init__()
+            self._preloaded: tuple[Path, dict[str, Any]] | None = None
 
-    Exact resume: every checkpoint also holds the global torch RNG (dropout, scheduled sampling draw from it), put
-    back at the first training batch after a resume, where an uninterrupted run would have drawn next. (The data
-    loaders use their own generators, and the data module saves its position in the epoch.)
-    """
+        def preload(self, path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
+            self._preloaded = (Path(path).resolve(), checkpoint)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._last_written_at: tuple[int, str] | None = None  # (global step, hook) of the newest last.ckpt
-        self._pending_rng: dict[str, Any] | None = None
+        def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:
+            if self._preloaded is not None and "://" not in str(path) and Path(path).resolve() == self._preloaded[0]:
+                checkpoint, self._preloaded = self._preloaded[1], None
+                return checkpoint
+            if "://" in str(path):
+                return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+            return read_checkpoint(path)
 
-    @property
-    def state_key(self) -> str:
-        # Saved under ModelCheckpoint's key, so checkpoints stay interchangeable with a plain ModelCheckpoint.
-        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
-
-    @property
-    def _best_last_rules(self) -> bool:
-        return self.monitor is not None and self.save_last is True and self._train_time_interval is None
-
-    @staticmethod
-    def _saving(trainer: L.Trainer) -> bool:
-        return trainer.state.fn == "fit" and not trainer.sanity_checking and not trainer.fast_dev_run
-
-    def _write_last(self, trainer: L.Trainer, hook: str) -> None:
-        if self._last_written_at != (trainer.global_step, hook):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-            self._last_written_at = (trainer.global_step, hook)
-
-    def _top_k(self, trainer: L.Trainer) -> None:
-        self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if not self._best_last_rules:
-            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        every = self._every_n_train_steps
-        if not (self._saving(trainer) and every >= 1 and trainer.global_step % every == 0):
+        def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+            state = checkpoint["state_dict"]
+            bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+            if bad:  # raised before anything is written: the previous checkpoint files stay as they were
+                raise NonFiniteError(
+                    f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) after global step "
+                    f"{checkpoint.get('global_step')} (epoch {checkpoint.get('epoch')}); not saving them, so the last "
+                    "good checkpoint is left as it was. Lower --model.optimizer.lr or check the data."
+                )
+            checkpoint[WEIGHTS_HASH_KEY] = weights_sha256(state)
+            if storage_options is not None or "://" in str(path):
+                return super().save_checkpoint(checkpoint, path, storage_options)
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            try:
+                with tmp.open("wb") as f:
+                    torch.save(checkpoint, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
             return None
-        if batch_idx + 1 == trainer.num_training_batches:
-            return None  # the epoch end, right after this epoch's validation, writes it
-        self._write_last(trainer, "batch")
-        return None
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._best_last_rules:
-            return super().on_validation_end(trainer, pl_module)
-        if self._saving(trainer) and not self._should_save_on_train_epoch_end(trainer):
-            # a validation that is not followed by this epoch's end (val_check_interval < 1, and the like)
-            self._top_k(trainer)
-            self._write_last(trainer, "validation")
-        return None
+    class Seq2SeqCheckpoint(ModelCheckpoint):
+        """ModelCheckpoint (same arguments) with best.ckpt holding validated weights and last.ckpt the newest state.
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._best_last_rules:
-            return super().on_train_epoch_end(trainer, pl_module)
-        if not self._saving(trainer):
+        With a monitored metric and ``save_last=True`` (the CLI's defaults), Lightning 2.6 has three flaws this fixes:
+
+        * last.ckpt is written only together with a top-k save: when the metric did not improve in the final epoch
+          it stays an epoch behind, and with ``every_n_train_steps`` nothing is written until the metric exists (the
+          whole first epoch, and the first epoch after a resume).
+        * with ``every_n_train_steps``, top-k saves happen at those steps, scoring weights that were never validated
+          with the metric of an earlier validation.
+        * a step save on an epoch's last batch lands before that epoch's validation; Lightning resumes from such a
+          checkpoint straight into the next epoch, so that validation (and its best.ckpt) never happens.
+
+        Here best.ckpt (top-k) is considered right after each validation, with its fresh metric; last.ckpt is written
+        every ``every_n_train_steps`` steps (except on an epoch's last batch), at every epoch end after its validation,
+        after a mid-epoch validation, and when training ends if the newest state is not in it yet. Other settings
+        (no monitor, ``save_last`` "link" or false, ``train_time_interval``) keep Lightning's behaviour.
+
+        A resumed fit logs into a new version folder; the best score so far is carried over from the checkpoint, so a
+        new best.ckpt is only written when the resumed run beats the run it continues (as an uninterrupted fit would).
+        The earlier best.ckpt is left where it is; `--ckpt_path best` picks the newest best.ckpt.
+
+        Exact resume: every checkpoint also holds the global torch RNG (dropout, scheduled sampling draw from it), put
+        back at the first training batch after a resume, where an uninterrupted run would have drawn next. (The data
+        loaders use their own generators, and the data module saves its position in the epoch.)
+        """
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._last_written_at: tuple[int, str] | None = None  # (global step, hook) of the newest last.ckpt
+            self._pending_rng: dict[str, Any] | None = None
+
+        @property
+        def state_key(self) -> str:
+            # Saved under ModelCheckpoint's key, so checkpoints stay interchangeable with a plain ModelCheckpoint.
+            return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+        @property
+        def _best_last_rules(self) -> bool:
+            return self.monitor is not None and self.save_last is True and self._train_time_interval is None
+
+        @staticmethod
+        def _saving(trainer: L.Trainer) -> bool:
+            return trainer.state.fn == "fit" and not trainer.sanity_checking and not trainer.fast_dev_run
+
+        def _write_last(self, trainer: L.Trainer, hook: str) -> None:
+            if self._last_written_at != (trainer.global_step, hook):
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+                self._last_written_at = (trainer.global_step, hook)
+
+        def _top_k(self, trainer: L.Trainer) -> None:
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+        def on_train_batch_end(
+            self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
+            if not self._best_last_rules:
+                return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            every = self._every_n_train_steps
+            if not (self._saving(trainer) and every >= 1 and trainer.global_step % every == 0):
+                return None
+            if batch_idx + 1 == trainer.num_training_batches:
+                return None  # the epoch end, right after this epoch's validation, writes it
+            self._write_last(trainer, "batch")
             return None
-        every = self.every_n_epochs
-        if self._should_save_on_train_epoch_end(trainer) and (every < 1 or (trainer.current_epoch + 1) % every == 0):
-            self._top_k(trainer)  # this epoch's validation just ran: its metric belongs to these weights
-        self._write_last(trainer, "epoch")
-        return None
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._best_last_rules:
-            return super().on_train_end(trainer, pl_module)
-        if self._saving(trainer) and (self._last_written_at is None or self._last_written_at[0] != trainer.global_step):
-            self._write_last(trainer, "end")  # e.g. max_steps reached mid-epoch
-        return None
+        def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            if not self._best_last_rules:
+                return super().on_validation_end(trainer, pl_module)
+            if self._saving(trainer) and not self._should_save_on_train_epoch_end(trainer):
+                # a validation that is not followed by this epoch's end (val_check_interval < 1, and the like)
+                self._top_k(trainer)
+                self._write_last(trainer, "validation")
+            return None
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint[RNG_KEY] = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint[RNG_KEY]["cuda"] = torch.cuda.get_rng_state_all()
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            if not self._best_last_rules:
+                return super().on_train_epoch_end(trainer, pl_module)
+            if not self._saving(trainer):
+                return None
+            every = self.every_n_epochs
+            if self._should_save_on_train_epoch_end(trainer) and (
+                every < 1 or (trainer.current_epoch + 1) % every == 0
+            ):
+                self._top_k(trainer)  # this epoch's validation just ran: its metric belongs to these weights
+            self._write_last(trainer, "epoch")
+            return None
 
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        self._pending_rng = checkpoint.get(RNG_KEY)
+        def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            if not self._best_last_rules:
+                return super().on_train_end(trainer, pl_module)
+            if self._saving(trainer) and (
+                self._last_written_at is None or self._last_written_at[0] != trainer.global_step
+            ):
+                self._write_last(trainer, "end")  # e.g. max_steps reached mid-epoch
+            return None
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if self._pending_rng is not None:
-            torch.set_rng_state(self._pending_rng["cpu"])
-            if "cuda" in self._pending_rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(self._pending_rng["cuda"])
-            self._pending_rng = None
+        def on_save_checkpoint(
+            self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+        ) -> None:
+            checkpoint[RNG_KEY] = {"cpu": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                checkpoint[RNG_KEY]["cuda"] = torch.cuda.get_rng_state_all()
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        same_dir = state_dict.get("dirpath", self.dirpath) == self.dirpath
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The dirpath has changed")
-            super().load_state_dict(state_dict)
-        if not same_dir and self.monitor is not None and state_dict.get("monitor") == self.monitor:
-            # Carry the scores over: best_k_models still names the files in the old folder, which Lightning
-            # never deletes (they are outside this callback's dirpath).
-            self.best_model_score = state_dict["best_model_score"]
-            self.best_k_models = dict(state_dict.get("best_k_models", {}))
-            self.kth_best_model_path = state_dict.get("kth_best_model_path", "")
-            self.kth_value = state_dict.get("kth_value", self.kth_value)
+        def on_load_checkpoint(
+            self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+        ) -> None:
+            self._pending_rng = checkpoint.get(RNG_KEY)
+
+        def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+            if self._pending_rng is not None:
+                torch.set_rng_state(self._pending_rng["cpu"])
+                if "cuda" in self._pending_rng and torch.cuda.is_available():
+                    torch.cuda.set_rng_state_all(self._pending_rng["cuda"])
+                self._pending_rng = None
+
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            same_dir = state_dict.get("dirpath", self.dirpath) == self.dirpath
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The dirpath has changed")
+                super().load_state_dict(state_dict)
+            if not same_dir and self.monitor is not None and state_dict.get("monitor") == self.monitor:
+                # Carry the scores over: best_k_models still names the files in the old folder, which Lightning
+                # never deletes (they are outside this callback's dirpath).
+                self.best_model_score = state_dict["best_model_score"]
+                self.best_k_models = dict(state_dict.get("best_k_models", {}))
+                self.kth_best_model_path = state_dict.get("kth_best_model_path", "")
+                self.kth_value = state_dict.get("kth_value", self.kth_value)
+
+    classes = {"Seq2SeqCheckpointIO": Seq2SeqCheckpointIO, "Seq2SeqCheckpoint": Seq2SeqCheckpoint}
+    for name, cls in classes.items():
+        cls.__qualname__ = name  # importable (and picklable) as lit_seq2seq.checkpoint.<name>
+    return classes

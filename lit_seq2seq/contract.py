@@ -89,9 +89,11 @@ def stamp_content_hash(data: bytes) -> bytes:
 def check_content_hash(data: bytes, name: str) -> None:
     """Raise ModelFileError unless `data` carries a content_sha256 that matches its bytes."""
     at = data.find(_HASH_ENTRY)
-    stored = data[at + len(_HASH_ENTRY) : at + len(_HASH_ENTRY) + 64] if at >= 0 else b""
+    start = at + len(_HASH_ENTRY)
+    stored = data[start : start + 64] if at >= 0 else b""
     if len(stored) != 64:
         raise ModelFileError(f"{name}: no {CONTENT_HASH_KEY} metadata (truncated, or not exported by lit-seq2seq)")
-    actual = hashlib.sha256(data.replace(stored, HASH_PLACEHOLDER.encode(), 1)).hexdigest()
+    # The placeholder goes back exactly where the value stands, not wherever those 64 bytes occur first.
+    actual = hashlib.sha256(data[:start] + HASH_PLACEHOLDER.encode() + data[start + 64 :]).hexdigest()
     if actual.encode() != stored:
         raise ModelFileError(f"{name}: content hash mismatch, the file was altered or damaged; export it again")

@@ -311,8 +311,6 @@ class OnnxSeq2Seq:
         """Beam search: best tokens (batch, steps) and their score, log-probability / length ** length_penalty."""
         source, single = self.check_source(source)
         beam_size, length_penalty = check_beam_settings(beam_size, length_penalty)  # before the encoder runs
-        if beam_size > self.vocab_size:
-            raise ValueError(f"beam_size must be <= vocab_size ({self.vocab_size}), got {beam_size}")
         tokens, scores = beam_search(
             self._step,
             self._encode(source),

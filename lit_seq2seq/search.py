@@ -21,6 +21,7 @@ State = dict[str, Any]
 S = TypeVar("S")
 Step = Callable[[np.ndarray, S], tuple[np.ndarray, S]]
 MAX_STEPS = 4096  # longest decode accepted: far past any generated task, short of exhausting memory
+MAX_BEAM_SIZE = 1024  # widest beam accepted: batch x beam rows of state are decoded at once
 
 
 def check_max_len(max_len: Any) -> int:
@@ -34,6 +35,8 @@ def check_beam_settings(beam_size: Any, length_penalty: Any) -> tuple[int, float
     """(beam_size, length_penalty) as (int >= 1, finite float), or ValueError/TypeError naming the value."""
     if isinstance(beam_size, bool) or not isinstance(beam_size, numbers.Integral) or beam_size < 1:
         raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
+    if beam_size > MAX_BEAM_SIZE:
+        raise ValueError(f"beam_size must be <= {MAX_BEAM_SIZE}, got {beam_size}")
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, numbers.Real):
         raise TypeError(f"length_penalty must be a finite number, got {length_penalty!r}")
     if not math.isfinite(length_penalty):

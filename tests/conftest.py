@@ -1,16 +1,23 @@
-"""Shared helpers for the training-core tests: repo paths, in-process CLI calls, CSV metrics."""
+"""Shared test helpers: repo paths, tiny-run flags, the in-process CLI, CSV metrics, small nets and sources, damaged
+checkpoints, and the tiny fitted-and-exported models every ONNX test reads (built at most once per session)."""
 
 from __future__ import annotations
 
 import csv
+import io
+import os
+import subprocess
 import sys
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
+import numpy as np
 import pytest
 import torch
 
-from lit_seq2seq.model import NetConfig
+from lit_seq2seq.model import NetConfig, Seq2Seq
 
 # Tiny nets gain nothing from intra-op threads, and on a busy 2-core machine two OpenMP threads spinning against
 # other processes make an LSTM backward ~100x slower (measured: 1 ms -> 250 ms per step). One thread keeps the
@@ -20,31 +27,109 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 REVERSE_YAML = REPO / "configs" / "reverse.yaml"
+PYTHON = sys.executable
+CLI = str(Path(PYTHON).parent / "lit-seq2seq")  # the installed console script
+
+# ------------------------------------------------------------------------------------------- tiny-run flags
+
+# reverse_first with 10 real tokens, 4 -> first 2 reversed: chance exact match is 1/100.
+TINY_TASK = ["--data.task", "reverse_first", "--data.vocab_size", "11", "--data.source_length", "4"]
+TINY_TASK += ["--data.target_length", "2"]
 
 
-def net_config(vocab_size: int = 9, **kwargs) -> NetConfig:
-    """A NetConfig with one vocabulary for source and target, as every generated task has."""
-    return NetConfig(source_vocab_size=vocab_size, target_vocab_size=vocab_size, **kwargs)
+def tiny_run(train: int = 512, val: int = 64, test: int = 64, hidden: int = 16, epochs: int = 1) -> list[str]:
+    """Split sizes, hidden units and epochs of a tiny fit; a test passes the sizes it relies on."""
+    sizes = {"data.train_size": train, "data.val_size": val, "data.test_size": test}
+    sizes |= {"model.net.hidden_size": hidden, "trainer.max_epochs": epochs}
+    return [arg for flag, value in sizes.items() for arg in (f"--{flag}", str(value))]
 
 
-def run_cli(args: Sequence[str]) -> None:
-    """`lit-seq2seq ARGS` in this process (LightningCLI)."""
+# A few steps only: for parity and plumbing, not for a model that learned anything.
+TINY = tiny_run()
+
+
+def root_args(root: Path) -> list[str]:
+    return ["--trainer.default_root_dir", str(root)]
+
+
+# ----------------------------------------------------------------------------------------- in-process CLI
+
+
+def run_cli(args: Sequence[Any], stdin: str | None = None) -> int:
+    """`lit-seq2seq ARGS` in this process, `stdin` as its standard input if given; returns main's exit code."""
     from lit_seq2seq.cli import main
 
-    argv = sys.argv
+    saved = sys.argv, sys.stdin
     sys.argv = ["lit-seq2seq"]  # as from a shell; pytest's own arguments would trip LightningCLI's args warning
+    if stdin is not None:
+        sys.stdin = io.StringIO(stdin)
     try:
-        main([str(a) for a in args])
+        return main([str(a) for a in args])
     finally:
-        sys.argv = argv
+        sys.argv, sys.stdin = saved
 
 
-def cli_exit(args: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int | str | None, str]:
-    """Run the CLI expecting it to exit; returns (exit code, captured stderr)."""
+def cli_output(
+    args: Sequence[Any], capsys: pytest.CaptureFixture[str], stdin: str | None = None
+) -> tuple[int | str | None, str, str]:
+    """run_cli, returning or exiting: (exit code, captured stdout, captured stderr)."""
     capsys.readouterr()  # drop whatever came before
+    try:
+        code = run_cli(args, stdin)
+    except SystemExit as exit_:
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def cli_exit(
+    args: Sequence[Any], capsys: pytest.CaptureFixture[str], stdin: str | None = None
+) -> tuple[int | str | None, str]:
+    """run_cli expecting it to exit (SystemExit); returns (exit code, captured stderr)."""
+    capsys.readouterr()
     with pytest.raises(SystemExit) as info:
-        run_cli(args)
+        run_cli(args, stdin)
     return info.value.code, capsys.readouterr().err
+
+
+def run_python(code: str, *args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -c CODE ARGS` with the venv's interpreter, from the repo root."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [PYTHON, "-c", code, *args], input=stdin, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout
+    )
+
+
+# Prepended to run_python code: any import of these packages (and of sys.argv[1]) fails, as on a machine without
+# them.
+BLOCK_IMPORTS = """
+import sys
+class _Blocked:
+    names = {"torch", "lightning", "pytorch_lightning", "lightning_fabric", "torchmetrics", *sys.argv[1:2]}
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.names:
+            raise ImportError(f"{name} is not installed here")
+sys.meta_path.insert(0, _Blocked())
+"""
+
+
+def fit_in(root: Path, *flags: Any) -> Path:
+    """`lit-seq2seq fit FLAGS` run from `root` with `root` as its default_root_dir; returns `root`."""
+    root.mkdir(parents=True, exist_ok=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)  # stray relative outputs land there
+        run_cli(["fit", *flags, *root_args(root)])
+    return root
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run the test inside tmp_path so stray relative outputs (runs/, lightning_logs/) land there."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# -------------------------------------------------------------------------------------------- run folders
 
 
 def read_metrics(version_dir: Path) -> list[dict[str, str]]:
@@ -65,8 +150,183 @@ def version_dirs(root: Path) -> list[Path]:
     return sorted(Path(root).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
 
 
-@pytest.fixture
-def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run the test inside tmp_path so stray relative outputs (runs/, lightning_logs/) land there."""
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+# -------------------------------------------------------------------------------------- nets and sources
+
+
+def net_config(vocab_size: int = 9, **kwargs) -> NetConfig:
+    """A NetConfig with one vocabulary for source and target, as every generated task has."""
+    return NetConfig(source_vocab_size=vocab_size, target_vocab_size=vocab_size, **kwargs)
+
+
+def padded_sources(lengths: list[int], width: int = 7, vocab: int = 9, seed: int = 0) -> torch.Tensor:
+    """Right-padded sources with real tokens in 2..vocab-1, one row per length."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(2, vocab, (len(lengths), width), generator=g)
+    mask = torch.arange(width) < torch.tensor(lengths)[:, None]
+    return torch.where(mask, tokens, 0)
+
+
+def manual_greedy(net: Seq2Seq, source: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Argmax loop with finished rows padded after their end token; (B, max_len)."""
+    with torch.no_grad():
+        state = net.encode(source)
+        token = torch.full((len(source),), net.config.start_token)
+        done = torch.zeros(len(source), dtype=torch.bool)
+        out = []
+        for _ in range(max_len):
+            logits, state = net.step(token, state)
+            token = torch.where(done, net.config.pad_token, logits.argmax(-1))
+            out.append(token)
+            if net.config.eos_token is not None:
+                done |= token == net.config.eos_token
+    return torch.stack(out, 1)
+
+
+def pad_rows(rows: list[list[int]]) -> np.ndarray:
+    """Token rows of different lengths as one right-padded (pad 0) int64 batch."""
+    out = np.zeros((len(rows), max(map(len, rows))), dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+def strip_all(model: Any, tokens: np.ndarray) -> list[str]:
+    """Decoded rows as `decode` prints them: the tokens before the end token, space-separated."""
+    return [" ".join(map(str, model.strip(row))) for row in tokens]
+
+
+def flip_bit(path: Path, offset: int) -> None:
+    """Flip the lowest bit of byte `offset` of a file in place."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+# ------------------------------------------------------------------------------------ damaged checkpoints
+
+CHECKPOINT_DAMAGE = [
+    "truncated_half", "truncated_tail", "empty", "not_a_checkpoint", "flipped_tensor_byte", "flipped_pickle_byte",
+    "foreign_dict", "foreign_state_dict", "altered_weights",
+]  # fmt: skip
+
+
+def _tensor_bytes_at(path: Path, tensor: torch.Tensor) -> tuple[int, int]:
+    """(offset, size) of a tensor's raw bytes inside a torch.save zip file (stored uncompressed)."""
+    raw = tensor.contiguous().numpy().tobytes()
+    data = path.read_bytes()
+    assert data.count(raw) == 1
+    return data.find(raw), len(raw)
+
+
+def damaged_checkpoint(good: Path, kind: str, folder: Path) -> Path:
+    """A copy of checkpoint `good` at <folder>/<kind>.ckpt, damaged as `kind` says (CHECKPOINT_DAMAGE, or
+    flipped_optimizer_byte: one bit inside Adam's exp_avg_sq, which lies in the middle of the file)."""
+    path = folder / f"{kind}.ckpt"
+    data = bytearray(good.read_bytes())
+    if kind == "truncated_half":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "truncated_tail":
+        path.write_bytes(data[:-20])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "not_a_checkpoint":
+        path.write_text("hello\n")
+    elif kind in ("flipped_tensor_byte", "flipped_optimizer_byte"):
+        checkpoint = torch.load(good, weights_only=True)
+        if kind == "flipped_tensor_byte":
+            tensor = checkpoint["state_dict"]["net.decoder.output.weight"]
+        else:
+            tensor = checkpoint["optimizer_states"][0]["state"][1]["exp_avg_sq"]
+        offset, size = _tensor_bytes_at(good, tensor)
+        data[offset + size // 2] ^= 0x01
+        path.write_bytes(data)
+    elif kind == "flipped_pickle_byte":
+        with zipfile.ZipFile(good) as z:
+            info = next(i for i in z.infolist() if i.filename.endswith("data.pkl"))
+        data[info.header_offset + 30 + len(info.filename) + 100] ^= 0x01
+        path.write_bytes(data)
+    elif kind == "foreign_dict":
+        torch.save({"weights": torch.zeros(3), "note": "not from lit-seq2seq"}, path)
+    elif kind == "foreign_state_dict":  # a plain model state_dict, as torch.save(model.state_dict()) writes it
+        torch.save(torch.load(good, weights_only=True)["state_dict"], path)
+    elif kind == "altered_weights":  # a valid file whose weights were changed after saving
+        checkpoint = torch.load(good, weights_only=True)
+        tensor = next(iter(checkpoint["state_dict"].values()))
+        tensor.view(-1)[0] += 0.5
+        torch.save(checkpoint, path)
+    else:
+        raise AssertionError(kind)
+    return path
+
+
+# ------------------------------------------------------------------------------------ exported tiny models
+
+# Fixed-length seed task (no end token) and two variable-length tasks with end token 1.
+REVERSE_FIRST = ["--data.task", "reverse_first", "--data.vocab_size", "9", "--data.source_length", "4"]
+REVERSE_FIRST += ["--data.target_length", "2"]
+COPY = ["--data.task", "copy", "--data.vocab_size", "8", "--data.source_length", "5"]
+REVERSE = ["--data.task", "reverse", "--data.vocab_size", "8", "--data.source_length", "5"]
+
+EXPORT_VARIANTS: dict[str, list[str]] = {
+    "lstm": [*REVERSE_FIRST, *TINY],
+    "gru": [*COPY, *TINY, "--model.net.cell", "gru"],
+    "lstm_attention": [*REVERSE, *TINY, "--model.net.attention", "true"],
+    "gru_bi_attention": [
+        *[*COPY, *TINY, "--model.net.cell", "gru", "--model.net.bidirectional", "true"],
+        *["--model.net.attention", "true"],
+    ],
+    "lstm_2layer": [*REVERSE_FIRST, *TINY, "--model.net.num_layers", "2"],
+    # Learns copy in this one epoch (exact match 0.95-1.0 on fresh sources): it emits the end token where it should.
+    "copy_trained": [
+        *["--data.task", "copy", "--data.vocab_size", "6", "--data.source_length", "3"],
+        *tiny_run(train=2000, hidden=32),
+        *["--model.net.attention", "true", "--model.optimizer", "Adam", "--model.optimizer.lr", "0.01"],
+    ],
+}
+# (cell, attention, bidirectional, num_layers, task) as exported
+EXPORT_SPECS = {
+    "lstm": ("lstm", False, False, 1, "reverse_first"),
+    "gru": ("gru", False, False, 1, "copy"),
+    "lstm_attention": ("lstm", True, False, 1, "reverse"),
+    "gru_bi_attention": ("gru", True, True, 1, "copy"),
+    "lstm_2layer": ("lstm", False, False, 2, "reverse_first"),
+    "copy_trained": ("lstm", True, False, 1, "copy"),
+}
+CONTRACT_VARIANTS = ["lstm", "gru", "lstm_attention", "gru_bi_attention", "lstm_2layer"]
+
+
+class Export(NamedTuple):
+    ckpt: Path  # the fit's last.ckpt
+    model_dir: Path  # its encoder.onnx + decoder_step.onnx
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Export]:
+    """name (an EXPORT_VARIANTS key) -> its Export; fitted (`lit-seq2seq fit`) and exported (`lit-seq2seq export`)
+    in this process on first use, then shared by every test of the session."""
+
+    def build(name: str) -> Export:
+        root = tmp_path_factory.getbasetemp() / "exported" / name
+        built = Export(root / "runs" / "version_0" / "checkpoints" / "last.ckpt", root / "export")
+        if not (built.model_dir / "decoder_step.onnx").exists():
+            fit_in(root / "runs", *EXPORT_VARIANTS[name], "--trainer.enable_model_summary", "false")
+            export = ["export", "--ckpt_path", built.ckpt, "--output_dir", built.model_dir]
+            assert run_cli([*export, "--verify_samples", "32"]) == 0
+        return built
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def runtime_model(exported: Callable[[str], Export]) -> Callable[[str], Any]:
+    """name -> OnnxSeq2Seq of that export, loaded once per session."""
+    from lit_seq2seq.runtime import OnnxSeq2Seq
+
+    cache: dict[str, OnnxSeq2Seq] = {}
+
+    def get(name: str) -> OnnxSeq2Seq:
+        if name not in cache:
+            cache[name] = OnnxSeq2Seq.load(exported(name).model_dir)
+        return cache[name]
+
+    return get

@@ -1,269 +1,173 @@
-"""The LightningCLI in-process: configs, flag errors (exit 2), a tiny fit that learns, checkpoints, test, predict."""
+"""cli.py's own commands through `lit_seq2seq.cli.main`: `sample | decode` (also as the installed command and
+without torch), export's and decode's exit codes and messages, and report's refusal of a folder without logs.
+fit/validate/test/predict (LightningCLI) are in test_train_cli.py.
+
+Models are the session's tiny exports (conftest.exported).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import subprocess
 
 import pytest
-import torch
-import yaml
-from conftest import CONFIGS, REVERSE_YAML, cli_exit, last_metric, read_metrics, run_cli, version_dirs
+from conftest import BLOCK_IMPORTS, CLI, cli_exit, cli_output, damaged_checkpoint, pad_rows, run_python, strip_all
 
-from lit_seq2seq.data import Seq2SeqDataModule
-from lit_seq2seq.module import Seq2SeqModule
+from lit_seq2seq import export as export_module
+from lit_seq2seq.runtime import OnnxSeq2Seq
 
 pytestmark = [
-    pytest.mark.filterwarnings("ignore:The number of training batches"),  # tiny fits log every epoch anyway
-    pytest.mark.filterwarnings("ignore:The dirpath has changed"),  # test/predict log to a new version dir
+    pytest.mark.filterwarnings("ignore:The number of training batches"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
 
-# reverse_first with 10 real tokens, 4 -> first 2 reversed: chance exact match is 1/100.
-TASK = [
-    "--data.task", "reverse_first", "--data.vocab_size", "11", "--data.source_length", "4",
-    "--data.target_length", "2", "--data.val_size", "200", "--data.test_size", "500", "--data.predict_size", "100",
-    "--model.net.hidden_size", "32",
-]  # fmt: skip
-# Measured test exact match after this fit: 0.83-0.93 over seeds 1, 2, 3, 7 and 42 (0.916 with the default 42).
-TINY_FIT = [*TASK, "--data.train_size", "2000", "--model.optimizer", "Adam", "--model.optimizer.lr", "0.01"]
-TINY_FIT += ["--trainer.max_epochs", "3"]
-LEARNED = 0.6
-# A few steps only: for tests about files and plumbing, not learning.
-QUICK_FIT = [*TASK, "--data.train_size", "128", "--data.val_size", "32", "--trainer.max_epochs", "1"]
+# ------------------------------------------------------------------------------------------ sample | decode
 
 
-def root_args(root: Path) -> list[str]:
-    return ["--trainer.default_root_dir", str(root)]
+def test_python_m_decode_runs_without_torch_or_lightning(exported):
+    code = (
+        BLOCK_IMPORTS
+        + """
+import runpy
+sys.argv = ["lit_seq2seq", "decode", "--model_dir", sys.argv[2], "2 3 4", "5 4"]
+try:
+    runpy.run_module("lit_seq2seq", run_name="__main__", alter_sys=True)
+except SystemExit as exit:
+    assert not any(m.split(".")[0] in _Blocked.names for m in sys.modules), sorted(sys.modules)
+    raise
+"""
+    )
+    model_dir = exported("copy_trained").model_dir
+    result = run_python(code, "none", str(model_dir))
+    assert result.returncode == 0, result.stderr
+    model = OnnxSeq2Seq.load(model_dir)
+    assert result.stdout.splitlines() == strip_all(model, model.greedy(pad_rows([[2, 3, 4], [5, 4]])))
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny fit shared by the tests that only read its outputs; returns its default_root_dir."""
-    root = tmp_path_factory.mktemp("trained")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        run_cli(["fit", *TINY_FIT, *root_args(root / "runs")])
-    return root / "runs"
+def test_sample_then_decode_scores_exact_match(exported, runtime_model, capsys):
+    model_dir, model = exported("copy_trained").model_dir, runtime_model("copy_trained")
+    code, sample, _ = cli_output(["sample", "--model_dir", model_dir, "-n", "40", "--seed", "3"], capsys)
+    lines = sample.splitlines()
+    assert code == 0 and len(lines) == 40 and all("\t" in line for line in lines)
+    code, out, err = cli_output(["decode", "--model_dir", model_dir], capsys, sample)
+    assert code == 0
+    sources = pad_rows([[int(t) for t in line.split("\t")[0].split()] for line in lines])
+    assert out.splitlines() == strip_all(model, model.greedy(sources))
+    hits = sum(o == line.split("\t")[1] for o, line in zip(out.splitlines(), lines))
+    assert f"exact match: {hits}/40 = " in err
+    assert hits >= 20  # the fit learned copy (~95% on its validation set)
+
+    code, out, err = cli_output(["decode", "--model_dir", model_dir, "--beam_size", "3"], capsys, sample)
+    assert code == 0 and out.splitlines() == strip_all(model, model.beam_search(sources, beam_size=3)[0])
+    assert "exact match: " in err
 
 
-def _test_run(root: Path, *extra: str) -> Path:
-    """`test --ckpt_path best` in a new CLI call; returns the version directory it logged to."""
-    before = set(version_dirs(root))
-    run_cli(["test", *TASK, "--ckpt_path", "best", *root_args(root), *extra])
-    (new,) = set(version_dirs(root)) - before
-    return new
+def test_decode_arguments_and_no_tab_print_no_score(exported, runtime_model, capsys):
+    model = runtime_model("lstm")
+    args = ["decode", "--model_dir", exported("lstm").model_dir, "1 2 3 4", "8 7 6 5", "3 3"]
+    code, out, err = cli_output(args, capsys)
+    assert code == 0 and "exact match" not in err
+    expected = strip_all(model, model.greedy(pad_rows([[1, 2, 3, 4], [8, 7, 6, 5], [3, 3]])))
+    assert out.splitlines() == expected and all(len(line.split()) == 2 for line in expected)
 
 
-def _resolved_ckpt(version_dir: Path) -> str:
-    return yaml.safe_load((version_dir / "config.yaml").read_text())["ckpt_path"]
+def test_sample_piped_into_decode_with_the_installed_command(exported):
+    model_dir = str(exported("copy_trained").model_dir)
+    sample = subprocess.run([CLI, "sample", "--model_dir", model_dir, "-n", "10"], capture_output=True, text=True)
+    assert sample.returncode == 0, sample.stderr
+    decode = subprocess.run(
+        [CLI, "decode", "--model_dir", model_dir], input=sample.stdout, capture_output=True, text=True
+    )
+    assert decode.returncode == 0, decode.stderr
+    assert len(decode.stdout.splitlines()) == 10 and "exact match: " in decode.stderr
 
 
-# ---------------------------------------------------------------------------------------------------- configs
+# ------------------------------------------------------------------------------------------ decode refusals
 
 
-def test_configs_exist():
-    assert REVERSE_YAML in CONFIGS
+@pytest.mark.parametrize(
+    "stdin,message",
+    [
+        ("2 3\t2 3\n2 x 4\t2 4\n", "line 2: '2 x 4' is not a list of space-separated integer token ids"),
+        ("2 3\n4 5\t4 y\n", "line 2 (expected)"),
+        ("2 3\n\n", "line 2: source: empty sequence"),
+        ("2 3\n4 5\n2 9\n", "line 3: source position 1: token 9 is out of range"),
+        ("2 3\n2 0 3\n", "line 2: source position 2: token after padding"),
+        ("1 2\n", "line 1: source position 0: token 1 is out of range"),
+    ],
+    ids=["not a number", "bad expected", "empty line", "token too large", "pad inside", "eos inside"],
+)
+def test_bad_decode_line_exits_2_naming_the_line(stdin, message, exported, capsys):
+    code, out, err = cli_output(["decode", "--model_dir", exported("gru").model_dir], capsys, stdin)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert "usage:" not in err  # a data error, not a usage error
+    assert err.startswith("lit-seq2seq decode: error: line ") and len(err.splitlines()) == 1
+    assert not out  # every line is checked before anything is decoded
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
-def test_every_config_runs_fast_dev_run(config, in_tmp):
-    run_cli(["fit", "--config", config, "--trainer.fast_dev_run", "true", *root_args(in_tmp / "runs")])
-    assert not (in_tmp / "runs" / "reverse").exists()  # the root flag wins over the YAML's default_root_dir
+def test_skip_bad_lines_decodes_the_rest_and_counts_the_skipped(exported, runtime_model, capsys):
+    model = runtime_model("gru")
+    good = ["2 3", "4 5 6"]
+    expected = [" ".join(map(str, model.strip(model.greedy([int(t) for t in g.split()])))) for g in good]
+    stdin = f"{good[0]}\n2 x\n\n{good[1]}\t{expected[1]}\n2 9\n"
+    args = ["decode", "--model_dir", exported("gru").model_dir, "--skip_bad_lines"]
+    code, out, err = cli_output(args, capsys, stdin)
+    assert code in (0, None)
+    assert out.splitlines() == expected  # nothing printed for the three bad lines
+    assert "exact match: 1/1 = 100.00%" in err
+    assert "skipped 3 bad line(s) of 5; the first: line 2: '2 x' is not a list" in err
 
 
-def test_print_config_is_yaml_without_linked_keys(in_tmp, capsys):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        run_cli(["fit", "--config", REVERSE_YAML, "--print_config"])
-    assert info.value.code in (0, None)
-    config = yaml.safe_load(capsys.readouterr().out)
-    assert {"data", "model", "trainer", "checkpoint"} <= set(config)
-    assert config["data"]["task"] == "reverse_first" and config["data"]["vocab_size"] == 51
-    assert config["model"]["net"]["hidden_size"] == 128 and config["model"]["net"]["cell"] == "lstm"
-    assert config["model"]["optimizer"]["init_args"]["lr"] == 0.001
-    for linked in ("source_vocab_size", "target_vocab_size", "max_target_length", "eos_token"):
-        assert linked not in config["model"]["net"], f"model.net.{linked} is linked from the data, not settable"
-    assert config["checkpoint"]["monitor"] == "val/exact_match" and config["checkpoint"]["mode"] == "max"
-    assert not list(in_tmp.iterdir())  # printing writes nothing
+@pytest.mark.parametrize("flag", ["--beam_size", "--batch_size", "--threads"])
+def test_bad_decode_flags_exit_2(flag, exported, capsys):
+    code, err = cli_exit(["decode", "--model_dir", exported("gru").model_dir, flag, "0", "2 3"], capsys)
+    assert code == 2 and f"{flag} must be >= 1" in err
 
 
-# ---------------------------------------------------------------------------------------------- flag errors
-
-BAD_FLAGS = [
-    (["--data.target_length", "9"], r"--data.target_length (9) must be <= --data.source_length (6)"),
-    (["--data.target_length", "0"], "--data.target_length must be >= 1"),
-    (["--data.source_length", "0", "--data.target_length", "1"], "--data.source_length must be >= 1"),
-    (["--data.vocab_size", "1"], "--data.vocab_size must be >= 2"),
-    (["--data.task", "copy", "--data.target_length", "null", "--data.vocab_size", "2"], "--data.vocab_size"),
-    (["--data.task", "add", "--data.target_length", "null", "--data.vocab_size", "12"], "--data.vocab_size"),
-    (["--data.batch_size", "0"], "--data.batch_size must be >= 1"),
-    (["--data.train_size", "0"], "--data.train_size must be >= 1"),
-    (["--data.task", "nope"], "--data.task: unknown task 'nope'"),
-    (["--data.task", "copy", "--data.target_length", "null", "--data.min_source_length", "0"], "--data.min_source"),
-    (["--data.task", "copy", "--data.target_length", "null", "--data.min_source_length", "7"], "--data.min_source"),
-    (["--data.min_source_length", "3"], "--data.min_source_length"),
-    (["--model.net.hidden_size", "0"], "--model.net.hidden_size must be >= 1"),
-    (["--model.net.num_layers", "0"], "--model.net.num_layers must be >= 1"),
-    (["--model.net.cell", "rnn"], "--model.net.cell: unknown cell 'rnn'"),
-    (["--model.net.dropout", "1.0"], "--model.net.dropout must be in [0, 1)"),
-    (["--model.net.dropout", "-0.5"], "--model.net.dropout must be in [0, 1)"),
-    (["--model.net.embedding_dim", "0"], "--model.net.embedding_dim must be >= 1"),
-    (["--model.teacher_forcing_ratio", "1.5"], "--model.teacher_forcing_ratio must be in [0, 1]"),
-    (["--model.teacher_forcing_ratio", "-0.1"], "--model.teacher_forcing_ratio must be in [0, 1]"),
-    # reverse.yaml's Adam is fused: Lightning would refuse the clipping at the first step.
-    (
-        ["--trainer.precision", "bf16-mixed", "--trainer.gradient_clip_val", "1.0"],
-        "--trainer.gradient_clip_val 1.0 cannot be combined with a fused optimizer (--model.optimizer.fused true)",
-    ),
-]
+# ------------------------------------------------------------------------------------------ export refusals
 
 
-@pytest.mark.parametrize("flags,message", BAD_FLAGS, ids=[" ".join(f) for f, _ in BAD_FLAGS])
-def test_bad_flags_exit_2_naming_the_flag(flags, message, in_tmp, capsys):
-    code, err = cli_exit(["fit", "--config", REVERSE_YAML, *flags, *root_args(in_tmp / "runs")], capsys)
-    assert code == 2
-    assert message in err
-    assert "Traceback" not in err
-    assert not (in_tmp / "runs").exists()  # refused before the trainer started
+def test_cli_returns_1_when_verification_fails(exported, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(export_module, "PARITY_TOL", -1.0)
+    args = ["export", "--ckpt_path", exported("lstm").ckpt, "--output_dir", tmp_path / "m", "--verify_samples", "8"]
+    code, _, err = cli_output(args, capsys)
+    assert code == 1
+    assert "differ from PyTorch" in err
+    assert not (tmp_path / "m").exists()
 
 
-def test_clipping_under_mixed_precision_runs_with_fused_off(in_tmp):
-    flags = ["--model.optimizer.fused", "false", "--trainer.precision", "bf16-mixed"]
-    flags += ["--trainer.gradient_clip_val", "1"]
-    run_cli(["fit", "--config", REVERSE_YAML, *flags, "--trainer.fast_dev_run", "2", *root_args(in_tmp / "runs")])
+@pytest.mark.parametrize("how", ["truncated_half", "truncated_tail", "flipped_tensor_byte", "flipped_optimizer_byte"])
+def test_damaged_checkpoint_exits_2_naming_the_flag(how, exported, tmp_path, capsys):
+    ckpt = damaged_checkpoint(exported("lstm").ckpt, how, tmp_path)
+    code, err = cli_exit(["export", "--ckpt_path", ckpt, "--output_dir", tmp_path / "m"], capsys)
+    assert code == 2 and "--ckpt_path" in err and "Traceback" not in err, err
+    assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("flags", [["--data.nope", "1"], ["--model.nope", "1"], ["--trainer.nope", "1"]])
-def test_unknown_flag_exits_2(flags, in_tmp, capsys):
-    code, err = cli_exit(["fit", "--config", REVERSE_YAML, *flags, *root_args(in_tmp)], capsys)
-    assert code == 2 and flags[0].lstrip("-") in err
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--ckpt_path", "missing.ckpt"], "--ckpt_path missing.ckpt: no such file"),
+        (["--verify_samples", "0"], "--verify_samples must be >= 1"),
+        (["--verify_samples", "-3"], "--verify_samples must be >= 1"),
+        (["--opset", "9"], "--opset must be in"),
+    ],
+)
+def test_bad_export_flags_exit_2_naming_the_flag(flags, message, exported, in_tmp, capsys):
+    args = ["export", "--ckpt_path", exported("lstm").ckpt, "--output_dir", in_tmp / "m", *flags]
+    code, err = cli_exit(args, capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (in_tmp / "m").exists()
 
 
-def test_unknown_key_in_yaml_exits_2(in_tmp, capsys):
-    config = in_tmp / "bad.yaml"
-    config.write_text(REVERSE_YAML.read_text() + "  nope: 1\n")  # lands under model:
-    code, err = cli_exit(["fit", "--config", config, *root_args(in_tmp)], capsys)
-    assert code == 2 and "nope" in err
+def test_output_dir_that_is_a_file_exits_2(exported, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, err = cli_exit(["export", "--ckpt_path", exported("lstm").ckpt, "--output_dir", tmp_path / "file"], capsys)
+    assert code == 2 and "--output_dir" in err and (tmp_path / "file").read_text() == "x"
 
 
-def test_wrong_type_exits_2(in_tmp, capsys):
-    code, err = cli_exit(["fit", "--config", REVERSE_YAML, "--data.batch_size", "many", *root_args(in_tmp)], capsys)
-    assert code == 2 and "batch_size" in err
+# ------------------------------------------------------------------------------------------------- report
 
 
-@pytest.mark.parametrize("command", ["test", "validate", "predict"])
-@pytest.mark.parametrize("name", ["best", "last"])
-def test_named_checkpoint_without_a_fit_exits_2(command, name, in_tmp, capsys):
-    code, err = cli_exit([command, *TASK, "--ckpt_path", name, *root_args(in_tmp / "runs")], capsys)
-    assert code == 2
-    assert f"--ckpt_path {name}: no {name}.ckpt" in err
-
-
-# ------------------------------------------------------------------------------------------------ a tiny fit
-
-
-def test_fit_writes_best_and_last_checkpoints(trained):
-    assert [p.name for p in version_dirs(trained)][:1] == ["version_0"]
-    checkpoints = trained / "version_0" / "checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
-    assert (trained / "version_0" / "config.yaml").exists()
-    val = [float(r["val/exact_match"]) for r in read_metrics(trained / "version_0") if r.get("val/exact_match")]
-    assert len(val) == 3  # one validation per epoch
-    best = torch.load(checkpoints / "best.ckpt", weights_only=True)
-    last = torch.load(checkpoints / "last.ckpt", weights_only=True)
-    assert last["epoch"] == 2 and last["global_step"] == 3 * 63  # 2000 rows / batch 32 = 63 steps per epoch
-    assert best["epoch"] == max(range(3), key=lambda e: val[e])  # best = the epoch with the best val/exact_match
-    state = best["callbacks"][next(k for k in best["callbacks"] if k.startswith("ModelCheckpoint"))]
-    assert float(state["best_model_score"]) == pytest.approx(max(val))
-
-
-def test_tiny_fit_learns(trained):
-    val = last_metric(trained / "version_0", "val/exact_match")
-    assert val > LEARNED, f"val/exact_match {val:.3f}; chance is 0.01"
-    assert last_metric(trained / "version_0", "val/token_acc") > 0.75
-    losses = [float(r["train/loss"]) for r in read_metrics(trained / "version_0") if r.get("train/loss")]
-    assert losses[-1] < losses[0] / 2
-
-
-def test_test_with_best_resolves_the_checkpoint_in_a_new_call(trained):
-    version = _test_run(trained)
-    assert _resolved_ckpt(version) == str(trained / "version_0" / "checkpoints" / "best.ckpt")
-    exact = last_metric(version, "test/exact_match")
-    assert exact > LEARNED, f"test/exact_match {exact:.3f}; chance is 0.01"
-    assert 0 <= last_metric(version, "test/position_0_acc") <= 1
-    assert not (version / "checkpoints").exists()  # test writes no checkpoint
-
-
-def test_checkpoints_load_safely_and_rebuild_the_model(trained):
-    path = trained / "version_0" / "checkpoints" / "best.ckpt"
-    for name in ("best.ckpt", "last.ckpt"):
-        checkpoint = torch.load(path.parent / name, weights_only=True)
-        net = checkpoint["hyper_parameters"]["net"]
-        assert (net["source_vocab_size"], net["target_vocab_size"], net["max_target_length"]) == (11, 11, 2)
-        assert net["eos_token"] is None and net["hidden_size"] == 32
-
-    checkpoint = torch.load(path, weights_only=True)
-    module = Seq2SeqModule.load_from_checkpoint(path, map_location="cpu").eval()
-    config = module.net.config
-    assert (config.source_vocab_size, config.max_target_length, config.hidden_size) == (11, 2, 32)
-    loaded = module.state_dict()
-    assert set(loaded) == set(checkpoint["state_dict"])
-    assert all(torch.equal(loaded[k], v) for k, v in checkpoint["state_dict"].items())
-
-    # The rebuilt model scores on the test split exactly what `test --ckpt_path best` logs.
-    data_hparams = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if not k.startswith("_")}
-    data = Seq2SeqDataModule(**(data_hparams | {"test_size": 500}))
-    test = data.split("test")
-    exact = (module.net.greedy(test.source) == test.target).all(1).float().mean().item()
-    assert exact > LEARNED
-    assert exact == pytest.approx(last_metric(_test_run(trained), "test/exact_match"), abs=1e-6)
-
-
-def test_predict_writes_predictions_tsv(trained):
-    before = set(version_dirs(trained))
-    run_cli(["predict", *TASK, "--ckpt_path", "best", *root_args(trained)])
-    (version,) = set(version_dirs(trained)) - before
-    lines = (version / "predictions.tsv").read_text().splitlines()
-    assert lines[0] == "source\ttarget\tprediction"
-    rows = [[list(map(int, col.split())) for col in line.split("\t")] for line in lines[1:]]
-    assert len(rows) == 100  # --data.predict_size
-    assert all(len(s) == 4 and len(t) == 2 and len(p) == 2 for s, t, p in rows)
-    assert all(t == s[:2][::-1] for s, t, _ in rows)
-    assert sum(p == t for _, t, p in rows) / len(rows) > LEARNED
-
-
-# --------------------------------------------------------------------------------- repeated runs, determinism
-
-
-def test_fit_twice_in_the_same_dir_and_best_resolves_the_newest(in_tmp):
-    root = in_tmp / "runs"
-    run_cli(["fit", *QUICK_FIT, *root_args(root)])
-    run_cli(["fit", *QUICK_FIT, *root_args(root)])
-    assert [p.name for p in version_dirs(root)] == ["version_0", "version_1"]
-    for v in version_dirs(root):
-        assert (v / "checkpoints" / "best.ckpt").exists() and (v / "checkpoints" / "last.ckpt").exists()
-    version = _test_run(root)
-    assert version.name == "version_2"
-    assert _resolved_ckpt(version) == str(root / "version_1" / "checkpoints" / "best.ckpt")
-    assert 0 <= last_metric(version, "test/exact_match") <= 1
-    before = set(version_dirs(root))
-    run_cli(["validate", *TASK, "--data.val_size", "32", "--ckpt_path", "last", *root_args(root)])
-    (version,) = set(version_dirs(root)) - before
-    assert _resolved_ckpt(version) == str(root / "version_1" / "checkpoints" / "last.ckpt")
-
-
-def _last_weights(root: Path) -> dict[str, torch.Tensor]:
-    return torch.load(root / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-
-
-def test_same_seed_fits_give_bit_identical_weights(in_tmp):
-    # dropout and scheduled sampling draw random numbers every step: they must come from the seeded generators too
-    flags = [*QUICK_FIT, "--model.net.num_layers", "2", "--model.net.dropout", "0.2"]
-    flags += ["--model.teacher_forcing_ratio", "0.5"]
-    run_cli(["fit", *flags, *root_args(in_tmp / "a")])
-    run_cli(["fit", *flags, *root_args(in_tmp / "b")])
-    run_cli(["fit", *flags, "--seed_everything", "7", *root_args(in_tmp / "c")])
-    a, b, c = _last_weights(in_tmp / "a"), _last_weights(in_tmp / "b"), _last_weights(in_tmp / "c")
-    assert set(a) == set(b)
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"weights differ between two fits with the same seed: {different}"
-    assert any(not torch.equal(a[k], c[k]) for k in a)  # and the seed matters
+def test_report_of_a_folder_without_logs_exits_2(tmp_path, capsys):
+    code, err = cli_exit(["report", "--log_dir", tmp_path], capsys)
+    assert code == 2 and "--log_dir" in err and "metrics.csv" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import run_python
 
 from lit_seq2seq.data import ResumableSampler, Seq2SeqDataModule, TensorPairs
 from lit_seq2seq.tasks import split_rng
@@ -191,3 +192,11 @@ def test_empty_eval_splits_are_allowed():
     dm = Seq2SeqDataModule(train_size=10, val_size=0, test_size=0, predict_size=0, batch_size=4)
     dm.setup("fit")
     assert len(dm.split("val")) == 0 and _batches(dm.val_dataloader()) == []
+
+
+def test_importing_the_data_module_leaves_the_warning_filters_alone():
+    # torch and Lightning add filters of their own on import: take the snapshot after them.
+    code = "import warnings, lightning, torch, torchmetrics; before = list(warnings.filters)\n"
+    code += "import lit_seq2seq.data; print(warnings.filters == before)"
+    done = run_python(code)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr

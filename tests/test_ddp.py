@@ -14,15 +14,13 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import last_metric, read_metrics, run_cli, version_dirs
+from conftest import TINY_TASK, last_metric, read_metrics, root_args, run_cli, tiny_run, version_dirs
 
 from lit_seq2seq.data import Seq2SeqDataModule
 
-TASK = [
-    "--data.task", "reverse_first", "--data.vocab_size", "11", "--data.source_length", "4",
-    "--data.target_length", "2", "--data.train_size", "1000", "--data.val_size", "63", "--data.test_size", "101",
-    "--data.predict_size", "37", "--data.batch_size", "32", "--model.net.hidden_size", "16",
-]  # fmt: skip  # odd eval sizes: a split that does not divide by 2 ranks must still count each row once
+# Odd eval sizes: a split that does not divide by 2 ranks must still count each row once.
+TASK = [*TINY_TASK, *tiny_run(train=1000, val=63, test=101, hidden=16), "--data.predict_size", "37"]
+TASK += ["--data.batch_size", "32"]
 EPOCHS = 2
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 
@@ -50,9 +48,10 @@ class PoisonRank1(L.Callback):
                 next(pl_module.parameters()).view(-1)[0] = float("nan")
 
 
-def cli(root: Path, *args: str, expect: int = 0) -> str:
+def cli(root: Path, subcommand: str, *args: str, expect: int = 0) -> str:
+    """`python -m lit_seq2seq SUBCOMMAND TASK ARGS` in a subprocess (the last flag wins: ARGS over TASK)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), *sys.path]))
-    cmd = [sys.executable, "-m", "lit_seq2seq", *args, *TASK, "--trainer.default_root_dir", str(root)]
+    cmd = [sys.executable, "-m", "lit_seq2seq", subcommand, *TASK, *args, *root_args(root)]
     done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == expect, done.stderr[-4000:]
     return done.stderr
@@ -69,11 +68,12 @@ def test_ddp_two_ranks_shard_train_reduce_metrics_and_write_once(tmp_path, monke
     root.mkdir()
     cli(root, "fit", *DDP, "--trainer.max_epochs", str(EPOCHS), "--trainer.callbacks+=test_ddp.RecordTrainRows")
 
-    # Written once, by rank 0: one version folder, one config, one best and one last checkpoint.
+    # Written once, by rank 0: one version folder, one config, one best and one last checkpoint, one report.
     assert [p.name for p in version_dirs(root)] == ["version_0"]
     version = root / "version_0"
     assert sorted(p.name for p in (version / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
-    assert sorted(p.name for p in version.iterdir()) == ["checkpoints", "config.yaml", "hparams.yaml", "metrics.csv"]
+    written = ["checkpoints", "config.yaml", "hparams.yaml", "metrics.csv", "report.csv", "report.png"]
+    assert sorted(p.name for p in version.iterdir()) == written
     assert len([r for r in read_metrics(version) if r.get("val/exact_match")]) == EPOCHS  # one row per epoch
     last = torch.load(version / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == EPOCHS * 16  # 1000 rows / 2 ranks = 500 per rank = 16 batches of 32
@@ -94,7 +94,7 @@ def test_ddp_two_ranks_shard_train_reduce_metrics_and_write_once(tmp_path, monke
     cli(root, "test", *DDP, "--ckpt_path", "best")
     ddp_test = version_dirs(root)[-1]
     monkeypatch.chdir(tmp_path)
-    run_cli(["test", *TASK, "--ckpt_path", "best", "--trainer.default_root_dir", str(root)])
+    run_cli(["test", *TASK, "--ckpt_path", "best", *root_args(root)])
     single_test = version_dirs(root)[-1]
     assert [p.name for p in version_dirs(root)] == ["version_0", "version_1", "version_2"]
     assert last_metric(ddp_test, "test/exact_match") == last_metric(single_test, "test/exact_match")
@@ -105,7 +105,7 @@ def test_ddp_two_ranks_shard_train_reduce_metrics_and_write_once(tmp_path, monke
     # predict under DDP: every row once, in the split's order, written by rank 0 alone
     cli(root, "predict", *DDP, "--ckpt_path", "best")
     ddp_predictions = (version_dirs(root)[-1] / "predictions.tsv").read_text()
-    run_cli(["predict", *TASK, "--ckpt_path", "best", "--trainer.default_root_dir", str(root)])
+    run_cli(["predict", *TASK, "--ckpt_path", "best", *root_args(root)])
     assert ddp_predictions == (version_dirs(root)[-1] / "predictions.tsv").read_text()
     assert len(ddp_predictions.splitlines()) == 1 + 37
 

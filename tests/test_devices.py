@@ -5,15 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from conftest import REPO, REVERSE_YAML, last_metric, net_config, run_cli, version_dirs
+from conftest import REPO, REVERSE_YAML, TINY_TASK, last_metric, net_config, root_args, run_cli, tiny_run, version_dirs
 
 from lit_seq2seq.model import Seq2Seq
 
-TINY = [
-    "--data.vocab_size", "11", "--data.source_length", "4", "--data.target_length", "2",
-    "--data.train_size", "2000", "--data.val_size", "200", "--data.test_size", "200",
-    "--model.net.hidden_size", "32", "--model.optimizer.lr", "0.01", "--trainer.max_epochs", "3",
-]  # fmt: skip
+# Learns well past chance (0.01) in seconds.
+LEARNS = [*TINY_TASK, *tiny_run(train=2000, val=200, test=200, hidden=32, epochs=3), "--model.optimizer.lr", "0.01"]
 OVERLAYS = sorted((REPO / "configs" / "trainer").glob("*.yaml"))
 
 
@@ -30,8 +27,7 @@ def test_trainer_overlays_compose_with_a_task_config(overlay, capsys):
 
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
     """The precision plugin path used on GPUs (bf16-mixed autocast) runs and learns on CPU too."""
-    run_cli(["fit", "--config", REVERSE_YAML, *TINY, "--trainer.precision", "bf16-mixed",
-             "--trainer.default_root_dir", tmp_path])  # fmt: skip
+    run_cli(["fit", "--config", REVERSE_YAML, *LEARNS, "--trainer.precision", "bf16-mixed", *root_args(tmp_path)])
     assert last_metric(version_dirs(tmp_path)[-1], "val/exact_match") > 0.3  # chance: 0.01
 
 
@@ -47,7 +43,7 @@ def test_decoding_follows_the_module_device_and_dtype(attention):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_fit_on_gpu_bf16_then_test(tmp_path):
-    args = [*TINY, "--trainer.default_root_dir", tmp_path]
+    args = [*LEARNS, *root_args(tmp_path)]
     run_cli(["fit", "--config", REVERSE_YAML, "--config", REPO / "configs/trainer/gpu.yaml", *args])
     assert last_metric(version_dirs(tmp_path)[-1], "val/exact_match") > 0.3
     run_cli(["test", "--config", REVERSE_YAML, *args, "--trainer.accelerator", "gpu", "--trainer.devices", "1",

@@ -4,28 +4,25 @@ Whatever it is given, OnnxSeq2Seq.greedy/beam_search/step and decode never crash
 return well-formed results (token ids in range, the right shape and dtype) or raise ValueError/TypeError; decode
 exits 0 (one output line per input line) or 2 with a one-line message.
 
-One tiny model is fitted and exported once for the module (copy task: end token, attention, so the decoder state
-has all four entries h, c, memory, memory_mask).
+The model is the session's tiny "lstm_attention" export (conftest.exported): reverse task with an end token, LSTM
+with attention, so the decoder state has all four entries h, c, memory, memory_mask.
 """
 
 from __future__ import annotations
 
 import copy
-import io
 import os
-import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import cli_output
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from lit_seq2seq.cli import main
 from lit_seq2seq.runtime import OnnxSeq2Seq
 
 pytestmark = [pytest.mark.filterwarnings("ignore:The number of training batches")]
@@ -42,27 +39,17 @@ FUZZ = settings(
 INT64 = (-(2**63), 2**63 - 1)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("fuzz_model")
-    flags = [
-        "--data.task", "copy", "--data.vocab_size", "8", "--data.source_length", "5", "--data.train_size", "512",
-        "--data.val_size", "32", "--model.net.hidden_size", "16", "--model.net.attention", "true",
-        "--trainer.max_epochs", "1", "--trainer.enable_model_summary", "false",
-        "--trainer.default_root_dir", str(root / "runs"),
-    ]  # fmt: skip
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        run_cli(["fit", *flags])
-        ckpt = root / "runs" / "version_0" / "checkpoints" / "last.ckpt"
-        export = ["export", "--ckpt_path", str(ckpt), "--output_dir", str(root / "export"), "--verify_samples", "8"]
-        assert main(export) == 0
-    return root / "export"
+FUZZED = "lstm_attention"
 
 
 @pytest.fixture(scope="module")
-def model(model_dir: Path) -> OnnxSeq2Seq:
-    return OnnxSeq2Seq.load(model_dir)
+def model_dir(exported) -> Path:
+    return exported(FUZZED).model_dir
+
+
+@pytest.fixture(scope="module")
+def model(runtime_model) -> OnnxSeq2Seq:
+    return runtime_model(FUZZED)
 
 
 # ------------------------------------------------------------------------------------------------- strategies
@@ -253,23 +240,12 @@ def _fits_int64(text: str) -> bool:
     return True
 
 
-def _decode(args: list[str], stdin: str, capsys: pytest.CaptureFixture[str], monkeypatch) -> tuple[int, str, str]:
-    capsys.readouterr()
-    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    try:
-        code = main(["decode", *args])
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_decode_lines_exit_0_or_2(model_dir, capsys, monkeypatch):
+def test_decode_lines_exit_0_or_2(model_dir, capsys):
     @FUZZ
     @given(text=st.lists(lines, min_size=1, max_size=4).map("\n".join), beam=st.sampled_from(["1", "2"]))
     def check(text, beam):
         assume(_fits_int64(text))
-        code, out, err = _decode(["--model_dir", str(model_dir), "--beam_size", beam], text, capsys, monkeypatch)
+        code, out, err = cli_output(["decode", "--model_dir", model_dir, "--beam_size", beam], capsys, text)
         assert code in (0, 2), (code, err)
         assert "Traceback" not in err
         if code == 0:
@@ -281,12 +257,12 @@ def test_decode_lines_exit_0_or_2(model_dir, capsys, monkeypatch):
     check()
 
 
-def test_decode_positional_sequences_exit_0_or_2(model_dir, capsys, monkeypatch):
+def test_decode_positional_sequences_exit_0_or_2(model_dir, capsys):
     @FUZZ
     @given(words=st.lists(lines, min_size=1, max_size=3))
     def check(words):
         assume(all(_fits_int64(w) for w in words))
-        code, out, err = _decode(["--model_dir", str(model_dir), *words], "", capsys, monkeypatch)
+        code, out, err = cli_output(["decode", "--model_dir", model_dir, *words], capsys, "")
         assert code in (0, 2), (code, err)
         assert "Traceback" not in err
         if code == 2:
@@ -298,8 +274,8 @@ def test_decode_positional_sequences_exit_0_or_2(model_dir, capsys, monkeypatch)
 # ------------------------------------------------------------------ known failures in code owned elsewhere
 
 
-def test_decode_a_token_beyond_int64_exits_2(model_dir, capsys, monkeypatch):
-    code, _, err = _decode(["--model_dir", str(model_dir)], "99999999999999999999 3\n", capsys, monkeypatch)
+def test_decode_a_token_beyond_int64_exits_2(model_dir, capsys):
+    code, _, err = cli_output(["decode", "--model_dir", model_dir], capsys, "99999999999999999999 3\n")
     assert code == 2 and "line 1" in err
 
 

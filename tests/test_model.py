@@ -1,4 +1,5 @@
-"""Seq2Seq nets: shapes, teacher forcing == stepping, padding invariance, greedy and beam search, metrics."""
+"""model.py: the Seq2Seq nets (shapes, teacher forcing == stepping, padding invariance, greedy and beam search) and
+NetConfig's checks. Seq2SeqModule and its metrics are in test_module.py."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import net_config
+from conftest import manual_greedy, net_config, padded_sources, run_python
 
 from lit_seq2seq.model import NetConfig, Seq2Seq, TokenInput, shift_right
-from lit_seq2seq.module import Seq2SeqMetrics, Seq2SeqModule
 
 V, H, S, T = 9, 16, 7, 5  # vocab, hidden, longest source, decoder steps
 EOS = 1
@@ -44,14 +44,6 @@ def make_ending_net(eos: int | None, end_bias: float = 1.5, **kwargs) -> Seq2Seq
         with torch.no_grad():
             net.decoder.output.bias[EOS] += end_bias
     return net
-
-
-def padded_sources(lengths: list[int], width: int = S, seed: int = 0) -> torch.Tensor:
-    """Right-padded sources with real tokens in 2..V-1, one row per length."""
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(2, V, (len(lengths), width), generator=g)
-    mask = torch.arange(width) < torch.tensor(lengths)[:, None]
-    return torch.where(mask, tokens, 0)
 
 
 LENGTHS = [7, 3, 5, 1, 7, 2]
@@ -173,22 +165,6 @@ def test_padding_changes_nothing_even_when_pad_memory_is_large():
 # ----------------------------------------------------------------------------------------------------- greedy
 
 
-def manual_greedy(net: Seq2Seq, source: torch.Tensor, max_len: int) -> torch.Tensor:
-    """Argmax loop with finished rows padded after their end token; (B, max_len)."""
-    with torch.no_grad():
-        state = net.encode(source)
-        token = torch.full((len(source),), net.config.start_token)
-        done = torch.zeros(len(source), dtype=torch.bool)
-        out = []
-        for _ in range(max_len):
-            logits, state = net.step(token, state)
-            token = torch.where(done, net.config.pad_token, logits.argmax(-1))
-            out.append(token)
-            if net.config.eos_token is not None:
-                done |= token == net.config.eos_token
-    return torch.stack(out, 1)
-
-
 def _pad_to(tokens: torch.Tensor, width: int) -> torch.Tensor:
     return F.pad(tokens, (0, width - tokens.shape[1]))
 
@@ -274,53 +250,52 @@ def test_wide_beam_finds_the_exhaustive_best():
         assert scores[i].item() == pytest.approx(all_scores[best], abs=1e-5)
 
 
+def test_separate_source_and_target_vocabularies():
+    """The encoder reads source ids, the decoder reads and writes target ids."""
+    net = Seq2Seq(NetConfig(source_vocab_size=7, target_vocab_size=12, max_target_length=4, hidden_size=H)).eval()
+    assert net.encoder.input.dim == 7 and net.decoder.input.dim == 12 and net.decoder.output.out_features == 12
+    source = torch.randint(1, 7, (3, 5))
+    assert net(source, torch.randint(0, 12, (3, 4))).shape == (3, 4, 12)
+    assert net.greedy(source).shape == (3, 4)
+    with pytest.raises(IndexError):  # a target id past the source vocabulary is not a source id
+        net.encode(torch.full((1, 2), 11))
+
+
+def test_from_checkpoint_rebuilds_the_net_from_its_stored_config(tmp_path):
+    from lit_seq2seq.checkpoint import weights_sha256
+    from lit_seq2seq.module import Seq2SeqModule
+
+    config = net_config(V, max_target_length=T, eos_token=EOS, hidden_size=H, cell="gru", attention=True)
+    module = Seq2SeqModule(config)
+    state = module.state_dict()
+    path = tmp_path / "m.ckpt"
+    torch.save(
+        {"state_dict": state, "hyper_parameters": dict(module.hparams), "weights_sha256": weights_sha256(state)}, path
+    )
+    net = Seq2Seq.from_checkpoint(path)
+    assert net.config == config and not net.training
+    assert all(torch.equal(v, state["net." + k]) for k, v in net.state_dict().items())
+    assert Seq2Seq.from_checkpoint(torch.load(path, weights_only=True)).config == config  # an already-read one too
+
+
+def test_reading_a_checkpoint_needs_no_lightning():
+    """Seq2Seq.from_checkpoint and export read checkpoints with torch alone; Lightning (~2 s to import) loads only
+    when the CLI asks for the checkpoint callback or IO."""
+    code = (
+        "import sys; import lit_seq2seq.checkpoint as c, lit_seq2seq.export, lit_seq2seq.model\n"
+        "assert 'lightning' not in sys.modules, 'imported lightning'\n"
+        "c.Seq2SeqCheckpoint; assert 'lightning' in sys.modules\n"
+        "from lit_seq2seq.checkpoint import Seq2SeqCheckpointIO\n"
+        "print(c.Seq2SeqCheckpoint.__module__, c.Seq2SeqCheckpoint.__qualname__, Seq2SeqCheckpointIO.__qualname__)"
+    )
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["lit_seq2seq.checkpoint", "Seq2SeqCheckpoint", "Seq2SeqCheckpointIO"]
+
+
 def test_beam_size_must_be_positive():
     with pytest.raises(ValueError, match="beam_size must be a positive int"):
         make_net().beam_search(padded_sources([3]), beam_size=0)
-
-
-# ---------------------------------------------------------------------------------------- module and metrics
-
-
-def test_metrics_numbers():
-    metric = Seq2SeqMetrics(max_target_length=3)
-    target = torch.tensor([[5, 1, 0], [4, 6, 1], [2, 1, 0]])
-    logits = F.one_hot(torch.tensor([[5, 1, 3], [4, 2, 1], [3, 3, 3]]), 8).float()  # argmax right on 5 of 7 tokens
-    greedy = torch.tensor([[5, 1, 0], [4, 6, 1], [2, 3, 0]])
-    metric.update(torch.tensor(7.0), logits, target, greedy, pad_token=0)
-    out = metric.compute()
-    assert out["loss"].item() == pytest.approx(1.0)  # 7 / 7 non-pad tokens
-    assert out["token_acc"].item() == pytest.approx(4 / 7)
-    assert out["exact_match"].item() == pytest.approx(2 / 3)
-    assert [out[f"position_{i}_acc"].item() for i in range(3)] == pytest.approx([1.0, 2 / 3, 1.0])
-
-
-def test_module_builds_the_net_from_primitive_hparams():
-    config = net_config(vocab_size=V, max_target_length=T, eos_token=EOS, hidden_size=H, cell="gru", num_layers=2)
-    module = Seq2SeqModule(config)
-    assert isinstance(module.net, Seq2Seq) and module.net.config == config
-    config = module.net.config
-    assert (config.source_vocab_size, config.max_target_length, config.eos_token) == (V, T, EOS)
-    assert config.cell == "gru" and config.num_layers == 2 and config.hidden_size == H
-    assert "optimizer" not in module.hparams and "lr_scheduler" not in module.hparams
-    assert set(module.hparams) == {"net", "teacher_forcing_ratio"}
-    assert all(isinstance(v, (int, float, str, bool, type(None))) for v in module.hparams["net"].values())
-    assert NetConfig.from_hparams(module.hparams) == config
-
-
-def test_scheduled_sampling_ratio_zero_feeds_own_predictions():
-    torch.manual_seed(0)
-    module = Seq2SeqModule(net_config(V, max_target_length=T, hidden_size=H), teacher_forcing_ratio=0.0)
-    source, target = padded_sources([S, S, S]), torch.randint(1, V, (3, T))
-    module.train()
-    with torch.no_grad():
-        sampled = module._logits(source, target)
-        free = manual_greedy(module.net, source, T)  # ratio 0: decoding feeds its argmax, like greedy
-    assert sampled.shape == (3, T, V)
-    assert torch.equal(sampled.argmax(-1), free)
-    module.eval()  # evaluation is always teacher forced
-    with torch.no_grad():
-        torch.testing.assert_close(module._logits(source, target), module.net(source, shift_right(target, 0)))
 
 
 # ------------------------------------------------------------------------------------------------- validation
@@ -347,14 +322,3 @@ def test_bad_net_settings_name_the_flag(kwargs, message):
     settings = dict(source_vocab_size=V, target_vocab_size=V, max_target_length=T, hidden_size=H) | kwargs
     with pytest.raises(ValueError, match=message):
         NetConfig(**settings)
-
-
-@pytest.mark.parametrize("ratio", [-0.1, 1.01, 2.0])
-def test_bad_teacher_forcing_ratio_names_the_flag(ratio):
-    with pytest.raises(ValueError, match=r"--model\.teacher_forcing_ratio must be in \[0, 1\]"):
-        Seq2SeqModule(net_config(V, hidden_size=H), teacher_forcing_ratio=ratio)
-
-
-@pytest.mark.parametrize("ratio", [0.0, 0.5, 1.0])
-def test_teacher_forcing_ratio_bounds_are_accepted(ratio):
-    assert Seq2SeqModule(net_config(V, hidden_size=H), teacher_forcing_ratio=ratio).teacher_forcing_ratio == ratio

@@ -22,7 +22,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from conftest import cli_exit, read_metrics, run_cli, version_dirs
+from conftest import TINY_TASK, cli_exit, fit_in, read_metrics, root_args, run_cli, tiny_run, version_dirs
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:The number of training batches"),
@@ -35,11 +35,9 @@ EPOCHS = 3
 # Dropout (between the 2 layers and before the output) and scheduled sampling draw random numbers every step:
 # the RNG must continue exactly where the checkpoint left it.
 FIT = [
-    "--data.task", "reverse_first", "--data.vocab_size", "11", "--data.source_length", "4",
-    "--data.target_length", "2", "--data.train_size", "4096", "--data.val_size", "64", "--data.batch_size", "32",
-    "--model.net.hidden_size", "16", "--model.net.num_layers", "2", "--model.net.dropout", "0.1",
-    "--model.teacher_forcing_ratio", "0.5", "--model.optimizer", "Adam", "--model.optimizer.lr", "0.01",
-    "--trainer.max_epochs", str(EPOCHS), "--trainer.accelerator", "cpu",
+    *TINY_TASK, *tiny_run(train=4096, val=64, hidden=16, epochs=EPOCHS), "--data.batch_size", "32",
+    "--model.net.num_layers", "2", "--model.net.dropout", "0.1", "--model.teacher_forcing_ratio", "0.5",
+    "--model.optimizer", "Adam", "--model.optimizer.lr", "0.01", "--trainer.accelerator", "cpu",
 ]  # fmt: skip
 EVERY = 32  # --checkpoint.every_n_train_steps: 4 per epoch, one of them on the epoch's last batch
 
@@ -59,10 +57,6 @@ class SnapshotCheckpoints(L.Callback):
                 count[0] += 1
 
         io.save_checkpoint = save_and_copy
-
-
-def root_args(root: Path) -> list[str]:
-    return ["--trainer.default_root_dir", str(root)]
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -92,12 +86,8 @@ def assert_same_best(root: Path, reference: Path) -> None:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted fit, with a copy of every last.ckpt it wrote under <root>/snapshots."""
-    root = tmp_path_factory.mktemp("reference")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        snapshot = "--trainer.callbacks+=test_resume.SnapshotCheckpoints"
-        run_cli(["fit", *FIT, "--checkpoint.every_n_train_steps", EVERY, snapshot, *root_args(root)])
-    return root
+    snapshot = "--trainer.callbacks+=test_resume.SnapshotCheckpoints"
+    return fit_in(tmp_path_factory.mktemp("reference"), *FIT, "--checkpoint.every_n_train_steps", EVERY, snapshot)
 
 
 def snapshots(reference: Path) -> list[Path]:

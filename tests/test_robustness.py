@@ -1,6 +1,7 @@
 """Holding up: a NaN/infinite loss stops a fit with one clear line (exit 1) and leaves the last good checkpoint
 byte-identical; damaged, altered, foreign or mismatched checkpoints are refused (exit 2, naming the file) by
-fit, test and export before any model is built from them.
+fit, test and export before any model is built from them. (checkpoint.py's own checks, one by one, are in
+test_checkpoint.py.)
 """
 
 from __future__ import annotations
@@ -10,31 +11,32 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import pytest
 import torch
-from conftest import cli_exit, run_cli, version_dirs
+from conftest import (
+    CHECKPOINT_DAMAGE,
+    TINY_TASK,
+    cli_exit,
+    damaged_checkpoint,
+    fit_in,
+    root_args,
+    tiny_run,
+    version_dirs,
+)
 
-from lit_seq2seq.checkpoint import WEIGHTS_HASH_KEY, check_weights, read_checkpoint
+from lit_seq2seq.checkpoint import read_checkpoint
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:The number of training batches"),
     pytest.mark.filterwarnings("ignore:.*could not find the monitored key"),
 ]
 
-TASK = [
-    "--data.task", "reverse_first", "--data.vocab_size", "11", "--data.source_length", "4",
-    "--data.target_length", "2", "--data.val_size", "32", "--data.test_size", "32", "--model.net.hidden_size", "16",
-]  # fmt: skip
-FIT = [*TASK, "--data.train_size", "640", "--data.batch_size", "32", "--trainer.max_epochs", "1"]  # 20 steps
-
-
-def root_args(root: Path) -> list[str]:
-    return ["--trainer.default_root_dir", str(root)]
+TASK = [*TINY_TASK, *tiny_run(train=640, val=32, test=32)]
+FIT = [*TASK, "--data.batch_size", "32"]  # 20 steps
 
 
 def sha(path: Path) -> str:
@@ -130,93 +132,13 @@ def test_a_diverging_learning_rate_exits_1_from_the_shell(tmp_path):
 @pytest.fixture(scope="module")
 def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint of a tiny fit."""
-    root = tmp_path_factory.mktemp("good")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        run_cli(["fit", *FIT, *root_args(root)])
-    return root / "version_0" / "checkpoints" / "last.ckpt"
+    return fit_in(tmp_path_factory.mktemp("good"), *FIT) / "version_0" / "checkpoints" / "last.ckpt"
 
 
-def _tensor_bytes_at(path: Path, key: str) -> tuple[int, int]:
-    """(offset, size) of the raw bytes of state_dict[key] inside a torch.save zip file (stored uncompressed)."""
-    raw = torch.load(path, weights_only=True)["state_dict"][key].contiguous().numpy().tobytes()
-    offset = path.read_bytes().find(raw)
-    assert offset > 0
-    return offset, len(raw)
-
-
-def _flip(data: bytearray, at: int) -> bytearray:
-    data[at] ^= 0x01
-    return data
-
-
-def _damaged(good: Path, kind: str, folder: Path) -> Path:
-    path = folder / f"{kind}.ckpt"
-    data = bytearray(good.read_bytes())
-    if kind == "truncated_half":
-        path.write_bytes(data[: len(data) // 2])
-    elif kind == "truncated_tail":
-        path.write_bytes(data[:-20])
-    elif kind == "empty":
-        path.write_bytes(b"")
-    elif kind == "not_a_checkpoint":
-        path.write_text("hello\n")
-    elif kind == "flipped_tensor_byte":
-        offset, size = _tensor_bytes_at(good, "net.decoder.output.weight")
-        path.write_bytes(_flip(data, offset + size // 2))
-    elif kind == "flipped_pickle_byte":
-        with zipfile.ZipFile(good) as z:
-            info = next(i for i in z.infolist() if i.filename.endswith("data.pkl"))
-        path.write_bytes(_flip(data, info.header_offset + 30 + len(info.filename) + 100))
-    elif kind == "foreign_dict":
-        torch.save({"weights": torch.zeros(3), "note": "not from lit-seq2seq"}, path)
-    elif kind == "foreign_state_dict":  # a plain model state_dict, as torch.save(model.state_dict()) writes it
-        torch.save(torch.load(good, weights_only=True)["state_dict"], path)
-    elif kind == "altered_weights":  # a valid file whose weights were changed after saving
-        checkpoint = torch.load(good, weights_only=True)
-        tensor = next(iter(checkpoint["state_dict"].values()))
-        tensor.view(-1)[0] += 0.5
-        torch.save(checkpoint, path)
-    else:
-        raise AssertionError(kind)
-    return path
-
-
-DAMAGE = [
-    "truncated_half", "truncated_tail", "empty", "not_a_checkpoint", "flipped_tensor_byte", "flipped_pickle_byte",
-    "foreign_dict", "foreign_state_dict", "altered_weights",
-]  # fmt: skip
-
-
-def test_raw_torch_load_on_a_flipped_tensor_byte(good, tmp_path):
-    """torch.load alone does not notice one flipped bit inside a tensor's bytes: it does not check the zip CRC32
-    on reading (mmap or not) and returns a different model. read_checkpoint checks the CRCs, and the saved
-    weights_sha256 is the backstop behind them (also checked when Lightning restores a checkpoint)."""
-    path = _damaged(good, "flipped_tensor_byte", tmp_path)
-    original = torch.load(good, weights_only=True)["state_dict"]
-    for mmap in (False, True):
-        damaged = torch.load(path, weights_only=True, mmap=mmap)
-        assert [k for k in original if not torch.equal(original[k], damaged["state_dict"][k])] == [
-            "net.decoder.output.weight"
-        ]  # silently different weights
-        with pytest.raises(ValueError, match=f"the weights do not match their saved {WEIGHTS_HASH_KEY}"):
-            check_weights(damaged, str(path))
-    with pytest.raises(ValueError, match=f"{path}: damaged .* fails its CRC check"):
-        read_checkpoint(path)
-
-
-def test_the_weights_hash_catches_what_the_zip_format_cannot(good, tmp_path):
-    path = _damaged(good, "altered_weights", tmp_path)
-    checkpoint = torch.load(path, weights_only=True)  # loads fine: the file was rewritten whole
-    assert WEIGHTS_HASH_KEY in checkpoint
-    with pytest.raises(ValueError, match=f"{path}: the weights do not match their saved {WEIGHTS_HASH_KEY}"):
-        read_checkpoint(path)
-
-
-@pytest.mark.parametrize("kind", DAMAGE)
+@pytest.mark.parametrize("kind", CHECKPOINT_DAMAGE)
 @pytest.mark.parametrize("command", ["test", "validate", "predict", "fit", "export"])
 def test_damaged_checkpoint_is_refused_with_exit_2_naming_the_file(command, kind, good, in_tmp, capsys):
-    path = _damaged(good, kind, in_tmp)
+    path = damaged_checkpoint(good, kind, in_tmp)
     runs = in_tmp / "runs"
     if command == "export":
         args = ["export", "--ckpt_path", path, "--output_dir", in_tmp / "export"]

@@ -1,28 +1,22 @@
-"""The torch-free runtime: OnnxSeq2Seq without torch, validation of every input, damaged model files, thread
-safety, the `sample | decode` commands, and export/consumer_example.py (a foreign app using onnxruntime alone).
+"""runtime.OnnxSeq2Seq, the torch-free runtime: loading and decoding without torch, validation of every input,
+damaged model files, thread safety.
 
-Models are tiny fits exported once per session (see export_models.py).
+Models are the session's tiny exports (conftest.exported).
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
-import io
 import shutil
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from conftest import REPO, cli_exit
-from export_models import CLI, build, run_python
+from conftest import BLOCK_IMPORTS, cli_exit, flip_bit, run_python
 
 from lit_seq2seq import contract
-from lit_seq2seq.cli import main
 from lit_seq2seq.runtime import ModelFileError, OnnxSeq2Seq
 
 pytestmark = [
@@ -30,46 +24,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*LeafSpec"),  # lightning vs torch 2.13 pytree deprecation notice
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
-CONSUMER = REPO / "export" / "consumer_example.py"
-# Installed first in a subprocess: any import of these packages fails, as on a machine without them.
-BLOCK_IMPORTS = """
-import sys
-class _Blocked:
-    names = {"torch", "lightning", "pytorch_lightning", "lightning_fabric", "torchmetrics", *sys.argv[1:2]}
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in self.names:
-            raise ImportError(f"{name} is not installed here")
-sys.meta_path.insert(0, _Blocked())
-"""
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """name -> export dir; fitted and exported on first use, once per session."""
-    return lambda name: build(tmp_path_factory, name)[1]
-
-
-@pytest.fixture(scope="module")
-def models(exported):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = OnnxSeq2Seq.load(exported(name))
-        return cache[name]
-
-    return get
-
-
-def strip_all(model: OnnxSeq2Seq, tokens: np.ndarray) -> list[str]:
-    return [" ".join(map(str, model.strip(row))) for row in tokens]
-
-
-def pad_rows(rows: list[list[int]]) -> np.ndarray:
-    out = np.zeros((len(rows), max(map(len, rows))), dtype=np.int64)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = row
-    return out
 
 
 # ------------------------------------------------------------------------------------------- without torch
@@ -93,29 +47,12 @@ else:
     raise SystemExit("the import blocker let torch in")
 """
     )
-    result = run_python(code, "none", str(exported("gru_bi_attention")))
+    result = run_python(code, "none", str(exported("gru_bi_attention").model_dir))
     assert result.returncode == 0, result.stderr
-    expected = OnnxSeq2Seq.load(exported("gru_bi_attention")).greedy(np.array([[2, 3, 4], [5, 0, 0]])).tolist()
-    assert result.stdout.splitlines() == [str(expected), "1"]
-
-
-def test_python_m_decode_runs_without_torch_or_lightning(exported):
-    code = (
-        BLOCK_IMPORTS
-        + """
-import runpy
-sys.argv = ["lit_seq2seq", "decode", "--model_dir", sys.argv[2], "2 3 4", "5 4"]
-try:
-    runpy.run_module("lit_seq2seq", run_name="__main__", alter_sys=True)
-except SystemExit as exit:
-    assert not any(m.split(".")[0] in _Blocked.names for m in sys.modules), sorted(sys.modules)
-    raise
-"""
+    expected = (
+        OnnxSeq2Seq.load(exported("gru_bi_attention").model_dir).greedy(np.array([[2, 3, 4], [5, 0, 0]])).tolist()
     )
-    result = run_python(code, "none", str(exported("copy_trained")))
-    assert result.returncode == 0, result.stderr
-    model = OnnxSeq2Seq.load(exported("copy_trained"))
-    assert result.stdout.splitlines() == strip_all(model, model.greedy(pad_rows([[2, 3, 4], [5, 4]])))
+    assert result.stdout.splitlines() == [str(expected), "1"]
 
 
 # --------------------------------------------------------------------------------------------- bad inputs
@@ -169,8 +106,8 @@ SOURCE_CASES = [
 
 
 @pytest.mark.parametrize("name,source,error,message", SOURCE_CASES)
-def test_bad_source_is_refused_with_a_clear_message(name, source, error, message, models):
-    model = models(name)
+def test_bad_source_is_refused_with_a_clear_message(name, source, error, message, runtime_model):
+    model = runtime_model(name)
     for call in (model.encode, model.greedy, lambda s: model.beam_search(s, beam_size=2)):
         with pytest.raises(error, match=message.replace("[", r"\[")):
             call(source)
@@ -282,16 +219,16 @@ STEP_CASES = [
 
 
 @pytest.mark.parametrize("name,make,error,message", STEP_CASES)
-def test_bad_step_input_is_refused_with_a_clear_message(name, make, error, message, models):
-    model = models(name)
+def test_bad_step_input_is_refused_with_a_clear_message(name, make, error, message, runtime_model):
+    model = runtime_model(name)
     token, state = make(model.encode(GOOD))
     with pytest.raises(error, match=message):
         model.step(token, state)
 
 
-def test_good_step_input_passes_the_same_checks(models):
+def test_good_step_input_passes_the_same_checks(runtime_model):
     for name in ("lstm", "gru", "lstm_attention", "gru_bi_attention"):
-        model = models(name)
+        model = runtime_model(name)
         logits, state = model.step(np.zeros(2, np.int64), model.encode(GOOD))
         assert logits.shape == (2, model.vocab_size) and set(state) == set(model.state_names)
 
@@ -303,26 +240,31 @@ def test_good_step_input_passes_the_same_checks(models):
         (lambda m: m.beam_search(GOOD, beam_size=0), "beam_size must be a positive int"),
         (lambda m: m.beam_search(GOOD, beam_size=True), "beam_size must be a positive int"),
         (lambda m: m.beam_search(GOOD, beam_size=2.0), "beam_size must be a positive int"),
+        (lambda m: m.beam_search(GOOD, beam_size=10**9), "beam_size must be <= 1024"),
         (lambda m: m.greedy(GOOD, max_len=0), "max_len must be an int in \\[1, 4096\\]"),
         (lambda m: m.greedy(GOOD, max_len=-2), "max_len must be an int in \\[1, 4096\\]"),
         (lambda m: m.beam_search(GOOD, max_len=0), "max_len must be an int in \\[1, 4096\\]"),
         (lambda m: m.beam_search(GOOD, length_penalty=float("nan")), "length_penalty must be finite"),
         (lambda m: m.beam_search(GOOD, length_penalty="long"), "length_penalty"),
     ],
-    ids=["beam 0", "beam True", "beam 2.0", "max_len 0", "max_len -2", "beam max_len 0", "penalty nan", "penalty str"],
+    ids=[
+        "beam 0",
+        "beam True",
+        "beam 2.0",
+        "beam 1e9",
+        "max_len 0",
+        "max_len -2",
+        "beam max_len 0",
+        "penalty nan",
+        "penalty str",
+    ],
 )
-def test_bad_search_settings_are_refused(call, message, models):
+def test_bad_search_settings_are_refused(call, message, runtime_model):
     with pytest.raises((ValueError, TypeError), match=message):
-        call(models("lstm"))
+        call(runtime_model("lstm"))
 
 
 # ------------------------------------------------------------------------------------------ damaged files
-
-
-def _flip(path: Path, offset: int) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0x01
-    path.write_bytes(bytes(data))
 
 
 def _stored_hash_offset(path: Path) -> int:
@@ -349,9 +291,9 @@ def _damage(how: str, model_dir: Path, other_dirs: dict[str, Path]) -> None:
     elif how == "empty encoder":
         enc.write_bytes(b"")
     elif how == "flipped byte in the middle of the decoder":
-        _flip(dec, dec.stat().st_size // 2)
+        flip_bit(dec, dec.stat().st_size // 2)
     elif how == "flipped byte in the stored hash":
-        _flip(enc, _stored_hash_offset(enc))
+        flip_bit(enc, _stored_hash_offset(enc))
     elif how == "encoder of another model":
         shutil.copy(other_dirs["lstm"] / contract.ENCODER_FILE, enc)
     elif how == "encoder of another export of the same checkpoint":
@@ -378,20 +320,19 @@ DAMAGE = {
 
 
 @pytest.fixture(scope="module")
-def other_exports(tmp_path_factory):
+def other_exports(exported, tmp_path_factory):
     """A second export of the gru checkpoint (same graphs, new export_id) and the lstm export."""
     from lit_seq2seq.export import export_checkpoint
 
-    ckpt, _ = build(tmp_path_factory, "gru")
     again = tmp_path_factory.mktemp("again") / "model"
-    export_checkpoint(ckpt, again, verify_samples=4)
-    return {"again": again, "lstm": build(tmp_path_factory, "lstm")[1]}
+    export_checkpoint(exported("gru").ckpt, again, verify_samples=4)
+    return {"again": again, "lstm": exported("lstm").model_dir}
 
 
 @pytest.mark.parametrize("how", list(DAMAGE))
 def test_damaged_model_files_raise_model_file_error_and_decode_exits_2(how, exported, other_exports, tmp_path, capsys):
     model_dir = tmp_path / "model"
-    shutil.copytree(exported("gru"), model_dir)
+    shutil.copytree(exported("gru").model_dir, model_dir)
     _damage(how, model_dir, other_exports)
     with pytest.raises(ModelFileError, match=DAMAGE[how]) as info:
         OnnxSeq2Seq.load(model_dir)
@@ -401,15 +342,15 @@ def test_damaged_model_files_raise_model_file_error_and_decode_exits_2(how, expo
 
 
 def test_pristine_copy_loads(exported, tmp_path):
-    shutil.copytree(exported("gru"), tmp_path / "model")
+    shutil.copytree(exported("gru").model_dir, tmp_path / "model")
     assert OnnxSeq2Seq.load(tmp_path / "model").greedy([[2, 3]]).shape[0] == 1
 
 
 # ------------------------------------------------------------------------------------------ thread safety
 
 
-def test_one_instance_serves_8_threads_with_the_serial_results(models):
-    model = models("gru_bi_attention")
+def test_one_instance_serves_8_threads_with_the_serial_results(runtime_model):
+    model = runtime_model("gru_bi_attention")
     rng = np.random.default_rng(5)
     batches = []
     for i in range(8):
@@ -427,136 +368,3 @@ def test_one_instance_serves_8_threads_with_the_serial_results(models):
         for greedy, beam in runs:
             np.testing.assert_array_equal(greedy, serial[i][0])
             np.testing.assert_array_equal(beam, serial[i][1])
-
-
-# --------------------------------------------------------------------------------------------- the CLI
-
-
-def _main(args, capsys, stdin: str | None = None, monkeypatch=None) -> tuple[int, str, str]:
-    capsys.readouterr()
-    if stdin is not None:
-        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_sample_then_decode_scores_exact_match(exported, models, capsys, monkeypatch):
-    model_dir, model = exported("copy_trained"), models("copy_trained")
-    code, sample, _ = _main(["sample", "--model_dir", model_dir, "-n", "40", "--seed", "3"], capsys)
-    lines = sample.splitlines()
-    assert code == 0 and len(lines) == 40 and all("\t" in line for line in lines)
-    code, out, err = _main(["decode", "--model_dir", model_dir], capsys, sample, monkeypatch)
-    assert code == 0
-    sources = pad_rows([[int(t) for t in line.split("\t")[0].split()] for line in lines])
-    assert out.splitlines() == strip_all(model, model.greedy(sources))
-    hits = sum(o == line.split("\t")[1] for o, line in zip(out.splitlines(), lines))
-    assert f"exact match: {hits}/40 = " in err
-    assert hits >= 20  # the fit learned copy (~95% on its validation set)
-
-    code, out, err = _main(["decode", "--model_dir", model_dir, "--beam_size", "3"], capsys, sample, monkeypatch)
-    assert code == 0 and out.splitlines() == strip_all(model, model.beam_search(sources, beam_size=3)[0])
-    assert "exact match: " in err
-
-
-def test_decode_arguments_and_no_tab_print_no_score(exported, models, capsys):
-    model = models("lstm")
-    code, out, err = _main(["decode", "--model_dir", exported("lstm"), "1 2 3 4", "8 7 6 5", "3 3"], capsys)
-    assert code == 0 and "exact match" not in err
-    expected = strip_all(model, model.greedy(pad_rows([[1, 2, 3, 4], [8, 7, 6, 5], [3, 3]])))
-    assert out.splitlines() == expected and all(len(line.split()) == 2 for line in expected)
-
-
-def test_sample_piped_into_decode_with_the_installed_command(exported):
-    model_dir = str(exported("copy_trained"))
-    sample = subprocess.run([CLI, "sample", "--model_dir", model_dir, "-n", "10"], capture_output=True, text=True)
-    assert sample.returncode == 0, sample.stderr
-    decode = subprocess.run(
-        [CLI, "decode", "--model_dir", model_dir], input=sample.stdout, capture_output=True, text=True
-    )
-    assert decode.returncode == 0, decode.stderr
-    assert len(decode.stdout.splitlines()) == 10 and "exact match: " in decode.stderr
-
-
-def _exit(args, capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
-
-
-@pytest.mark.parametrize(
-    "stdin,message",
-    [
-        ("2 3\t2 3\n2 x 4\t2 4\n", "line 2: '2 x 4' is not a list of space-separated integer token ids"),
-        ("2 3\n4 5\t4 y\n", "line 2 (expected)"),
-        ("2 3\n\n", "line 2: source: empty sequence"),
-        ("2 3\n4 5\n2 9\n", "line 3: source position 1: token 9 is out of range"),
-        ("2 3\n2 0 3\n", "line 2: source position 2: token after padding"),
-        ("1 2\n", "line 1: source position 0: token 1 is out of range"),
-    ],
-    ids=["not a number", "bad expected", "empty line", "token too large", "pad inside", "eos inside"],
-)
-def test_bad_decode_line_exits_2_naming_the_line(stdin, message, exported, capsys, monkeypatch):
-    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
-    code, out, err = _exit(["decode", "--model_dir", exported("gru")], capsys)
-    assert code == 2 and message in err and "Traceback" not in err, err
-    assert not out  # every line is checked before anything is decoded
-
-
-@pytest.mark.parametrize("flag", ["--beam_size", "--batch_size", "--threads"])
-def test_bad_decode_flags_exit_2(flag, exported, capsys):
-    code, err = cli_exit(["decode", "--model_dir", exported("gru"), flag, "0", "2 3"], capsys)
-    assert code == 2 and f"{flag} must be >= 1" in err
-
-
-# ------------------------------------------------------------------------------------- consumer example
-
-
-def test_consumer_example_imports_only_numpy_and_onnxruntime():
-    text = CONSUMER.read_text()
-    assert text.startswith('"""')
-    imported = set()
-    for node in ast.walk(ast.parse(text)):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imported.add(node.module.split(".")[0])
-    assert imported <= {"hashlib", "sys", "pathlib", "numpy", "onnxruntime"}, imported
-
-
-@pytest.mark.parametrize(
-    "name,rows",
-    [
-        ("lstm", [[1, 2, 3, 4], [8, 7, 6, 5], [4, 4], [2, 5, 7, 1, 3, 3]]),
-        ("gru_bi_attention", [[2, 3, 4, 5, 6], [7], [3, 3, 2], [6, 5, 4, 3, 2, 7, 7]]),
-        ("copy_trained", [[2, 3, 4], [5], [4, 2], [3, 3, 3]]),
-    ],
-)
-def test_consumer_example_matches_the_runtime(name, rows, exported, models):
-    """Run as a foreign app would, with lit_seq2seq and torch unimportable; sources as arguments and on stdin."""
-    model = models(name)
-    expected = strip_all(model, model.greedy(pad_rows(rows)))
-    code = BLOCK_IMPORTS + "import runpy\nsys.argv = sys.argv[2:]\nrunpy.run_path(sys.argv[0], run_name='__main__')"
-    lines = [" ".join(map(str, r)) for r in rows]
-    by_args = run_python(code, "lit_seq2seq", str(CONSUMER), str(exported(name)), *lines)
-    assert by_args.returncode == 0, by_args.stderr
-    assert by_args.stdout.splitlines() == expected
-    by_stdin = subprocess.run(
-        [sys.executable, str(CONSUMER), str(exported(name))],
-        input="".join(f"{line}\tignored\n" for line in lines),
-        capture_output=True,
-        text=True,
-    )
-    assert by_stdin.returncode == 0, by_stdin.stderr
-    assert by_stdin.stdout.splitlines() == expected
-
-
-def test_consumer_example_refuses_a_damaged_file(exported, tmp_path):
-    shutil.copytree(exported("gru"), tmp_path / "model")
-    _flip(tmp_path / "model" / contract.DECODER_FILE, (tmp_path / "model" / contract.DECODER_FILE).stat().st_size // 2)
-    result = subprocess.run(
-        [sys.executable, str(CONSUMER), str(tmp_path / "model"), "2 3"], capture_output=True, text=True
-    )
-    assert result.returncode != 0 and "content hash mismatch" in result.stderr

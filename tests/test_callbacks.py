@@ -1,0 +1,110 @@
+"""callbacks.py: LogProgress's plain-text lines and PredictionWriter's predictions.tsv, driven by a stand-in for the
+few trainer attributes they read (one process; under DDP they are exercised by test_ddp.py)."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import torch
+
+from lit_seq2seq.callbacks import LogProgress, PredictionWriter
+
+
+def progress_trainer(total: int, **kwargs) -> SimpleNamespace:
+    settings = dict(num_training_batches=total, is_global_zero=True, current_epoch=2, sanity_checking=False)
+    return SimpleNamespace(**(settings | dict(callback_metrics={}) | kwargs))
+
+
+def run_epoch(callback: LogProgress, trainer: SimpleNamespace) -> None:
+    callback.on_train_epoch_start(trainer, None)
+    for batch_idx in range(trainer.num_training_batches):
+        callback.on_train_batch_end(trainer, None, None, None, batch_idx)
+
+
+def test_log_progress_prints_the_first_batch_then_every_tenth_of_the_epoch(capsys):
+    trainer = progress_trainer(20, callback_metrics={"train/loss": torch.tensor(0.25)})
+    run_epoch(LogProgress(), trainer)
+    lines = capsys.readouterr().out.splitlines()
+    assert [int(re.search(r"batch (\d+)/20", line)[1]) for line in lines] == list(range(1, 20, 2))
+    assert all(re.fullmatch(r"epoch 2 batch \d+/20 train/loss 0\.2500 \(\d+ batches/s\)", line) for line in lines)
+
+
+def test_log_progress_without_a_loss_yet_and_on_short_epochs(capsys):
+    run_epoch(LogProgress(), progress_trainer(3))  # a tenth of 3 batches rounds to 0: every batch
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["epoch 2 batch 1/3", "epoch 2 batch 2/3", "epoch 2 batch 3/3"]
+
+
+def test_log_progress_prints_one_line_per_validation_without_positions(capsys):
+    metrics = {"val/loss": torch.tensor(0.5), "val/exact_match": torch.tensor(0.75)}
+    metrics |= {"val/position_0_acc": torch.tensor(1.0), "train/loss": torch.tensor(0.1)}
+    callback = LogProgress()
+    callback.on_validation_end(progress_trainer(10, callback_metrics=metrics), None)
+    callback.on_validation_end(progress_trainer(10, callback_metrics=metrics, sanity_checking=True), None)
+    callback.on_test_end(progress_trainer(10, callback_metrics={"test/exact_match": torch.tensor(1.0)}), None)
+    assert capsys.readouterr().out.splitlines() == [
+        "epoch 2 val/exact_match 0.7500 val/loss 0.5000",
+        "epoch 2 test/exact_match 1.0000",
+    ]
+
+
+def test_only_rank_0_prints_progress(capsys):
+    trainer = progress_trainer(10, is_global_zero=False, callback_metrics={"val/loss": torch.tensor(0.5)})
+    run_epoch(LogProgress(), trainer)
+    LogProgress().on_validation_end(trainer, None)
+    assert capsys.readouterr().out == ""
+
+
+def predict_trainer(tmp_path, **kwargs) -> SimpleNamespace:
+    settings = dict(world_size=1, log_dir=str(tmp_path / "version_3"), is_global_zero=True)
+    return SimpleNamespace(default_root_dir=str(tmp_path), **(settings | kwargs))
+
+
+def batch(source: list[list[int]], target: list[list[int]], prediction: list[list[int]]) -> dict[str, torch.Tensor]:
+    return {"source": torch.tensor(source), "target": torch.tensor(target), "prediction": torch.tensor(prediction)}
+
+
+def predict(trainer: SimpleNamespace, outputs: list[dict[str, torch.Tensor]]) -> None:
+    """One predict epoch through a new PredictionWriter, `outputs` as predict_step's results."""
+    writer = PredictionWriter()
+    writer.on_predict_epoch_start(trainer, None)
+    for batch_idx, output in enumerate(outputs):
+        writer.on_predict_batch_end(trainer, None, output, None, batch_idx)
+    writer.on_predict_epoch_end(trainer, None)
+
+
+def test_prediction_writer_writes_every_batch_in_order(tmp_path, capsys):
+    outputs = [
+        batch([[3, 4, 5]], [[4, 3]], [[4, 3]]),
+        batch([[6, 7, 0], [2, 2, 2]], [[7, 6], [2, 2]], [[7, 7], [2, 2]]),
+    ]
+    predict(predict_trainer(tmp_path), outputs)
+    path = tmp_path / "version_3" / "predictions.tsv"
+    assert path.read_text().splitlines() == [
+        "source\ttarget\tprediction",
+        "3 4 5\t4 3\t4 3",
+        "6 7 0\t7 6\t7 7",
+        "2 2 2\t2 2\t2 2",
+    ]
+    assert f"predictions written to {path}" in capsys.readouterr().err
+
+
+def test_prediction_writer_writes_nothing_for_no_rows_or_on_other_ranks(tmp_path):
+    predict(predict_trainer(tmp_path), [])
+    predict(predict_trainer(tmp_path, is_global_zero=False), [batch([[3]], [[3]], [[3]])])
+    assert not list(tmp_path.iterdir())
+
+
+def test_prediction_writer_falls_back_to_the_root_without_a_logger(tmp_path):
+    predict(predict_trainer(tmp_path, log_dir=None), [batch([[3]], [[3]], [[3]])])
+    assert (tmp_path / "predictions.tsv").read_text().splitlines()[1:] == ["3\t3\t3"]
+
+
+def test_prediction_writer_starts_each_predict_epoch_afresh(tmp_path):
+    trainer, writer = predict_trainer(tmp_path), PredictionWriter()
+    writer.on_predict_batch_end(trainer, None, batch([[9]], [[9]], [[9]]), None, 0)  # an earlier, unfinished epoch
+    writer.on_predict_epoch_start(trainer, None)
+    writer.on_predict_batch_end(trainer, None, batch([[3]], [[3]], [[4]]), None, 0)
+    writer.on_predict_epoch_end(trainer, None)
+    assert (tmp_path / "version_3" / "predictions.tsv").read_text().splitlines()[1:] == ["3\t3\t4"]

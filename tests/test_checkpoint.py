@@ -1,0 +1,176 @@
+"""checkpoint.py on its own: the weights hash, read_checkpoint's refusals, Seq2SeqCheckpointIO's atomic writes,
+non-finite refusal and preloaded read, and what `--ckpt_path best|last` resolves to. The CLI's refusals of damaged
+checkpoints are in test_robustness.py; best/last.ckpt over a real fit and its resumes in test_resume.py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import damaged_checkpoint
+
+from lit_seq2seq.checkpoint import (
+    WEIGHTS_HASH_KEY,
+    NonFiniteError,
+    Seq2SeqCheckpointIO,
+    check_weights,
+    read_checkpoint,
+    resolve,
+    weights_sha256,
+)
+
+pytestmark = [pytest.mark.filterwarnings("ignore:The number of training batches")]
+
+
+@pytest.fixture(scope="module")
+def good(exported) -> Path:
+    """The last.ckpt of a tiny fit."""
+    return exported("lstm").ckpt
+
+
+def minimal(**state: torch.Tensor) -> dict:
+    """The least read_checkpoint accepts: a state_dict and hyper_parameters."""
+    return {"state_dict": state, "hyper_parameters": {}, "global_step": 3, "epoch": 0}
+
+
+# ------------------------------------------------------------------------------------- hash and reading
+
+
+def test_weights_hash_covers_names_dtypes_shapes_and_bytes_in_any_order():
+    weights = {"a": torch.arange(6.0), "b": torch.ones(2, dtype=torch.int64)}
+    digest = weights_sha256(weights)
+    assert len(digest) == 64 and weights_sha256(dict(reversed(weights.items()))) == digest
+    changed = [
+        {**weights, "a": weights["a"] + 1e-3},
+        {**weights, "a": weights["a"].double()},
+        {**weights, "a": weights["a"].view(2, 3)},
+        {"c": weights["a"], "b": weights["b"]},
+    ]
+    assert len({digest, *map(weights_sha256, changed)}) == 5
+
+
+def test_raw_torch_load_on_a_flipped_tensor_byte(good, tmp_path):
+    """torch.load alone does not notice one flipped bit inside a tensor's bytes: it does not check the zip CRC32
+    on reading (mmap or not) and returns a different model. read_checkpoint checks the CRCs, and the saved
+    weights_sha256 is the backstop behind them (also checked when Lightning restores a checkpoint)."""
+    path = damaged_checkpoint(good, "flipped_tensor_byte", tmp_path)
+    original = torch.load(good, weights_only=True)["state_dict"]
+    for mmap in (False, True):
+        damaged = torch.load(path, weights_only=True, mmap=mmap)
+        assert [k for k in original if not torch.equal(original[k], damaged["state_dict"][k])] == [
+            "net.decoder.output.weight"
+        ]  # silently different weights
+        with pytest.raises(ValueError, match=f"the weights do not match their saved {WEIGHTS_HASH_KEY}"):
+            check_weights(damaged, str(path))
+    with pytest.raises(ValueError, match=f"{path}: damaged .* fails its CRC check"):
+        read_checkpoint(path)
+
+
+def test_the_weights_hash_catches_what_the_zip_format_cannot(good, tmp_path):
+    path = damaged_checkpoint(good, "altered_weights", tmp_path)
+    checkpoint = torch.load(path, weights_only=True)  # loads fine: the file was rewritten whole
+    assert WEIGHTS_HASH_KEY in checkpoint
+    with pytest.raises(ValueError, match=f"{path}: the weights do not match their saved {WEIGHTS_HASH_KEY}"):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("missing", "no such file"),
+        ("not_a_checkpoint", "cannot be read as a checkpoint"),
+        ("truncated_half", "cannot be read as a checkpoint"),
+        ("foreign_dict", "not a lit-seq2seq checkpoint"),
+        ("foreign_state_dict", "not a lit-seq2seq checkpoint"),
+    ],
+)
+def test_read_checkpoint_refuses_naming_the_flag_and_the_file(kind, message, good, tmp_path):
+    path = tmp_path / "missing.ckpt" if kind == "missing" else damaged_checkpoint(good, kind, tmp_path)
+    with pytest.raises(ValueError, match=f"^--weights {path}: {message}"):
+        read_checkpoint(path, flag="--weights")
+
+
+def test_a_checkpoint_without_a_weights_hash_is_read(tmp_path):
+    # written by a plain ModelCheckpoint/TorchCheckpointIO: nothing to check against
+    torch.save(minimal(w=torch.ones(2)), tmp_path / "plain.ckpt")
+    assert WEIGHTS_HASH_KEY not in read_checkpoint(tmp_path / "plain.ckpt")
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+def test_save_writes_the_file_whole_with_its_weights_hash(tmp_path):
+    path = tmp_path / "sub" / "last.ckpt"
+    Seq2SeqCheckpointIO().save_checkpoint(minimal(w=torch.arange(3.0), step=torch.tensor([7])), path)
+    checkpoint = read_checkpoint(path)
+    assert checkpoint[WEIGHTS_HASH_KEY] == weights_sha256(checkpoint["state_dict"])
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left beside it
+
+
+@pytest.fixture
+def written(tmp_path: Path) -> tuple[Seq2SeqCheckpointIO, Path]:
+    """A Seq2SeqCheckpointIO and the checkpoint it wrote to <tmp_path>/last.ckpt."""
+    io = Seq2SeqCheckpointIO()
+    io.save_checkpoint(minimal(w=torch.ones(2)), tmp_path / "last.ckpt")
+    return io, tmp_path / "last.ckpt"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused_and_the_old_file_kept(value, written, tmp_path):
+    io, path = written
+    before = path.read_bytes()
+    with pytest.raises(NonFiniteError, match=r"non-finite weights \(bad\) after global step 3 \(epoch 0\)"):
+        io.save_checkpoint(minimal(w=torch.ones(2), bad=torch.tensor([1.0, value])), path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_write_that_fails_midway_leaves_the_old_file(written, tmp_path, monkeypatch):
+    io, path = written
+    before = path.read_bytes()
+
+    def torn_save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError, match="no space left"):
+        io.save_checkpoint(minimal(w=torch.zeros(2)), path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_preloaded_checkpoint_is_handed_over_once_then_read_from_disk(written, tmp_path):
+    io, path = written
+    preloaded = read_checkpoint(path)
+    io.preload(tmp_path / "sub" / ".." / "last.ckpt", preloaded)  # the same file, spelt differently
+    assert io.load_checkpoint(path) is preloaded
+    again = io.load_checkpoint(path)
+    assert again is not preloaded and again[WEIGHTS_HASH_KEY] == preloaded[WEIGHTS_HASH_KEY]
+
+
+# ----------------------------------------------------------------------------------------- best and last
+
+
+def _touch(root: Path, version: int, name: str, mtime: float) -> Path:
+    path = root / f"version_{version}" / "checkpoints" / f"{name}.ckpt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_best_and_last_resolve_to_the_newest_file_of_that_name(tmp_path):
+    newest_best = _touch(tmp_path, 0, "best", 2_000)  # newer than version_1's: order by time, not by folder
+    _touch(tmp_path, 1, "best", 1_000)
+    newest_last = _touch(tmp_path, 1, "last", 3_000)
+    _touch(tmp_path, 0, "last", 1_500)
+    assert resolve("best", tmp_path, "test") == newest_best
+    assert resolve("last", tmp_path, "fit") == newest_last
+
+
+@pytest.mark.parametrize("subcommand,hint", [("fit", "drop --ckpt_path to start a new fit"), ("test", "run fit first")])
+def test_best_or_last_without_a_file_is_refused_with_a_hint(subcommand, hint, tmp_path):
+    _touch(tmp_path, 0, "best", 1_000)
+    with pytest.raises(ValueError, match=f"^--ckpt_path last: no last.ckpt under {tmp_path}/\\*/checkpoints; {hint}"):
+        resolve("last", tmp_path, subcommand)
