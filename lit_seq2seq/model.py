@@ -94,11 +94,24 @@ class NetConfig:
     @classmethod
     def from_hparams(cls, hparams: Mapping[str, Any]) -> NetConfig:
         """The config stored in a checkpoint's hyper_parameters (under "net")."""
-        if "net" not in hparams:
-            raise ValueError("no net configuration in the checkpoint's hyper_parameters (not a lit-seq2seq model?)")
-        net = hparams["net"]
-        net = net.to_dict() if isinstance(net, NetConfig) else dict(net)
-        return cls(**net)
+        net = upgrade_hparams(hparams)["net"]
+        return cls(**(net.to_dict() if isinstance(net, NetConfig) else net))
+
+
+def upgrade_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's hyper_parameters in today's layout: {"net": NetConfig fields, "teacher_forcing_ratio": ...}.
+
+    lit-seq2seq 0.1 stored the net's fields flat beside teacher_forcing_ratio, with one `vocab_size`.
+    """
+    if "net" in hparams:
+        return dict(hparams)
+    if "vocab_size" not in hparams:
+        raise ValueError("no net configuration in the checkpoint's hyper_parameters (not a lit-seq2seq model?)")
+    fields = {f.name for f in dataclasses.fields(NetConfig)}
+    flat = dict(hparams)
+    vocab = flat.pop("vocab_size")
+    net = {k: flat.pop(k) for k in list(flat) if k in fields} | {"source_vocab_size": vocab, "target_vocab_size": vocab}
+    return {"net": net, **flat}
 
 
 class TokenInput(nn.Module):

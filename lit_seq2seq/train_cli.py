@@ -17,6 +17,7 @@ from lit_seq2seq import checkpoint
 from lit_seq2seq.callbacks import LogProgress, PredictionWriter
 from lit_seq2seq.checkpoint import NonFiniteError, Seq2SeqCheckpoint, Seq2SeqCheckpointIO, read_checkpoint
 from lit_seq2seq.data import Seq2SeqDataModule
+from lit_seq2seq.model import upgrade_hparams
 from lit_seq2seq.module import Seq2SeqModule
 
 # The sizes the data decides, linked into the net's config: a YAML never states them twice.
@@ -111,7 +112,11 @@ class Seq2SeqCLI(LightningCLI):
             self._checkpoint = read_checkpoint(ckpt_path)
         except ValueError as error:
             self.parser.error(str(error))
-        hparams = {k: v for k, v in self._checkpoint["hyper_parameters"].items() if k != "_instantiator"}
+        try:
+            hparams = upgrade_hparams(self._checkpoint["hyper_parameters"])
+        except ValueError as error:
+            self.parser.error(f"--ckpt_path {ckpt_path}: {error}")
+        hparams.pop("_instantiator", None)
         if hparams:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
@@ -146,7 +151,7 @@ class Seq2SeqCLI(LightningCLI):
         built = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
         if saved == built:
             return
-        theirs = checkpoint["hyper_parameters"].get("net", {})
+        theirs = upgrade_hparams(checkpoint["hyper_parameters"])["net"]
         ours = self.model.hparams["net"]
         differ = [
             f"net.{k}={theirs[k]!r} (flags: {ours[k]!r})" for k in sorted(theirs) if theirs[k] != ours.get(k, theirs[k])

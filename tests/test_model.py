@@ -293,6 +293,16 @@ def test_reading_a_checkpoint_needs_no_lightning():
     assert done.stdout.split() == ["lit_seq2seq.checkpoint", "Seq2SeqCheckpoint", "Seq2SeqCheckpointIO"]
 
 
+@pytest.mark.parametrize("max_len", [0, -1, 4097, 2.5])
+def test_the_torch_path_refuses_bad_max_len_like_the_runtime(max_len):
+    """search.py checks the settings, so net.greedy / net.beam_search refuse what OnnxSeq2Seq refuses."""
+    net = make_net()
+    with pytest.raises(ValueError, match=r"max_len must be an int in \[1, 4096\]"):
+        net.greedy(padded_sources([3]), max_len=max_len)
+    with pytest.raises(ValueError, match=r"max_len must be an int in \[1, 4096\]"):
+        net.beam_search(padded_sources([3]), beam_size=2, max_len=max_len)
+
+
 def test_beam_size_must_be_positive():
     with pytest.raises(ValueError, match="beam_size must be a positive int"):
         make_net().beam_search(padded_sources([3]), beam_size=0)

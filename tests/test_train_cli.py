@@ -252,6 +252,28 @@ def test_ckpt_path_is_read_once(command, trained, in_tmp, monkeypatch):
     assert reads.count(str(copy)) == 1, reads
 
 
+def test_a_checkpoint_of_lit_seq2seq_0_1_still_tests_and_exports(trained, in_tmp, capsys):
+    """0.1 stored the net's hyperparameters flat, with one vocab_size: they are read into today's NetConfig."""
+    from lit_seq2seq.checkpoint import weights_sha256
+    from lit_seq2seq.model import Seq2Seq
+
+    checkpoint = torch.load(trained / "version_0" / "checkpoints" / "best.ckpt", weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    net = dict(hparams.pop("net"))
+    net["vocab_size"] = net.pop("source_vocab_size")
+    del net["target_vocab_size"]
+    checkpoint["hyper_parameters"] = {**net, **hparams}
+    checkpoint["weights_sha256"] = weights_sha256(checkpoint["state_dict"])
+    old = in_tmp / "old.ckpt"
+    torch.save(checkpoint, old)
+
+    assert Seq2Seq.from_checkpoint(old).config.target_vocab_size == 11
+    version = in_tmp / "runs"
+    run_cli(["test", *TASK, "--ckpt_path", old, *root_args(version)])
+    assert last_metric(version_dirs(version)[-1], "test/exact_match") > LEARNED
+    assert run_cli(["export", "--ckpt_path", old, "--output_dir", in_tmp / "onnx", "--verify_samples", "8"]) == 0
+
+
 def test_fit_twice_in_the_same_dir_and_best_resolves_the_newest(in_tmp):
     root = in_tmp / "runs"
     run_cli(["fit", *QUICK_FIT, *root_args(root)])
@@ -285,3 +307,14 @@ def test_same_seed_fits_give_bit_identical_weights(in_tmp):
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"weights differ between two fits with the same seed: {different}"
     assert any(not torch.equal(a[k], c[k]) for k in a)  # and the seed matters
+
+
+def test_a_checkpoint_of_other_data_sizes_than_the_flags_exits_2_naming_them(trained, in_tmp, capsys):
+    """The net's own settings come from the checkpoint (LightningCLI applies its hyperparameters), but the sizes the
+    data decides are linked from the --data flags: a checkpoint trained on another vocabulary cannot be loaded."""
+    ckpt = trained / "version_0" / "checkpoints" / "best.ckpt"
+    flags = [*TASK, "--data.vocab_size", "13", "--ckpt_path", ckpt, *root_args(in_tmp)]
+    code, err = cli_exit(["test", *flags], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "the checkpoint holds a model of other sizes than the flags describe" in err
+    assert "net.source_vocab_size=11 (flags: 13), net.target_vocab_size=11 (flags: 13)" in err
