@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 OWN_COMMANDS = ("export", "decode", "sample", "report")
 
@@ -74,7 +74,12 @@ def _run_export(o: argparse.Namespace) -> int:
 
 def _decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model_dir", required=True, help="folder with encoder.onnx and decoder_step.onnx")
-    p.add_argument("sequences", nargs="*", help="source sequences as 'TOKEN TOKEN ...'; none: read stdin")
+    p.add_argument(
+        "sequences",
+        nargs="*",
+        help="source sequences as 'TOKEN TOKEN ...'; none: read stdin, decoding and printing each batch of "
+        "--batch_size lines as it is read (constant memory)",
+    )
     p.add_argument("--beam_size", type=int, default=1, help="1: greedy (default); more: beam search")
     p.add_argument("--length_penalty", type=float, default=1.0, help="beam score / length ** this (default 1)")
     p.add_argument("--batch_size", type=int, default=256, help="sequences decoded together (default 256)")
@@ -83,7 +88,13 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
         "--skip_bad_lines",
         action="store_true",
         help="skip lines that are not valid sources (nothing is printed for them) and count them on stderr, "
-        "instead of stopping at the first with exit code 2",
+        "instead of stopping at the first with exit code 2 (the lines before it are printed, nothing after it)",
+    )
+    p.add_argument(
+        "--allow_untrained_lengths",
+        action="store_true",
+        help="decode sources shorter or longer than any the model was trained on (its metadata's min_source_length "
+        "to source_length); by default such a line is a bad line: the model answers it with confident garbage",
     )
     p.set_defaults(run=_run_decode)
 
@@ -99,6 +110,19 @@ def _parse_tokens(text: str, where: str) -> list[int]:
     return tokens
 
 
+def _stdin_lines() -> Iterator[str]:
+    """stdin's lines as they arrive, split as str.splitlines() splits a whole text (so a lone carriage return or a
+    form feed ends a line too, as it did when decode read all of stdin first)."""
+    number = 0
+    try:
+        for text in sys.stdin:
+            for line in text.splitlines():
+                number += 1
+                yield line
+    except UnicodeDecodeError as error:
+        raise InputError(f"stdin after line {number}: not {sys.stdin.encoding} text ({error})") from None
+
+
 def _run_decode(o: argparse.Namespace) -> int:
     import numpy as np
 
@@ -108,51 +132,70 @@ def _run_decode(o: argparse.Namespace) -> int:
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     model = OnnxSeq2Seq.load(o.model_dir, intra_op_threads=o.threads)
-    lines = o.sequences or sys.stdin.read().splitlines()
-    sources, expected, bad = [], [], []
-    for number, line in enumerate(lines, 1):
+    allow = o.allow_untrained_lengths
+    sources: list[list[int]] = []  # the batch being filled, and the expected answers of its lines
+    expected: list[list[int] | None] = []
+    scored = hits = number = 0
+    bad: list[str] = []
+
+    def decode_batch() -> None:
+        # Decode, print and score the lines read so far; printed as each batch is done, so a reader sees output
+        # while decode still reads, and memory holds one batch whatever the input's size.
+        nonlocal scored, hits
+        if not sources:
+            return
+        batch = np.full((len(sources), max(map(len, sources))), model.pad_token, dtype=np.int64)
+        for i, row in enumerate(sources):
+            batch[i, : len(row)] = row
+        if o.beam_size == 1:
+            tokens = model.greedy(batch, allow_untrained_lengths=allow)
+        else:
+            tokens = model.beam_search(batch, o.beam_size, o.length_penalty, allow_untrained_lengths=allow)[0]
+        decoded = [model.strip(row) for row in tokens.tolist()]
+        sys.stdout.write("".join(" ".join(map(str, row)) + "\n" for row in decoded))
+        sys.stdout.flush()
+        scored += sum(e is not None for e in expected)
+        hits += sum(d == e for d, e in zip(decoded, expected))
+        sources.clear()
+        expected.clear()
+
+    for number, line in enumerate(o.sequences or _stdin_lines(), 1):
         source_text, _, target = line.partition("\t")
         try:
             source = _parse_tokens(source_text, f"line {number}")
             try:
-                model.check_source(np.asarray(source, dtype=np.int64))
+                model.check_source(np.asarray(source, dtype=np.int64), allow_untrained_lengths=allow)
             except ValueError as error:
                 raise InputError(f"line {number}: {error}") from None
             reference = _parse_tokens(target, f"line {number} (expected)") if target.strip() else None
         except InputError as error:
             if not o.skip_bad_lines:
+                decode_batch()  # every line before the bad one is printed, none after it
                 raise
             bad.append(str(error))
             continue
         sources.append(source)
         expected.append(reference)
-    decoded: list[list[int]] = []
-    for start in range(0, len(sources), o.batch_size):
-        chunk = sources[start : start + o.batch_size]
-        batch = np.full((len(chunk), max(map(len, chunk))), model.pad_token, dtype=np.int64)
-        for i, row in enumerate(chunk):
-            batch[i, : len(row)] = row
-        if o.beam_size == 1:
-            tokens = model.greedy(batch)
-        else:
-            tokens = model.beam_search(batch, o.beam_size, o.length_penalty)[0]
-        decoded.extend(model.strip(row) for row in tokens)
-    for row in decoded:
-        print(" ".join(map(str, row)))
-    scored = [(d, e) for d, e in zip(decoded, expected) if e is not None]
+        if len(sources) == o.batch_size:
+            decode_batch()
+    decode_batch()
     if scored:
-        hits = sum(d == e for d, e in scored)
-        print(f"exact match: {hits}/{len(scored)} = {hits / len(scored):.2%}", file=sys.stderr)
+        print(f"exact match: {hits}/{scored} = {hits / scored:.2%}", file=sys.stderr)
     if bad:
-        print(f"skipped {len(bad)} bad line(s) of {len(lines)}; the first: {bad[0]}", file=sys.stderr)
+        print(f"skipped {len(bad)} bad line(s) of {number}; the first: {bad[0]}", file=sys.stderr)
     return 0
 
 
 def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model_dir", required=True, help="export folder: the task and sizes come from its metadata")
-    p.add_argument("-n", "--num", type=int, default=1000, help="number of sequences (default 1000)")
+    p.add_argument(
+        "-n", "--num", type=int, default=1000, help="number of sequences (default 1000); any number, in constant memory"
+    )
     p.add_argument("--seed", type=int, default=12345, help="seed of the fresh sequences (default 12345)")
     p.set_defaults(run=_run_sample)
+
+
+_SAMPLE_CELLS = 2**16  # source tokens drawn per piece by sample: a few MB, whatever -n is
 
 
 def _run_sample(o: argparse.Namespace) -> int:
@@ -165,9 +208,15 @@ def _run_sample(o: argparse.Namespace) -> int:
         raise ValueError(f"--num must be >= 1, got {o.num}")
     model = OnnxSeq2Seq.load(o.model_dir)
     task = task_from_metadata(model.meta)
-    source, target = task.sample(o.num, np.random.default_rng(o.seed))
-    for s, t in zip(source, target):
-        print(" ".join(str(x) for x in s if x != PAD) + "\t" + " ".join(map(str, model.strip(t))))
+    rows = max(1, _SAMPLE_CELLS // task.source_length)
+    # The lines of task.sample(num, rng) for this seed, drawn and printed piece by piece (see Task.sample_chunks).
+    for source, target in task.sample_chunks(o.num, np.random.default_rng(o.seed), rows):
+        sys.stdout.write(
+            "".join(
+                " ".join(str(x) for x in s if x != PAD) + "\t" + " ".join(map(str, model.strip(t))) + "\n"
+                for s, t in zip(source.tolist(), target.tolist())
+            )
+        )
     return 0
 
 
@@ -188,7 +237,9 @@ _COMMANDS = {
     "export": ("Export a checkpoint to encoder.onnx + decoder_step.onnx and verify them.", _export_args),
     "decode": (
         "Decode sequences with the exported graphs (onnxruntime, no torch). One sequence per line in and out; "
-        "a line 'SOURCE<TAB>EXPECTED' also scores the decoding.",
+        "a line 'SOURCE<TAB>EXPECTED' also scores the decoding. Lines are decoded and printed a batch at a time as "
+        "they are read; a bad line (not token ids, or a length the model was not trained on) stops decode with exit "
+        "code 2 after every line before it was printed.",
         _decode_args,
     ),
     "sample": ("Print fresh 'SOURCE<TAB>TARGET' lines of an exported model's task.", _sample_args),

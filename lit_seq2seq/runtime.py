@@ -1,7 +1,9 @@
 """OnnxSeq2Seq: decode with encoder.onnx + decoder_step.onnx using numpy and onnxruntime only (no torch).
 
 Every input is validated before onnxruntime sees it: onnxruntime wraps negative token ids around silently,
-returns NaN logits (argmax 0) for non-finite state, and fails deep inside its kernels on mismatched shapes.
+returns NaN logits (argmax 0) for non-finite state, and fails deep inside its kernels on mismatched shapes. Sources
+longer or shorter than any the model was trained on are refused too (unless allow_untrained_lengths=True): the graphs
+run on them, but answer with confident garbage.
 """
 
 from __future__ import annotations
@@ -119,6 +121,7 @@ class OnnxSeq2Seq:
         self.eos_token = int(meta["eos_token"]) if meta["eos_token"] else None
         self.min_token = int(meta["min_token"])
         self.max_target_length = int(meta["max_target_length"])
+        self.min_source_length, self.source_length = int(meta["min_source_length"]), int(meta["source_length"])
         self.num_layers, self.hidden_size = int(meta["num_layers"]), int(meta["hidden_size"])
         self.memory_dim = int(meta["memory_dim"])
         self.cell, self.attention = meta["cell"], meta["attention"] == "1"
@@ -170,8 +173,14 @@ class OnnxSeq2Seq:
         return model
 
     # ---- validation -------------------------------------------------------------------------------------------
-    def check_source(self, source: Any) -> tuple[np.ndarray, bool]:
-        """source as a (batch, source_len) int64 array, and whether it was a single (source_len,) sequence."""
+    def check_source(self, source: Any, *, allow_untrained_lengths: bool = False) -> tuple[np.ndarray, bool]:
+        """source as a (batch, source_len) int64 array, and whether it was a single (source_len,) sequence.
+
+        Each row's length (its tokens before the padding) must lie in the trained range, min_source_length to
+        source_length, unless `allow_untrained_lengths`.
+        """
+        if not isinstance(allow_untrained_lengths, (bool, np.bool_)):  # "no" would be truthy: an opt-in is meant
+            raise TypeError(f"allow_untrained_lengths must be True or False, got {allow_untrained_lengths!r}")
         if isinstance(source, (list, tuple)):
             try:
                 source = np.asarray(source)
@@ -200,7 +209,8 @@ class OnnxSeq2Seq:
             lo, hi = min(flat), max(flat)
         else:
             lo, hi = int(source.min()), int(source.max())
-        if self.min_token <= lo and hi < self.vocab_size and not lo <= self.pad_token <= hi:
+        trained = allow_untrained_lengths or self.min_source_length <= source.shape[1] <= self.source_length
+        if self.min_token <= lo and hi < self.vocab_size and not lo <= self.pad_token <= hi and trained:
             return source.astype(np.int64, copy=False), single
         pad = source == self.pad_token
 
@@ -221,6 +231,17 @@ class OnnxSeq2Seq:
         if gap.any():
             row, col = map(int, np.argwhere(gap)[0])
             raise ValueError(f"{where(row, col + 1)}: token after padding; pad only at the end")
+        if not allow_untrained_lengths:
+            lengths = source.shape[1] - pad.sum(1)  # padding only at the end, checked above
+            outside = (lengths < self.min_source_length) | (lengths > self.source_length)
+            if outside.any():
+                row = int(np.argmax(outside))
+                low, high = self.min_source_length, self.source_length
+                trained_on = f"exactly {low}" if low == high else f"{low} to {high}"
+                raise ValueError(
+                    f"{where(row)}: {lengths[row]} tokens; this model was trained on sources of {trained_on} tokens "
+                    "(pass allow_untrained_lengths=True / --allow_untrained_lengths to decode anyway)"
+                )
         return source.astype(np.int64, copy=False), single
 
     def _check_token(self, token: Any) -> np.ndarray:
@@ -263,9 +284,12 @@ class OnnxSeq2Seq:
         return out
 
     # ---- graphs -----------------------------------------------------------------------------------------------
-    def encode(self, source: Any) -> State:
-        """source (batch, source_len) or (source_len,) -> the decoder's initial state (names as in the contract)."""
-        source, _ = self.check_source(source)
+    def encode(self, source: Any, *, allow_untrained_lengths: bool = False) -> State:
+        """source (batch, source_len) or (source_len,) -> the decoder's initial state (names as in the contract).
+
+        Rows of a length outside the trained range are refused unless `allow_untrained_lengths` (see check_source).
+        """
+        source, _ = self.check_source(source, allow_untrained_lengths=allow_untrained_lengths)
         return self._encode(source)
 
     def _encode(self, source: np.ndarray) -> State:
@@ -286,12 +310,13 @@ class OnnxSeq2Seq:
     def _max_len(self, max_len: int | None) -> int:
         return self.max_target_length if max_len is None else check_max_len(max_len)
 
-    def greedy(self, source: Any, max_len: int | None = None) -> np.ndarray:
+    def greedy(self, source: Any, max_len: int | None = None, *, allow_untrained_lengths: bool = False) -> np.ndarray:
         """Greedy decoding, batched: (batch, source_len) -> (batch, steps) int64, padded after the end token.
 
-        A single (source_len,) sequence gives a (steps,) array.
+        A single (source_len,) sequence gives a (steps,) array. Rows of a length outside the trained range are
+        refused unless `allow_untrained_lengths` (see check_source).
         """
-        source, single = self.check_source(source)
+        source, single = self.check_source(source, allow_untrained_lengths=allow_untrained_lengths)
         max_len = self._max_len(max_len)
         if self._bindable and len(source) <= _BOUND_MAX_BATCH:
             bound = self._local.__dict__.setdefault("bound", {})  # this thread's, by batch size
@@ -306,10 +331,19 @@ class OnnxSeq2Seq:
         return tokens[0] if single else tokens
 
     def beam_search(
-        self, source: Any, beam_size: int = 4, length_penalty: float = 1.0, max_len: int | None = None
+        self,
+        source: Any,
+        beam_size: int = 4,
+        length_penalty: float = 1.0,
+        max_len: int | None = None,
+        *,
+        allow_untrained_lengths: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Beam search: best tokens (batch, steps) and their score, log-probability / length ** length_penalty."""
-        source, single = self.check_source(source)
+        """Beam search: best tokens (batch, steps) and their score, log-probability / length ** length_penalty.
+
+        Rows of a length outside the trained range are refused unless `allow_untrained_lengths` (see check_source).
+        """
+        source, single = self.check_source(source, allow_untrained_lengths=allow_untrained_lengths)
         beam_size, length_penalty = check_beam_settings(beam_size, length_penalty)  # before the encoder runs
         tokens, scores = beam_search(
             self._step,
@@ -322,10 +356,10 @@ class OnnxSeq2Seq:
         )
         return (tokens[0], scores[0]) if single else (tokens, scores)
 
-    def strip(self, tokens: np.ndarray) -> list[int]:
+    def strip(self, tokens: np.ndarray | Sequence[int]) -> list[int]:
         """A decoded row as a plain list: the tokens before the end token (padding removed)."""
         out = []
-        for t in tokens.tolist():
+        for t in tokens.tolist() if isinstance(tokens, np.ndarray) else tokens:
             if t == self.eos_token or (self.eos_token is not None and t == self.pad_token):
                 break
             out.append(t)

@@ -7,7 +7,8 @@ Sources are right-padded with 0; targets are right-padded with 0 after the end t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,17 +34,48 @@ class Task:
     min_token: int  # smallest id of a content token in a source
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        source, lengths = self._sources(n, rng)
-        target = _TARGETS[self.name](self, source, lengths)
-        return source, target
+        return self._build([rng.integers(low, high, size=(n, width)) for low, high, width in self._draws()])
 
-    def _sources(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def sample_chunks(
+        self, n: int, rng: np.random.Generator, rows: int = 65536
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """sample(n, rng) in pieces of at most `rows` rows, in memory that does not grow with n: the same rows in the
+        same order, and `rng` left where sample() leaves it."""
+        # sample() makes each draw for all n rows before the next (all lengths, then all tokens), and a piece needs
+        # its rows of every draw. So each draw but the last reads a copy of rng taken where sample() starts that
+        # draw, and rng itself is advanced past it by drawing and dropping the values, piece by piece. numpy draws
+        # the same values, and leaves the generator in the same state, whether one call or many make them.
+        draws, sizes = self._draws(), [min(rows, n - start) for start in range(0, n, rows)]
+        streams = []
+        for low, high, width in draws[:-1]:
+            streams.append(copy.deepcopy(rng))
+            for size in sizes:
+                rng.integers(low, high, size=(size, width))
+        streams.append(rng)
+        for size in sizes:
+            yield self._build(
+                [g.integers(low, high, size=(size, width)) for g, (low, high, width) in zip(streams, draws)]
+            )
+
+    def _draws(self) -> list[tuple[int, int, int]]:
+        """The rng.integers draws of sample(), in order: (low, high, values per row)."""
         if self.name == "add":
-            return _add_sources(self, n, rng)
-        lengths = rng.integers(self.min_source_length, self.source_length + 1, size=n)
-        tokens = rng.integers(self.min_token, self.vocab_size, size=(n, self.source_length))
-        mask = np.arange(self.source_length) < lengths[:, None]
-        return np.where(mask, tokens, PAD).astype(np.int64), lengths
+            top = 10 ** _operand_digits(self)
+            return [(0, top, 1), (0, top, 1)]  # a, b
+        return [
+            (self.min_source_length, self.source_length + 1, 1),
+            (self.min_token, self.vocab_size, self.source_length),
+        ]
+
+    def _build(self, drawn: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(source, target) from the values of the draws in _draws(), one row each."""
+        if self.name == "add":
+            source, lengths = _add_sources(self, drawn[0][:, 0], drawn[1][:, 0])
+        else:
+            lengths, tokens = drawn[0][:, 0], drawn[1]
+            mask = np.arange(self.source_length) < lengths[:, None]
+            source = np.where(mask, tokens, PAD).astype(np.int64)
+        return source, _TARGETS[self.name](self, source, lengths)
 
 
 def _reverse_first(task: Task, source: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -91,9 +123,9 @@ def _operand_digits(task: Task) -> int:
     return (task.source_length - 1) // 2
 
 
-def _add_sources(task: Task, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    d = _operand_digits(task)
-    a, b = rng.integers(0, 10**d, size=n), rng.integers(0, 10**d, size=n)
+def _add_sources(task: Task, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sources "a+b" as digit tokens, right-padded, and their lengths."""
+    d, n = _operand_digits(task), len(a)
     da, na = _digits(a, d)
     db, nb = _digits(b, d)
     source = np.zeros((n, task.source_length), dtype=np.int64)

@@ -7,10 +7,24 @@ Models are the session's tiny exports (conftest.exported).
 
 from __future__ import annotations
 
+import io
 import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import BLOCK_IMPORTS, CLI, cli_exit, cli_output, damaged_checkpoint, pad_rows, run_python, strip_all
+from conftest import (
+    BLOCK_IMPORTS,
+    CLI,
+    cli_exit,
+    cli_output,
+    damaged_checkpoint,
+    pad_rows,
+    run_cli,
+    run_python,
+    strip_all,
+)  # fmt: skip
 
 from lit_seq2seq import export as export_module
 from lit_seq2seq.runtime import OnnxSeq2Seq
@@ -63,10 +77,10 @@ def test_sample_then_decode_scores_exact_match(exported, runtime_model, capsys):
 
 def test_decode_arguments_and_no_tab_print_no_score(exported, runtime_model, capsys):
     model = runtime_model("lstm")
-    args = ["decode", "--model_dir", exported("lstm").model_dir, "1 2 3 4", "8 7 6 5", "3 3"]
+    args = ["decode", "--model_dir", exported("lstm").model_dir, "1 2 3 4", "8 7 6 5", "3 3 2 2"]
     code, out, err = cli_output(args, capsys)
     assert code == 0 and "exact match" not in err
-    expected = strip_all(model, model.greedy(pad_rows([[1, 2, 3, 4], [8, 7, 6, 5], [3, 3]])))
+    expected = strip_all(model, model.greedy(pad_rows([[1, 2, 3, 4], [8, 7, 6, 5], [3, 3, 2, 2]])))
     assert out.splitlines() == expected and all(len(line.split()) == 2 for line in expected)
 
 
@@ -96,12 +110,15 @@ def test_sample_piped_into_decode_with_the_installed_command(exported):
     ],
     ids=["not a number", "bad expected", "empty line", "token too large", "pad inside", "eos inside"],
 )
-def test_bad_decode_line_exits_2_naming_the_line(stdin, message, exported, capsys):
+def test_bad_decode_line_exits_2_naming_the_line(stdin, message, exported, runtime_model, capsys):
     code, out, err = cli_output(["decode", "--model_dir", exported("gru").model_dir], capsys, stdin)
     assert code == 2 and message in err and "Traceback" not in err, err
     assert "usage:" not in err  # a data error, not a usage error
     assert err.startswith("lit-seq2seq decode: error: line ") and len(err.splitlines()) == 1
-    assert not out  # every line is checked before anything is decoded
+    before = stdin.splitlines()[: int(message.split()[1].rstrip(":")) - 1]  # decoded and printed, nothing after
+    rows = [[int(t) for t in line.split("\t")[0].split()] for line in before]
+    model = runtime_model("gru")
+    assert out.splitlines() == (strip_all(model, model.greedy(pad_rows(rows))) if rows else [])
 
 
 def test_skip_bad_lines_decodes_the_rest_and_counts_the_skipped(exported, runtime_model, capsys):
@@ -171,3 +188,133 @@ def test_output_dir_that_is_a_file_exits_2(exported, tmp_path, capsys):
 def test_report_of_a_folder_without_logs_exits_2(tmp_path, capsys):
     code, err = cli_exit(["report", "--log_dir", tmp_path], capsys)
     assert code == 2 and "--log_dir" in err and "metrics.csv" in err
+
+
+# ------------------------------------------------ issue 12: untrained lengths, streaming decode and sample
+
+
+def test_decode_refuses_untrained_lengths_unless_allowed(exported, runtime_model, capsys):
+    model, model_dir = runtime_model("lstm"), exported("lstm").model_dir  # trained on exactly 4 tokens
+    stdin = "1 2 3 4\n1 2 3 4 5\n8 7 6 5\n3 3\n"
+    code, out, err = cli_output(["decode", "--model_dir", model_dir], capsys, stdin)
+    assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1
+    assert "line 2: source: 5 tokens; this model was trained on sources of exactly 4 tokens" in err
+    assert "--allow_untrained_lengths" in err
+    assert out.splitlines() == strip_all(model, model.greedy([[1, 2, 3, 4]]))  # line 1 only
+
+    rows = pad_rows([[int(t) for t in line.split()] for line in stdin.splitlines()])
+    for beam in ("1", "2"):
+        args = ["decode", "--model_dir", model_dir, "--allow_untrained_lengths", "--beam_size", beam]
+        code, out, err = cli_output(args, capsys, stdin)
+        expected = model.beam_search(rows, 2, allow_untrained_lengths=True)[0] if beam == "2" else None
+        if expected is None:
+            expected = model.greedy(rows, allow_untrained_lengths=True)
+        assert code == 0 and out.splitlines() == strip_all(model, expected)
+
+    code, out, err = cli_output(["decode", "--model_dir", model_dir, "--skip_bad_lines"], capsys, stdin)
+    assert code == 0 and out.splitlines() == strip_all(model, model.greedy([[1, 2, 3, 4], [8, 7, 6, 5]]))
+    assert "skipped 2 bad line(s) of 4; the first: line 2: source: 5 tokens" in err
+
+
+class _RecordingStdin:
+    """stdin that records, as each line is read, how many lines decode has printed so far."""
+
+    def __init__(self, lines: list[str], out: io.StringIO) -> None:
+        self.lines, self.out, self.printed = lines, out, []
+
+    def __iter__(self):
+        for line in self.lines:
+            self.printed.append(len(self.out.getvalue().splitlines()))
+            yield line + "\n"
+
+    def read(self) -> str:  # all at once, as decode read stdin before it streamed
+        self.printed = [len(self.out.getvalue().splitlines())] * len(self.lines)
+        return "".join(line + "\n" for line in self.lines)
+
+
+def test_decode_prints_each_batch_before_reading_further_lines(exported, runtime_model, monkeypatch):
+    model = runtime_model("gru")
+    lines = ["2 3", "4 5 6", "7", "2 2 2 2 2", "6 5"]
+    out = io.StringIO()
+    stdin = _RecordingStdin(lines, out)
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert run_cli(["decode", "--model_dir", exported("gru").model_dir, "--batch_size", "2"]) == 0
+    assert stdin.printed == [0, 0, 2, 2, 4]  # memory holds one batch of lines, whatever the input's size
+    rows = pad_rows([[int(t) for t in line.split()] for line in lines])
+    assert out.getvalue().splitlines() == strip_all(model, model.greedy(rows))
+
+
+def test_decode_splits_stdin_lines_as_before_it_streamed(exported, runtime_model, capsys):
+    model = runtime_model("gru")
+    stdin = "2 3\r\n4 5\r6\x0c7 2\n\n"  # \r\n, a lone \r and a form feed end lines, as str.splitlines() has it
+    args = ["decode", "--model_dir", exported("gru").model_dir, "--skip_bad_lines"]
+    code, out, err = cli_output(args, capsys, stdin)
+    assert code == 0 and out.splitlines() == strip_all(model, model.greedy(pad_rows([[2, 3], [4, 5], [6], [7, 2]])))
+    assert "skipped 1 bad line(s) of 5; the first: line 5: source: empty sequence" in err
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])  # fixed-length and variable-length sources
+def test_sample_prints_the_lines_of_one_draw_piece_by_piece(name, exported, runtime_model, monkeypatch, capsys):
+    from lit_seq2seq import cli
+    from lit_seq2seq.tasks import task_from_metadata
+
+    monkeypatch.setattr(cli, "_SAMPLE_CELLS", 15)  # pieces of 3 rows: 17 lines take 6 of them
+    code, out, _ = cli_output(["sample", "--model_dir", exported(name).model_dir, "-n", "17", "--seed", "4"], capsys)
+    model = runtime_model(name)
+    source, target = task_from_metadata(model.meta).sample(17, np.random.default_rng(4))
+    expected = [
+        " ".join(map(str, s[s != 0])) + "\t" + " ".join(map(str, model.strip(t))) for s, t in zip(source, target)
+    ]
+    assert code == 0 and out.splitlines() == expected
+
+
+@pytest.mark.parametrize("task", [("reverse_first", 11, 4, 2), ("copy", 8, 5), ("sort", 9, 6, None, 3), ("add", 13, 7)])
+def test_sample_chunks_are_sample_in_pieces(task):
+    from lit_seq2seq.tasks import make_task
+
+    task = make_task(*task)
+    for n, rows in ((1, 1), (10, 1), (10, 3), (10, 10), (10, 64), (1000, 333)):
+        whole_rng, piece_rng = np.random.default_rng(n), np.random.default_rng(n)
+        source, target = task.sample(n, whole_rng)
+        pieces = list(task.sample_chunks(n, piece_rng, rows))
+        assert [len(s) for s, _ in pieces] == [min(rows, n - i) for i in range(0, n, rows)]
+        np.testing.assert_array_equal(np.concatenate([s for s, _ in pieces]), source)
+        np.testing.assert_array_equal(np.concatenate([t for _, t in pieces]), target)
+        assert piece_rng.bit_generator.state == whole_rng.bit_generator.state  # the next draw is the same too
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS from /proc (Linux)")
+def test_sample_memory_does_not_grow_with_n(exported):
+    # VmHWM, the peak RSS of this process's memory: unlike getrusage's ru_maxrss, it does not start at the
+    # peak of the forking parent (this pytest process, torch and all).
+    code = """
+import os, re, sys
+from pathlib import Path
+from lit_seq2seq.cli import main
+sys.stdout = open(os.devnull, "w")
+peak = []
+for n in ("1000", "1000000"):
+    assert main(["sample", "--model_dir", sys.argv[1], "-n", n]) == 0
+    peak.append(int(re.search(r"VmHWM:\\s*(\\d+) kB", Path("/proc/self/status").read_text())[1]))
+print(peak[1] - peak[0], file=sys.__stdout__)
+"""
+    result = run_python(code, str(exported("lstm").model_dir))
+    assert result.returncode == 0, result.stderr
+    # Drawn and printed in pieces: a million lines need no more memory than a thousand (the whole draw: +105 MB).
+    assert int(result.stdout) < 16 * 1024, f"peak RSS grew by {int(result.stdout) / 1024:.0f} MiB"
+
+
+def test_sample_and_decode_into_a_closed_pipe_exit_0_quietly(exported, tmp_path):
+    model_dir = str(exported("gru").model_dir)
+    (tmp_path / "in.txt").write_text("2 3 4\n" * 5000)
+    with (tmp_path / "in.txt").open() as lines:
+        for args, stdin in (
+            (["sample", "-n", "1000000000"], subprocess.DEVNULL),  # the issue's case: 7.9 GB, then a traceback
+            (["decode"], lines),
+        ):
+            with subprocess.Popen([CLI, *args, "--model_dir", model_dir], stdin=stdin, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) as proc:  # fmt: skip
+                assert proc.stdout.readline().strip()
+                proc.stdout.close()  # as `| head -1` does
+                assert proc.wait(timeout=120) == 0 and proc.stderr.read() == ""

@@ -2,7 +2,8 @@
 
 Whatever it is given, OnnxSeq2Seq.greedy/beam_search/step and decode never crash the process or hang: they
 return well-formed results (token ids in range, the right shape and dtype) or raise ValueError/TypeError; decode
-exits 0 (one output line per input line) or 2 with a one-line message.
+exits 0 (one output line per input line) or 2 with a one-line message. Without allow_untrained_lengths, nothing is
+decoded for a row whose length lies outside the trained range.
 
 The model is the session's tiny "lstm_attention" export (conftest.exported): reverse task with an end token, LSTM
 with attention, so the decoder state has all four entries h, c, memory, memory_mask.
@@ -105,6 +106,13 @@ def _check_tokens(model: OnnxSeq2Seq, source: Any, tokens: Any, max_len: Any) ->
             assert (row[ends[0] + 1 :] == model.pad_token).all()
 
 
+def _check_trained_lengths(model: OnnxSeq2Seq, source: Any) -> None:
+    """A source that was decoded without allow_untrained_lengths: every row's length in the trained range."""
+    rows = np.atleast_2d(np.asarray(source))
+    lengths = (rows != model.pad_token).sum(1)
+    assert ((model.min_source_length <= lengths) & (lengths <= model.source_length)).all(), lengths
+
+
 def _expect_bad_input(error: BaseException) -> None:
     assert isinstance(error, (ValueError, TypeError)), f"{type(error).__name__}: {error}"
     assert str(error)  # a message, not a bare exception
@@ -114,14 +122,16 @@ def _expect_bad_input(error: BaseException) -> None:
 
 
 @FUZZ
-@given(source=sources, max_len=max_lens)
-def test_greedy_returns_valid_tokens_or_rejects_the_input(model, source, max_len):
+@given(source=sources, max_len=max_lens, allow=st.booleans())
+def test_greedy_returns_valid_tokens_or_rejects_the_input(model, source, max_len, allow):
     try:
-        tokens = model.greedy(source, max_len=max_len)
+        tokens = model.greedy(source, max_len=max_len, allow_untrained_lengths=allow)
     except Exception as error:  # noqa: BLE001 - the type is what is checked
         _expect_bad_input(error)
         return
     _check_tokens(model, source, tokens, max_len)
+    if not allow:
+        _check_trained_lengths(model, source)
 
 
 @FUZZ
@@ -130,14 +140,21 @@ def test_greedy_returns_valid_tokens_or_rejects_the_input(model, source, max_len
     beam_size=st.one_of(st.integers(-3, 6), odd_numbers),
     length_penalty=st.one_of(st.floats(), st.sampled_from([None, "x", True, np.float32(0.5), 0])),
     max_len=max_lens,
+    allow=st.booleans(),
 )
-def test_beam_search_returns_valid_tokens_or_rejects_the_input(model, source, beam_size, length_penalty, max_len):
+def test_beam_search_returns_valid_tokens_or_rejects_the_input(
+    model, source, beam_size, length_penalty, max_len, allow
+):
     try:
-        tokens, scores = model.beam_search(source, beam_size, length_penalty, max_len=max_len)
+        tokens, scores = model.beam_search(
+            source, beam_size, length_penalty, max_len=max_len, allow_untrained_lengths=allow
+        )
     except Exception as error:  # noqa: BLE001
         _expect_bad_input(error)
         return
     _check_tokens(model, source, tokens, max_len)
+    if not allow:
+        _check_trained_lengths(model, source)
     assert np.shape(scores) == tokens.shape[:-1]  # (batch,), or a scalar for one sequence
     assert np.asarray(scores).dtype.kind == "f" and not np.isnan(scores).any()
 
@@ -147,10 +164,10 @@ def test_greedy_and_beam_1_agree_on_valid_sources(model):
     @given(source=near_valid_sources())
     def check(source):
         try:
-            greedy = model.greedy(source)
+            greedy = model.greedy(source, allow_untrained_lengths=True)
         except ValueError:
             return
-        beam, _ = model.beam_search(source, beam_size=1)
+        beam, _ = model.beam_search(source, beam_size=1, allow_untrained_lengths=True)
         assert np.array_equal(greedy, beam)
 
     check()
@@ -164,7 +181,7 @@ def states(draw: st.DrawFn, model: OnnxSeq2Seq) -> tuple[np.ndarray, Any]:
     """(token, state): a real encoder state for a valid batch, then maybe damaged in one way."""
     source = np.atleast_2d(draw(near_valid_sources()))
     try:
-        state = model.encode(source)
+        state = model.encode(source, allow_untrained_lengths=True)
     except ValueError:  # an invalid source: greedy/beam tests cover those
         assume(False)
     batch = len(source)
@@ -242,10 +259,14 @@ def _fits_int64(text: str) -> bool:
 
 def test_decode_lines_exit_0_or_2(model_dir, capsys):
     @FUZZ
-    @given(text=st.lists(lines, min_size=1, max_size=4).map("\n".join), beam=st.sampled_from(["1", "2"]))
-    def check(text, beam):
+    @given(
+        text=st.lists(lines, min_size=1, max_size=4).map("\n".join),
+        beam=st.sampled_from(["1", "2"]),
+        flags=st.sampled_from([[], ["--allow_untrained_lengths"], ["--batch_size", "1"]]),
+    )
+    def check(text, beam, flags):
         assume(_fits_int64(text))
-        code, out, err = cli_output(["decode", "--model_dir", model_dir, "--beam_size", beam], capsys, text)
+        code, out, err = cli_output(["decode", "--model_dir", model_dir, "--beam_size", beam, *flags], capsys, text)
         assert code in (0, 2), (code, err)
         assert "Traceback" not in err
         if code == 0:
@@ -253,6 +274,8 @@ def test_decode_lines_exit_0_or_2(model_dir, capsys):
         else:
             (message,) = [line for line in err.splitlines() if "error:" in line]  # after the usage lines
             assert message.startswith("lit-seq2seq decode: error: ") and err.endswith(message + "\n")
+            if message.startswith("lit-seq2seq decode: error: line "):  # the lines before the bad one were printed
+                assert len(out.splitlines()) == int(message.split()[4].rstrip(":")) - 1
 
     check()
 

@@ -59,7 +59,7 @@ else:
 # Each case also says what raw onnxruntime (encoder/decoder session.run, found by calling it directly) does with
 # the same input: an error (often from deep inside a kernel), silent garbage, or a crash of the whole process.
 
-GOOD = np.array([[3, 4, 5, 6], [2, 3, 0, 0]])
+GOOD = np.array([[3, 4, 5, 6], [2, 3, 0, 0]])  # row 1 is shorter than the fixed-length (4) exports were trained on
 SOURCE_CASES = [
     # raw: error, INVALID_ARGUMENT "Unexpected input data type. Actual: (tensor(float)), expected: (tensor(int64))"
     pytest.param("lstm", GOOD.astype(np.float32), TypeError, "integer token ids", id="float source"),
@@ -221,7 +221,7 @@ STEP_CASES = [
 @pytest.mark.parametrize("name,make,error,message", STEP_CASES)
 def test_bad_step_input_is_refused_with_a_clear_message(name, make, error, message, runtime_model):
     model = runtime_model(name)
-    token, state = make(model.encode(GOOD))
+    token, state = make(model.encode(GOOD, allow_untrained_lengths=True))
     with pytest.raises(error, match=message):
         model.step(token, state)
 
@@ -229,7 +229,7 @@ def test_bad_step_input_is_refused_with_a_clear_message(name, make, error, messa
 def test_good_step_input_passes_the_same_checks(runtime_model):
     for name in ("lstm", "gru", "lstm_attention", "gru_bi_attention"):
         model = runtime_model(name)
-        logits, state = model.step(np.zeros(2, np.int64), model.encode(GOOD))
+        logits, state = model.step(np.zeros(2, np.int64), model.encode(GOOD, allow_untrained_lengths=True))
         assert logits.shape == (2, model.vocab_size) and set(state) == set(model.state_names)
 
 
@@ -261,7 +261,7 @@ def test_good_step_input_passes_the_same_checks(runtime_model):
 )
 def test_bad_search_settings_are_refused(call, message, runtime_model):
     with pytest.raises((ValueError, TypeError), match=message):
-        call(runtime_model("lstm"))
+        call(runtime_model("gru"))  # trained on 1 to 5 tokens: GOOD is a good source
 
 
 # ------------------------------------------------------------------------------------------ damaged files
@@ -368,3 +368,57 @@ def test_one_instance_serves_8_threads_with_the_serial_results(runtime_model):
         for greedy, beam in runs:
             np.testing.assert_array_equal(greedy, serial[i][0])
             np.testing.assert_array_equal(beam, serial[i][1])
+
+
+# ------------------------------------------------------------------ issue 12: sources of untrained lengths
+# The graphs run on any length, but a model answers lengths it never saw with confident garbage (the seed model,
+# trained on exactly 6 tokens: 0% exact match on 3-token sources). The runtime refuses them unless asked not to.
+
+UNTRAINED = [
+    # lstm: reverse_first, exactly 4 tokens; gru: copy, 1 to 5 tokens
+    pytest.param("lstm", [[1, 2, 3, 4, 5]], "source row 0: 5 tokens; this model was trained on sources of exactly 4 "
+                 "tokens (pass allow_untrained_lengths=True / --allow_untrained_lengths", id="longer, fixed length"),
+    pytest.param("lstm", [1, 2, 3], "source: 3 tokens; this model was trained on sources of exactly 4 tokens",
+                 id="shorter, one sequence"),
+    pytest.param("lstm", [[1, 2, 3, 4], [5, 6, 0, 0]], "source row 1: 2 tokens", id="a row's length before padding"),
+    pytest.param("gru", [[2, 3, 0, 0, 0, 0], [2, 3, 4, 5, 6, 7]], "source row 1: 6 tokens; this model was trained "
+                 "on sources of 1 to 5 tokens", id="longer, range"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,source,message", UNTRAINED)
+def test_untrained_source_lengths_are_refused_naming_the_range(name, source, message, runtime_model):
+    model = runtime_model(name)
+    for call in (model.encode, model.greedy, lambda s: model.beam_search(s, beam_size=2)):
+        with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+            call(source)
+    # The explicit opt-in decodes them, as the graphs always could.
+    rows = len(np.atleast_2d(source))
+    assert model.encode(source, allow_untrained_lengths=True)["h"].shape[1] == rows
+    tokens = model.greedy(source, allow_untrained_lengths=True)
+    assert tokens.ndim == np.ndim(source) and len(np.atleast_2d(tokens)) == rows
+    beam = model.beam_search(source, beam_size=1, allow_untrained_lengths=True)[0]
+    np.testing.assert_array_equal(beam, tokens)
+
+
+def test_lengths_inside_the_trained_range_decode_whatever_the_padding(runtime_model):
+    model = runtime_model("gru")  # trained on 1 to 5 tokens
+    assert (model.min_source_length, model.source_length) == (1, 5)
+    wide = np.zeros((3, 9), np.int64)  # 9 columns, but each row's length is in range
+    wide[0, :1], wide[1, :5], wide[2, :3] = [2], [2, 3, 4, 5, 6], [7, 6, 5]
+    np.testing.assert_array_equal(model.greedy(wide), model.greedy(wide[:, :5]))
+    assert model.beam_search(wide, beam_size=2)[0].shape[0] == 3 and len(model.encode(wide)["h"][0]) == 3
+    fixed = runtime_model("lstm")  # exactly 4 tokens
+    assert fixed.greedy([[1, 2, 3, 4, 0, 0]]).tolist() == fixed.greedy([[1, 2, 3, 4]]).tolist()
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None, "False"])
+def test_allow_untrained_lengths_takes_only_a_bool(value, runtime_model):
+    with pytest.raises(TypeError, match="allow_untrained_lengths must be True or False"):
+        runtime_model("lstm").greedy([[1, 2, 3, 4]], allow_untrained_lengths=value)
+
+
+def test_bad_tokens_are_named_before_the_length(runtime_model):
+    # A 2-token row with an out-of-range token: the token is the first problem to fix.
+    with pytest.raises(ValueError, match="token 9 is out of range"):
+        runtime_model("lstm").greedy([[3, 9]])
