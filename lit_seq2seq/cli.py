@@ -187,9 +187,14 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_report(o: argparse.Namespace) -> int:
-    from lit_seq2seq.report import write_report
+    """Exit code 2 for a --log_dir without metrics.csv, a bad row in it (naming file and line) or a report that could
+    not be written; an existing report is then unchanged."""
+    from lit_seq2seq.report import ReportError, write_report
 
-    png, table = write_report(o.log_dir)
+    try:
+        png, table = write_report(o.log_dir)
+    except ReportError as error:  # the data or the disk, not the command line: one line, no usage text
+        raise InputError(str(error)) from None
     print(f"report written to {png} and {table}")
     return 0
 
