@@ -1,4 +1,4 @@
-"""report.py: report.png and report.csv from a run's CSV logs (`lit-seq2seq report`); bad rows, non-finite values, write faults."""
+"""report.py: report.png + report.csv from a run's CSV logs; bad rows, non-finite values and write faults."""
 
 from __future__ import annotations
 
