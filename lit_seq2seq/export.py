@@ -358,13 +358,19 @@ def _rename_exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
-def _hold(folder: Path) -> int:
-    """An fd on `folder` holding an exclusive flock. The lock follows the folder through renames and ends with the
-    process however it ends, so another export can tell a running export's folders from a killed one's."""
+@contextlib.contextmanager
+def _held(folder: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `folder`. The lock follows the folder through renames and ends with the process
+    however it ends, so another export can tell a running export's folders from a killed one's."""
+    if fcntl is None:
+        yield
+        return
     fd = os.open(folder, os.O_RDONLY)
-    if fcntl is not None:
+    try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
+        yield
+    finally:
+        os.close(fd)
 
 
 def _alive(pid: int) -> bool:
@@ -442,11 +448,8 @@ def _staging(target: Path) -> Iterator[Path]:
     stage = target.parent / f".{target.name}.export-{os.getpid()}-{secrets.token_hex(4)}"
     os.mkdir(stage)  # mode 0o777 & ~umask, as a plain mkdir of the output folder gets
     try:
-        fd = _hold(stage)
-        try:
+        with _held(stage):
             yield stage
-        finally:
-            os.close(fd)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -463,16 +466,13 @@ def _swap_in(stage: Path, target: Path) -> None:
     if _rename_exchange(stage, target):
         return
     aside = target.parent / f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-    fd = _hold(target)
-    try:
+    with _held(target):
         os.rename(target, aside)
         try:
             os.rename(stage, target)
         except OSError:
             os.rename(aside, target)  # put the previous export back
             raise
-    finally:
-        os.close(fd)
     shutil.rmtree(aside, ignore_errors=True)
 
 
@@ -548,11 +548,11 @@ def export_checkpoint(
         with _staging(target) as stage:
             _write_graphs(net, task, stage, opset)
             report = verify(net, task, stage, verify_samples)
-            for path in [*stage.iterdir(), stage]:  # on disk before the swap: a power cut cannot surface empty files
+            for path in stage.iterdir():  # on disk before the swap: a power cut cannot surface empty files
                 _fsync(path)
             _refuse_foreign(target, out, set(EXPORT_FILES) | set(os.listdir(stage)))  # anything added meanwhile
             _swap_in(stage, target)
-        with contextlib.suppress(OSError):  # the rename itself on disk; some filesystems cannot fsync a folder
+        with contextlib.suppress(OSError):  # the rename on disk too; some systems cannot open or fsync a folder
             _fsync(target.parent)
     except OSError as error:
         raise _write_error(out, target, error, bool(existing)) from error

@@ -8,7 +8,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -34,36 +34,46 @@ def read_metrics(log_dir: Path) -> list[dict[str, float]]:
     path = log_dir / "metrics.csv"
     if not path.is_file():
         raise ValueError(f"--log_dir {log_dir}: no metrics.csv (pass a run folder such as runs/reverse/version_0)")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ReportError(f"{path} line {line}: not UTF-8 text ({error.reason})") from None
     rows, skipped = [], []
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        for row in reader:
-            values = {}
-            for key, text in row.items():
-                if key is None:  # DictReader collects cells beyond the header under None
-                    raise ReportError(
-                        f"{path} line {reader.line_num}: {len(reader.fieldnames) + len(text)} cells, the header has "
-                        f"{len(reader.fieldnames)}"
-                    )
-                if text in ("", None):
-                    continue
-                try:
-                    value = float(text)
-                except ValueError:
-                    raise ReportError(
-                        f"{path} line {reader.line_num}: {text!r} in column {key} is not a number"
-                    ) from None
-                if math.isfinite(value):
-                    values[key] = value
-                else:
-                    skipped.append(f"line {reader.line_num} {key} {text}")
-            rows.append(values)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    for row in _rows(reader, path):
+        values = {}
+        for key, cell in row.items():
+            where = f"{path} line {reader.line_num}"
+            if key is None:  # DictReader collects cells beyond the header under None
+                width = len(reader.fieldnames)
+                raise ReportError(f"{where}: {width + len(cell)} cells, the header has {width}")
+            if cell in ("", None):
+                continue
+            try:
+                value = float(cell)
+            except ValueError:
+                raise ReportError(f"{where}: {cell!r} in column {key} is not a number") from None
+            if math.isfinite(value):
+                values[key] = value
+            else:
+                skipped.append(f"line {reader.line_num} {key} {cell}")
+        rows.append(values)
     if skipped:
         note = f"left out {len(skipped)} non-finite value(s) of {path} (not plotted); the first: {skipped[0]}"
         print(f"lit-seq2seq report: {note}", file=sys.stderr)
     if not rows:
         raise ValueError(f"--log_dir {log_dir}: metrics.csv holds no rows yet")
     return rows
+
+
+def _rows(reader: csv.DictReader, path: Path) -> Iterator[dict[str | None, Any]]:
+    """The reader's rows; a CSV error (a NUL byte, an unclosed quote) as ReportError naming file and line."""
+    try:
+        yield from reader
+    except csv.Error as error:
+        raise ReportError(f"{path} line {reader.line_num}: {error}") from None
 
 
 def collect(rows: list[dict[str, float]]) -> tuple[dict[str, list[tuple[float, float]]], dict[int, float]]:

@@ -221,11 +221,8 @@ def test_leftovers_of_dead_exports_are_removed_and_those_of_running_ones_kept(pr
         (out.parent / name).mkdir()
         (out.parent / name / contract.ENCODER_FILE).write_bytes(b"partial")
     # The first is locked as a running export's folder is; the second not yet (just created), but its pid is alive.
-    fd = export_module._hold(out.parent / running[0])
-    try:
+    with export_module._held(out.parent / running[0]):
         code, _, err = cli_output(export_args(ckpt, out, "--overwrite"), capsys)
-    finally:
-        os.close(fd)
     assert code == 0
     assert [line for line in err.splitlines() if "cleaned up" in line] == [
         f"lit-seq2seq export: cleaned up after an interrupted export of {out}: removed {', '.join(sorted(dead))}"

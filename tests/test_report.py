@@ -68,12 +68,13 @@ def listing(folder) -> list[str]:
         ("0,19,abc,,,,", "line 5: 'abc' in column train/loss is not a number"),
         ("0,x1,0.5,,,,", "line 5: 'x1' in column step is not a number"),
         ("0,19,0.5,,,,,7", "line 5: 8 cells, the header has 7"),
+        ("0,19,\xff,,,,", "line 5: not UTF-8 text (invalid start byte)"),
     ],
-    ids=["not a number", "bad step", "extra cell"],
+    ids=["not a number", "bad step", "extra cell", "not utf-8"],
 )
 def test_a_bad_metrics_row_exits_2_naming_file_and_line_and_keeps_the_report(row, message, log_dir, capsys):
     before = report_files(log_dir)
-    (log_dir / "metrics.csv").write_text(GOOD + row + "\n")
+    (log_dir / "metrics.csv").write_bytes((GOOD + row + "\n").encode("latin-1"))
     code, err = cli_exit(["report", "--log_dir", log_dir], capsys)
     assert code == 2 and err == f"lit-seq2seq report: error: {log_dir / 'metrics.csv'} {message}\n"
     assert report_files(log_dir) == before and listing(log_dir) == ["metrics.csv", "report.csv", "report.png"]
