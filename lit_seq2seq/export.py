@@ -324,7 +324,7 @@ def verify(net: Seq2Seq, task: Task, model_dir: Path, samples: int) -> ExportRep
 # Every file an export writes. The folder is replaced as a whole, so one holding anything else is refused.
 EXPORT_FILES = (contract.ENCODER_FILE, contract.DECODER_FILE)
 # Hidden siblings of an output folder NAME: .NAME.export-PID-HEX (an export being written) and .NAME.old-PID-HEX (the
-# previous export moved aside by the two-rename fallback); lit-seq2seq <= 0.2 named the first .NAME.export-XXXXXXXX.
+# previous export moved aside by the two-rename fallback); lit-seq2seq 0.1 named the first .NAME.export-XXXXXXXX.
 _SIBLING = r"\.{name}\.(export|old)-(?:(\d+)-[0-9a-f]{{8}}|[a-z0-9_]{{8}})"
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 _RENAMEAT2_SYSCALL = {"x86_64": 316, "aarch64": 276}  # for a C library without the renameat2 wrapper (glibc < 2.28)

@@ -213,7 +213,7 @@ def test_a_kill_at_any_step_leaves_a_complete_export_and_the_next_export_cleans_
 def test_leftovers_of_dead_exports_are_removed_and_those_of_running_ones_kept(previous, capsys):
     ckpt, out, _ = previous
     pid = dead_pid()
-    dead = [f".model.export-{pid}-0123abcd", ".model.export-k2j4_x9q", f".model.old-{pid}-89abcdef"]  # 0.2's name too
+    dead = [f".model.export-{pid}-0123abcd", ".model.export-k2j4_x9q", f".model.old-{pid}-89abcdef"]  # 0.1's name too
     running = [f".model.export-{os.getpid()}-aaaaaaaa", f".model.export-{os.getpid()}-bbbbbbbb"]
     unrelated = [".model.backup", ".other.export-12345678", ".model.export-1.export-2-cccccccc"]
     unrelated += ["model.export-k2j4_x9q"]
