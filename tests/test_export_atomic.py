@@ -165,7 +165,7 @@ export.export_checkpoint(ckpt, out, verify_samples=4, overwrite=True)
 KILLS = {
     "encoder written": ("lit_seq2seq.export.export_encoder", 1, "after", False, "old"),
     "verified, not swapped": ("lit_seq2seq.export.verify", 1, "after", False, "old"),
-    # lit-seq2seq <= 0.2 moved the two files one by one with os.replace: killed between them, it left a mixed pair
+    # lit-seq2seq 0.1 moved the two files one by one with os.replace: killed between them, it left a mixed pair
     "between two os.replace": ("os.replace", 2, "before", False, "new"),
     "swapped, old not yet removed": ("lit_seq2seq.export._rename_exchange", 1, "after", False, "new"),
     "fallback, old moved aside": ("os.rename", 1, "after", True, "aside"),
