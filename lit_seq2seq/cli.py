@@ -51,7 +51,12 @@ def _parser(command: str) -> argparse.ArgumentParser:
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt_path", required=True, help="checkpoint written by `lit-seq2seq fit`")
-    p.add_argument("--output_dir", required=True, help="folder for encoder.onnx and decoder_step.onnx")
+    p.add_argument(
+        "--output_dir",
+        required=True,
+        help="folder of its own for encoder.onnx and decoder_step.onnx: an export replaces it as a whole, so it "
+        "must hold nothing else",
+    )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument(
         "--verify_samples", type=int, default=256, help="random sources whose greedy tokens must match (default 256)"
@@ -61,13 +66,18 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export(o: argparse.Namespace) -> int:
-    from lit_seq2seq.export import ExportVerificationError, export_checkpoint
+    """Exit codes: 0 exported; 1 the graphs failed verification; 2 a bad flag or checkpoint, a refused --output_dir,
+    or the output could not be written (full disk, read-only location). The folder is unchanged unless 0."""
+    from lit_seq2seq.export import ExportVerificationError, ExportWriteError, export_checkpoint
 
     try:
         report = export_checkpoint(o.ckpt_path, o.output_dir, o.opset, o.verify_samples, o.overwrite)
     except ExportVerificationError as error:
         print(f"lit-seq2seq export: verification failed, nothing was written: {error}", file=sys.stderr)
         return 1
+    except ExportWriteError as error:  # the disk, not the command line: one line, no usage text
+        print(f"lit-seq2seq export: error: {error}", file=sys.stderr)
+        sys.exit(2)
     print(report)
     return 0
 
@@ -226,9 +236,14 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_report(o: argparse.Namespace) -> int:
-    from lit_seq2seq.report import write_report
+    """Exit code 2 for a --log_dir without metrics.csv, a bad row in it (naming file and line) or a report that could
+    not be written; an existing report is then unchanged."""
+    from lit_seq2seq.report import ReportError, write_report
 
-    png, table = write_report(o.log_dir)
+    try:
+        png, table = write_report(o.log_dir)
+    except ReportError as error:  # the data or the disk, not the command line: one line, no usage text
+        raise InputError(str(error)) from None
     print(f"report written to {png} and {table}")
     return 0
 

@@ -4,14 +4,22 @@ Exporter: the TorchScript-based `torch.onnx.export(..., dynamo=False)`, chosen d
 `pack_padded_sequence` onto the ONNX LSTM/GRU `sequence_lens` input (padding-exact encoders), keeps every axis
 named in `dynamic_axes` dynamic even where the example has size 1, writes one self-contained .onnx file (no
 `.onnx.data`) and needs no onnxscript. The dynamo exporter does none of the first three here.
+
+The output folder changes as a whole: the export is written and verified in a hidden sibling folder, which then
+takes the output folder's place in one rename (`_swap_in`); leftovers of killed exports are cleaned up by the next.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
+import platform
 import re
+import secrets
 import shutil
+import stat
 import sys
 import tempfile
 import uuid
@@ -32,6 +40,11 @@ from lit_seq2seq.model import Seq2Seq
 from lit_seq2seq.runtime import OnnxSeq2Seq
 from lit_seq2seq.search import to_width
 from lit_seq2seq.tasks import Task, task_from_hparams
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so leftovers of killed exports are kept (see _abandoned)
+    fcntl = None
 
 PARITY_TOL = 1e-4
 _PACKED_SHAPE_NOTE = re.compile(r"shape inference of prim::(PackPadded|PadPacked) type is missing")
@@ -306,6 +319,201 @@ def verify(net: Seq2Seq, task: Task, model_dir: Path, samples: int) -> ExportRep
     )
 
 
+# ------------------------------------------------------------------------------- the output folder, swapped whole
+
+# Every file an export writes. The folder is replaced as a whole, so one holding anything else is refused.
+EXPORT_FILES = (contract.ENCODER_FILE, contract.DECODER_FILE)
+# Hidden siblings of an output folder NAME: .NAME.export-PID-HEX (an export being written) and .NAME.old-PID-HEX (the
+# previous export moved aside by the two-rename fallback); lit-seq2seq 0.1 named the first .NAME.export-XXXXXXXX.
+_SIBLING = r"\.{name}\.(export|old)-(?:(\d+)-[0-9a-f]{{8}}|[a-z0-9_]{{8}})"
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+_RENAMEAT2_SYSCALL = {"x86_64": 316, "aarch64": 276}  # for a C library without the renameat2 wrapper (glibc < 2.28)
+
+
+class ExportWriteError(OSError):
+    """The export could not be written (full disk, read-only or unwritable location); the output folder is as it was."""
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Swap the paths `a` and `b` in one atomic step (Linux renameat2 with RENAME_EXCHANGE). False where the OS, its
+    C library or the filesystem cannot; any other failure raises OSError."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = ctypes.c_int(_AT_FDCWD)
+    args = (fd, os.fsencode(a), fd, os.fsencode(b), ctypes.c_uint(_RENAME_EXCHANGE))
+    if hasattr(libc, "renameat2"):
+        result = libc.renameat2(*args)
+    elif platform.machine() in _RENAMEAT2_SYSCALL:
+        result = libc.syscall(ctypes.c_long(_RENAMEAT2_SYSCALL[platform.machine()]), *args)
+    else:
+        return False
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    # EINVAL: a filesystem without the flag; ENOSYS: an old kernel; EPERM: a seccomp filter refusing the call (a
+    # genuine permission problem fails the plain renames of the fallback as well, and is reported there).
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+@contextlib.contextmanager
+def _held(folder: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `folder`. The lock follows the folder through renames and ends with the process
+    however it ends, so another export can tell a running export's folders from a killed one's."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _abandoned(folder: Path, pid: str | None) -> bool:
+    """Whether `folder` was left by an export that no longer runs: nobody holds its lock and its process is gone. (A
+    live pid with a free lock is an export between creating and locking its folder, or the pid was reused: kept.)"""
+    if fcntl is None:
+        return False  # no way to tell a running export from a dead one: leave it
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return pid is None or not _alive(int(pid))
+
+
+def clean_leftovers(output_dir: str | os.PathLike) -> str | None:
+    """Finish what killed exports of `output_dir` left beside it: when the folder is missing, restore the previous
+    export a killed swap had moved aside; remove every other abandoned staging or moved-aside folder. Folders of
+    exports still running are kept. Returns one line saying what was done, or None when there was nothing."""
+    target = Path(os.path.realpath(output_dir))
+    pattern = re.compile(_SIBLING.format(name=re.escape(target.name)))
+    try:
+        entries = sorted(target.parent.iterdir())
+    except OSError:
+        return None
+    restored, removed = None, []
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if not match or entry.is_symlink() or not entry.is_dir() or not _abandoned(entry, match.group(2)):
+            continue
+        try:
+            if match.group(1) == "old" and restored is None and not os.path.lexists(target):
+                os.rename(entry, target)
+                restored = entry.name
+            else:
+                shutil.rmtree(entry)
+                removed.append(entry.name)
+        except OSError:
+            continue  # e.g. a read-only parent: left for a later run
+    done = ([f"restored {output_dir} from {restored}"] if restored else []) + (
+        [f"removed {', '.join(removed)}"] if removed else []
+    )
+    return f"cleaned up after an interrupted export of {output_dir}: {'; '.join(done)}" if done else None
+
+
+def _refuse_foreign(target: Path, shown: Path, ours: set[str]) -> None:
+    foreign = sorted(set(os.listdir(target)) - ours) if target.is_dir() else []
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise ValueError(
+            f"--output_dir {shown} holds {', '.join(foreign[:5])}{more}, not written by an export: an export replaces "
+            "the whole folder, so move them out or choose another --output_dir"
+        )
+
+
+@contextlib.contextmanager
+def _staging(target: Path) -> Iterator[Path]:
+    """A new locked folder beside `target` for the export; removed on the way out, whatever happened (after a swap it
+    holds the previous export)."""
+    stage = target.parent / f".{target.name}.export-{os.getpid()}-{secrets.token_hex(4)}"
+    os.mkdir(stage)  # mode 0o777 & ~umask, as a plain mkdir of the output folder gets
+    try:
+        with _held(stage):
+            yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _swap_in(stage: Path, target: Path) -> None:
+    """Put the folder `stage` at `target` in one step; a previous folder at `target` ends up at `stage`'s name.
+
+    Where RENAME_EXCHANGE is missing: two renames, the previous folder first moved aside (locked) to .NAME.old-PID-HEX.
+    A process killed between the two leaves it there, and the next export restores it (`clean_leftovers`)."""
+    if not os.path.lexists(target):
+        os.rename(stage, target)
+        return
+    os.chmod(stage, stat.S_IMODE(target.stat().st_mode))  # the folder keeps its permissions
+    if _rename_exchange(stage, target):
+        return
+    aside = target.parent / f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+    with _held(target):
+        os.rename(target, aside)
+        try:
+            os.rename(stage, target)
+        except OSError:
+            os.rename(aside, target)  # put the previous export back
+            raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_error(shown: Path, target: Path, error: OSError, previous: bool) -> ExportWriteError:
+    """One line naming the folder, the cause and what to do."""
+    name = os.fsdecode(error.filename) if error.filename else ""
+    if not name or name.startswith(str(target.parent / f".{target.name}.")):
+        name = str(target.parent)  # inside the staging folder: a path the user never sees
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = f"no space left on the device of {name}: free some space or choose another --output_dir"
+    elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        what = (
+            f"cannot write in {name} ({error.strerror}); an export is written beside its folder and then swapped in, "
+            "so choose a --output_dir in a writable folder"
+        )
+    else:
+        what = f"{error.strerror or error} ({name})"
+    kept = "the previous export there is unchanged" if previous else "nothing was written"
+    return ExportWriteError(f"--output_dir {shown}: {what}; {kept}")
+
+
+def _write_graphs(net: Seq2Seq, task: Task, folder: Path, opset: int) -> None:
+    """Both graphs into `folder`, stamped with metadata and one export id."""
+    export_id = uuid.uuid4().hex
+    cell, attention = net.config.cell, net.config.attention
+    for name, write, io in (
+        (contract.ENCODER_FILE, export_encoder, contract.encoder_io(cell, attention)),
+        (contract.DECODER_FILE, export_decoder_step, contract.decoder_io(cell, attention)),
+    ):
+        write(net, folder / name, task, opset)
+        _prune_and_stamp(folder / name, metadata(net, task, *io, export_id))
+
+
 def export_checkpoint(
     ckpt_path: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -313,33 +521,40 @@ def export_checkpoint(
     verify_samples: int = 256,
     overwrite: bool = False,
 ) -> ExportReport:
-    """Export, verify, then move both graphs into `output_dir`; on any failure `output_dir` is left untouched."""
+    """Export and verify into a hidden folder beside `output_dir`, then swap it in whole (`_swap_in`): at every moment,
+    even after a kill, `output_dir` holds the complete previous export or the complete new one. Failures raise
+    ValueError (bad settings, refused folder), ExportVerificationError or ExportWriteError, with the folder unchanged.
+    Leftovers of killed exports to the same folder are cleaned up first (one line on stderr)."""
     if verify_samples < 1:
         raise ValueError(f"--verify_samples must be >= 1, got {verify_samples}")
     if not 14 <= opset <= 20:
         raise ValueError(f"--opset must be in [14, 20], got {opset}")
     out = Path(output_dir)
-    if out.exists() and not out.is_dir():
+    target = Path(os.path.realpath(out))  # a symlinked folder is replaced where it lies; the link stays
+    if target.exists() and not target.is_dir():
         raise ValueError(f"--output_dir {out} exists and is not a folder")
-    existing = [n for n in (contract.ENCODER_FILE, contract.DECODER_FILE) if (out / n).exists()]
+    if os.path.ismount(target):
+        raise ValueError(f"--output_dir {out} is a mount point, which cannot be replaced: use a folder inside it")
+    note = clean_leftovers(out)
+    if note:
+        print(f"lit-seq2seq export: {note}", file=sys.stderr)
+    existing = [n for n in EXPORT_FILES if (target / n).exists()]
     if existing and not overwrite:
         raise ValueError(f"--output_dir {out} already holds {', '.join(existing)}; pass --overwrite to replace them")
+    _refuse_foreign(target, out, set(EXPORT_FILES))
     net, task = load_checkpoint(ckpt_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     try:
-        export_id = uuid.uuid4().hex
-        for name, write, io in (
-            (contract.ENCODER_FILE, export_encoder, contract.encoder_io(net.config.cell, net.config.attention)),
-            (contract.DECODER_FILE, export_decoder_step, contract.decoder_io(net.config.cell, net.config.attention)),
-        ):
-            write(net, tmp / name, task, opset)
-            _prune_and_stamp(tmp / name, metadata(net, task, *io, export_id))
-        report = verify(net, task, tmp, verify_samples)
-        out.mkdir(parents=True, exist_ok=True)
-        for name in (contract.ENCODER_FILE, contract.DECODER_FILE):
-            os.replace(tmp / name, out / name)  # atomic per file; the shared export_id catches a mixed pair
-        report.output_dir = out
-        return report
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _staging(target) as stage:
+            _write_graphs(net, task, stage, opset)
+            report = verify(net, task, stage, verify_samples)
+            for path in stage.iterdir():  # on disk before the swap: a power cut cannot surface empty files
+                _fsync(path)
+            _refuse_foreign(target, out, set(EXPORT_FILES) | set(os.listdir(stage)))  # anything added meanwhile
+            _swap_in(stage, target)
+        with contextlib.suppress(OSError):  # the rename on disk too; some systems cannot open or fsync a folder
+            _fsync(target.parent)
+    except OSError as error:
+        raise _write_error(out, target, error, bool(existing)) from error
+    report.output_dir = out
+    return report

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import re
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 CURVES = (
     ("loss", ("train/loss", "val/loss")),
@@ -14,18 +18,62 @@ CURVES = (
     ("exact match", ("val/exact_match",)),
 )
 _POSITION = re.compile(r"^(val|test)/position_(\d+)_acc$")
+_TEMPORARY = re.compile(r"\.report\.(?:csv|png)\.(\d+)\.tmp")  # written by _replace_with
+
+
+class ReportError(ValueError):
+    """metrics.csv holds a bad row, or the report could not be written; an existing report is left as it was."""
 
 
 def read_metrics(log_dir: Path) -> list[dict[str, float]]:
-    """Rows of <log_dir>/metrics.csv (Lightning's CSVLogger) with the empty cells dropped."""
+    """Rows of <log_dir>/metrics.csv (Lightning's CSVLogger) with the empty cells dropped.
+
+    A cell that is not a number is a data error naming file, line and column. Non-finite values (nan, inf: a run whose
+    loss diverged logs them) are left out of the report, counted in one line on stderr: the finite points still show
+    how the run went."""
     path = log_dir / "metrics.csv"
     if not path.is_file():
         raise ValueError(f"--log_dir {log_dir}: no metrics.csv (pass a run folder such as runs/reverse/version_0)")
-    with path.open() as f:
-        rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ReportError(f"{path} line {line}: not UTF-8 text ({error.reason})") from None
+    rows, skipped = [], []
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    for row in _rows(reader, path):
+        values = {}
+        for key, cell in row.items():
+            where = f"{path} line {reader.line_num}"
+            if key is None:  # DictReader collects cells beyond the header under None
+                width = len(reader.fieldnames)
+                raise ReportError(f"{where}: {width + len(cell)} cells, the header has {width}")
+            if cell in ("", None):
+                continue
+            try:
+                value = float(cell)
+            except ValueError:
+                raise ReportError(f"{where}: {cell!r} in column {key} is not a number") from None
+            if math.isfinite(value):
+                values[key] = value
+            else:
+                skipped.append(f"line {reader.line_num} {key} {cell}")
+        rows.append(values)
+    if skipped:
+        note = f"left out {len(skipped)} non-finite value(s) of {path} (not plotted); the first: {skipped[0]}"
+        print(f"lit-seq2seq report: {note}", file=sys.stderr)
     if not rows:
         raise ValueError(f"--log_dir {log_dir}: metrics.csv holds no rows yet")
     return rows
+
+
+def _rows(reader: csv.DictReader, path: Path) -> Iterator[dict[str | None, Any]]:
+    """The reader's rows; a CSV error (a NUL byte, an unclosed quote) as ReportError naming file and line."""
+    try:
+        yield from reader
+    except csv.Error as error:
+        raise ReportError(f"{path} line {reader.line_num}: {error}") from None
 
 
 def collect(rows: list[dict[str, float]]) -> tuple[dict[str, list[tuple[float, float]]], dict[int, float]]:
@@ -45,18 +93,46 @@ def collect(rows: list[dict[str, float]]) -> tuple[dict[str, list[tuple[float, f
     return curves, positions
 
 
+def _replace_with(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """A hidden temporary file beside `path` filled by `write`, fsynced; returned for os.replace. Removed on failure."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _remove_dead_temporaries(log_dir: Path) -> None:
+    """Temporary files of reports whose process was killed (their pid is in the name)."""
+    for tmp in log_dir.glob(".report.*.tmp"):
+        match = _TEMPORARY.fullmatch(tmp.name)
+        if match and not _alive(int(match.group(1))):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def write_report(log_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write <log_dir>/report.csv and <log_dir>/report.png; returns their paths."""
+    """Write <log_dir>/report.csv and <log_dir>/report.png; returns their paths.
+
+    Both are rendered in full into hidden temporary files first, then each is moved over the old one (os.replace): a
+    failure at any point leaves an existing report as it was. Raises ReportError for a bad metrics.csv row or a write
+    failure (full disk, read-only folder)."""
     log_dir = Path(log_dir)
     curves, positions = collect(read_metrics(log_dir))
-    csv_path = log_dir / "report.csv"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["metric", "step", "value"])
-        for name, points in sorted(curves.items()):
-            writer.writerows([name, int(step) if step == step else "", value] for step, value in points)
-        writer.writerows([f"position_{i}_acc", "", positions[i]] for i in sorted(positions))
-
     try:
         import matplotlib
 
@@ -64,6 +140,41 @@ def write_report(log_dir: str | os.PathLike) -> tuple[Path, Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ValueError("the PNG report needs matplotlib: pip install 'lit-seq2seq[report]'") from None
+    csv_path, png_path = log_dir / "report.csv", log_dir / "report.png"
+    _remove_dead_temporaries(log_dir)
+    written: list[tuple[Path, Path]] = []
+    try:
+        written.append((_replace_with(csv_path, lambda f: _write_table(f, curves, positions)), csv_path))
+        figure = _figure(plt, curves, positions, log_dir)
+        try:
+            written.append((_replace_with(png_path, lambda f: figure.savefig(f, format="png", dpi=100)), png_path))
+        finally:
+            plt.close(figure)
+        for tmp, path in written:
+            os.replace(tmp, path)
+    except OSError as error:
+        raise ReportError(
+            f"--log_dir {log_dir}: cannot write the report ({error.strerror or error}); free some space or make the "
+            "folder writable; an existing report is unchanged"
+        ) from error
+    finally:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
+    return png_path, csv_path
+
+
+def _write_table(f: BinaryIO, curves: dict[str, list[tuple[float, float]]], positions: dict[int, float]) -> None:
+    text = io.TextIOWrapper(f, newline="", encoding="utf-8")
+    writer = csv.writer(text)
+    writer.writerow(["metric", "step", "value"])
+    for name, points in sorted(curves.items()):
+        writer.writerows([name, int(step) if step == step else "", value] for step, value in points)
+    writer.writerows([f"position_{i}_acc", "", positions[i]] for i in sorted(positions))
+    text.flush()
+    text.detach()  # leave `f` open for the caller's fsync
+
+
+def _figure(plt: Any, curves: dict[str, list[tuple[float, float]]], positions: dict[int, float], log_dir: Path) -> Any:
     fig, axes = plt.subplots(1, 4, figsize=(18, 4), constrained_layout=True)
     for ax, (title, names) in zip(axes, CURVES):
         for name in names:
@@ -86,7 +197,4 @@ def write_report(log_dir: str | os.PathLike) -> tuple[Path, Path]:
         ax.set_ylim(0, 1.05)
     ax.set(title="greedy accuracy per target position (last eval)", xlabel="position")
     fig.suptitle(f"lit-seq2seq training report: {log_dir}")
-    png_path = log_dir / "report.png"
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-    return png_path, csv_path
+    return fig

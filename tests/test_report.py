@@ -1,13 +1,18 @@
-"""report.py: report.png and report.csv rendered from a tiny run's CSV logs (`lit-seq2seq report`)."""
+"""report.py: report.png + report.csv from a run's CSV logs; bad rows, non-finite values and write faults."""
 
 from __future__ import annotations
 
 import csv
+import errno
+import os
+import subprocess
+import sys
 
+import matplotlib.figure
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
-from conftest import REVERSE_YAML, TINY_TASK, root_args, run_cli, tiny_run, version_dirs
+from conftest import REVERSE_YAML, TINY_TASK, cli_exit, cli_output, root_args, run_cli, tiny_run, version_dirs
 
 # reverse.yaml validates 4x per epoch: 8 points per validation curve.
 CURVES = [*TINY_TASK, *tiny_run(train=1000, val=100, test=100, hidden=16, epochs=2), "--trainer.log_every_n_steps", "5"]
@@ -33,3 +38,93 @@ def test_report_writes_curves_and_positions(run_dir):
     # Plotted lines are coloured: some pixels are far from grey.
     rgb = image[..., :3]
     assert (np.ptp(rgb, axis=-1) > 0.3).mean() > 0.001
+
+
+# --------------------------------------------------------------- issue 12: bad rows, non-finite values, atomic writes
+
+HEADER = "epoch,step,train/loss,val/loss,val/token_acc,val/exact_match,val/position_0_acc\n"
+GOOD = HEADER + "0,4,2.0,,,,\n0,9,,1.5,0.5,0.25,0.5\n0,14,1.0,,,,\n"  # lines 2-4
+
+
+@pytest.fixture
+def log_dir(tmp_path):
+    """A folder with a hand-written metrics.csv and the report of it."""
+    (tmp_path / "metrics.csv").write_text(GOOD)
+    assert run_cli(["report", "--log_dir", tmp_path]) == 0
+    return tmp_path
+
+
+def report_files(folder) -> dict[str, bytes]:
+    return {name: (folder / name).read_bytes() for name in ("report.csv", "report.png")}
+
+
+def listing(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize(
+    "row,message",
+    [
+        ("0,19,abc,,,,", "line 5: 'abc' in column train/loss is not a number"),
+        ("0,x1,0.5,,,,", "line 5: 'x1' in column step is not a number"),
+        ("0,19,0.5,,,,,7", "line 5: 8 cells, the header has 7"),
+        ("0,19,\xff,,,,", "line 5: not UTF-8 text (invalid start byte)"),
+    ],
+    ids=["not a number", "bad step", "extra cell", "not utf-8"],
+)
+def test_a_bad_metrics_row_exits_2_naming_file_and_line_and_keeps_the_report(row, message, log_dir, capsys):
+    before = report_files(log_dir)
+    (log_dir / "metrics.csv").write_bytes((GOOD + row + "\n").encode("latin-1"))
+    code, err = cli_exit(["report", "--log_dir", log_dir], capsys)
+    assert code == 2 and err == f"lit-seq2seq report: error: {log_dir / 'metrics.csv'} {message}\n"
+    assert report_files(log_dir) == before and listing(log_dir) == ["metrics.csv", "report.csv", "report.png"]
+
+
+def test_non_finite_values_are_left_out_and_counted_on_stderr(log_dir, capsys):
+    """A diverged run logs nan/inf: the report shows the finite points and says how many it left out."""
+    (log_dir / "metrics.csv").write_text(GOOD + "0,19,nan,,,,\n0,inf,0.5,,,,\n0,24,-inf,,,,\n")
+    code, out, err = cli_output(["report", "--log_dir", log_dir], capsys)
+    assert code == 0
+    assert err == (
+        f"lit-seq2seq report: left out 3 non-finite value(s) of {log_dir / 'metrics.csv'} (not plotted); the first: "
+        "line 5 train/loss nan\n"
+    )
+    rows = list(csv.DictReader((log_dir / "report.csv").open()))
+    assert [(r["step"], r["value"]) for r in rows if r["metric"] == "train/loss"] == [
+        ("4", "2.0"),
+        ("14", "1.0"),
+        ("", "0.5"),  # its step was inf
+    ]
+    assert all(np.isfinite(float(r["value"])) for r in rows)
+
+
+@pytest.mark.parametrize("fault", ["table write", "figure write", "move into place"])
+def test_a_failed_write_keeps_the_existing_report_and_leaves_no_temporary(fault, log_dir, monkeypatch, capsys):
+    before = report_files(log_dir)
+    (log_dir / "metrics.csv").write_text(GOOD + "0,19,0.5,,,,\n")  # new data: a new report would differ
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    owner, name = {"table write": (os, "fsync"), "figure write": (matplotlib.figure.Figure, "savefig")}.get(
+        fault, (os, "replace")
+    )
+
+    def raise_full(*args, **kwargs):
+        raise full
+
+    monkeypatch.setattr(owner, name, raise_full)
+    code, err = cli_exit(["report", "--log_dir", log_dir], capsys)
+    monkeypatch.undo()
+    assert code == 2 and err == (
+        f"lit-seq2seq report: error: --log_dir {log_dir}: cannot write the report (No space left on device); free "
+        "some space or make the folder writable; an existing report is unchanged\n"
+    )
+    assert report_files(log_dir) == before and listing(log_dir) == ["metrics.csv", "report.csv", "report.png"]
+
+
+def test_temporaries_of_a_killed_report_are_removed(log_dir):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = f".report.png.{int(dead.stdout)}.tmp"
+    running = f".report.csv.{os.getppid()}.tmp"  # a live process's: kept
+    for name in (killed, running):
+        (log_dir / name).write_bytes(b"half")
+    assert run_cli(["report", "--log_dir", log_dir]) == 0
+    assert listing(log_dir) == sorted([running, "metrics.csv", "report.csv", "report.png"])
