@@ -9,6 +9,7 @@ The two classes subclass Lightning's and are built on first use (module `__getat
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import warnings
@@ -29,6 +30,45 @@ NAMES = ("best", "last")  # --ckpt_path values that name a checkpoint of an earl
 
 class NonFiniteError(RuntimeError):
     """Training produced a NaN or infinite loss or weights; nothing was saved."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint (or another file of a run) could not be written: a full disk, a read-only or forbidden folder. The
+    file it would have replaced, and every other checkpoint, is left as it was. The message is one line naming the file
+    and what to do; the CLI prints it and exits with code 1, a training outcome like a non-finite stop."""
+
+    # What a user can do about the write failures a machine commonly gives.
+    HINTS = {
+        errno.ENOSPC: "free space or pass --trainer.default_root_dir elsewhere",
+        errno.EDQUOT: "free space or pass --trainer.default_root_dir elsewhere",
+        errno.EROFS: "pass a writable --trainer.default_root_dir",
+        errno.EACCES: "pass a writable --trainer.default_root_dir",
+        errno.EPERM: "pass a writable --trainer.default_root_dir",
+    }
+
+    @classmethod
+    def caused_by(cls, error: BaseException, what: str, known_only: bool = False) -> CheckpointWriteError | None:
+        """`error`, raised while writing `what` (e.g. "checkpoint <path>"), as one line; None when no OSError caused it
+        (a bug, to be raised as it is), or with `known_only` when its errno is not one of HINTS. One already on the
+        exception chain wins: it was the first failure (Lightning's CSV logger flushes onto the same full disk after).
+
+        torch.save wraps a failed write to its file object in a RuntimeError ("[enforce fail at inline_container.cc]
+        ... unexpected pos") whose __context__ is the OSError (ENOSPC and the like): the cause is found on that chain.
+        """
+        chain: list[BaseException] = []
+        link: BaseException | None = error
+        while link is not None and link not in chain:
+            chain.append(link)
+            link = link.__cause__ or link.__context__
+        ours = [e for e in chain if isinstance(e, cls)]
+        if ours:
+            return ours[0]
+        cause = next((e for e in chain if isinstance(e, OSError)), None)
+        if cause is None or (known_only and cause.errno not in cls.HINTS):
+            return None
+        reason = os.strerror(cause.errno).lower() if cause.errno else str(cause)
+        hint = cls.HINTS.get(cause.errno, "pass --trainer.default_root_dir elsewhere")
+        return cls(f"cannot write {what}: {reason}; {hint}; the earlier checkpoints are intact")
 
 
 def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -141,14 +181,19 @@ def _lightning_classes() -> dict[str, type]:
             if storage_options is not None or "://" in str(path):
                 return super().save_checkpoint(checkpoint, path, storage_options)
             target = Path(path)
-            target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             try:
+                target.parent.mkdir(parents=True, exist_ok=True)
                 with tmp.open("wb") as f:
                     torch.save(checkpoint, f)
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, target)
+            except (OSError, RuntimeError) as error:  # a full disk or a read-only folder: one line, not a traceback
+                write_error = CheckpointWriteError.caused_by(error, f"checkpoint {target}")
+                if write_error is None:
+                    raise
+                raise write_error from error
             finally:
                 tmp.unlink(missing_ok=True)
             return None

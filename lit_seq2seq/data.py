@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lit_seq2seq.tasks import Task, make_task, split_rng
+from lit_seq2seq.tasks import SAMPLE_PEAK, Task, check_memory, make_task, sample_bytes, split_rng
 
 
 class TensorPairs(Dataset):
@@ -117,6 +117,15 @@ class Seq2SeqDataModule(L.LightningDataModule):
         ):
             if value < 0:
                 raise ValueError(f"--data.{name} must be >= 0, got {value}")
+        # Every split is generated in memory (a copy in each DDP process): refuse sizes that cannot fit before any.
+        task, others = self.task, val_size + test_size + predict_size
+        check_memory(
+            sample_bytes(task, [train_size, val_size, test_size, predict_size]),
+            f"--data.train_size {train_size} (and {others} val/test/predict samples) x --data.source_length "
+            f"{task.source_length}: the generated data (int64: (source {task.source_length} + target "
+            f"{task.target_length}) x 8 bytes a sample, and the split being drawn {SAMPLE_PEAK}x) needs",
+            "lower --data.train_size or --data.source_length",
+        )
         self.save_hyperparameters()
         self.sizes = {"train": train_size, "val": val_size, "test": test_size, "predict": predict_size}
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers

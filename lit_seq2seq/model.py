@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from lit_seq2seq import contract
+from lit_seq2seq import contract, tasks
 from lit_seq2seq.search import beam_search, greedy_search
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
@@ -81,6 +81,56 @@ class NetConfig:
         for name in ("pad_token", "start_token"):
             if not 0 <= getattr(self, name) < min(self.source_vocab_size, vocab):
                 raise ValueError(f"{flag}{name} must be a token id of both vocabularies, got {getattr(self, name)}")
+        self._check_memory()
+
+    def _check_memory(self) -> None:
+        """Refuse sizes whose tensors cannot fit in this machine's memory, before any is allocated (torch.eye of a
+        1e9 vocabulary would ask for 4e18 bytes). Counted: the float32 one-hot tables and weights; a fit needs about
+        4x the weights (gradients, Adam's two moments) and activations on top."""
+        source, target = self.source_vocab_size, self.target_vocab_size
+        if source == target:  # always so from the CLI, where the vocabulary is one flag
+            vocab = f"--data.vocab_size {source}"
+        else:
+            vocab = f"{self.FLAG}source_vocab_size {source}, {self.FLAG}target_vocab_size {target}"
+        one_hot = 0 if self.embedding_dim is not None else 4 * (source**2 + target**2)
+        if one_hot:
+            tasks.check_memory(
+                one_hot,
+                f"{vocab} with one-hot inputs: the input tables alone (vocab^2 x 4 bytes, encoder and decoder) need",
+                f"pass {self.FLAG}embedding_dim (a learned embedding: vocab x dim) or a smaller vocabulary",
+            )
+        params = self.parameter_count()
+        flags = [vocab] + [f"{self.FLAG}{k} {getattr(self, k)}" for k in ("hidden_size", "num_layers")]
+        if self.embedding_dim is not None:
+            flags.append(f"{self.FLAG}embedding_dim {self.embedding_dim}")
+        tables = ", and the one-hot tables" if one_hot else ""
+        tasks.check_memory(
+            one_hot + 4 * params,
+            f"{', '.join(flags)}: the net's {tasks.format_count(params)} weights (x 4 bytes{tables}) need",
+            "lower these sizes (a fit needs about 4x the weights: gradients and Adam's moments)",
+        )
+
+    def parameter_count(self) -> int:
+        """Parameters of the Seq2Seq net this config builds (checked against the built net in the tests)."""
+        hidden, gates = self.hidden_size, 4 if self.cell == "lstm" else 3
+
+        def rnn(input_dim: int, dirs: int) -> int:  # weight_ih, weight_hh and two biases per layer and direction
+            widths = [input_dim] + [hidden * dirs] * (self.num_layers - 1)
+            return sum(dirs * gates * hidden * (width + hidden + 2) for width in widths)
+
+        def token_input(vocab: int) -> tuple[int, int]:  # (parameters, width of the vectors)
+            return (0, vocab) if self.embedding_dim is None else (vocab * self.embedding_dim, self.embedding_dim)
+
+        count = 0
+        for vocab, dirs in ((self.source_vocab_size, 2 if self.bidirectional else 1), (self.target_vocab_size, 1)):
+            params, width = token_input(vocab)
+            count += params + rnn(width, dirs)
+        if self.bidirectional:  # the bridge: one Linear(2H, H) per state (h, and c for an LSTM)
+            count += len(contract.state_names(self.cell, False)) * (2 * hidden * hidden + hidden)
+        if self.attention:  # query Linear(H, M, no bias) and combine Linear(H + M, H)
+            memory = self.memory_dim
+            count += hidden * memory + (hidden + memory) * hidden + hidden
+        return count + hidden * self.target_vocab_size + self.target_vocab_size  # the output layer
 
     @property
     def memory_dim(self) -> int:

@@ -8,8 +8,10 @@ Sources are right-padded with 0; targets are right-padded with 0 after the end t
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -159,6 +161,11 @@ _TARGETS = {"reverse_first": _reverse_first, "copy": _copy, "reverse": _reverse,
 TASKS = tuple(_TARGETS)
 
 
+MAX_VOCAB_SIZE = 2**63  # token ids are int64
+# add counts the digits of a number with float64 log10, exact up to 14 digits: (30 - 1) // 2 = 14 digits per operand.
+MAX_ADD_SOURCE_LENGTH = 30
+
+
 def make_task(
     name: str = "reverse_first",
     vocab_size: int = 51,
@@ -171,6 +178,8 @@ def make_task(
         raise ValueError(f"--data.task: unknown task {name!r}; choose one of {', '.join(TASKS)}")
     if source_length < 1:
         raise ValueError(f"--data.source_length must be >= 1, got {source_length}")
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise ValueError(f"--data.vocab_size must be <= 2**63 (token ids are int64), got {vocab_size}")
     if name == "reverse_first":
         target_length = 3 if target_length is None else target_length
         if target_length < 1:
@@ -190,6 +199,12 @@ def make_task(
     if name == "add":
         if source_length < 3:
             raise ValueError(f"--data.source_length must be >= 3 for task add (a+b), got {source_length}")
+        if source_length > MAX_ADD_SOURCE_LENGTH:
+            raise ValueError(
+                f"--data.source_length must be <= {MAX_ADD_SOURCE_LENGTH} for task add (operands of up to "
+                f"{(MAX_ADD_SOURCE_LENGTH - 1) // 2} digits: the digits of longer numbers are not exact here), "
+                f"got {source_length}"
+            )
         if vocab_size < _PLUS + 1:
             raise ValueError(f"--data.vocab_size must be >= {_PLUS + 1} for task add (digits and +), got {vocab_size}")
         if min_source_length is not None:
@@ -211,6 +226,65 @@ def make_task(
     if target_length is not None and target_length != derived:
         raise ValueError(f"--data.target_length: task {name} derives it ({derived} with the end token); leave it unset")
     return Task(name, vocab_size, source_length, min_len, derived, EOS, min_token)
+
+
+# ------------------------------------------------------------------------------------------------------ memory
+
+UNKNOWN_MEMORY = 2**40  # assumed when the platform does not say what is available: generous, refuses only the absurd
+SAMPLE_PEAK = 3.2  # generating a split holds up to this many times its final arrays (measured: 1.6x-3.1x by task)
+
+
+def available_memory() -> int:
+    """Bytes of memory a new allocation can take without swapping: MemAvailable of /proc/meminfo on Linux, else the
+    free physical pages (os.sysconf), else UNKNOWN_MEMORY. (psutil is not a dependency.)"""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        pages = os.sysconf("SC_AVPHYS_PAGES")
+        if pages > 0:
+            return os.sysconf("SC_PAGE_SIZE") * pages
+    except (AttributeError, OSError, ValueError):  # no sysconf, or no such name (macOS has no SC_AVPHYS_PAGES)
+        pass
+    return UNKNOWN_MEMORY
+
+
+def format_count(n: int) -> str:
+    """`4.0e18`: the order of magnitude of a count, however large (a setting can ask for more than a float holds)."""
+    mantissa, exponent = f"{Decimal(n) if n > 1e300 else float(n):.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def format_bytes(n: int) -> str:
+    """`4.0e18 bytes (3.5 EiB)`: the order of magnitude, and a size a person reads at a glance."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    unit = 0
+    while unit < len(units) - 1 and n >= 1024 ** (unit + 1):
+        unit += 1
+    if n >= 1024 ** len(units):  # beyond any machine: the order of magnitude says it all
+        return f"{format_count(n)} bytes"
+    return f"{format_count(n)} bytes ({n / 1024**unit:.1f} {units[unit]})"
+
+
+def check_memory(need: int, what: str, hint: str) -> None:
+    """Refuse a setting whose arrays cannot fit: ValueError "<what> N bytes (...), more than the M bytes (...) of
+    memory available; <hint>" when `need` exceeds `available_memory()`. `what` names the flags and ends in "need(s)"."""
+    available = available_memory()
+    if need > available:
+        raise ValueError(
+            f"{what} {format_bytes(need)}, more than the {format_bytes(available)} of memory available; {hint}"
+        )
+
+
+def sample_bytes(task: Task, sizes: Sequence[int]) -> int:
+    """Peak bytes of generating splits of these sizes one after another: every split's int64 source and target
+    ((source_length + target_length) x 8 bytes a sample) and the temporaries of the largest while it is drawn."""
+    stored = [n * (task.source_length + task.target_length) * 8 for n in sizes]
+    return sum(stored) + int((SAMPLE_PEAK - 1) * max(stored, default=0))
 
 
 def split_rng(seed: int, split: str) -> np.random.Generator:

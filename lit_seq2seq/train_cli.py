@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import warnings
 from typing import Any
@@ -62,6 +63,15 @@ class Seq2SeqCLI(LightningCLI):
         except NonFiniteError as error:  # a training outcome, not a crash: one line, exit code 1
             if self.trainer.is_global_zero:  # every rank stops; the first one speaks for them
                 print(f"lit-seq2seq {self.subcommand}: error: {error}", file=sys.stderr, flush=True)
+            sys.exit(1)
+        except OSError as error:  # a full disk or an unwritable folder mid-run: a training outcome too, exit code 1
+            trainer = getattr(self, "trainer", None)  # None: it failed before any run began; the traceback says where
+            # A failed write() does not know its file; the run's folder does.
+            what = error.filename or f"into {trainer.default_root_dir if trainer else '.'}"
+            failure = checkpoint.CheckpointWriteError.caused_by(error, what, known_only=True) if trainer else None
+            if failure is None:  # not a write failure the user can act on: the traceback helps more
+                raise
+            print(f"lit-seq2seq {self.subcommand}: error: {failure}", file=sys.stderr, flush=True)
             sys.exit(1)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -132,6 +142,7 @@ class Seq2SeqCLI(LightningCLI):
             config.trainer.logger = Namespace(
                 class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace(save_dir=root, name="")
             )
+        _check_writable(root, self.parser)
         if self.subcommand == "fit":
             _check_fused_clipping(config, self.parser)
 
@@ -195,6 +206,23 @@ class Seq2SeqCLI(LightningCLI):
             print(f"no training report: {error}", file=sys.stderr)
             return
         print(f"training report written to {png} and {table}", file=sys.stderr)
+
+
+def _check_writable(root: str | os.PathLike, parser: LightningArgumentParser) -> None:
+    """Every command writes its run folder under --trainer.default_root_dir: refuse an unwritable one (read-only file
+    system, no permission, a file in the way) before anything starts, naming the path, instead of a traceback from
+    the logger's first mkdir. Nothing is created: the nearest existing folder on the way is asked."""
+    root = str(root)  # a str or a Path, as the Trainer takes it
+    if "://" in root:  # remote storage (s3://...): fsspec's business
+        return
+    existing = os.path.abspath(root)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        parser.error(f"--trainer.default_root_dir {root}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = "read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY else "permission denied"
+        parser.error(f"--trainer.default_root_dir {root}: cannot write into {existing} ({why}); pass a writable folder")
 
 
 def _check_fused_clipping(config: Namespace, parser: LightningArgumentParser) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
 from conftest import run_python
 
+from lit_seq2seq import tasks
 from lit_seq2seq.data import ResumableSampler, Seq2SeqDataModule, TensorPairs
 from lit_seq2seq.tasks import split_rng
 
@@ -186,6 +189,39 @@ BAD_DATA = [
 def test_bad_data_settings_name_the_flag(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Seq2SeqDataModule(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,need",
+    [
+        # The case: 100,000 sources of 100,000 tokens; before, 49 s and 8 GB, then a traceback.
+        (dict(source_length=100_000), "2.6e11 bytes (240.7 GiB)"),
+        (dict(train_size=10**9), "2.3e11 bytes (214.6 GiB)"),
+        (dict(task="copy", source_length=1000, train_size=10**7), "5.1e11 bytes (477.1 GiB)"),
+    ],
+)
+def test_data_that_cannot_fit_is_refused_before_it_is_drawn(kwargs, need, monkeypatch):
+    monkeypatch.setattr(tasks, "available_memory", lambda: 64 * 2**30)  # the same answer on any machine
+    monkeypatch.setattr(tasks.Task, "sample", lambda *a: pytest.fail("drew the data"))
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as error:
+        Seq2SeqDataModule(**kwargs)
+    assert time.perf_counter() - start < 1.0
+    message = str(error.value)
+    assert message.startswith(f"--data.train_size {kwargs.get('train_size', 100_000)} (and 3000 val/test/predict ")
+    assert f"x --data.source_length {kwargs.get('source_length', 6)}: the generated data (int64: " in message
+    assert f"needs {need}, more than the 6.9e10 bytes (64.0 GiB) of memory available" in message
+    assert message.endswith("; lower --data.train_size or --data.source_length")
+
+
+def test_data_is_refused_exactly_above_what_is_available(monkeypatch):
+    sizes = dict(train_size=1000, val_size=10, test_size=0, predict_size=0)  # 6 + 3 int64 a sample: 72 bytes
+    need = 1010 * 72 + int(2.2 * 1000 * 72)  # every split, and the largest's temporaries while it is drawn
+    monkeypatch.setattr(tasks, "available_memory", lambda: need)
+    Seq2SeqDataModule(**sizes).setup("fit")
+    monkeypatch.setattr(tasks, "available_memory", lambda: need - 1)
+    with pytest.raises(ValueError, match=r"--data\.train_size 1000 \(and 10 val/test/predict samples\) x "):
+        Seq2SeqDataModule(**sizes)
 
 
 def test_empty_eval_splits_are_allowed():

@@ -4,6 +4,7 @@ NetConfig's checks. Seq2SeqModule and its metrics are in test_module.py."""
 from __future__ import annotations
 
 import itertools
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from conftest import manual_greedy, net_config, padded_sources, run_python
 
+from lit_seq2seq import tasks
 from lit_seq2seq.model import NetConfig, Seq2Seq, TokenInput, shift_right
 
 V, H, S, T = 9, 16, 7, 5  # vocab, hidden, longest source, decoder steps
@@ -332,3 +334,77 @@ def test_bad_net_settings_name_the_flag(kwargs, message):
     settings = dict(source_vocab_size=V, target_vocab_size=V, max_target_length=T, hidden_size=H) | kwargs
     with pytest.raises(ValueError, match=message):
         NetConfig(**settings)
+
+
+# ------------------------------------------------------------------------------------------------------ memory
+
+
+@pytest.mark.parametrize("combo", COMBOS, ids=_id)
+@pytest.mark.parametrize("vocabs", [(V, V), (V, 12)], ids=["one-vocab", "two-vocabs"])
+def test_parameter_count_is_that_of_the_built_net(combo, vocabs):
+    config = NetConfig(source_vocab_size=vocabs[0], target_vocab_size=vocabs[1], hidden_size=H, **combo)
+    assert config.parameter_count() == sum(p.numel() for p in Seq2Seq(config).parameters())
+
+
+def _refused(monkeypatch: pytest.MonkeyPatch, **settings) -> str:
+    """NetConfig(**settings)'s memory refusal, checked to come before any tensor is made and within a second."""
+    monkeypatch.setattr(torch, "eye", lambda *a, **k: pytest.fail("allocated the one-hot table"))
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as error:
+        NetConfig(**settings)
+    assert time.perf_counter() - start < 1.0
+    return str(error.value)
+
+
+def test_a_one_hot_table_that_cannot_fit_is_refused_before_allocating(monkeypatch):
+    """The issue's case: --data.vocab_size 1000000000 used to call torch.eye(1e9), asking for 4e18 bytes."""
+    message = _refused(monkeypatch, source_vocab_size=10**9, target_vocab_size=10**9)  # any machine: 8e18 bytes
+    assert message.startswith(
+        "--data.vocab_size 1000000000 with one-hot inputs: the input tables alone (vocab^2 x 4 bytes, encoder and "
+        "decoder) need 8.0e18 bytes (6.9 EiB), more than the "
+    )
+    assert message.endswith(
+        "; pass --model.net.embedding_dim (a learned embedding: vocab x dim) or a smaller vocabulary"
+    )
+    message = _refused(monkeypatch, source_vocab_size=9, target_vocab_size=10**9)
+    assert message.startswith("--model.net.source_vocab_size 9, --model.net.target_vocab_size 1000000000 with one-hot")
+    assert "need 4.0e18 bytes (3.5 EiB)" in message
+
+
+@pytest.mark.parametrize(
+    "settings,message,weights",
+    [
+        # A learned embedding instead: the embeddings and the output layer hold vocab x (64 + 64 + 128 + 1) weights.
+        (
+            dict(source_vocab_size=10**9, target_vocab_size=10**9, embedding_dim=64),
+            "--data.vocab_size 1000000000, --model.net.hidden_size 128, --model.net.num_layers 1, "
+            "--model.net.embedding_dim 64: the net's 2.6e11 weights (x 4 bytes) need 1.0e12 bytes (957.4 GiB)",
+            10**9 * (64 + 64 + 128 + 1) + 2 * 4 * 128 * (64 + 128 + 2),
+        ),
+        # Wide and deep: four LSTM layers of 100,000 units in the encoder and in the decoder.
+        (
+            dict(hidden_size=100_000, num_layers=4),
+            "--data.vocab_size 51, --model.net.hidden_size 100000, --model.net.num_layers 4: the net's 5.6e11 weights "
+            "(x 4 bytes, and the one-hot tables) need 2.2e12 bytes (2.0 TiB)",
+            2 * (4 * 10**5 * (51 + 10**5 + 2) + 3 * 4 * 10**5 * (2 * 10**5 + 2)) + 51 * 10**5 + 51,
+        ),
+    ],
+)
+def test_weights_that_cannot_fit_are_refused_naming_the_sizes(settings, message, weights, monkeypatch):
+    monkeypatch.setattr(tasks, "available_memory", lambda: 2**80)
+    assert NetConfig(**settings).parameter_count() == weights  # counted, never built
+    monkeypatch.setattr(tasks, "available_memory", lambda: 64 * 2**30)  # the same answer on any machine
+    assert _refused(monkeypatch, **settings) == (
+        f"{message}, more than the 6.9e10 bytes (64.0 GiB) of memory available; lower these sizes (a fit needs about "
+        "4x the weights: gradients and Adam's moments)"
+    )
+
+
+def test_a_net_is_refused_exactly_above_what_is_available(monkeypatch):
+    config = NetConfig(hidden_size=H)  # the seed task's vocabulary (51), one-hot
+    need = 4 * (2 * 51**2 + config.parameter_count())
+    monkeypatch.setattr(tasks, "available_memory", lambda: need)
+    Seq2Seq(NetConfig(hidden_size=H))
+    monkeypatch.setattr(tasks, "available_memory", lambda: need - 1)
+    with pytest.raises(ValueError, match=r"^--data\.vocab_size 51, --model\.net\.hidden_size 16, "):
+        NetConfig(hidden_size=H)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
 
+from lit_seq2seq import tasks
 from lit_seq2seq.tasks import _TARGETS, EOS, PAD, SPLITS, TASKS, make_task, split_rng
 
 N = 200  # rows checked one by one against the reference
@@ -214,6 +218,12 @@ BAD_TASKS = [
     (dict(name="sort", vocab_size=1), r"--data\.vocab_size must be >= 3 for task sort"),
     (dict(name="add", vocab_size=12), r"--data\.vocab_size must be >= 13 for task add"),
     (dict(name="add", vocab_size=13, source_length=2), r"--data\.source_length must be >= 3 for task add"),
+    (
+        dict(name="add", vocab_size=13, source_length=31),
+        r"--data\.source_length must be <= 30 for task add \(operands ",
+    ),
+    (dict(name="add", vocab_size=13, source_length=41), r"--data\.source_length must be <= 30 for task add"),
+    (dict(vocab_size=2**63 + 1), r"--data\.vocab_size must be <= 2\*\*63 \(token ids are int64\)"),
     (dict(name="add", vocab_size=13, min_source_length=3), r"--data\.min_source_length"),
     (dict(name="add", vocab_size=13, target_length=9), r"--data\.target_length: task add derives it"),
     (dict(name="copy", target_length=3), r"--data\.target_length: task copy derives it \(7"),
@@ -237,3 +247,103 @@ def test_boundary_settings_are_accepted():
     assert make_task("copy", 3, 1).target_length == 2
     assert make_task("copy", 51, 6, 7, 6).min_source_length == 6  # the derived target length may be stated
     assert make_task("add", 13, 3).target_length == 3
+    assert make_task("add", 13, 30).target_length == 16
+    assert make_task("copy", 2**63, 4).vocab_size == 2**63
+
+
+def test_add_at_its_longest_source_gives_exact_sums():
+    """source_length 30: 14-digit operands. Before the bound, 39 and up raised numpy's "high is out of bounds for
+    int64" at the first sample, and from 31 a number like 10**15 - 1 got a leading zero digit (float64 log10)."""
+    task = make_task("add", 13, 30)
+    source, target = task.sample(N, np.random.default_rng(9))
+    for row, trow in zip(source, target):
+        tokens = _unpadded(row)
+        assert [int(t) for t in trow] == _reference("add", tokens, task.target_length)
+    # The extremes, by hand: all nines (the longest sum, 15 digits) and powers of ten (where log10 is closest).
+    for a, b in [(10**14 - 1, 10**14 - 1), (10**13, 10**14 - 10**13), (10**14 - 1, 1), (0, 10**14 - 1)]:
+        tokens = [int(ch) + 2 for ch in str(a)] + [12] + [int(ch) + 2 for ch in str(b)]
+        padded = np.array([tokens + [PAD] * (30 - len(tokens))], dtype=np.int64)
+        out = _TARGETS["add"](task, padded, np.array([len(tokens)]))
+        assert [int(t) for t in out[0]] == _reference("add", tokens, task.target_length), f"{a}+{b}"
+
+
+# ---------------------------------------------------------------------------------------------------- memory
+
+
+def test_available_memory_reads_proc_meminfo_then_sysconf_then_a_generous_bound(tmp_path, monkeypatch):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24683652 kB\nMemFree:  1 kB\nMemAvailable:   23914888 kB\n")
+    real_open = open
+
+    def fake_open(path, *args):
+        return real_open(meminfo if path == "/proc/meminfo" else path, *args)
+
+    monkeypatch.setattr(tasks, "open", fake_open, raising=False)  # shadows the builtin in the module
+    assert tasks.available_memory() == 23914888 * 1024
+
+    def no_meminfo(path, *args):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+
+    pages = {"SC_PAGE_SIZE": 4096, "SC_AVPHYS_PAGES": 1000}
+    monkeypatch.setattr(tasks, "open", no_meminfo, raising=False)
+    monkeypatch.setattr(tasks.os, "sysconf", lambda name: pages[name])
+    assert tasks.available_memory() == 4096 * 1000
+
+    def no_such_name(name):  # as on macOS, which has no SC_AVPHYS_PAGES
+        raise ValueError("unrecognized configuration name")
+
+    monkeypatch.setattr(tasks.os, "sysconf", no_such_name)
+    assert tasks.available_memory() == tasks.UNKNOWN_MEMORY == 2**40
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="Linux only: /proc/meminfo")
+def test_available_memory_is_this_machines_memavailable():
+    with open("/proc/meminfo") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+    assert abs(tasks.available_memory() - kb * 1024) < 2**30  # read a moment apart
+
+
+@pytest.mark.parametrize(
+    "n,text",
+    [
+        (0, "0.0e0 bytes (0.0 B)"),
+        (1536, "1.5e3 bytes (1.5 KiB)"),
+        (4 * 10**18, "4.0e18 bytes (3.5 EiB)"),
+        (2.4e10, "2.4e10 bytes (22.4 GiB)"),
+        (10**400, "1.0e400 bytes"),  # more than a float holds: a vocabulary of 1e200 squared
+    ],
+)
+def test_format_bytes(n, text):
+    assert tasks.format_bytes(n) == text
+
+
+def test_check_memory_refuses_only_above_what_is_available(monkeypatch):
+    monkeypatch.setattr(tasks, "available_memory", lambda: 1000)
+    tasks.check_memory(1000, "--x 1: the thing needs", "lower --x")  # exactly what is there: accepted
+    with pytest.raises(ValueError) as error:
+        tasks.check_memory(1001, "--x 1: the thing needs", "lower --x")
+    message = "--x 1: the thing needs 1.0e3 bytes (1001.0 B), more than the 1.0e3 bytes (1000.0 B) of memory "
+    assert str(error.value) == message + "available; lower --x"
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_sample_bytes_bounds_the_measured_peak_of_generating(name):
+    """The data module refuses sizes by sample_bytes: it must not be below what drawing a split really takes
+    (numpy's allocations, traced). Measured peaks: 1.6x (copy) to 3.1x (reverse_first) the final arrays."""
+    task = make_task(name, 13, 29 if name == "add" else 40)
+    n = 5000
+    tracemalloc.start()
+    try:
+        source, target = task.sample(n, split_rng(1, "train"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    final = source.nbytes + target.nbytes
+    assert final == n * (task.source_length + task.target_length) * 8
+    assert final < peak <= tasks.sample_bytes(task, [n]) <= 3.2 * final + 1
+
+
+def test_sample_bytes_of_several_splits_holds_them_all_and_the_largest_being_drawn():
+    task = make_task()  # 6 + 3 int64 a sample: 72 bytes
+    assert tasks.sample_bytes(task, [1000, 10, 0, 0]) == 1010 * 72 + int(2.2 * 1000 * 72)
+    assert tasks.sample_bytes(task, [100_000, 1000, 1000, 1000]) == 7_416_000 + int(2.2 * 7_200_000)
