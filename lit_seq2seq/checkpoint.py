@@ -348,9 +348,12 @@ def _lightning_classes() -> dict[str, type]:
         def _validates_now(self, trainer: L.Trainer) -> bool:
             """Whether a validation follows this training batch (Lightning's own test) whose end writes last.ckpt."""
             loop = trainer.fit_loop
-            return not self._should_save_on_train_epoch_end(trainer) and loop.epoch_loop._should_check_val_fx(
+            follows = not self._should_save_on_train_epoch_end(trainer) and loop.epoch_loop._should_check_val_fx(
                 loop._data_fetcher
             )
+            # rank 0 decides for all: a time-based val_check_interval can differ between ranks, and every rank must
+            # take part in a checkpoint write (Lightning's barrier)
+            return bool(trainer.strategy.broadcast(follows))
 
         def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
             super().setup(trainer, pl_module, stage)
