@@ -1,6 +1,6 @@
 """Checkpoints, all in one place: the weights hash and safe reading, atomic writes (`Seq2SeqCheckpointIO`), when
-best.ckpt and last.ckpt are written and the RNG that makes a resume exact (`Seq2SeqCheckpoint`), and what
-`--ckpt_path best|last` means in a new process (`resolve`).
+best.ckpt and last.ckpt are written, the RNG and loop state that make a resume exact (`Seq2SeqCheckpoint`), and what
+`--ckpt_path best|last` means in a new process (`resolve`: only within the newest run).
 
 The CLI installs both classes; a checkpoint passed to `--ckpt_path` is read (and checked) once, by `read_checkpoint`.
 The two classes subclass Lightning's and are built on first use (module `__getattr__`), so reading a checkpoint
@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
+import sys
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -26,6 +28,12 @@ import torch
 WEIGHTS_HASH_KEY = "weights_sha256"
 RNG_KEY = "rng_state"
 NAMES = ("best", "last")  # --ckpt_path values that name a checkpoint of an earlier run
+# Written by a resumed fit into its checkpoints folder: the checkpoint it continues (how `resolve` follows a run
+# across the version folders of its resumes).
+RESUMED_FROM = "resumed_from"
+# The hidden file Seq2SeqCheckpointIO writes before renaming it onto the checkpoint: .<name>.<pid>.tmp
+_TEMPORARY = re.compile(r"^\.(?P<name>.+\.ckpt)\.(?P<pid>\d+)\.tmp$")
+_VERSION = re.compile(r"version_(\d+)")  # the run folders of the CLI's logger
 
 
 class NonFiniteError(RuntimeError):
@@ -99,7 +107,9 @@ def read_checkpoint(path: str | os.PathLike, flag: str = "--ckpt_path") -> dict[
     try:
         with zipfile.ZipFile(path) as archive:
             broken = archive.testzip()
-    except (zipfile.BadZipFile, OSError) as error:
+    # BadZipFile, OSError, and for damaged headers also UnicodeDecodeError (a file name that is no longer UTF-8),
+    # struct.error, NotImplementedError (an unknown compression method), ...: whatever it is, the file is bad.
+    except Exception as error:  # noqa: BLE001
         raise ValueError(f"{flag} {path}: cannot be read as a checkpoint (truncated or damaged?): {error}") from None
     if broken is not None:
         raise ValueError(f"{flag} {path}: damaged ({broken} fails its CRC check)")
@@ -114,31 +124,148 @@ def read_checkpoint(path: str | os.PathLike, flag: str = "--ckpt_path") -> dict[
 
 
 def resolve(name: str, root: str | os.PathLike, subcommand: str) -> Path:
-    """`--ckpt_path best|last` in a new process: the newest <root>/version_*/checkpoints/<name>.ckpt.
+    """`--ckpt_path best|last` in a new process: <name>.ckpt of the newest run under <root>.
 
-    A new process has no ModelCheckpoint that remembers the file; Lightning would look in the new version folder
-    only and, for fit, silently start from scratch.
+    The newest run is the highest <root>/version_N that has a checkpoints folder (a fit creates it when it starts;
+    test, validate and predict folders have none). A resumed fit continues an earlier run: its checkpoints folder
+    names the checkpoint it started from (RESUMED_FROM), and a file it has not written yet is looked up there, so
+    `last` is the newest state of that run and `best` its best. An older run that is not continued by the newest
+    is another run, maybe with other settings: its files are never taken silently; the error names them.
+    (A new process has no ModelCheckpoint that remembers the file; Lightning would look in the new version folder
+    only and, for fit, silently start from scratch.)
     """
     root = Path(root)
-    found = sorted(root.glob(f"*/checkpoints/{name}.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        hint = "drop --ckpt_path to start a new fit" if subcommand == "fit" else "run fit first"
+    hint = "drop --ckpt_path to start a new fit" if subcommand == "fit" else "run fit first"
+    runs = _runs(root)
+    if not runs:
         raise ValueError(f"--ckpt_path {name}: no {name}.ckpt under {root}/*/checkpoints; {hint} or pass a file path")
-    return found[-1]
+    by_real_path = {run.resolve(): run for run in runs}
+    newest, folder, seen = runs[-1], runs[-1], set()
+    while folder not in seen:
+        seen.add(folder)
+        if (folder / f"{name}.ckpt").is_file():
+            return folder / f"{name}.ckpt"
+        source = resumed_from(folder)
+        if source is None:
+            break
+        if name == "last" and source.is_file():
+            return source  # the run stopped before its first write: its newest state is the one it started from
+        folder = by_real_path.get(source.parent.resolve())
+        if folder is None:  # resumed from a file outside this root: no earlier run folder to look in
+            break
+    others = [run / f"{name}.ckpt" for run in runs if (run / f"{name}.ckpt").is_file()]
+    if not others:
+        raise ValueError(f"--ckpt_path {name}: no {name}.ckpt under {root}/*/checkpoints; {hint} or pass a file path")
+    raise ValueError(
+        f"--ckpt_path {name}: the newest run, {newest.parent}, has no {name}.ckpt (it stopped before writing one); "
+        f"{others[-1].parent.parent} has one but is another run, maybe with other settings: pass "
+        f"--ckpt_path {others[-1]} to use it, or {hint}"
+    )
+
+
+def resumed_from(checkpoints: Path) -> Path | None:
+    """The checkpoint the fit that writes into `checkpoints` was resumed from (None: a new fit, or no record)."""
+    marker = checkpoints / RESUMED_FROM
+    try:
+        text = marker.read_text().strip()
+    except OSError:
+        return None
+    return Path(text) if text else None
+
+
+def _runs(root: Path) -> list[Path]:
+    """The checkpoints folders of the fits under root, oldest first (by version number: the order they started)."""
+
+    def started(folder: Path) -> tuple[int, float]:
+        match = _VERSION.fullmatch(folder.parent.name)
+        return (int(match[1]) if match else -1, folder.stat().st_mtime)
+
+    return sorted((p for p in root.glob("*/checkpoints") if p.is_dir()), key=started)
+
+
+def remove_dead_writes(folders: list[Path]) -> list[Path]:
+    """Delete the temporary files that Seq2SeqCheckpointIO writers killed mid-write left in `folders`.
+
+    The pid in the name tells a dead writer from a live one (another fit writing into the same folder right now);
+    files of live processes are left alone.
+    """
+    removed = []
+    for folder in dict.fromkeys(folders):
+        for path in sorted(folder.glob(".*.ckpt.*.tmp")):
+            match = _TEMPORARY.match(path.name)
+            if match is None or _alive(int(match["pid"])):
+                continue
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process (or an impossible pid: keep the file)
+        return True
+    return True
+
+
+def _non_finite(state: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors holding a NaN or infinity, in nested dicts and lists (optimizer state)."""
+    items = state.items() if isinstance(state, Mapping) else enumerate(state) if isinstance(state, list) else ()
+    bad = []
+    for key, value in items:
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                bad.append(f"{prefix}{key}")
+        elif isinstance(value, (Mapping, list)):
+            bad.extend(_non_finite(value, f"{prefix}{key}."))
+    return bad
+
+
+def _handling_non_finite_stop() -> bool:
+    """True while a NonFiniteError unwinds (Lightning calls the on_exception hooks from inside its except block)."""
+    return isinstance(sys.exc_info()[1], NonFiniteError)
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Seq2SeqCheckpointIO", "Seq2SeqCheckpoint"):
+    if name in ("Seq2SeqCheckpointIO", "Seq2SeqCheckpoint", "ExactResumeFitLoop"):
         globals().update(_lightning_classes())
         return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _lightning_classes() -> dict[str, type]:
-    """Seq2SeqCheckpointIO and Seq2SeqCheckpoint, defined here so that Lightning is imported only when they are."""
+    """Seq2SeqCheckpointIO, Seq2SeqCheckpoint and ExactResumeFitLoop, defined here so that Lightning is imported only
+    when they are."""
     import lightning as L  # noqa: F401 - the annotations below name it
     from lightning.fabric.plugins import TorchCheckpointIO
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loops.fit_loop import _FitLoop
+    from lightning.pytorch.loops.loop import _Loop
+
+    class ExactResumeFitLoop(_FitLoop):
+        """Lightning's fit loop, resuming a checkpoint written at an epoch's end into the next epoch also when
+        ``max_steps`` is set.
+
+        Lightning 2.6 marks the loop as restarting whenever ``max_steps`` is set (``_iteration_based_training``), even
+        when the checkpoint's epoch was finished (written in ``on_train_epoch_end``). It then re-enters that epoch at
+        its last batch: if that batch was no validation batch it trains one batch more (``batch 95/94``, from the next
+        epoch's shuffle), and either way it runs the epoch end again and counts an epoch that never trained. Here a
+        finished epoch (its counters ready == started == processed, and its last batch reached) starts the next one
+        afresh, as Lightning does without ``max_steps``. A checkpoint written when ``max_steps`` stopped a fit before
+        the epoch's last batch keeps Lightning's way (the epoch continues).
+        """
+
+        @_FitLoop.restarting.setter  # type: ignore[attr-defined]
+        def restarting(self, restarting: bool) -> None:
+            epoch = self.epoch_progress.current
+            finished = epoch.ready == epoch.started == epoch.processed
+            stopped_early = finished and not self.epoch_loop.batch_progress.is_last_batch
+            restarting = restarting and (not finished or (stopped_early and self._iteration_based_training()))
+            _Loop.restarting.fset(self, restarting)
 
     class Seq2SeqCheckpointIO(TorchCheckpointIO):
         """Writes checkpoints whole or not at all, with the weights hash; reads the `--ckpt_path` file only once.
@@ -169,11 +296,17 @@ def _lightning_classes() -> dict[str, type]:
             return read_checkpoint(path)
 
         def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+            if _handling_non_finite_stop():
+                # A non-finite stop writes nothing, whoever asks (ModelCheckpoint(save_on_exception=True) would save
+                # the diverged weights as best.ckpt and last.ckpt): every checkpoint stays as it was.
+                return None
             state = checkpoint["state_dict"]
-            bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+            bad, what = _non_finite(state), "weights"
+            if not bad:  # e.g. Adam's exp_avg_sq overflowed: a resume from it would diverge at its first step
+                bad, what = _non_finite(checkpoint.get("optimizer_states", []), "optimizer_states."), "optimizer state"
             if bad:  # raised before anything is written: the previous checkpoint files stay as they were
                 raise NonFiniteError(
-                    f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) after global step "
+                    f"non-finite {what} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) after global step "
                     f"{checkpoint.get('global_step')} (epoch {checkpoint.get('epoch')}); not saving them, so the last "
                     "good checkpoint is left as it was. Lower --model.optimizer.lr or check the data."
                 )
@@ -222,7 +355,15 @@ def _lightning_classes() -> dict[str, type]:
 
         Exact resume: every checkpoint also holds the global torch RNG (dropout, scheduled sampling draw from it), put
         back at the first training batch after a resume, where an uninterrupted run would have drawn next. (The data
-        loaders use their own generators, and the data module saves its position in the epoch.)
+        loaders use their own generators, and the data module saves its position in the epoch.) The trainer's fit loop
+        becomes an ExactResumeFitLoop, and when ``max_steps`` ends a fit before an epoch's last batch, last.ckpt is
+        written at that batch (a mid-epoch state that resumes where it stopped), not at the epoch end Lightning then
+        calls anyway.
+
+        When a fit starts, its checkpoints folder is created (so `resolve` knows a run that died before its first
+        write), a resumed fit records there the checkpoint it continues (RESUMED_FROM), and the temporary files of
+        writers killed mid-write in this run's and its siblings' checkpoints folders are removed (one line on stderr).
+        A fit stopped by a NonFiniteError writes nothing, ``save_on_exception`` or not.
         """
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -243,6 +384,39 @@ def _lightning_classes() -> dict[str, type]:
         def _saving(trainer: L.Trainer) -> bool:
             return trainer.state.fn == "fit" and not trainer.sanity_checking and not trainer.fast_dev_run
 
+        @staticmethod
+        def _epoch_reached_its_end(trainer: L.Trainer) -> bool:
+            """False in the epoch end Lightning runs after max_steps (or a stop) ended the epoch early."""
+            progress = trainer.fit_loop.epoch_loop.batch_progress
+            return progress.is_last_batch or progress.current.ready >= trainer.num_training_batches
+
+        def _validates_now(self, trainer: L.Trainer) -> bool:
+            """Whether a validation follows this training batch (Lightning's own test) whose end writes last.ckpt."""
+            loop = trainer.fit_loop
+            follows = not self._should_save_on_train_epoch_end(trainer) and loop.epoch_loop._should_check_val_fx(
+                loop._data_fetcher
+            )
+            # rank 0 decides for all: a time-based val_check_interval can differ between ranks, and every rank must
+            # take part in a checkpoint write (Lightning's barrier)
+            return bool(trainer.strategy.broadcast(follows))
+
+        def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+            super().setup(trainer, pl_module, stage)
+            if stage != "fit":
+                return
+            if type(trainer.fit_loop) is _FitLoop:
+                trainer.fit_loop.__class__ = ExactResumeFitLoop  # same state, one setter changed
+            if not (trainer.is_global_zero and self._saving(trainer) and self.dirpath and "://" not in self.dirpath):
+                return
+            folder = Path(self.dirpath)
+            folder.mkdir(parents=True, exist_ok=True)  # `resolve` tells a run that died before its first write
+            # this run's folder and, in the logger's <root>/version_N/checkpoints layout, those of the earlier runs
+            siblings = folder.parent.parent.glob(f"*/{folder.name}") if _VERSION.fullmatch(folder.parent.name) else []
+            removed = remove_dead_writes([folder, *siblings])
+            if removed:
+                shown = ", ".join(map(str, removed[:3])) + (f" and {len(removed) - 3} more" if len(removed) > 3 else "")
+                print(f"removed {len(removed)} unfinished checkpoint write(s) of killed fits: {shown}", file=sys.stderr)
+
         def _write_last(self, trainer: L.Trainer, hook: str) -> None:
             if self._last_written_at != (trainer.global_step, hook):
                 self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
@@ -257,10 +431,15 @@ def _lightning_classes() -> dict[str, type]:
             if not self._best_last_rules:
                 return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
             every = self._every_n_train_steps
-            if not (self._saving(trainer) and every >= 1 and trainer.global_step % every == 0):
+            final = 0 <= trainer.max_steps <= trainer.global_step  # max_steps ends the fit at this batch
+            if not (self._saving(trainer) and (final or (every >= 1 and trainer.global_step % every == 0))):
                 return None
             if batch_idx + 1 == trainer.num_training_batches:
                 return None  # the epoch end, right after this epoch's validation, writes it
+            if self._validates_now(trainer):
+                # on_validation_end writes it right after. Written here too, a kill during that validation would
+                # resume past it (Lightning skips the validation of the batch a step save was made at).
+                return None
             self._write_last(trainer, "batch")
             return None
 
@@ -276,7 +455,9 @@ def _lightning_classes() -> dict[str, type]:
         def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
             if not self._best_last_rules:
                 return super().on_train_epoch_end(trainer, pl_module)
-            if not self._saving(trainer):
+            if not self._saving(trainer) or not self._epoch_reached_its_end(trainer):
+                # max_steps (or a stop) ended the epoch early: last.ckpt was written at that batch or validation, in
+                # a state that resumes mid-epoch; written here it would resume into the next epoch. No fresh metric.
                 return None
             every = self.every_n_epochs
             if self._should_save_on_train_epoch_end(trainer) and (
@@ -292,8 +473,13 @@ def _lightning_classes() -> dict[str, type]:
             if self._saving(trainer) and (
                 self._last_written_at is None or self._last_written_at[0] != trainer.global_step
             ):
-                self._write_last(trainer, "end")  # e.g. max_steps reached mid-epoch
+                self._write_last(trainer, "end")  # e.g. a stop (trainer.should_stop) between validations
             return None
+
+        def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+            if isinstance(exception, NonFiniteError):
+                return None  # never save diverged weights (save_on_exception would, as best.ckpt and last.ckpt)
+            return super().on_exception(trainer, pl_module, exception)
 
         def on_save_checkpoint(
             self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -306,6 +492,12 @@ def _lightning_classes() -> dict[str, type]:
             self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
         ) -> None:
             self._pending_rng = checkpoint.get(RNG_KEY)
+            source, folder = trainer.ckpt_path, Path(self.dirpath or "")
+            if trainer.is_global_zero and self._saving(trainer) and source and "://" not in f"{source}{folder}":
+                # this fit continues the run of that checkpoint: `resolve` follows it there
+                marker = folder / f".{RESUMED_FROM}.{os.getpid()}.tmp"
+                marker.write_text(f"{Path(source).resolve()}\n")
+                os.replace(marker, folder / RESUMED_FROM)
 
         def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
             if self._pending_rng is not None:
@@ -327,7 +519,11 @@ def _lightning_classes() -> dict[str, type]:
                 self.kth_best_model_path = state_dict.get("kth_best_model_path", "")
                 self.kth_value = state_dict.get("kth_value", self.kth_value)
 
-    classes = {"Seq2SeqCheckpointIO": Seq2SeqCheckpointIO, "Seq2SeqCheckpoint": Seq2SeqCheckpoint}
+    classes = {
+        "Seq2SeqCheckpointIO": Seq2SeqCheckpointIO,
+        "Seq2SeqCheckpoint": Seq2SeqCheckpoint,
+        "ExactResumeFitLoop": ExactResumeFitLoop,
+    }
     for name, cls in classes.items():
         cls.__qualname__ = name  # importable (and picklable) as lit_seq2seq.checkpoint.<name>
     return classes

@@ -131,6 +131,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
         self.datasets: dict[str, TensorPairs] = {}
         self._resume: dict[str, int] = {}
+        self._train_sampler: ResumableSampler | None = None
 
     # Sizes the net needs; linked into --model.net.* by the CLI. Generated tasks share one vocabulary.
     @property
@@ -191,6 +192,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         if self._resume:
             sampler.resume_epoch, sampler.skip_batches = self._resume["epoch"], self._resume["batches"]
             self._resume = {}
+        self._train_sampler = sampler
         return self._loader("train", sampler)
 
     def val_dataloader(self) -> DataLoader:
@@ -203,12 +205,18 @@ class Seq2SeqDataModule(L.LightningDataModule):
         return self._eval_loader("predict")
 
     def state_dict(self) -> dict[str, Any]:
-        """Position in the training data: the epoch and how many of its batches were trained on."""
+        """Position in the training data: the sampler's epoch and how many of its batches were trained on.
+
+        The epoch is the sampler's own (the one its shuffle used), not `trainer.current_epoch`: Lightning counts an
+        epoch as processed before its `on_train_epoch_end` hooks and completed after them, so the trainer's count
+        depends on where the checkpoint is written, while the batches trained belong to the sampler's epoch.
+        """
         trainer = self.trainer
         if trainer is None or trainer.state.fn != "fit":
             return {}
+        sampler = self._train_sampler
         return {
-            "epoch": trainer.current_epoch,
+            "epoch": sampler.epoch if sampler is not None else trainer.current_epoch,
             "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
         }
 

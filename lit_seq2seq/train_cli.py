@@ -25,21 +25,25 @@ from lit_seq2seq.module import Seq2SeqModule
 DATA_TO_NET = ("source_vocab_size", "target_vocab_size", "max_target_length", "eos_token")
 # --ckpt_path values Lightning resolves itself (not files).
 LIGHTNING_CKPT_NAMES = ("hpc", "registry")
+# Data settings a fit may change when it resumes: fit does not use them, or they do not change what it trains on.
+RESUMABLE_DATA_CHANGES = ("test_size", "predict_size", "num_workers")
 
 
 class Seq2SeqCLI(LightningCLI):
     """LightningCLI with the data sizes linked into the model, best/last checkpoints and CI-friendly logging.
 
-    Checkpoints passed with --ckpt_path (a file, or best/last: the newest of that name under
-    <default_root_dir>/version_*/checkpoints, for fit too) are read and checked before anything is built: a
-    missing, truncated, damaged, altered or foreign file, or one trained with other model sizes than the flags
-    give, exits with code 2 and a message naming the file. A fit stopped by a NaN/infinite loss exits with code 1
-    and one line saying at which step.
+    Checkpoints passed with --ckpt_path (a file, or best/last: that file of the newest run under
+    <default_root_dir>, `checkpoint.resolve`) are read and checked before anything is built: a missing, truncated,
+    damaged, altered or foreign file, or one trained with other model sizes than the flags give, exits with code 2
+    and a message naming the file. `fit --ckpt_path` resumes a fit, so its data and model flags must be the
+    checkpoint's (exit 2 naming each differing flag) unless `--fine_tune true` asks for a new fit from its weights.
+    A fit stopped by a NaN/infinite loss exits with code 1 and one line saying at which step.
     """
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         interactive = sys.stderr.isatty()
         self._checkpoint: dict[str, Any] | None = None  # the --ckpt_path file, read once
+        self._fine_tune = False
         try:
             with warnings.catch_warnings():
                 # The data module restores the sampler position itself (data.ResumableSampler), so Lightning's
@@ -91,6 +95,15 @@ class Seq2SeqCLI(LightningCLI):
             help="fit: write report.png and report.csv (learning curves, per-position accuracy) into the run folder "
             "at the end, when matplotlib is installed (pip install 'lit-seq2seq[report]').",
         )
+        parser.add_argument(
+            "--fine_tune",
+            type=bool,
+            default=False,
+            help="fit only: start a new fit from the weights of --ckpt_path (step 0, a fresh optimizer, the data "
+            "from the start), with any --data.* and training flags; the model's sizes must fit the weights. Without "
+            "it, fit --ckpt_path resumes that fit exactly and refuses data or model flags that differ from the "
+            "checkpoint's.",
+        )
         parser.add_lightning_class_args(Seq2SeqCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -111,6 +124,9 @@ class Seq2SeqCLI(LightningCLI):
             return
         config = self.config[subcommand]
         ckpt_path = config.get("ckpt_path")
+        self._fine_tune = bool(config.get("fine_tune"))
+        if self._fine_tune and (subcommand != "fit" or ckpt_path is None):
+            self.parser.error("--fine_tune true needs fit and a --ckpt_path to take the weights from")
         if ckpt_path is None or str(ckpt_path) in LIGHTNING_CKPT_NAMES or str(ckpt_path).startswith("registry:"):
             return
         try:
@@ -127,7 +143,9 @@ class Seq2SeqCLI(LightningCLI):
         except ValueError as error:
             self.parser.error(f"--ckpt_path {ckpt_path}: {error}")
         hparams.pop("_instantiator", None)
-        if hparams:
+        if hparams and subcommand != "fit":
+            # test/validate/predict take the model's settings from the checkpoint; a fit states them (a resume is
+            # checked against the checkpoint's, a fine-tune builds what its flags say)
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def before_instantiate_classes(self) -> None:
@@ -152,8 +170,39 @@ class Seq2SeqCLI(LightningCLI):
         except ValueError as error:  # our argument checks: report like any other bad flag (exit code 2)
             self.parser.error(str(error))
         if self._checkpoint is not None:
+            if self.subcommand == "fit" and not self._fine_tune:
+                self._check_same_settings(self._checkpoint)
             self._check_model_matches(self._checkpoint)
+            if self._fine_tune:  # the weights only; the trainer starts a new fit
+                self.model.load_state_dict(self._checkpoint["state_dict"])
+                self.config_init[self.subcommand]["ckpt_path"] = None
             self._checkpoint = None  # the trainer's checkpoint IO holds it until the restore
+
+    def _check_same_settings(self, checkpoint: dict[str, Any]) -> None:
+        """Exit 2 if a resumed fit's data or model flags differ from those its checkpoint was trained with: it would
+        continue another fit than the one it claims to (other samples, sizes or net), without a word."""
+        ckpt_path = self.config[self.subcommand].ckpt_path
+        differ = []
+        saved_data = checkpoint.get("datamodule_hyper_parameters") or {}
+        for key, value in saved_data.items():
+            ours = self.datamodule.hparams.get(key, value)
+            if not key.startswith("_") and key not in RESUMABLE_DATA_CHANGES and ours != value:
+                differ.append(f"--data.{key} {ours} (checkpoint: {value})")
+        saved_model = upgrade_hparams(checkpoint["hyper_parameters"])
+        ours_model = self.model.hparams
+        for key, value in sorted(saved_model.get("net", {}).items()):
+            ours = ours_model["net"].get(key, value)
+            if key not in DATA_TO_NET and ours != value:  # the linked sizes follow from the data flags above
+                differ.append(f"--model.net.{key} {ours} (checkpoint: {value})")
+        for key, value in saved_model.items():
+            if key not in ("net", "_instantiator") and ours_model.get(key, value) != value:
+                differ.append(f"--model.{key} {ours_model[key]} (checkpoint: {value})")
+        if differ:
+            self.parser.error(
+                f"--ckpt_path {ckpt_path}: a resumed fit must keep the settings it was trained with, but "
+                f"{', '.join(differ)}; pass the checkpoint's settings to resume it, or --fine_tune true to start a "
+                "new fit from its weights"
+            )
 
     def _check_model_matches(self, checkpoint: dict[str, Any]) -> None:
         """Exit 2 if the checkpoint's weights do not fit the model the flags describe (other sizes)."""
@@ -179,7 +228,7 @@ class Seq2SeqCLI(LightningCLI):
             plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
             if not any(isinstance(p, CheckpointIO) for p in plugins):
                 io = Seq2SeqCheckpointIO()  # a fit killed while writing never leaves a torn checkpoint
-                if self._checkpoint is not None:
+                if self._checkpoint is not None and not self._fine_tune:
                     io.preload(self.config[self.subcommand].ckpt_path, self._checkpoint)
                 plugins.append(io)
             kwargs["plugins"] = plugins

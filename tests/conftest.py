@@ -206,7 +206,7 @@ def flip_bit(path: Path, offset: int) -> None:
 
 CHECKPOINT_DAMAGE = [
     "truncated_half", "truncated_tail", "empty", "not_a_checkpoint", "flipped_tensor_byte", "flipped_pickle_byte",
-    "foreign_dict", "foreign_state_dict", "altered_weights",
+    "damaged_zip_header", "foreign_dict", "foreign_state_dict", "altered_weights",
 ]  # fmt: skip
 
 
@@ -239,6 +239,9 @@ def damaged_checkpoint(good: Path, kind: str, folder: Path) -> Path:
             tensor = checkpoint["optimizer_states"][0]["state"][1]["exp_avg_sq"]
         offset, size = _tensor_bytes_at(good, tensor)
         data[offset + size // 2] ^= 0x01
+        path.write_bytes(data)
+    elif kind == "damaged_zip_header":  # the first header's fields after its signature: 'utf-8' codec can't decode
+        data[4:40] = b"\xff" * 36
         path.write_bytes(data)
     elif kind == "flipped_pickle_byte":
         with zipfile.ZipFile(good) as z:

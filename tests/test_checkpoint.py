@@ -1,10 +1,13 @@
 """checkpoint.py on its own: the weights hash, read_checkpoint's refusals, Seq2SeqCheckpointIO's atomic writes,
-non-finite refusal and preloaded read, and what `--ckpt_path best|last` resolves to. The CLI's refusals of damaged
-checkpoints are in test_robustness.py; best/last.ckpt over a real fit and its resumes in test_resume.py."""
+non-finite refusal and preloaded read, what `--ckpt_path best|last` resolves to (only within the newest run), and the
+removal of killed writers' temporary files. The CLI's refusals of damaged checkpoints are in test_robustness.py;
+best/last.ckpt over a real fit and its resumes in test_resume.py."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,11 +15,13 @@ import torch
 from conftest import damaged_checkpoint
 
 from lit_seq2seq.checkpoint import (
+    RESUMED_FROM,
     WEIGHTS_HASH_KEY,
     NonFiniteError,
     Seq2SeqCheckpointIO,
     check_weights,
     read_checkpoint,
+    remove_dead_writes,
     resolve,
     weights_sha256,
 )
@@ -82,6 +87,7 @@ def test_the_weights_hash_catches_what_the_zip_format_cannot(good, tmp_path):
         ("missing", "no such file"),
         ("not_a_checkpoint", "cannot be read as a checkpoint"),
         ("truncated_half", "cannot be read as a checkpoint"),
+        ("damaged_zip_header", "cannot be read as a checkpoint .*'utf-8' codec can't decode"),
         ("foreign_dict", "not a lit-seq2seq checkpoint"),
         ("foreign_state_dict", "not a lit-seq2seq checkpoint"),
     ],
@@ -126,6 +132,35 @@ def test_non_finite_weights_are_refused_and_the_old_file_kept(value, written, tm
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
+def test_non_finite_optimizer_state_is_refused_and_the_old_file_kept(written, tmp_path):
+    """Adam's exp_avg_sq overflows before the weights do: a resume from such a state diverges at its first step."""
+    io, path = written
+    before = path.read_bytes()
+    checkpoint = minimal(w=torch.ones(2))
+    checkpoint["optimizer_states"] = [{"state": {0: {"exp_avg_sq": torch.tensor([1.0, float("inf")])}}}]
+    with pytest.raises(NonFiniteError, match=r"non-finite optimizer state \(optimizer_states.0.state.0.exp_avg_sq\)"):
+        io.save_checkpoint(checkpoint, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_nothing_is_written_while_a_non_finite_stop_unwinds(written, tmp_path):
+    """Lightning calls the on_exception hooks inside its except block: ModelCheckpoint(save_on_exception=True) and
+    the like would save the diverged (finite but huge) weights there."""
+    io, path = written
+    before = path.read_bytes()
+    try:
+        raise NonFiniteError("non-finite training loss")
+    except NonFiniteError:
+        io.save_checkpoint(minimal(w=torch.full((2,), 1e36)), path)
+        io.save_checkpoint(minimal(w=torch.full((2,), 1e36)), tmp_path / "best.ckpt")
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    try:
+        raise RuntimeError("another error")
+    except RuntimeError:
+        io.save_checkpoint(minimal(w=torch.zeros(2)), path)  # any other exception: written as asked
+    assert read_checkpoint(path)["state_dict"]["w"].tolist() == [0.0, 0.0]
+
+
 def test_a_write_that_fails_midway_leaves_the_old_file(written, tmp_path, monkeypatch):
     io, path = written
     before = path.read_bytes()
@@ -152,7 +187,7 @@ def test_a_preloaded_checkpoint_is_handed_over_once_then_read_from_disk(written,
 # ----------------------------------------------------------------------------------------- best and last
 
 
-def _touch(root: Path, version: int, name: str, mtime: float) -> Path:
+def _touch(root: Path, version: int, name: str, mtime: float = 1_000) -> Path:
     path = root / f"version_{version}" / "checkpoints" / f"{name}.ckpt"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"")
@@ -160,13 +195,58 @@ def _touch(root: Path, version: int, name: str, mtime: float) -> Path:
     return path
 
 
-def test_best_and_last_resolve_to_the_newest_file_of_that_name(tmp_path):
-    newest_best = _touch(tmp_path, 0, "best", 2_000)  # newer than version_1's: order by time, not by folder
-    _touch(tmp_path, 1, "best", 1_000)
-    newest_last = _touch(tmp_path, 1, "last", 3_000)
-    _touch(tmp_path, 0, "last", 1_500)
+def _run_folder(root: Path, version: int, resumed_from: Path | None = None) -> Path:
+    """version_N/checkpoints as a fit creates it when it starts; a resumed one names the checkpoint it continues."""
+    folder = root / f"version_{version}" / "checkpoints"
+    folder.mkdir(parents=True)
+    if resumed_from is not None:
+        (folder / RESUMED_FROM).write_text(f"{resumed_from.resolve()}\n")
+    return folder
+
+
+def test_best_and_last_resolve_to_the_newest_run_not_the_newest_file(tmp_path):
+    _touch(tmp_path, 0, "best", 9_000)  # newer, but of an older run
+    _touch(tmp_path, 0, "last", 9_000)
+    newest_best, newest_last = _touch(tmp_path, 1, "best"), _touch(tmp_path, 1, "last")
+    (tmp_path / "version_2").mkdir()  # a test/validate/predict run: no checkpoints folder, not a fit
     assert resolve("best", tmp_path, "test") == newest_best
     assert resolve("last", tmp_path, "fit") == newest_last
+
+
+def test_a_resumed_run_resolves_within_the_run_it_continues(tmp_path):
+    best, last = _touch(tmp_path, 0, "best"), _touch(tmp_path, 0, "last")
+    _run_folder(tmp_path, 1, resumed_from=last)  # resumed, never beat the best, then wrote its own last.ckpt
+    resumed_last = _touch(tmp_path, 1, "last")
+    _run_folder(tmp_path, 2, resumed_from=resumed_last)  # resumed again, killed before its first write
+    assert resolve("last", tmp_path, "fit") == resumed_last.resolve()  # where that run started: its newest state
+    assert resolve("best", tmp_path, "test") == best  # the best of the run: the resumes did not beat it
+    _run_folder(tmp_path, 3, resumed_from=best)  # `fit --ckpt_path best`, killed before its first write
+    assert resolve("last", tmp_path, "fit") == best.resolve()
+
+
+def test_a_newer_run_without_the_file_is_refused_naming_both_folders(tmp_path):
+    older = _touch(tmp_path, 0, "last")
+    _touch(tmp_path, 0, "best")
+    _run_folder(tmp_path, 1)  # a new fit that died before its first checkpoint
+    newest = tmp_path / "version_1"
+    for name in ("last", "best"):
+        with pytest.raises(ValueError) as info:
+            resolve(name, tmp_path, "fit")
+        message = str(info.value)
+        assert message.startswith(f"--ckpt_path {name}: the newest run, {newest}, has no {name}.ckpt")
+        assert f"{tmp_path / 'version_0'} has one but is another run" in message
+        assert f"pass --ckpt_path {older.parent / (name + '.ckpt')} to use it, or drop --ckpt_path" in message
+
+
+def test_a_run_resumed_from_a_file_elsewhere_does_not_reach_into_other_runs(tmp_path):
+    _touch(tmp_path, 0, "best")
+    outside = tmp_path / "elsewhere" / "snapshot.ckpt"
+    outside.parent.mkdir()
+    outside.write_bytes(b"")
+    _run_folder(tmp_path, 1, resumed_from=outside)
+    assert resolve("last", tmp_path, "fit") == outside.resolve()
+    with pytest.raises(ValueError, match="the newest run, .*version_1, has no best.ckpt"):
+        resolve("best", tmp_path, "test")
 
 
 @pytest.mark.parametrize("subcommand,hint", [("fit", "drop --ckpt_path to start a new fit"), ("test", "run fit first")])
@@ -174,3 +254,19 @@ def test_best_or_last_without_a_file_is_refused_with_a_hint(subcommand, hint, tm
     _touch(tmp_path, 0, "best", 1_000)
     with pytest.raises(ValueError, match=f"^--ckpt_path last: no last.ckpt under {tmp_path}/\\*/checkpoints; {hint}"):
         resolve("last", tmp_path, subcommand)
+
+
+# ------------------------------------------------------------------------------------- killed writers' litter
+
+
+def test_temporary_files_of_dead_writers_are_removed_and_of_live_ones_kept(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # that process has exited
+    live_pid = os.getppid()
+    a, b = _run_folder(tmp_path, 0), _run_folder(tmp_path, 1)
+    litter = [a / f".last.ckpt.{dead_pid}.tmp", b / f".best.ckpt.{dead_pid}.tmp"]
+    kept = [a / f".last.ckpt.{live_pid}.tmp", a / f".last.ckpt.{os.getpid()}.tmp", a / ".notes.tmp", a / "last.ckpt"]
+    for path in litter + kept:
+        path.write_bytes(b"PK half a checkpoint")
+    assert remove_dead_writes([a, b, a]) == litter
+    assert not any(p.exists() for p in litter) and all(p.exists() for p in kept)

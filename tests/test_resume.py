@@ -1,28 +1,33 @@
-"""Exact resume: a fit stopped anywhere (SIGKILL included) and resumed with --ckpt_path ends with bit-identical
-weights and optimizer state to an uninterrupted fit with the same seed (CPU, one thread).
+"""Exact resume: a fit stopped anywhere (os._exit included) and resumed with --ckpt_path ends with bit-identical
+weights, optimizer and scheduler state, RNG and step/epoch counters to an uninterrupted fit with the same seed (CPU,
+one thread).
 
 One uninterrupted reference fit in this process keeps a copy of every last.ckpt it writes (a test-only callback
 that wraps the trainer's CheckpointIO). Resuming from each kind of copy (mid-epoch before any validation, the last
 batch of an epoch before its validation, an epoch end, mid-epoch later on, the final batch, a finished fit with a
-larger max_epochs) is deterministic. Two tests then SIGKILL a real `python -m lit_seq2seq fit` subprocess
-(mid-epoch, twice in a row; at an epoch boundary) and resume it with `--ckpt_path last` in a new process.
+larger max_epochs) is deterministic. The kill matrix then stops a fit right after Seq2SeqCheckpoint wrote last.ckpt
+at a chosen hook and step (KillAt: an exception in this process, os._exit(137) in a subprocess, never a timed
+signal), at every boundary that matters with val_check_interval 0.5 and max_steps and max_epochs both set, and
+resumes it with `--ckpt_path last`. `--ckpt_path last` follows a run across the version folders of its resumes and
+never takes another run's file.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import pytest
 import torch
-from conftest import TINY_TASK, cli_exit, fit_in, read_metrics, root_args, run_cli, tiny_run, version_dirs
+from conftest import REPO, TINY_TASK, cli_exit, fit_in, read_metrics, root_args, run_cli, tiny_run, version_dirs
+
+from lit_seq2seq.checkpoint import RESUMED_FROM, resolve
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:The number of training batches"),
@@ -67,6 +72,11 @@ def newest_last(root: Path) -> Path:
     return max(Path(root).glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
 
 
+# The fit loop's counters a resume must continue exactly (the validation loop's own progress is left out: a
+# validation that ran before a kill is not repeated, which counts differently without changing training).
+LOOP_COUNTERS = ("epoch_progress", "epoch_loop.state_dict", "epoch_loop.batch_progress")
+
+
 def assert_same_training_state(got: dict[str, Any], want: dict[str, Any]) -> None:
     assert (got["global_step"], got["epoch"]) == (want["global_step"], want["epoch"])
     assert set(got["state_dict"]) == set(want["state_dict"])
@@ -75,6 +85,11 @@ def assert_same_training_state(got: dict[str, Any], want: dict[str, Any]) -> Non
     adam, adam_want = got["optimizer_states"][0]["state"], want["optimizer_states"][0]["state"]
     for (i, a), (j, b) in zip(adam.items(), adam_want.items()):
         assert i == j and all(torch.equal(a[k], b[k]) for k in b), f"Adam state of parameter {i} differs"
+    assert got["optimizer_states"][0]["param_groups"] == want["optimizer_states"][0]["param_groups"]
+    assert got["lr_schedulers"] == want["lr_schedulers"]
+    assert torch.equal(got["rng_state"]["cpu"], want["rng_state"]["cpu"]), "the RNG is not where it would be"
+    for key in LOOP_COUNTERS:
+        assert got["loops"]["fit_loop"][key] == want["loops"]["fit_loop"][key], key
 
 
 def assert_same_best(root: Path, reference: Path) -> None:
@@ -165,66 +180,212 @@ def test_resume_a_finished_fit_with_more_epochs(reference, tmp_path, monkeypatch
     assert load(newest_last(tmp_path))["global_step"] == STEPS_PER_EPOCH * EPOCHS
 
 
-# ------------------------------------------------------------------------------------------- SIGKILL, for real
+# ------------------------------------------------------------------------------------------- the kill matrix
+
+# Seq2SeqCheckpoint's hooks, by the names KillAt gives them
+HOOKS = {"on_train_batch_end": "batch", "on_validation_end": "validation", "on_train_epoch_end": "epoch"}
+HOOKS["on_train_end"] = "end"
 
 
-def _fit_until_killed(root: Path, extra: list[str], kill_after_step: int) -> int:
-    """Run `python -m lit_seq2seq fit` and SIGKILL it as soon as a last.ckpt at or after the step appears.
-
-    Returns the global step of the newest last.ckpt left on disk (the one a resume continues from).
-    """
-    cmd = [sys.executable, "-m", "lit_seq2seq", "fit", *FIT, *extra, *root_args(root)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    before = {p: p.stat().st_mtime_ns for p in root.glob("version_*/checkpoints/last.ckpt")}
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seen: dict[Path, int] = {}
-    try:
-        deadline = time.monotonic() + 240
-        while proc.poll() is None and time.monotonic() < deadline:
-            for path in root.glob("version_*/checkpoints/last.ckpt"):
-                mtime = path.stat().st_mtime_ns
-                if before.get(path) == mtime or seen.get(path) == mtime:
-                    continue
-                seen[path] = mtime
-                if load(path)["global_step"] >= kill_after_step:  # atomic writes: never a partial file here
-                    proc.send_signal(signal.SIGKILL)
-                    break
-            time.sleep(0.002)
-    finally:
-        if proc.poll() is None and time.monotonic() >= deadline:
-            proc.kill()
-        _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, f"the fit was not killed (exit {proc.returncode}):\n{err[-3000:]}"
-    return load(newest_last(root))["global_step"]
+class Killed(BaseException):
+    """Test only: the fit died here (a BaseException: nothing on the way handles it as an error)."""
 
 
-def _resume(root: Path, extra: list[str]) -> None:
-    cmd = [sys.executable, "-m", "lit_seq2seq", "fit", *FIT, *extra, "--ckpt_path", "last", *root_args(root)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+def _writing_hook() -> str | None:
+    """The Seq2SeqCheckpoint hook writing right now ("batch", "validation", "epoch" or "end"), from the stack."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name in HOOKS and type(frame.f_locals.get("self")).__name__ == "Seq2SeqCheckpoint":
+            return HOOKS[frame.f_code.co_name]
+        frame = frame.f_back
+    return None
+
+
+class KillAt(L.Callback):
+    """Test only: records (global step, hook) of every last.ckpt written, in `KillAt.writes`, and dies right after
+    the one written at global step `step` by hook `hook`, or at the start of training step `step` if hook is "step"
+    (before anything of that step is written). Dying is raising Killed, or with exit=True os._exit(137): the process
+    ends on the spot like one killed with SIGKILL (no hooks, no cleanup). With hook "stop" it asks the trainer to
+    stop after that step instead (trainer.should_stop, as max_time or an early-stopping callback do)."""
+
+    writes: list[tuple[int, str | None]] = []
+
+    def __init__(self, step: int = -1, hook: str = "", exit: bool = False) -> None:
+        self.step, self.hook, self.exit = step, hook, exit
+
+    def _die(self) -> None:
+        if self.exit:
+            os._exit(137)
+        raise Killed(f"{self.hook} {self.step}")
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        KillAt.writes = []
+        io = trainer.strategy.checkpoint_io
+        save = io.save_checkpoint
+
+        def save_then_die(checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+            save(checkpoint, path, storage_options)
+            if Path(path).name == "last.ckpt":
+                KillAt.writes.append((checkpoint["global_step"], _writing_hook()))
+                if KillAt.writes[-1] == (self.step, self.hook):
+                    self._die()
+
+        io.save_checkpoint = save_then_die
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.hook == "step" and trainer.global_step == self.step:
+            self._die()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.hook == "stop" and trainer.global_step == self.step:
+            trainer.should_stop = True
+
+
+def kill_at(step: int, hook: str, exit: bool = False) -> str:
+    spec = {"class_path": "test_resume.KillAt", "init_args": {"step": step, "hook": hook, "exit": exit}}
+    return f"--trainer.callbacks+={json.dumps(spec)}"
+
+
+# 600 rows / batch 32: 19 batches an epoch, the last one of 24 rows. Validation twice an epoch, after batches 9 and
+# 18 (val_check_batch 9), so not after an epoch's last batch; max_steps 50 ends the fit at batch 12 of epoch 2,
+# before max_epochs 3 would. Dropout and scheduled sampling draw random numbers every step; the scheduler steps
+# every epoch.
+MATRIX = [
+    *TINY_TASK, *tiny_run(train=600, val=32, hidden=8, epochs=3), "--data.batch_size", "32",
+    "--model.net.num_layers", "2", "--model.net.dropout", "0.1", "--model.teacher_forcing_ratio", "0.5",
+    "--model.optimizer", "Adam", "--model.optimizer.lr", "0.01",
+    "--model.lr_scheduler", "torch.optim.lr_scheduler.ExponentialLR", "--model.lr_scheduler.gamma", "0.7",
+    "--trainer.accelerator", "cpu", "--trainer.val_check_interval", "0.5", "--trainer.max_steps", "50",
+    "--checkpoint.every_n_train_steps", "7", "--report", "false", "--trainer.enable_model_summary", "false",
+]  # fmt: skip
+# Every last.ckpt the matrix fit writes: each 7 steps, after each validation, at each epoch end, at max_steps.
+# (Step 28 is both: it is written once, after the validation.)
+MATRIX_WRITES = [
+    (7, "batch"), (9, "validation"), (14, "batch"), (18, "validation"), (19, "epoch"), (21, "batch"),
+    (28, "validation"), (35, "batch"), (37, "validation"), (38, "epoch"), (42, "batch"), (47, "validation"),
+    (49, "batch"), (50, "batch"),
+]  # fmt: skip
+KILL_POINTS = [
+    (7, "batch", "mid-epoch, before any validation"),
+    (9, "validation", "after a validation inside an epoch"),
+    (19, "epoch", "epoch end after an unvalidated last batch (was: batch 20/19, an epoch lost)"),
+    (28, "validation", "after a validation on a step-save batch"),
+    (38, "epoch", "the second epoch end"),
+    (49, "batch", "the step save before the last step"),
+    (50, "batch", "after the last step (max_steps, mid-epoch)"),
+]
+
+
+@pytest.fixture(scope="module")
+def matrix_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted matrix fit (KillAt records its writes, kills nothing); returns its root."""
+    root = fit_in(tmp_path_factory.mktemp("matrix_reference"), *MATRIX, kill_at(-1, ""))
+    (root / "writes.json").write_text(json.dumps(KillAt.writes))
+    return root
+
+
+def assert_same_as(root: Path, reference: Path) -> None:
+    """The newest state under root, and its best, are the reference fit's final and best checkpoints."""
+    assert_same_training_state(load(resolve("last", root, "fit")), load(reference / "version_0/checkpoints/last.ckpt"))
+    assert_same_training_state(load(resolve("best", root, "test")), load(reference / "version_0/checkpoints/best.ckpt"))
+    assert not list(root.glob("**/.*.tmp"))
+
+
+def test_the_matrix_fit_writes_last_ckpt_at_every_boundary(matrix_reference):
+    assert [tuple(w) for w in json.loads((matrix_reference / "writes.json").read_text())] == MATRIX_WRITES
+    final = load(matrix_reference / "version_0" / "checkpoints" / "last.ckpt")
+    assert (final["global_step"], final["epoch"]) == (50, 2)
+    assert final["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"] == 12
+
+
+@pytest.mark.parametrize("step,hook", [p[:2] for p in KILL_POINTS], ids=[p[2] for p in KILL_POINTS])
+def test_killed_right_after_a_checkpoint_write_resumes_bit_identical(step, hook, matrix_reference, in_tmp):
+    with pytest.raises(Killed):
+        fit_in(in_tmp, *MATRIX, kill_at(step, hook))
+    assert KillAt.writes[-1] == (step, hook)
+    fit_in(in_tmp, *MATRIX, "--ckpt_path", "last")
+    assert_same_as(in_tmp, matrix_reference)
+
+
+def test_a_fit_ended_by_max_steps_mid_epoch_continues_with_more_steps(matrix_reference, in_tmp):
+    fit_in(in_tmp, *MATRIX, "--trainer.max_steps", "25", kill_at(-1, ""))  # ends at batch 6 of epoch 1
+    assert KillAt.writes[-1] == (25, "batch")  # not at the epoch end Lightning runs after it: that resumed a new epoch
+    fit_in(in_tmp, *MATRIX, "--ckpt_path", "last")
+    assert_same_as(in_tmp, matrix_reference)
+
+
+def test_a_fit_stopped_mid_epoch_resumes_into_the_next_epoch_whole(in_tmp):
+    """A stop between validations (max_time, a callback) ends the epoch early; Lightning resumes such a fit at the
+    next epoch. The data module's position belongs to the stopped epoch (the sampler's), not to the epoch Lightning
+    counts as completed by then: before, the next epoch skipped as many batches as the stopped one had trained."""
+    once = [*MATRIX, "--trainer.max_steps", "-1", "--trainer.val_check_interval", "1.0"]
+    fit_in(in_tmp, *once, kill_at(5, "stop"))
+    assert KillAt.writes[-1] == (5, "end")
+    assert load(newest_last(in_tmp))["Seq2SeqDataModule"] == {"epoch": 0, "batches": 5}
+    fit_in(in_tmp, *once, "--ckpt_path", "last")
+    assert load(newest_last(in_tmp))["global_step"] == 5 + 2 * 19  # epochs 1 and 2, whole
+
+
+def test_a_resume_killed_before_its_first_write_resumes_from_where_it_started(matrix_reference, in_tmp):
+    with pytest.raises(Killed):
+        fit_in(in_tmp, *MATRIX, kill_at(21, "batch"))
+    with pytest.raises(Killed):
+        fit_in(in_tmp, *MATRIX, "--ckpt_path", "last", kill_at(25, "step"))  # dies before its first write (28)
+    first, second = version_dirs(in_tmp)
+    assert not list((second / "checkpoints").glob("*.ckpt"))
+    recorded = Path((second / "checkpoints" / RESUMED_FROM).read_text().strip())
+    assert recorded == (first / "checkpoints" / "last.ckpt").resolve()
+    assert resolve("last", in_tmp, "fit") == recorded  # the newest run's state is the one it started from
+    fit_in(in_tmp, *MATRIX, "--ckpt_path", "last")
+    assert_same_as(in_tmp, matrix_reference)
+
+
+def test_last_never_takes_the_checkpoint_of_another_run(in_tmp, capsys):
+    fit_in(in_tmp, *MATRIX, "--trainer.max_steps", "10")  # version_0: a finished run
+    with pytest.raises(Killed):  # version_1, with other data, dies before its first checkpoint
+        fit_in(in_tmp, *MATRIX, "--data.seed", "7", kill_at(3, "step"))
+    code, err = cli_exit(["fit", *MATRIX, "--data.seed", "7", "--ckpt_path", "last", *root_args(in_tmp)], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"the newest run, {in_tmp / 'version_1'}, has no last.ckpt" in err
+    assert f"pass --ckpt_path {in_tmp / 'version_0' / 'checkpoints' / 'last.ckpt'} to use it" in err
+    assert [p.name for p in version_dirs(in_tmp)] == ["version_0", "version_1"]  # nothing started
+
+
+# ------------------------------------------------------------------------------ killed for real, os._exit(137)
+
+
+def _fit_killed(root: Path, extra: list[str], step: int, hook: str) -> None:
+    """`python -m lit_seq2seq fit` in a new process that ends with os._exit(137) right after writing last.ckpt at
+    (step, hook)."""
+    cmd = [sys.executable, "-m", "lit_seq2seq", "fit", *MATRIX, *extra, kill_at(step, hook, exit=True)]
+    _run(root, [*cmd, *root_args(root)], 137)
+
+
+def _resume(root: Path) -> None:
+    _run(root, [sys.executable, "-m", "lit_seq2seq", "fit", *MATRIX, "--ckpt_path", "last", *root_args(root)], 0)
+
+
+def _run(root: Path, cmd: list[str], returncode: int) -> None:
+    path = os.pathsep.join([str(REPO / "tests"), str(REPO)])  # KillAt is imported from this file
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=path)
     done = subprocess.run(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == returncode, done.stderr[-3000:]
 
 
-def test_sigkill_mid_epoch_twice_then_resume_last(reference, tmp_path):
-    extra = ["--checkpoint.every_n_train_steps", "40"]  # 40 never divides 128: every step save is mid-epoch
-    first = _fit_until_killed(tmp_path, extra, 150)
-    assert first % STEPS_PER_EPOCH, f"meant to die mid-epoch, but the newest last.ckpt is at step {first}"
-    second = _fit_until_killed(tmp_path, [*extra, "--ckpt_path", "last"], first + 100)
-    assert second % STEPS_PER_EPOCH and second > first
-    _resume(tmp_path, extra)
+@pytest.mark.slow  # three processes, ~20 s on a quiet machine; the in-process matrix covers the same points
+def test_exit_137_mid_epoch_twice_then_resume_last(matrix_reference, tmp_path):
+    _fit_killed(tmp_path, [], 21, "batch")
+    _fit_killed(tmp_path, ["--ckpt_path", "last"], 42, "batch")
+    _resume(tmp_path)
     assert [p.name for p in version_dirs(tmp_path)] == ["version_0", "version_1", "version_2"]
-    assert not list(tmp_path.glob("**/.*.tmp"))
-    assert_same_training_state(load(newest_last(tmp_path)), load(reference / "version_0" / "checkpoints" / "last.ckpt"))
-    assert_same_best(tmp_path, reference)
+    assert_same_as(tmp_path, matrix_reference)
 
 
-def test_sigkill_at_an_epoch_boundary_then_resume_last(reference, tmp_path):
-    # default checkpointing: last.ckpt at every epoch end only
-    at = _fit_until_killed(tmp_path, [], STEPS_PER_EPOCH)
-    assert at % STEPS_PER_EPOCH == 0 and at < STEPS_PER_EPOCH * EPOCHS
-    _resume(tmp_path, [])
-    assert_same_training_state(load(newest_last(tmp_path)), load(reference / "version_0" / "checkpoints" / "last.ckpt"))
-    assert_same_best(tmp_path, reference)
+def test_exit_137_right_after_an_epoch_end_checkpoint_then_resume_last(matrix_reference, tmp_path):
+    # the issue's case: with max_steps set, this resumed into batch 20/19 and ended with other weights
+    _fit_killed(tmp_path, [], 19, "epoch")
+    _resume(tmp_path)
+    assert_same_as(tmp_path, matrix_reference)
 
 
 def test_fit_ckpt_path_last_without_a_checkpoint_exits_2(in_tmp, capsys):
@@ -233,3 +394,25 @@ def test_fit_ckpt_path_last_without_a_checkpoint_exits_2(in_tmp, capsys):
     assert code == 2
     assert "--ckpt_path last: no last.ckpt" in err and "Traceback" not in err
     assert not (in_tmp / "runs").exists()
+
+
+def test_lightning_still_restarts_a_finished_epoch_under_max_steps():
+    """Guard for ExactResumeFitLoop: Lightning's own fit loop (private _FitLoop and _Loop) restarts an epoch that a
+    checkpoint written at its end says is over, when max_steps is set. If this fails, Lightning fixed it: drop
+    ExactResumeFitLoop (checkpoint.py) and this test; the kill matrix above says whether resume is still exact."""
+    from lightning.pytorch.loops.fit_loop import _FitLoop
+
+    from lit_seq2seq.checkpoint import ExactResumeFitLoop
+
+    restarting = {}
+    for cls in (_FitLoop, ExactResumeFitLoop):
+        trainer = L.Trainer(max_steps=100, max_epochs=3, logger=False, enable_checkpointing=False)
+        loop = cls(trainer, max_epochs=3)
+        loop.epoch_loop = trainer.fit_loop.epoch_loop
+        for progress in (loop.epoch_progress.current, loop.epoch_progress.total):
+            progress.ready = progress.started = progress.processed = 1  # written in on_train_epoch_end of epoch 0
+            progress.completed = 0
+        loop.epoch_loop.batch_progress.is_last_batch = True
+        loop.restarting = True
+        restarting[cls.__name__] = loop.restarting
+    assert restarting == {"_FitLoop": True, "ExactResumeFitLoop": False}

@@ -1,6 +1,7 @@
-"""Holding up: a NaN/infinite loss stops a fit with one clear line (exit 1) and leaves the last good checkpoint
-byte-identical; damaged, altered, foreign or mismatched checkpoints are refused (exit 2, naming the file) by
-fit, test and export before any model is built from them. (checkpoint.py's own checks, one by one, are in
+"""Holding up: a NaN/infinite loss stops a fit with one clear line (exit 1) and leaves every checkpoint
+byte-identical, writing none (save_on_exception or not); damaged, altered, foreign or mismatched checkpoints are
+refused (exit 2, naming the file) by fit, test and export before any model is built from them; a fit removes the
+temporary files that killed checkpoint writes left, and says so. (checkpoint.py's own checks, one by one, are in
 test_checkpoint.py.)
 """
 
@@ -48,10 +49,13 @@ def sha(path: Path) -> str:
 
 class Poison(L.Callback):
     """Test only: sets one weight to NaN at global step `step`, before the step's forward pass ("loss") or right
-    after its update, before the checkpoint callback saves ("weights"). Records (step, sha256) of every last.ckpt
-    written, in `Poison.written`."""
+    after its update, before the checkpoint callback saves ("weights"); or ("huge") sets the output layer's bias to
+    +-3e38 before the step: finite weights, an infinite loss. Records (step, sha256) of every last.ckpt written, in
+    `Poison.written`, and every checkpoint file under the run's root right before the poisoned step, in
+    `Poison.before` (path -> sha256)."""
 
     written: list[tuple[int, str]] = []
+    before: dict[Path, str] = {}
 
     def __init__(self, step: int = 10, when: str = "loss") -> None:
         self.step, self.when = step, when
@@ -73,18 +77,26 @@ class Poison(L.Callback):
             next(pl_module.parameters()).view(-1)[0] = float("nan")
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if self.when == "loss" and trainer.global_step == self.step:
+        if trainer.global_step != self.step:
+            return
+        Poison.before = {p: sha(p) for p in Path(trainer.default_root_dir).rglob("*.ckpt")}
+        if self.when == "loss":
             self._poison(pl_module)
+        elif self.when == "huge":
+            with torch.no_grad():
+                bias = pl_module.net.decoder.output.bias
+                bias.fill_(-3e38)
+                bias[0] = 3e38  # every target (never 0, the padding) gets probability 0: loss inf
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self.when == "weights" and trainer.global_step == self.step:  # runs before ModelCheckpoint's hook
             self._poison(pl_module)
 
 
-def _poisoned_fit(root: Path, step: int, when: str, capsys: pytest.CaptureFixture[str]) -> tuple[Any, str]:
+def _poisoned_fit(root: Path, step: int, when: str, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[Any, str]:
     callback = json.dumps({"class_path": "test_robustness.Poison", "init_args": {"step": step, "when": when}})
-    args = ["fit", *FIT, "--checkpoint.every_n_train_steps", "4", f"--trainer.callbacks+={callback}", *root_args(root)]
-    return cli_exit(args, capsys)
+    args = ["fit", *FIT, "--checkpoint.every_n_train_steps", "4", f"--trainer.callbacks+={callback}", *extra]
+    return cli_exit([*args, *root_args(root)], capsys)
 
 
 def test_nan_loss_stops_with_one_line_exit_1_and_the_last_checkpoint_untouched(in_tmp, capsys):
@@ -107,6 +119,35 @@ def test_nan_weights_are_never_saved(in_tmp, capsys):
     assert [s for s, _ in Poison.written] == [4]
     assert sha(in_tmp / "version_0" / "checkpoints" / "last.ckpt") == Poison.written[0][1]
     assert read_checkpoint(in_tmp / "version_0" / "checkpoints" / "last.ckpt")["global_step"] == 4
+
+
+def test_a_non_finite_stop_writes_no_checkpoint_even_when_asked_to_save_on_exception(in_tmp, capsys):
+    """Before: ModelCheckpoint's save_on_exception saved the diverged weights (3e38, finite) as best.ckpt and
+    last.ckpt while the message said nothing was saved. Ours and a plain ModelCheckpoint both ask here."""
+    plain = {"dirpath": str(in_tmp / "plain"), "filename": "plain", "save_on_exception": True}
+    plain_callback = json.dumps({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": plain})
+    extra = ["--checkpoint.save_on_exception", "true", f"--trainer.callbacks+={plain_callback}"]
+    code, err = _poisoned_fit(in_tmp, 10, "huge", capsys, *extra)
+    assert code == 1 and "Traceback" not in err
+    assert "lit-seq2seq fit: error: non-finite training loss (inf) at global step 10" in err
+    assert Poison.before and {p: sha(p) for p in in_tmp.rglob("*.ckpt")} == Poison.before  # untouched, none new
+    assert read_checkpoint(in_tmp / "version_0" / "checkpoints" / "last.ckpt")["global_step"] == 8
+
+
+def test_a_fit_removes_what_killed_checkpoint_writes_left_and_says_so(in_tmp, capsys):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    old_run = in_tmp / "version_0" / "checkpoints"
+    old_run.mkdir(parents=True)
+    litter = old_run / f".last.ckpt.{int(dead.stdout)}.tmp"  # a writer that died before its rename
+    live = old_run / f".last.ckpt.{os.getppid()}.tmp"  # a writer still running: left alone
+    for path in (litter, live):
+        path.write_bytes(b"PK half a checkpoint")
+    capsys.readouterr()
+    fit_in(in_tmp, *FIT, "--data.train_size", "64", "--report", "false")
+    err = capsys.readouterr().err
+    assert not litter.exists() and live.exists()
+    (line,) = [line for line in err.splitlines() if "unfinished checkpoint" in line]
+    assert line == f"removed 1 unfinished checkpoint write(s) of killed fits: {litter}"
 
 
 def test_a_diverging_learning_rate_exits_1_from_the_shell(tmp_path):
@@ -150,13 +191,20 @@ def test_damaged_checkpoint_is_refused_with_exit_2_naming_the_file(command, kind
     assert not runs.exists() and not (in_tmp / "export").exists()  # nothing built, trained, logged or exported
 
 
-@pytest.mark.parametrize("command", ["test", "fit"])
-def test_checkpoint_for_other_data_sizes_is_refused_with_exit_2(command, good, in_tmp, capsys):
-    # (LightningCLI takes the --model.* sizes from the checkpoint; the data's vocabulary is linked in afterwards)
+@pytest.mark.parametrize(
+    "command,message",
+    [
+        # test takes the --model.* sizes from the checkpoint; the data's vocabulary is linked in afterwards
+        ("test", "vocab_size=11 (flags: 13)"),
+        # a fit resumes: every data and model flag must be the checkpoint's
+        ("fit", "--data.vocab_size 13 (checkpoint: 11)"),
+    ],
+)
+def test_checkpoint_for_other_data_sizes_is_refused_with_exit_2(command, message, good, in_tmp, capsys):
     args = [command, *(FIT if command == "fit" else TASK), "--data.vocab_size", "13", "--ckpt_path", good]
     code, err = cli_exit([*args, *root_args(in_tmp / "runs")], capsys)
     assert code == 2
-    assert f"--ckpt_path {good}" in err and "vocab_size=11 (flags: 13)" in err and "Traceback" not in err
+    assert f"--ckpt_path {good}" in err and message in err and "Traceback" not in err
     assert not version_dirs(in_tmp / "runs")
 
 

@@ -318,3 +318,48 @@ def test_a_checkpoint_of_other_data_sizes_than_the_flags_exits_2_naming_them(tra
     assert code == 2 and "Traceback" not in err
     assert "the checkpoint holds a model of other sizes than the flags describe" in err
     assert "net.source_vocab_size=11 (flags: 13), net.target_vocab_size=11 (flags: 13)" in err
+
+
+# ------------------------------------------------------------------------------------- resume or fine-tune
+
+
+def test_a_resume_with_other_data_or_model_flags_exits_2_naming_each(trained, in_tmp, capsys):
+    """Before: LightningCLI silently took the model's settings from the checkpoint and the data's from the flags,
+    and "resumed" a fit on other data."""
+    ckpt = trained / "version_0" / "checkpoints" / "last.ckpt"
+    flags = [*TINY_FIT, "--data.train_size", "1000", "--model.net.hidden_size", "16"]
+    flags += ["--model.teacher_forcing_ratio", "0.5", "--data.test_size", "7", "--trainer.max_epochs", "4"]
+    code, err = cli_exit(["fit", *flags, "--ckpt_path", ckpt, *root_args(in_tmp)], capsys)
+    assert code == 2 and "Traceback" not in err
+    differ = "--data.train_size 1000 (checkpoint: 2000), --model.net.hidden_size 16 (checkpoint: 32), "
+    differ += "--model.teacher_forcing_ratio 0.5 (checkpoint: 1.0)"  # test_size and max_epochs may change
+    assert f"--ckpt_path {ckpt}: a resumed fit must keep the settings it was trained with, but {differ};" in err
+    assert "or --fine_tune true to start a new fit from its weights" in err
+    assert not version_dirs(in_tmp)
+
+
+def test_fine_tune_starts_a_new_fit_from_the_weights_only(trained, in_tmp):
+    best = trained / "version_0" / "checkpoints" / "best.ckpt"
+    other_data = ["--data.train_size", "128", "--data.seed", "5", "--trainer.max_epochs", "1"]
+    frozen = ["--model.optimizer", "SGD", "--model.optimizer.lr", "0.0"]  # the weights stay the loaded ones
+    run_cli(["fit", *TINY_FIT, *other_data, *frozen, "--fine_tune", "true", "--ckpt_path", best, *root_args(in_tmp)])
+    last = torch.load(in_tmp / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (last["global_step"], last["epoch"]) == (4, 0)  # a new fit: 128 rows / 32, from step 0
+    assert last["datamodule_hyper_parameters"]["train_size"] == 128
+    loaded = torch.load(best, weights_only=True)["state_dict"]
+    assert all(torch.equal(last["state_dict"][k], v) for k, v in loaded.items())
+    assert not (in_tmp / "version_0" / "checkpoints" / "resumed_from").exists()  # continues no run
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["fit", *QUICK_FIT, "--fine_tune", "true"], "--fine_tune true needs fit and a --ckpt_path"),
+        (["test", *TASK, "--fine_tune", "true", "--ckpt_path", "best"], "--fine_tune true needs fit and a --ckpt_path"),
+        (["fit", *TINY_FIT, "--model.net.hidden_size", "16", "--fine_tune", "true", "--ckpt_path", "best"],
+         "the checkpoint holds a model of other sizes than the flags describe: net.hidden_size=32 (flags: 16)"),
+    ],
+)  # fmt: skip
+def test_fine_tune_refusals_exit_2(args, message, trained, capsys):
+    code, err = cli_exit([*args, *root_args(trained)], capsys)
+    assert code == 2 and message in err and "Traceback" not in err
