@@ -269,21 +269,6 @@ def test_sample_prints_the_lines_of_one_draw_piece_by_piece(name, exported, runt
     assert code == 0 and out.splitlines() == expected
 
 
-@pytest.mark.parametrize("task", [("reverse_first", 11, 4, 2), ("copy", 8, 5), ("sort", 9, 6, None, 3), ("add", 13, 7)])
-def test_sample_chunks_are_sample_in_pieces(task):
-    from lit_seq2seq.tasks import make_task
-
-    task = make_task(*task)
-    for n, rows in ((1, 1), (10, 1), (10, 3), (10, 10), (10, 64), (1000, 333)):
-        whole_rng, piece_rng = np.random.default_rng(n), np.random.default_rng(n)
-        source, target = task.sample(n, whole_rng)
-        pieces = list(task.sample_chunks(n, piece_rng, rows))
-        assert [len(s) for s, _ in pieces] == [min(rows, n - i) for i in range(0, n, rows)]
-        np.testing.assert_array_equal(np.concatenate([s for s, _ in pieces]), source)
-        np.testing.assert_array_equal(np.concatenate([t for _, t in pieces]), target)
-        assert piece_rng.bit_generator.state == whole_rng.bit_generator.state  # the next draw is the same too
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS from /proc (Linux)")
 def test_sample_memory_does_not_grow_with_n(exported):
     # VmHWM, the peak RSS of this process's memory: unlike getrusage's ru_maxrss, it does not start at the

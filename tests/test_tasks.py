@@ -347,3 +347,16 @@ def test_sample_bytes_of_several_splits_holds_them_all_and_the_largest_being_dra
     task = make_task()  # 6 + 3 int64 a sample: 72 bytes
     assert tasks.sample_bytes(task, [1000, 10, 0, 0]) == 1010 * 72 + int(2.2 * 1000 * 72)
     assert tasks.sample_bytes(task, [100_000, 1000, 1000, 1000]) == 7_416_000 + int(2.2 * 7_200_000)
+
+
+@pytest.mark.parametrize("task", [("reverse_first", 11, 4, 2), ("copy", 8, 5), ("sort", 9, 6, None, 3), ("add", 13, 7)])
+def test_sample_chunks_are_sample_in_pieces(task):
+    task = make_task(*task)
+    for n, rows in ((1, 1), (10, 1), (10, 3), (10, 10), (10, 64), (1000, 333)):
+        whole_rng, piece_rng = np.random.default_rng(n), np.random.default_rng(n)
+        source, target = task.sample(n, whole_rng)
+        pieces = list(task.sample_chunks(n, piece_rng, rows))
+        assert [len(s) for s, _ in pieces] == [min(rows, n - i) for i in range(0, n, rows)]
+        np.testing.assert_array_equal(np.concatenate([s for s, _ in pieces]), source)
+        np.testing.assert_array_equal(np.concatenate([t for _, t in pieces]), target)
+        assert piece_rng.bit_generator.state == whole_rng.bit_generator.state  # the next draw is the same too
