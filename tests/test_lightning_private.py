@@ -10,6 +10,7 @@ port that code. When the code stops using a name, delete its test.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import sys
 from collections.abc import Callable
@@ -327,4 +328,55 @@ def test_cli_config_init(cli: dict[str, Any]) -> None:
         f"{config_init!r}; the CLI raised {cli.get('escaped')!r})",
         f"{CLI}.instantiate_trainer (adds Seq2SeqCheckpointIO unless --trainer.plugins has a CheckpointIO)",
         "read the trainer plugins from self.config[self.subcommand].trainer and instantiate them",
+    )
+
+
+# --- Fit-loop internals: lit_seq2seq.checkpoint.ExactResumeFitLoop and Seq2SeqCheckpoint._validates_now --------------
+
+
+def _fit_loop_module() -> Any:
+    return importlib.import_module("lightning.pytorch.loops.fit_loop")
+
+
+LOOP_NAMES = [
+    (
+        "lightning.pytorch.loops.fit_loop._FitLoop",
+        lambda: _fit_loop_module()._FitLoop,
+        "lit_seq2seq.checkpoint.ExactResumeFitLoop (subclassed; Seq2SeqCheckpoint.setup swaps the trainer's fit loop "
+        "to it, so a checkpoint written at an epoch's end resumes into the next epoch)",
+        "re-check whether Lightning still re-enters a finished epoch under max_steps "
+        "(tests/test_resume.py::test_lightning_still_restarts_a_finished_epoch_under_max_steps) and drop the swap",
+    ),
+    (
+        "_Loop.restarting as a property with a setter (fset)",
+        lambda: importlib.import_module("lightning.pytorch.loops.loop")._Loop.restarting.fset,
+        "lit_seq2seq.checkpoint.ExactResumeFitLoop.restarting",
+        "override the new way Lightning marks a restored loop as restarting",
+    ),
+    (
+        "_FitLoop._iteration_based_training()",
+        lambda: _fit_loop_module()._FitLoop._iteration_based_training,
+        "lit_seq2seq.checkpoint.ExactResumeFitLoop.restarting (a max_steps stop mid-epoch keeps Lightning's way)",
+        "compare trainer.max_steps with the step count directly",
+    ),
+]
+
+
+@pytest.mark.parametrize(("what", "get", "user", "port"), LOOP_NAMES, ids=[n[0].split(" ")[0] for n in LOOP_NAMES])
+def test_fit_loop_internals(what: str, get: Callable[[], Any], user: str, port: str) -> None:
+    found = read(get)
+    assert callable(found) and not isinstance(found, Exception), gone(what, user, port)
+
+
+def test_fit_loop_validation_check_and_data_fetcher(fit: tuple[Any, Any, Trainer]) -> None:
+    """Seq2SeqCheckpoint._validates_now asks the epoch loop whether a validation follows this batch."""
+    trainer = fit[2]
+    check = read(lambda: trainer.fit_loop.epoch_loop._should_check_val_fx)
+    fetcher = read(lambda: trainer.fit_loop._data_fetcher)
+    params = None if not callable(check) else list(inspect.signature(check).parameters)
+    assert params == ["data_fetcher"] and not isinstance(fetcher, Exception), gone(
+        "fit_loop.epoch_loop._should_check_val_fx(data_fetcher) and fit_loop._data_fetcher "
+        f"(got {params}, {fetcher!r})",
+        "lit_seq2seq.checkpoint.Seq2SeqCheckpoint._validates_now (no step save on a batch a validation follows)",
+        "decide from val_check_interval and batch_idx directly",
     )
