@@ -20,10 +20,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
+from lit_seq2seq.processes import pid_alive
+
 if TYPE_CHECKING:
     import lightning as L
-
-import torch
 
 WEIGHTS_HASH_KEY = "weights_sha256"
 RNG_KEY = "rng_state"
@@ -193,23 +195,11 @@ def remove_dead_writes(folders: list[Path]) -> list[Path]:
     for folder in dict.fromkeys(folders):
         for path in sorted(folder.glob(".*.ckpt.*.tmp")):
             match = _TEMPORARY.match(path.name)
-            if match is None or _alive(int(match["pid"])):
+            if match is None or pid_alive(int(match["pid"])):
                 continue
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):  # another user's process (or an impossible pid: keep the file)
-        return True
-    return True
 
 
 def _non_finite(state: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from lit_seq2seq import __version__, contract
 from lit_seq2seq.checkpoint import read_checkpoint
 from lit_seq2seq.model import Seq2Seq
+from lit_seq2seq.processes import pid_alive
 from lit_seq2seq.runtime import OnnxSeq2Seq
 from lit_seq2seq.search import to_width
 from lit_seq2seq.tasks import Task, task_from_hparams
@@ -373,16 +374,6 @@ def _held(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def _abandoned(folder: Path, pid: str | None) -> bool:
     """Whether `folder` was left by an export that no longer runs: nobody holds its lock and its process is gone. (A
     live pid with a free lock is an export between creating and locking its folder, or the pid was reused: kept.)"""
@@ -398,7 +389,7 @@ def _abandoned(folder: Path, pid: str | None) -> bool:
         return False
     finally:
         os.close(fd)
-    return pid is None or not _alive(int(pid))
+    return pid is None or not pid_alive(int(pid))
 
 
 def clean_leftovers(output_dir: str | os.PathLike) -> str | None:

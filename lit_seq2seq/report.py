@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from lit_seq2seq.processes import pid_alive
+
 CURVES = (
     ("loss", ("train/loss", "val/loss")),
     ("token accuracy", ("val/token_acc",)),
@@ -111,18 +113,8 @@ def _remove_dead_temporaries(log_dir: Path) -> None:
     """Temporary files of reports whose process was killed (their pid is in the name)."""
     for tmp in log_dir.glob(".report.*.tmp"):
         match = _TEMPORARY.fullmatch(tmp.name)
-        if match and not _alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def write_report(log_dir: str | os.PathLike) -> tuple[Path, Path]:
