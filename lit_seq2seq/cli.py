@@ -1,15 +1,23 @@
 """`lit-seq2seq` entry point: fit/validate/test/predict through LightningCLI; export, decode and sample beside it.
 
-decode and sample import neither torch nor lightning, so they answer in a fraction of a second.
+decode and sample import neither torch nor lightning, so they answer in a fraction of a second and work with the base
+install (numpy + onnxruntime); the other commands need the `train` extra and say so when it is missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Iterator, Sequence
 
+from lit_seq2seq.bundled import config_names, resolve_config
+
 OWN_COMMANDS = ("export", "decode", "sample", "report")
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+# What the `train` extra brings that fit/validate/test/predict and export import (pyproject.toml).
+TRAIN_MODULES = ("torch", "lightning", "jsonargparse", "torchmetrics", "onnx")
+TRAIN_EXTRA = "pip install 'lit-seq2seq[train]'"
 
 
 class InputError(ValueError):
@@ -20,7 +28,10 @@ def main(args: Sequence[str] | None = None) -> int:
     """Run the command in `args` (default: sys.argv[1:]); returns the exit code for the own commands."""
     from_argv = args is None
     args = list(sys.argv[1:] if from_argv else args)
-    if args and args[0] in OWN_COMMANDS:
+    command = args[0] if args and not args[0].startswith("-") else ""
+    if command in LIGHTNING_COMMANDS or command == "export" or command not in OWN_COMMANDS:
+        _require_train_extra(command, args)
+    if command in OWN_COMMANDS:
         parser = _parser(args[0])
         options = parser.parse_args(args[1:])
         from lit_seq2seq.contract import ModelFileError
@@ -39,8 +50,52 @@ def main(args: Sequence[str] | None = None) -> int:
 
     if args and args[0] in ("-h", "--help"):
         print(f"Other commands: {', '.join(OWN_COMMANDS)} (lit-seq2seq COMMAND --help)\n")
-    Seq2SeqCLI(None if from_argv else args)  # None: LightningCLI reads sys.argv itself
+    if command in LIGHTNING_COMMANDS and {"-h", "--help"} & set(args):
+        print(f"Bundled configs (--config NAME, or a file): {', '.join(config_names())}\n")
+    try:
+        resolved = _resolve_configs(args)
+    except ValueError as error:
+        print(f"{_prog(command)}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    if from_argv:  # LightningCLI reads sys.argv itself, and DDP relaunches the script with it
+        sys.argv[1:] = resolved
+    Seq2SeqCLI(None if from_argv else resolved)
     return 0
+
+
+def _prog(command: str) -> str:
+    return f"lit-seq2seq {command}" if command else "lit-seq2seq"
+
+
+def _installed(module: str) -> bool:
+    try:  # find_spec, not import: nothing of torch is loaded to find out
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _require_train_extra(command: str, args: Sequence[str]) -> None:
+    """Exit 2 with one line naming the `train` extra if a module it brings is missing (the base install is the
+    runtime alone); `lit-seq2seq --help` still lists the runtime's commands first."""
+    missing = [module for module in TRAIN_MODULES if not _installed(module)]
+    if not missing:
+        return
+    if not command and {"-h", "--help"} & set(args):
+        print("Commands of the base install: decode, sample (lit-seq2seq COMMAND --help)\n")
+    print(f"{_prog(command)}: needs the training extra: {TRAIN_EXTRA} (missing: {', '.join(missing)})", file=sys.stderr)
+    sys.exit(2)
+
+
+def _resolve_configs(args: Sequence[str]) -> list[str]:
+    """args with each --config/-c value that names a bundled config (`--config reverse_fast`, `--config
+    trainer/gpu`) replaced by its file; an existing path wins over a name (bundled.resolve_config)."""
+    resolved = list(args)
+    for i, arg in enumerate(resolved):
+        if arg in ("-c", "--config") and i + 1 < len(resolved):
+            resolved[i + 1] = resolve_config(resolved[i + 1])
+        elif arg.startswith("--config="):
+            resolved[i] = "--config=" + resolve_config(arg.removeprefix("--config="))
+    return resolved
 
 
 def _parser(command: str) -> argparse.ArgumentParser:

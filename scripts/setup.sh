@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install lit-seq2seq with its dev extras, pinned to the CPU build of torch (constraints.txt).
+# Create .venv and install lit-seq2seq with its dev extras (train + report + test tools), pinned to the CPU build of
+# torch (constraints.txt). The base install (`pip install lit-seq2seq`) is the runtime alone: numpy + onnxruntime.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv

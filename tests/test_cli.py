@@ -17,6 +17,7 @@ import pytest
 from conftest import (
     BLOCK_IMPORTS,
     CLI,
+    REPO,
     cli_exit,
     cli_output,
     damaged_checkpoint,
@@ -303,3 +304,55 @@ def test_sample_and_decode_into_a_closed_pipe_exit_0_quietly(exported, tmp_path)
                 assert proc.stdout.readline().strip()
                 proc.stdout.close()  # as `| head -1` does
                 assert proc.wait(timeout=120) == 0 and proc.stderr.read() == ""
+
+
+# --------------------------------------------------------------------- the base install and bundled configs
+
+
+@pytest.mark.parametrize("command", ["fit", "validate", "test", "predict", "export", "--help"])
+def test_train_commands_without_the_train_extra_name_it_in_one_line(command: str) -> None:
+    # As on a base install (numpy + onnxruntime): torch, Lightning and onnx cannot be imported.
+    code = BLOCK_IMPORTS + "from lit_seq2seq.cli import main\nmain(sys.argv[2:])"
+    done = run_python(code, "onnx", command, "--config", "reverse_fast")
+    assert done.returncode == 2
+    prog = "lit-seq2seq" if command == "--help" else f"lit-seq2seq {command}"
+    missing = "torch, lightning, torchmetrics, onnx"
+    assert done.stderr == f"{prog}: needs the training extra: pip install 'lit-seq2seq[train]' (missing: {missing})\n"
+
+
+def print_config(capsys: pytest.CaptureFixture[str], *configs: str) -> str:
+    code, out, err = cli_output(["fit", *(a for c in configs for a in ("--config", c)), "--print_config"], capsys)
+    assert code == 0, err
+    return out
+
+
+def test_config_takes_a_bundled_name(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # From a folder without configs/: the name, the name with .yaml and the README's path all mean the bundled file.
+    by_path = print_config(capsys, str(REPO / "configs" / "reverse_fast.yaml"))
+    assert "max_epochs: 1" in by_path
+    for name in ("reverse_fast", "reverse_fast.yaml", "configs/reverse_fast.yaml"):
+        assert print_config(capsys, name) == by_path
+    overlaid = print_config(capsys, "reverse", "trainer/gpu")
+    assert overlaid == print_config(capsys, str(REPO / "configs/reverse.yaml"), str(REPO / "configs/trainer/gpu.yaml"))
+    assert "accelerator: gpu" in overlaid
+
+
+def test_config_prefers_an_existing_file_to_a_bundled_name(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (in_tmp / "reverse_fast").write_text((REPO / "configs" / "reverse_fast.yaml").read_text() + "seed_everything: 7\n")
+    assert "seed_everything: 7" in print_config(capsys, "reverse_fast")
+
+
+def test_config_unknown_name_exits_2_listing_the_bundled_ones(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = cli_exit(["fit", "--config", "reverse_fats"], capsys)
+    assert code == 2
+    assert err.startswith("lit-seq2seq fit: error: --config reverse_fats: no such file, and not a bundled config (add,")
+    assert "reverse_fast, " in err and "trainer/gpu)" in err and err.count("\n") == 1
+
+
+def test_fit_help_lists_the_bundled_configs(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli_output(["fit", "--help"], capsys)
+    assert code == 0
+    files = (REPO / "configs").rglob("*.yaml")
+    names = ", ".join(sorted(p.relative_to(REPO / "configs").with_suffix("").as_posix() for p in files))
+    assert f"Bundled configs (--config NAME, or a file): {names}\n" in out
+    assert "trainer/ddp_cpu" in names and "reverse_fast" in names
