@@ -251,6 +251,52 @@ def _renamed(graph: onnx.GraphProto, prefix: str, keep: dict[str, str]) -> tuple
     return nodes, initializers
 
 
+def _unsorted(graph: onnx.GraphProto) -> onnx.GraphProto:
+    """The traced encoder without pack_padded_sequence's sort by length, for greedy.onnx: ONNX RNNs take per-row
+    lengths in any order, so the rows need not be sorted (TopK) and put back (Gather by the inverse permutation). With
+    the permutation the identity, every Gather by it (or by its inverse, ScatterElements of a Range) is its data input.
+    About a third of the encoder's nodes at batch 1. Returns `graph` itself when the pattern is not the one expected
+    (the result is verified against PyTorch either way)."""
+    topk = [n for n in graph.node if n.op_type == "TopK"]
+    if len(topk) != 1:
+        return graph
+    made, no = {o: n for n in graph.node for o in n.output}, onnx.NodeProto()
+    alias, perm = {topk[0].output[0]: topk[0].input[0]}, {topk[0].output[1]}
+    for node in graph.node:  # in graph order: a node's inputs are made before it
+        if node.op_type == "Cast" and node.input[0] in perm:
+            perm.add(node.output[0])
+        elif node.op_type == "ScatterElements" and node.input[1] in perm:
+            if made.get(node.input[2], no).op_type == "Range":  # the inverse: a Range scattered to the permuted places
+                perm.add(node.output[0])
+        elif node.op_type == "Gather" and node.input[1] in perm:
+            alias[node.output[0]] = node.input[0]
+
+    def resolve(name: str) -> str:
+        while name in alias:
+            name = alias[name]
+        return name
+
+    out = onnx.GraphProto()
+    out.CopyFrom(graph)
+    del out.node[:]
+    outputs = {o.name for o in graph.output}
+    for node in graph.node:
+        if node is topk[0] or (node.op_type == "Gather" and node.output[0] in alias):
+            for name in (o for o in node.output if o in outputs):
+                out.node.append(onnx.helper.make_node("Identity", [resolve(name)], [name], name=f"unsorted/{name}"))
+            continue
+        new = out.node.add()
+        new.CopyFrom(node)
+        new.input[:] = [resolve(i) if i else i for i in node.input]
+    _prune(out)
+    known = {i.name for i in out.input} | {i.name for i in out.initializer}
+    for node in out.node:  # every input made by an earlier node: else the permutation is used some other way
+        if any(i and i not in known for i in node.input):
+            return graph
+        known.update(node.output)
+    return out
+
+
 def greedy_model(encoder: onnx.ModelProto, decoder: onnx.ModelProto, net: Seq2Seq) -> onnx.ModelProto:
     """greedy.onnx from the two exported graphs: the encoder, then a Loop whose body is the decoder step and an ArgMax
     (first maximum on ties), feeding each token back. With an end token, finished rows emit padding and the loop stops
@@ -265,7 +311,7 @@ def greedy_model(encoder: onnx.ModelProto, decoder: onnx.ModelProto, net: Seq2Se
     recurrent = [n for n in state if n in contract.RECURRENT]
     fixed = [n for n in state if n not in contract.RECURRENT]
     eos = config.eos_token
-    enc_nodes, enc_inits = _renamed(encoder.graph, "encoder/", {contract.SOURCE: contract.SOURCE})
+    enc_nodes, enc_inits = _renamed(_unsorted(encoder.graph), "encoder/", {contract.SOURCE: contract.SOURCE})
     keep = {contract.TOKEN: "loop/token", **{n: f"loop/{n}" for n in recurrent}, **{n: f"encoder/{n}" for n in fixed}}
     dec_nodes, dec_inits = _renamed(decoder.graph, "decoder/", keep)
 

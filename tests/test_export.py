@@ -312,6 +312,17 @@ def test_greedy_graph_passes_the_checker_and_has_the_contract_io(name, exported)
     assert onnx.numpy_helper.to_array(default).tolist() == int(meta["max_target_length"])
     ops = {n.op_type for n in onnx.load(str(out / contract.GREEDY_FILE)).graph.node}
     assert "Loop" in ops and ("LSTM" if EXPORT_SPECS[name][0] == "lstm" else "GRU") in ops
+    # its encoder skips pack_padded_sequence's sort by length (ONNX RNNs take the lengths in any order)
+    assert "TopK" in {n.op_type for n in onnx.load(str(out / contract.ENCODER_FILE)).graph.node}
+    assert not ops & {"TopK", "ScatterElements"}
+
+
+def test_the_unsorted_encoder_keeps_the_sort_where_the_permutation_is_used_otherwise(exported):
+    graph = onnx.load(str(exported("lstm").model_dir / contract.ENCODER_FILE)).graph
+    topk = next(n for n in graph.node if n.op_type == "TopK")
+    graph.output.add(name=topk.output[1])  # the permutation itself is an output: it cannot be aliased away
+    assert export_module._unsorted(graph) is graph
+    assert export_module._unsorted(onnx.helper.make_graph([], "empty", [], [])).name == "empty"
 
 
 @pytest.mark.parametrize("name", list(EXPORT_VARIANTS))
