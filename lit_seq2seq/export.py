@@ -322,13 +322,11 @@ def greedy_model(encoder: onnx.ModelProto, decoder: onnx.ModelProto, net: Seq2Se
     value = h.make_tensor_value_info
     body_in = [value("loop/iteration", tp.INT64, []), value("loop/go", tp.BOOL, [])]
     body_in += [value("loop/token", tp.INT64, None)]
-    carried_out = ["loop/token_next"]
     if eos is None:  # no row ever finishes: max_len steps
         body += [h.make_node("Identity", ["loop/argmax"], ["loop/token_next"])]
         body += [h.make_node("Identity", ["loop/go"], ["loop/go_next"])]
     else:
-        body_in.append(h.make_tensor_value_info("loop/done", tp.BOOL, None))
-        carried_out.append("loop/done_next")
+        body_in.append(value("loop/done", tp.BOOL, None))
         body += [
             scalar("loop/pad", config.pad_token),
             scalar("loop/eos", eos),
