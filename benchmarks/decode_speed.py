@@ -5,6 +5,12 @@ One process, one thread everywhere (torch.set_num_threads(1), onnxruntime intra/
 rounds (benchmarks/harness.py: the order rotates every round) and the tables report medians over the rounds, with
 their min-max spread:
 
+  * greedy.onnx (one call) against the two-graph loop over decoder_step.onnx, both through OnnxSeq2Seq (validation
+    included; `greedy` picks greedy.onnx when the export has it) and both bare (InferenceSession.run alone), at batch
+    1 (latency, the ratio greedy.onnx / two-graph time) and at batch 1024 (throughput).
+  * the limit at batch 1024: the bare matrix products the decode needs (every RNN's input and recurrent projections
+    for each source token and each decoder step, and the decoder's output layer per step; shapes read from the
+    graphs) through numpy alone, timed the same way; our throughput as a fraction of that.
   * batch 1, latency per sequence: OnnxSeq2Seq.greedy; the torch net's eager `net.greedy` under
     torch.inference_mode; a hand-written torch loop (encode + 3 x step + argmax, no numpy); the same number of
     InferenceSession.run calls (1 encoder + 3 steps) on the real graphs with no validation or search around them;
@@ -17,6 +23,8 @@ their min-max spread:
     .venv/bin/python benchmarks/decode_speed.py --ckpt_path CKPT --model_dir ONNX_DIR [--repeats 30] [--clock cpu]
     .venv/bin/python benchmarks/decode_speed.py --train [--repeats 30]      # fit + export the seed model first
     .venv/bin/python benchmarks/decode_speed.py --ckpt_path CKPT --model_dir ONNX_DIR --repeats 3 --process_repeats 1
+
+Run it with OMP_NUM_THREADS=1 so numpy's BLAS (the limit) computes in one thread too, as everything else here does.
 
 On a shared machine prefer --clock cpu (the calling thread's CPU time; every engine here computes in that thread):
 wall time then mostly measures the other jobs.
@@ -35,10 +43,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
+from lit_seq2seq import contract
 from lit_seq2seq.export import load_checkpoint
 from lit_seq2seq.runtime import OnnxSeq2Seq
 
@@ -81,13 +91,58 @@ def floor_sessions(vocab: int, layers: int, hidden: int) -> tuple[ort.InferenceS
     return encoder_session, step_session
 
 
-def contenders(model: OnnxSeq2Seq, net: torch.nn.Module, source: np.ndarray, with_floor: bool) -> dict[str, Callable]:
+def gemm_shapes(model_dir: Path, source_len: int, steps: int) -> list[tuple[int, int, int]]:
+    """(times per decode, K, N) of each matrix product a greedy decode needs, read from the graphs: per RNN node
+    (LSTM/GRU) and direction, its input (K = input size) and recurrent (K = hidden) projections, once per time step
+    (source_len in the encoder, `steps` in the decoder); per decoder MatMul with a weight (the output layer), once per
+    step. At batch B each is a (B, K) x (K, N) product."""
+    shapes = []
+    for name, repeat in ((contract.ENCODER_FILE, source_len), (contract.DECODER_FILE, steps)):
+        graph = onnx.load(str(model_dir / name)).graph
+        weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        for node in graph.node:
+            if node.op_type in ("LSTM", "GRU"):
+                w, r = weights[node.input[1]], weights[node.input[2]]  # (dirs, gates * H, K)
+                shapes += [(repeat, w.shape[2], w.shape[1])] * w.shape[0]
+                shapes += [(repeat, r.shape[2], r.shape[1])] * r.shape[0]
+            elif node.op_type == "MatMul" and node.input[1] in weights and name == contract.DECODER_FILE:
+                k, n = weights[node.input[1]].shape
+                shapes.append((repeat, k, n))
+    return shapes
+
+
+def gemm_limit(shapes: list[tuple[int, int, int]], batch: int) -> Callable[[], object]:
+    """The products of `gemm_shapes` at `batch` rows through numpy alone (float32, preallocated, no other work)."""
+    rng = np.random.default_rng(0)
+    work = [(rng.random((batch, k), np.float32), rng.random((k, n), np.float32), np.empty((batch, n), np.float32), r)
+            for r, k, n in shapes]  # fmt: skip
+
+    def run() -> object:
+        for a, b, out, repeat in work:
+            for _ in range(repeat):
+                np.matmul(a, b, out=out)
+        return out
+
+    return run
+
+
+def contenders(
+    model: OnnxSeq2Seq, net: torch.nn.Module, source: np.ndarray, with_floor: bool, limit: Callable | None = None
+) -> dict[str, Callable]:
     """Zero-argument callables that each decode `source` greedily (max_target_length steps)."""
     steps, batch = model.max_target_length, len(source)
     tsource = torch.from_numpy(source)
+    graph = model.greedy_graph
+    feed = {contract.SOURCE: source}
 
     def onnx_greedy() -> object:
         return model.greedy(source)
+
+    def two_graph() -> object:  # what greedy does for exports without greedy.onnx, validation included
+        return model._greedy_steps(model.check_source(source)[0], model.max_target_length)
+
+    def greedy_raw() -> object:  # greedy.onnx, a bare InferenceSession.run: what a raw client calls
+        return graph.run(None, feed)[0]
 
     def torch_greedy() -> object:
         with torch.inference_mode():
@@ -104,7 +159,10 @@ def contenders(model: OnnxSeq2Seq, net: torch.nn.Module, source: np.ndarray, wit
                 out.append(token)
             return torch.stack(out, 1)
 
-    out = {"onnx_greedy": onnx_greedy, "torch_greedy": torch_greedy, "torch_tight": torch_tight}
+    out = {"onnx_greedy": onnx_greedy, "two_graph": two_graph, "greedy_raw": greedy_raw}
+    out.update(torch_greedy=torch_greedy, torch_tight=torch_tight)
+    if limit is not None:
+        out["gemm_limit"] = limit
     if not with_floor:
         return out
 
@@ -188,13 +246,18 @@ def report_batch1(seconds: dict[str, list[float]], args: argparse.Namespace, ste
     def row(label: str, name: str, comparison: str, goal: str = "") -> tuple[str, ...]:
         return label, f"{us[name]:.1f}", harness.spread(seconds[name], 1e6, ".1f"), comparison, goal
 
+    fused = onnx / us["two_graph"]
     rows = [
-        row("OnnxSeq2Seq.greedy", "onnx_greedy", ""),
+        row("OnnxSeq2Seq.greedy (greedy.onnx, one call)", "onnx_greedy", ""),
+        row("OnnxSeq2Seq two-graph loop (encoder + steps, IOBinding)", "two_graph",
+            f"greedy.onnx = {fused:.2f}x this time"),
+        row("greedy.onnx, bare InferenceSession.run (1 call)", "greedy_raw",
+            f"= {us['greedy_raw'] / us['onnx_raw']:.2f}x bare two-graph time"),
         row("PyTorch eager net.greedy (inference_mode)", "torch_greedy", f"onnx {speedup:.2f}x faster",
             harness.goal(speedup >= GOALS["torch_b1"], f">= {GOALS['torch_b1']:g}x")),
         row("PyTorch tight loop (encode + steps + argmax, no numpy)", "torch_tight",
             f"onnx {us['torch_tight'] / onnx:.2f}x faster"),
-        row("real graphs, bare InferenceSession.run (1 + 3 calls)", "onnx_raw",
+        row("two graphs, bare InferenceSession.run (1 + 3 calls + argmax)", "onnx_raw",
             f"{us['onnx_raw'] - onnx:+.1f} us vs onnx"),
         row("floor: 1 + 3 InferenceSession.run on trivial graphs", "floor", f"onnx = {over:.2f}x floor",
             harness.goal(over <= GOALS["floor_b1"], f"OnnxSeq2Seq <= {GOALS['floor_b1']:g}x floor")),
@@ -203,9 +266,12 @@ def report_batch1(seconds: dict[str, list[float]], args: argparse.Namespace, ste
     ]  # fmt: skip
     title = f"batch 1, {steps} decode steps: median {args.clock} time per sequence ({args.repeats}x{args.calls} calls)"
     harness.table(title, ("", "us/sequence", "min-max", "comparison", "goal"), rows, "<>><<")
+    print(f"  greedy.onnx / two-graph loop at batch 1: {fused:.2f}x the time (a prototype of the issue measured 0.78x)")
 
 
-def report_batch(seconds: dict[str, list[float]], args: argparse.Namespace, calls: int) -> None:
+def report_batch(
+    seconds: dict[str, list[float]], args: argparse.Namespace, calls: int, shapes: list[tuple[int, int, int]]
+) -> None:
     rate = {k: args.batch / v for k, v in harness.medians(seconds).items()}
     gain = rate["onnx_greedy"] / rate["torch_greedy"]
 
@@ -213,14 +279,25 @@ def report_batch(seconds: dict[str, list[float]], args: argparse.Namespace, call
         lo, hi = args.batch / max(seconds[name]), args.batch / min(seconds[name])
         return label, f"{rate[name]:,.0f}", f"{lo:,.0f}-{hi:,.0f}", comparison, goal
 
+    fraction = rate["onnx_greedy"] / rate["gemm_limit"]
     rows = [
-        row("OnnxSeq2Seq.greedy", "onnx_greedy", ""),
+        row("OnnxSeq2Seq.greedy (greedy.onnx, one call)", "onnx_greedy", ""),
+        row("OnnxSeq2Seq two-graph loop", "two_graph",
+            f"greedy.onnx {rate['onnx_greedy'] / rate['two_graph']:.2f}x this throughput"),
+        row("greedy.onnx, bare InferenceSession.run", "greedy_raw", ""),
         row("PyTorch eager net.greedy (inference_mode)", "torch_greedy", f"onnx {gain:.2f}x faster",
             harness.goal(gain >= GOALS["torch_b1024"], f">= {GOALS['torch_b1024']:g}x")),
         row("PyTorch tight loop", "torch_tight", f"onnx {rate['onnx_greedy'] / rate['torch_tight']:.2f}x faster"),
+        row("the limit: the decode's bare matrix products, numpy", "gemm_limit",
+            f"greedy.onnx at {fraction:.0%} of it"),
     ]  # fmt: skip
     title = f"batch {args.batch}: median throughput ({args.clock} time), {args.repeats} rounds of {calls} call(s)"
     harness.table(title, ("", "sequences/s", "min-max", "comparison", "goal"), rows, "<>><<")
+    print(
+        f"  the limit: {len(shapes)} product shapes (rows x K x N, times per decode): "
+        + ", ".join(f"{args.batch}x{k}x{n} x{r}" for r, k, n in shapes)
+    )
+    print(f"  greedy.onnx throughput = {fraction:.1%} of the limit ({rate['gemm_limit']:,.0f} sequences/s)")
 
 
 def report_processes(procs: dict[str, list[dict]], repeats: int) -> None:
@@ -275,7 +352,9 @@ def run(args: argparse.Namespace, ckpt: Path, model_dir: Path) -> None:
     big = np.ascontiguousarray(big, dtype=np.int64)
     one = big[:1].copy()
     with torch.inference_mode():
-        same = np.array_equal(model.greedy(big), net.greedy(torch.from_numpy(big)).numpy())
+        expected = net.greedy(torch.from_numpy(big)).numpy()
+        same = np.array_equal(model.greedy(big), expected)
+        same &= np.array_equal(model._greedy_steps(big, model.max_target_length), expected)
     print(
         f"{harness.versions()}; threads: torch {torch.get_num_threads()}, onnxruntime 1/1\nmodel {model_dir}: "
         f"{model.cell} {model.hidden_size}, vocab {model.vocab_size}, source {one.shape[1]} tokens, "
@@ -284,13 +363,18 @@ def run(args: argparse.Namespace, ckpt: Path, model_dir: Path) -> None:
     )
     before = harness.load_before()
 
-    def timed(source: np.ndarray, with_floor: bool, calls: int) -> dict[str, list[float]]:
-        funcs = contenders(model, net, source, with_floor)
+    if model.greedy_graph is None:
+        raise SystemExit(f"{model_dir} has no {contract.GREEDY_FILE}: export the checkpoint again")
+    shapes = gemm_shapes(model_dir, one.shape[1], model.max_target_length)
+
+    def timed(source: np.ndarray, with_floor: bool, calls: int, limit: Callable | None = None) -> dict:
+        funcs = contenders(model, net, source, with_floor, limit)
         clock = harness.CLOCKS[args.clock]  # warm-up: first-run allocations, lazy inits
         return harness.interleaved(funcs, args.repeats, calls=calls, warmup=max(3, calls // 10), clock=clock)[0]
 
     big_calls = max(1, args.calls // 100)
-    b1, bb = timed(one, True, args.calls), timed(big, False, big_calls)
+    b1 = timed(one, True, args.calls)
+    bb = timed(big, False, big_calls, gemm_limit(shapes, args.batch))
     children = {
         "onnx": functools.partial(fresh_process, CHILD_ONNX, str(model_dir)),
         "torch": functools.partial(fresh_process, CHILD_TORCH, str(ckpt)),
@@ -301,7 +385,7 @@ def run(args: argparse.Namespace, ckpt: Path, model_dir: Path) -> None:
             result["wall_s"] = wall
 
     report_batch1(b1, args, model.max_target_length)
-    report_batch(bb, args, big_calls)
+    report_batch(bb, args, big_calls, shapes)
     report_processes(procs, args.process_repeats)
     print()
     harness.load_after(before)

@@ -5,6 +5,7 @@ import hashlib
 
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder_step.onnx"
+GREEDY_FILE = "greedy.onnx"  # encoder + a Loop over the step + argmax: one call decodes (optional for older exports)
 
 # Encoder: source -> initial decoder state. Names are the same as the decoder's state inputs so an app can
 # feed the encoder's outputs straight into the first step.
@@ -15,6 +16,10 @@ H = "h"  # float32 (num_layers, batch, hidden)
 C = "c"  # float32 (num_layers, batch, hidden); LSTM only
 MEMORY = "memory"  # float32 (batch, source_len, memory_dim); attention only
 MEMORY_MASK = "memory_mask"  # bool (batch, source_len), True at real tokens; attention only
+
+# greedy.onnx: source -> tokens, the whole greedy decode in one call.
+MAX_LEN = "max_len"  # int64 scalar or [1], optional (default max_target_length): decoder steps at most
+TOKENS = "tokens"  # int64 (batch, steps), padded with the pad token after each row's end token
 
 RECURRENT = (H, C)  # state the step graph updates; outputs are named with OUT_SUFFIX
 OUT_SUFFIX = "_out"
@@ -38,6 +43,11 @@ def decoder_io(cell: str, attention: bool) -> tuple[list[str], list[str]]:
     """(input names, output names) of decoder_step.onnx."""
     state = state_names(cell, attention)
     return [TOKEN, *state], [LOGITS] + [n + OUT_SUFFIX for n in state if n in RECURRENT]
+
+
+def greedy_io() -> tuple[list[str], list[str]]:
+    """(input names, output names) of greedy.onnx; max_len may be left out (its default is stored in the graph)."""
+    return [SOURCE, MAX_LEN], [TOKENS]
 
 
 # metadata_props keys; every value is a string (ONNX metadata is str -> str).

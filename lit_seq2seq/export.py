@@ -210,11 +210,194 @@ def _prune_and_stamp(path: Path, meta: dict[str, str]) -> None:
     for output in [o for o in model.graph.output if o.name == _UNUSED]:
         model.graph.output.remove(output)
     _prune(model.graph)
+    _stamp(model, path, meta)
+
+
+def _stamp(model: onnx.ModelProto, path: Path, meta: dict[str, str]) -> None:
+    """Write `model` to `path` with the metadata `meta` and its content hash (contract.stamp_content_hash)."""
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)
     model.producer_name, model.producer_version = "lit-seq2seq", __version__
     path.write_bytes(contract.stamp_content_hash(model.SerializeToString()))
+
+
+# ------------------------------------------------------------------------------ greedy.onnx: one call decodes
+
+
+def _renamed(graph: onnx.GraphProto, prefix: str, keep: dict[str, str]) -> tuple[list, list]:
+    """Copies of `graph`'s nodes and initializers with every value name prefixed, except those in `keep` (mapped to
+    the name given there): two graphs inlined into one must not share a name by accident."""
+
+    def name(value: str) -> str:
+        return keep.get(value, prefix + value) if value else value  # "" marks an omitted optional input
+
+    nodes = []
+    for node in graph.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            raise ExportVerificationError(f"cannot inline {graph.name}: node {node.name} holds a subgraph")
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        new.name = prefix + node.name
+        new.input[:] = [name(i) for i in node.input]
+        new.output[:] = [name(o) for o in node.output]
+        nodes.append(new)
+    initializers = []
+    for init in graph.initializer:
+        new = onnx.TensorProto()
+        new.CopyFrom(init)
+        new.name = name(init.name)
+        initializers.append(new)
+    return nodes, initializers
+
+
+def _unsorted(graph: onnx.GraphProto) -> onnx.GraphProto:
+    """The traced encoder without pack_padded_sequence's sort by length, for greedy.onnx: ONNX RNNs take per-row
+    lengths in any order, so the rows need not be sorted (TopK) and put back (Gather by the inverse permutation). With
+    the permutation the identity, every Gather by it (or by its inverse, ScatterElements of a Range) is its data input.
+    About a third of the encoder's nodes at batch 1. Returns `graph` itself when the pattern is not the one expected
+    (the result is verified against PyTorch either way)."""
+    topk = [n for n in graph.node if n.op_type == "TopK"]
+    if len(topk) != 1:
+        return graph
+    made, no = {o: n for n in graph.node for o in n.output}, onnx.NodeProto()
+    alias, perm = {topk[0].output[0]: topk[0].input[0]}, {topk[0].output[1]}
+    for node in graph.node:  # in graph order: a node's inputs are made before it
+        if node.op_type == "Cast" and node.input[0] in perm:
+            perm.add(node.output[0])
+        elif node.op_type == "ScatterElements" and node.input[1] in perm:
+            if made.get(node.input[2], no).op_type == "Range":  # the inverse: a Range scattered to the permuted places
+                perm.add(node.output[0])
+        elif node.op_type == "Gather" and node.input[1] in perm:
+            alias[node.output[0]] = node.input[0]
+
+    def resolve(name: str) -> str:
+        while name in alias:
+            name = alias[name]
+        return name
+
+    out = onnx.GraphProto()
+    out.CopyFrom(graph)
+    del out.node[:]
+    outputs = {o.name for o in graph.output}
+    for node in graph.node:
+        if node is topk[0] or (node.op_type == "Gather" and node.output[0] in alias):
+            for name in (o for o in node.output if o in outputs):
+                out.node.append(onnx.helper.make_node("Identity", [resolve(name)], [name], name=f"unsorted/{name}"))
+            continue
+        new = out.node.add()
+        new.CopyFrom(node)
+        new.input[:] = [resolve(i) if i else i for i in node.input]
+    _prune(out)
+    known = {i.name for i in out.input} | {i.name for i in out.initializer}
+    for node in out.node:  # every input made by an earlier node: else the permutation is used some other way
+        if any(i and i not in known for i in node.input):
+            return graph
+        known.update(node.output)
+    return out
+
+
+def greedy_model(encoder: onnx.ModelProto, decoder: onnx.ModelProto, net: Seq2Seq) -> onnx.ModelProto:
+    """greedy.onnx from the two exported graphs: the encoder, then a Loop whose body is the decoder step and an ArgMax
+    (first maximum on ties), feeding each token back. With an end token, finished rows emit padding and the loop stops
+    once every row has finished. I/O in `contract.greedy_io`; no metadata yet.
+
+    The encoder's and decoder's nodes are inlined with prefixed names; the decoder's weights sit in the outer graph and
+    the body reads them (and the attention memory) from there. Loop-carried values are declared without shapes, so
+    every dimension stays dynamic."""
+    h, tp = onnx.helper, onnx.TensorProto
+    config = net.config
+    state = contract.state_names(config.cell, config.attention)
+    recurrent = [n for n in state if n in contract.RECURRENT]
+    fixed = [n for n in state if n not in contract.RECURRENT]
+    eos = config.eos_token
+    enc_nodes, enc_inits = _renamed(_unsorted(encoder.graph), "encoder/", {contract.SOURCE: contract.SOURCE})
+    keep = {contract.TOKEN: "loop/token", **{n: f"loop/{n}" for n in recurrent}, **{n: f"encoder/{n}" for n in fixed}}
+    dec_nodes, dec_inits = _renamed(decoder.graph, "decoder/", keep)
+
+    def scalar(name: str, value: int, dtype: int = tp.INT64) -> onnx.NodeProto:
+        return h.make_node("Constant", [], [name], value=h.make_tensor(name, dtype, [], [value]))
+
+    body = [*dec_nodes, h.make_node("ArgMax", ["decoder/logits"], ["loop/argmax"], axis=-1, keepdims=0)]
+    value = h.make_tensor_value_info
+    body_in = [value("loop/iteration", tp.INT64, []), value("loop/go", tp.BOOL, [])]
+    body_in += [value("loop/token", tp.INT64, None)]
+    if eos is None:  # no row ever finishes: max_len steps
+        body += [h.make_node("Identity", ["loop/argmax"], ["loop/token_next"])]
+        body += [h.make_node("Identity", ["loop/go"], ["loop/go_next"])]
+    else:
+        body_in.append(value("loop/done", tp.BOOL, None))
+        body += [
+            scalar("loop/pad", config.pad_token),
+            scalar("loop/eos", eos),
+            h.make_node("Where", ["loop/done", "loop/pad", "loop/argmax"], ["loop/token_next"]),
+            h.make_node("Equal", ["loop/token_next", "loop/eos"], ["loop/ended"]),
+            h.make_node("Or", ["loop/done", "loop/ended"], ["loop/done_next"]),
+            h.make_node("Not", ["loop/done_next"], ["loop/open"]),
+            h.make_node("Cast", ["loop/open"], ["loop/open_int"], to=tp.INT64),
+            h.make_node("ReduceSum", ["loop/open_int"], ["loop/open_rows"], keepdims=0),
+            scalar("loop/zero", 0),
+            h.make_node("Greater", ["loop/open_rows", "loop/zero"], ["loop/go_next"]),
+        ]
+    body_in += [h.make_tensor_value_info(f"loop/{n}", tp.FLOAT, None) for n in recurrent]
+    body += [h.make_node("Identity", ["loop/token_next"], ["loop/emitted"])]  # the scan output: one column per step
+    body_out = [h.make_tensor_value_info("loop/go_next", tp.BOOL, [])]
+    body_out += [h.make_tensor_value_info("loop/token_next", tp.INT64, None)]
+    body_out += [h.make_tensor_value_info("loop/done_next", tp.BOOL, None)] if eos is not None else []
+    body_out += [h.make_tensor_value_info(f"decoder/{n}{contract.OUT_SUFFIX}", tp.FLOAT, None) for n in recurrent]
+    body_out += [h.make_tensor_value_info("loop/emitted", tp.INT64, None)]
+    loop_body = h.make_graph(body, "greedy_step", body_in, body_out)
+
+    done = ["greedy/not_done"] if eos is not None else []
+    carried_in = ["greedy/start", *done, *(f"encoder/{n}" for n in recurrent)]
+    finals = [f"greedy/final_{i}" for i in range(len(carried_in))]
+    nodes = [
+        *enc_nodes,
+        h.make_node("Shape", [contract.SOURCE], ["greedy/source_shape"]),
+        h.make_node("Constant", [], ["greedy/first"], value=h.make_tensor("greedy/first", tp.INT64, [1], [0])),
+        h.make_node("Gather", ["greedy/source_shape", "greedy/first"], ["greedy/batch"], axis=0),  # [batch]
+        h.make_node("ConstantOfShape", ["greedy/batch"], ["greedy/start"],
+                    value=h.make_tensor("start", tp.INT64, [1], [config.start_token])),
+        h.make_node("ConstantOfShape", ["greedy/batch"], ["greedy/not_done"],
+                    value=h.make_tensor("not_done", tp.BOOL, [1], [False])),  # unused without an end token
+        h.make_node("Constant", [], ["greedy/scalar"], value=h.make_tensor("greedy/scalar", tp.INT64, [0], [])),
+        h.make_node("Reshape", [contract.MAX_LEN, "greedy/scalar"], ["greedy/max_len"]),  # [] or [1] -> []
+        scalar("greedy/zero", 0),
+        h.make_node("Max", ["greedy/max_len", "greedy/zero"], ["greedy/trips"]),
+        scalar("greedy/go", 1, tp.BOOL),
+        h.make_node("Loop", ["greedy/trips", "greedy/go", *carried_in], [*finals, "greedy/emitted"], body=loop_body),
+        # (steps, batch) -> (batch, steps). After zero trips the scan output may come back as [0]: the reshape to
+        # [steps, batch] keeps the batch dimension there.
+        h.make_node("Shape", ["greedy/emitted"], ["greedy/emitted_shape"]),
+        h.make_node("Gather", ["greedy/emitted_shape", "greedy/first"], ["greedy/steps"], axis=0),
+        h.make_node("Concat", ["greedy/steps", "greedy/batch"], ["greedy/columns_shape"], axis=0),
+        h.make_node("Reshape", ["greedy/emitted", "greedy/columns_shape"], ["greedy/columns"]),
+        h.make_node("Transpose", ["greedy/columns"], [contract.TOKENS], perm=[1, 0]),
+    ]  # fmt: skip
+    if eos is None:
+        nodes = [n for n in nodes if n.output[0] != "greedy/not_done"]
+    default = h.make_tensor(contract.MAX_LEN, tp.INT64, [], [config.max_target_length])
+    graph = h.make_graph(
+        nodes,
+        "greedy",
+        [
+            h.make_tensor_value_info(contract.SOURCE, tp.INT64, ["batch", "source_len"]),
+            # Declared a scalar (onnxruntime takes a [1] tensor too); its initializer is the default, so a caller
+            # may leave it out. A graph input of unknown rank fails the checker.
+            h.make_tensor_value_info(contract.MAX_LEN, tp.INT64, []),
+        ],
+        [h.make_tensor_value_info(contract.TOKENS, tp.INT64, ["batch", "steps"])],
+        initializer=[*enc_inits, *dec_inits, default],
+    )
+    model = h.make_model(graph, opset_imports=list(encoder.opset_import), ir_version=encoder.ir_version)
+    return model
+
+
+def _write_greedy(net: Seq2Seq, task: Task, folder: Path, export_id: str) -> None:
+    """greedy.onnx from the two graphs already in `folder`, with their metadata (its own I/O names) and hash."""
+    encoder, decoder = (onnx.load(str(folder / n)) for n in (contract.ENCODER_FILE, contract.DECODER_FILE))
+    model = greedy_model(encoder, decoder, net)  # not pruned: the loop body reads outer values _prune cannot see
+    _stamp(model, folder / contract.GREEDY_FILE, metadata(net, task, *contract.greedy_io(), export_id))
 
 
 def _one_vocab_size(net: Seq2Seq) -> int:
@@ -247,10 +430,11 @@ class ExportReport:
 
     def __str__(self) -> str:
         return (
-            f"exported to {self.output_dir}/{{{contract.ENCODER_FILE},{contract.DECODER_FILE}}}\n"
+            f"exported to {self.output_dir}/{{{','.join(EXPORT_FILES)}}}\n"
             f"  parity vs PyTorch (max abs diff, tol {PARITY_TOL:g}): encoder {self.encoder_max_diff:.2e}, "
             f"decoder step {self.decoder_max_diff:.2e}\n"
-            f"  greedy tokens identical to PyTorch on {self.greedy_rows} fresh task sources: {self.greedy_identical}\n"
+            f"  greedy tokens identical to PyTorch on {self.greedy_rows} fresh task sources: {self.greedy_identical} "
+            f"(the two-graph loop and {contract.GREEDY_FILE})\n"
             f"  beam search (beam 3) tokens identical on {self.beam_rows} sources: {self.beam_identical}\n"
             f"  exact match of the exported model on those sources: {self.exact_match:.2%}"
         )
@@ -262,8 +446,9 @@ def _max_diff(expected: list[np.ndarray], got: list[np.ndarray]) -> float:
 
 
 def verify(net: Seq2Seq, task: Task, model_dir: Path, samples: int) -> ExportReport:
-    """Compare the graphs in `model_dir` with PyTorch: per-graph outputs, then greedy and beam tokens."""
-    for name in (contract.ENCODER_FILE, contract.DECODER_FILE):
+    """Compare the graphs in `model_dir` with PyTorch: per-graph outputs, then greedy tokens (the two-graph loop and
+    greedy.onnx) and beam tokens."""
+    for name in EXPORT_FILES:
         try:
             onnx.checker.check_model(str(model_dir / name), full_check=True)
         except Exception as error:  # noqa: BLE001
@@ -301,13 +486,19 @@ def verify(net: Seq2Seq, task: Task, model_dir: Path, samples: int) -> ExportRep
 
     source, target = task.sample(samples, np.random.default_rng(20261128))
     expected = net.greedy(torch.from_numpy(source)).numpy()
-    got = runtime.greedy(source)
-    greedy_ok = expected.shape == got.shape and bool((expected == got).all())
-    if not greedy_ok:
-        rows = int((expected != got).any(1).sum()) if expected.shape == got.shape else samples
-        raise ExportVerificationError(
-            f"greedy tokens differ between onnxruntime and PyTorch on {rows} of {samples} sources"
-        )
+    checked, _ = runtime.check_source(source)
+    if runtime.greedy_graph is None:
+        raise ExportVerificationError(f"{contract.GREEDY_FILE} was not loaded")
+    for what, got in (
+        ("the two-graph loop", runtime._greedy_steps(checked, runtime.max_target_length)),
+        (contract.GREEDY_FILE, runtime._greedy_graph(checked, runtime.max_target_length)),
+    ):
+        if not (expected.shape == got.shape and bool((expected == got).all())):
+            rows = int((expected != got).any(1).sum()) if expected.shape == got.shape else samples
+            raise ExportVerificationError(
+                f"greedy tokens differ between onnxruntime ({what}) and PyTorch on {rows} of {samples} sources"
+            )
+    greedy_ok = True
     beam_rows = min(samples, 64)
     expected_beam = net.beam_search(torch.from_numpy(source[:beam_rows]), beam_size=3)[0].numpy()
     got_beam = runtime.beam_search(source[:beam_rows], beam_size=3)[0]
@@ -323,7 +514,7 @@ def verify(net: Seq2Seq, task: Task, model_dir: Path, samples: int) -> ExportRep
 # ------------------------------------------------------------------------------- the output folder, swapped whole
 
 # Every file an export writes. The folder is replaced as a whole, so one holding anything else is refused.
-EXPORT_FILES = (contract.ENCODER_FILE, contract.DECODER_FILE)
+EXPORT_FILES = (contract.ENCODER_FILE, contract.DECODER_FILE, contract.GREEDY_FILE)
 # Hidden siblings of an output folder NAME: .NAME.export-PID-HEX (an export being written) and .NAME.old-PID-HEX (the
 # previous export moved aside by the two-rename fallback); lit-seq2seq 0.1 named the first .NAME.export-XXXXXXXX.
 _SIBLING = r"\.{name}\.(export|old)-(?:(\d+)-[0-9a-f]{{8}}|[a-z0-9_]{{8}})"
@@ -494,7 +685,7 @@ def _write_error(shown: Path, target: Path, error: OSError, previous: bool) -> E
 
 
 def _write_graphs(net: Seq2Seq, task: Task, folder: Path, opset: int) -> None:
-    """Both graphs into `folder`, stamped with metadata and one export id."""
+    """The two step graphs, then greedy.onnx built from them, into `folder`, stamped with metadata and one export id."""
     export_id = uuid.uuid4().hex
     cell, attention = net.config.cell, net.config.attention
     for name, write, io in (
@@ -503,6 +694,7 @@ def _write_graphs(net: Seq2Seq, task: Task, folder: Path, opset: int) -> None:
     ):
         write(net, folder / name, task, opset)
         _prune_and_stamp(folder / name, metadata(net, task, *io, export_id))
+    _write_greedy(net, task, folder, export_id)
 
 
 def export_checkpoint(

@@ -19,7 +19,7 @@ from lit_seq2seq.contract import ModelFileError, check_content_hash, stamp_conte
 
 pytestmark = [pytest.mark.filterwarnings("ignore:The number of training batches")]
 CONSUMER = REPO / "export" / "consumer_example.py"
-FILES = (contract.ENCODER_FILE, contract.DECODER_FILE)
+FILES = (contract.ENCODER_FILE, contract.DECODER_FILE, contract.GREEDY_FILE)
 
 # ---------------------------------------------------------------------------------------------------- names
 
@@ -39,6 +39,12 @@ def test_state_and_graph_io_names(cell, attention, state, decoder_in, decoder_ou
     assert contract.encoder_io(cell, attention) == (["source"], state)
     assert contract.decoder_io(cell, attention) == (decoder_in, decoder_out)
     assert set(state) <= set(contract.BATCH_AXIS)  # beam search can reorder every state entry
+
+
+def test_greedy_graph_io_names_are_the_same_for_every_architecture():
+    # source in (max_len optional, with a default), tokens out: a client needs no cell or attention flag
+    assert contract.greedy_io() == (["source", "max_len"], ["tokens"])
+    assert contract.GREEDY_FILE == "greedy.onnx"
 
 
 # ----------------------------------------------------------------------------------------------- the hash

@@ -1,6 +1,6 @@
-"""Export of fitted checkpoints to encoder.onnx + decoder_step.onnx: the contract, dynamic axes, parity with
-PyTorch (tensors and tokens), end-token handling, and the export command's safety (refusals, atomic replacement,
-clean failure on verification errors).
+"""Export of fitted checkpoints to encoder.onnx + decoder_step.onnx + greedy.onnx: the contract, dynamic axes,
+parity with PyTorch (tensors and tokens), end-token handling, and the export command's safety (refusals, atomic
+replacement, clean failure on verification errors).
 
 Every model is a tiny `lit-seq2seq fit` (one epoch, hidden 16) shared across the session (conftest.exported). The
 export command's exit codes are in test_cli.py, the content hash rule in test_contract.py.
@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import CONTRACT_VARIANTS, EXPORT_SPECS, cli_exit, run_cli
+from conftest import CONTRACT_VARIANTS, EXPORT_SPECS, EXPORT_VARIANTS, cli_exit, run_cli
 
 from lit_seq2seq import __version__, contract
 from lit_seq2seq import export as export_module
@@ -28,7 +28,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*LeafSpec"),  # lightning vs torch 2.13 pytree deprecation notice
     pytest.mark.filterwarnings("ignore::UserWarning"),  # the TorchScript exporter's tracer chatter
 ]
-FILES = (contract.ENCODER_FILE, contract.DECODER_FILE)
+FILES = (contract.ENCODER_FILE, contract.DECODER_FILE, contract.GREEDY_FILE)
 ONNX_TYPES = {"tensor(int64)": np.int64, "tensor(float)": np.float32, "tensor(bool)": np.bool_}
 
 
@@ -88,7 +88,7 @@ def _expected_dtype(name: str):
 def test_files_io_names_dtypes_and_shapes_follow_the_contract(name, exported):
     cell, attention, bidirectional, layers, task = EXPORT_SPECS[name]
     _, out = exported(name)
-    # Two self-contained files and nothing else: no external-data .onnx.data, no leftovers.
+    # Three self-contained files and nothing else: no external-data .onnx.data, no leftovers.
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
     for file, io in ((contract.ENCODER_FILE, contract.encoder_io), (contract.DECODER_FILE, contract.decoder_io)):
         session = ort.InferenceSession(str(out / file), providers=["CPUExecutionProvider"])
@@ -116,9 +116,10 @@ def test_metadata_holds_every_key_with_the_right_values(name, exported):
         meta = dict(ort.InferenceSession(str(out / file)).get_modelmeta().custom_metadata_map)
         assert set(meta) == set(contract.META_KEYS), f"{file}: {set(meta) ^ set(contract.META_KEYS)}"
         metas.append(meta)
-    enc, dec = metas
+    enc, dec, fused = metas
     common = {k for k in contract.META_KEYS if k not in ("inputs", "outputs", contract.CONTENT_HASH_KEY)}
-    assert {k: enc[k] for k in common} == {k: dec[k] for k in common}  # export_id included
+    assert {k: enc[k] for k in common} == {k: dec[k] for k in common} == {k: fused[k] for k in common}  # export_id too
+    assert (fused["inputs"], fused["outputs"]) == ("source,max_len", "tokens")
     assert len(dec["export_id"]) == 32
     expected = {
         "format_version": contract.FORMAT_VERSION,
@@ -282,3 +283,99 @@ def test_failed_verification_raises_and_leaves_the_folder_untouched(exported, tm
         export_checkpoint(ckpt, tmp_path / "fresh", verify_samples=8)
     assert not (tmp_path / "fresh").exists()  # nothing created for a failed export
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no .<name>.export-* temp dirs left
+
+
+# ------------------------------------------------------------------------------------ greedy.onnx: one call
+
+
+def _greedy_session(out: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(out / contract.GREEDY_FILE), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("name", list(EXPORT_VARIANTS))
+def test_greedy_graph_passes_the_checker_and_has_the_contract_io(name, exported):
+    out = exported(name).model_dir
+    onnx.checker.check_model(str(out / contract.GREEDY_FILE), full_check=True)
+    session = _greedy_session(out)
+    meta = session.get_modelmeta().custom_metadata_map
+    assert [(i.name, i.type, i.shape) for i in session.get_inputs()] == [
+        ("source", "tensor(int64)", ["batch", "source_len"])
+    ]
+    # max_len has a default (the graph's initializer): onnxruntime lists it apart, as an input a caller may leave out
+    assert [(i.name, i.type, i.shape) for i in session.get_overridable_initializers()] == [
+        ("max_len", "tensor(int64)", [])
+    ]
+    assert [(o.name, o.type, o.shape) for o in session.get_outputs()] == [
+        ("tokens", "tensor(int64)", ["batch", "steps"])
+    ]
+    default = next(i for i in onnx.load(str(out / contract.GREEDY_FILE)).graph.initializer if i.name == "max_len")
+    assert onnx.numpy_helper.to_array(default).tolist() == int(meta["max_target_length"])
+    ops = {n.op_type for n in onnx.load(str(out / contract.GREEDY_FILE)).graph.node}
+    assert "Loop" in ops and ("LSTM" if EXPORT_SPECS[name][0] == "lstm" else "GRU") in ops
+    # its encoder skips pack_padded_sequence's sort by length (ONNX RNNs take the lengths in any order)
+    assert "TopK" in {n.op_type for n in onnx.load(str(out / contract.ENCODER_FILE)).graph.node}
+    assert not ops & {"TopK", "ScatterElements"}
+
+
+def test_the_unsorted_encoder_keeps_the_sort_where_the_permutation_is_used_otherwise(exported):
+    graph = onnx.load(str(exported("lstm").model_dir / contract.ENCODER_FILE)).graph
+    topk = next(n for n in graph.node if n.op_type == "TopK")
+    graph.output.add(name=topk.output[1])  # the permutation itself is an output: it cannot be aliased away
+    assert export_module._unsorted(graph) is graph
+    assert export_module._unsorted(onnx.helper.make_graph([], "empty", [], [])).name == "empty"
+
+
+@pytest.mark.parametrize("name", list(EXPORT_VARIANTS))
+def test_greedy_graph_tokens_equal_the_two_graph_loop_and_torch(name, loaded, exported):
+    """Random batches of 1, 2 and 7 rows (every other row padded), at max_len 1, the default and beyond it."""
+    net, task, model = loaded(name)
+    session = _greedy_session(exported(name).model_dir)
+    rng = np.random.default_rng(5)
+    for batch in (1, 2, 7):
+        source = random_source(rng, batch, task.source_length, task.min_token, net.config.source_vocab_size)
+        for max_len in (None, 1, model.max_target_length + 2):
+            feed = {"source": source} if max_len is None else {"source": source, "max_len": np.array(max_len)}
+            got = session.run(None, feed)[0]
+            steps = model._greedy_steps(source, max_len or model.max_target_length)
+            expected = net.greedy(torch.from_numpy(source), max_len).numpy()
+            assert got.dtype == np.int64 and got.shape[0] == batch
+            np.testing.assert_array_equal(got, steps, f"{batch} rows, max_len {max_len}")
+            np.testing.assert_array_equal(got, expected, f"{batch} rows, max_len {max_len}")
+        # max_len as a [1] tensor reads as the scalar; 0 runs no step and keeps the batch dimension
+        one = session.run(None, {"source": source, "max_len": np.array([1], np.int64)})[0]
+        np.testing.assert_array_equal(one, session.run(None, {"source": source, "max_len": np.array(1)})[0])
+        assert session.run(None, {"source": source, "max_len": np.array(0)})[0].shape == (batch, 0)
+
+
+def test_greedy_graph_stops_when_every_row_has_ended(exported):
+    """The trained copy model (max_target_length 4): rows end at their end token and emit padding after it; the loop
+    stops once all rows have ended, whatever max_len allows; without an end token it runs max_len steps."""
+    session = _greedy_session(exported("copy_trained").model_dir)
+    source = np.array([[2, 3, 0], [4, 0, 0], [5, 0, 0]])
+    assert session.run(None, {"source": source})[0].tolist() == [[2, 3, 1], [4, 1, 0], [5, 1, 0]]
+    assert session.run(None, {"source": source, "max_len": np.array(50)})[0].shape == (3, 3)
+    assert session.run(None, {"source": source[1:], "max_len": np.array(50)})[0].tolist() == [[4, 1], [5, 1]]
+    assert session.run(None, {"source": source, "max_len": np.array(2)})[0].tolist() == [[2, 3], [4, 1], [5, 1]]
+    fixed = _greedy_session(exported("lstm").model_dir)  # reverse_first: no end token
+    assert fixed.run(None, {"source": np.array([[1, 2, 3, 4]]), "max_len": np.array(9)})[0].shape == (1, 9)
+
+
+def test_a_wrong_greedy_graph_fails_verification_and_nothing_is_written(exported, tmp_path, monkeypatch):
+    """greedy.onnx is verified like the two graphs: here it adds 1 to every token, so nothing may be written."""
+    build = export_module.greedy_model
+
+    def off_by_one(*args):
+        model = build(*args)
+        last = model.graph.node[-1]
+        last.output[0] = "wrong/tokens"
+        one = onnx.helper.make_tensor("wrong/one", onnx.TensorProto.INT64, [], [1])
+        model.graph.node.extend([
+            onnx.helper.make_node("Constant", [], ["wrong/one"], value=one),
+            onnx.helper.make_node("Add", ["wrong/tokens", "wrong/one"], [contract.TOKENS]),
+        ])  # fmt: skip
+        return model
+
+    monkeypatch.setattr(export_module, "greedy_model", off_by_one)
+    with pytest.raises(ExportVerificationError, match="greedy tokens differ between onnxruntime \\(greedy.onnx\\)"):
+        export_checkpoint(exported("gru").ckpt, tmp_path / "fresh", verify_samples=8)
+    assert list(tmp_path.iterdir()) == []

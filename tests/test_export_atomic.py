@@ -29,7 +29,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The number of training batches"),
     pytest.mark.filterwarnings("ignore::UserWarning"),  # the TorchScript exporter's tracer chatter
 ]
-FILES = sorted((contract.ENCODER_FILE, contract.DECODER_FILE))
+FILES = sorted((contract.ENCODER_FILE, contract.DECODER_FILE, contract.GREEDY_FILE))
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
@@ -47,7 +47,7 @@ def export_args(ckpt: Path, out: Path, *flags: str) -> list:
 
 
 def assert_new_export(out: Path, before: dict[str, bytes] | None) -> None:
-    """`out` holds a complete export other than `before`: both files replaced, loadable (the runtime refuses a mix)."""
+    """`out` holds a complete export other than `before`: every file replaced, loadable (the runtime refuses a mix)."""
     now = snapshot(out)
     assert sorted(now) == FILES
     assert before is None or all(now[f] != before[f] for f in FILES)

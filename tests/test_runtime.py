@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import BLOCK_IMPORTS, cli_exit, flip_bit, run_python
+from conftest import BLOCK_IMPORTS, cli_exit, cli_output, flip_bit, run_python
 
 from lit_seq2seq import contract
 from lit_seq2seq.runtime import ModelFileError, OnnxSeq2Seq
@@ -304,6 +304,12 @@ def _damage(how: str, model_dir: Path, other_dirs: dict[str, Path]) -> None:
         _rehashed_with(dec, "format_version", "99")
     elif how == "missing folder":
         shutil.rmtree(model_dir)
+    elif how == "flipped byte in the middle of greedy.onnx":
+        flip_bit(model_dir / contract.GREEDY_FILE, (model_dir / contract.GREEDY_FILE).stat().st_size // 2)
+    elif how == "greedy.onnx of another export of the same checkpoint":
+        shutil.copy(other_dirs["again"] / contract.GREEDY_FILE, model_dir / contract.GREEDY_FILE)
+    elif how == "unknown format_version of greedy.onnx":
+        _rehashed_with(model_dir / contract.GREEDY_FILE, "format_version", "99")
 
 
 DAMAGE = {
@@ -316,6 +322,9 @@ DAMAGE = {
     "missing decoder": "decoder_step.onnx: missing",
     "unknown format_version": "format_version '99'",
     "missing folder": "no such folder",
+    "flipped byte in the middle of greedy.onnx": "greedy.onnx: content hash mismatch",
+    "greedy.onnx of another export of the same checkpoint": "encoder.onnx and greedy.onnx come from different exports",
+    "unknown format_version of greedy.onnx": "greedy.onnx: contract format_version '99'",
 }
 
 
@@ -344,6 +353,64 @@ def test_damaged_model_files_raise_model_file_error_and_decode_exits_2(how, expo
 def test_pristine_copy_loads(exported, tmp_path):
     shutil.copytree(exported("gru").model_dir, tmp_path / "model")
     assert OnnxSeq2Seq.load(tmp_path / "model").greedy([[2, 3]]).shape[0] == 1
+
+
+# ------------------------------------------------------------------------------- greedy.onnx or the two graphs
+
+
+class _Refusing:
+    """Stands in for a graph session that must not be run."""
+
+    def run(self, *args, **kwargs):
+        raise AssertionError("this graph was run")
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru_bi_attention", "copy_trained"])
+def test_greedy_runs_greedy_onnx_in_one_call_when_present(name, exported, monkeypatch):
+    model = OnnxSeq2Seq.load(exported(name).model_dir)
+    assert model.greedy_graph is not None
+    source = np.array([[2, 3, 4], [5, 0, 0]]) if name != "lstm" else np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    expected = model._greedy_steps(source, model.max_target_length)
+    for batch in (1, 2, 64):  # the small-batch bound path and session.run of the two-graph loop are not used
+        monkeypatch.setattr(model, "_greedy_steps", None)
+        got = model.greedy(np.repeat(source, batch, 0))
+        np.testing.assert_array_equal(got, np.repeat(expected, batch, 0))
+    np.testing.assert_array_equal(model.greedy(source[0]), expected[0])  # one sequence in, one out
+
+
+def test_an_export_without_greedy_onnx_loads_and_decodes_with_the_two_graphs(exported, tmp_path, capsys):
+    """Exports older than greedy.onnx have only the two step graphs: they load, decode and give the same tokens."""
+    for name in ("gru_bi_attention", "copy_trained"):
+        full = OnnxSeq2Seq.load(exported(name).model_dir)
+        old = tmp_path / name
+        shutil.copytree(exported(name).model_dir, old)
+        (old / contract.GREEDY_FILE).unlink()
+        model = OnnxSeq2Seq.load(old)
+        assert model.greedy_graph is None
+        source = np.array([[2, 3, 4], [5, 0, 0], [3, 3, 0]])
+        for max_len in (None, 1, 2, 9):
+            np.testing.assert_array_equal(model.greedy(source, max_len), full.greedy(source, max_len))
+        code, out, _ = cli_output(["decode", "--model_dir", old, "2 3 4", "5"], capsys)
+        assert code == 0 and out.splitlines() == [" ".join(map(str, full.strip(r))) for r in full.greedy(source[:2])]
+
+
+@pytest.mark.parametrize(
+    "source, max_len, message",
+    [
+        (np.zeros((0, 3), np.int64), None, "empty batch"),
+        (np.zeros((2, 0), np.int64), None, "empty sequence"),
+        ([[2, 3]], 0, "max_len must be an int in"),
+        ([[2, 3]], -1, "max_len must be an int in"),
+        ([[2, 0, 3]], None, "token after padding"),
+        ([[2, 3, 4, 5, 6, 7]], None, "trained on sources of 1 to 5 tokens"),
+    ],
+)
+def test_greedy_onnx_is_never_run_on_input_the_runtime_refuses(source, max_len, message, exported):
+    """onnxruntime's LSTM aborts the process on an empty batch: validation comes first, in Python."""
+    model = OnnxSeq2Seq.load(exported("gru").model_dir)
+    model.greedy_graph = _Refusing()
+    with pytest.raises(ValueError, match=message):
+        model.greedy(source, max_len)
 
 
 # ------------------------------------------------------------------------------------------ thread safety
