@@ -77,6 +77,7 @@ class Seq2SeqCLI(LightningCLI):
                 raise
             print(f"lit-seq2seq {self.subcommand}: error: {failure}", file=sys.stderr, flush=True)
             sys.exit(1)
+        _leave_process_group()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for name in DATA_TO_NET:  # properties of the instantiated data module
@@ -255,6 +256,16 @@ class Seq2SeqCLI(LightningCLI):
             print(f"no training report: {error}", file=sys.stderr)
             return
         print(f"training report written to {png} and {table}", file=sys.stderr)
+
+
+def _leave_process_group() -> None:
+    """Under DDP, let every rank finish the command before any exits, then close the process group: a rank that
+    exits while gloo still talks to it can make the others abort at interpreter exit (seen under load)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _check_writable(root: str | os.PathLike, parser: LightningArgumentParser) -> None:
