@@ -333,3 +333,17 @@ def runtime_model(exported: Callable[[str], Export]) -> Callable[[str], Any]:
         return cache[name]
 
     return get
+
+
+def after_each_last_ckpt_write(trainer: Any, then: Callable[[dict[str, Any], Path], None]) -> None:
+    """Wrap the trainer's checkpoint IO so that `then(checkpoint, path)` runs right after each last.ckpt is written
+    (test callbacks that record writes or kill the fit at one)."""
+    io = trainer.strategy.checkpoint_io
+    save = io.save_checkpoint
+
+    def save_then(checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        save(checkpoint, path, storage_options)
+        if Path(path).name == "last.ckpt":
+            then(checkpoint, Path(path))
+
+    io.save_checkpoint = save_then

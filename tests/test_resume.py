@@ -25,7 +25,18 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, TINY_TASK, cli_exit, fit_in, read_metrics, root_args, run_cli, tiny_run, version_dirs
+from conftest import (
+    REPO,
+    TINY_TASK,
+    after_each_last_ckpt_write,
+    cli_exit,
+    fit_in,
+    read_metrics,
+    root_args,
+    run_cli,
+    tiny_run,
+    version_dirs,
+)
 
 from lit_seq2seq.checkpoint import RESUMED_FROM, resolve
 
@@ -220,17 +231,13 @@ class KillAt(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         KillAt.writes = []
-        io = trainer.strategy.checkpoint_io
-        save = io.save_checkpoint
 
-        def save_then_die(checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-            save(checkpoint, path, storage_options)
-            if Path(path).name == "last.ckpt":
-                KillAt.writes.append((checkpoint["global_step"], _writing_hook()))
-                if KillAt.writes[-1] == (self.step, self.hook):
-                    self._die()
+        def record_then_die(checkpoint: dict[str, Any], path: Path) -> None:
+            KillAt.writes.append((checkpoint["global_step"], _writing_hook()))
+            if KillAt.writes[-1] == (self.step, self.hook):
+                self._die()
 
-        io.save_checkpoint = save_then_die
+        after_each_last_ckpt_write(trainer, record_then_die)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self.hook == "step" and trainer.global_step == self.step:

@@ -21,6 +21,7 @@ import torch
 from conftest import (
     CHECKPOINT_DAMAGE,
     TINY_TASK,
+    after_each_last_ckpt_write,
     cli_exit,
     damaged_checkpoint,
     fit_in,
@@ -62,15 +63,11 @@ class Poison(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         Poison.written = []
-        io = trainer.strategy.checkpoint_io
-        save = io.save_checkpoint
 
-        def save_and_record(checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-            save(checkpoint, path, storage_options)
-            if Path(path).name == "last.ckpt":
-                Poison.written.append((checkpoint["global_step"], sha(Path(path))))
+        def record(checkpoint: dict[str, Any], path: Path) -> None:
+            Poison.written.append((checkpoint["global_step"], sha(path)))
 
-        io.save_checkpoint = save_and_record
+        after_each_last_ckpt_write(trainer, record)
 
     def _poison(self, pl_module: L.LightningModule) -> None:
         with torch.no_grad():
