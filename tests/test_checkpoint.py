@@ -26,8 +26,6 @@ from lit_seq2seq.checkpoint import (
     weights_sha256,
 )
 
-pytestmark = [pytest.mark.filterwarnings("ignore:The number of training batches")]
-
 
 @pytest.fixture(scope="module")
 def good(exported) -> Path:

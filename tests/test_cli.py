@@ -31,7 +31,6 @@ from lit_seq2seq import export as export_module
 from lit_seq2seq.runtime import OnnxSeq2Seq
 
 pytestmark = [
-    pytest.mark.filterwarnings("ignore:The number of training batches"),
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
 

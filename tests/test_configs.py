@@ -12,7 +12,6 @@ from lit_seq2seq.checkpoint import read_checkpoint
 from lit_seq2seq.runtime import OnnxSeq2Seq
 
 pytestmark = [
-    pytest.mark.filterwarnings("ignore:The number of training batches"),
     pytest.mark.filterwarnings("ignore:The dirpath has changed"),  # test logs to a new version dir
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]

@@ -17,7 +17,6 @@ from conftest import BLOCK_IMPORTS, REPO, flip_bit, pad_rows, run_python, strip_
 from lit_seq2seq import contract
 from lit_seq2seq.contract import ModelFileError, check_content_hash, stamp_content_hash
 
-pytestmark = [pytest.mark.filterwarnings("ignore:The number of training batches")]
 CONSUMER = REPO / "export" / "consumer_example.py"
 FILES = (contract.ENCODER_FILE, contract.DECODER_FILE, contract.GREEDY_FILE)
 

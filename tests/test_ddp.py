@@ -61,7 +61,6 @@ def _multiset(rows: torch.Tensor) -> list[tuple[int, ...]]:
     return sorted(map(tuple, rows.tolist()))
 
 
-@pytest.mark.filterwarnings("ignore:The number of training batches")
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")
 def test_ddp_two_ranks_shard_train_reduce_metrics_and_write_once(tmp_path, monkeypatch):
     root = tmp_path / "runs"

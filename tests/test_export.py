@@ -24,7 +24,6 @@ from lit_seq2seq.export import ExportVerificationError, export_checkpoint, load_
 from lit_seq2seq.runtime import OnnxSeq2Seq
 
 pytestmark = [
-    pytest.mark.filterwarnings("ignore:The number of training batches"),
     pytest.mark.filterwarnings("ignore:.*LeafSpec"),  # lightning vs torch 2.13 pytree deprecation notice
     pytest.mark.filterwarnings("ignore::UserWarning"),  # the TorchScript exporter's tracer chatter
 ]

@@ -26,7 +26,6 @@ from lit_seq2seq import export as export_module
 from lit_seq2seq.runtime import OnnxSeq2Seq
 
 pytestmark = [
-    pytest.mark.filterwarnings("ignore:The number of training batches"),
     pytest.mark.filterwarnings("ignore::UserWarning"),  # the TorchScript exporter's tracer chatter
 ]
 FILES = sorted((contract.ENCODER_FILE, contract.DECODER_FILE, contract.GREEDY_FILE))

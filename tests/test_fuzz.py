@@ -26,8 +26,6 @@ from hypothesis.extra import numpy as hnp
 
 from lit_seq2seq.runtime import OnnxSeq2Seq
 
-pytestmark = [pytest.mark.filterwarnings("ignore:The number of training batches")]
-
 # deadline: a generous bound per example (the machine is shared); a real hang takes minutes. No example
 # database: nothing written into the repository.
 FUZZ = settings(

@@ -29,8 +29,6 @@ from lit_seq2seq.checkpoint import CheckpointWriteError, read_checkpoint
 from lit_seq2seq.data import Seq2SeqDataModule
 from lit_seq2seq.model import NetConfig
 
-pytestmark = [pytest.mark.filterwarnings("ignore:The number of training batches")]
-
 
 def enospc(*args: object) -> None:
     """Raise what a write onto a full disk raises (a new exception each time, as the system gives)."""

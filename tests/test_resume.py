@@ -41,7 +41,6 @@ from conftest import (
 from lit_seq2seq.checkpoint import RESUMED_FROM, resolve
 
 pytestmark = [
-    pytest.mark.filterwarnings("ignore:The number of training batches"),
     pytest.mark.filterwarnings("ignore:.*could not find the monitored key"),
     pytest.mark.filterwarnings("ignore:You.re resuming from a checkpoint that ended before the epoch ended"),
 ]

@@ -33,7 +33,6 @@ from conftest import (
 from lit_seq2seq.checkpoint import read_checkpoint
 
 pytestmark = [
-    pytest.mark.filterwarnings("ignore:The number of training batches"),
     pytest.mark.filterwarnings("ignore:.*could not find the monitored key"),
 ]
 

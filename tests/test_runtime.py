@@ -20,7 +20,6 @@ from lit_seq2seq import contract
 from lit_seq2seq.runtime import ModelFileError, OnnxSeq2Seq
 
 pytestmark = [
-    pytest.mark.filterwarnings("ignore:The number of training batches"),
     pytest.mark.filterwarnings("ignore:.*LeafSpec"),  # lightning vs torch 2.13 pytree deprecation notice
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]

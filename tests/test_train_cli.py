@@ -25,7 +25,6 @@ from lit_seq2seq.data import Seq2SeqDataModule
 from lit_seq2seq.module import Seq2SeqModule
 
 pytestmark = [
-    pytest.mark.filterwarnings("ignore:The number of training batches"),  # tiny fits log every epoch anyway
     pytest.mark.filterwarnings("ignore:The dirpath has changed"),  # test/predict log to a new version dir
 ]
 
