@@ -100,7 +100,7 @@ def run(o: argparse.Namespace, ckpt: Path | None, model_dir: Path, beams: list[i
 
     m = model.meta
     print(
-        f"model {model_dir}: task {m['task']} (vocab {m['vocab_size']}, source {m['min_source_length']}-"
+        f"model {model_dir}: task {m['task']} (vocab {model.source_vocab_size}, source {m['min_source_length']}-"
         f"{m['source_length']} tokens, {m['max_target_length']} decoder steps), {m['cell']} x{m['num_layers']} "
         f"hidden {m['hidden_size']}, bidirectional {m['bidirectional']}, attention {m['attention']}\n"
         f"{o.num} fresh sequences (seed {o.seed}), batches of {o.batch_size}, 1 thread, median of {o.repeats} "

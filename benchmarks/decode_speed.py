@@ -180,9 +180,9 @@ def contenders(
             token = logits.argmax(-1)
         return token
 
-    encoder, step = floor_sessions(model.vocab_size, model.num_layers, model.hidden_size)
+    encoder, step = floor_sessions(model.target_vocab_size, model.num_layers, model.hidden_size)
     zeros = np.zeros((model.num_layers, batch, model.hidden_size), np.float32)
-    x = np.zeros((batch, model.vocab_size), np.float32)
+    x = np.zeros((batch, model.target_vocab_size), np.float32)
 
     def floor() -> object:
         h, c = encoder.run(["h", "c"], {"source": source, "h0": zeros, "c0": zeros})
@@ -357,7 +357,7 @@ def run(args: argparse.Namespace, ckpt: Path, model_dir: Path) -> None:
         same &= np.array_equal(model._greedy_steps(big, model.max_target_length), expected)
     print(
         f"{harness.versions()}; threads: torch {torch.get_num_threads()}, onnxruntime 1/1\nmodel {model_dir}: "
-        f"{model.cell} {model.hidden_size}, vocab {model.vocab_size}, source {one.shape[1]} tokens, "
+        f"{model.cell} {model.hidden_size}, vocab {model.target_vocab_size}, source {one.shape[1]} tokens, "
         f"{model.max_target_length} decoder steps; onnx greedy == torch greedy on {args.batch} sources: {same}",
         flush=True,
     )

@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
     rows = [[int(t) for t in line.partition("\t")[0].split()] for line in lines]
     if not rows:
         return 0
-    pad, vocab = int(meta["pad_token"]), int(meta["vocab_size"])
+    pad, vocab = int(meta["pad_token"]), int(meta.get("source_vocab_size") or meta["vocab_size"])
     for number, row in enumerate(rows, 1):
         if not row or not all(int(meta["min_token"]) <= t < vocab for t in row):
             sys.exit(f"line {number}: tokens must be in [{meta['min_token']}, {vocab - 1}], got {row}")

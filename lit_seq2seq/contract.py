@@ -50,12 +50,25 @@ def greedy_io() -> tuple[list[str], list[str]]:
     return [SOURCE, MAX_LEN], [TOKENS]
 
 
+# Format 2 keys of text models (lit_seq2seq/text.py writes and reads them); all "" in an id-only model.
+TEXT_KEYS = (
+    "source_tokens",  # JSON array of token strings, index = id
+    "target_tokens",
+    "source_tokenizer",  # char | space
+    "target_tokenizer",
+    "source_lowercase",  # 0 | 1
+    "target_lowercase",
+    "normalization",  # NFC
+    "unk_token",  # source id unknown tokens map to, "" when they are an error
+)
+
 # metadata_props keys; every value is a string (ONNX metadata is str -> str).
 META_KEYS = (
     "format_version",  # contract version, bumped on incompatible changes
     "producer_version",  # lit-seq2seq version that exported the graphs
     "task",  # task name, e.g. reverse_first
-    "vocab_size",
+    "source_vocab_size",  # ids the encoder reads (format 1: one "vocab_size" for both sides)
+    "target_vocab_size",  # ids the decoder reads and writes: the width of LOGITS
     "pad_token",
     "start_token",
     "eos_token",  # "" when the task has no end token (fixed-length targets)
@@ -73,8 +86,18 @@ META_KEYS = (
     "outputs",  # comma-separated output names of this graph
     "export_id",  # random id shared by the two graphs of one export: a mixed pair is refused
     "content_sha256",  # see CONTENT_HASH_KEY
+    *TEXT_KEYS,
 )
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+READABLE_VERSIONS = ("1", "2")  # 2 = 1 with two vocabulary sizes and the text keys
+
+
+def vocab_sizes(meta: dict[str, str]) -> tuple[int, int]:
+    """(source_vocab_size, target_vocab_size) of a graph's metadata, of either readable format."""
+    if meta.get("format_version") == "1":
+        return int(meta["vocab_size"]), int(meta["vocab_size"])
+    return int(meta["source_vocab_size"]), int(meta["target_vocab_size"])
+
 
 # "content_sha256" holds the sha256 of the file's bytes as written with that value replaced by this placeholder,
 # so any app can check a file with a hash function alone. "export_id" is shared by the two files of one export.

@@ -41,6 +41,7 @@ from lit_seq2seq.processes import pid_alive
 from lit_seq2seq.runtime import OnnxSeq2Seq
 from lit_seq2seq.search import to_width
 from lit_seq2seq.tasks import Task, task_from_hparams
+from lit_seq2seq.text import ID_ONLY_METADATA, TextSpec
 
 try:
     import fcntl
@@ -162,14 +163,17 @@ def export_decoder_step(net: Seq2Seq, path: Path, task: Task, opset: int = 17) -
     _export(DecoderStepGraph(net), (token, *(state[n] for n in inputs[1:])), path, inputs, outputs, opset)
 
 
-def metadata(net: Seq2Seq, task: Task, inputs: list[str], outputs: list[str], export_id: str) -> dict[str, str]:
+def metadata(
+    net: Seq2Seq, task: Task, inputs: list[str], outputs: list[str], export_id: str, text: TextSpec | None = None
+) -> dict[str, str]:
     """metadata_props of one graph: everything a runtime needs, as strings (keys in `contract.META_KEYS`)."""
     values: dict[str, Any] = {
         "format_version": contract.FORMAT_VERSION,
         "producer_version": __version__,
         "export_id": export_id,
         "task": task.name,
-        "vocab_size": _one_vocab_size(net),
+        "source_vocab_size": net.config.source_vocab_size,
+        "target_vocab_size": net.config.target_vocab_size,
         "pad_token": net.config.pad_token,
         "start_token": net.config.start_token,
         "eos_token": "" if net.config.eos_token is None else net.config.eos_token,
@@ -186,6 +190,7 @@ def metadata(net: Seq2Seq, task: Task, inputs: list[str], outputs: list[str], ex
         "inputs": ",".join(inputs),
         "outputs": ",".join(outputs),
         contract.CONTENT_HASH_KEY: contract.HASH_PLACEHOLDER,
+        **(text.to_metadata() if text is not None else ID_ONLY_METADATA),
     }
     return {k: str(v) for k, v in values.items()}
 
@@ -393,22 +398,11 @@ def greedy_model(encoder: onnx.ModelProto, decoder: onnx.ModelProto, net: Seq2Se
     return model
 
 
-def _write_greedy(net: Seq2Seq, task: Task, folder: Path, export_id: str) -> None:
+def _write_greedy(net: Seq2Seq, task: Task, folder: Path, export_id: str, text: TextSpec | None) -> None:
     """greedy.onnx from the two graphs already in `folder`, with their metadata (its own I/O names) and hash."""
     encoder, decoder = (onnx.load(str(folder / n)) for n in (contract.ENCODER_FILE, contract.DECODER_FILE))
     model = greedy_model(encoder, decoder, net)  # not pruned: the loop body reads outer values _prune cannot see
-    _stamp(model, folder / contract.GREEDY_FILE, metadata(net, task, *contract.greedy_io(), export_id))
-
-
-def _one_vocab_size(net: Seq2Seq) -> int:
-    """Format 1 of the contract carries one vocabulary for source and target."""
-    config = net.config
-    if config.source_vocab_size != config.target_vocab_size:
-        raise ValueError(
-            f"--ckpt_path: the net has source_vocab_size {config.source_vocab_size} and target_vocab_size "
-            f"{config.target_vocab_size}; export format {contract.FORMAT_VERSION} carries one vocabulary for both"
-        )
-    return config.target_vocab_size
+    _stamp(model, folder / contract.GREEDY_FILE, metadata(net, task, *contract.greedy_io(), export_id, text))
 
 
 def load_checkpoint(ckpt_path: str | os.PathLike) -> tuple[Seq2Seq, Task]:
@@ -684,7 +678,7 @@ def _write_error(shown: Path, target: Path, error: OSError, previous: bool) -> E
     return ExportWriteError(f"--output_dir {shown}: {what}; {kept}")
 
 
-def _write_graphs(net: Seq2Seq, task: Task, folder: Path, opset: int) -> None:
+def _write_graphs(net: Seq2Seq, task: Task, folder: Path, opset: int, text: TextSpec | None = None) -> None:
     """The two step graphs, then greedy.onnx built from them, into `folder`, stamped with metadata and one export id."""
     export_id = uuid.uuid4().hex
     cell, attention = net.config.cell, net.config.attention
@@ -693,8 +687,8 @@ def _write_graphs(net: Seq2Seq, task: Task, folder: Path, opset: int) -> None:
         (contract.DECODER_FILE, export_decoder_step, contract.decoder_io(cell, attention)),
     ):
         write(net, folder / name, task, opset)
-        _prune_and_stamp(folder / name, metadata(net, task, *io, export_id))
-    _write_greedy(net, task, folder, export_id)
+        _prune_and_stamp(folder / name, metadata(net, task, *io, export_id, text))
+    _write_greedy(net, task, folder, export_id, text)
 
 
 def export_checkpoint(

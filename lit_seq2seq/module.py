@@ -16,6 +16,7 @@ from torchmetrics import Metric
 from lit_seq2seq.checkpoint import NonFiniteError
 from lit_seq2seq.model import NetConfig, Seq2Seq, shift_right
 from lit_seq2seq.search import to_width
+from lit_seq2seq.text import TEXT_KEY
 
 
 class Seq2SeqMetrics(Metric):
@@ -163,6 +164,13 @@ class Seq2SeqModule(L.LightningModule):
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         source, target = batch
         return {"source": source, "target": target, "prediction": self.net.greedy(source)}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A text model's vocabularies travel with its weights (export reads them from here): rebuilding them from the
+        # training file later would silently differ if that file changed.
+        spec = getattr(self.trainer.datamodule, "text_spec", None) if self._trainer is not None else None
+        if spec is not None:
+            checkpoint[TEXT_KEY] = spec.to_dict()
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer(self.parameters())

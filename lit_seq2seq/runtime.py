@@ -21,6 +21,7 @@ import onnxruntime as ort
 from lit_seq2seq import contract
 from lit_seq2seq.contract import ModelFileError, check_content_hash
 from lit_seq2seq.search import beam_search, check_beam_settings, check_max_len, greedy_search
+from lit_seq2seq.text import TextSpec
 
 __all__ = ["ModelFileError", "OnnxSeq2Seq"]
 
@@ -61,7 +62,7 @@ class _BoundGreedy:
         self.run_encoder, self.run_step = model.encoder.run_with_iobinding, model.decoder.run_with_iobinding
         self.tokens = model.tokens
         self.token = np.zeros(batch, np.int64)
-        self.logits = np.zeros((batch, model.vocab_size), np.float32)
+        self.logits = np.zeros((batch, model.target_vocab_size), np.float32)
         self.arrays = [self.token, self.logits]  # every buffer an OrtValue wraps, kept alive with the plan
         value = ort.OrtValue.ortvalue_from_numpy
         shape = (model.num_layers, batch, model.hidden_size)
@@ -124,7 +125,8 @@ class OnnxSeq2Seq:
     ) -> None:
         self.encoder, self.decoder, self.meta = encoder, decoder, dict(meta)
         self.greedy_graph = greedy_graph  # greedy.onnx, None for exports older than it
-        self.vocab_size = int(meta["vocab_size"])
+        self.source_vocab_size, self.target_vocab_size = contract.vocab_sizes(self.meta)
+        self.text = TextSpec.from_metadata(meta)  # None for a model that reads and writes ids
         self.pad_token, self.start_token = int(meta["pad_token"]), int(meta["start_token"])
         self.eos_token = int(meta["eos_token"]) if meta["eos_token"] else None
         self.min_token = int(meta["min_token"])
@@ -167,10 +169,10 @@ class OnnxSeq2Seq:
             fused, fused_meta = _session(root / contract.GREEDY_FILE, options, providers, verify_hash)
             metas.append((contract.GREEDY_FILE, fused_meta))
         for name, meta in metas:
-            if meta.get("format_version") != contract.FORMAT_VERSION:
+            if meta.get("format_version") not in contract.READABLE_VERSIONS:
                 raise ModelFileError(
                     f"{root / name}: contract format_version {meta.get('format_version')!r}; this runtime reads "
-                    f"{contract.FORMAT_VERSION!r}"
+                    f"{' and '.join(map(repr, contract.READABLE_VERSIONS))}"
                 )
         for name, meta in metas[1:]:
             if meta.get("export_id") != enc_meta.get("export_id"):
@@ -230,7 +232,7 @@ class OnnxSeq2Seq:
         else:
             lo, hi = int(source.min()), int(source.max())
         trained = allow_untrained_lengths or self.min_source_length <= source.shape[1] <= self.source_length
-        if self.min_token <= lo and hi < self.vocab_size and not lo <= self.pad_token <= hi and trained:
+        if self.min_token <= lo and hi < self.source_vocab_size and not lo <= self.pad_token <= hi and trained:
             return source.astype(np.int64, copy=False), single
         pad = source == self.pad_token
 
@@ -238,12 +240,12 @@ class OnnxSeq2Seq:
             at = "" if col is None else f"position {col}"
             return f"source {at}".rstrip() if single else f"source row {row}{', ' if at else ''}{at}"
 
-        bad = ~pad & ((source < self.min_token) | (source >= self.vocab_size))
+        bad = ~pad & ((source < self.min_token) | (source >= self.source_vocab_size))
         if bad.any():
             row, col = map(int, np.argwhere(bad)[0])
             raise ValueError(
                 f"{where(row, col)}: token {source[row, col]} is out of range; tokens must be in "
-                f"[{self.min_token}, {self.vocab_size - 1}], or {self.pad_token} (padding) at the end"
+                f"[{self.min_token}, {self.source_vocab_size - 1}], or {self.pad_token} (padding) at the end"
             )
         if pad[:, 0].any():
             raise ValueError(f"{where(int(np.argmax(pad[:, 0])))}: empty sequence (starts with padding)")
@@ -269,9 +271,9 @@ class OnnxSeq2Seq:
             raise TypeError(f"token must be a numpy integer array, got {getattr(token, 'dtype', type(token).__name__)}")
         if token.ndim != 1 or len(token) == 0:
             raise ValueError(f"token must have shape [batch] with batch >= 1, got {token.shape}")
-        bad = (token < 0) | (token >= self.vocab_size)
+        bad = (token < 0) | (token >= self.target_vocab_size)
         if bad.any():
-            raise ValueError(f"token ids must be in [0, {self.vocab_size - 1}], got {token[bad][:5].tolist()}")
+            raise ValueError(f"token ids must be in [0, {self.target_vocab_size - 1}], got {token[bad][:5].tolist()}")
         return token.astype(np.int64, copy=False)
 
     def check_state(self, state: Any, batch: int) -> State:

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from lit_seq2seq.contract import vocab_sizes
+
 PAD = 0
 START = 0
 EOS = 1
@@ -308,7 +310,7 @@ def task_from_metadata(meta: dict[str, str]) -> Task:
     name = meta["task"]
     return make_task(
         name,
-        int(meta["vocab_size"]),
+        vocab_sizes(meta)[0],
         int(meta["source_length"]),
         int(meta["max_target_length"]) if name == "reverse_first" else None,
         int(meta["min_source_length"]) if name not in ("reverse_first", "add") else None,

@@ -67,7 +67,7 @@ def _expected_shapes(meta: dict[str, str]) -> dict[str, list]:
     return {
         contract.SOURCE: ["batch", "source_len"],
         contract.TOKEN: ["batch"],
-        contract.LOGITS: ["batch", int(meta["vocab_size"])],
+        contract.LOGITS: ["batch", int(meta["target_vocab_size"])],
         contract.H: state,
         contract.C: state,
         contract.H + contract.OUT_SUFFIX: state,
@@ -134,12 +134,25 @@ def test_metadata_holds_every_key_with_the_right_values(name, exported):
         "memory_dim": str(16 * (2 if bidirectional else 1) if attention else 0),
     }
     if task == "reverse_first":  # --data.vocab_size 9 --data.source_length 4 --data.target_length 2
-        expected |= {"vocab_size": "9", "eos_token": "", "min_token": "1", "source_length": "4"}
+        expected |= {
+            "source_vocab_size": "9",
+            "target_vocab_size": "9",
+            "eos_token": "",
+            "min_token": "1",
+            "source_length": "4",
+        }
         expected |= {"min_source_length": "4", "max_target_length": "2"}
     else:  # copy / reverse: --data.vocab_size 8 --data.source_length 5; targets end with token 1
-        expected |= {"vocab_size": "8", "eos_token": "1", "min_token": "2", "source_length": "5"}
+        expected |= {
+            "source_vocab_size": "8",
+            "target_vocab_size": "8",
+            "eos_token": "1",
+            "min_token": "2",
+            "source_length": "5",
+        }
         expected |= {"min_source_length": "1", "max_target_length": "6"}
     assert {k: dec[k] for k in expected} == expected
+    assert {k: dec[k] for k in contract.TEXT_KEYS} == dict.fromkeys(contract.TEXT_KEYS, "")  # an id-only model
 
 
 # --------------------------------------------------------------------------------------- dynamic axes, parity

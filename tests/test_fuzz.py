@@ -97,7 +97,7 @@ def _check_tokens(model: OnnxSeq2Seq, source: Any, tokens: Any, max_len: Any) ->
     assert len(rows) == (len(source) if source.ndim == 2 else 1)
     limit = model.max_target_length if max_len is None else int(max_len)
     assert 1 <= rows.shape[1] <= limit
-    assert ((rows >= 0) & (rows < model.vocab_size)).all()
+    assert ((rows >= 0) & (rows < model.target_vocab_size)).all()
     for row in rows:  # after the end token only padding
         ends = np.flatnonzero(row == model.eos_token)
         if len(ends):
@@ -219,7 +219,7 @@ def test_step_returns_a_valid_step_or_rejects_the_input(model):
             return
         batch = len(token)
         assert isinstance(logits, np.ndarray) and logits.dtype == np.float32
-        assert logits.shape == (batch, model.vocab_size)
+        assert logits.shape == (batch, model.target_vocab_size)
         assert set(new) == set(model.state_names)
         for name, value in new.items():
             assert value.dtype == state[name].dtype and value.shape == state[name].shape

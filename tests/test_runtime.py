@@ -229,7 +229,7 @@ def test_good_step_input_passes_the_same_checks(runtime_model):
     for name in ("lstm", "gru", "lstm_attention", "gru_bi_attention"):
         model = runtime_model(name)
         logits, state = model.step(np.zeros(2, np.int64), model.encode(GOOD, allow_untrained_lengths=True))
-        assert logits.shape == (2, model.vocab_size) and set(state) == set(model.state_names)
+        assert logits.shape == (2, model.target_vocab_size) and set(state) == set(model.state_names)
 
 
 @pytest.mark.parametrize(
@@ -352,6 +352,40 @@ def test_damaged_model_files_raise_model_file_error_and_decode_exits_2(how, expo
 def test_pristine_copy_loads(exported, tmp_path):
     shutil.copytree(exported("gru").model_dir, tmp_path / "model")
     assert OnnxSeq2Seq.load(tmp_path / "model").greedy([[2, 3]]).shape[0] == 1
+
+
+def _as_format_1(path: Path) -> None:
+    """Rewrite one graph's metadata as lit-seq2seq 0.2 wrote it: format 1, one vocab_size, no text keys."""
+    model = onnx.load(str(path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    meta = {k: v for k, v in meta.items() if k not in (*contract.TEXT_KEYS, "source_vocab_size", "target_vocab_size")}
+    meta |= {"format_version": "1", "vocab_size": meta_value(model, "target_vocab_size"), "content_sha256": "0" * 64}
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, meta)
+    data = model.SerializeToString()
+    path.write_bytes(data.replace(contract.HASH_PLACEHOLDER.encode(), hashlib.sha256(data).hexdigest().encode(), 1))
+
+
+def meta_value(model: onnx.ModelProto, key: str) -> str:
+    return next(p.value for p in model.metadata_props if p.key == key)
+
+
+def test_format_1_exports_still_load_and_decode_alike(exported, tmp_path):
+    """Exports of lit-seq2seq 0.2 (format 1: one vocab_size for both sides, no text keys) are read as before."""
+    for name in ("gru_bi_attention", "copy_trained"):
+        new = OnnxSeq2Seq.load(exported(name).model_dir)
+        old = tmp_path / name
+        shutil.copytree(exported(name).model_dir, old)
+        for file in (contract.ENCODER_FILE, contract.DECODER_FILE, contract.GREEDY_FILE):
+            _as_format_1(old / file)
+        model = OnnxSeq2Seq.load(old)
+        assert model.meta["format_version"] == "1" and "source_tokens" not in model.meta and model.text is None
+        assert (model.source_vocab_size, model.target_vocab_size) == (new.source_vocab_size, new.target_vocab_size)
+        source = np.array([[2, 3, 4], [5, 0, 0], [3, 3, 0]])
+        np.testing.assert_array_equal(model.greedy(source), new.greedy(source))
+        np.testing.assert_array_equal(
+            model.beam_search(source, beam_size=3)[0], new.beam_search(source, beam_size=3)[0]
+        )
 
 
 # ------------------------------------------------------------------------------- greedy.onnx or the two graphs

@@ -1,0 +1,174 @@
+"""Text <-> token ids for models trained on pair files: tokenizers, vocabularies, and their form in the ONNX metadata.
+
+Plain Python and numpy (no torch): the runtime, the CLI's decode and the data module share this one definition.
+Reserved ids are those of the generated tasks: 0 pads and starts the decoder, 1 ends a target; a source vocabulary
+built with an unknown token has it at id 2.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from lit_seq2seq.contract import TEXT_KEYS
+
+PAD_STR, EOS_STR, UNK_STR = "<pad>", "</s>", "<unk>"
+RESERVED = (PAD_STR, EOS_STR)
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+TOKENIZERS = ("char", "space")
+NORMALIZATION = "NFC"
+TEXT_KEY = "text"  # checkpoint entry holding TextSpec.to_dict() of a text model
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    """How one side's text becomes tokens: NFC, optional lowercasing, then code points ("char") or whitespace-separated
+    tokens ("space", str.split() semantics)."""
+
+    kind: str = "char"
+    lowercase: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in TOKENIZERS:
+            raise ValueError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {self.kind!r}")
+
+    def normalize(self, text: str) -> str:
+        text = unicodedata.normalize(NORMALIZATION, text)
+        return text.lower() if self.lowercase else text
+
+    def split(self, text: str) -> list[str]:
+        text = self.normalize(text)
+        return list(text) if self.kind == "char" else text.split()
+
+    def join(self, tokens: Iterable[str]) -> str:
+        return ("" if self.kind == "char" else " ").join(tokens)
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Token strings by id: the reserved ones first, then the data's tokens in code point order."""
+
+    tokens: tuple[str, ...]
+    has_unk: bool = False
+
+    def __post_init__(self) -> None:
+        head = (*RESERVED, UNK_STR) if self.has_unk else RESERVED
+        if self.tokens[: len(head)] != head:
+            raise ValueError(f"a vocabulary must start with {', '.join(head)}, got {list(self.tokens[: len(head)])}")
+        if len(set(self.tokens)) != len(self.tokens):
+            raise ValueError("a vocabulary must not repeat a token")
+        object.__setattr__(self, "_ids", {t: i for i, t in enumerate(self.tokens)})
+
+    @classmethod
+    def build(cls, tokens: Iterable[str], unk: bool = False) -> Vocab:
+        """The vocabulary of `tokens` (any iterable of token strings, repeats allowed)."""
+        head = (*RESERVED, UNK_STR) if unk else RESERVED
+        seen = set(tokens)
+        clash = sorted(seen & {PAD_STR, EOS_STR, UNK_STR})
+        if clash:
+            raise ValueError(f"the data holds the reserved token {clash[0]!r}; it cannot be told from the reserved id")
+        return cls((*head, *sorted(seen)), unk)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def min_token(self) -> int:
+        """Smallest id a real token takes (the unknown token counts as one)."""
+        return len(RESERVED)
+
+    def id(self, token: str) -> int | None:
+        """The id of `token`, the unknown id for an unknown one if the vocabulary has it, else None."""
+        found = self._ids.get(token)  # type: ignore[attr-defined]
+        return UNK_ID if found is None and self.has_unk else found
+
+    def encode(self, tokens: Sequence[str], where: str = "") -> list[int]:
+        """Ids of `tokens`; ValueError naming the first unknown token and its position (1-based) and `where`."""
+        ids = [self.id(t) for t in tokens]
+        if None in ids:
+            at = ids.index(None)
+            raise ValueError(f"{where}{': ' if where else ''}unknown token {tokens[at]!r} at position {at + 1}")
+        return ids  # type: ignore[return-value]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        """Token strings of `ids` up to (not including) the first end or pad id."""
+        out = []
+        for i in ids:
+            if i in (PAD_ID, EOS_ID):
+                break
+            out.append(self.tokens[i])
+        return out
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    """Both sides of a text model: what an app needs to turn text into source ids and target ids back into text."""
+
+    source: Tokenizer
+    target: Tokenizer
+    source_vocab: Vocab
+    target_vocab: Vocab
+
+    def encode(self, text: str, where: str = "") -> list[int]:
+        """Source ids of one text (not padded); errors name `where`."""
+        return self.source_vocab.encode(self.source.split(text), where)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of one row of target ids (stops at the end token)."""
+        return self.target.join(self.target_vocab.decode(ids))
+
+    def to_dict(self) -> dict:
+        """Plain lists and strings, for a checkpoint (weights-only loading reads them back)."""
+        return {
+            "source_tokenizer": self.source.kind,
+            "target_tokenizer": self.target.kind,
+            "source_lowercase": self.source.lowercase,
+            "target_lowercase": self.target.lowercase,
+            "source_tokens": list(self.source_vocab.tokens),
+            "target_tokens": list(self.target_vocab.tokens),
+            "unk": self.source_vocab.has_unk,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> TextSpec:
+        return cls(
+            Tokenizer(d["source_tokenizer"], bool(d["source_lowercase"])),
+            Tokenizer(d["target_tokenizer"], bool(d["target_lowercase"])),
+            Vocab(tuple(d["source_tokens"]), bool(d["unk"])),
+            Vocab(tuple(d["target_tokens"])),
+        )
+
+    def to_metadata(self) -> dict[str, str]:
+        """The text keys of contract format 2 (see contract.TEXT_KEYS)."""
+        return {
+            "source_tokens": json.dumps(list(self.source_vocab.tokens), ensure_ascii=False),
+            "target_tokens": json.dumps(list(self.target_vocab.tokens), ensure_ascii=False),
+            "source_tokenizer": self.source.kind,
+            "target_tokenizer": self.target.kind,
+            "source_lowercase": str(int(self.source.lowercase)),
+            "target_lowercase": str(int(self.target.lowercase)),
+            "normalization": NORMALIZATION,
+            "unk_token": str(UNK_ID) if self.source_vocab.has_unk else "",
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, str]) -> TextSpec | None:
+        """The spec an export carries, or None for an id-only model (format 1, or empty text keys)."""
+        if not meta.get("source_tokens"):
+            return None
+        if meta.get("normalization") != NORMALIZATION:
+            raise ValueError(f"unknown text normalization {meta.get('normalization')!r}; this runtime knows NFC")
+        unk = meta.get("unk_token", "")
+        if unk not in ("", str(UNK_ID)):
+            raise ValueError(f"unk_token must be empty or {UNK_ID}, got {unk!r}")
+        return cls(
+            Tokenizer(meta["source_tokenizer"], meta["source_lowercase"] == "1"),
+            Tokenizer(meta["target_tokenizer"], meta["target_lowercase"] == "1"),
+            Vocab(tuple(json.loads(meta["source_tokens"])), unk != ""),
+            Vocab(tuple(json.loads(meta["target_tokens"]))),
+        )
+
+
+ID_ONLY_METADATA = dict.fromkeys(TEXT_KEYS, "")  # the text keys of a model that reads and writes ids
