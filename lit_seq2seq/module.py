@@ -168,9 +168,11 @@ class Seq2SeqModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A text model's vocabularies travel with its weights (export reads them from here): rebuilding them from the
         # training file later would silently differ if that file changed.
-        spec = getattr(self.trainer.datamodule, "text_spec", None) if self._trainer is not None else None
-        if spec is not None:
-            checkpoint[TEXT_KEY] = spec.to_dict()
+        data = self.trainer.datamodule if self._trainer is not None else None
+        spec = getattr(data, "text_spec", None)
+        if spec is not None:  # with the trained source lengths, which the runtime enforces
+            lengths = {"source_length": data.source_length, "min_source_length": data.min_source_length}
+            checkpoint[TEXT_KEY] = spec.to_dict() | lengths
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer(self.parameters())
