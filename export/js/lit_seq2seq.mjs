@@ -151,20 +151,24 @@ async function sha256Hex(bytes) {
   return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** Throw ModelFileError unless the file's content_sha256 matches its bytes (export/README.md, Integrity check). */
-export async function checkContentHash(bytes, meta, name = "model") {
+/**
+ * Throw ModelFileError unless the file's content_sha256 matches its bytes (export/README.md, Integrity check); returns
+ * the stored hash. Works on the raw bytes alone, so a truncated file is named as such before any parsing.
+ */
+export async function checkContentHash(bytes, name = "model") {
   const hits = findAll(bytes, HASH_MARKER);
-  if (!(HASH_KEY in meta) || hits.length === 0) {
+  const start = hits.length ? hits[0] + HASH_MARKER.length : bytes.length;
+  if (hits.length === 0 || bytes.length - start < 64) {
     throw new ModelFileError(`${name}: no ${HASH_KEY} metadata (truncated, or not exported by lit-seq2seq)`);
   }
   if (hits.length > 1) {
-    // Which one is the value is ambiguous: a file exported by lit-seq2seq holds exactly one.
+    // Which one is the value would be a guess: a file exported by lit-seq2seq holds exactly one.
     throw new ModelFileError(`${name}: ${hits.length} ${HASH_KEY} entries, exactly one expected (altered?)`);
   }
-  const start = hits[0] + HASH_MARKER.length;
-  const stored = readString(bytes, start, Math.min(start + 64, bytes.length), name);
+  const stored = String.fromCharCode(...bytes.subarray(start, start + 64));
   if (!/^[0-9a-f]{64}$/.test(stored)) {
-    throw new ModelFileError(`${name}: ${HASH_KEY} is not 64 lower-case hex digits (altered or damaged)`);
+    // The export writes lower-case hex; anything else is not the value the export wrote.
+    throw new ModelFileError(`${name}: content hash mismatch, its ${HASH_KEY} is not 64 lower-case hex digits; export it again`);
   }
   // The placeholder goes back exactly where the value stands, not wherever those 64 bytes occur first.
   const copy = bytes.slice();
@@ -172,6 +176,7 @@ export async function checkContentHash(bytes, meta, name = "model") {
   if ((await sha256Hex(copy)) !== stored) {
     throw new ModelFileError(`${name}: content hash mismatch, the file was altered or damaged; export it again`);
   }
+  return stored;
 }
 
 // ---- text (format_version 2) --------------------------------------------------------------------------------------
@@ -211,11 +216,12 @@ function intMeta(meta, key, name) {
 
 /**
  * Load an export from the bytes of its files: {encoder, decoder, greedy} (Uint8Array; greedy may be absent: exports
- * made before greedy.onnx existed). `names` ({encoder, decoder, greedy}) are used in messages, e.g. the file paths.
- * `sessionOptions` go to ort.InferenceSession.create. Resolves to a Seq2Seq.
+ * made before greedy.onnx existed). `folder` (e.g. the export folder's path or URL) prefixes the file names in
+ * messages; `sessionOptions` go to ort.InferenceSession.create. Resolves to a Seq2Seq.
  */
-export async function loadModel(ort, files, { names = {}, sessionOptions = {}, verifyHash = true } = {}) {
-  const label = { encoder: ENCODER_FILE, decoder: DECODER_FILE, greedy: GREEDY_FILE, ...names };
+export async function loadModel(ort, files, { folder = "", sessionOptions = {}, verifyHash = true } = {}) {
+  const file = { encoder: ENCODER_FILE, decoder: DECODER_FILE, greedy: GREEDY_FILE };
+  const label = Object.fromEntries(Object.entries(file).map(([k, f]) => [k, folder ? `${folder}/${f}` : f]));
   for (const part of ["encoder", "decoder"]) {
     if (!files?.[part]) {
       throw new ModelFileError(
@@ -226,18 +232,21 @@ export async function loadModel(ort, files, { names = {}, sessionOptions = {}, v
   const parts = ["encoder", "decoder", ...(files.greedy ? ["greedy"] : [])];
   const metas = {};
   for (const part of parts) {
+    const stored = verifyHash ? await checkContentHash(files[part], label[part]) : null;
     metas[part] = readMetadata(files[part], label[part]);
-    if (verifyHash) await checkContentHash(files[part], metas[part], label[part]);
+    if (stored !== null && metas[part][HASH_KEY] !== stored) {
+      throw new ModelFileError(`${label[part]}: its ${HASH_KEY} bytes are not its metadata entry (altered?)`);
+    }
     const version = metas[part].format_version;
     if (!FORMAT_VERSIONS.includes(version)) {
-      throw new ModelFileError(
-        `${label[part]}: contract format_version ${JSON.stringify(version ?? null)}; this reader knows ${FORMAT_VERSIONS.join(", ")}`,
-      );
+      const known = FORMAT_VERSIONS.map((v) => `'${v}'`).join(" and ");
+      throw new ModelFileError(`${label[part]}: contract format_version ${version === undefined ? "(none)" : `'${version}'`}; this reader knows ${known}`);
     }
   }
+  // Every file of one export carries its export_id (and so its format_version): anything else is a mixed folder.
   for (const part of parts.slice(1)) {
     if (metas[part].export_id !== metas.encoder.export_id || metas[part].format_version !== metas.encoder.format_version) {
-      throw new ModelFileError(`${label.encoder} and ${label[part]} come from different exports`);
+      throw new ModelFileError(`${folder ? `${folder}: ` : ""}${ENCODER_FILE} and ${file[part]} come from different exports`);
     }
   }
   const sessions = {};
@@ -255,6 +264,7 @@ export async function loadModel(ort, files, { names = {}, sessionOptions = {}, v
 export class Seq2Seq {
   constructor(sessions, metas, label) {
     this.sessions = sessions;
+    this.label = label;
     this.meta = metas.decoder; // settings come from the step graph, as in the Python runtime
     const m = this.meta;
     const name = label.decoder;
@@ -444,7 +454,9 @@ export class Seq2Seq {
         let top = data[r * width];
         for (let v = 0; v < width; v++) {
           const x = data[r * width + v];
-          if (!Number.isFinite(x)) throw new Error(`decoder step ${step}, row ${r}: non-finite logits (${x}); the model is damaged`);
+          if (!Number.isFinite(x)) {
+            throw new ModelFileError(`${this.label.decoder}: non-finite logits (${x}) at step ${step}, row ${r}; the model is damaged`);
+          }
           if (x > top) {
             top = x;
             best = v;

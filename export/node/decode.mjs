@@ -104,6 +104,8 @@ async function main() {
   } catch {
     throw new UsageError("onnxruntime-node is not installed: run `npm ci --ignore-scripts --prefix export/node`");
   }
+  // Node 18 (Debian 12's) has Web Crypto only as node:crypto's webcrypto, not as a global; the module wants the global.
+  if (!globalThis.crypto?.subtle) globalThis.crypto = (await import("node:crypto")).webcrypto;
   const dir = options.modelDir;
   const found = await stat(dir).catch(() => null);
   if (!found?.isDirectory()) throw new ModelFileError(`model_dir ${dir}: no such folder`);
@@ -112,9 +114,8 @@ async function main() {
     decoder: await readModelFile(dir, DECODER_FILE, true),
     greedy: await readModelFile(dir, GREEDY_FILE, false),
   };
-  const names = { encoder: join(dir, ENCODER_FILE), decoder: join(dir, DECODER_FILE), greedy: join(dir, GREEDY_FILE) };
   const sessionOptions = { intraOpNumThreads: 1, interOpNumThreads: 1 };
-  const model = await loadModel(ort, files, { names, sessionOptions });
+  const model = await loadModel(ort, files, { folder: dir.replace(/\/+$/, ""), sessionOptions });
   const { twoGraph, allowUntrainedLengths } = options;
 
   let sources = [];
