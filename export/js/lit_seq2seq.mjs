@@ -107,17 +107,18 @@ export function readMetadata(bytes, name = "model") {
     if (field === 0) throw new ModelFileError(`${name}: not an ONNX model (protobuf field number 0)`);
     pos = skipField(bytes, at, wire, name);
     if (field !== METADATA_PROPS || wire !== 2) continue;
-    // The entry lies in [start, pos): read its key and value, skip anything else in it.
+    // The entry's bytes end at pos: read its key (field 1) and value (field 2), skip anything else in it.
     let [, p] = readVarint(bytes, at, name);
     let key = "";
     let value = "";
     while (p < pos) {
       const [entryTag, q] = readVarint(bytes, p, name);
       const next = skipField(bytes.subarray(0, pos), q, entryTag & 7, name);
-      if ((entryTag & 7) === 2 && (entryTag >> 3 === 1 || entryTag >> 3 === 2)) {
+      const entryField = Math.floor(entryTag / 8); // not >> 3: a tag may exceed 32 bits
+      if ((entryTag & 7) === 2 && (entryField === 1 || entryField === 2)) {
         const [length, s] = readVarint(bytes, q, name);
         const text = readString(bytes, s, s + length, name);
-        if (entryTag >> 3 === 1) key = text;
+        if (entryField === 1) key = text;
         else value = text;
       }
       p = next;
@@ -146,8 +147,12 @@ function findAll(bytes, pattern) {
 
 async function sha256Hex(bytes) {
   const subtle = globalThis.crypto?.subtle;
-  if (!subtle)
-    throw new Error("SHA-256 needs crypto.subtle (Node >= 18, or a browser page served over https or localhost)");
+  if (!subtle) {
+    // Node 18 has it only as node:crypto's webcrypto (decode.mjs installs it); browsers only in secure contexts.
+    throw new Error(
+      "SHA-256 needs globalThis.crypto.subtle: Node >= 19, or a page served over https or from localhost",
+    );
+  }
   const digest = new Uint8Array(await subtle.digest("SHA-256", bytes));
   return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
 }
@@ -518,6 +523,7 @@ export class Seq2Seq {
 
   // ---- text in, text out (format_version 2 text models) ----
 
+  // toLowerCase, like Python's str.lower, applies Unicode's full default lower-casing (final sigma, dotted I).
   _norm(text, lowercase) {
     let t = this.meta.normalization === "NFC" ? text.normalize("NFC") : text;
     if (lowercase) t = t.toLowerCase();
