@@ -189,6 +189,13 @@ def test_node_decode_refuses_a_bad_line_after_printing_the_lines_before_it(
         assert result.stdout.splitlines() == strip_all(runtime_model("gru"), runtime_model("gru").greedy([[2, 3]]))
 
 
+def test_node_decode_refuses_stdin_that_is_not_utf8_after_printing_the_lines_before(exported, runtime_model):
+    args = ["node", str(DECODE), str(exported("gru").model_dir)]
+    result = subprocess.run(args, input=b"2 3\n\xff 2\n", capture_output=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.decode() == "decode.mjs: stdin after line 1: not UTF-8 text\n"
+    assert result.stdout.decode().splitlines() == strip_all(runtime_model("gru"), runtime_model("gru").greedy([[2, 3]]))
+
+
 def test_node_decode_allow_untrained_lengths_decodes_them(exported, runtime_model):
     model = runtime_model("gru")
     result = node_decode(exported("gru").model_dir, "2 3 4 5 6 7\n", "--allow-untrained-lengths", "--two-graph")

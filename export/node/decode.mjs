@@ -56,28 +56,32 @@ async function readModelFile(dir, name, required) {
   }
 }
 
-// stdin as lines, decoded strictly as UTF-8 (a byte that is not UTF-8 is a bad line, not a silent U+FFFD).
+// stdin as lines, each decoded strictly as UTF-8 (a byte that is not UTF-8 is bad input, not a silent U+FFFD). Split
+// on the byte 0x0A first: it never occurs inside a UTF-8 sequence, so chunk boundaries cannot cut a character.
 async function* stdinLines() {
-  const decoder = new TextDecoder("utf-8", { fatal: true });
-  let rest = "";
+  const utf8 = new TextDecoder("utf-8", { fatal: true });
   let number = 0;
-  const text = (chunk, stream) => {
+  const decode = (bytes) => {
+    let text;
     try {
-      return decoder.decode(chunk, { stream });
+      text = utf8.decode(bytes);
     } catch {
       throw new InputError(`stdin after line ${number}: not UTF-8 text`);
     }
+    number++;
+    return text.endsWith("\r") ? text.slice(0, -1) : text;
   };
+  let pending = []; // pieces of a line that spans chunks
   for await (const chunk of process.stdin) {
-    const lines = (rest + text(chunk, true)).split("\n");
-    rest = lines.pop();
-    for (const line of lines) {
-      number++;
-      yield line.endsWith("\r") ? line.slice(0, -1) : line;
+    let start = 0;
+    for (let nl = chunk.indexOf(10); nl >= 0; nl = chunk.indexOf(10, start)) {
+      yield decode(Buffer.concat([...pending, chunk.subarray(start, nl)]));
+      pending = [];
+      start = nl + 1;
     }
+    if (start < chunk.length) pending.push(chunk.subarray(start));
   }
-  rest += text(undefined, false);
-  if (rest !== "") yield rest.endsWith("\r") ? rest.slice(0, -1) : rest;
+  if (pending.length) yield decode(Buffer.concat(pending));
 }
 
 function parseIds(text, where) {
@@ -142,28 +146,32 @@ async function main() {
   };
 
   let number = 0;
-  for await (const line of stdinLines()) {
-    number++;
-    const tab = line.indexOf("\t");
-    const [sourceText, target] = tab < 0 ? [line, ""] : [line.slice(0, tab), line.slice(tab + 1)];
-    let source;
-    let reference = null;
-    try {
-      source = model.isText ? model.encodeText(sourceText) : parseIds(sourceText, `line ${number}`);
-      if (source.length === 0) throw new InputError("source: empty sequence (source_len is 0)"); // as Python's decode
-      model.checkSource(source, { allowUntrainedLengths });
-      if (target.trim() !== "") {
-        reference = model.isText ? target : parseIds(target, `line ${number} (expected)`).join(" ");
+  try {
+    for await (const line of stdinLines()) {
+      number++;
+      const tab = line.indexOf("\t");
+      const [sourceText, target] = tab < 0 ? [line, ""] : [line.slice(0, tab), line.slice(tab + 1)];
+      let source;
+      let reference = null;
+      try {
+        source = model.isText ? model.encodeText(sourceText) : parseIds(sourceText, `line ${number}`);
+        if (source.length === 0) throw new InputError("source: empty sequence (source_len is 0)"); // as Python's decode
+        model.checkSource(source, { allowUntrainedLengths });
+        if (target.trim() !== "") {
+          reference = model.isText ? target : parseIds(target, `line ${number} (expected)`).join(" ");
+        }
+      } catch (error) {
+        throw error instanceof InputError && !error.message.startsWith("line ")
+          ? new InputError(`line ${number}: ${error.message}`)
+          : error;
       }
-    } catch (error) {
-      await decodeBatch(); // every line before the bad one is printed, none after it
-      throw error instanceof InputError && !error.message.startsWith("line ")
-        ? new InputError(`line ${number}: ${error.message}`)
-        : error;
+      sources.push(source);
+      expected.push(reference);
+      if (sources.length === options.batchSize) await decodeBatch();
     }
-    sources.push(source);
-    expected.push(reference);
-    if (sources.length === options.batchSize) await decodeBatch();
+  } catch (error) {
+    if (error instanceof InputError) await decodeBatch(); // every line before a bad one is printed, none after it
+    throw error;
   }
   await decodeBatch();
   if (scored) process.stderr.write(`exact match: ${hits}/${scored} = ${((100 * hits) / scored).toFixed(2)}%\n`);
