@@ -7,6 +7,7 @@ Needs node and export/node/node_modules: a missing one FAILS these tests (`.ci/r
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -90,6 +91,13 @@ def sources(model, count: int, seed: int = 0) -> list[list[int]]:
     lengths = rng.integers(model.min_source_length, model.source_length + 1, count)
     vocab = getattr(model, "source_vocab_size", None) or model.vocab_size  # v2 runtimes split the vocabulary
     return [rng.integers(model.min_token, vocab, n).tolist() for n in lengths]
+
+
+def test_the_module_is_isomorphic():
+    """export/js/lit_seq2seq.mjs also runs in a browser (onnxruntime-web): no Node-only names in it."""
+    lines = (REPO / "export" / "js" / "lit_seq2seq.mjs").read_text().splitlines()
+    code = "\n".join(line for line in lines if not line.lstrip().startswith(("//", "*", "/*")))
+    assert not re.search(r"^import |\brequire\(|\bprocess\.|\bBuffer\b|node:", code, re.MULTILINE)
 
 
 # ------------------------------------------------------------------------------------------ same tokens
