@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -31,6 +32,9 @@ def main(args: Sequence[str] | None = None) -> int:
     command = args[0] if args and not args[0].startswith("-") else ""
     if command in LIGHTNING_COMMANDS or command == "export" or command not in OWN_COMMANDS:
         _require_train_extra(command, args)
+        # OpenMP reads this once, when torch loads it: so before any torch import. Its default, spin-waiting, made a
+        # seed-task fit 7x slower on 2 cores shared with other work (benchmarks/omp_under_load.py); a user's value wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if command in OWN_COMMANDS:
         parser = _parser(args[0])
         options = parser.parse_args(args[1:])

@@ -17,6 +17,7 @@ from conftest import (
     read_metrics,
     root_args,
     run_cli,
+    run_python,
     tiny_run,
     version_dirs,
 )
@@ -362,3 +363,35 @@ def test_fine_tune_starts_a_new_fit_from_the_weights_only(trained, in_tmp):
 def test_fine_tune_refusals_exit_2(args, message, trained, capsys):
     code, err = cli_exit([*args, *root_args(trained)], capsys)
     assert code == 2 and message in err and "Traceback" not in err
+
+
+# Records OMP_WAIT_POLICY at the moment torch is imported (when OpenMP reads it), then runs the CLI. The finder sees
+# every lookup of "torch" before the import too (find_spec checks): the last one it sees is the import itself.
+_OMP_PROBE = """
+import os, sys
+if sys.argv[1] == "unset":
+    os.environ.pop("OMP_WAIT_POLICY", None)
+else:
+    os.environ["OMP_WAIT_POLICY"] = sys.argv[1]
+class _Probe:
+    seen = None
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and "torch" not in sys.modules:
+            _Probe.seen = os.environ.get("OMP_WAIT_POLICY", "unset")
+        return None
+sys.meta_path.insert(0, _Probe())
+from lit_seq2seq.cli import main
+try:
+    main(["fit", "--print_config", "--config", "reverse_fast"])
+except SystemExit:
+    pass
+print("at torch import:", _Probe.seen, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("given,expected", [("unset", "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_fit_sets_passive_openmp_waiting_before_torch_loads_unless_the_user_chose(given, expected):
+    """Spin-waiting OpenMP threads made a fit under load 7x slower (benchmarks/omp_under_load.py); a user's value
+    wins."""
+    result = run_python(_OMP_PROBE, given)
+    assert f"at torch import: {expected}" in result.stderr, result.stderr[-2000:]
