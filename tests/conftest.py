@@ -424,6 +424,8 @@ TEXT_VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "trained": ({}, {"steps": 150, "hidden_size": 32, "embedding_dim": 16, "attention": True}),
     # untrained GRU with a bidirectional encoder, <unk> in the source vocabulary, char tokenizer on both sides
     "unk_char": ({"unk": True, "target_kind": "char"}, {"cell": "gru", "bidirectional": True}),
+    # untrained, space-separated source tokens ("a b é")
+    "space_source": ({"source_kind": "space"}, {"hidden_size": 8}),
 }
 
 
