@@ -418,6 +418,8 @@ class OnnxSeq2Seq:
         text, one without tokens, a control character, an unknown token (unless the vocabulary has `<unk>`: then it
         maps to that id) or a token count outside the trained source lengths (unless `allow_untrained_lengths`)."""
         spec = self._require_text(where)
+        if not isinstance(allow_untrained_lengths, (bool, np.bool_)):  # "no" would be truthy: an opt-in is meant
+            raise TypeError(f"allow_untrained_lengths must be True or False, got {allow_untrained_lengths!r}")
         if not isinstance(text, str):
             raise TypeError(f"{where}: texts must be str, got {type(text).__name__}")
         if not text:

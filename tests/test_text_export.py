@@ -195,6 +195,8 @@ def test_wrong_types_are_refused(text_model):
         model.translate("ab")
     with pytest.raises(TypeError, match="text 1: texts must be str, got int"):
         model.translate(["ab", 3])
+    with pytest.raises(TypeError, match="allow_untrained_lengths must be True or False, got 'no'"):
+        model.translate(["ab"], allow_untrained_lengths="no")
     with pytest.raises(ValueError, match="--beam_size|beam_size"):
         model.translate(["ab"], beam_size=0)
 
