@@ -146,8 +146,8 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "sequences",
         nargs="*",
-        help="source sequences as 'TOKEN TOKEN ...'; none: read stdin, decoding and printing each batch of "
-        "--batch_size lines as it is read (constant memory)",
+        help="source sequences as 'TOKEN TOKEN ...' (a text model: texts); none: read stdin, decoding and printing "
+        "each batch of --batch_size lines as it is read (constant memory)",
     )
     p.add_argument("--beam_size", type=int, default=1, help="1: greedy (default); more: beam search")
     p.add_argument("--length_penalty", type=float, default=1.0, help="beam score / length ** this (default 1)")
@@ -201,6 +201,8 @@ def _run_decode(o: argparse.Namespace) -> int:
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     model = OnnxSeq2Seq.load(o.model_dir, intra_op_threads=o.threads)
+    if model.text is not None:
+        return _decode_text(o, model)
     allow = o.allow_untrained_lengths
     sources: list[list[int]] = []  # the batch being filled, and the expected answers of its lines
     expected: list[list[int] | None] = []
@@ -255,6 +257,108 @@ def _run_decode(o: argparse.Namespace) -> int:
     return 0
 
 
+class _Source:
+    """One source text read by decode, with the references of its SOURCE<TAB>REFERENCE lines (adjacent lines of
+    the same source are one source with several references)."""
+
+    def __init__(self, text: str, ids: list[int], references: list[str] | None) -> None:
+        self.text, self.ids, self.references = text, ids, references  # references None: a line without a tab
+
+
+def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq2Seq, imported lazily
+    """decode for a text model: text lines in, one text per source out; SOURCE<TAB>REFERENCE lines (one per
+    reference, the lines of one source adjacent) are scored at the end: exact match (1 - WER) and token error rate."""
+    import numpy as np
+
+    from lit_seq2seq.metrics import score
+    from lit_seq2seq.runtime import check_printable
+
+    spec, allow = model.text, o.allow_untrained_lengths
+    batch: list[_Source] = []
+    pending: _Source | None = None  # the last source read: more reference lines of it may follow
+    totals = {"sources": 0, "exact": 0, "errors": 0, "length": 0}
+    bad: list[str] = []
+    number = 0
+
+    def references(sources: list[_Source]) -> np.ndarray:
+        # (B, R, T) target ids as metrics.score takes them: tokens, end token, padding; absent references -1. A token
+        # the target vocabulary lacks becomes an id no prediction can hold (target_vocab_size): always an error.
+        def ids(reference: str) -> list[int]:
+            found = (spec.target_vocab.id(t) for t in spec.target.split(reference))
+            return [model.target_vocab_size if i is None else i for i in found]
+
+        rows = [[ids(r) for r in s.references] for s in sources]
+        width = max(len(r) for refs in rows for r in refs) + 1
+        out = np.full((len(rows), max(map(len, rows)), width), -1, dtype=np.int64)
+        for i, refs in enumerate(rows):
+            for j, r in enumerate(refs):
+                out[i, j] = model.pad_token
+                out[i, j, : len(r) + 1] = [*r, model.eos_token]
+        return out
+
+    def decode_batch() -> None:
+        if not batch:
+            return
+        source = np.full((len(batch), max(len(s.ids) for s in batch)), model.pad_token, dtype=np.int64)
+        for i, s in enumerate(batch):
+            source[i, : len(s.ids)] = s.ids
+        if o.beam_size == 1:  # lengths were checked line by line, with --allow_untrained_lengths as given
+            tokens = model.greedy(source, allow_untrained_lengths=True)
+        else:
+            tokens = model.beam_search(source, o.beam_size, o.length_penalty, allow_untrained_lengths=True)[0]
+        sys.stdout.write("".join(t + "\n" for t in model.decode_ids(tokens)))
+        sys.stdout.flush()
+        scored = [i for i, s in enumerate(batch) if s.references]
+        if scored:
+            result = score(tokens[scored], references([batch[i] for i in scored]), model.eos_token, model.pad_token)
+            totals["sources"] += len(scored)
+            totals["exact"] += int(np.sum(result.exact))
+            totals["errors"] += int(np.sum(result.errors))
+            totals["length"] += int(np.sum(result.length))
+        batch.clear()
+
+    def finish_pending() -> None:
+        nonlocal pending
+        if pending is not None:
+            batch.append(pending)
+            pending = None
+            if len(batch) == o.batch_size:
+                decode_batch()
+
+    for number, line in enumerate(o.sequences or _stdin_lines(), 1):
+        text, tab, reference = line.partition("\t")
+        has_reference = bool(reference.strip())  # "SOURCE<TAB>" alone scores nothing, as for id models
+        same = has_reference and pending is not None and bool(pending.references) and pending.text == text
+        try:
+            if tab:
+                check_printable(reference, f"line {number} (reference)")
+            ids = [] if same else model.encode_text(text, where=f"line {number}", allow_untrained_lengths=allow)
+        except ValueError as error:
+            if not o.skip_bad_lines:
+                finish_pending()
+                decode_batch()  # every line before the bad one is printed, none after it
+                raise InputError(str(error)) from None
+            bad.append(str(error))
+            continue
+        if same:
+            pending.references.append(reference)  # one more reference of the source just read
+            continue
+        finish_pending()
+        pending = _Source(text, ids, [reference] if has_reference else None)
+    finish_pending()
+    decode_batch()
+    if totals["sources"]:
+        n, exact, errors, length = totals["sources"], totals["exact"], totals["errors"], totals["length"]
+        ter = f"{errors}/{length} = {errors / length:.2%}" if length else "n/a (references without tokens)"
+        print(
+            f"exact match: {exact}/{n} = {exact / n:.2%} (WER {1 - exact / n:.2%}); token error rate: {ter}",
+            file=sys.stderr,
+        )
+    if bad:
+        print(f"skipped {len(bad)} bad line(s) of {number}; the first: {bad[0]}", file=sys.stderr)
+    return 0
+
+
 def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model_dir", required=True, help="export folder: the task and sizes come from its metadata")
     p.add_argument(
@@ -276,6 +380,11 @@ def _run_sample(o: argparse.Namespace) -> int:
     if o.num < 1:
         raise ValueError(f"--num must be >= 1, got {o.num}")
     model = OnnxSeq2Seq.load(o.model_dir)
+    if model.text is not None:
+        raise InputError(
+            f"--model_dir {o.model_dir} holds a text model (trained on pair files): sample draws fresh sources of a "
+            "generated task, and file data has none; decode texts with `lit-seq2seq decode`"
+        )
     task = task_from_metadata(model.meta)
     rows = max(1, _SAMPLE_CELLS // task.source_length)
     # The lines of task.sample(num, rng) for this seed, drawn and printed piece by piece (see Task.sample_chunks).
@@ -310,10 +419,11 @@ def _run_report(o: argparse.Namespace) -> int:
 _COMMANDS = {
     "export": ("Export a checkpoint to encoder.onnx + decoder_step.onnx and verify them.", _export_args),
     "decode": (
-        "Decode sequences with the exported graphs (onnxruntime, no torch). One sequence per line in and out; "
-        "a line 'SOURCE<TAB>EXPECTED' also scores the decoding. Lines are decoded and printed a batch at a time as "
-        "they are read; a bad line (not token ids, or a length the model was not trained on) stops decode with exit "
-        "code 2 after every line before it was printed.",
+        "Decode sequences with the exported graphs (onnxruntime, no torch). One sequence per line in and out (a text "
+        "model: texts); a line 'SOURCE<TAB>EXPECTED' also scores the decoding (a text model: exact match and token "
+        "error rate; adjacent lines of one source are its several references). Lines are decoded and printed a batch "
+        "at a time as they are read; a bad line (not token ids or text of the model, or a length the model was not "
+        "trained on) stops decode with exit code 2 after every line before it was printed.",
         _decode_args,
     ),
     "sample": ("Print fresh 'SOURCE<TAB>TARGET' lines of an exported model's task.", _sample_args),

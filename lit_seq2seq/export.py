@@ -41,7 +41,7 @@ from lit_seq2seq.processes import pid_alive
 from lit_seq2seq.runtime import OnnxSeq2Seq
 from lit_seq2seq.search import to_width
 from lit_seq2seq.tasks import Task, task_from_hparams
-from lit_seq2seq.text import ID_ONLY_METADATA, TextSpec
+from lit_seq2seq.text import EOS_ID, ID_ONLY_METADATA, TEXT_KEY, TextSpec
 
 try:
     import fcntl
@@ -405,10 +405,52 @@ def _write_greedy(net: Seq2Seq, task: Task, folder: Path, export_id: str, text: 
     _stamp(model, folder / contract.GREEDY_FILE, metadata(net, task, *contract.greedy_io(), export_id, text))
 
 
+@dataclass(frozen=True)
+class TextTask(Task):
+    """What a text model was trained on, for the metadata: its TextSpec and trained source lengths (from the
+    checkpoint's `text` entry). File data has no generator: `sample` refuses, and export verifies on random sources."""
+
+    text: TextSpec | None = None
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        raise ValueError(f"task {self.name!r}: a model trained on pair files has no generator of fresh sources")
+
+
+TEXT_TASK = "pairs"  # the metadata's `task` of a text model
+
+
+def text_task(entry: Any, net: Seq2Seq, where: str) -> TextTask:
+    """The TextTask of a checkpoint's `text` entry (TextSpec.to_dict() | {source_length, min_source_length}), checked
+    against the net it came with; ValueError naming `where` when it is damaged or does not fit."""
+    try:
+        spec = TextSpec.from_dict(entry)
+        longest, shortest = int(entry["source_length"]), int(entry["min_source_length"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{where}: its text entry is damaged ({type(error).__name__}: {error})") from None
+    config = net.config
+    for side, vocab, size in (
+        ("source", spec.source_vocab, config.source_vocab_size),
+        ("target", spec.target_vocab, config.target_vocab_size),
+    ):
+        if len(vocab) != size:
+            raise ValueError(f"{where}: {len(vocab)} {side} tokens in its text entry, the net {size} {side} ids")
+    if config.eos_token != EOS_ID:
+        raise ValueError(f"{where}: a text model ends targets with id {EOS_ID}, the net with {config.eos_token}")
+    if not 1 <= shortest <= longest:
+        raise ValueError(f"{where}: trained source lengths {shortest} to {longest} in its text entry are not a range")
+    min_token = spec.source_vocab.min_token
+    return TextTask(TEXT_TASK, config.source_vocab_size, longest, shortest, config.max_target_length, EOS_ID, min_token,
+                    spec)  # fmt: skip
+
+
 def load_checkpoint(ckpt_path: str | os.PathLike) -> tuple[Seq2Seq, Task]:
-    """The pure net and task of a `lit-seq2seq fit` checkpoint, read once with the checks of `read_checkpoint`."""
+    """The pure net and task of a `lit-seq2seq fit` checkpoint, read once with the checks of `read_checkpoint`. For a
+    text model (one with a `text` entry) the task is a TextTask: `task.text` holds its TextSpec."""
     ckpt = read_checkpoint(ckpt_path)
-    return Seq2Seq.from_checkpoint(ckpt), task_from_hparams(ckpt.get("datamodule_hyper_parameters") or {})
+    net = Seq2Seq.from_checkpoint(ckpt)
+    if ckpt.get(TEXT_KEY) is not None:
+        return net, text_task(ckpt[TEXT_KEY], net, f"--ckpt_path {ckpt_path}")
+    return net, task_from_hparams(ckpt.get("datamodule_hyper_parameters") or {})
 
 
 @dataclass
@@ -420,18 +462,32 @@ class ExportReport:
     greedy_identical: bool
     beam_rows: int
     beam_identical: bool
-    exact_match: float
+    exact_match: float | None  # None for a text model: no generator of fresh pairs, so no accuracy here
+    text: TextSpec | None = None
 
     def __str__(self) -> str:
-        return (
-            f"exported to {self.output_dir}/{{{','.join(EXPORT_FILES)}}}\n"
+        sources = "fresh task sources" if self.text is None else "random sources of the trained lengths"
+        lines = [
+            f"exported to {self.output_dir}/{{{','.join(EXPORT_FILES)}}}",
             f"  parity vs PyTorch (max abs diff, tol {PARITY_TOL:g}): encoder {self.encoder_max_diff:.2e}, "
-            f"decoder step {self.decoder_max_diff:.2e}\n"
-            f"  greedy tokens identical to PyTorch on {self.greedy_rows} fresh task sources: {self.greedy_identical} "
-            f"(the two-graph loop and {contract.GREEDY_FILE})\n"
-            f"  beam search (beam 3) tokens identical on {self.beam_rows} sources: {self.beam_identical}\n"
-            f"  exact match of the exported model on those sources: {self.exact_match:.2%}"
-        )
+            f"decoder step {self.decoder_max_diff:.2e}",
+            f"  greedy tokens identical to PyTorch on {self.greedy_rows} {sources}: {self.greedy_identical} "
+            f"(the two-graph loop and {contract.GREEDY_FILE})",
+            f"  beam search (beam 3) tokens identical on {self.beam_rows} sources: {self.beam_identical}",
+        ]
+        if self.text is None:
+            lines.append(f"  exact match of the exported model on those sources: {self.exact_match:.2%}")
+        else:
+            spec = self.text
+            lines.append(
+                f"  text model: {len(spec.source_vocab)} source tokens ({spec.source.kind} tokenizer), "
+                f"{len(spec.target_vocab)} target tokens ({spec.target.kind} tokenizer), carried in the metadata"
+            )
+            lines.append(
+                "  exact match: not measured (pair-file data has no generator of fresh pairs; the sources above are "
+                "random ids): measure it with `lit-seq2seq decode` on SOURCE<TAB>REFERENCE lines"
+            )
+        return "\n".join(lines)
 
 
 def _max_diff(expected: list[np.ndarray], got: list[np.ndarray]) -> float:
@@ -478,7 +534,7 @@ def verify(net: Seq2Seq, task: Task, model_dir: Path, samples: int) -> ExportRep
             f"(tolerance {PARITY_TOL:g})"
         )
 
-    source, target = task.sample(samples, np.random.default_rng(20261128))
+    source, target = _verify_sources(net, task, samples, np.random.default_rng(20261128))
     expected = net.greedy(torch.from_numpy(source)).numpy()
     checked, _ = runtime.check_source(source)
     if runtime.greedy_graph is None:
@@ -499,10 +555,23 @@ def verify(net: Seq2Seq, task: Task, model_dir: Path, samples: int) -> ExportRep
     beam_ok = expected_beam.shape == got_beam.shape and bool((expected_beam == got_beam).all())
     if not beam_ok:
         raise ExportVerificationError(f"beam-search tokens differ between onnxruntime and PyTorch ({beam_rows} rows)")
-    padded = to_width(got, target.shape[1], net.config.pad_token)
-    return ExportReport(
-        model_dir, enc_diff, dec_diff, samples, greedy_ok, beam_rows, beam_ok, float((padded == target).all(1).mean())
-    )
+    text = getattr(task, "text", None)
+    exact = None
+    if target is not None:
+        exact = float((to_width(got, target.shape[1], net.config.pad_token) == target).all(1).mean())
+    return ExportReport(model_dir, enc_diff, dec_diff, samples, greedy_ok, beam_rows, beam_ok, exact, text)
+
+
+def _verify_sources(net: Seq2Seq, task: Task, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """(sources, targets) the tokens are compared on: fresh task samples, or for a text model (no generator of pair
+    data, so no targets) random ids of its source vocabulary (the unknown id included) at every trained length,
+    right-padded."""
+    if not isinstance(task, TextTask):
+        return task.sample(n, rng)
+    span = task.source_length - task.min_source_length + 1
+    lengths = task.min_source_length + np.arange(n) % span  # every trained length, the first `span` rows one each
+    tokens = rng.integers(task.min_token, net.config.source_vocab_size, size=(n, task.source_length))
+    return np.where(np.arange(task.source_length) < lengths[:, None], tokens, net.config.pad_token), None
 
 
 # ------------------------------------------------------------------------------- the output folder, swapped whole
@@ -723,7 +792,7 @@ def export_checkpoint(
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with _staging(target) as stage:
-            _write_graphs(net, task, stage, opset)
+            _write_graphs(net, task, stage, opset, getattr(task, "text", None))
             report = verify(net, task, stage, verify_samples)
             for path in stage.iterdir():  # on disk before the swap: a power cut cannot surface empty files
                 _fsync(path)

@@ -10,6 +10,7 @@ run on them, but answer with confident garbage.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,6 +28,8 @@ __all__ = ["ModelFileError", "OnnxSeq2Seq"]
 
 State = dict[str, np.ndarray]
 _PY_RANGE_CHECK_MAX = 64  # sources up to this many tokens are range-checked in Python, larger ones with numpy
+# C0 and C1 control characters and DEL (Unicode category Cc), and lone surrogates: refused in texts, never looked up
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _BOUND_MAX_BATCH = 16  # greedy batches up to this size decode through pre-bound buffers (_BoundGreedy), one per
 # batch size and thread; larger batches are compute-bound and take session.run
 
@@ -46,6 +49,17 @@ def _session(path: Path, options: ort.SessionOptions, providers: Sequence[str], 
     except Exception as error:  # noqa: BLE001 - onnxruntime raises several types for unreadable models
         raise ModelFileError(f"{path}: onnxruntime cannot load it (damaged?): {error}") from None
     return session, dict(session.get_modelmeta().custom_metadata_map)
+
+
+def check_printable(text: str, where: str) -> None:
+    """ValueError naming the first control character (C0, DEL, C1) or lone surrogate of `text`, its code point and its
+    position: a text holding one is refused, never tokenized (a tab or newline would silently split a space-tokenized
+    text; the others are no text at all)."""
+    bad = _CONTROL.search(text)
+    if bad:
+        char = bad.group()
+        kind = "lone surrogate" if 0xD800 <= ord(char) <= 0xDFFF else "control character"
+        raise ValueError(f"{where}: {kind} U+{ord(char):04X} at character {bad.start() + 1}; texts must be printable")
 
 
 class _BoundGreedy:
@@ -389,6 +403,90 @@ class OnnxSeq2Seq:
             **self.tokens,
         )
         return (tokens[0], scores[0]) if single else (tokens, scores)
+
+    # ---- text ---------------------------------------------------------------------------------------------------
+    def _require_text(self, what: str) -> TextSpec:
+        if self.text is None:
+            raise ValueError(
+                f"{what}: this export is an id model (task {self.meta.get('task', '?')!r}): it reads and writes token "
+                "ids, not text; use greedy() / beam_search() with token ids"
+            )
+        return self.text
+
+    def encode_text(self, text: Any, *, where: str = "text", allow_untrained_lengths: bool = False) -> list[int]:
+        """One text -> its source ids (not padded), by the export's TextSpec. ValueError naming `where` for an empty
+        text, one without tokens, a control character, an unknown token (unless the vocabulary has `<unk>`: then it
+        maps to that id) or a token count outside the trained source lengths (unless `allow_untrained_lengths`)."""
+        spec = self._require_text(where)
+        if not isinstance(allow_untrained_lengths, (bool, np.bool_)):  # "no" would be truthy: an opt-in is meant
+            raise TypeError(f"allow_untrained_lengths must be True or False, got {allow_untrained_lengths!r}")
+        if not isinstance(text, str):
+            raise TypeError(f"{where}: texts must be str, got {type(text).__name__}")
+        if not text:
+            raise ValueError(f"{where}: empty text")
+        check_printable(text, where)
+        ids = spec.encode(text, where)  # normalises, lowercases, splits; names an unknown token and its position
+        if not ids:
+            raise ValueError(f"{where}: no tokens (only whitespace; the {spec.source.kind} tokenizer splits on it)")
+        if not allow_untrained_lengths and not self.min_source_length <= len(ids) <= self.source_length:
+            low, high = self.min_source_length, self.source_length
+            trained_on = f"exactly {low}" if low == high else f"{low} to {high}"
+            unit = "characters" if spec.source.kind == "char" else "tokens"
+            raise ValueError(
+                f"{where}: {len(ids)} {unit}; this model was trained on sources of {trained_on} {unit} (pass "
+                "allow_untrained_lengths=True / --allow_untrained_lengths to decode anyway)"
+            )
+        return ids
+
+    def encode_texts(self, texts: Sequence[str], *, allow_untrained_lengths: bool = False) -> np.ndarray:
+        """Texts -> source ids (batch, longest) int64, right-padded; errors name the text's index (see encode_text)."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of str, got one str: wrap it in a list")
+        self._require_text("encode_texts")
+        rows = [
+            self.encode_text(t, where=f"text {i}", allow_untrained_lengths=allow_untrained_lengths)
+            for i, t in enumerate(texts)
+        ]
+        if not rows:
+            raise ValueError("texts: empty batch (no texts)")
+        out = np.full((len(rows), max(map(len, rows))), self.pad_token, dtype=np.int64)
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = row
+        return out
+
+    def decode_ids(self, rows: Any) -> list[str]:
+        """Target ids (batch, steps), as greedy() / beam_search() return them -> one text per row (each up to its end
+        token). Ids outside the target vocabulary are a ValueError, never a wrong token."""
+        spec = self._require_text("decode_ids")
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or rows.dtype.kind not in "iu":
+            raise ValueError(f"decode_ids takes integer ids of shape [batch, steps], got {rows.dtype} {rows.shape}")
+        bad = (rows < 0) | (rows >= len(spec.target_vocab))
+        if bad.any():
+            row, col = map(int, np.argwhere(bad)[0])
+            raise ValueError(
+                f"decode_ids row {row}, position {col}: id {rows[row, col]} is not in the target vocabulary "
+                f"[0, {len(spec.target_vocab) - 1}]"
+            )
+        return [spec.decode(row) for row in rows.tolist()]
+
+    def translate(
+        self,
+        texts: Sequence[str],
+        beam_size: int | None = None,
+        length_penalty: float = 1.0,
+        max_len: int | None = None,
+        *,
+        allow_untrained_lengths: bool = False,
+    ) -> list[str]:
+        """Texts in, texts out, batched: greedy (beam_size None or 1; greedy.onnx when the export has it) or beam
+        search. Every text is checked before anything is decoded (see encode_text)."""
+        source = self.encode_texts(texts, allow_untrained_lengths=allow_untrained_lengths)
+        if beam_size is None or beam_size == 1:
+            tokens = self.greedy(source, max_len, allow_untrained_lengths=True)  # lengths were checked as text
+        else:
+            tokens = self.beam_search(source, beam_size, length_penalty, max_len, allow_untrained_lengths=True)[0]
+        return self.decode_ids(tokens)
 
     def strip(self, tokens: np.ndarray | Sequence[int]) -> list[int]:
         """A decoded row as a plain list: the tokens before the end token (padding removed)."""

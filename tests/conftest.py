@@ -347,3 +347,101 @@ def after_each_last_ckpt_write(trainer: Any, then: Callable[[dict[str, Any], Pat
             then(checkpoint, Path(path))
 
     io.save_checkpoint = save_then
+
+
+# i10-export ------------------------------------------------------------------------ text models, built without data
+
+# A made-up "pronunciation": each source letter becomes target tokens, 'ж' two of them. Non-ASCII on both sides, the
+# source lowercased (so "ABÉ" reads as "abé"), and vocabularies of different sizes (source 6, target 7).
+TEXT_RULES = {"a": "AH", "b": "BE", "é": "É", "ж": "Ж Э"}
+TEXT_LENGTHS = (1, 5)  # trained source lengths of text_checkpoint's models (characters)
+
+
+def text_spec(unk: bool = False, source_kind: str = "char", target_kind: str = "space") -> Any:
+    """The TextSpec of TEXT_RULES: source letters, target tokens; `unk` adds <unk> to the source vocabulary."""
+    from lit_seq2seq.text import TextSpec, Tokenizer, Vocab
+
+    targets = [t for v in TEXT_RULES.values() for t in v.split()]
+    return TextSpec(
+        Tokenizer(source_kind, lowercase=True),
+        Tokenizer(target_kind),
+        Vocab.build(TEXT_RULES, unk=unk),
+        Vocab.build(targets if target_kind == "space" else "".join(targets)),
+    )
+
+
+def text_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """n random (word, pronunciation) pairs of TEXT_RULES at the trained lengths."""
+    rng = np.random.default_rng(seed)
+    letters = list(TEXT_RULES)
+    words = ["".join(rng.choice(letters, rng.integers(TEXT_LENGTHS[0], TEXT_LENGTHS[1] + 1))) for _ in range(n)]
+    return [(w, " ".join(TEXT_RULES[c] for c in w)) for w in words]
+
+
+def text_checkpoint(path: Path, spec: Any, steps: int = 0, seed: int = 0, **net: Any) -> Path:
+    """A text model's checkpoint at `path`, laid out as `fit` writes one (state_dict under "net.", hyper_parameters,
+    the weights hash, and the `text` entry Seq2SeqModule.on_save_checkpoint adds), its net trained `steps` Adam steps
+    on text_pairs with a plain loop (0: untrained, enough for parity). `net`: NetConfig fields (hidden_size, ...)."""
+    import torch.nn.functional as F
+
+    from lit_seq2seq.checkpoint import WEIGHTS_HASH_KEY, weights_sha256
+    from lit_seq2seq.model import shift_right
+    from lit_seq2seq.text import EOS_ID, TEXT_KEY
+
+    longest = TEXT_LENGTHS[1] * max(len(v.split()) for v in TEXT_RULES.values()) + 1
+    config = NetConfig(len(spec.source_vocab), len(spec.target_vocab), longest, EOS_ID, **{"hidden_size": 16, **net})
+    torch.manual_seed(seed)
+    model = Seq2Seq(config)
+    if steps:
+        pairs = text_pairs(64 * steps, seed)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+        for i in range(steps):
+            chunk = pairs[64 * i : 64 * (i + 1)]
+            source = torch.from_numpy(pad_rows([spec.encode(s) for s, _ in chunk]))
+            ids = [[*(spec.target_vocab.id(t) for t in spec.target.split(p)), EOS_ID] for _, p in chunk]
+            target = torch.from_numpy(pad_rows(ids))
+            logits = model(source, shift_right(target, config.start_token))
+            loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=config.pad_token)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    state = {f"net.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    checkpoint = {
+        "state_dict": state,
+        "hyper_parameters": {"net": config.to_dict(), "teacher_forcing_ratio": 1.0},
+        WEIGHTS_HASH_KEY: weights_sha256(state),
+        "datamodule_hyper_parameters": {"train": "made-up.tsv"},  # a pair data module's: not a generated task
+        TEXT_KEY: spec.to_dict() | {"source_length": TEXT_LENGTHS[1], "min_source_length": TEXT_LENGTHS[0]},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+    return path
+
+
+# name -> (text_spec arguments, text_checkpoint arguments)
+TEXT_VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    # learns TEXT_RULES (a few seconds): translate answers what the rules say
+    "trained": ({}, {"steps": 150, "hidden_size": 32, "embedding_dim": 16, "attention": True}),
+    # untrained GRU with a bidirectional encoder, <unk> in the source vocabulary, char tokenizer on both sides
+    "unk_char": ({"unk": True, "target_kind": "char"}, {"cell": "gru", "bidirectional": True}),
+    # untrained, space-separated source tokens ("a b é")
+    "space_source": ({"source_kind": "space"}, {"hidden_size": 8}),
+}
+
+
+@pytest.fixture(scope="session")
+def text_exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Export]:
+    """name (a TEXT_VARIANTS key) -> its Export: checkpoint written by text_checkpoint, exported by `lit-seq2seq
+    export` in this process on first use, then shared by every test of the session."""
+
+    def build(name: str) -> Export:
+        root = tmp_path_factory.getbasetemp() / "text_exported" / name
+        built = Export(root / "model.ckpt", root / "export")
+        if not (built.model_dir / "decoder_step.onnx").exists():
+            spec_args, ckpt_args = TEXT_VARIANTS[name]
+            text_checkpoint(built.ckpt, text_spec(**spec_args), **ckpt_args)
+            export = ["export", "--ckpt_path", built.ckpt, "--output_dir", built.model_dir]
+            assert run_cli([*export, "--verify_samples", "64"]) == 0
+        return built
+
+    return build

@@ -1,0 +1,310 @@
+"""Text models end to end: export carries the checkpoint's TextSpec, OnnxSeq2Seq.translate matches PyTorch token for
+token, every bad text is refused with its index and position, and `decode` reads, prints and scores text."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import (
+    BLOCK_IMPORTS,
+    TEXT_LENGTHS,
+    TEXT_VARIANTS,
+    cli_exit,
+    cli_output,
+    pad_rows,
+    run_python,
+    text_checkpoint,
+    text_pairs,
+    text_spec,
+)
+
+from lit_seq2seq import contract
+from lit_seq2seq.export import TEXT_TASK, export_checkpoint, load_checkpoint
+from lit_seq2seq.runtime import OnnxSeq2Seq
+from lit_seq2seq.text import TEXT_KEY, TextSpec
+
+pytestmark = [pytest.mark.filterwarnings("ignore:.*LeafSpec"), pytest.mark.filterwarnings("ignore::UserWarning")]
+
+FILES = (contract.ENCODER_FILE, contract.DECODER_FILE, contract.GREEDY_FILE)
+
+
+@pytest.fixture(scope="module")
+def text_model(text_exported):
+    """name -> (OnnxSeq2Seq, PyTorch net, TextSpec of the checkpoint)."""
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            built = text_exported(name)
+            net, task = load_checkpoint(built.ckpt)
+            cache[name] = OnnxSeq2Seq.load(built.model_dir), net, task.text
+        return cache[name]
+
+    return get
+
+
+def words(spec: TextSpec, n: int = 40, seed: int = 5) -> list[str]:
+    """n random texts of the trained lengths, written as the source tokenizer reads them, some in capitals."""
+    texts = [w for w, _ in text_pairs(n, seed)]
+    texts = [t.upper() if i % 3 == 0 else t for i, t in enumerate(texts)]
+    return [" ".join(t) for t in texts] if spec.source.kind == "space" else texts
+
+
+def torch_translate(net, spec: TextSpec, texts: list[str], beam_size: int | None = None) -> list[str]:
+    source = torch.from_numpy(pad_rows([spec.encode(t) for t in texts]))
+    with torch.no_grad():
+        tokens = net.greedy(source) if beam_size is None else net.beam_search(source, beam_size=beam_size)[0]
+    return [spec.decode(row) for row in tokens.numpy().tolist()]
+
+
+# --------------------------------------------------------------------------------------------------- export
+
+
+@pytest.mark.parametrize("name", list(TEXT_VARIANTS))
+def test_every_graph_carries_the_checkpoints_text_spec(name, text_exported):
+    ckpt = torch.load(text_exported(name).ckpt, weights_only=True)
+    spec = TextSpec.from_dict(ckpt[TEXT_KEY])
+    metas = [{p.key: p.value for p in onnx.load(str(text_exported(name).model_dir / f)).metadata_props} for f in FILES]
+    for meta in metas:
+        assert TextSpec.from_metadata(meta) == spec
+        assert meta["format_version"] == "2" and meta["task"] == TEXT_TASK
+        assert (meta["eos_token"], meta["min_token"]) == ("1", "2")
+        assert (meta["min_source_length"], meta["source_length"]) == tuple(map(str, TEXT_LENGTHS))
+        assert int(meta["source_vocab_size"]) == len(spec.source_vocab)
+        assert int(meta["target_vocab_size"]) == len(spec.target_vocab)
+        assert json.loads(meta["target_tokens"]) == list(spec.target_vocab.tokens)  # non-ASCII kept as written
+    own = {"inputs", "outputs", contract.CONTENT_HASH_KEY}
+    assert all({k: v for k, v in m.items() if k not in own} == {k: v for k, v in metas[0].items() if k not in own}
+               for m in metas)  # fmt: skip
+
+
+def test_different_source_and_target_vocabularies(text_model):
+    model, net, spec = text_model("trained")
+    assert (model.source_vocab_size, model.target_vocab_size) == (6, 7)
+    assert (net.config.source_vocab_size, net.config.target_vocab_size) == (6, 7)
+    assert model.text.source_vocab.tokens == ("<pad>", "</s>", "a", "b", "é", "ж")
+    assert model.text.target_vocab.tokens == ("<pad>", "</s>", "AH", "BE", "É", "Ж", "Э")
+
+
+def test_export_report_of_a_text_model_claims_no_accuracy(tmp_path):
+    ckpt = text_checkpoint(tmp_path / "m.ckpt", text_spec(unk=True), hidden_size=8)
+    report = export_checkpoint(ckpt, tmp_path / "export", verify_samples=16)
+    assert report.exact_match is None and report.greedy_identical and report.beam_identical
+    text = str(report)
+    assert "greedy tokens identical to PyTorch on 16 random sources of the trained lengths: True" in text
+    assert "exact match: not measured" in text and "7 source tokens (char tokenizer)" in text
+
+
+def test_load_checkpoint_refuses_a_text_entry_that_does_not_fit_its_net(tmp_path):
+    good = text_checkpoint(tmp_path / "m.ckpt", text_spec(), hidden_size=8)
+    ckpt = torch.load(good, weights_only=True)
+    ckpt[TEXT_KEY]["target_tokens"] = ckpt[TEXT_KEY]["target_tokens"][:-1]  # 6 target tokens, the net has 7
+    torch.save(ckpt, tmp_path / "short.ckpt")
+    with pytest.raises(ValueError, match=r"short.ckpt: 6 target tokens in its text entry, the net 7 target ids"):
+        load_checkpoint(tmp_path / "short.ckpt")
+    del ckpt[TEXT_KEY]["source_length"]
+    torch.save(ckpt, tmp_path / "damaged.ckpt")
+    with pytest.raises(ValueError, match=r"damaged.ckpt: its text entry is damaged \(KeyError: 'source_length'\)"):
+        load_checkpoint(tmp_path / "damaged.ckpt")
+
+
+# ---------------------------------------------------------------------------------------------- translate
+
+
+@pytest.mark.parametrize("name", list(TEXT_VARIANTS))
+def test_translate_is_pytorch_greedy_token_for_token(name, text_model):
+    model, net, spec = text_model(name)
+    texts = words(spec)
+    expected = torch_translate(net, spec, texts)
+    assert model.translate(texts) == expected
+    assert model.greedy_graph is not None  # that was greedy.onnx; the two-graph loop answers the same
+    steps = model._greedy_steps(model.encode_texts(texts), model.max_target_length)
+    assert model.decode_ids(steps) == expected
+
+
+@pytest.mark.parametrize("name", list(TEXT_VARIANTS))
+def test_translate_with_beam_search_is_pytorch_beam_search(name, text_model):
+    model, net, spec = text_model(name)
+    texts = words(spec, 16, seed=6)
+    assert model.translate(texts, beam_size=3) == torch_translate(net, spec, texts, beam_size=3)
+
+
+def test_a_trained_text_model_translates_non_ascii_text(text_model):
+    model, _, _ = text_model("trained")
+    # lowercased source ("ABЖ"), NFC ("e" + combining acute is "é"), Cyrillic in and out
+    assert model.translate(["abé", "ABЖ", "e\u0301a", "жж"]) == ["AH BE É", "AH BE Ж Э", "É AH", "Ж Э Ж Э"]
+    assert model.translate(["abé", "ABЖ"], beam_size=4) == ["AH BE É", "AH BE Ж Э"]
+
+
+def test_encode_texts_and_decode_ids(text_model):
+    model, _, spec = text_model("trained")
+    assert model.encode_texts(["ab", "Жé", "a"]).tolist() == [[2, 3], [5, 4], [2, 0]]
+    assert model.encode_texts(["ab"]).dtype == np.int64
+    assert model.decode_ids([[2, 5, 6, 1, 3], [4, 0, 0, 0, 0]]) == ["AH Ж Э", "É"]
+    for bad in ([[2, 7]], [[-1, 2]]):  # past the target vocabulary, and a negative id that would index from the end
+        with pytest.raises(ValueError, match=r"decode_ids row 0, position \d: id -?\d is not in the target vocab"):
+            model.decode_ids(bad)
+
+
+@pytest.mark.parametrize(
+    "name,texts,message",
+    [
+        ("trained", ["ab", "axb"], r"text 1: unknown token 'x' at position 2"),
+        ("trained", ["ab", "a", ""], r"text 2: empty text"),
+        ("space_source", ["a b", "   "], r"text 1: no tokens \(only whitespace; the space tokenizer splits on it\)"),
+        ("trained", ["a\tb"], r"text 0: control character U\+0009 at character 2"),
+        ("trained", ["ab", "a\nb"], r"text 1: control character U\+000A at character 2"),
+        ("trained", ["\x00"], r"text 0: control character U\+0000 at character 1"),
+        ("trained", ["ab\x7f"], r"text 0: control character U\+007F at character 3"),
+        ("trained", ["a\x85"], r"text 0: control character U\+0085 at character 2"),  # C1: NEL
+        ("trained", ["é\x9f"], r"text 0: control character U\+009F at character 2"),
+        ("trained", ["a\ud800"], r"text 0: lone surrogate U\+D800 at character 2"),
+        ("trained", ["ab", "aaaaaa"], r"text 1: 6 characters; this model was trained on sources of 1 to 5 characters "
+                                      r"\(pass allow_untrained_lengths=True / --allow_untrained_lengths"),
+        ("space_source", ["a a a a a a"], r"text 0: 6 tokens; this model was trained on sources of 1 to 5 tokens"),
+        ("trained", [], r"texts: empty batch"),
+    ],
+)  # fmt: skip
+def test_bad_texts_are_refused_naming_the_text_and_position(name, texts, message, text_model):
+    model, _, _ = text_model(name)
+    with pytest.raises(ValueError, match=message):
+        model.translate(texts)
+    with pytest.raises(ValueError, match=message):
+        model.encode_texts(texts)
+
+
+def test_unknown_characters_map_to_unk_where_the_vocabulary_has_it(text_model):
+    model, net, spec = text_model("unk_char")
+    assert model.encode_texts(["axb", "Q"]).tolist() == [[3, 2, 4], [2, 0, 0]]  # <unk> is id 2
+    assert model.translate(["axb"]) == torch_translate(net, spec, ["axb"])
+
+
+def test_untrained_lengths_decode_only_when_asked(text_model):
+    model, net, spec = text_model("trained")
+    assert model.translate(["aaaaaa"], allow_untrained_lengths=True) == torch_translate(net, spec, ["aaaaaa"])
+
+
+def test_wrong_types_are_refused(text_model):
+    model, _, _ = text_model("trained")
+    with pytest.raises(TypeError, match="texts must be a list of str, got one str: wrap it in a list"):
+        model.translate("ab")
+    with pytest.raises(TypeError, match="text 1: texts must be str, got int"):
+        model.translate(["ab", 3])
+    with pytest.raises(TypeError, match="allow_untrained_lengths must be True or False, got 'no'"):
+        model.translate(["ab"], allow_untrained_lengths="no")
+    with pytest.raises(ValueError, match="--beam_size|beam_size"):
+        model.translate(["ab"], beam_size=0)
+
+
+def test_an_id_model_says_it_reads_ids(runtime_model):
+    model = runtime_model("lstm")
+    for call in (lambda: model.translate(["ab"]), lambda: model.encode_texts(["ab"]), lambda: model.decode_ids([[2]])):
+        with pytest.raises(
+            ValueError, match=r"this export is an id model \(task 'reverse_first'\): it reads and writes"
+        ):
+            call()
+
+
+def test_text_runtime_needs_no_torch(text_exported):
+    code = (
+        BLOCK_IMPORTS
+        + """
+from lit_seq2seq.runtime import OnnxSeq2Seq
+model = OnnxSeq2Seq.load(sys.argv[2])
+print(model.translate(["abé", "ж"]), model.translate(["ab"], beam_size=2))
+assert not any(m.split(".")[0] in _Blocked.names for m in sys.modules), sorted(sys.modules)
+"""
+    )
+    result = run_python(code, "none", str(text_exported("trained").model_dir))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['AH BE É', 'Ж Э'] ['AH BE']"
+
+
+# ------------------------------------------------------------------------------------------------- the CLI
+
+
+def test_decode_prints_text(text_exported, capsys):
+    model_dir = text_exported("trained").model_dir
+    code, out, err = cli_output(["decode", "--model_dir", model_dir, "abé", "ABЖ"], capsys)
+    assert (code, out, err) == (0, "AH BE É\nAH BE Ж Э\n", "")
+    code, out, _ = cli_output(["decode", "--model_dir", model_dir, "--beam_size", "3"], capsys, "жж\nb\n")
+    assert (code, out) == (0, "Ж Э Ж Э\nBE\n")
+
+
+def test_decode_scores_references_grouped_by_source(text_exported, capsys):
+    # Worked by hand. abé -> "AH BE É": exact, 0 errors over 3 tokens. ab -> "AH BE", references "AH" and
+    # "BE BE BE": the closest is "AH" (1 insertion against 2 substitutions): 1 error over 1 token, not exact.
+    # ж -> "Ж Э": exact, 0 over 2. a -> "AH" against "AH Q" (Q is in no vocabulary): 1 error over 2 tokens.
+    # Exact match 2/4 = 50% (WER 50%); token error rate (0 + 1 + 0 + 1) / (3 + 1 + 2 + 2) = 2/8 = 25%.
+    lines = "abé\tAH BE É\nab\tAH\nab\tBE BE BE\nж\tЖ Э\na\tAH Q\n"
+    code, out, err = cli_output(["decode", "--model_dir", text_exported("trained").model_dir], capsys, lines)
+    assert code == 0
+    assert out == "AH BE É\nAH BE\nЖ Э\nAH\n"  # one line per source
+    assert err == "exact match: 2/4 = 50.00% (WER 50.00%); token error rate: 2/8 = 25.00%\n"
+
+
+def test_decode_scores_across_batches(text_exported, text_model, capsys):
+    model, _, _ = text_model("trained")
+    pairs = text_pairs(40, seed=11)  # short words: some come twice in a row, and those lines are one source
+    lines = "".join(f"{w}\t{p}\n" for w, p in pairs)
+    args = ["decode", "--model_dir", text_exported("trained").model_dir, "--batch_size", "4"]
+    code, out, err = cli_output(args, capsys, lines)
+    sources = [w for w, _ in itertools.groupby(w for w, _ in pairs)]
+    assert len(sources) < len(pairs)
+    predictions = model.translate(sources)
+    assert code == 0 and out.splitlines() == predictions
+    truth = {w: p for w, p in pairs}
+    hits = sum(p == truth[w] for p, w in zip(predictions, sources))
+    assert f"exact match: {hits}/{len(sources)} = " in err
+
+
+@pytest.mark.parametrize(
+    "stdin,message",
+    [
+        ("abé\nax\nab\n", "line 2: unknown token 'x' at position 2"),
+        ("abé\n\nab\n", "line 2: empty text"),
+        ("abé\na\x07b\nab\n", "line 2: control character U+0007 at character 2"),
+        ("abé\naaaaaa\nab\n", "line 2: 6 characters; this model was trained on sources of 1 to 5 characters"),
+        ("abé\nab\tAH\x1bBE\nab\n", "line 2 (reference): control character U+001B at character 3"),
+    ],
+)
+def test_decode_stops_at_a_bad_text_line(stdin, message, text_exported, capsys):
+    model_dir = text_exported("trained").model_dir
+    code, out, err = cli_output(["decode", "--model_dir", model_dir], capsys, stdin)
+    assert (code, out) == (2, "AH BE É\n")  # the line before it, nothing after it
+    assert err.startswith(f"lit-seq2seq decode: error: {message}") and err.count("\n") == 1  # one line
+    code, out, err = cli_output(["decode", "--model_dir", model_dir, "--skip_bad_lines"], capsys, stdin)
+    assert (code, out) == (0, "AH BE É\nAH BE\n")
+    assert err.startswith(f"skipped 1 bad line(s) of 3; the first: {message}")
+
+
+def test_decode_untrained_lengths_only_when_asked(text_exported, text_model, capsys):
+    model, _, _ = text_model("trained")
+    args = ["decode", "--model_dir", text_exported("trained").model_dir, "--allow_untrained_lengths", "aaaaaa"]
+    code, out, _ = cli_output(args, capsys)
+    assert (code, out.splitlines()) == (0, model.translate(["aaaaaa"], allow_untrained_lengths=True))
+
+
+def test_sample_refuses_a_text_model(text_exported, capsys):
+    model_dir = text_exported("trained").model_dir
+    code, err = cli_exit(["sample", "--model_dir", model_dir], capsys)
+    assert code == 2
+    assert err == (
+        f"lit-seq2seq sample: error: --model_dir {model_dir} holds a text model (trained on pair files): sample draws "
+        "fresh sources of a generated task, and file data has none; decode texts with `lit-seq2seq decode`\n"
+    )
+
+
+def test_decode_of_text_needs_no_torch(text_exported):
+    code = BLOCK_IMPORTS + "\nfrom lit_seq2seq.cli import main\nraise SystemExit(main(sys.argv[2:]))\n"
+    model_dir = str(text_exported("trained").model_dir)
+    result = run_python(code, "none", "decode", "--model_dir", model_dir, stdin="abé\tAH BE É\nж\tЖ\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "AH BE É\nЖ Э\n"
+    assert result.stderr == "exact match: 1/2 = 50.00% (WER 50.00%); token error rate: 1/4 = 25.00%\n"
+
