@@ -1,0 +1,131 @@
+"""The browser page (export/web) in headless Chromium: its decodings equal OnnxSeq2Seq.greedy, bad input and bad files
+are refused on the page with a message naming them."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import REPO, flip_bit, pad_rows, strip_all
+from test_runtime import _rehashed_with
+
+from lit_seq2seq import contract
+
+_spec = importlib.util.spec_from_file_location("lit_seq2seq_web_serve", REPO / "export" / "web" / "serve.py")
+serve = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(serve)
+
+
+@pytest.fixture(scope="module")
+def browser_ready() -> None:
+    """Chromium, onnxruntime-web and the shared module must be there: their absence fails the test (a skipped browser
+    test would pass CI without ever running the page), naming the command that installs what is missing."""
+    if problem := serve.missing_tools():
+        pytest.fail(problem, pytrace=False)
+
+
+def good_rows(model: Any, n: int, seed: int = 0) -> list[list[int]]:
+    """`n` sources the model accepts: lengths over its trained range, tokens over its source vocabulary."""
+    rng = np.random.default_rng(seed)
+    vocab = int(model.meta.get("source_vocab_size") or model.meta["vocab_size"])  # v2 splits the vocabulary
+    lengths = rng.integers(model.min_source_length, model.source_length + 1, n)
+    return [rng.integers(model.min_token, vocab, length).tolist() for length in lengths]
+
+
+def bad_lines(model: Any) -> dict[str, str]:
+    """Lines the page must refuse -> the words its message must hold."""
+    vocab = int(model.meta.get("source_vocab_size") or model.meta["vocab_size"])
+    length, token = model.source_length, model.min_token
+
+    def line(*ids: Any) -> str:
+        return " ".join(map(str, ids))
+
+    return {
+        "": "empty source",
+        line(*[token] * (length - 1), vocab): f"token {vocab} is out of range",  # one past the vocabulary
+        line("x", *[token] * (length - 1)): '"x" is not an integer token id',
+        line(*[token] * (length + 1)): f"{length + 1} tokens; this model was trained on sources of",
+        line(0, *[token] * (length - 1)): "empty sequence (starts with padding)",
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "steps"),
+    [("copy_trained", False), ("copy_trained", True), ("gru_bi_attention", False), ("lstm_2layer", True)],
+    ids=["copy_trained-greedy.onnx", "copy_trained-loop", "gru_bi_attention-greedy.onnx", "lstm_2layer-loop"],
+)
+def test_page_decodes_as_the_runtime_and_refuses_bad_lines(name, steps, browser_ready, exported, runtime_model):
+    model = runtime_model(name)
+    rows = good_rows(model, 24)
+    bad = bad_lines(model)
+    lines = [" ".join(map(str, row)) for row in rows]
+    at = [3, 9, 10, 17, 20]  # bad lines in between good ones: they must not shift or spoil their neighbours
+    for where, line in zip(at, bad):
+        lines.insert(where, line)
+    report = serve.run_page(exported(name).model_dir, lines, steps=steps)
+    assert report["error"] is None
+    assert report["path"] == ("steps" if steps else "greedy")
+    results = report["results"]
+    assert [r["input"] for r in results] == lines
+    decoded = [" ".join(map(str, r["tokens"])) for r in results if r["error"] is None]
+    assert decoded == strip_all(model, model.greedy(pad_rows(rows)))  # one batch, as the page decodes the good lines
+    refused = {r["input"]: r["error"] for r in results if r["error"] is not None}
+    assert list(refused) == list(bad)
+    for line, words in bad.items():
+        assert refused[line].startswith(f"line {lines.index(line) + 1}: ") and words in refused[line], refused[line]
+        if line:  # the Python runtime refuses the same lines
+            ids = [int(t) if t.lstrip("-").isdigit() else t for t in line.split()]
+            with pytest.raises((ValueError, TypeError)):
+                model.check_source([ids])
+
+
+def test_page_decodes_untrained_lengths_when_ticked(browser_ready, exported, runtime_model):
+    model = runtime_model("lstm")  # trained on exactly 4 tokens; refused by default (the test above)
+    rows = [[2, 3, 4, 5, 6, 7], [3, 4]]
+    report = serve.run_page(exported("lstm").model_dir, [" ".join(map(str, r)) for r in rows], untrained=True)
+    assert report["error"] is None
+    expected = strip_all(model, model.greedy(pad_rows(rows), allow_untrained_lengths=True))
+    assert [" ".join(map(str, r["tokens"])) for r in report["results"]] == expected
+
+
+def _mixed(model_dir: Path, other: Path) -> None:
+    shutil.copy(other / contract.DECODER_FILE, model_dir / contract.DECODER_FILE)
+
+
+DAMAGE = {
+    "flipped byte in the decoder": (
+        lambda d, o: flip_bit(d / contract.DECODER_FILE, (d / contract.DECODER_FILE).stat().st_size // 2),
+        ("decoder_step.onnx: content hash mismatch",),
+    ),
+    "missing encoder": (lambda d, o: (d / contract.ENCODER_FILE).unlink(), ("encoder.onnx: missing",)),
+    "decoder of another export": (_mixed, ("encoder.onnx and", "decoder_step.onnx come from different exports")),
+    "unknown format_version": (
+        lambda d, o: _rehashed_with(d / contract.GREEDY_FILE, "format_version", "99"),
+        ("greedy.onnx: contract format_version", "99"),
+    ),
+}
+
+
+@pytest.mark.parametrize("how", list(DAMAGE))
+def test_page_shows_a_clear_error_for_a_bad_export(how, browser_ready, exported, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(exported("copy_trained").model_dir, model_dir)
+    damage, words = DAMAGE[how]
+    damage(model_dir, exported("gru").model_dir)
+    report = serve.run_page(model_dir, ["2 3 4"])
+    assert all(w in report["error"] for w in words), report["error"]
+    assert report["results"] == []  # nothing decoded from a bad export
+
+
+def test_screenshot_is_written(browser_ready, exported, tmp_path):
+    png = tmp_path / "page.png"
+    started = time.monotonic()
+    report = serve.screenshot(exported("copy_trained").model_dir, ["2 3 4", "5 4"], png)
+    assert report["error"] is None and len(report["results"]) == 2
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert time.monotonic() - started < 30
