@@ -1,0 +1,521 @@
+// lit_seq2seq.mjs: decode lit-seq2seq ONNX exports (export/README.md, format_version 1 and 2) from JavaScript.
+//
+// One isomorphic ES module: no Node-only imports, so the same file runs in Node (onnxruntime-node) and in a browser
+// (onnxruntime-web). The caller passes the `ort` namespace and the raw bytes of the files; everything else (settings,
+// names, integrity) is read from the bytes themselves, because onnxruntime-node exposes no custom metadata.
+//
+// What it refuses, always with an Error whose message names the file or the source row:
+// - a missing encoder.onnx / decoder_step.onnx, a file that is truncated or altered (content_sha256), a contract
+//   format_version other than "1" and "2", files from two different exports (export_id);
+// - sources the Python runtime refuses (OnnxSeq2Seq.check_source): an empty batch or row, non-integer or
+//   out-of-range ids, padding before a token, row lengths outside the trained range (unless allowUntrainedLengths).
+//   These are checked before onnxruntime runs: its LSTM kernel aborts the whole process on a batch of 0 rows;
+// - non-finite logits in the two-graph loop (NaN would make argmax meaningless: an error, never a silent answer).
+//   greedy.onnx does its argmax inside the graph and cannot report them.
+
+export const ENCODER_FILE = "encoder.onnx";
+export const DECODER_FILE = "decoder_step.onnx";
+export const GREEDY_FILE = "greedy.onnx";
+export const FORMAT_VERSIONS = ["1", "2"];
+const OUT_SUFFIX = "_out";
+const MAX_STEPS = 4096; // the Python runtime's limit for max_len
+
+/** A model file that is missing, damaged, altered, of an unknown version or not from the same export. */
+export class ModelFileError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "ModelFileError";
+  }
+}
+
+/** A source (ids or text) the model must not be asked to decode. */
+export class InputError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "InputError";
+  }
+}
+
+// ---- protobuf: just enough to read ModelProto.metadata_props -----------------------------------------------------
+
+const METADATA_PROPS = 14; // ModelProto field: repeated StringStringEntryProto (key = 1, value = 2)
+
+// A varint as a Number (exact up to 2^53, beyond any length a file can have); bounds-checked.
+function readVarint(bytes, pos, name) {
+  let value = 0;
+  let scale = 1;
+  for (let i = 0; i < 10; i++) {
+    if (pos >= bytes.length) throw new ModelFileError(`${name}: truncated (a varint runs past the end of the file)`);
+    const b = bytes[pos++];
+    value += (b & 0x7f) * scale; // multiply, not shift: shifts are 32-bit in JavaScript
+    if (b < 0x80) return [value, pos];
+    scale *= 128;
+  }
+  throw new ModelFileError(`${name}: not an ONNX model (a varint longer than 10 bytes)`);
+}
+
+// Position after the field whose tag was just read; every wire type is skipped, groups by their nesting.
+function skipField(bytes, pos, wire, name, depth = 0) {
+  const need = (n) => {
+    if (n > bytes.length - pos) throw new ModelFileError(`${name}: truncated (a field runs past the end of the file)`);
+    return pos + n;
+  };
+  switch (wire) {
+    case 0:
+      return readVarint(bytes, pos, name)[1];
+    case 1:
+      return need(8);
+    case 2: {
+      const [length, at] = readVarint(bytes, pos, name);
+      pos = at;
+      return need(length);
+    }
+    case 5:
+      return need(4);
+    case 3: {
+      if (depth > 64) throw new ModelFileError(`${name}: not an ONNX model (groups nested too deeply)`);
+      for (;;) {
+        const [tag, at] = readVarint(bytes, pos, name);
+        if ((tag & 7) === 4) return at;
+        pos = skipField(bytes, at, tag & 7, name, depth + 1);
+      }
+    }
+    default:
+      throw new ModelFileError(`${name}: not an ONNX model (protobuf wire type ${wire})`);
+  }
+}
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+function readString(bytes, start, end, name) {
+  try {
+    return utf8.decode(bytes.subarray(start, end));
+  } catch {
+    throw new ModelFileError(`${name}: not an ONNX model (metadata that is not UTF-8)`);
+  }
+}
+
+/** metadata_props of a serialized ONNX ModelProto as a plain object (key -> value, all strings). */
+export function readMetadata(bytes, name = "model") {
+  if (!(bytes instanceof Uint8Array)) throw new TypeError(`${name}: the file's bytes must be a Uint8Array`);
+  const meta = {};
+  let pos = 0;
+  while (pos < bytes.length) {
+    const [tag, at] = readVarint(bytes, pos, name);
+    const field = Math.floor(tag / 8);
+    const wire = tag & 7;
+    if (field === 0) throw new ModelFileError(`${name}: not an ONNX model (protobuf field number 0)`);
+    pos = skipField(bytes, at, wire, name);
+    if (field !== METADATA_PROPS || wire !== 2) continue;
+    // The entry lies in [start, pos): read its key and value, skip anything else in it.
+    let [, p] = readVarint(bytes, at, name);
+    let key = "";
+    let value = "";
+    while (p < pos) {
+      const [entryTag, q] = readVarint(bytes, p, name);
+      const next = skipField(bytes.subarray(0, pos), q, entryTag & 7, name);
+      if ((entryTag & 7) === 2 && (entryTag >> 3 === 1 || entryTag >> 3 === 2)) {
+        const [length, s] = readVarint(bytes, q, name);
+        const text = readString(bytes, s, s + length, name);
+        if (entryTag >> 3 === 1) key = text;
+        else value = text;
+      }
+      p = next;
+    }
+    meta[key] = value;
+  }
+  return meta;
+}
+
+// ---- integrity: content_sha256 ----------------------------------------------------------------------------------
+
+const HASH_KEY = "content_sha256";
+// In the bytes the value follows its key and the tag + length of StringStringEntryProto.value: 0x12 0x40 (64 bytes).
+const HASH_MARKER = new Uint8Array([...new TextEncoder().encode(HASH_KEY), 0x12, 0x40]);
+
+function findAll(bytes, pattern) {
+  const hits = [];
+  for (let i = bytes.indexOf(pattern[0]); i >= 0 && i <= bytes.length - pattern.length; ) {
+    let j = 1;
+    while (j < pattern.length && bytes[i + j] === pattern[j]) j++;
+    if (j === pattern.length) hits.push(i);
+    i = bytes.indexOf(pattern[0], i + 1);
+  }
+  return hits;
+}
+
+async function sha256Hex(bytes) {
+  const subtle = globalThis.crypto?.subtle;
+  if (!subtle) throw new Error("SHA-256 needs crypto.subtle (Node >= 18, or a browser page served over https or localhost)");
+  const digest = new Uint8Array(await subtle.digest("SHA-256", bytes));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * Throw ModelFileError unless the file's content_sha256 matches its bytes (export/README.md, Integrity check); returns
+ * the stored hash. Works on the raw bytes alone, so a truncated file is named as such before any parsing.
+ */
+export async function checkContentHash(bytes, name = "model") {
+  const hits = findAll(bytes, HASH_MARKER);
+  const start = hits.length ? hits[0] + HASH_MARKER.length : bytes.length;
+  if (hits.length === 0 || bytes.length - start < 64) {
+    throw new ModelFileError(`${name}: no ${HASH_KEY} metadata (truncated, or not exported by lit-seq2seq)`);
+  }
+  if (hits.length > 1) {
+    // Which one is the value would be a guess: a file exported by lit-seq2seq holds exactly one.
+    throw new ModelFileError(`${name}: ${hits.length} ${HASH_KEY} entries, exactly one expected (altered?)`);
+  }
+  const stored = String.fromCharCode(...bytes.subarray(start, start + 64));
+  if (!/^[0-9a-f]{64}$/.test(stored)) {
+    // The export writes lower-case hex; anything else is not the value the export wrote.
+    throw new ModelFileError(`${name}: content hash mismatch, its ${HASH_KEY} is not 64 lower-case hex digits; export it again`);
+  }
+  // The placeholder goes back exactly where the value stands, not wherever those 64 bytes occur first.
+  const copy = bytes.slice();
+  copy.fill(0x30, start, start + 64);
+  if ((await sha256Hex(copy)) !== stored) {
+    throw new ModelFileError(`${name}: content hash mismatch, the file was altered or damaged; export it again`);
+  }
+  return stored;
+}
+
+// ---- text (format_version 2) --------------------------------------------------------------------------------------
+
+// Python's str.split() whitespace (str.isspace), which JavaScript's \s does not match exactly (\x1c-\x1f, \x85, \ufeff).
+const PY_SPACE = /[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+/u;
+
+function splitText(text, tokenizer) {
+  if (tokenizer === "char") return Array.from(text); // code points, not UTF-16 units
+  const parts = text.split(PY_SPACE);
+  return parts.filter((t) => t !== "");
+}
+
+function parseVocab(json, key) {
+  if (!json) return null;
+  let tokens;
+  try {
+    tokens = JSON.parse(json);
+  } catch {
+    throw new ModelFileError(`metadata ${key}: not a JSON array`);
+  }
+  if (!Array.isArray(tokens) || !tokens.every((t) => typeof t === "string")) {
+    throw new ModelFileError(`metadata ${key}: not a JSON array of strings`);
+  }
+  return tokens;
+}
+
+// ---- the model -----------------------------------------------------------------------------------------------------
+
+function intMeta(meta, key, name) {
+  const text = meta[key];
+  if (text === undefined || !/^-?\d+$/.test(text)) {
+    throw new ModelFileError(`${name}: metadata ${key} is ${JSON.stringify(text)}, an integer expected`);
+  }
+  return Number(text);
+}
+
+/**
+ * Load an export from the bytes of its files: {encoder, decoder, greedy} (Uint8Array; greedy may be absent: exports
+ * made before greedy.onnx existed). `folder` (e.g. the export folder's path or URL) prefixes the file names in
+ * messages; `sessionOptions` go to ort.InferenceSession.create. Resolves to a Seq2Seq.
+ */
+export async function loadModel(ort, files, { folder = "", sessionOptions = {}, verifyHash = true } = {}) {
+  const file = { encoder: ENCODER_FILE, decoder: DECODER_FILE, greedy: GREEDY_FILE };
+  const label = Object.fromEntries(Object.entries(file).map(([k, f]) => [k, folder ? `${folder}/${f}` : f]));
+  for (const part of ["encoder", "decoder"]) {
+    if (!files?.[part]) {
+      throw new ModelFileError(
+        `${label[part]}: missing; a model folder holds ${ENCODER_FILE} and ${DECODER_FILE} written by \`lit-seq2seq export\``,
+      );
+    }
+  }
+  const parts = ["encoder", "decoder", ...(files.greedy ? ["greedy"] : [])];
+  const metas = {};
+  for (const part of parts) {
+    const stored = verifyHash ? await checkContentHash(files[part], label[part]) : null;
+    metas[part] = readMetadata(files[part], label[part]);
+    if (stored !== null && metas[part][HASH_KEY] !== stored) {
+      throw new ModelFileError(`${label[part]}: its ${HASH_KEY} bytes are not its metadata entry (altered?)`);
+    }
+    const version = metas[part].format_version;
+    if (!FORMAT_VERSIONS.includes(version)) {
+      const known = FORMAT_VERSIONS.map((v) => `'${v}'`).join(" and ");
+      throw new ModelFileError(`${label[part]}: contract format_version ${version === undefined ? "(none)" : `'${version}'`}; this reader knows ${known}`);
+    }
+  }
+  // Every file of one export carries its export_id (and so its format_version): anything else is a mixed folder.
+  for (const part of parts.slice(1)) {
+    if (metas[part].export_id !== metas.encoder.export_id || metas[part].format_version !== metas.encoder.format_version) {
+      throw new ModelFileError(`${folder ? `${folder}: ` : ""}${ENCODER_FILE} and ${file[part]} come from different exports`);
+    }
+  }
+  const sessions = {};
+  for (const part of parts) {
+    try {
+      // Warnings off by default (greedy.onnx's max_len initializer-as-input draws one on every load).
+      sessions[part] = await ort.InferenceSession.create(files[part], { logSeverityLevel: 3, ...sessionOptions });
+    } catch (error) {
+      throw new ModelFileError(`${label[part]}: onnxruntime cannot load it (damaged?): ${error.message}`);
+    }
+  }
+  return new Seq2Seq(sessions, metas, label);
+}
+
+export class Seq2Seq {
+  constructor(sessions, metas, label) {
+    this.sessions = sessions;
+    this.label = label;
+    this.meta = metas.decoder; // settings come from the step graph, as in the Python runtime
+    const m = this.meta;
+    const name = label.decoder;
+    this.formatVersion = m.format_version;
+    // v2 splits the vocabulary; a v1 file has one size for both sides.
+    this.sourceVocabSize = intMeta(m, m.source_vocab_size !== undefined ? "source_vocab_size" : "vocab_size", name);
+    this.targetVocabSize = intMeta(m, m.target_vocab_size !== undefined ? "target_vocab_size" : "vocab_size", name);
+    this.padToken = intMeta(m, "pad_token", name);
+    this.startToken = intMeta(m, "start_token", name);
+    this.eosToken = m.eos_token ? intMeta(m, "eos_token", name) : null;
+    this.minToken = intMeta(m, "min_token", name);
+    this.sourceLength = intMeta(m, "source_length", name);
+    this.minSourceLength = intMeta(m, "min_source_length", name);
+    this.maxTargetLength = intMeta(m, "max_target_length", name);
+    // I/O names from the metadata, checked against what onnxruntime sees: no guessing from the cell type.
+    const io = (part) => ({
+      inputs: (metas[part].inputs ?? "").split(",").filter(Boolean),
+      outputs: (metas[part].outputs ?? "").split(",").filter(Boolean),
+    });
+    this.encoderIO = io("encoder");
+    this.decoderIO = io("decoder");
+    const same = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
+    for (const part of ["encoder", "decoder"]) {
+      const s = sessions[part];
+      const want = io(part);
+      if (!same(s.inputNames, want.inputs) || !same(s.outputNames, want.outputs)) {
+        throw new ModelFileError(
+          `${label[part]}: I/O names ${s.inputNames}/${s.outputNames} do not match its metadata ${want.inputs}/${want.outputs}`,
+        );
+      }
+    }
+    if (sessions.greedy && (!sessions.greedy.inputNames.includes("source") || !sessions.greedy.outputNames.includes("tokens"))) {
+      throw new ModelFileError(`${label.greedy}: no source input or tokens output`);
+    }
+    // Text (v2): "" means an id-only model.
+    this.sourceTokens = parseVocab(m.source_tokens, "source_tokens");
+    this.targetTokens = parseVocab(m.target_tokens, "target_tokens");
+    this.sourceIds = this.sourceTokens && new Map(this.sourceTokens.map((t, i) => [t, i]));
+    this.unkToken = m.unk_token ? intMeta(m, "unk_token", name) : null;
+  }
+
+  /** Whether the export maps text to ids and back (format_version 2 text keys present). */
+  get isText() {
+    return Boolean(this.sourceTokens && this.targetTokens && this.meta.source_tokenizer && this.meta.target_tokenizer);
+  }
+
+  /**
+   * Validate a batch of sources (an array of equal-length arrays of integer ids, right-padded with the pad token; or
+   * one flat array of ids) as OnnxSeq2Seq.check_source does, with its messages. Returns {rows, single, batch, width}.
+   */
+  checkSource(source, { allowUntrainedLengths = false } = {}) {
+    if (typeof allowUntrainedLengths !== "boolean") {
+      throw new TypeError(`allowUntrainedLengths must be true or false, got ${JSON.stringify(allowUntrainedLengths)}`);
+    }
+    if (!Array.isArray(source) && !ArrayBuffer.isView(source)) throw new TypeError("source must be an array of token ids or of rows of them");
+    if (source.length === 0) throw new InputError("source: empty batch");
+    // One sequence (a flat array of ids) is a batch of one row, named without a row number, as in Python.
+    const single = !Array.isArray(source[0]) && !ArrayBuffer.isView(source[0]);
+    const rows = single ? [source] : source;
+    const width = rows[0].length;
+    for (const row of rows) {
+      if (!Array.isArray(row) && !ArrayBuffer.isView(row)) throw new TypeError("source must be an array of token ids or of rows of them");
+      if (row.length !== width) throw new InputError("source: rows have different lengths; right-pad them with the pad token");
+    }
+    if (width === 0) throw new InputError("source: empty sequence (source_len is 0)");
+    const { padToken: pad, minToken: lo, sourceVocabSize: vocab } = this;
+    const where = single
+      ? (r, c) => `source${c === undefined ? "" : ` position ${c}`}`
+      : (r, c) => `source row ${r}${c === undefined ? "" : `, position ${c}`}`;
+    // The checks run in the Python runtime's order, so that both name the same first problem.
+    rows.forEach((row, r) => {
+      for (let c = 0; c < width; c++) {
+        const t = typeof row[c] === "bigint" ? Number(row[c]) : row[c];
+        if (typeof t !== "number" || !Number.isSafeInteger(t)) {
+          throw new InputError(`${where(r, c)}: ${JSON.stringify(String(row[c]))} is not an integer token id`);
+        }
+        if (t !== pad && (t < lo || t >= vocab)) {
+          throw new InputError(
+            `${where(r, c)}: token ${t} is out of range; tokens must be in [${lo}, ${vocab - 1}], or ${pad} (padding) at the end`,
+          );
+        }
+      }
+    });
+    rows.forEach((row, r) => {
+      if (Number(row[0]) === pad) throw new InputError(`${where(r)}: empty sequence (starts with padding)`);
+    });
+    const lengths = rows.map((row, r) => {
+      let n = width;
+      for (let c = 1; c < width; c++) {
+        if (Number(row[c - 1]) === pad && Number(row[c]) !== pad) {
+          throw new InputError(`${where(r, c)}: token after padding; pad only at the end`);
+        }
+        if (Number(row[c]) === pad && n === width) n = c;
+      }
+      return n;
+    });
+    if (!allowUntrainedLengths) {
+      const [low, high] = [this.minSourceLength, this.sourceLength];
+      const r = lengths.findIndex((n) => n < low || n > high);
+      if (r >= 0) {
+        const trainedOn = low === high ? `exactly ${low}` : `${low} to ${high}`;
+        throw new InputError(
+          `${where(r)}: ${lengths[r]} tokens; this model was trained on sources of ${trainedOn} tokens ` +
+            "(pass allowUntrainedLengths: true / --allow-untrained-lengths to decode anyway)",
+        );
+      }
+    }
+    return { rows, single, batch: rows.length, width };
+  }
+
+  /** A decoded row as a plain array: the tokens before the end token (as OnnxSeq2Seq.strip). */
+  strip(row) {
+    const out = [];
+    for (const t of row) {
+      if (t === this.eosToken || (this.eosToken !== null && t === this.padToken)) break;
+      out.push(t);
+    }
+    return out;
+  }
+
+  _sourceTensor(ort, source, batch, width) {
+    const data = new BigInt64Array(batch * width);
+    source.forEach((row, r) => {
+      for (let c = 0; c < width; c++) data[r * width + c] = BigInt(row[c]);
+    });
+    return new ort.Tensor("int64", data, [batch, width]);
+  }
+
+  _maxLen(maxLen) {
+    if (maxLen === undefined || maxLen === null) return this.maxTargetLength;
+    if (!Number.isInteger(maxLen) || maxLen < 1 || maxLen > MAX_STEPS) {
+      throw new InputError(`maxLen must be an integer in [1, ${MAX_STEPS}], got ${maxLen}`);
+    }
+    return maxLen;
+  }
+
+  /**
+   * Greedy decoding of a batch of id rows (see checkSource) -> one array of ids per row (one array for a single
+   * sequence), the tokens before the end token. `maxLen` (1..4096) caps the decoder steps, max_target_length by
+   * default. greedy.onnx in one call where the export has it, unless `twoGraph` (or the export has none, or maxLen
+   * exceeds max_target_length): then the contract's loop over encoder.onnx + decoder_step.onnx. Both give identical
+   * tokens.
+   */
+  async greedy(ort, source, { twoGraph = false, allowUntrainedLengths = false, maxLen } = {}) {
+    const { rows, single, batch, width } = this.checkSource(source, { allowUntrainedLengths });
+    const steps = this._maxLen(maxLen);
+    const src = this._sourceTensor(ort, rows, batch, width);
+    const loop = twoGraph || !this.sessions.greedy || steps > this.maxTargetLength;
+    const out = loop ? await this._loop(ort, src, batch, steps) : await this._fused(ort, src, batch, steps);
+    const stripped = out.map((row) => this.strip(row));
+    return single ? stripped[0] : stripped;
+  }
+
+  async _fused(ort, src, batch, steps) {
+    // max_len is an overridable initializer, and onnxruntime-node/-web feed graph inputs only (an extra feed is
+    // silently dropped): the graph always runs its default, max_target_length. Greedy decoding is causal, so fewer
+    // steps are a prefix of its answer; more steps take the two-graph loop (see greedy).
+    const out = (await this.sessions.greedy.run({ source: src })).tokens;
+    const n = out.dims[1];
+    const keep = Math.min(n, steps);
+    const rows = [];
+    for (let r = 0; r < batch; r++) rows.push(Array.from(out.data.subarray(r * n, r * n + keep), Number));
+    return rows;
+  }
+
+  // The contract's greedy loop ("Greedy decoding"): argmax takes the first maximum, finished rows emit padding,
+  // it stops early once every row has emitted the end token.
+  async _loop(ort, src, batch, steps) {
+    const encoded = await this.sessions.encoder.run({ source: src });
+    const state = {};
+    for (const name of this.encoderIO.outputs) state[name] = encoded[name];
+    const token = new BigInt64Array(batch).fill(BigInt(this.startToken));
+    const done = new Array(batch).fill(false);
+    const rows = Array.from({ length: batch }, () => []);
+    for (let step = 0; step < steps; step++) {
+      const feeds = { token: new ort.Tensor("int64", token.slice(), [batch]) };
+      for (const name of this.decoderIO.inputs.slice(1)) feeds[name] = state[name];
+      const out = await this.sessions.decoder.run(feeds);
+      for (const name of this.decoderIO.outputs) {
+        if (name.endsWith(OUT_SUFFIX)) state[name.slice(0, -OUT_SUFFIX.length)] = out[name]; // X_out -> X
+      }
+      const logits = out.logits;
+      const width = logits.dims[1];
+      const data = logits.data;
+      for (let r = 0; r < batch; r++) {
+        let best = 0;
+        let top = data[r * width];
+        for (let v = 0; v < width; v++) {
+          const x = data[r * width + v];
+          if (!Number.isFinite(x)) {
+            throw new ModelFileError(`${this.label.decoder}: non-finite logits (${x}) at step ${step}, row ${r}; the model is damaged`);
+          }
+          if (x > top) {
+            top = x;
+            best = v;
+          }
+        }
+        if (done[r]) best = this.padToken;
+        token[r] = BigInt(best);
+        rows[r].push(best);
+        if (this.eosToken !== null && best === this.eosToken) done[r] = true;
+      }
+      if (this.eosToken !== null && done.every(Boolean)) break;
+    }
+    return rows;
+  }
+
+  // ---- text in, text out (format_version 2 text models) ----
+
+  _norm(text, lowercase) {
+    let t = this.meta.normalization === "NFC" ? text.normalize("NFC") : text;
+    if (lowercase) t = t.toLowerCase();
+    return t;
+  }
+
+  /**
+   * Text -> source ids per the export's normalisation, case and tokenizer: one string gives one row (named "source"
+   * in messages), an array of strings right-padded rows (named "source row i").
+   */
+  encodeText(text) {
+    if (!this.isText) throw new InputError("this model reads token ids, not text (no source_tokens in its metadata)");
+    const single = typeof text === "string";
+    const lines = single ? [text] : text;
+    const rows = lines.map((line, i) => {
+      const tokens = splitText(this._norm(line, this.meta.source_lowercase === "1"), this.meta.source_tokenizer);
+      return tokens.map((tok) => {
+        const id = this.sourceIds.get(tok);
+        if (id !== undefined && id >= this.minToken) return id; // reserved ids (<pad>, </s>) are not typed in
+        if (this.unkToken !== null) return this.unkToken;
+        throw new InputError(`source${single ? "" : ` row ${i}`}: unknown token ${JSON.stringify(tok)} (not in the model's vocabulary)`);
+      });
+    });
+    if (single) return rows[0];
+    const width = Math.max(0, ...rows.map((r) => r.length));
+    return rows.map((r) => [...r, ...new Array(width - r.length).fill(this.padToken)]);
+  }
+
+  /** Decoded ids (a row as greedy returns it) -> text. */
+  decodeText(ids) {
+    if (!this.isText) throw new InputError("this model writes token ids, not text (no target_tokens in its metadata)");
+    const out = [];
+    for (const id of this.strip(ids)) {
+      if (id === this.padToken) break;
+      out.push(this.targetTokens[id] ?? "");
+    }
+    return out.join(this.meta.target_tokenizer === "char" ? "" : " ");
+  }
+
+  /** Text (one string, or an array of lines) -> decoded text (greedy; options as greedy's). */
+  async greedyText(ort, lines, options = {}) {
+    const rows = await this.greedy(ort, this.encodeText(lines), options);
+    return typeof lines === "string" ? this.decodeText(rows) : rows.map((row) => this.decodeText(row));
+  }
+}

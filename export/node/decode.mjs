@@ -1,0 +1,176 @@
+#!/usr/bin/env node
+// decode.mjs: greedy-decode stdin lines with a lit-seq2seq export on onnxruntime-node (the Node consumer of the contract).
+//
+//   node export/node/decode.mjs MODEL_DIR [--two-graph] [--allow-untrained-lengths] [--batch-size N] < lines
+//
+// One source per line: space-separated token ids, or text for a text model (format_version 2 with source_tokens).
+// "SOURCE<TAB>EXPECTED" lines (what `lit-seq2seq sample` prints) are scored too: exact match goes to stderr.
+// One decoded line out per line in, printed a batch at a time. Bad input (a bad line, a missing/altered/mixed model
+// file, a bad flag) -> one line on stderr and exit code 2, after every line before a bad line was printed;
+// never a stack trace.
+
+import { readFile, stat } from "node:fs/promises";
+import { join } from "node:path";
+import { DECODER_FILE, ENCODER_FILE, GREEDY_FILE, InputError, ModelFileError, loadModel } from "../js/lit_seq2seq.mjs";
+
+const USAGE = "usage: node decode.mjs MODEL_DIR [--two-graph] [--allow-untrained-lengths] [--batch-size N] < lines";
+
+class UsageError extends Error {}
+
+function parseArgs(argv) {
+  const options = { modelDir: null, twoGraph: false, allowUntrainedLengths: false, batchSize: 256 };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === "--two-graph") options.twoGraph = true;
+    else if (arg === "--allow-untrained-lengths" || arg === "--allow_untrained_lengths") options.allowUntrainedLengths = true;
+    else if (arg === "--batch-size" || arg === "--batch_size") {
+      const value = argv[++i];
+      if (!/^\d+$/.test(value ?? "") || Number(value) < 1) {
+        throw new UsageError(`--batch-size must be an integer >= 1, got ${JSON.stringify(value ?? null)}`);
+      }
+      options.batchSize = Number(value);
+    } else if (arg === "-h" || arg === "--help") {
+      process.stdout.write(`${USAGE}\n`);
+      process.exit(0);
+    } else if (arg.startsWith("-")) throw new UsageError(`unknown option ${arg}; ${USAGE}`);
+    else if (options.modelDir === null) options.modelDir = arg;
+    else throw new UsageError(`one MODEL_DIR expected, got also ${JSON.stringify(arg)}; ${USAGE}`);
+  }
+  if (options.modelDir === null) throw new UsageError(`MODEL_DIR missing; ${USAGE}`);
+  return options;
+}
+
+async function readModelFile(dir, name, required) {
+  const path = join(dir, name);
+  try {
+    return new Uint8Array(await readFile(path));
+  } catch (error) {
+    if (error.code === "ENOENT" && !required) return undefined; // exports older than greedy.onnx
+    if (error.code === "ENOENT") {
+      throw new ModelFileError(`${path}: missing; a model folder holds ${ENCODER_FILE} and ${DECODER_FILE} written by \`lit-seq2seq export\``);
+    }
+    throw new ModelFileError(`${path}: cannot read it (${error.code ?? error.message})`);
+  }
+}
+
+// stdin as lines, decoded strictly as UTF-8 (a byte that is not UTF-8 is a bad line, not a silent U+FFFD).
+async function* stdinLines() {
+  const decoder = new TextDecoder("utf-8", { fatal: true });
+  let rest = "";
+  let number = 0;
+  const text = (chunk, stream) => {
+    try {
+      return decoder.decode(chunk, { stream });
+    } catch {
+      throw new InputError(`stdin after line ${number}: not UTF-8 text`);
+    }
+  };
+  for await (const chunk of process.stdin) {
+    const lines = (rest + text(chunk, true)).split("\n");
+    rest = lines.pop();
+    for (const line of lines) {
+      number++;
+      yield line.endsWith("\r") ? line.slice(0, -1) : line;
+    }
+  }
+  rest += text(undefined, false);
+  if (rest !== "") yield rest.endsWith("\r") ? rest.slice(0, -1) : rest;
+}
+
+function parseIds(text, where) {
+  const parts = text.trim() === "" ? [] : text.trim().split(/\s+/);
+  if (!parts.every((p) => /^[+-]?\d+$/.test(p))) {
+    throw new InputError(`${where}: ${JSON.stringify(text.trim())} is not a list of space-separated integer token ids`);
+  }
+  const ids = parts.map(Number);
+  const huge = ids.find((t) => !Number.isSafeInteger(t));
+  if (huge !== undefined) throw new InputError(`${where}: token ${parts[ids.indexOf(huge)]} is out of range`);
+  return ids;
+}
+
+// Resolves once stdout took the text (or its reader left: `| head` ends quietly, exit code 0).
+function write(text) {
+  return new Promise((resolve) => {
+    if (process.stdout.write(text)) resolve();
+    else process.stdout.once("drain", resolve);
+  });
+}
+
+async function main() {
+  const options = parseArgs(process.argv.slice(2));
+  let ort;
+  try {
+    ort = (await import("onnxruntime-node")).default;
+  } catch {
+    throw new UsageError("onnxruntime-node is not installed: run `npm ci --ignore-scripts --prefix export/node`");
+  }
+  // Node 18 (Debian 12's) has Web Crypto only as node:crypto's webcrypto, not as a global; the module wants the global.
+  if (!globalThis.crypto?.subtle) globalThis.crypto = (await import("node:crypto")).webcrypto;
+  const dir = options.modelDir;
+  const found = await stat(dir).catch(() => null);
+  if (!found?.isDirectory()) throw new ModelFileError(`model_dir ${dir}: no such folder`);
+  const files = {
+    encoder: await readModelFile(dir, ENCODER_FILE, true),
+    decoder: await readModelFile(dir, DECODER_FILE, true),
+    greedy: await readModelFile(dir, GREEDY_FILE, false),
+  };
+  const sessionOptions = { intraOpNumThreads: 1, interOpNumThreads: 1 };
+  const model = await loadModel(ort, files, { folder: dir.replace(/\/+$/, ""), sessionOptions });
+  const { twoGraph, allowUntrainedLengths } = options;
+
+  let sources = [];
+  let expected = [];
+  let scored = 0;
+  let hits = 0;
+  const decodeBatch = async () => {
+    if (sources.length === 0) return;
+    const width = Math.max(...sources.map((r) => r.length));
+    const batch = sources.map((r) => [...r, ...new Array(width - r.length).fill(model.padToken)]);
+    const rows = await model.greedy(ort, batch, { twoGraph, allowUntrainedLengths });
+    const out = rows.map((row) => (model.isText ? model.decodeText(row) : row.join(" ")));
+    await write(out.map((line) => `${line}\n`).join(""));
+    out.forEach((line, i) => {
+      if (expected[i] === null) return;
+      scored++;
+      if (line === expected[i]) hits++;
+    });
+    sources = [];
+    expected = [];
+  };
+
+  let number = 0;
+  for await (const line of stdinLines()) {
+    number++;
+    const tab = line.indexOf("\t");
+    const [sourceText, target] = tab < 0 ? [line, ""] : [line.slice(0, tab), line.slice(tab + 1)];
+    let source;
+    let reference = null;
+    try {
+      source = model.isText ? model.encodeText(sourceText) : parseIds(sourceText, `line ${number}`);
+      if (source.length === 0) throw new InputError("source: empty sequence (source_len is 0)"); // as Python's decode
+      model.checkSource(source, { allowUntrainedLengths });
+      if (target.trim() !== "") {
+        reference = model.isText ? target : parseIds(target, `line ${number} (expected)`).join(" ");
+      }
+    } catch (error) {
+      await decodeBatch(); // every line before the bad one is printed, none after it
+      throw error instanceof InputError && !error.message.startsWith("line ") ? new InputError(`line ${number}: ${error.message}`) : error;
+    }
+    sources.push(source);
+    expected.push(reference);
+    if (sources.length === options.batchSize) await decodeBatch();
+  }
+  await decodeBatch();
+  if (scored) process.stderr.write(`exact match: ${hits}/${scored} = ${((100 * hits) / scored).toFixed(2)}%\n`);
+}
+
+process.stdout.on("error", (error) => {
+  if (error.code === "EPIPE") process.exit(0);
+  throw error;
+});
+
+main().catch((error) => {
+  const bad = error instanceof InputError || error instanceof ModelFileError || error instanceof UsageError || error instanceof TypeError;
+  process.stderr.write(`decode.mjs: ${bad ? "" : "error: "}${error.message.split("\n")[0]}\n`);
+  process.exitCode = bad ? 2 : 1;
+});

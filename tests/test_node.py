@@ -1,0 +1,345 @@
+"""The Node consumer (export/node/decode.mjs on export/js/lit_seq2seq.mjs, onnxruntime-node): tokens identical to
+OnnxSeq2Seq on every exported variant through both paths, and every bad input refused with one line and exit code 2.
+
+Needs node and export/node/node_modules: a missing one FAILS these tests (`.ci/run` installs both).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import EXPORT_VARIANTS, REPO, pad_rows, strip_all
+from test_runtime import DAMAGE, _damage, other_exports  # noqa: F401 - other_exports is a fixture used here
+
+from lit_seq2seq import contract
+from lit_seq2seq.contract import check_content_hash, stamp_content_hash
+
+NODE_DIR = REPO / "export" / "node"
+DECODE = NODE_DIR / "decode.mjs"
+MODULE = (REPO / "export" / "js" / "lit_seq2seq.mjs").as_uri()
+INSTALL = "run `npm ci --ignore-scripts --prefix export/node` (node >= 18 needed; .ci/run does both)"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def node_installed() -> None:
+    """Fail, never skip: a consumer nobody ran is a defect."""
+    if shutil.which("node") is None:
+        pytest.fail(f"node is not installed: install nodejs, then {INSTALL}")
+    if not (NODE_DIR / "node_modules" / "onnxruntime-node").is_dir():
+        pytest.fail(f"export/node/node_modules/onnxruntime-node is missing: {INSTALL}")
+
+
+def node_decode(model_dir: Path, stdin: str, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["node", str(DECODE), str(model_dir), *flags], input=stdin, capture_output=True, text=True, timeout=120
+    )
+
+
+# A script run as an ES module beside node_modules, with `ort`, the module as `lit`, and `load(dir)` -> its Seq2Seq.
+PRELUDE = f"""
+import ort from "onnxruntime-node";
+import {{ readFileSync, existsSync }} from "node:fs";
+import * as lit from "{MODULE}";
+const read = (path) => new Uint8Array(readFileSync(path));
+const load = (dir, options = {{}}) => lit.loadModel(ort, {{
+  encoder: read(`${{dir}}/encoder.onnx`), decoder: read(`${{dir}}/decoder_step.onnx`),
+  greedy: existsSync(`${{dir}}/greedy.onnx`) ? read(`${{dir}}/greedy.onnx`) : undefined }}, options);
+const message = async (call) => {{
+  try {{ await call(); return "no error"; }} catch (e) {{ return `${{e.name}}: ${{e.message}}`; }}
+}};
+"""
+
+
+def node_script(code: str, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        ["node", "--input-type=module", "-e", PRELUDE + code, *args],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def restamp(path: Path, change: dict[str, str | None], out: Path | None = None) -> None:
+    """Change metadata values (None removes the key) and store a valid content hash: a well-formed file whose only
+    difference is the change."""
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update(change)
+    props[contract.CONTENT_HASH_KEY] = contract.HASH_PLACEHOLDER
+    del model.metadata_props[:]
+    for key, value in props.items():
+        if value is not None:
+            model.metadata_props.add(key=key, value=value)
+    data = stamp_content_hash(model.SerializeToString())
+    check_content_hash(data, str(path))
+    (out or path).write_bytes(data)
+
+
+def sources(model, count: int, seed: int = 0) -> list[list[int]]:
+    """`count` random sources of every trained length, ids in range."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(model.min_source_length, model.source_length + 1, count)
+    vocab = getattr(model, "source_vocab_size", None) or model.vocab_size  # v2 runtimes split the vocabulary
+    return [rng.integers(model.min_token, vocab, n).tolist() for n in lengths]
+
+
+# ------------------------------------------------------------------------------------------ same tokens
+
+
+@pytest.mark.parametrize("path", [[], ["--two-graph"]], ids=["greedy.onnx", "two-graph"])
+@pytest.mark.parametrize("name", list(EXPORT_VARIANTS))
+def test_node_decode_gives_the_tokens_of_onnxseq2seq(name, path, exported, runtime_model):
+    model = runtime_model(name)
+    rows = sources(model, 300)
+    lines = [" ".join(map(str, row)) for row in rows]
+    lines[::7] = [line + " 0 0" for line in lines[::7]]  # right-padded lines: padding is not a token
+    result = node_decode(exported(name).model_dir, "".join(f"{line}\n" for line in lines), *path, "--batch-size", "64")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == strip_all(model, model.greedy(pad_rows(rows)))
+
+
+def test_node_module_greedy_on_padded_batches_single_rows_and_max_len(exported, runtime_model):
+    """The module API: a batch padded wider than source_length, one flat sequence, maxLen below and above the
+    default (greedy.onnx's max_len is not feedable from onnxruntime-node: fewer steps cut its answer, more run the
+    two graphs), both paths."""
+    model = runtime_model("copy_trained")  # 1 to 3 tokens, end token 1
+    rows = sources(model, 40, seed=3)
+    wide = pad_rows([*rows, [2] * 3, [2]])
+    wide = np.pad(wide, ((0, 0), (0, 4)))
+    code = """
+const m = await load(process.argv[1]);
+const src = JSON.parse(process.argv[2]);
+const out = {};
+for (const twoGraph of [false, true]) {
+  for (const maxLen of [undefined, 1, 2, 9]) {
+    out[`${twoGraph} ${maxLen}`] = await m.greedy(ort, src, { twoGraph, maxLen });
+  }
+  out[`single ${twoGraph}`] = await m.greedy(ort, src[0], { twoGraph });
+}
+console.log(JSON.stringify(out));
+"""
+    out = json.loads(node_script(code, str(exported("copy_trained").model_dir), json.dumps(wide.tolist())).stdout)
+    for two_graph in ("false", "true"):
+        for max_len in (None, 1, 2, 9):
+            expected = [model.strip(r) for r in model.greedy(wide, max_len)]
+            assert out[f"{two_graph} {'undefined' if max_len is None else max_len}"] == expected
+        assert out[f"single {two_graph}"] == model.strip(model.greedy(wide[0]))
+
+
+def test_node_decode_without_greedy_onnx_uses_the_two_graphs(exported, runtime_model, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(exported("gru_bi_attention").model_dir, old)
+    (old / contract.GREEDY_FILE).unlink()  # an export older than greedy.onnx
+    model = runtime_model("gru_bi_attention")
+    rows = sources(model, 50)
+    result = node_decode(old, "".join(" ".join(map(str, r)) + "\n" for r in rows))
+    assert result.returncode == 0 and result.stdout.splitlines() == strip_all(model, model.greedy(pad_rows(rows)))
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def assert_refused(result: subprocess.CompletedProcess, message: str) -> None:
+    """Exit code 2, one line on stderr holding `message`, no stack trace."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert "    at " not in result.stderr
+
+
+@pytest.mark.parametrize("how", list(DAMAGE))
+def test_node_decode_refuses_damaged_model_files(how, exported, other_exports, tmp_path):  # noqa: F811
+    model_dir = tmp_path / "model"
+    shutil.copytree(exported("gru").model_dir, model_dir)
+    _damage(how, model_dir, other_exports)
+    assert_refused(node_decode(model_dir, "2 3\n"), DAMAGE[how])
+
+
+@pytest.mark.parametrize(
+    "stdin, flags, message",
+    [
+        ("2 3\n9 2\n", [], "line 2: source position 0: token 9 is out of range; tokens must be in [2, 7]"),
+        ("2 3\n1 2\n", [], "line 2: source position 0: token 1 is out of range"),  # the end token is not a source
+        ("2 3\n-2 3\n", [], "line 2: source position 0: token -2 is out of range"),
+        ("2 3\n\n", [], "line 2: source: empty sequence (source_len is 0)"),
+        ("2 3\n0 3\n", [], "line 2: source: empty sequence (starts with padding)"),
+        ("2 3\n2 0 3\n", [], "line 2: source position 2: token after padding; pad only at the end"),
+        ("2 3\n2 x\n", [], 'line 2: "2 x" is not a list of space-separated integer token ids'),
+        ("2 3\n2 99999999999999999999\n", [], "line 2: token 99999999999999999999 is out of range"),
+        ("2 3\n2 3 4 5 6 7\n", [], "line 2: source: 6 tokens; this model was trained on sources of 1 to 5 tokens"),
+        ("2 3\n", ["--batch-size", "0"], "--batch-size must be an integer >= 1"),
+        ("2 3\n", ["--beam"], "unknown option --beam"),
+    ],
+    ids=["range", "end token", "negative", "empty", "leading pad", "gap", "not ids", "huge", "length", "flag", "opt"],
+)
+def test_node_decode_refuses_a_bad_line_after_printing_the_lines_before_it(
+    stdin, flags, message, exported, runtime_model
+):
+    result = node_decode(exported("gru").model_dir, stdin, *flags)
+    assert_refused(result, message)
+    if flags == []:
+        assert result.stdout.splitlines() == strip_all(runtime_model("gru"), runtime_model("gru").greedy([[2, 3]]))
+
+
+def test_node_decode_allow_untrained_lengths_decodes_them(exported, runtime_model):
+    model = runtime_model("gru")
+    result = node_decode(exported("gru").model_dir, "2 3 4 5 6 7\n", "--allow-untrained-lengths", "--two-graph")
+    assert result.returncode == 0, result.stderr
+    expected = model.greedy([[2, 3, 4, 5, 6, 7]], allow_untrained_lengths=True)
+    assert result.stdout.splitlines() == strip_all(model, expected)
+
+
+def test_node_decode_refuses_a_missing_folder_and_nonfinite_logits(exported, tmp_path):
+    assert_refused(node_decode(tmp_path / "nowhere", "2 3\n"), "no such folder")
+    model_dir = tmp_path / "nan"
+    shutil.copytree(exported("gru").model_dir, model_dir)
+    decoder = onnx.load(str(model_dir / contract.DECODER_FILE))
+    bias = next(t for t in decoder.graph.initializer if len(t.dims) == 1 and t.dims[0] == 8)  # logits bias, V = 8
+    values = onnx.numpy_helper.to_array(bias).copy()
+    values[3] = np.nan
+    bias.CopyFrom(onnx.numpy_helper.from_array(values, bias.name))
+    onnx.save(decoder, str(model_dir / contract.DECODER_FILE))
+    restamp(model_dir / contract.DECODER_FILE, {})
+    message = "decoder_step.onnx: non-finite logits (NaN) at step 0, row 0; the model is damaged"
+    assert_refused(node_decode(model_dir, "2 3\n", "--two-graph"), message)
+
+
+def test_node_module_refuses_empty_batches_before_onnxruntime(exported):
+    """onnxruntime's LSTM kernel aborts the process on a batch of 0 rows: the module refuses first, on both paths,
+    and the process lives on to say so."""
+    code = """
+const m = await load(process.argv[1]);
+const out = [];
+for (const twoGraph of [false, true]) {
+  for (const src of [[], [[]], [[0, 0]], [[2, 3], [2]], [[2, 3.5]], [["2"]]]) {
+    out.push(await message(() => m.greedy(ort, src, { twoGraph })));
+  }
+}
+out.push(await message(() => m.greedy(ort, [[2, 3]], { allowUntrainedLengths: "yes" })));
+out.push(await message(() => m.greedy(ort, [[2, 3]], { maxLen: 0 })));
+console.log(JSON.stringify(out));
+"""
+    out = json.loads(node_script(code, str(exported("lstm_attention").model_dir)).stdout)
+    expected = [
+        "InputError: source: empty batch",
+        "InputError: source: empty sequence (source_len is 0)",
+        "InputError: source row 0: empty sequence (starts with padding)",
+        "InputError: source: rows have different lengths; right-pad them with the pad token",
+        'InputError: source row 0, position 1: "3.5" is not an integer token id',
+        'InputError: source row 0, position 0: "2" is not an integer token id',
+    ]
+    assert out[:6] == expected and out[6:12] == expected
+    assert out[12] == 'TypeError: allowUntrainedLengths must be true or false, got "yes"'
+    assert out[13] == "InputError: maxLen must be an integer in [1, 4096], got 0"
+
+
+def test_node_module_integrity_rule_corner_cases(exported, tmp_path):
+    """Upper-case hex, two hash entries, no hash entry: refused with a clear message; every truncation of a file
+    is refused by the hash check and never hangs or crashes the protobuf reader."""
+    source = exported("lstm").model_dir / contract.ENCODER_FILE
+    data = source.read_bytes()
+    stored = next(p.value for p in onnx.load(str(source)).metadata_props if p.key == contract.CONTENT_HASH_KEY)
+    (tmp_path / "upper.onnx").write_bytes(data.replace(stored.encode(), stored.upper().encode()))
+    model = onnx.load(str(source))
+    model.metadata_props.add(key=contract.CONTENT_HASH_KEY, value=stored)
+    (tmp_path / "two.onnx").write_bytes(model.SerializeToString())
+    restamp(source, {}, tmp_path / "restamped.onnx")  # stays valid
+    (tmp_path / "none.onnx").write_bytes(data.replace(b"content_sha256", b"content_sha999"))
+    code = """
+const dir = process.argv[1];
+const out = {};
+for (const name of ["upper", "two", "none", "restamped"]) {
+  out[name] = await message(() => lit.checkContentHash(read(`${dir}/${name}.onnx`), name));
+}
+const bytes = read(process.argv[2]);
+const cuts = new Set();
+for (let n = 0; n < bytes.length; n += 97) cuts.add(n);
+for (let n = Math.max(0, bytes.length - 300); n < bytes.length; n++) cuts.add(n);
+const kinds = {};
+for (const n of cuts) {
+  const cut = bytes.subarray(0, n);
+  const hash = await message(() => lit.checkContentHash(cut, "cut"));
+  const meta = await message(() => lit.readMetadata(cut, "cut"));
+  const kind = `${hash.split(":")[0]} / ${meta.split(":")[0]}`;
+  kinds[kind] = (kinds[kind] ?? 0) + 1;
+}
+out.cuts = cuts.size;
+out.kinds = kinds;
+out.meta = lit.readMetadata(bytes).export_id;
+console.log(JSON.stringify(out));
+"""
+    out = json.loads(node_script(code, str(tmp_path), str(source)).stdout)
+    assert out["upper"] == (
+        "ModelFileError: upper: content hash mismatch, its content_sha256 is not 64 lower-case hex digits; "
+        "export it again"
+    )
+    assert out["two"] == "ModelFileError: two: 2 content_sha256 entries, exactly one expected (altered?)"
+    assert out["none"].startswith("ModelFileError: none: no content_sha256 metadata (truncated")
+    assert out["restamped"] == "no error"
+    # Every cut fails the hash check; the reader either reads what is there (a cut between fields) or says why not.
+    assert set(out["kinds"]) <= {"ModelFileError / no error", "ModelFileError / ModelFileError"}, out["kinds"]
+    assert sum(out["kinds"].values()) == out["cuts"] > 300
+    assert len(out["meta"]) == 32
+
+
+# ------------------------------------------------------------------------------------------ format_version 2
+
+
+TEXT_MODELS = {
+    # char tokens, lower-cased after NFC: "E" + combining acute is "é"; target tokens joined by spaces
+    "char": {
+        "source_tokens": ["<pad>", "</s>", "a", "é", "c", "d", "e", "f"],
+        "target_tokens": ["<pad>", "</s>", "x", "y", "z", "w", "v", "u"],
+        "source_tokenizer": "char",
+        "target_tokenizer": "space",
+        "source_lowercase": "1",
+        "lines": ["aéc", "E\u0301", "DaF", "ffe"],
+        "ids": [[2, 3, 4], [3], [5, 2, 7], [7, 7, 6]],
+        "unknown": ("ab", 'line 1: source: unknown token "b" (not in the model\'s vocabulary)'),
+    },
+    # space tokens split as Python's str.split() does (an ideographic space too); target characters joined by ""
+    "space": {
+        "source_tokens": ["<pad>", "</s>", "one", "two", "three", "four", "five", "six"],
+        "target_tokens": ["<pad>", "</s>", "p", "q", "r", "s", "t", "ü"],
+        "source_tokenizer": "space",
+        "target_tokenizer": "char",
+        "source_lowercase": "0",
+        "lines": ["one two", "  six\u3000five  ", "three"],
+        "ids": [[2, 3], [7, 6], [4]],
+        "unknown": ("one One", 'line 1: source: unknown token "One" (not in the model\'s vocabulary)'),
+    },
+}
+
+
+@pytest.mark.parametrize("kind", list(TEXT_MODELS))
+def test_node_decode_reads_format_version_2_text_models(kind, exported, runtime_model, tmp_path):
+    """A gru export (copy, ids 2..7, end token 1) re-stamped as format_version 2 with text keys: text in, text out,
+    the tokens of OnnxSeq2Seq on the same ids; vocab_size gone, source/target_vocab_size read instead."""
+    spec = TEXT_MODELS[kind]
+    model_dir = tmp_path / "v2"
+    shutil.copytree(exported("gru").model_dir, model_dir)
+    change = {"format_version": "2", "vocab_size": None, "source_vocab_size": "8", "target_vocab_size": "8"}
+    change |= {k: spec[k] if isinstance(spec[k], str) else json.dumps(spec[k]) for k in list(spec)[:5]}
+    change |= {"target_lowercase": "0", "normalization": "NFC", "unk_token": ""}
+    for name in (contract.ENCODER_FILE, contract.DECODER_FILE, contract.GREEDY_FILE):
+        restamp(model_dir / name, change)
+    model = runtime_model("gru")
+    joiner = "" if spec["target_tokenizer"] == "char" else " "
+    expected = [
+        joiner.join(spec["target_tokens"][t] for t in model.strip(r)) for r in model.greedy(pad_rows(spec["ids"]))
+    ]
+    for path in ([], ["--two-graph"]):
+        result = node_decode(model_dir, "".join(f"{line}\n" for line in spec["lines"]), *path)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == expected
+    line, message = spec["unknown"]
+    assert_refused(node_decode(model_dir, f"{line}\n"), message)
+    assert_refused(node_decode(model_dir, "\n"), "line 1: source: empty sequence (source_len is 0)")
