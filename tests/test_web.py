@@ -21,8 +21,7 @@ serve = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(serve)
 
 
-@pytest.fixture(scope="module")
-def browser_ready() -> None:
+def need_browser() -> None:
     """Chromium, onnxruntime-web and the shared module must be there: their absence fails the test (a skipped browser
     test would pass CI without ever running the page), naming the command that installs what is missing."""
     if problem := serve.missing_tools():
@@ -59,7 +58,8 @@ def bad_lines(model: Any) -> dict[str, str]:
     [("copy_trained", False), ("copy_trained", True), ("gru_bi_attention", False), ("lstm_2layer", True)],
     ids=["copy_trained-greedy.onnx", "copy_trained-loop", "gru_bi_attention-greedy.onnx", "lstm_2layer-loop"],
 )
-def test_page_decodes_as_the_runtime_and_refuses_bad_lines(name, steps, browser_ready, exported, runtime_model):
+def test_page_decodes_as_the_runtime_and_refuses_bad_lines(name, steps, exported, runtime_model):
+    need_browser()
     model = runtime_model(name)
     rows = good_rows(model, 24)
     bad = bad_lines(model)
@@ -84,7 +84,8 @@ def test_page_decodes_as_the_runtime_and_refuses_bad_lines(name, steps, browser_
                 model.check_source([ids])
 
 
-def test_page_decodes_untrained_lengths_when_ticked(browser_ready, exported, runtime_model):
+def test_page_decodes_untrained_lengths_when_ticked(exported, runtime_model):
+    need_browser()
     model = runtime_model("lstm")  # trained on exactly 4 tokens; refused by default (the test above)
     rows = [[2, 3, 4, 5, 6, 7], [3, 4]]
     report = serve.run_page(exported("lstm").model_dir, [" ".join(map(str, r)) for r in rows], untrained=True)
@@ -112,7 +113,8 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("how", list(DAMAGE))
-def test_page_shows_a_clear_error_for_a_bad_export(how, browser_ready, exported, tmp_path):
+def test_page_shows_a_clear_error_for_a_bad_export(how, exported, tmp_path):
+    need_browser()
     model_dir = tmp_path / "model"
     shutil.copytree(exported("copy_trained").model_dir, model_dir)
     damage, words = DAMAGE[how]
@@ -122,7 +124,8 @@ def test_page_shows_a_clear_error_for_a_bad_export(how, browser_ready, exported,
     assert report["results"] == []  # nothing decoded from a bad export
 
 
-def test_screenshot_is_written(browser_ready, exported, tmp_path):
+def test_screenshot_is_written(exported, tmp_path):
+    need_browser()
     png = tmp_path / "page.png"
     started = time.monotonic()
     report = serve.screenshot(exported("copy_trained").model_dir, ["2 3 4", "5 4"], png)

@@ -137,7 +137,8 @@ function parseLine(line, options) {
   try {
     model.checkSource(ids, options);
   } catch (err) {
-    if (/untrained/i.test(err.message)) err.message += "; on this page: tick “allow untrained lengths”";
+    // The shared module names its API's option; on the page the option is the checkbox.
+    err.message = err.message.replace(/\(pass allowUntrainedLengths[^)]*\)/, "(tick “allow untrained lengths” to decode anyway)");
     throw err;
   }
   return ids;

@@ -125,12 +125,17 @@ def missing_tools() -> str | None:
     if not (EXPORT_DIR / "js" / "lit_seq2seq.mjs").exists():
         return "export/js/lit_seq2seq.mjs is missing (the module the page decodes with)"
     if chromium() is None:
-        return f"no chromium on PATH: run `{INSTALL_CHROMIUM}` (or set CHROMIUM to a Chrome/Chromium binary)"
+        named = os.environ.get("CHROMIUM")
+        where = f"CHROMIUM={named} is not an executable" if named else "no chromium on PATH"
+        return f"{where}: run `{INSTALL_CHROMIUM}` (or set CHROMIUM to a Chrome/Chromium binary)"
     return None
 
 
 def chromium() -> str | None:
-    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    """The browser binary: $CHROMIUM when set (None if it is not an executable), else chromium on PATH."""
+    if named := os.environ.get("CHROMIUM"):
+        return shutil.which(named)
+    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _browser(url: str, profile: Path, *extra: str) -> subprocess.Popen[bytes]:
