@@ -77,6 +77,7 @@ async function readPicked(fileList) {
 /** Files of a drop: plain files, or the entries of a dropped folder (one level is all an export has). */
 async function droppedFiles(dataTransfer) {
   const out = [];
+  const plain = [...dataTransfer.files]; // read now: a drop's data is gone once the event returns
   const entries = [...dataTransfer.items].map((item) => item.webkitGetAsEntry?.()).filter(Boolean);
   for (const entry of entries) {
     if (entry.isFile) out.push(await new Promise((ok, fail) => entry.file(ok, fail)));
@@ -87,7 +88,7 @@ async function droppedFiles(dataTransfer) {
       }
     }
   }
-  return out.length ? out : [...dataTransfer.files];
+  return out.length ? out : plain;
 }
 
 // ----------------------------------------------------------------------------------------- model and decoding
@@ -210,6 +211,29 @@ async function guarded(work) {
   }
 }
 
+// URL parameters, for a served export and for automation (tests, the screenshot):
+//   model=URL of an export folder, input=the text box's lines, path=steps (two-graph loop), untrained=1,
+//   auto=1 (decode as soon as a model is open, served or picked), report=URL (POST the outcome there as JSON).
+// body[data-state]: "ready" while the page waits for a model, "done" once an automatic run is over.
+
+/** Open a model from `getFiles`; with auto=1 then decode the text box and report the outcome (or the error). */
+async function openThenMaybeDecode(getFiles) {
+  const loaded = await guarded(async () => {
+    const { files, names, where } = await getFiles();
+    await open(files, where, names);
+  });
+  if (params.get("auto") !== "1") return;
+  const outcome = loaded?.error
+    ? { error: loaded.error, results: [] }
+    : await guarded(async () => {
+        const decoded = await decodeAll();
+        render(decoded);
+        return { error: null, ...decoded };
+      });
+  document.body.dataset.state = "done";
+  if (params.has("report")) await fetch(params.get("report"), { method: "POST", body: JSON.stringify(outcome) });
+}
+
 $("decode").addEventListener("click", () =>
   guarded(async () => {
     showError("");
@@ -217,9 +241,10 @@ $("decode").addEventListener("click", () =>
   }),
 );
 for (const id of ["pick-dir", "pick-files"]) {
-  $(id).addEventListener("change", (event) =>
-    guarded(async () => open(await readPicked(event.target.files), `${event.target.files.length} picked files`)),
-  );
+  $(id).addEventListener("change", (event) => {
+    const picked = [...event.target.files];
+    openThenMaybeDecode(async () => ({ files: await readPicked(picked), where: `${picked.length} picked files` }));
+  });
 }
 const drop = $("drop");
 drop.addEventListener("dragover", (event) => {
@@ -230,33 +255,12 @@ drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (event) => {
   event.preventDefault();
   drop.classList.remove("over");
-  guarded(async () => open(await readPicked(await droppedFiles(event.dataTransfer)), "dropped files"));
+  const dropped = droppedFiles(event.dataTransfer); // the items must be read during the event
+  openThenMaybeDecode(async () => ({ files: await readPicked(await dropped), where: "dropped files" }));
 });
 
-// URL parameters, for a served export and for automation (tests, the screenshot):
-//   model=URL of an export folder, input=the text box's lines, path=steps (two-graph loop), untrained=1,
-//   auto=1 (decode once loaded), report=URL (POST the outcome there as JSON).
-async function fromParams() {
-  if (params.has("input")) $("input").value = params.get("input");
-  if (params.get("path") === "steps") $("path").value = "steps";
-  if (params.get("untrained") === "1") $("untrained").checked = true;
-  if (!params.has("model")) return null;
-  const loaded = await guarded(async () => {
-    const { files, names, where } = await fetchFolder(params.get("model"));
-    await open(files, where, names);
-  });
-  if (loaded?.error) return { error: loaded.error, results: [] };
-  if (params.get("auto") !== "1") return null;
-  return guarded(async () => {
-    const outcome = await decodeAll();
-    render(outcome);
-    return { error: null, ...outcome };
-  });
-}
-
-fromParams().then(async (outcome) => {
-  document.body.dataset.state = "done"; // for a screenshot or a DOM dump: loading and decoding are over
-  if (outcome && params.has("report")) {
-    await fetch(params.get("report"), { method: "POST", body: JSON.stringify(outcome) });
-  }
-});
+if (params.has("input")) $("input").value = params.get("input");
+if (params.get("path") === "steps") $("path").value = "steps";
+if (params.get("untrained") === "1") $("untrained").checked = true;
+if (params.has("model")) openThenMaybeDecode(() => fetchFolder(params.get("model")));
+else document.body.dataset.state = "ready";

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,17 +104,16 @@ def serving(model_dir: Path, port: int = 0) -> Iterator[tuple[str, type[_Handler
 
 
 def page_url(
-    base: str, lines: Sequence[str], *, steps: bool = False, untrained: bool = False, report: bool = True
+    base: str, lines: Sequence[str], *, steps: bool = False, untrained: bool = False, served: bool = True
 ) -> str:
-    """The page decoding `lines` as soon as the served model loads (optionally by the two-graph loop, optionally
-    allowing untrained source lengths)."""
-    query = {"model": "/model/", "input": "\n".join(lines), "auto": "1"}
+    """The page decoding `lines` as soon as a model is open and reporting to /report: the served model, or (not
+    `served`) the files a user picks; optionally by the two-graph loop and allowing untrained source lengths."""
+    query = {"model": "/model/"} if served else {}
+    query |= {"input": "\n".join(lines), "auto": "1", "report": "/report"}
     if steps:
         query["path"] = "steps"
     if untrained:
         query["untrained"] = "1"
-    if report:
-        query["report"] = "/report"
     return f"{base}/web/index.html?{urllib.parse.urlencode(query, quote_via=urllib.parse.quote)}"
 
 
@@ -138,17 +137,6 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def _browser(url: str, profile: Path, *extra: str) -> subprocess.Popen[bytes]:
-    """Headless Chromium on `url` in a fresh profile, in its own process group (so its helpers die with it)."""
-    flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check"]
-    flags += ["--disable-extensions", "--disable-background-networking", "--disable-component-update"]
-    log = (profile / "chromium.log").open("wb")
-    return subprocess.Popen(
-        [str(chromium()), *flags, f"--user-data-dir={profile}", *extra, url],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-
-
 def _kill(browser: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(browser.pid, signal.SIGKILL)
@@ -160,32 +148,7 @@ def _log_tail(profile: Path) -> str:
     return log.read_text(errors="replace")[-2000:] if log.exists() else ""
 
 
-def _wait_for_report(browser: subprocess.Popen[bytes], handler: type[_Handler], profile: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not handler.reported.wait(0.1):
-        if browser.poll() is not None or time.monotonic() > deadline:
-            why = "exited" if browser.poll() is not None else f"sent nothing within {timeout:.0f} s"
-            raise RuntimeError(f"the page in headless Chromium {why}; its log:\n{_log_tail(profile)}")
-
-
-def run_page(
-    model_dir: Path, lines: Sequence[str], *, steps: bool = False, untrained: bool = False, timeout: float = 60
-) -> dict[str, Any]:
-    """Serve `model_dir`, let headless Chromium's page decode `lines`, return the JSON the page POSTs: {error,
-    path, ms, results: [{line, input, tokens, text, error}]}. Raises RuntimeError naming what is missing or
-    what Chromium said when the page never reports."""
-    if problem := missing_tools():
-        raise RuntimeError(problem)
-    with tempfile.TemporaryDirectory(prefix="lit-seq2seq-chromium-") as tmp, serving(model_dir) as (base, handler):
-        browser = _browser(page_url(base, lines, steps=steps, untrained=untrained), Path(tmp))
-        try:
-            _wait_for_report(browser, handler, Path(tmp), timeout)
-        finally:
-            _kill(browser)
-        return handler.reports[0]
-
-
-def _cdp(browser: subprocess.Popen[bytes], commands: int, results: int) -> Any:
+def _cdp(commands: int, results: int) -> Callable[..., dict[str, Any]]:
     """A caller of the Chrome DevTools protocol over --remote-debugging-pipe: call(method, session, **params)."""
     counter = iter(range(1, 1 << 30))
     buffer = b""
@@ -211,42 +174,125 @@ def _cdp(browser: subprocess.Popen[bytes], commands: int, results: int) -> Any:
     return call
 
 
-def screenshot(model_dir: Path, lines: Sequence[str], png: Path, *, size: str = "900,600", timeout: float = 60) -> dict:
-    """A PNG of the page once it has decoded `lines` (taken through the DevTools protocol right after the page
-    reported, so the times it shows are real ones); returns the page's report."""
-    if problem := missing_tools():
-        raise RuntimeError(problem)
-    commands_read, commands = os.pipe()
-    results, results_write = os.pipe()
-    with tempfile.TemporaryDirectory(prefix="lit-seq2seq-chromium-") as tmp, serving(model_dir) as (base, handler):
+class _Page:
+    """Headless Chromium (fresh profile, own process group) showing one page, driven over the DevTools pipe."""
+
+    def __init__(self, url: str, profile: Path, size: str) -> None:
+        commands_read, self._commands = os.pipe()
+        self._results, results_write = os.pipe()
         # Chromium reads DevTools commands from fd 3 and answers on fd 4; bash maps our pipe ends there (dash
         # takes single-digit fds only).
         wrapper = ["bash", "-c", f'exec "$0" "$@" 3<&{commands_read} 4>&{results_write}']
-        profile = Path(tmp)
-        log = (profile / "chromium.log").open("wb")
         flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check"]
-        flags += ["--disable-extensions", "--hide-scrollbars", f"--window-size={size}", "--remote-debugging-pipe"]
-        browser = subprocess.Popen(
-            [*wrapper, str(chromium()), *flags, f"--user-data-dir={profile}", page_url(base, lines)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            pass_fds=(commands_read, results_write),
-        )  # fmt: skip
+        flags += ["--disable-extensions", "--disable-background-networking", "--disable-component-update"]
+        flags += ["--hide-scrollbars", f"--window-size={size}", "--remote-debugging-pipe", f"--user-data-dir={profile}"]
+        self.profile = profile
+        with (profile / "chromium.log").open("wb") as log:
+            self.browser = subprocess.Popen(
+                [*wrapper, str(chromium()), *flags, url],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                pass_fds=(commands_read, results_write),
+            )  # fmt: skip
         os.close(commands_read)
         os.close(results_write)
-        try:
-            _wait_for_report(browser, handler, profile, timeout)
-            call = _cdp(browser, commands, results)
-            page = next(t for t in call("Target.getTargets")["targetInfos"] if t["type"] == "page")
-            session = call("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
-            size = call("Page.getLayoutMetrics", session)["cssContentSize"]  # the whole page, not the window
-            clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
-            shot = call("Page.captureScreenshot", session, format="png", clip=clip, captureBeyondViewport=True)
-            Path(png).write_bytes(base64.b64decode(shot["data"]))
-        finally:
-            _kill(browser)
-            os.close(commands)
-            os.close(results)
+        self.call = _cdp(self._commands, self._results)
+        self._session: str | None = None
+
+    def close(self) -> None:
+        _kill(self.browser)
+        os.close(self._commands)
+        os.close(self._results)
+
+    def session(self) -> str:
+        """The DevTools session of the page's tab (attached on first use)."""
+        if self._session is None:
+            page = next(t for t in self.call("Target.getTargets")["targetInfos"] if t["type"] == "page")
+            self._session = self.call("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
+        return self._session
+
+    def evaluate(self, expression: str) -> dict[str, Any]:
+        return self.call("Runtime.evaluate", self.session(), expression=expression, returnByValue=True)["result"]
+
+    def pick(self, files: Sequence[Path], deadline: float) -> None:
+        """Give `files` to the page's file picker, as a user choosing them (once the page waits for a model)."""
+        while self.evaluate("document.body.dataset.state").get("value") != "ready":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the page never got ready for a model; its log:\n{_log_tail(self.profile)}")
+            time.sleep(0.05)
+        picker = self.call("Runtime.evaluate", self.session(), expression="document.getElementById('pick-files')")
+        paths = [str(Path(f).resolve()) for f in files]
+        self.call("DOM.setFileInputFiles", self.session(), files=paths, objectId=picker["result"]["objectId"])
+
+    def wait_for(self, handler: type[_Handler], deadline: float) -> dict[str, Any]:
+        while not handler.reported.wait(0.1):
+            if self.browser.poll() is not None or time.monotonic() > deadline:
+                why = "exited" if self.browser.poll() is not None else "sent nothing in time"
+                raise RuntimeError(f"the page in headless Chromium {why}; its log:\n{_log_tail(self.profile)}")
         return handler.reports[0]
+
+    def screenshot(self, png: Path) -> None:
+        """The whole page (not only the window) as a PNG."""
+        size = self.call("Page.getLayoutMetrics", self.session())["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        shot = self.call("Page.captureScreenshot", self.session(), format="png", clip=clip, captureBeyondViewport=True)
+        Path(png).write_bytes(base64.b64decode(shot["data"]))
+
+
+class Headless:
+    """One local server and one headless Chromium tab for any number of page runs (Chromium starts once, which is
+    most of a run's time): `with Headless() as browser: browser.run(model_dir, lines)`."""
+
+    def __init__(self, size: str = "900,600") -> None:
+        self.size = size
+
+    def __enter__(self) -> Headless:
+        if problem := missing_tools():
+            raise RuntimeError(problem)
+        with contextlib.ExitStack() as stack:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lit-seq2seq-chromium-")))
+            self.base, self.handler = stack.enter_context(serving(tmp))  # each run sets the model folder
+            self.page = _Page("about:blank", tmp, self.size)
+            stack.callback(self.page.close)
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def run(
+        self,
+        model_dir: Path,
+        lines: Sequence[str],
+        *,
+        steps: bool = False,
+        untrained: bool = False,
+        pick: Sequence[Path] | None = None,
+        screenshot: Path | None = None,
+        timeout: float = 60,
+    ) -> dict[str, Any]:
+        """Serve `model_dir`, let the page decode `lines`, return the JSON the page POSTs: {error, path, ms,
+        results: [{line, input, tokens, text, error}]}. With `pick`, the page gets those files through its file
+        picker instead of the served folder. With `screenshot`, a PNG of the page once it reported (through the
+        DevTools protocol, so the times it shows are real ones). RuntimeError with Chromium's log when the page never
+        reports."""
+        self.handler.model_dir = Path(model_dir).resolve()
+        self.handler.reports.clear()
+        self.handler.reported.clear()
+        deadline = time.monotonic() + timeout
+        url = page_url(self.base, lines, steps=steps, untrained=untrained, served=pick is None)
+        self.page.call("Page.navigate", self.page.session(), url=url)
+        if pick is not None:
+            self.page.pick(pick, deadline)
+        report = self.page.wait_for(self.handler, deadline)
+        if screenshot is not None:
+            self.page.screenshot(screenshot)
+        return report
+
+
+def run_page(model_dir: Path, lines: Sequence[str], **options: Any) -> dict[str, Any]:
+    """Headless().run(...) in a browser of its own (see Headless.run); RuntimeError naming what is missing."""
+    with Headless() as browser:
+        return browser.run(model_dir, lines, **options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -265,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(run_page(args.model_dir, args.lines, steps=args.steps), indent=1))
             return 0
         if args.screenshot:
-            report = screenshot(args.model_dir, args.lines, args.screenshot)
+            report = run_page(args.model_dir, args.lines, screenshot=args.screenshot)
             print(f"wrote {args.screenshot}" + (f" (the page: {report['error']})" if report.get("error") else ""))
             return 0
     except RuntimeError as err:
