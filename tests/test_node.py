@@ -343,3 +343,8 @@ def test_node_decode_reads_format_version_2_text_models(kind, exported, runtime_
     line, message = spec["unknown"]
     assert_refused(node_decode(model_dir, f"{line}\n"), message)
     assert_refused(node_decode(model_dir, "\n"), "line 1: source: empty sequence (source_len is 0)")
+    for name in (contract.ENCODER_FILE, contract.DECODER_FILE, contract.GREEDY_FILE):
+        restamp(model_dir / name, {"source_tokenizer": "bpe"})
+    assert_refused(
+        node_decode(model_dir, "x\n"), 'metadata source_tokenizer "bpe"; this reader knows "char" and "space"'
+    )

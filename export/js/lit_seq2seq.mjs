@@ -107,17 +107,18 @@ export function readMetadata(bytes, name = "model") {
     if (field === 0) throw new ModelFileError(`${name}: not an ONNX model (protobuf field number 0)`);
     pos = skipField(bytes, at, wire, name);
     if (field !== METADATA_PROPS || wire !== 2) continue;
-    // The entry lies in [start, pos): read its key and value, skip anything else in it.
+    // The entry's bytes end at pos: read its key (field 1) and value (field 2), skip anything else in it.
     let [, p] = readVarint(bytes, at, name);
     let key = "";
     let value = "";
     while (p < pos) {
       const [entryTag, q] = readVarint(bytes, p, name);
       const next = skipField(bytes.subarray(0, pos), q, entryTag & 7, name);
-      if ((entryTag & 7) === 2 && (entryTag >> 3 === 1 || entryTag >> 3 === 2)) {
+      const entryField = Math.floor(entryTag / 8); // not >> 3: a tag may exceed 32 bits
+      if ((entryTag & 7) === 2 && (entryField === 1 || entryField === 2)) {
         const [length, s] = readVarint(bytes, q, name);
         const text = readString(bytes, s, s + length, name);
-        if (entryTag >> 3 === 1) key = text;
+        if (entryField === 1) key = text;
         else value = text;
       }
       p = next;
@@ -135,7 +136,7 @@ const HASH_MARKER = new Uint8Array([...new TextEncoder().encode(HASH_KEY), 0x12,
 
 function findAll(bytes, pattern) {
   const hits = [];
-  for (let i = bytes.indexOf(pattern[0]); i >= 0 && i <= bytes.length - pattern.length; ) {
+  for (let i = bytes.indexOf(pattern[0]); i >= 0 && i <= bytes.length - pattern.length;) {
     let j = 1;
     while (j < pattern.length && bytes[i + j] === pattern[j]) j++;
     if (j === pattern.length) hits.push(i);
@@ -146,7 +147,12 @@ function findAll(bytes, pattern) {
 
 async function sha256Hex(bytes) {
   const subtle = globalThis.crypto?.subtle;
-  if (!subtle) throw new Error("SHA-256 needs crypto.subtle (Node >= 18, or a browser page served over https or localhost)");
+  if (!subtle) {
+    // Node 18 has it only as node:crypto's webcrypto (decode.mjs installs it); browsers only in secure contexts.
+    throw new Error(
+      "SHA-256 needs globalThis.crypto.subtle: Node >= 19, or a page served over https or from localhost",
+    );
+  }
   const digest = new Uint8Array(await subtle.digest("SHA-256", bytes));
   return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
 }
@@ -168,7 +174,9 @@ export async function checkContentHash(bytes, name = "model") {
   const stored = String.fromCharCode(...bytes.subarray(start, start + 64));
   if (!/^[0-9a-f]{64}$/.test(stored)) {
     // The export writes lower-case hex; anything else is not the value the export wrote.
-    throw new ModelFileError(`${name}: content hash mismatch, its ${HASH_KEY} is not 64 lower-case hex digits; export it again`);
+    throw new ModelFileError(
+      `${name}: content hash mismatch, its ${HASH_KEY} is not 64 lower-case hex digits; export it again`,
+    );
   }
   // The placeholder goes back exactly where the value stands, not wherever those 64 bytes occur first.
   const copy = bytes.slice();
@@ -181,7 +189,7 @@ export async function checkContentHash(bytes, name = "model") {
 
 // ---- text (format_version 2) --------------------------------------------------------------------------------------
 
-// Python's str.split() whitespace (str.isspace), which JavaScript's \s does not match exactly (\x1c-\x1f, \x85, \ufeff).
+// Python's str.split() whitespace (str.isspace); JavaScript's \s differs (\x1c-\x1f, \x85 missing, \ufeff extra).
 const PY_SPACE = /[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+/u;
 
 function splitText(text, tokenizer) {
@@ -190,16 +198,16 @@ function splitText(text, tokenizer) {
   return parts.filter((t) => t !== "");
 }
 
-function parseVocab(json, key) {
+function parseVocab(json, what) {
   if (!json) return null;
   let tokens;
   try {
     tokens = JSON.parse(json);
   } catch {
-    throw new ModelFileError(`metadata ${key}: not a JSON array`);
+    tokens = null;
   }
   if (!Array.isArray(tokens) || !tokens.every((t) => typeof t === "string")) {
-    throw new ModelFileError(`metadata ${key}: not a JSON array of strings`);
+    throw new ModelFileError(`${what}: not a JSON array of strings`);
   }
   return tokens;
 }
@@ -240,13 +248,20 @@ export async function loadModel(ort, files, { folder = "", sessionOptions = {}, 
     const version = metas[part].format_version;
     if (!FORMAT_VERSIONS.includes(version)) {
       const known = FORMAT_VERSIONS.map((v) => `'${v}'`).join(" and ");
-      throw new ModelFileError(`${label[part]}: contract format_version ${version === undefined ? "(none)" : `'${version}'`}; this reader knows ${known}`);
+      throw new ModelFileError(
+        `${label[part]}: contract format_version ${version === undefined ? "(none)" : `'${version}'`}; this reader knows ${known}`,
+      );
     }
   }
   // Every file of one export carries its export_id (and so its format_version): anything else is a mixed folder.
   for (const part of parts.slice(1)) {
-    if (metas[part].export_id !== metas.encoder.export_id || metas[part].format_version !== metas.encoder.format_version) {
-      throw new ModelFileError(`${folder ? `${folder}: ` : ""}${ENCODER_FILE} and ${file[part]} come from different exports`);
+    if (
+      metas[part].export_id !== metas.encoder.export_id ||
+      metas[part].format_version !== metas.encoder.format_version
+    ) {
+      throw new ModelFileError(
+        `${folder ? `${folder}: ` : ""}${ENCODER_FILE} and ${file[part]} come from different exports`,
+      );
     }
   }
   const sessions = {};
@@ -296,12 +311,36 @@ export class Seq2Seq {
         );
       }
     }
-    if (sessions.greedy && (!sessions.greedy.inputNames.includes("source") || !sessions.greedy.outputNames.includes("tokens"))) {
+    if (
+      sessions.greedy &&
+      (!sessions.greedy.inputNames.includes("source") || !sessions.greedy.outputNames.includes("tokens"))
+    ) {
       throw new ModelFileError(`${label.greedy}: no source input or tokens output`);
     }
-    // Text (v2): "" means an id-only model.
-    this.sourceTokens = parseVocab(m.source_tokens, "source_tokens");
-    this.targetTokens = parseVocab(m.target_tokens, "target_tokens");
+    // Text (v2): "" means an id-only model. Checked here so that a bad vocabulary fails at load, not mid-decode.
+    this.sourceTokens = parseVocab(m.source_tokens, `${name}: metadata source_tokens`);
+    this.targetTokens = parseVocab(m.target_tokens, `${name}: metadata target_tokens`);
+    for (const [side, tokens, size] of [
+      ["source", this.sourceTokens, this.sourceVocabSize],
+      ["target", this.targetTokens, this.targetVocabSize],
+    ]) {
+      if (tokens && tokens.length !== size) {
+        throw new ModelFileError(
+          `${name}: metadata ${side}_tokens holds ${tokens.length} tokens, ${side} vocabulary size is ${size}`,
+        );
+      }
+      const tokenizer = m[`${side}_tokenizer`] ?? "";
+      if (!["", "char", "space"].includes(tokenizer)) {
+        throw new ModelFileError(
+          `${name}: metadata ${side}_tokenizer ${JSON.stringify(tokenizer)}; this reader knows "char" and "space"`,
+        );
+      }
+    }
+    if (!["", "NFC", undefined].includes(m.normalization)) {
+      throw new ModelFileError(
+        `${name}: metadata normalization ${JSON.stringify(m.normalization)}; this reader knows "NFC"`,
+      );
+    }
     this.sourceIds = this.sourceTokens && new Map(this.sourceTokens.map((t, i) => [t, i]));
     this.unkToken = m.unk_token ? intMeta(m, "unk_token", name) : null;
   }
@@ -319,15 +358,18 @@ export class Seq2Seq {
     if (typeof allowUntrainedLengths !== "boolean") {
       throw new TypeError(`allowUntrainedLengths must be true or false, got ${JSON.stringify(allowUntrainedLengths)}`);
     }
-    if (!Array.isArray(source) && !ArrayBuffer.isView(source)) throw new TypeError("source must be an array of token ids or of rows of them");
+    if (!Array.isArray(source) && !ArrayBuffer.isView(source))
+      throw new TypeError("source must be an array of token ids or of rows of them");
     if (source.length === 0) throw new InputError("source: empty batch");
     // One sequence (a flat array of ids) is a batch of one row, named without a row number, as in Python.
     const single = !Array.isArray(source[0]) && !ArrayBuffer.isView(source[0]);
     const rows = single ? [source] : source;
     const width = rows[0].length;
     for (const row of rows) {
-      if (!Array.isArray(row) && !ArrayBuffer.isView(row)) throw new TypeError("source must be an array of token ids or of rows of them");
-      if (row.length !== width) throw new InputError("source: rows have different lengths; right-pad them with the pad token");
+      if (!Array.isArray(row) && !ArrayBuffer.isView(row))
+        throw new TypeError("source must be an array of token ids or of rows of them");
+      if (row.length !== width)
+        throw new InputError("source: rows have different lengths; right-pad them with the pad token");
     }
     if (width === 0) throw new InputError("source: empty sequence (source_len is 0)");
     const { padToken: pad, minToken: lo, sourceVocabSize: vocab } = this;
@@ -448,6 +490,11 @@ export class Seq2Seq {
       }
       const logits = out.logits;
       const width = logits.dims[1];
+      if (width !== this.targetVocabSize) {
+        throw new ModelFileError(
+          `${this.label.decoder}: logits of width ${width}, its metadata says ${this.targetVocabSize} target ids`,
+        );
+      }
       const data = logits.data;
       for (let r = 0; r < batch; r++) {
         let best = 0;
@@ -455,7 +502,9 @@ export class Seq2Seq {
         for (let v = 0; v < width; v++) {
           const x = data[r * width + v];
           if (!Number.isFinite(x)) {
-            throw new ModelFileError(`${this.label.decoder}: non-finite logits (${x}) at step ${step}, row ${r}; the model is damaged`);
+            throw new ModelFileError(
+              `${this.label.decoder}: non-finite logits (${x}) at step ${step}, row ${r}; the model is damaged`,
+            );
           }
           if (x > top) {
             top = x;
@@ -474,6 +523,7 @@ export class Seq2Seq {
 
   // ---- text in, text out (format_version 2 text models) ----
 
+  // toLowerCase, like Python's str.lower, applies Unicode's full default lower-casing (final sigma, dotted I).
   _norm(text, lowercase) {
     let t = this.meta.normalization === "NFC" ? text.normalize("NFC") : text;
     if (lowercase) t = t.toLowerCase();
@@ -494,7 +544,9 @@ export class Seq2Seq {
         const id = this.sourceIds.get(tok);
         if (id !== undefined && id >= this.minToken) return id; // reserved ids (<pad>, </s>) are not typed in
         if (this.unkToken !== null) return this.unkToken;
-        throw new InputError(`source${single ? "" : ` row ${i}`}: unknown token ${JSON.stringify(tok)} (not in the model's vocabulary)`);
+        throw new InputError(
+          `source${single ? "" : ` row ${i}`}: unknown token ${JSON.stringify(tok)} (not in the model's vocabulary)`,
+        );
       });
     });
     if (single) return rows[0];

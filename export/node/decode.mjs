@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// decode.mjs: greedy-decode stdin lines with a lit-seq2seq export on onnxruntime-node (the Node consumer of the contract).
+// decode.mjs: greedy-decode stdin lines with a lit-seq2seq export on onnxruntime-node (the contract's Node consumer).
 //
 //   node export/node/decode.mjs MODEL_DIR [--two-graph] [--allow-untrained-lengths] [--batch-size N] < lines
 //
@@ -22,7 +22,8 @@ function parseArgs(argv) {
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === "--two-graph") options.twoGraph = true;
-    else if (arg === "--allow-untrained-lengths" || arg === "--allow_untrained_lengths") options.allowUntrainedLengths = true;
+    else if (arg === "--allow-untrained-lengths" || arg === "--allow_untrained_lengths")
+      options.allowUntrainedLengths = true;
     else if (arg === "--batch-size" || arg === "--batch_size") {
       const value = argv[++i];
       if (!/^\d+$/.test(value ?? "") || Number(value) < 1) {
@@ -47,7 +48,9 @@ async function readModelFile(dir, name, required) {
   } catch (error) {
     if (error.code === "ENOENT" && !required) return undefined; // exports older than greedy.onnx
     if (error.code === "ENOENT") {
-      throw new ModelFileError(`${path}: missing; a model folder holds ${ENCODER_FILE} and ${DECODER_FILE} written by \`lit-seq2seq export\``);
+      throw new ModelFileError(
+        `${path}: missing; a model folder holds ${ENCODER_FILE} and ${DECODER_FILE} written by \`lit-seq2seq export\``,
+      );
     }
     throw new ModelFileError(`${path}: cannot read it (${error.code ?? error.message})`);
   }
@@ -154,7 +157,9 @@ async function main() {
       }
     } catch (error) {
       await decodeBatch(); // every line before the bad one is printed, none after it
-      throw error instanceof InputError && !error.message.startsWith("line ") ? new InputError(`line ${number}: ${error.message}`) : error;
+      throw error instanceof InputError && !error.message.startsWith("line ")
+        ? new InputError(`line ${number}: ${error.message}`)
+        : error;
     }
     sources.push(source);
     expected.push(reference);
@@ -170,7 +175,11 @@ process.stdout.on("error", (error) => {
 });
 
 main().catch((error) => {
-  const bad = error instanceof InputError || error instanceof ModelFileError || error instanceof UsageError || error instanceof TypeError;
+  const bad =
+    error instanceof InputError ||
+    error instanceof ModelFileError ||
+    error instanceof UsageError ||
+    error instanceof TypeError;
   process.stderr.write(`decode.mjs: ${bad ? "" : "error: "}${error.message.split("\n")[0]}\n`);
   process.exitCode = bad ? 2 : 1;
 });
