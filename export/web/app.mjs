@@ -8,13 +8,15 @@ const params = new URLSearchParams(location.search);
 async function fatal(message) {
   $("error").textContent = `Error: ${message}`;
   document.body.dataset.state = "done";
-  if (params.has("report")) await fetch(params.get("report"), { method: "POST", body: JSON.stringify({ error: message, results: [] }) });
+  if (params.has("report")) {
+    await fetch(params.get("report"), { method: "POST", body: JSON.stringify({ error: message, results: [] }) });
+  }
   throw new Error(message);
 }
 
 // Imported here rather than statically so that a missing install is a message on the page, not a blank one.
 const ort = await import("./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs").catch((err) =>
-  fatal(`onnxruntime-web is not installed next to this page: run \`npm ci --ignore-scripts\` in export/web (${err.message})`),
+  fatal(`onnxruntime-web is not installed next to this page: run \`npm ci --ignore-scripts\` in export/web (${err})`),
 );
 const lit = await import("../js/lit_seq2seq.mjs").catch((err) =>
   fatal(`../js/lit_seq2seq.mjs did not load: serve the whole export/ folder, not export/web alone (${err.message})`),
@@ -139,7 +141,8 @@ function parseLine(line, options) {
     model.checkSource(ids, options);
   } catch (err) {
     // The shared module names its API's option; on the page the option is the checkbox.
-    err.message = err.message.replace(/\(pass allowUntrainedLengths[^)]*\)/, "(tick “allow untrained lengths” to decode anyway)");
+    const checkbox = "(tick “allow untrained lengths” to decode anyway)";
+    err.message = err.message.replace(/\(pass allowUntrainedLengths[^)]*\)/, checkbox);
     throw err;
   }
   return ids;
