@@ -6,6 +6,10 @@ import hashlib
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder_step.onnx"
 GREEDY_FILE = "greedy.onnx"  # encoder + a Loop over the step + argmax: one call decodes (optional for older exports)
+GRAPH_FILES = (ENCODER_FILE, DECODER_FILE, GREEDY_FILE)
+# The contract document (export/README.md), copied into every export folder; runtimes never need it (older exports
+# lack it).
+CONTRACT_FILE = "CONTRACT.md"
 
 # Encoder: source -> initial decoder state. Names are the same as the decoder's state inputs so an app can
 # feed the encoder's outputs straight into the first step.
@@ -99,11 +103,12 @@ def vocab_sizes(meta: dict[str, str]) -> tuple[int, int]:
     return int(meta["source_vocab_size"]), int(meta["target_vocab_size"])
 
 
-# "content_sha256" holds the sha256 of the file's bytes as written with that value replaced by this placeholder,
-# so any app can check a file with a hash function alone. "export_id" is shared by the two files of one export.
+# "content_sha256" holds the sha256 (lowercase hex) of the file's bytes as written with that value replaced by this
+# placeholder, so any app can check a file with a hash function alone. "export_id" is shared by the files of one export.
 CONTENT_HASH_KEY = "content_sha256"
 HASH_PLACEHOLDER = "0" * 64
-# The serialized metadata entry: key string, then protobuf field 2 (value) of length 64.
+# The marker in the serialized file: the key string, then protobuf field 2 (value), wire type 2, length 64. A file
+# must hold it exactly once: with two, which one is the hash would depend on the reader.
 _HASH_ENTRY = CONTENT_HASH_KEY.encode() + b"\x12\x40"
 
 
@@ -114,15 +119,17 @@ class ModelFileError(ValueError):
 def stamp_content_hash(data: bytes) -> bytes:
     """A serialized graph whose content_sha256 holds HASH_PLACEHOLDER -> the same bytes with the real hash."""
     entry = _HASH_ENTRY + HASH_PLACEHOLDER.encode()
-    if data.count(entry) != 1:
+    if data.count(_HASH_ENTRY) != 1 or entry not in data:
         raise ValueError(f"the serialized graph must hold exactly one {CONTENT_HASH_KEY} placeholder entry")
     return data.replace(entry, _HASH_ENTRY + hashlib.sha256(data).hexdigest().encode())
 
 
 def check_content_hash(data: bytes, name: str) -> None:
-    """Raise ModelFileError unless `data` carries a content_sha256 that matches its bytes."""
+    """Raise ModelFileError unless `data` carries exactly one content_sha256 entry and it matches its bytes."""
     at = data.find(_HASH_ENTRY)
     start = at + len(_HASH_ENTRY)
+    if at >= 0 and data.find(_HASH_ENTRY, start) >= 0:  # the rest of the file only: one pass over the bytes
+        raise ModelFileError(f"{name}: {CONTENT_HASH_KEY} occurs more than once (altered, or not from lit-seq2seq)")
     stored = data[start : start + 64] if at >= 0 else b""
     if len(stored) != 64:
         raise ModelFileError(f"{name}: no {CONTENT_HASH_KEY} metadata (truncated, or not exported by lit-seq2seq)")

@@ -34,7 +34,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from lit_seq2seq import __version__, contract
+from lit_seq2seq import __version__, bundled, contract
 from lit_seq2seq.checkpoint import read_checkpoint
 from lit_seq2seq.model import Seq2Seq
 from lit_seq2seq.processes import pid_alive
@@ -498,7 +498,7 @@ def _max_diff(expected: list[np.ndarray], got: list[np.ndarray]) -> float:
 def verify(net: Seq2Seq, task: Task, model_dir: Path, samples: int) -> ExportReport:
     """Compare the graphs in `model_dir` with PyTorch: per-graph outputs, then greedy tokens (the two-graph loop and
     greedy.onnx) and beam tokens."""
-    for name in EXPORT_FILES:
+    for name in contract.GRAPH_FILES:
         try:
             onnx.checker.check_model(str(model_dir / name), full_check=True)
         except Exception as error:  # noqa: BLE001
@@ -577,7 +577,7 @@ def _verify_sources(net: Seq2Seq, task: Task, n: int, rng: np.random.Generator) 
 # ------------------------------------------------------------------------------- the output folder, swapped whole
 
 # Every file an export writes. The folder is replaced as a whole, so one holding anything else is refused.
-EXPORT_FILES = (contract.ENCODER_FILE, contract.DECODER_FILE, contract.GREEDY_FILE)
+EXPORT_FILES = (*contract.GRAPH_FILES, contract.CONTRACT_FILE)
 # Hidden siblings of an output folder NAME: .NAME.export-PID-HEX (an export being written) and .NAME.old-PID-HEX (the
 # previous export moved aside by the two-rename fallback); lit-seq2seq 0.1 named the first .NAME.export-XXXXXXXX.
 _SIBLING = r"\.{name}\.(export|old)-(?:(\d+)-[0-9a-f]{{8}}|[a-z0-9_]{{8}})"
@@ -794,6 +794,7 @@ def export_checkpoint(
         with _staging(target) as stage:
             _write_graphs(net, task, stage, opset, getattr(task, "text", None))
             report = verify(net, task, stage, verify_samples)
+            shutil.copyfile(bundled.contract_path(), stage / contract.CONTRACT_FILE)  # the document, for other apps
             for path in stage.iterdir():  # on disk before the swap: a power cut cannot surface empty files
                 _fsync(path)
             _refuse_foreign(target, out, set(EXPORT_FILES) | set(os.listdir(stage)))  # anything added meanwhile

@@ -48,7 +48,7 @@ def test_every_config_fits_tests_and_exports(config, in_tmp, capsys):
     assert code == 0, err
     assert "greedy tokens identical to PyTorch on 16 fresh task sources: True" in report
     assert "beam search (beam 3) tokens identical on 16 sources: True" in report
-    files = [contract.ENCODER_FILE, contract.DECODER_FILE, contract.GREEDY_FILE]
+    files = [contract.ENCODER_FILE, contract.DECODER_FILE, contract.GREEDY_FILE, contract.CONTRACT_FILE]
     assert sorted(p.name for p in out.iterdir()) == sorted(files)
     meta = OnnxSeq2Seq.load(out).meta
     assert (meta["task"], meta["cell"]) == (settings["data"]["task"], settings["model"]["net"]["cell"])

@@ -1,24 +1,29 @@
-"""contract.py: the state and I/O names, the content hash rule (stamp_content_hash / check_content_hash), and
-export/consumer_example.py, a foreign app that uses the contract with numpy, onnxruntime and hashlib alone."""
+"""contract.py: the state and I/O names, the content hash rule (stamp_content_hash / check_content_hash); the contract
+document (export/README.md, CONTRACT.md in every export folder) against the code; and export/consumer_example.py, a
+foreign app that follows the document with numpy and onnxruntime alone."""
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import re
+import runpy
 import shutil
-import subprocess
-import sys
+import unicodedata
 
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import BLOCK_IMPORTS, REPO, flip_bit, pad_rows, run_python, strip_all
+from conftest import BLOCK_IMPORTS, REPO, cli_output, flip_bit, pad_rows, run_python
 
-from lit_seq2seq import contract
+from lit_seq2seq import bundled, contract
 from lit_seq2seq.contract import ModelFileError, check_content_hash, stamp_content_hash
+from lit_seq2seq.runtime import OnnxSeq2Seq
+from lit_seq2seq.text import TextSpec, Tokenizer, Vocab
 
 CONSUMER = REPO / "export" / "consumer_example.py"
-FILES = (contract.ENCODER_FILE, contract.DECODER_FILE, contract.GREEDY_FILE)
+DOC = REPO / "export" / "README.md"
+FILES = contract.GRAPH_FILES
 
 # ---------------------------------------------------------------------------------------------------- names
 
@@ -92,13 +97,35 @@ def test_a_missing_hash_fails_the_check(data):
         check_content_hash(data, "m.onnx")
 
 
+def test_a_hash_marker_that_occurs_twice_fails_the_check():
+    """Two content_sha256 entries, the first one right for the whole file: which entry is the hash would depend on
+    the reader, so the file is refused (the contract's corner case), not accepted by the first one found."""
+    data = graph_bytes(contract.HASH_PLACEHOLDER, "a" * 64)
+    digest = hashlib.sha256(data).hexdigest().encode()
+    first = data.find(contract.HASH_PLACEHOLDER.encode())
+    stamped = data[:first] + digest + data[first + 64 :]
+    with pytest.raises(ModelFileError, match=f"m.onnx: {contract.CONTENT_HASH_KEY} occurs more than once"):
+        check_content_hash(stamped, "m.onnx")
+
+
+def test_an_upper_case_hash_is_a_mismatch():
+    """The stored value is lowercase hex and compared byte for byte, as the contract says."""
+    stamped = stamp_content_hash(graph_bytes(contract.HASH_PLACEHOLDER))
+    value = stored_hash(stamped)
+    assert value == value.lower() and value != value.upper()
+    with pytest.raises(ModelFileError, match="content hash mismatch"):
+        check_content_hash(stamped.replace(value.encode(), value.upper().encode()), "m.onnx")
+
+
 def test_an_unstamped_file_fails_the_check():
     with pytest.raises(ModelFileError, match="content hash mismatch"):
         check_content_hash(graph_bytes(contract.HASH_PLACEHOLDER), "m.onnx")
 
 
 @pytest.mark.parametrize(
-    "values", [(), ("f" * 64,), (contract.HASH_PLACEHOLDER, contract.HASH_PLACEHOLDER)], ids=["none", "stamped", "two"]
+    "values",
+    [(), ("f" * 64,), (contract.HASH_PLACEHOLDER, contract.HASH_PLACEHOLDER), (contract.HASH_PLACEHOLDER, "f" * 64)],
+    ids=["none", "stamped", "two", "placeholder and another"],
 )
 def test_stamping_needs_exactly_one_placeholder_entry(values):
     with pytest.raises(ValueError, match="exactly one content_sha256 placeholder entry") as info:
@@ -118,10 +145,124 @@ def test_content_hash_is_checkable_with_a_hash_function_alone(name, exported):
         assert hashlib.sha256(data.replace(stored.encode(), contract.HASH_PLACEHOLDER.encode())).hexdigest() == stored
 
 
+# ------------------------------------------------------------------------------------- the contract document
+
+
+def doc_section(text: str, title: str) -> str:
+    """The body of the `## title` section of a markdown text."""
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else len(text)]
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lowercase, punctuation other than - and _ dropped, spaces as -."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru_bi_attention"])
+def test_every_export_folder_holds_the_graphs_and_the_contract(name, exported):
+    out = exported(name).model_dir
+    assert sorted(p.name for p in out.iterdir()) == sorted([*contract.GRAPH_FILES, contract.CONTRACT_FILE])
+    # the bundled document, byte for byte: export/README.md in a checkout, lit_seq2seq/contract_doc/ in a wheel
+    assert (out / contract.CONTRACT_FILE).read_bytes() == bundled.contract_path().read_bytes() == DOC.read_bytes()
+
+
+def test_the_contract_states_the_format_version_the_code_writes():
+    first = DOC.read_text().splitlines()[0]
+    assert first.startswith("# ")
+    assert re.search(r"contract format_version (\d+)$", first).group(1) == contract.FORMAT_VERSION
+    versions = re.search(r"this version: (.*?)\)", DOC.read_text()).group(1)
+    assert re.findall(r"`(\d+)`", versions) == list(contract.READABLE_VERSIONS)
+
+
+def test_the_contract_documents_every_metadata_key():
+    """Every key the export writes (contract.META_KEYS) has a row in the table: the document cannot drift from it."""
+    table = doc_section(DOC.read_text(), "Metadata keys")
+    rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    documented = {key for row in rows for key in re.findall(r"`([a-z_0-9]+)`", row)}
+    assert set(contract.META_KEYS) | {"vocab_size"} == documented  # vocab_size: format 1
+    assert contract.CONTENT_HASH_KEY in contract.META_KEYS
+
+
+def test_the_contract_names_the_files_and_the_tensors_of_the_code():
+    text = DOC.read_text()
+    files = doc_section(text, "Files")
+    for name in (*contract.GRAPH_FILES, contract.CONTRACT_FILE):
+        assert f"| `{name}` |" in files
+    tensors = doc_section(text, "Tensors")
+    for name in (
+        contract.SOURCE,
+        contract.TOKEN,
+        contract.LOGITS,
+        *contract.BATCH_AXIS,
+        contract.MAX_LEN,
+        contract.TOKENS,
+    ):
+        assert f"`{name}`" in tensors
+    assert "Every output named `X_out` gives the value of input `X` at the next step" in tensors
+    assert contract.OUT_SUFFIX == "_out" and set(contract.RECURRENT) == {contract.H, contract.C}
+    # the hash marker as the document spells it is the one contract.py looks for
+    assert "`content_sha256` (ASCII) followed by `0x12 0x40`" in text
+    assert contract._HASH_ENTRY == contract.CONTENT_HASH_KEY.encode() + bytes([0x12, 0x40])
+
+
+def test_the_contract_links_work_with_the_export_folder_alone():
+    """CONTRACT.md lies in the export folder, alone: every link is an anchor of one of its own headings."""
+    text = DOC.read_text()
+    anchors = {anchor(h) for h in re.findall(r"^#+ (.*)$", text, re.M)}
+    links = re.findall(r"\]\(([^)]*)\)", text)
+    assert links and all(link.startswith("#") for link in links), [x for x in links if not x.startswith("#")]
+    assert {link[1:] for link in links} <= anchors, {link[1:] for link in links} - anchors
+    assert "../" not in text
+
+
+def test_the_runtime_does_not_need_the_contract_document(exported, tmp_path):
+    """Exports older than CONTRACT.md lack it; they load and decode alike."""
+    shutil.copytree(exported("gru").model_dir, tmp_path / "model")
+    (tmp_path / "model" / contract.CONTRACT_FILE).unlink()
+    source = pad_rows([[2, 3, 4], [5]])
+    expected = OnnxSeq2Seq.load(exported("gru").model_dir).greedy(source, allow_untrained_lengths=True)
+    assert (OnnxSeq2Seq.load(tmp_path / "model").greedy(source, allow_untrained_lengths=True) == expected).all()
+
+
 # ------------------------------------------------------------------------------------- consumer example
 
 
-def test_consumer_example_imports_only_numpy_and_onnxruntime():
+def consumer(*args: str, stdin: str | None = None):
+    """export/consumer_example.py ARGS as a foreign app runs it: lit_seq2seq and torch cannot be imported."""
+    code = BLOCK_IMPORTS + "import runpy\nsys.argv = sys.argv[2:]\nrunpy.run_path(sys.argv[0], run_name='__main__')"
+    return run_python(code, "lit_seq2seq", str(CONSUMER), *map(str, args), stdin=stdin)
+
+
+def decode_output(model_dir, lines: str, capsys, *flags: str) -> list[str]:
+    code, out, err = cli_output(["decode", "--model_dir", model_dir, *flags], capsys, stdin=lines)
+    assert code == 0, err
+    return out.splitlines()
+
+
+def sample_lines(model_dir, capsys, n: int = 40) -> str:
+    code, out, err = cli_output(["sample", "--model_dir", model_dir, "-n", n, "--seed", "7"], capsys)
+    assert code == 0, err
+    return out
+
+
+def restamp(path, **changes: str | None) -> None:
+    """Rewrite a graph's metadata (None removes a key) and stamp its hash again: a valid file of other metadata."""
+    model = onnx.load(str(path))
+    meta = (
+        {p.key: p.value for p in model.metadata_props}
+        | changes
+        | {contract.CONTENT_HASH_KEY: contract.HASH_PLACEHOLDER}
+    )
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        if value is not None:
+            model.metadata_props.add(key=key, value=value)
+    path.write_bytes(stamp_content_hash(model.SerializeToString()))
+
+
+def test_consumer_example_imports_only_the_standard_library_numpy_and_onnxruntime():
     text = CONSUMER.read_text()
     assert text.startswith('"""')
     imported = set()
@@ -130,41 +271,195 @@ def test_consumer_example_imports_only_numpy_and_onnxruntime():
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module.split(".")[0])
-    assert imported <= {"hashlib", "sys", "pathlib", "numpy", "onnxruntime"}, imported
+    assert imported <= {"argparse", "hashlib", "json", "sys", "unicodedata", "pathlib", "numpy", "onnxruntime"}
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru_bi_attention", "copy_trained"])
+def test_consumer_example_reads_the_metadata_by_the_documented_field_numbers(name, exported):
+    """Its protobuf reader (ModelProto field 14, key 1, value 2) finds what onnxruntime's metadata map holds."""
+    reader = runpy.run_path(str(CONSUMER))
+    for file in FILES:
+        data = (exported(name).model_dir / file).read_bytes()
+        assert reader["metadata_props"](data) == ort.InferenceSession(data).get_modelmeta().custom_metadata_map
+        reader["check_hash"](data)
+
+
+@pytest.mark.parametrize("path", ["greedy.onnx", "two-graph"])
+@pytest.mark.parametrize("name", ["lstm", "gru_bi_attention", "copy_trained"])
+def test_consumer_example_prints_what_decode_prints(name, path, exported, capsys):
+    """Fresh samples of the model's task (trained lengths), as `lit-seq2seq decode` reads them: the same lines."""
+    model_dir = exported(name).model_dir
+    lines = sample_lines(model_dir, capsys)
+    expected = decode_output(model_dir, lines, capsys)
+    flags = ["--two-graph"] if path == "two-graph" else []
+    result = consumer(model_dir, *flags, stdin=lines)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.splitlines() == expected and len(expected) == 40
+    sources = [line.partition("\t")[0] for line in lines.splitlines()[:3]]  # sources as arguments: the same
+    assert consumer(model_dir, *sources, *flags).stdout.splitlines() == expected[:3]
+
+
+def test_consumer_example_decodes_untrained_lengths_only_when_asked(exported, capsys):
+    model_dir = exported("lstm").model_dir  # trained on exactly 4 tokens
+    lines = "2 3 4\n5 6 7 8 2 3\n4 5 6 7\n"
+    expected = decode_output(model_dir, lines, capsys, "--allow_untrained_lengths")
+    for flags in ([], ["--two-graph"]):
+        result = consumer(model_dir, "--allow-untrained-lengths", *flags, stdin=lines)
+        assert result.returncode == 0 and result.stdout.splitlines() == expected
+
+
+def refused(result) -> str:
+    """The one line a refusal prints (exit code 2, nothing on stdout)."""
+    assert result.returncode == 2 and result.stdout == "", (result.returncode, result.stdout, result.stderr)
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
+    return result.stderr
 
 
 @pytest.mark.parametrize(
-    "name,rows",
+    "line,message",
     [
-        ("lstm", [[1, 2, 3, 4], [8, 7, 6, 5], [4, 4], [2, 5, 7, 1, 3, 3]]),
-        ("gru_bi_attention", [[2, 3, 4, 5, 6], [7], [3, 3, 2], [6, 5, 4, 3, 2, 7, 7]]),
-        ("copy_trained", [[2, 3, 4], [5], [4, 2], [3, 3, 3]]),
+        (
+            "2 3 4",
+            "line 2: 3 tokens; this model was trained on sources of exactly 4 tokens (pass --allow-untrained-lengths",
+        ),
+        ("", "line 2: empty source"),
+        ("0 0 0 0", "line 2: empty source"),
+        ("2 3 9 4", "line 2: token 9 is out of range; tokens must be in [1, 8]"),
+        ("2 0 3 4", "line 2: token 0 is out of range"),
+        ("2 x 3 4", "line 2: '2 x 3 4' is not a list of space-separated integer token ids"),
+    ],
+    ids=["untrained length", "empty line", "only padding", "token out of range", "padding inside", "not ids"],
+)
+def test_consumer_example_refuses_a_bad_source(line, message, exported):
+    result = consumer(exported("lstm").model_dir, stdin=f"2 3 4 5\n{line}\n3 4 5 6\n")
+    assert f"consumer_example.py: {message}" in refused(result)
+
+
+def test_consumer_example_accepts_trailing_padding_as_decode_does(exported, capsys):
+    model_dir = exported("lstm").model_dir
+    lines = "2 3 4 5 0 0\n6 7 8 2\n"
+    assert consumer(model_dir, stdin=lines).stdout.splitlines() == decode_output(model_dir, lines, capsys)
+
+
+@pytest.mark.parametrize(
+    "fault,message",
+    [
+        ("version 3 decoder", "decoder_step.onnx: contract format_version '3'; this reader knows 1 and 2"),
+        ("version 3 greedy", "greedy.onnx: contract format_version '3'"),
+        ("no version", "encoder.onnx: contract format_version None"),
+        ("mixed pair", "encoder.onnx and decoder_step.onnx come from different exports"),
+        ("mixed greedy", "encoder.onnx and greedy.onnx come from different exports"),
+        ("damaged", "decoder_step.onnx: content hash mismatch"),
+        ("missing", "decoder_step.onnx: No such file or directory"),
+        ("two hash entries", "encoder.onnx: content_sha256 occurs 2 times, not once"),
+        ("truncated", "encoder.onnx: content_sha256 occurs 0 times, not once"),
     ],
 )
-def test_consumer_example_matches_the_runtime(name, rows, exported, runtime_model):
-    """Run as a foreign app would, with lit_seq2seq and torch unimportable; sources as arguments and on stdin."""
-    model = runtime_model(name)
-    expected = strip_all(model, model.greedy(pad_rows(rows), allow_untrained_lengths=True))
-    code = BLOCK_IMPORTS + "import runpy\nsys.argv = sys.argv[2:]\nrunpy.run_path(sys.argv[0], run_name='__main__')"
-    lines = [" ".join(map(str, r)) for r in rows]
-    by_args = run_python(code, "lit_seq2seq", str(CONSUMER), str(exported(name).model_dir), *lines)
-    assert by_args.returncode == 0, by_args.stderr
-    assert by_args.stdout.splitlines() == expected
-    by_stdin = subprocess.run(
-        [sys.executable, str(CONSUMER), str(exported(name).model_dir)],
-        input="".join(f"{line}\tignored\n" for line in lines),
-        capture_output=True,
-        text=True,
-    )
-    assert by_stdin.returncode == 0, by_stdin.stderr
-    assert by_stdin.stdout.splitlines() == expected
+def test_consumer_example_refuses_a_bad_export(fault, message, exported, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(exported("lstm").model_dir, model)
+    other = exported("lstm_2layer").model_dir  # same task and sizes: only export_id tells them apart
+    if fault.startswith("version 3"):
+        restamp(model / (contract.DECODER_FILE if "decoder" in fault else contract.GREEDY_FILE), format_version="3")
+    elif fault == "no version":
+        restamp(model / contract.ENCODER_FILE, format_version=None)
+    elif fault == "mixed pair":
+        shutil.copy(other / contract.DECODER_FILE, model)
+    elif fault == "mixed greedy":
+        shutil.copy(other / contract.GREEDY_FILE, model)
+    elif fault == "damaged":
+        flip_bit(model / contract.DECODER_FILE, (model / contract.DECODER_FILE).stat().st_size // 2)
+    elif fault == "missing":
+        (model / contract.DECODER_FILE).unlink()
+    elif fault == "two hash entries":
+        extra = onnx.ModelProto()
+        extra.metadata_props.add(key=contract.CONTENT_HASH_KEY, value="f" * 64)
+        path = model / contract.ENCODER_FILE
+        path.write_bytes(path.read_bytes() + extra.SerializeToString())  # protobuf appends the repeated field
+    else:
+        path = model / contract.ENCODER_FILE
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert message in refused(consumer(model, "2 3 4 5"))
 
 
-def test_consumer_example_refuses_a_damaged_file(exported, tmp_path):
-    shutil.copytree(exported("gru").model_dir, tmp_path / "model")
-    decoder = tmp_path / "model" / contract.DECODER_FILE
-    flip_bit(decoder, decoder.stat().st_size // 2)
-    result = subprocess.run(
-        [sys.executable, str(CONSUMER), str(tmp_path / "model"), "2 3"], capture_output=True, text=True
-    )
-    assert result.returncode != 0 and "content hash mismatch" in result.stderr
+def test_consumer_example_reads_a_format_1_export_without_greedy_onnx(exported, tmp_path, capsys):
+    """An older export: format_version 1 (one vocab_size, no text keys), no greedy.onnx, no CONTRACT.md."""
+    model = tmp_path / "model"
+    shutil.copytree(exported("copy_trained").model_dir, model)
+    for name in (contract.GREEDY_FILE, contract.CONTRACT_FILE):
+        (model / name).unlink()
+    for name in (contract.ENCODER_FILE, contract.DECODER_FILE):
+        meta = OnnxSeq2Seq.load(exported("copy_trained").model_dir).meta
+        assert meta["source_vocab_size"] == meta["target_vocab_size"]
+        old = dict.fromkeys(["source_vocab_size", "target_vocab_size", *contract.TEXT_KEYS])
+        restamp(model / name, format_version="1", vocab_size=meta["source_vocab_size"], **old)
+    lines = sample_lines(exported("copy_trained").model_dir, capsys)
+    expected = decode_output(exported("copy_trained").model_dir, lines, capsys)
+    assert decode_output(model, lines, capsys) == expected  # the runtime reads it too
+    result = consumer(model, stdin=lines)
+    assert result.returncode == 0 and result.stdout.splitlines() == expected
+
+
+# Text models: copy_trained (ids 2..5, trained on 1 to 3 tokens) given the text keys of two vocabularies.
+CHARS = TextSpec(
+    Tokenizer("char", lowercase=True),
+    Tokenizer("char"),
+    Vocab(("<pad>", "</s>", "a", "b", "c", "é")),
+    Vocab(("<pad>", "</s>", "A", "B", "C", "É")),
+)
+WORDS = TextSpec(
+    Tokenizer("space", lowercase=True),
+    Tokenizer("space"),
+    Vocab(("<pad>", "</s>", "<unk>", "ka", "ni", "ō"), has_unk=True),
+    Vocab(("<pad>", "</s>", "KA", "NI", "YU", "Ō")),
+)
+
+STRICT = TextSpec(  # no unknown token: an unknown source token is an error
+    Tokenizer("space"), Tokenizer("space"), Vocab(("<pad>", "</s>", "ka", "ni", "zz", "ō")), WORDS.target_vocab
+)
+
+
+def text_export(exported, folder, spec: TextSpec):
+    shutil.copytree(exported("copy_trained").model_dir, folder)
+    for name in FILES:
+        restamp(folder / name, **spec.to_metadata())
+    return folder
+
+
+@pytest.mark.parametrize(
+    "spec,lines",
+    [
+        (CHARS, ["abc", "É", "ca", "BAé", "e\u0301a"]),  # upper case, a precomposed and a decomposed é
+        (CHARS, ["b"] * 3 + ["ab", "cab"]),
+        (WORDS, ["ka ni ō", "KA", " ni\u3000ka ", "o\u0304 zz", "xx yy"]),  # whitespace runs, NFC, unknown -> <unk>
+    ],
+    ids=["char", "char repeated", "space with unk"],
+)
+def test_consumer_example_decodes_text_as_the_runtime_does(spec, lines, exported, tmp_path):
+    model_dir = text_export(exported, tmp_path / "model", spec)
+    model = OnnxSeq2Seq.load(model_dir)
+    assert model.text == spec
+    rows = [spec.encode(line) for line in lines]
+    expected = [spec.decode(row) for row in model.greedy(pad_rows(rows))]
+    for flags in ([], ["--two-graph"]):
+        result = consumer(model_dir, *flags, stdin="".join(f"{line}\tignored\n" for line in lines))
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert result.stdout.splitlines() == expected
+    assert unicodedata.normalize("NFC", "e\u0301a") == "éa"
+
+
+@pytest.mark.parametrize(
+    "spec,line,message",
+    [
+        (CHARS, "abx", "line 1: unknown token 'x' at position 3"),
+        (CHARS, "abca", "line 1: 4 tokens; this model was trained on sources of 1 to 3 tokens"),
+        (CHARS, "", "line 1: empty source"),
+        (WORDS, "  ", "line 1: empty source"),
+        (STRICT, "ka </s>", "line 1: unknown token '</s>' at position 2"),  # a reserved string is no token of a text
+        (STRICT, "ni <pad>", "line 1: unknown token '<pad>' at position 2"),
+    ],
+    ids=["unknown token", "untrained length", "empty", "only whitespace", "end string", "pad string"],
+)
+def test_consumer_example_refuses_a_bad_text(spec, line, message, exported, tmp_path):
+    model_dir = text_export(exported, tmp_path / "model", spec)
+    assert message in refused(consumer(model_dir, stdin=f"{line}\n"))

@@ -87,8 +87,8 @@ def _expected_dtype(name: str):
 def test_files_io_names_dtypes_and_shapes_follow_the_contract(name, exported):
     cell, attention, bidirectional, layers, task = EXPORT_SPECS[name]
     _, out = exported(name)
-    # Three self-contained files and nothing else: no external-data .onnx.data, no leftovers.
-    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    # Three self-contained graphs and the contract document, nothing else: no external-data .onnx.data, no leftovers.
+    assert sorted(p.name for p in out.iterdir()) == sorted([*FILES, contract.CONTRACT_FILE])
     for file, io in ((contract.ENCODER_FILE, contract.encoder_io), (contract.DECODER_FILE, contract.decoder_io)):
         session = ort.InferenceSession(str(out / file), providers=["CPUExecutionProvider"])
         meta = session.get_modelmeta().custom_metadata_map
@@ -279,7 +279,8 @@ def test_existing_export_is_refused_without_overwrite_and_replaced_with_it(expor
 
     run_cli(["export", "--ckpt_path", ckpt, "--output_dir", out, "--verify_samples", "8", "--overwrite"])
     after = snapshot(out)
-    assert sorted(after) == sorted(FILES) and all(after[f] != before[f] for f in FILES)  # new export_id and hash
+    assert sorted(after) == sorted([*FILES, contract.CONTRACT_FILE])
+    assert all(after[f] != before[f] for f in FILES)  # new export_id and hash
     assert OnnxSeq2Seq.load(out).meta["export_id"] != OnnxSeq2Seq.load(exported("gru").model_dir).meta["export_id"]
     assert not list(tmp_path.glob(".model.export-*"))
 

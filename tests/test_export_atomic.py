@@ -48,7 +48,7 @@ def export_args(ckpt: Path, out: Path, *flags: str) -> list:
 def assert_new_export(out: Path, before: dict[str, bytes] | None) -> None:
     """`out` holds a complete export other than `before`: every file replaced, loadable (the runtime refuses a mix)."""
     now = snapshot(out)
-    assert sorted(now) == FILES
+    assert sorted(now) == sorted([*FILES, contract.CONTRACT_FILE])
     assert before is None or all(now[f] != before[f] for f in FILES)
     OnnxSeq2Seq.load(out)
 
