@@ -62,6 +62,16 @@ def check_printable(text: str, where: str) -> None:
         raise ValueError(f"{where}: {kind} U+{ord(char):04X} at character {bad.start() + 1}; texts must be printable")
 
 
+def _finite(logits: np.ndarray) -> np.ndarray:
+    """`logits`, unless they hold NaN or infinity: then no token is right (argmax would pick one at random)."""
+    if not np.isfinite(logits).all():
+        raise ModelFileError(
+            "decoder_step.onnx produced non-finite logits (NaN or infinity): its weights are damaged or out of range; "
+            "nothing was decoded"
+        )
+    return logits
+
+
 class _BoundGreedy:
     """Greedy decoding of one batch size through IOBinding, for small batches, where session.run's per-call work
     (wrapping every input, allocating every output) is a large part of the time.
@@ -121,7 +131,7 @@ class _BoundGreedy:
             # `logits` is overwritten by the next step: greedy_search reads it before asking for another.
             token[...] = tokens
             run(steps[parity])
-            return logits, 1 - parity
+            return _finite(logits), 1 - parity
 
         return greedy_search(step, 0, batch_size=len(source), max_len=max_len, **self.tokens)
 
@@ -338,6 +348,7 @@ class OnnxSeq2Seq:
 
     def _step(self, token: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         logits, *recurrent = self.decoder.run(self._step_outputs, {contract.TOKEN: token, **state})
+        _finite(logits)
         new = dict(state)
         new.update(zip(self.recurrent, recurrent))
         return logits, new

@@ -82,6 +82,8 @@ class Vocab:
     def id(self, token: str) -> int | None:
         """The id of `token`, the unknown id for an unknown one if the vocabulary has it, else None."""
         found = self._ids.get(token)  # type: ignore[attr-defined]
+        if found is not None and found < self.min_token:  # "<pad>" or "</s>" typed as text is not padding or an end
+            found = None
         return UNK_ID if found is None and self.has_unk else found
 
     def encode(self, tokens: Sequence[str], where: str = "") -> list[int]:

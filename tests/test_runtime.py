@@ -170,7 +170,7 @@ STEP_CASES = [
     pytest.param("lstm", _with(h=_poisoned(np.nan)), ValueError, "NaN or infinite", id="NaN in h (lstm)"),
     # raw: silent garbage, as for NaN
     pytest.param("gru", _with(h=_poisoned(np.inf)), ValueError, "NaN or infinite", id="inf in h"),
-    # raw: error from inside the Where kernel: BroadcastIterator "axis == 1 || axis == largest was false"
+    # raw: error from inside the Where kernel: BroadcastIterator "axis == 1 || axis == bias was false"
     pytest.param(
         "lstm_attention",
         _with(memory_mask=lambda s: s["memory_mask"][:, :3]),
@@ -522,3 +522,26 @@ def test_bad_tokens_are_named_before_the_length(runtime_model):
     # A 2-token row with an out-of-range token: the token is the first problem to fix.
     with pytest.raises(ValueError, match="token 9 is out of range"):
         runtime_model("lstm").greedy([[3, 9]])
+
+
+def test_non_finite_logits_stop_the_two_graph_loop_instead_of_decoding_garbage(exported, tmp_path, capsys):
+    """numpy's argmax takes the first NaN as the maximum: a decoder whose weights hold NaN would print token 0 for
+    every step. The runtime refuses instead (greedy.onnx's ArgMax cannot be asked, so that file is left out)."""
+    model_dir = tmp_path / "nan"
+    shutil.copytree(exported("gru").model_dir, model_dir)
+    (model_dir / contract.GREEDY_FILE).unlink()
+    path = model_dir / contract.DECODER_FILE
+    model = onnx.load(str(path))
+    bias = next(t for t in model.graph.initializer if t.name.endswith("output.bias"))  # (V,)
+    bias.CopyFrom(onnx.numpy_helper.from_array(np.full_like(onnx.numpy_helper.to_array(bias), np.nan), bias.name))
+    for prop in model.metadata_props:
+        prop.value = contract.HASH_PLACEHOLDER if prop.key == contract.CONTENT_HASH_KEY else prop.value
+    path.write_bytes(contract.stamp_content_hash(model.SerializeToString()))
+    runtime = OnnxSeq2Seq.load(model_dir)
+    for batch in (1, 300):  # the bound small-batch loop and session.run
+        with pytest.raises(ValueError, match="non-finite logits"):
+            runtime.greedy(np.full((batch, 4), 2))
+    with pytest.raises(ValueError, match="non-finite logits"):
+        runtime.beam_search(np.full((2, 4), 2), beam_size=2)
+    code, err = cli_exit(["decode", "--model_dir", model_dir, "2 3 4 5"], capsys)
+    assert code == 2 and "non-finite logits" in err and "Traceback" not in err

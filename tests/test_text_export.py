@@ -308,3 +308,14 @@ def test_decode_of_text_needs_no_torch(text_exported):
     assert result.stdout == "AH BE É\nЖ Э\n"
     assert result.stderr == "exact match: 1/2 = 50.00% (WER 50.00%); token error rate: 1/4 = 25.00%\n"
 
+
+def test_reserved_strings_in_text_are_unknown_tokens_not_padding_or_an_end():
+    """A space-tokenized "<pad>" or "</s>" typed by a user must not become padding (silently dropped) or the end."""
+    from lit_seq2seq.text import TextSpec, Tokenizer, Vocab
+
+    spec = TextSpec(Tokenizer("space"), Tokenizer("space"), Vocab.build(["ka", "to"]), Vocab.build(["A"]))
+    for text in ("ka <pad>", "ka </s>"):
+        with pytest.raises(ValueError, match=r"unknown token '<(pad|/s)>' at position 2"):
+            spec.encode(text)
+    with_unk = TextSpec(Tokenizer("space"), Tokenizer("space"), Vocab.build(["ka"], unk=True), Vocab.build(["A"]))
+    assert with_unk.encode("ka <pad> </s> <unk>") == [3, 2, 2, 2]
