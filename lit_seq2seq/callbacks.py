@@ -67,7 +67,8 @@ class PredictionWriter(L.Callback):
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         outputs, self._outputs = self._outputs, []
-        rows = {k: torch.cat([o[k] for o in outputs]).tolist() if outputs else [] for k in self.KEYS}
+        # Row by row: batches of file data differ in width (source and prediction lengths).
+        rows = {k: [row for o in outputs for row in o[k].tolist()] for k in self.KEYS}
         world = trainer.world_size
         if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             shards: list[Any] = [None] * world
@@ -79,8 +80,13 @@ class PredictionWriter(L.Callback):
             return
         path = Path(log_dir or trainer.default_root_dir) / "predictions.tsv"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as f:
+        spec = getattr(trainer.datamodule, "text_spec", None)
+        with path.open("w", encoding="utf-8") as f:
             f.write("source\ttarget\tprediction\n")
             for s, t, p in zip(rows["source"], rows["target"], rows["prediction"]):
-                f.write("\t".join(" ".join(map(str, x)) for x in (s, t, p)) + "\n")
+                if spec is None:
+                    f.write("\t".join(" ".join(map(str, x)) for x in (s, t, p)) + "\n")
+                else:  # a text model: its text, up to the padding and end tokens
+                    source = spec.source.join(spec.source_vocab.decode(s))
+                    f.write(f"{source}\t{spec.decode(t)}\t{spec.decode(p)}\n")
         print(f"predictions written to {path}", file=sys.stderr)
