@@ -8,6 +8,7 @@ import sys
 import warnings
 from typing import Any
 
+import lightning as L
 import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
@@ -20,13 +21,16 @@ from lit_seq2seq.checkpoint import NonFiniteError, Seq2SeqCheckpoint, Seq2SeqChe
 from lit_seq2seq.data import Seq2SeqDataModule
 from lit_seq2seq.model import upgrade_hparams
 from lit_seq2seq.module import Seq2SeqModule
+from lit_seq2seq.pairs import PairDataModule  # noqa: F401 - imported so that `--data PairDataModule` finds it
 
 # The sizes the data decides, linked into the net's config: a YAML never states them twice.
 DATA_TO_NET = ("source_vocab_size", "target_vocab_size", "max_target_length", "eos_token")
+# The data module of a config without a class_path (generated tasks); lit_seq2seq.pairs.PairDataModule reads files.
+DEFAULT_DATA = f"{Seq2SeqDataModule.__module__}.{Seq2SeqDataModule.__qualname__}"
 # --ckpt_path values Lightning resolves itself (not files).
 LIGHTNING_CKPT_NAMES = ("hpc", "registry")
 # Data settings a fit may change when it resumes: fit does not use them, or they do not change what it trains on.
-RESUMABLE_DATA_CHANGES = ("test_size", "predict_size", "num_workers")
+RESUMABLE_DATA_CHANGES = ("test_size", "predict_size", "num_workers", "test_file", "predict_file", "cache")
 
 
 class Seq2SeqCLI(LightningCLI):
@@ -53,7 +57,8 @@ class Seq2SeqCLI(LightningCLI):
                 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
                 super().__init__(
                     Seq2SeqModule,
-                    Seq2SeqDataModule,
+                    L.LightningDataModule,
+                    subclass_mode_data=True,  # --data PairDataModule or data: {class_path: ...}; the default below
                     args=args,
                     run=run,
                     seed_everything_default=42,
@@ -108,6 +113,7 @@ class Seq2SeqCLI(LightningCLI):
         parser.add_lightning_class_args(Seq2SeqCheckpoint, "checkpoint")
         parser.set_defaults(
             {
+                "data": {"class_path": DEFAULT_DATA},
                 "checkpoint.monitor": "val/exact_match",
                 "checkpoint.mode": "max",
                 "checkpoint.filename": "best",
@@ -185,10 +191,16 @@ class Seq2SeqCLI(LightningCLI):
         ckpt_path = self.config[self.subcommand].ckpt_path
         differ = []
         saved_data = checkpoint.get("datamodule_hyper_parameters") or {}
+        data = self.datamodule
+        foreign = sorted(k for k in saved_data if not k.startswith("_") and k not in data.hparams)
+        if foreign:  # trained with another data module (generated tasks vs pair files)
+            differ.append(f"--data {type(data).__name__} (the checkpoint was trained with --data.{foreign[0]} ...)")
         for key, value in saved_data.items():
-            ours = self.datamodule.hparams.get(key, value)
+            ours = data.hparams.get(key, value)
             if not key.startswith("_") and key not in RESUMABLE_DATA_CHANGES and ours != value:
                 differ.append(f"--data.{key} {ours} (checkpoint: {value})")
+        if not differ and hasattr(data, "resume_differences"):  # the same flags, but the files they name changed
+            differ += data.resume_differences(checkpoint)
         saved_model = upgrade_hparams(checkpoint["hyper_parameters"])
         ours_model = self.model.hparams
         for key, value in sorted(saved_model.get("net", {}).items()):

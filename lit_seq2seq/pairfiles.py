@@ -1,0 +1,343 @@
+"""Pair files (TSV `source<TAB>target` or JSON Lines) -> tokenized id arrays, vectorised, cached beside the file.
+
+numpy only (no torch): a file is read once, checked line by line (errors name the flag, file and line), tokenized per
+side with text.Tokenizer semantics (NFC, optional lowercasing, code points or whitespace-separated tokens), and stored
+as a per-file token table plus flat indices into it. That form does not depend on any vocabulary, so it is cached
+beside the file (keyed by the file's sha256 and the tokenizer settings) and mapped onto a vocabulary later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import unicodedata
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lit_seq2seq.text import NORMALIZATION, Tokenizer, Vocab
+
+TSV_SUFFIXES = (".tsv", ".txt")
+JSONL_SUFFIXES = (".jsonl", ".json")
+CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+SIDES = ("source", "target")
+_NEWLINE, _TAB, _CR = 10, 9, 13
+_warned_uncached: set[str] = set()  # folders already reported as uncacheable (once per process)
+_whitespace: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a file, tokenized: `table` the distinct tokens (sorted), `ids` flat indices into it, row i's tokens
+    `ids[offsets[i]:offsets[i + 1]]`."""
+
+    table: np.ndarray  # str, sorted (code point order, as Vocab.build sorts)
+    ids: np.ndarray  # int32
+    offsets: np.ndarray  # int64, len rows + 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def tokens(self, row: int) -> list[str]:
+        return [str(t) for t in self.table[self.ids[self.offsets[row] : self.offsets[row + 1]]]]
+
+    def select(self, rows: np.ndarray) -> Side:
+        """The side of the given rows (in that order), same table."""
+        lengths = self.lengths[rows]
+        offsets = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = _ranges(self.offsets[rows], lengths)
+        return Side(self.table, self.ids[flat], offsets)
+
+
+@dataclass(frozen=True)
+class PairFile:
+    """A tokenized pair file: its rows' 1-based line numbers, sources and targets, and its sha256."""
+
+    path: Path
+    flag: str
+    lines: np.ndarray  # int64
+    source: Side
+    target: Side
+    sha256: str
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def where(self, row: int) -> str:
+        return f"{self.flag} {self.path}:{int(self.lines[row])}"
+
+
+def file_format(path: str | os.PathLike) -> str:
+    """ "tsv" or "jsonl" by the file's suffix; any other suffix is refused (a CSV read as TSV would train on garbage)."""
+    suffix = Path(path).suffix.lower()
+    if suffix in TSV_SUFFIXES:
+        return "tsv"
+    if suffix in JSONL_SUFFIXES:
+        return "jsonl"
+    raise ValueError(
+        f"unknown pair file type {suffix or '(no suffix)'!r}: use {'/'.join(TSV_SUFFIXES)} for source<TAB>target lines "
+        f"or {'/'.join(JSONL_SUFFIXES)} for JSON Lines"
+    )
+
+
+def read_pairs(
+    path: str | os.PathLike, source: Tokenizer, target: Tokenizer, flag: str = "--data.file", cache: bool = True
+) -> PairFile:
+    """Read, check and tokenize one pair file (from its cache when the file and settings are unchanged).
+
+    Every problem is a ValueError naming `flag`, the file and, for a bad line, its number: a missing or empty file,
+    a line without a tab (or with more than one), an empty side, invalid UTF-8, bad JSON, a missing key. Lines that
+    are empty (blank lines, a trailing newline) are skipped; `\\r\\n` line ends and a leading BOM are accepted.
+    """
+    path = Path(path)
+    where = f"{flag} {path}"
+    try:
+        kind = file_format(path)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{where}: is a folder, not a file") from None
+    except OSError as error:
+        raise ValueError(f"{where}: cannot read it ({error.strerror})") from None
+    if not raw.strip():
+        raise ValueError(f"{where}: the file is empty (expected {_expected(kind)} lines)")
+    sha = hashlib.sha256(raw).hexdigest()
+    key = _cache_key(sha, source, target)
+    cached = _load_cache(path, key) if cache else None
+    if cached is not None:
+        lines, src, tgt = cached
+        return PairFile(path, flag, lines, src, tgt, sha)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        byte = raw[error.start]
+        raise ValueError(f"{where}:{line}: invalid UTF-8 (byte {byte:#04x}); save the file as UTF-8") from None
+    del raw
+    text = text.removeprefix("\ufeff")
+    if kind == "tsv":
+        lines, src_text, tgt_text = _tsv_sides(unicodedata.normalize(NORMALIZATION, text), where)
+    else:
+        lines, src_text, tgt_text = _jsonl_sides(text, where)
+    del text
+    src = _tokenize_side(src_text, source, len(lines), lines, where, "source")
+    tgt = _tokenize_side(tgt_text, target, len(lines), lines, where, "target")
+    if cache:
+        _write_cache(path, key, sha, lines, src, tgt)
+    return PairFile(path, flag, lines, src, tgt, sha)
+
+
+def _expected(kind: str) -> str:
+    return "source<TAB>target" if kind == "tsv" else '{"source": ..., "target": ...}'
+
+
+def _tsv_sides(text: str, where: str) -> tuple[np.ndarray, str, str]:
+    """Line numbers and the two sides' texts (one line per pair, '\\n'-separated), from NFC text; all in numpy.
+
+    NFC of the whole text equals NFC per field: tab and newline are starters that compose with nothing.
+    """
+    if not text.endswith("\n"):
+        text += "\n"
+    cps = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+    del text
+    ends = np.flatnonzero(cps == _NEWLINE)
+    starts = np.empty_like(ends)
+    starts[0], starts[1:] = 0, ends[:-1] + 1
+    line_numbers = np.arange(1, len(ends) + 1, dtype=np.int64)
+    stops = ends.copy()  # a line's end without its '\r'
+    crlf = (stops > starts) & (cps[np.maximum(stops - 1, 0)] == _CR)
+    stops[crlf] -= 1
+    keep = stops > starts  # blank lines are skipped
+    starts, stops, line_numbers = starts[keep], stops[keep], line_numbers[keep]
+    tabs = np.flatnonzero(cps == _TAB)
+    first = np.searchsorted(tabs, starts)
+    count = np.searchsorted(tabs, stops) - first
+    bad = np.flatnonzero(count != 1)
+    if len(bad):
+        i = bad[0]
+        what = "no tab" if count[i] == 0 else f"{count[i]} tabs"
+        raise ValueError(f"{where}:{line_numbers[i]}: {what}; each line must be source<TAB>target")
+    tab = tabs[first]
+    for side, empty in (("source", tab == starts), ("target", tab + 1 == stops)):
+        if empty.any():
+            raise ValueError(f"{where}:{line_numbers[np.argmax(empty)]}: empty {side}")
+    # Each side's characters with one '\n' after each pair's field: the tab ends a source, the line end a target.
+    source = _segments(cps, starts, tab)
+    target = _segments(cps, tab + 1, stops)
+    return line_numbers, source, target
+
+
+def _segments(cps: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> str:
+    """cps[starts[i]:stops[i]] + '\\n' for every i, as one string."""
+    lengths = stops - starts + 1
+    out = cps[_ranges(starts, lengths)]
+    ends = np.cumsum(lengths) - 1
+    out[ends] = _NEWLINE
+    return out.tobytes().decode("utf-32-le")
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + n) for each (s, n), vectorised."""
+    lengths = np.asarray(lengths, np.int64)
+    heads = np.cumsum(lengths) - lengths
+    return np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(np.asarray(starts, np.int64) - heads, lengths)
+
+
+def _jsonl_sides(text: str, where: str) -> tuple[np.ndarray, str, str]:
+    """Line numbers and the two sides' NFC texts of JSON Lines (a Python loop: json.loads per line)."""
+    lines, sources, targets = [], [], []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where}:{number}: bad JSON ({error.msg} at column {error.colno})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f'{where}:{number}: expected a JSON object {{"source": ..., "target": ...}}')
+        for key in SIDES:
+            if key not in row:
+                raise ValueError(f'{where}:{number}: missing key "{key}"')
+            value = row[key]
+            if not isinstance(value, str):
+                raise ValueError(f'{where}:{number}: "{key}" must be a string, got {type(value).__name__}')
+            if not value:
+                raise ValueError(f"{where}:{number}: empty {key}")
+            if "\n" in value or "\r" in value:
+                raise ValueError(f"{where}:{number}: the {key} holds a line break; a pair is one line of text")
+        lines.append(number)
+        sources.append(row["source"])
+        targets.append(row["target"])
+    if not lines:
+        raise ValueError(f"{where}: the file holds no pairs")
+    source = unicodedata.normalize(NORMALIZATION, "\n".join(sources) + "\n")
+    target = unicodedata.normalize(NORMALIZATION, "\n".join(targets) + "\n")
+    return np.asarray(lines, np.int64), source, target
+
+
+def _whitespace_code_points() -> np.ndarray:
+    """Code points str.split() splits on (str.isspace), sorted."""
+    global _whitespace
+    if _whitespace is None:
+        _whitespace = np.array([c for c in range(sys.maxunicode + 1) if chr(c).isspace()], np.uint32)
+    return _whitespace
+
+
+def _tokenize_side(text: str, tokenizer: Tokenizer, rows: int, lines: np.ndarray, where: str, side: str) -> Side:
+    """Tokenize '\\n'-separated NFC fields (one per row) the way `tokenizer.split` does each field."""
+    if tokenizer.lowercase:
+        text = text.lower()  # context rules (final sigma) stop at the tab/newline that separated the fields
+    cps = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+    newline = cps == _NEWLINE
+    row_of = np.cumsum(newline) - newline  # row index of every character
+    if tokenizer.kind == "char":
+        tokens = cps[~newline]
+        counts = np.bincount(row_of[~newline], minlength=rows)
+        codes, ids = np.unique(tokens, return_inverse=True)
+        table = np.array([chr(c) for c in codes.tolist()], dtype=str) if len(codes) else np.zeros(0, "<U1")
+        ids = ids.astype(np.int32)
+    else:
+        space = np.isin(cps, _whitespace_code_points())
+        begins = ~space & np.r_[True, space[:-1]]
+        counts = np.bincount(row_of[begins], minlength=rows)
+        words = text.split()
+        distinct = sorted(dict.fromkeys(words))
+        index = {w: i for i, w in enumerate(distinct)}
+        ids = np.fromiter(map(index.__getitem__, words), np.int32, count=len(words))
+        table = np.array(distinct, dtype=str) if distinct else np.zeros(0, "<U1")
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        raise ValueError(f"{where}:{lines[empty[0]]}: empty {side} (no tokens)")
+    offsets = np.zeros(rows + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return Side(table, ids, offsets)
+
+
+def to_vocab_ids(side: Side, vocab: Vocab, describe: callable) -> np.ndarray:
+    """`side`'s flat token indices as ids of `vocab` (int64). An unknown token (no <unk> in `vocab`) is a ValueError
+    whose message starts with describe(row, position, token)."""
+    lut = np.array([-1 if vocab.id(str(t)) is None else vocab.id(str(t)) for t in side.table], np.int64)
+    ids = lut[side.ids] if len(lut) else np.zeros(0, np.int64)
+    missing = np.flatnonzero(ids < 0)
+    if len(missing):
+        at = int(missing[0])
+        row = int(np.searchsorted(side.offsets, at, side="right")) - 1
+        raise ValueError(describe(row, at - int(side.offsets[row]) + 1, str(side.table[side.ids[at]])))
+    return ids
+
+
+def pad_rows(side: Side, ids: np.ndarray, width: int, end_token: int | None, dtype: type = np.int64) -> np.ndarray:
+    """(rows, width) array: each row's ids, then `end_token` if given, right-padded with 0 (rows must fit)."""
+    lengths = side.lengths
+    out = np.zeros((len(lengths), width), dtype)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    cols = np.arange(len(ids)) - np.repeat(side.offsets[:-1], lengths)
+    out[rows, cols] = ids
+    if end_token is not None:
+        out[np.arange(len(lengths)), lengths] = end_token
+    return out
+
+
+# --- the cache -------------------------------------------------------------------------------------------------------
+
+
+def cache_dir(path: Path) -> Path:
+    return path.parent / f".{path.name}.lit-seq2seq-cache"
+
+
+def _cache_key(sha: str, source: Tokenizer, target: Tokenizer) -> str:
+    settings = f"{CACHE_FORMAT}|{NORMALIZATION}|{source.kind}|{source.lowercase}|{target.kind}|{target.lowercase}"
+    return f"{sha[:32]}-{hashlib.sha256(settings.encode()).hexdigest()[:16]}"
+
+
+def _load_cache(path: Path, key: str) -> tuple[np.ndarray, Side, Side] | None:
+    file = cache_dir(path) / f"{key}.npz"
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+        sides = [Side(arrays[f"{s}_table"], arrays[f"{s}_ids"], arrays[f"{s}_offsets"]) for s in SIDES]
+        return arrays["lines"], sides[0], sides[1]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        return None  # no cache yet, or a damaged one: tokenize again (and rewrite it)
+
+
+def _write_cache(path: Path, key: str, sha: str, lines: np.ndarray, source: Side, target: Side) -> None:
+    """Write the arrays atomically (a temporary file renamed into place); drop caches of older contents of the file.
+    An unwritable folder skips caching, said once per folder and process."""
+    folder = cache_dir(path)
+    arrays = {"lines": lines}
+    for name, side in zip(SIDES, (source, target), strict=True):
+        arrays |= {f"{name}_table": side.table, f"{name}_ids": side.ids, f"{name}_offsets": side.offsets}
+    tmp = None
+    try:
+        folder.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as out:
+            np.savez(out, **arrays)
+        os.replace(tmp, folder / f"{key}.npz")
+        tmp = None
+        for old in folder.glob("*.npz"):  # the same file's earlier contents: never read again
+            if not old.name.startswith(sha[:32]):
+                old.unlink(missing_ok=True)
+    except OSError as error:
+        if str(folder) not in _warned_uncached:
+            _warned_uncached.add(str(folder))
+            why = error.strerror or str(error)
+            print(
+                f"lit-seq2seq: not caching the tokenized {path} in {folder} ({why}); tokenizing on each run",
+                file=sys.stderr,
+            )
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
