@@ -75,7 +75,7 @@ class PairFile:
 
 
 def file_format(path: str | os.PathLike) -> str:
-    """ "tsv" or "jsonl" by the file's suffix; any other suffix is refused (a CSV read as TSV would train on garbage)."""
+    """The format of a pair file by its suffix: "tsv" or "jsonl"; any other is refused (CSV read as TSV is garbage)."""
     suffix = Path(path).suffix.lower()
     if suffix in TSV_SUFFIXES:
         return "tsv"

@@ -194,19 +194,19 @@ class PairDataModule(L.LightningDataModule):
 
     @property
     def text_spec(self) -> TextSpec:
-        self._load()
+        self.load()
         return self._spec  # type: ignore[return-value]
 
     @property
     def source_length(self) -> int:
         """Longest source in tokens (the cap if given)."""
-        self._load()
+        self.load()
         return self._lengths["source"]
 
     @property
     def min_source_length(self) -> int:
         """Shortest training source in tokens."""
-        self._load()
+        self.load()
         return self._lengths["min_source"]
 
     @property
@@ -220,7 +220,7 @@ class PairDataModule(L.LightningDataModule):
     @property
     def max_target_length(self) -> int:
         """Decoder steps: the longest target (or the cap) + 1 for the end token."""
-        self._load()
+        self.load()
         return self._lengths["target"] + 1
 
     @property
@@ -238,7 +238,7 @@ class PairDataModule(L.LightningDataModule):
     def _read_file(self, name: str, flag: str) -> PairFile:
         return read_pairs(name, self.tokenizers["source"], self.tokenizers["target"], flag, self.cache)
 
-    def _load(self) -> None:
+    def load(self) -> None:
         """Read every given file once (before training starts, so that a bad line anywhere stops it first), build the
         vocabularies from the training split and the id arrays of every split."""
         if self._spec is not None:
@@ -259,7 +259,7 @@ class PairDataModule(L.LightningDataModule):
         train = splits["train"]
         self.train_sha256 = train.sha256 if self.file is None else hashlib.sha256(train.sha256.encode()).hexdigest()
         train = self._cap(train, "train", "source", self.caps["source"])
-        train = self._cap(train, "train", "target", self.caps["target"])
+        splits["train"] = train = self._cap(train, "train", "target", self.caps["target"])
         source_vocab = _vocab(train.source, self.unknown_source == "unk", train.where(0))
         target_vocab = _vocab(train.target, False, train.where(0))
         spec = TextSpec(self.tokenizers["source"], self.tokenizers["target"], source_vocab, target_vocab)
@@ -319,7 +319,7 @@ class PairDataModule(L.LightningDataModule):
     # --- Lightning hooks ------------------------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        self._load()
+        self.load()
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
         for name in needed[stage]:
             if name not in self.datasets and (name != "val" or stage == "validate"):
@@ -342,7 +342,7 @@ class PairDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        self._load()
+        self.load()
         replicas, rank = self._replicas()
         data = self.datasets["train"]
         if self.bucketing:
@@ -357,7 +357,7 @@ class PairDataModule(L.LightningDataModule):
         return self._loader("train", sampler)
 
     def _eval_loader(self, name: str) -> DataLoader | list:
-        self._load()
+        self.load()
         if name not in self.datasets:
             return []  # no validation pairs given: fit trains without validating
         replicas, rank = self._replicas()
@@ -393,7 +393,7 @@ class PairDataModule(L.LightningDataModule):
         state = checkpoint.get(type(self).__qualname__) or {}
         flag = "--data.file" if self.file else "--data.train_file"
         path = self.file or self.files["train"]
-        self._load()
+        self.load()
         saved = state.get("train_sha256")
         if saved and saved != self.train_sha256:
             differ.append(f"{flag} {path} changed since the checkpoint was written (other contents)")
@@ -474,7 +474,7 @@ def group_references(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray
     by_group = np.argsort(group, kind="stable")
     starts = np.cumsum(counts) - counts
     slot[by_group] = np.arange(len(group)) - np.repeat(starts, counts)
-    references = np.full((rows, int(counts.max()), target.shape[1]), ABSENT, target.dtype)
+    references = np.full((rows, int(counts.max(initial=1)), target.shape[1]), ABSENT, target.dtype)
     references[group, slot] = target
     firsts = first[order]
     return source[firsts], target[firsts], references

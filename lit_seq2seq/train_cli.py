@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 import warnings
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning as L
 import torch
@@ -31,6 +32,37 @@ DEFAULT_DATA = f"{Seq2SeqDataModule.__module__}.{Seq2SeqDataModule.__qualname__}
 LIGHTNING_CKPT_NAMES = ("hpc", "registry")
 # Data settings a fit may change when it resumes: fit does not use them, or they do not change what it trains on.
 RESUMABLE_DATA_CHANGES = ("test_size", "predict_size", "num_workers", "test_file", "predict_file", "cache")
+
+
+class Seq2SeqArgumentParser(LightningArgumentParser):
+    """Dumps (--print_config, a run's config.yaml) the default data module's settings as `data: {task: ...}`, as
+    before the pair data module existed: configs, tests and scripts reading `config["data"]["task"]` keep working, and
+    the file parses back to the same config (a `data:` without class_path is the default class)."""
+
+    def dump(self, *args: Any, **kwargs: Any) -> str:
+        return _flatten_default_data(super().dump(*args, **kwargs))
+
+    def error(self, message: str, *args: Any, **kwargs: Any) -> NoReturn:
+        # jsonargparse words an unknown --data.* key as "Parser key "data": Does not validate against any of the Union
+        # subtypes ..." with the key only in a nested line; name the flag first, as for any other unknown flag.
+        unknown = re.search(r"Problem with given class_path '([\w.]+)':\s+Option '(\w+)' is not accepted", message)
+        if message.startswith('Parser key "data"') and unknown:
+            name, key = unknown.groups()
+            message = f"--data.{key}: {name} has no such option (its options: lit-seq2seq fit --data.help {name})"
+        super().error(message, *args, **kwargs)
+
+
+def _flatten_default_data(text: str) -> str:
+    """YAML `data:` / `  class_path: DEFAULT_DATA` / `  init_args:` / `    key: v`... -> `data:` / `  key: v`."""
+    lines = text.split("\n")
+    head = ["data:", f"  class_path: {DEFAULT_DATA}", "  init_args:"]
+    for i in range(len(lines) - 2):
+        if lines[i : i + 3] == head:
+            end = i + 3
+            while end < len(lines) and lines[end].startswith("    "):
+                end += 1
+            return "\n".join([*lines[: i + 1], *(line[2:] for line in lines[i + 3 : end]), *lines[end:]])
+    return text
 
 
 class Seq2SeqCLI(LightningCLI):
@@ -59,6 +91,7 @@ class Seq2SeqCLI(LightningCLI):
                     Seq2SeqModule,
                     L.LightningDataModule,
                     subclass_mode_data=True,  # --data PairDataModule or data: {class_path: ...}; the default below
+                    parser_class=Seq2SeqArgumentParser,
                     args=args,
                     run=run,
                     seed_everything_default=42,
