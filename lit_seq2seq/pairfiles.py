@@ -15,8 +15,10 @@ import sys
 import tempfile
 import unicodedata
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -26,9 +28,11 @@ TSV_SUFFIXES = (".tsv", ".txt")
 JSONL_SUFFIXES = (".jsonl", ".json")
 CACHE_FORMAT = 1  # bump when the cached arrays change meaning
 SIDES = ("source", "target")
+T = TypeVar("T")
 _NEWLINE, _TAB, _CR = 10, 9, 13
 _warned_uncached: set[str] = set()  # folders already reported as uncacheable (once per process)
-_whitespace: np.ndarray | None = None
+_whitespace: np.ndarray | None = None  # str.isspace by code point, up to _LAST_SPACE + 1
+_LAST_SPACE = 0x3000  # IDEOGRAPHIC SPACE: no code point above it is whitespace (tests check every one)
 
 
 @dataclass(frozen=True)
@@ -102,55 +106,82 @@ def read_pairs(
         kind = file_format(path)
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
+    sha = _read(path, where, _sha256)
+    key = _cache_key(sha, source, target)
+    cached = _load_cache(path, key) if cache else None
+    if cached is not None:
+        lines, src, tgt = cached
+        return PairFile(path, flag, lines, src, tgt, sha)
+    raw = _read(path, where, lambda p: p.read_bytes())
+    sha = hashlib.sha256(raw).hexdigest()  # of what is tokenized, should the file have changed meanwhile
+    key = _cache_key(sha, source, target)
+    if kind == "tsv":
+        cps = _code_points(unicodedata.normalize(NORMALIZATION, _decode(raw, where, kind)))
+        del raw  # the text and bytes go: a large file is held once, as code points
+        lines, source_cps, target_cps = _tsv_sides(cps, where)
+    else:
+        text = _decode(raw, where, kind)
+        del raw
+        lines, source_cps, target_cps = _jsonl_sides(text, where)
+        del text
+    src = _tokenize_side(source_cps, source, len(lines), lines, where, "source")
+    del source_cps
+    tgt = _tokenize_side(target_cps, target, len(lines), lines, where, "target")
+    del target_cps
+    if cache:
+        _write_cache(path, key, sha, lines, src, tgt)
+    return PairFile(path, flag, lines, src, tgt, sha)
+
+
+def _read(path: Path, where: str, how: Callable[[Path], T]) -> T:
+    """how(path), with a missing file, a folder or an unreadable file as a ValueError naming `where`."""
     try:
-        raw = path.read_bytes()
+        return how(path)
     except FileNotFoundError:
         raise ValueError(f"{where}: no such file") from None
     except IsADirectoryError:
         raise ValueError(f"{where}: is a folder, not a file") from None
     except OSError as error:
         raise ValueError(f"{where}: cannot read it ({error.strerror})") from None
-    if not raw.strip():
-        raise ValueError(f"{where}: the file is empty (expected {_expected(kind)} lines)")
-    sha = hashlib.sha256(raw).hexdigest()
-    key = _cache_key(sha, source, target)
-    cached = _load_cache(path, key) if cache else None
-    if cached is not None:
-        lines, src, tgt = cached
-        return PairFile(path, flag, lines, src, tgt, sha)
+
+
+def _sha256(path: Path) -> str:
+    """The file's sha256, read in chunks (a cache hit never holds the whole file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _decode(raw: bytes, where: str, kind: str) -> str:
+    """UTF-8 text without a leading BOM; invalid UTF-8 is a ValueError naming its line, as is a blank file."""
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as error:
         line = raw.count(b"\n", 0, error.start) + 1
         byte = raw[error.start]
         raise ValueError(f"{where}:{line}: invalid UTF-8 (byte {byte:#04x}); save the file as UTF-8") from None
-    del raw
-    text = text.removeprefix("\ufeff")
-    if kind == "tsv":
-        lines, src_text, tgt_text = _tsv_sides(unicodedata.normalize(NORMALIZATION, text), where)
-    else:
-        lines, src_text, tgt_text = _jsonl_sides(text, where)
-    del text
-    src = _tokenize_side(src_text, source, len(lines), lines, where, "source")
-    tgt = _tokenize_side(tgt_text, target, len(lines), lines, where, "target")
-    if cache:
-        _write_cache(path, key, sha, lines, src, tgt)
-    return PairFile(path, flag, lines, src, tgt, sha)
+    if not text or text.isspace():  # isspace stops at the first other character; strip() would copy the text
+        raise ValueError(f"{where}: the file is empty (expected {_expected(kind)} lines)")
+    return text
+
+
+def _index_dtype(size: int) -> type:
+    """The smallest unsigned dtype that indexes `size` entries (ids of a large file: 1 byte a token, not 8)."""
+    return np.uint8 if size <= 1 << 8 else np.uint16 if size <= 1 << 16 else np.int32
 
 
 def _expected(kind: str) -> str:
     return "source<TAB>target" if kind == "tsv" else '{"source": ..., "target": ...}'
 
 
-def _tsv_sides(text: str, where: str) -> tuple[np.ndarray, str, str]:
-    """Line numbers and the two sides' texts (one line per pair, '\\n'-separated), from NFC text; all in numpy.
-
-    NFC of the whole text equals NFC per field: tab and newline are starters that compose with nothing.
+def _tsv_sides(cps: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Line numbers and the two sides' code points (each field followed by one '\\n'), from NFC text's code points;
+    all in numpy. NFC of the whole text equals NFC per field: tab and newline are starters that compose with nothing.
     """
-    if not text.endswith("\n"):
-        text += "\n"
-    cps = np.frombuffer(text.encode("utf-32-le"), np.uint32)
-    del text
+    if cps[-1] != _NEWLINE:
+        cps = np.append(cps, np.array(_NEWLINE, cps.dtype))
     ends = np.flatnonzero(cps == _NEWLINE)
     starts = np.empty_like(ends)
     starts[0], starts[1:] = 0, ends[:-1] + 1
@@ -172,19 +203,31 @@ def _tsv_sides(text: str, where: str) -> tuple[np.ndarray, str, str]:
     for side, empty in (("source", tab == starts), ("target", tab + 1 == stops)):
         if empty.any():
             raise ValueError(f"{where}:{line_numbers[np.argmax(empty)]}: empty {side}")
-    # Each side's characters with one '\n' after each pair's field: the tab ends a source, the line end a target.
-    source = _segments(cps, starts, tab)
-    target = _segments(cps, tab + 1, stops)
-    return line_numbers, source, target
+    # The tab ends a source, the line end ('\n' or '\r') a target: each becomes that field's '\n'.
+    return line_numbers, _fields(cps, starts, tab), _fields(cps, tab + 1, stops)
 
 
-def _segments(cps: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> str:
-    """cps[starts[i]:stops[i]] + '\\n' for every i, as one string."""
-    lengths = stops - starts + 1
-    out = cps[_ranges(starts, lengths)]
-    ends = np.cumsum(lengths) - 1
-    out[ends] = _NEWLINE
-    return out.tobytes().decode("utf-32-le")
+def _fields(cps: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """cps[starts[i]:stops[i]] + '\\n' for every i, concatenated (stops[i] < starts[i + 1]); one pass of masks."""
+    marks = np.zeros(len(cps) + 1, np.int8)
+    marks[starts] = 1
+    marks[stops + 1] = -1
+    inside = np.cumsum(marks[:-1], dtype=np.int8).view(bool)  # 1 from each start through its stop
+    out = cps[inside]
+    out[np.cumsum(stops - starts + 1) - 1] = _NEWLINE
+    return out
+
+
+def _code_points(text: str) -> np.ndarray:
+    """The code points of `text`: one byte each for Latin-1 text (most pair files), else four."""
+    try:
+        return np.frombuffer(text.encode("latin-1"), np.uint8)
+    except UnicodeEncodeError:
+        return np.frombuffer(text.encode("utf-32-le"), np.uint32)
+
+
+def _text(cps: np.ndarray) -> str:
+    return cps.tobytes().decode("latin-1" if cps.dtype == np.uint8 else "utf-32-le")
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -194,7 +237,7 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(np.asarray(starts, np.int64) - heads, lengths)
 
 
-def _jsonl_sides(text: str, where: str) -> tuple[np.ndarray, str, str]:
+def _jsonl_sides(text: str, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Line numbers and the two sides' NFC texts of JSON Lines (a Python loop: json.loads per line)."""
     lines, sources, targets = [], [], []
     for number, line in enumerate(text.split("\n"), 1):
@@ -223,39 +266,37 @@ def _jsonl_sides(text: str, where: str) -> tuple[np.ndarray, str, str]:
         raise ValueError(f"{where}: the file holds no pairs")
     source = unicodedata.normalize(NORMALIZATION, "\n".join(sources) + "\n")
     target = unicodedata.normalize(NORMALIZATION, "\n".join(targets) + "\n")
-    return np.asarray(lines, np.int64), source, target
+    return np.asarray(lines, np.int64), _code_points(source), _code_points(target)
 
 
-def _whitespace_code_points() -> np.ndarray:
-    """Code points str.split() splits on (str.isspace), sorted."""
+def _is_space(cps: np.ndarray) -> np.ndarray:
+    """str.isspace of each code point (what str.split() splits on): all such code points lie below U+3001."""
     global _whitespace
     if _whitespace is None:
-        _whitespace = np.array([c for c in range(sys.maxunicode + 1) if chr(c).isspace()], np.uint32)
-    return _whitespace
+        _whitespace = np.array([chr(c).isspace() for c in range(_LAST_SPACE + 2)])  # the last entry: False
+    return _whitespace[cps] if cps.dtype == np.uint8 else _whitespace[np.minimum(cps, _LAST_SPACE + 1)]
 
 
-def _tokenize_side(text: str, tokenizer: Tokenizer, rows: int, lines: np.ndarray, where: str, side: str) -> Side:
-    """Tokenize '\\n'-separated NFC fields (one per row) the way `tokenizer.split` does each field."""
+def _tokenize_side(cps: np.ndarray, tokenizer: Tokenizer, rows: int, lines: np.ndarray, where: str, side: str) -> Side:
+    """Tokenize NFC fields (code points, each field ended by '\\n') the way `tokenizer.split` does each field."""
     if tokenizer.lowercase:
-        text = text.lower()  # context rules (final sigma) stop at the tab/newline that separated the fields
-    cps = np.frombuffer(text.encode("utf-32-le"), np.uint32)
-    newline = cps == _NEWLINE
-    row_of = np.cumsum(newline) - newline  # row index of every character
+        # context rules (final sigma) stop at the newline that separates the fields
+        cps = _code_points(_text(cps).lower())
+    newlines = np.flatnonzero(cps == _NEWLINE)  # one per row
     if tokenizer.kind == "char":
-        tokens = cps[~newline]
-        counts = np.bincount(row_of[~newline], minlength=rows)
-        codes, ids = np.unique(tokens, return_inverse=True)
+        counts = np.diff(newlines, prepend=-1) - 1
+        tokens = cps[cps != _NEWLINE]
+        codes = np.flatnonzero(np.bincount(tokens)) if len(tokens) else np.zeros(0, np.int64)
+        lut = np.zeros(int(codes[-1]) + 1 if len(codes) else 1, _index_dtype(len(codes)))
+        lut[codes] = np.arange(len(codes))
+        ids = lut[tokens]
         table = np.array([chr(c) for c in codes.tolist()], dtype=str) if len(codes) else np.zeros(0, "<U1")
-        ids = ids.astype(np.int32)
     else:
-        space = np.isin(cps, _whitespace_code_points())
-        begins = ~space & np.r_[True, space[:-1]]
-        counts = np.bincount(row_of[begins], minlength=rows)
-        words = text.split()
-        distinct = sorted(dict.fromkeys(words))
-        index = {w: i for i, w in enumerate(distinct)}
-        ids = np.fromiter(map(index.__getitem__, words), np.int32, count=len(words))
-        table = np.array(distinct, dtype=str) if distinct else np.zeros(0, "<U1")
+        space = _is_space(cps)
+        begins = np.flatnonzero(~space & np.r_[True, space[:-1]])
+        counts = np.bincount(np.searchsorted(newlines, begins), minlength=rows)
+        del space, begins
+        ids, table = _word_ids(cps, newlines)
     empty = np.flatnonzero(counts == 0)
     if len(empty):
         raise ValueError(f"{where}:{lines[empty[0]]}: empty {side} (no tokens)")
@@ -264,17 +305,40 @@ def _tokenize_side(text: str, tokenizer: Tokenizer, rows: int, lines: np.ndarray
     return Side(table, ids, offsets)
 
 
-def to_vocab_ids(side: Side, vocab: Vocab, describe: callable) -> np.ndarray:
-    """`side`'s flat token indices as ids of `vocab` (int64). An unknown token (no <unk> in `vocab`) is a ValueError
-    whose message starts with describe(row, position, token)."""
+def _word_ids(cps: np.ndarray, newlines: np.ndarray, rows_per_chunk: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
+    """Whitespace-separated words of `cps` as indices into their sorted table. str.split() does the splitting, a chunk
+    of rows at a time: the words of a whole large file as Python strings would take ~50 bytes each at once."""
+    index: dict[str, int] = {}  # word -> index by first appearance
+    parts = []
+    bounds = [0, *(newlines[rows_per_chunk - 1 :: rows_per_chunk] + 1).tolist()]
+    for lo, hi in zip(bounds, [*bounds[1:], len(cps)], strict=True):
+        words = _text(cps[lo:hi]).split()
+        for word in dict.fromkeys(words):
+            if word not in index:
+                index[word] = len(index)
+        parts.append(np.fromiter(map(index.__getitem__, words), np.int32, count=len(words)))
+    distinct = list(index)
+    order = sorted(range(len(distinct)), key=distinct.__getitem__)
+    rank = np.empty(len(distinct), _index_dtype(len(distinct)))
+    rank[order] = np.arange(len(distinct))
+    ids = rank[np.concatenate(parts)] if parts else np.zeros(0, np.int32)
+    table = np.array([distinct[i] for i in order], dtype=str) if distinct else np.zeros(0, "<U1")
+    return ids, table
+
+
+def to_vocab_ids(side: Side, vocab: Vocab, describe: Callable[[int, int, str], str]) -> np.ndarray:
+    """`side`'s flat token indices as ids of `vocab` (the smallest unsigned dtype that holds them). An unknown token
+    (no <unk> in `vocab`) is a ValueError whose message is describe(row, position (1-based), token) of the first."""
     lut = np.array([-1 if vocab.id(str(t)) is None else vocab.id(str(t)) for t in side.table], np.int64)
-    ids = lut[side.ids] if len(lut) else np.zeros(0, np.int64)
-    missing = np.flatnonzero(ids < 0)
-    if len(missing):
-        at = int(missing[0])
-        row = int(np.searchsorted(side.offsets, at, side="right")) - 1
-        raise ValueError(describe(row, at - int(side.offsets[row]) + 1, str(side.table[side.ids[at]])))
-    return ids
+    unknown = np.flatnonzero(lut < 0)
+    if len(unknown):
+        used = np.flatnonzero(np.isin(side.ids, unknown))
+        if len(used):
+            at = int(used[0])
+            row = int(np.searchsorted(side.offsets, at, side="right")) - 1
+            raise ValueError(describe(row, at - int(side.offsets[row]) + 1, str(side.table[side.ids[at]])))
+        lut[unknown] = 0
+    return lut.astype(_index_dtype(len(vocab)))[side.ids] if len(lut) else np.zeros(0, np.uint8)
 
 
 def pad_rows(side: Side, ids: np.ndarray, width: int, end_token: int | None, dtype: type = np.int64) -> np.ndarray:

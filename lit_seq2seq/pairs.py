@@ -23,7 +23,7 @@ ABSENT = -1  # a reference slot a source does not use
 
 class PairRows(Dataset):
     """Training rows (source, target), fetched a batch at a time and cut to the batch's longest row: a batch of short
-    words does not run the RNN over the padding of the longest word in the file. Stored int32, handed out int64."""
+    words does not run the RNN over the padding of the longest word in the file. Stored int16/32, handed out int64."""
 
     def __init__(self, source: Tensor, target: Tensor) -> None:
         self.source, self.target = source, target
@@ -301,7 +301,8 @@ class PairDataModule(L.LightningDataModule):
         return _select(pairs, np.flatnonzero(~long))
 
     def _arrays(self, pairs: PairFile, spec: TextSpec) -> tuple[np.ndarray, np.ndarray]:
-        """Padded id arrays (int32): sources (rows, source_length), targets (rows, max_target_length) with the end."""
+        """Padded id arrays (int16, or int32 past 32767 ids): sources (rows, source_length), targets (rows,
+        max_target_length) with the end token."""
 
         def unknown(side: str, hint: str) -> Callable[[int, int, str], str]:
             return lambda row, pos, token: (
@@ -312,8 +313,10 @@ class PairDataModule(L.LightningDataModule):
         hint = "" if spec.source_vocab.has_unk else " (--data.unknown_source unk maps such tokens to <unk>)"
         source_ids = to_vocab_ids(pairs.source, spec.source_vocab, unknown("source", hint))
         target_ids = to_vocab_ids(pairs.target, spec.target_vocab, unknown("target", ""))
-        source = pad_rows(pairs.source, source_ids, self._lengths["source"], None, np.int32)
-        target = pad_rows(pairs.target, target_ids, self._lengths["target"] + 1, EOS_ID, np.int32)
+        small = max(len(spec.source_vocab), len(spec.target_vocab)) <= np.iinfo(np.int16).max
+        dtype = np.int16 if small else np.int32  # 2 bytes a cell: the rows of a large file, held in every process
+        source = pad_rows(pairs.source, source_ids, self._lengths["source"], None, dtype)
+        target = pad_rows(pairs.target, target_ids, self._lengths["target"] + 1, EOS_ID, dtype)
         return source, target
 
     # --- Lightning hooks ------------------------------------------------------------------------------------------
@@ -389,24 +392,28 @@ class PairDataModule(L.LightningDataModule):
 
     def resume_differences(self, checkpoint: dict[str, Any]) -> list[str]:
         """Why a fit cannot resume from `checkpoint` with this data (empty: it can): the training pairs changed."""
-        differ = []
         state = checkpoint.get(type(self).__qualname__) or {}
-        flag = "--data.file" if self.file else "--data.train_file"
-        path = self.file or self.files["train"]
-        self.load()
         saved = state.get("train_sha256")
+        self.load()
+        differ = []
         if saved and saved != self.train_sha256:
-            differ.append(f"{flag} {path} changed since the checkpoint was written (other contents)")
+            differ.append(f"{self._train_flag()} changed since the checkpoint was written (other contents)")
+        return differ + self.text_differences(checkpoint, lengths=True)
+
+    def text_differences(self, checkpoint: dict[str, Any], lengths: bool = False) -> list[str]:
+        """Why the model in `checkpoint` cannot read this data's ids (empty: it can): its vocabularies or tokenizers
+        (and with `lengths`, its trained source lengths) differ from those built from the training file now."""
         text = checkpoint.get(TEXT_KEY)
-        if text is not None:
-            ours = self.text_spec.to_dict() | {
-                "source_length": self.source_length,
-                "min_source_length": self.min_source_length,
-            }
-            changed = [key for key in ours if text.get(key) != ours[key]]
-            if changed:
-                differ.append(f"{flag} {path} gives other {', '.join(changed)} than the checkpoint's")
-        return differ
+        if text is None:
+            return [f"{self._train_flag()}: the checkpoint's model was not trained on text pairs"]
+        ours = self.text_spec.to_dict()
+        if lengths:
+            ours |= {"source_length": self.source_length, "min_source_length": self.min_source_length}
+        changed = [key for key in ours if text.get(key) != ours[key]]
+        return [f"{self._train_flag()} gives other {', '.join(changed)} than the checkpoint's"] if changed else []
+
+    def _train_flag(self) -> str:
+        return f"--data.file {self.file}" if self.file else f"--data.train_file {self.files['train']}"
 
 
 def _vocab(side: Side, unk: bool, where: str) -> Vocab:

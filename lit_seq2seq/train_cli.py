@@ -212,6 +212,8 @@ class Seq2SeqCLI(LightningCLI):
         if self._checkpoint is not None:
             if self.subcommand == "fit" and not self._fine_tune:
                 self._check_same_settings(self._checkpoint)
+            elif hasattr(self.datamodule, "text_differences"):  # the ids must mean the tokens the model learned
+                self._check_same_text(self._checkpoint)
             self._check_model_matches(self._checkpoint)
             if self._fine_tune:  # the weights only; the trainer starts a new fit
                 self.model.load_state_dict(self._checkpoint["state_dict"])
@@ -248,6 +250,16 @@ class Seq2SeqCLI(LightningCLI):
                 f"--ckpt_path {ckpt_path}: a resumed fit must keep the settings it was trained with, but "
                 f"{', '.join(differ)}; pass the checkpoint's settings to resume it, or --fine_tune true to start a "
                 "new fit from its weights"
+            )
+
+    def _check_same_text(self, checkpoint: dict[str, Any]) -> None:
+        """Exit 2 if the vocabularies built from the training file now differ from the checkpoint's (test, validate,
+        predict, fine-tune): the same ids would stand for other tokens, and every figure would be wrong."""
+        differ = self.datamodule.text_differences(checkpoint)
+        if differ:
+            self.parser.error(
+                f"--ckpt_path {self.config[self.subcommand].ckpt_path}: {'; '.join(differ)}; pass the training file "
+                "and tokenizer flags the model was trained with"
             )
 
     def _check_model_matches(self, checkpoint: dict[str, Any]) -> None:

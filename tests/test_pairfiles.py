@@ -196,3 +196,18 @@ def test_reading_pairs_needs_no_torch(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_no_code_point_above_the_whitespace_table_is_whitespace():
+    assert chr(pairfiles._LAST_SPACE).isspace()
+    assert not any(chr(c).isspace() for c in range(pairfiles._LAST_SPACE + 1, sys.maxunicode + 1))
+
+
+def test_words_are_indexed_alike_in_chunks_of_any_size():
+    text = "b a\nc  a\u3000d\nb\n a\n"
+    cps = pairfiles._code_points(text)
+    newlines = np.flatnonzero(cps == 10)
+    whole = pairfiles._word_ids(cps, newlines)
+    for rows in (1, 2, 3):
+        ids, table = pairfiles._word_ids(cps, newlines, rows_per_chunk=rows)
+        assert ids.tolist() == whole[0].tolist() and table.tolist() == whole[1].tolist() == ["a", "b", "c", "d"]

@@ -262,6 +262,10 @@ def test_a_resumed_fit_refuses_a_changed_training_file(tmp_path, capsys):
     train.write_text("ab\tA B\nca\tC A\n" * 40)  # other vocabularies
     code, err = cli_exit(resume, capsys)
     assert code == 2 and "gives other source_tokens, target_tokens" in err and "--fine_tune true" in err
+    for command in (["test", "--data.test_file", train], ["fit", "--fine_tune", "true"]):  # ids would mean other tokens
+        args = [command[0], *flags, *command[1:], "--ckpt_path", ckpt, *root_args(tmp_path / "runs")]
+        code, err = cli_exit(args, capsys)
+        assert code == 2 and f"--data.train_file {train} gives other source_tokens, target_tokens" in err
     code, err = cli_exit([*resume, "--data", "Seq2SeqDataModule"], capsys)
     assert code == 2 and "the checkpoint was trained with --data.bucketing" in err
 
@@ -296,6 +300,7 @@ class RecordSources(L.Callback):
         torch.save(torch.cat(self.rows), path)
 
 
+@pytest.mark.slow  # two processes with torch, lightning and gloo: ~30-40 s on 2 cores
 def test_ddp_two_ranks_shard_the_file_data(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), *sys.path]))
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_epochs", "1"]
