@@ -10,6 +10,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -282,6 +283,9 @@ class PairDataModule(L.LightningDataModule):
             else:
                 self.datasets[name] = ReferenceRows(*(torch.from_numpy(a) for a in group_references(source, target)))
         self._spec = spec
+        if self.skipped:  # --data.skip_long: say how many, once (rank 0)
+            counts = ", ".join(f"{n} {split}" for split, n in self.skipped.items())
+            rank_zero_info(f"--data.skip_long: skipped pairs longer than the lengths trained on: {counts}")
 
     def _cap(self, pairs: PairFile, split: str, side: str, cap: int | None) -> PairFile:
         """Pairs whose `side` fits `cap` tokens; longer ones are an error naming file:line unless --data.skip_long."""

@@ -69,7 +69,7 @@ def test_vocabularies_and_lengths_come_from_the_training_split_only(tmp_path):
     assert val.target.tolist() == [[4, 2, 3, 1], [2, 1, 0, 0]]
 
 
-def test_caps_and_skip_long(tmp_path):
+def test_caps_and_skip_long(tmp_path, caplog):
     train = ["abcd\tA B", "ab\tA B C D E", "a\tA"]
     with pytest.raises(ValueError) as info:
         module(tmp_path, train, max_source_tokens=3).load()
@@ -81,6 +81,7 @@ def test_caps_and_skip_long(tmp_path):
     assert (data.source_length, data.max_target_length) == (4, 4)  # the cap + the end token
     assert len(data.datasets["train"]) == 2 and len(data.datasets["val"]) == 2
     assert data.skipped == {"train": 1, "val": 1}
+    assert "--data.skip_long: skipped pairs longer than the lengths trained on: 1 train, 1 val" in caplog.text
     with pytest.raises(ValueError, match=r"val\.tsv:1: the source has 5 tokens, more than the longest training source"):
         module(tmp_path, ["abcd\tA"], ["abcda\tA"]).load()
 
