@@ -287,17 +287,13 @@ def _tokenize_side(cps: np.ndarray, tokenizer: Tokenizer, rows: int, lines: np.n
     if tokenizer.kind == "char":
         counts = np.diff(newlines, prepend=-1) - 1
         tokens = cps[cps != _NEWLINE]
-        codes = np.flatnonzero(np.bincount(tokens)) if len(tokens) else np.zeros(0, np.int64)
+        codes = np.flatnonzero(_chunked_bincount(tokens))
         lut = np.zeros(int(codes[-1]) + 1 if len(codes) else 1, _index_dtype(len(codes)))
         lut[codes] = np.arange(len(codes))
-        ids = lut[tokens]
+        ids = _gather(lut, tokens)
         table = np.array([chr(c) for c in codes.tolist()], dtype=str) if len(codes) else np.zeros(0, "<U1")
     else:
-        space = _is_space(cps)
-        begins = np.flatnonzero(~space & np.r_[True, space[:-1]])
-        counts = np.bincount(np.searchsorted(newlines, begins), minlength=rows)
-        del space, begins
-        ids, table = _word_ids(cps, newlines)
+        ids, table, counts = _word_ids(cps, newlines)
     empty = np.flatnonzero(counts == 0)
     if len(empty):
         raise ValueError(f"{where}:{lines[empty[0]]}: empty {side} (no tokens)")
@@ -306,14 +302,22 @@ def _tokenize_side(cps: np.ndarray, tokenizer: Tokenizer, rows: int, lines: np.n
     return Side(table, ids, offsets)
 
 
-def _word_ids(cps: np.ndarray, newlines: np.ndarray, rows_per_chunk: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
-    """Whitespace-separated words of `cps` as indices into their sorted table. str.split() does the splitting, a chunk
-    of rows at a time: the words of a whole large file as Python strings would take ~50 bytes each at once."""
+def _word_ids(
+    cps: np.ndarray, newlines: np.ndarray, rows_per_chunk: int = 20_000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Whitespace-separated words of `cps` as indices into their sorted table, and the words of each row. A chunk of
+    rows at a time (str.split() splits, numpy counts): the words of a large file as Python strings (~50 bytes each),
+    or one position per word, would take gigabytes at once."""
     index: dict[str, int] = {}  # word -> index by first appearance
-    parts = []
+    parts, counts = [], []
     bounds = [0, *(newlines[rows_per_chunk - 1 :: rows_per_chunk] + 1).tolist()]
     for lo, hi in zip(bounds, [*bounds[1:], len(cps)], strict=True):
-        words = _text(cps[lo:hi]).split()
+        chunk = cps[lo:hi]
+        space = _is_space(chunk)
+        begins = np.flatnonzero(~space & np.r_[True, space[:-1]])  # a non-space after a space (or the start)
+        ends = np.flatnonzero(chunk == _NEWLINE)
+        counts.append(np.bincount(np.searchsorted(ends, begins), minlength=len(ends)))
+        words = _text(chunk).split()
         for word in dict.fromkeys(words):
             if word not in index:
                 index[word] = len(index)
@@ -322,9 +326,9 @@ def _word_ids(cps: np.ndarray, newlines: np.ndarray, rows_per_chunk: int = 20_00
     order = sorted(range(len(distinct)), key=distinct.__getitem__)
     rank = np.empty(len(distinct), _index_dtype(len(distinct)))
     rank[order] = np.arange(len(distinct))
-    ids = rank[np.concatenate(parts)] if parts else np.zeros(0, np.int32)
+    ids = _gather(rank, np.concatenate(parts)) if parts else np.zeros(0, np.int32)
     table = np.array([distinct[i] for i in order], dtype=str) if distinct else np.zeros(0, "<U1")
-    return ids, table
+    return ids, table, np.concatenate(counts)
 
 
 def to_vocab_ids(side: Side, vocab: Vocab, describe: Callable[[int, int, str], str]) -> np.ndarray:
@@ -333,13 +337,35 @@ def to_vocab_ids(side: Side, vocab: Vocab, describe: Callable[[int, int, str], s
     lut = np.array([-1 if vocab.id(str(t)) is None else vocab.id(str(t)) for t in side.table], np.int64)
     unknown = np.flatnonzero(lut < 0)
     if len(unknown):
-        used = np.flatnonzero(np.isin(side.ids, unknown))
+        known = np.ones(len(lut), bool)
+        known[unknown] = False
+        used = np.flatnonzero(~_gather(known, side.ids))
         if len(used):
             at = int(used[0])
             row = int(np.searchsorted(side.offsets, at, side="right")) - 1
             raise ValueError(describe(row, at - int(side.offsets[row]) + 1, str(side.table[side.ids[at]])))
         lut[unknown] = 0
-    return lut.astype(_index_dtype(len(vocab)))[side.ids] if len(lut) else np.zeros(0, np.uint8)
+    return _gather(lut.astype(_index_dtype(len(vocab))), side.ids) if len(lut) else np.zeros(0, np.uint8)
+
+
+_CHUNK = 1 << 22  # elements per step where numpy would otherwise make an 8-byte copy of a whole id array
+
+
+def _gather(table: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """table[indices] a chunk at a time: numpy turns small-dtype indices into int64 first, 8 bytes a token."""
+    out = np.empty(len(indices), table.dtype)
+    for at in range(0, len(indices), _CHUNK):
+        out[at : at + _CHUNK] = table[indices[at : at + _CHUNK]]
+    return out
+
+
+def _chunked_bincount(values: np.ndarray) -> np.ndarray:
+    """np.bincount(values) a chunk at a time (it too copies its input to int64)."""
+    total = np.zeros(int(values.max()) + 1 if len(values) else 0, np.int64)
+    for at in range(0, len(values), _CHUNK):
+        part = np.bincount(values[at : at + _CHUNK])
+        total[: len(part)] += part
+    return total
 
 
 def pad_rows(side: Side, ids: np.ndarray, width: int, end_token: int | None, dtype: type = np.int64) -> np.ndarray:

@@ -208,6 +208,8 @@ def test_words_are_indexed_alike_in_chunks_of_any_size():
     cps = pairfiles._code_points(text)
     newlines = np.flatnonzero(cps == 10)
     whole = pairfiles._word_ids(cps, newlines)
+    assert whole[2].tolist() == [2, 3, 1, 1]  # words per row
     for rows in (1, 2, 3):
-        ids, table = pairfiles._word_ids(cps, newlines, rows_per_chunk=rows)
+        ids, table, counts = pairfiles._word_ids(cps, newlines, rows_per_chunk=rows)
         assert ids.tolist() == whole[0].tolist() and table.tolist() == whole[1].tolist() == ["a", "b", "c", "d"]
+        assert counts.tolist() == whole[2].tolist()
