@@ -46,8 +46,12 @@ class ResumableSampler(DistributedSampler):
         self.batch_size = batch_size
         self.resume_epoch, self.skip_batches = -1, 0
 
+    def epoch_indices(self) -> list[int]:
+        """This rank's rows of the current epoch, in order (a subclass may order them otherwise)."""
+        return list(super().__iter__())
+
     def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
+        indices = self.epoch_indices()
         if self.epoch == self.resume_epoch:
             indices = indices[self.skip_batches * self.batch_size :]
             self.resume_epoch = -1

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 import warnings
-from typing import Any
+from typing import Any, NoReturn
 
+import lightning as L
 import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
@@ -20,13 +22,47 @@ from lit_seq2seq.checkpoint import NonFiniteError, Seq2SeqCheckpoint, Seq2SeqChe
 from lit_seq2seq.data import Seq2SeqDataModule
 from lit_seq2seq.model import upgrade_hparams
 from lit_seq2seq.module import Seq2SeqModule
+from lit_seq2seq.pairs import PairDataModule  # noqa: F401 - imported so that `--data PairDataModule` finds it
 
 # The sizes the data decides, linked into the net's config: a YAML never states them twice.
 DATA_TO_NET = ("source_vocab_size", "target_vocab_size", "max_target_length", "eos_token")
+# The data module of a config without a class_path (generated tasks); lit_seq2seq.pairs.PairDataModule reads files.
+DEFAULT_DATA = f"{Seq2SeqDataModule.__module__}.{Seq2SeqDataModule.__qualname__}"
 # --ckpt_path values Lightning resolves itself (not files).
 LIGHTNING_CKPT_NAMES = ("hpc", "registry")
 # Data settings a fit may change when it resumes: fit does not use them, or they do not change what it trains on.
-RESUMABLE_DATA_CHANGES = ("test_size", "predict_size", "num_workers")
+RESUMABLE_DATA_CHANGES = ("test_size", "predict_size", "num_workers", "test_file", "predict_file", "cache")
+
+
+class Seq2SeqArgumentParser(LightningArgumentParser):
+    """Dumps (--print_config, a run's config.yaml) the default data module's settings as `data: {task: ...}`, as
+    before the pair data module existed: configs, tests and scripts reading `config["data"]["task"]` keep working, and
+    the file parses back to the same config (a `data:` without class_path is the default class)."""
+
+    def dump(self, *args: Any, **kwargs: Any) -> str:
+        return _flatten_default_data(super().dump(*args, **kwargs))
+
+    def error(self, message: str, *args: Any, **kwargs: Any) -> NoReturn:
+        # jsonargparse words an unknown --data.* key as "Parser key "data": Does not validate against any of the Union
+        # subtypes ..." with the key only in a nested line; name the flag first, as for any other unknown flag.
+        unknown = re.search(r"Problem with given class_path '([\w.]+)':\s+Option '(\w+)' is not accepted", message)
+        if message.startswith('Parser key "data"') and unknown:
+            name, key = unknown.groups()
+            message = f"--data.{key}: {name} has no such option (its options: lit-seq2seq fit --data.help {name})"
+        super().error(message, *args, **kwargs)
+
+
+def _flatten_default_data(text: str) -> str:
+    """YAML `data:` / `  class_path: DEFAULT_DATA` / `  init_args:` / `    key: v`... -> `data:` / `  key: v`."""
+    lines = text.split("\n")
+    head = ["data:", f"  class_path: {DEFAULT_DATA}", "  init_args:"]
+    for i in range(len(lines) - 2):
+        if lines[i : i + 3] == head:
+            end = i + 3
+            while end < len(lines) and lines[end].startswith("    "):
+                end += 1
+            return "\n".join([*lines[: i + 1], *(line[2:] for line in lines[i + 3 : end]), *lines[end:]])
+    return text
 
 
 class Seq2SeqCLI(LightningCLI):
@@ -53,7 +89,9 @@ class Seq2SeqCLI(LightningCLI):
                 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
                 super().__init__(
                     Seq2SeqModule,
-                    Seq2SeqDataModule,
+                    L.LightningDataModule,
+                    subclass_mode_data=True,  # --data PairDataModule or data: {class_path: ...}; the default below
+                    parser_class=Seq2SeqArgumentParser,
                     args=args,
                     run=run,
                     seed_everything_default=42,
@@ -108,6 +146,7 @@ class Seq2SeqCLI(LightningCLI):
         parser.add_lightning_class_args(Seq2SeqCheckpoint, "checkpoint")
         parser.set_defaults(
             {
+                "data": {"class_path": DEFAULT_DATA},
                 "checkpoint.monitor": "val/exact_match",
                 "checkpoint.mode": "max",
                 "checkpoint.filename": "best",
@@ -173,6 +212,8 @@ class Seq2SeqCLI(LightningCLI):
         if self._checkpoint is not None:
             if self.subcommand == "fit" and not self._fine_tune:
                 self._check_same_settings(self._checkpoint)
+            elif hasattr(self.datamodule, "text_differences"):  # the ids must mean the tokens the model learned
+                self._check_same_text(self._checkpoint)
             self._check_model_matches(self._checkpoint)
             if self._fine_tune:  # the weights only; the trainer starts a new fit
                 self.model.load_state_dict(self._checkpoint["state_dict"])
@@ -185,10 +226,16 @@ class Seq2SeqCLI(LightningCLI):
         ckpt_path = self.config[self.subcommand].ckpt_path
         differ = []
         saved_data = checkpoint.get("datamodule_hyper_parameters") or {}
+        data = self.datamodule
+        foreign = sorted(k for k in saved_data if not k.startswith("_") and k not in data.hparams)
+        if foreign:  # trained with another data module (generated tasks vs pair files)
+            differ.append(f"--data {type(data).__name__} (the checkpoint was trained with --data.{foreign[0]} ...)")
         for key, value in saved_data.items():
-            ours = self.datamodule.hparams.get(key, value)
+            ours = data.hparams.get(key, value)
             if not key.startswith("_") and key not in RESUMABLE_DATA_CHANGES and ours != value:
                 differ.append(f"--data.{key} {ours} (checkpoint: {value})")
+        if not differ and hasattr(data, "resume_differences"):  # the same flags, but the files they name changed
+            differ += data.resume_differences(checkpoint)
         saved_model = upgrade_hparams(checkpoint["hyper_parameters"])
         ours_model = self.model.hparams
         for key, value in sorted(saved_model.get("net", {}).items()):
@@ -203,6 +250,16 @@ class Seq2SeqCLI(LightningCLI):
                 f"--ckpt_path {ckpt_path}: a resumed fit must keep the settings it was trained with, but "
                 f"{', '.join(differ)}; pass the checkpoint's settings to resume it, or --fine_tune true to start a "
                 "new fit from its weights"
+            )
+
+    def _check_same_text(self, checkpoint: dict[str, Any]) -> None:
+        """Exit 2 if the vocabularies built from the training file now differ from the checkpoint's (test, validate,
+        predict, fine-tune): the same ids would stand for other tokens, and every figure would be wrong."""
+        differ = self.datamodule.text_differences(checkpoint)
+        if differ:
+            self.parser.error(
+                f"--ckpt_path {self.config[self.subcommand].ckpt_path}: {'; '.join(differ)}; pass the training file "
+                "and tokenizer flags the model was trained with"
             )
 
     def _check_model_matches(self, checkpoint: dict[str, Any]) -> None:

@@ -1,0 +1,434 @@
+"""Pair files (TSV `source<TAB>target` or JSON Lines) -> tokenized id arrays, vectorised, cached beside the file.
+
+numpy only (no torch): a file is read once, checked line by line (errors name the flag, file and line), tokenized per
+side with text.Tokenizer semantics (NFC, optional lowercasing, code points or whitespace-separated tokens), and stored
+as a per-file token table plus flat indices into it. That form does not depend on any vocabulary, so it is cached
+beside the file (keyed by the file's sha256 and the tokenizer settings) and mapped onto a vocabulary later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import unicodedata
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from lit_seq2seq.text import NORMALIZATION, Tokenizer, Vocab
+
+TSV_SUFFIXES = (".tsv", ".txt")
+JSONL_SUFFIXES = (".jsonl", ".json")
+CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+SIDES = ("source", "target")
+T = TypeVar("T")
+_NEWLINE, _TAB, _CR = 10, 9, 13
+_warned_uncached: set[str] = set()  # folders already reported as uncacheable (once per process)
+_whitespace: np.ndarray | None = None  # str.isspace by code point, up to _LAST_SPACE + 1
+_LAST_SPACE = 0x3000  # IDEOGRAPHIC SPACE: no code point above it is whitespace (tests check every one)
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a file, tokenized: `table` the distinct tokens (sorted), `ids` flat indices into it, row i's tokens
+    `ids[offsets[i]:offsets[i + 1]]`."""
+
+    table: np.ndarray  # str, sorted (code point order, as Vocab.build sorts)
+    ids: np.ndarray  # int32
+    offsets: np.ndarray  # int64, len rows + 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def tokens(self, row: int) -> list[str]:
+        return [str(t) for t in self.table[self.ids[self.offsets[row] : self.offsets[row + 1]]]]
+
+    def select(self, rows: np.ndarray) -> Side:
+        """The side of the given rows (in that order), same table."""
+        lengths = self.lengths[rows]
+        offsets = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = _ranges(self.offsets[rows], lengths)
+        return Side(self.table, self.ids[flat], offsets)
+
+
+@dataclass(frozen=True)
+class PairFile:
+    """A tokenized pair file: its rows' 1-based line numbers, sources and targets, and its sha256."""
+
+    path: Path
+    flag: str
+    lines: np.ndarray  # int64
+    source: Side
+    target: Side
+    sha256: str
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def where(self, row: int) -> str:
+        return f"{self.flag} {self.path}:{int(self.lines[row])}"
+
+
+def file_format(path: str | os.PathLike) -> str:
+    """The format of a pair file by its suffix: "tsv" or "jsonl"; any other is refused (CSV read as TSV is garbage)."""
+    suffix = Path(path).suffix.lower()
+    if suffix in TSV_SUFFIXES:
+        return "tsv"
+    if suffix in JSONL_SUFFIXES:
+        return "jsonl"
+    raise ValueError(
+        f"unknown pair file type {suffix or '(no suffix)'!r}: use {'/'.join(TSV_SUFFIXES)} for source<TAB>target lines "
+        f"or {'/'.join(JSONL_SUFFIXES)} for JSON Lines"
+    )
+
+
+def read_pairs(
+    path: str | os.PathLike, source: Tokenizer, target: Tokenizer, flag: str = "--data.file", cache: bool = True
+) -> PairFile:
+    """Read, check and tokenize one pair file (from its cache when the file and settings are unchanged).
+
+    Every problem is a ValueError naming `flag`, the file and, for a bad line, its number: a missing or empty file,
+    a line without a tab (or with more than one), an empty side, invalid UTF-8, bad JSON, a missing key. Lines that
+    are empty (blank lines, a trailing newline) are skipped; `\\r\\n` line ends and a leading BOM are accepted.
+    """
+    path = Path(path)
+    where = f"{flag} {path}"
+    try:
+        kind = file_format(path)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+    sha = _read(path, where, _sha256)
+    key = _cache_key(sha, source, target)
+    cached = _load_cache(path, key) if cache else None
+    if cached is not None:
+        lines, src, tgt = cached
+        return PairFile(path, flag, lines, src, tgt, sha)
+    raw = _read(path, where, lambda p: p.read_bytes())
+    sha = hashlib.sha256(raw).hexdigest()  # of what is tokenized, should the file have changed meanwhile
+    key = _cache_key(sha, source, target)
+    if kind == "tsv":
+        cps = _code_points(unicodedata.normalize(NORMALIZATION, _decode(raw, where, kind)))
+        del raw  # the text and bytes go: a large file is held once, as code points
+        lines, source_cps, target_cps = _tsv_sides(cps, where)
+    else:
+        text = _decode(raw, where, kind)
+        del raw
+        lines, source_cps, target_cps = _jsonl_sides(text, where)
+        del text
+    src = _tokenize_side(source_cps, source, len(lines), lines, where, "source")
+    del source_cps
+    tgt = _tokenize_side(target_cps, target, len(lines), lines, where, "target")
+    del target_cps
+    if cache:
+        _write_cache(path, key, sha, lines, src, tgt)
+    return PairFile(path, flag, lines, src, tgt, sha)
+
+
+def _read(path: Path, where: str, how: Callable[[Path], T]) -> T:
+    """how(path), with a missing file, a folder or an unreadable file as a ValueError naming `where`."""
+    try:
+        return how(path)
+    except FileNotFoundError:
+        raise ValueError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{where}: is a folder, not a file") from None
+    except OSError as error:
+        raise ValueError(f"{where}: cannot read it ({error.strerror})") from None
+
+
+def _sha256(path: Path) -> str:
+    """The file's sha256, read in chunks (a cache hit never holds the whole file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _decode(raw: bytes, where: str, kind: str) -> str:
+    """UTF-8 text without a leading BOM; invalid UTF-8 is a ValueError naming its line, as is a blank file."""
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        byte = raw[error.start]
+        raise ValueError(f"{where}:{line}: invalid UTF-8 (byte {byte:#04x}); save the file as UTF-8") from None
+    if not text or text.isspace():  # isspace stops at the first other character; strip() would copy the text
+        raise ValueError(f"{where}: the file is empty (expected {_expected(kind)} lines)")
+    return text
+
+
+def _index_dtype(size: int) -> type:
+    """The smallest unsigned dtype that indexes `size` entries (ids of a large file: 1 byte a token, not 8)."""
+    return np.uint8 if size <= 1 << 8 else np.uint16 if size <= 1 << 16 else np.int32
+
+
+def _expected(kind: str) -> str:
+    return "source<TAB>target" if kind == "tsv" else '{"source": ..., "target": ...}'
+
+
+def _tsv_sides(cps: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Line numbers and the two sides' code points (each field followed by one '\\n'), from NFC text's code points;
+    all in numpy. NFC of the whole text equals NFC per field: tab and newline are starters that compose with nothing.
+    """
+    if cps[-1] != _NEWLINE:
+        cps = np.append(cps, np.array(_NEWLINE, cps.dtype))
+    ends = np.flatnonzero(cps == _NEWLINE)
+    starts = np.empty_like(ends)
+    starts[0], starts[1:] = 0, ends[:-1] + 1
+    line_numbers = np.arange(1, len(ends) + 1, dtype=np.int64)
+    stops = ends.copy()  # a line's end without its '\r'
+    crlf = (stops > starts) & (cps[np.maximum(stops - 1, 0)] == _CR)
+    stops[crlf] -= 1
+    keep = stops > starts  # blank lines are skipped
+    starts, stops, line_numbers = starts[keep], stops[keep], line_numbers[keep]
+    tabs = np.flatnonzero(cps == _TAB)
+    first = np.searchsorted(tabs, starts)
+    count = np.searchsorted(tabs, stops) - first
+    bad = np.flatnonzero(count != 1)
+    if len(bad):
+        i = bad[0]
+        what = "no tab" if count[i] == 0 else f"{count[i]} tabs"
+        raise ValueError(f"{where}:{line_numbers[i]}: {what}; each line must be source<TAB>target")
+    tab = tabs[first]
+    for side, empty in (("source", tab == starts), ("target", tab + 1 == stops)):
+        if empty.any():
+            raise ValueError(f"{where}:{line_numbers[np.argmax(empty)]}: empty {side}")
+    # The tab ends a source, the line end ('\n' or '\r') a target: each becomes that field's '\n'.
+    return line_numbers, _fields(cps, starts, tab), _fields(cps, tab + 1, stops)
+
+
+def _fields(cps: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """cps[starts[i]:stops[i]] + '\\n' for every i, concatenated (stops[i] < starts[i + 1]): one boolean mask, made by
+    repeating False/True over the gaps and the fields, selects them."""
+    bounds = np.empty(2 * len(starts) + 2, np.int64)
+    bounds[0], bounds[1:-1:2], bounds[2:-1:2], bounds[-1] = 0, starts, stops + 1, len(cps)
+    flags = np.zeros(len(bounds) - 1, bool)
+    flags[1::2] = True
+    out = cps[np.repeat(flags, np.diff(bounds))]
+    out[np.cumsum(stops - starts + 1) - 1] = _NEWLINE
+    return out
+
+
+def _code_points(text: str) -> np.ndarray:
+    """The code points of `text`: one byte each for Latin-1 text (most pair files), else four."""
+    try:
+        return np.frombuffer(text.encode("latin-1"), np.uint8)
+    except UnicodeEncodeError:
+        return np.frombuffer(text.encode("utf-32-le"), np.uint32)
+
+
+def _text(cps: np.ndarray) -> str:
+    return cps.tobytes().decode("latin-1" if cps.dtype == np.uint8 else "utf-32-le")
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + n) for each (s, n), vectorised."""
+    lengths = np.asarray(lengths, np.int64)
+    heads = np.cumsum(lengths) - lengths
+    return np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(np.asarray(starts, np.int64) - heads, lengths)
+
+
+def _jsonl_sides(text: str, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Line numbers and the two sides' NFC texts of JSON Lines (a Python loop: json.loads per line)."""
+    lines, sources, targets = [], [], []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where}:{number}: bad JSON ({error.msg} at column {error.colno})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f'{where}:{number}: expected a JSON object {{"source": ..., "target": ...}}')
+        for key in SIDES:
+            if key not in row:
+                raise ValueError(f'{where}:{number}: missing key "{key}"')
+            value = row[key]
+            if not isinstance(value, str):
+                raise ValueError(f'{where}:{number}: "{key}" must be a string, got {type(value).__name__}')
+            if not value:
+                raise ValueError(f"{where}:{number}: empty {key}")
+            if "\n" in value or "\r" in value:
+                raise ValueError(f"{where}:{number}: the {key} holds a line break; a pair is one line of text")
+        lines.append(number)
+        sources.append(row["source"])
+        targets.append(row["target"])
+    if not lines:
+        raise ValueError(f"{where}: the file holds no pairs")
+    source = unicodedata.normalize(NORMALIZATION, "\n".join(sources) + "\n")
+    target = unicodedata.normalize(NORMALIZATION, "\n".join(targets) + "\n")
+    return np.asarray(lines, np.int64), _code_points(source), _code_points(target)
+
+
+def _is_space(cps: np.ndarray) -> np.ndarray:
+    """str.isspace of each code point (what str.split() splits on): all such code points lie below U+3001."""
+    global _whitespace
+    if _whitespace is None:
+        _whitespace = np.array([chr(c).isspace() for c in range(_LAST_SPACE + 2)])  # the last entry: False
+    return _whitespace[cps] if cps.dtype == np.uint8 else _whitespace[np.minimum(cps, _LAST_SPACE + 1)]
+
+
+def _tokenize_side(cps: np.ndarray, tokenizer: Tokenizer, rows: int, lines: np.ndarray, where: str, side: str) -> Side:
+    """Tokenize NFC fields (code points, each field ended by '\\n') the way `tokenizer.split` does each field."""
+    if tokenizer.lowercase:
+        # context rules (final sigma) stop at the newline that separates the fields
+        cps = _code_points(_text(cps).lower())
+    newlines = np.flatnonzero(cps == _NEWLINE)  # one per row
+    if tokenizer.kind == "char":
+        counts = np.diff(newlines, prepend=-1) - 1
+        tokens = cps[cps != _NEWLINE]
+        codes = np.flatnonzero(_chunked_bincount(tokens))
+        lut = np.zeros(int(codes[-1]) + 1 if len(codes) else 1, _index_dtype(len(codes)))
+        lut[codes] = np.arange(len(codes))
+        ids = _gather(lut, tokens)
+        table = np.array([chr(c) for c in codes.tolist()], dtype=str) if len(codes) else np.zeros(0, "<U1")
+    else:
+        ids, table, counts = _word_ids(cps, newlines)
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        raise ValueError(f"{where}:{lines[empty[0]]}: empty {side} (no tokens)")
+    offsets = np.zeros(rows + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return Side(table, ids, offsets)
+
+
+def _word_ids(
+    cps: np.ndarray, newlines: np.ndarray, rows_per_chunk: int = 20_000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Whitespace-separated words of `cps` as indices into their sorted table, and the words of each row. A chunk of
+    rows at a time (str.split() splits, numpy counts): the words of a large file as Python strings (~50 bytes each),
+    or one position per word, would take gigabytes at once."""
+    index: dict[str, int] = {}  # word -> index by first appearance
+    parts, counts = [], []
+    bounds = [0, *(newlines[rows_per_chunk - 1 :: rows_per_chunk] + 1).tolist()]
+    for lo, hi in zip(bounds, [*bounds[1:], len(cps)], strict=True):
+        chunk = cps[lo:hi]
+        space = _is_space(chunk)
+        begins = np.flatnonzero(~space & np.r_[True, space[:-1]])  # a non-space after a space (or the start)
+        ends = np.flatnonzero(chunk == _NEWLINE)
+        counts.append(np.bincount(np.searchsorted(ends, begins), minlength=len(ends)))
+        words = _text(chunk).split()
+        for word in dict.fromkeys(words):
+            if word not in index:
+                index[word] = len(index)
+        parts.append(np.fromiter(map(index.__getitem__, words), np.int32, count=len(words)))
+    distinct = list(index)
+    order = sorted(range(len(distinct)), key=distinct.__getitem__)
+    rank = np.empty(len(distinct), _index_dtype(len(distinct)))
+    rank[order] = np.arange(len(distinct))
+    ids = _gather(rank, np.concatenate(parts)) if parts else np.zeros(0, np.int32)
+    table = np.array([distinct[i] for i in order], dtype=str) if distinct else np.zeros(0, "<U1")
+    return ids, table, np.concatenate(counts)
+
+
+def to_vocab_ids(side: Side, vocab: Vocab, describe: Callable[[int, int, str], str]) -> np.ndarray:
+    """`side`'s flat token indices as ids of `vocab` (the smallest unsigned dtype that holds them). An unknown token
+    (no <unk> in `vocab`) is a ValueError whose message is describe(row, position (1-based), token) of the first."""
+    lut = np.array([-1 if vocab.id(str(t)) is None else vocab.id(str(t)) for t in side.table], np.int64)
+    unknown = np.flatnonzero(lut < 0)
+    if len(unknown):
+        known = np.ones(len(lut), bool)
+        known[unknown] = False
+        used = np.flatnonzero(~_gather(known, side.ids))
+        if len(used):
+            at = int(used[0])
+            row = int(np.searchsorted(side.offsets, at, side="right")) - 1
+            raise ValueError(describe(row, at - int(side.offsets[row]) + 1, str(side.table[side.ids[at]])))
+        lut[unknown] = 0
+    return _gather(lut.astype(_index_dtype(len(vocab))), side.ids) if len(lut) else np.zeros(0, np.uint8)
+
+
+_CHUNK = 1 << 22  # elements per step where numpy would otherwise make an 8-byte copy of a whole id array
+
+
+def _gather(table: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """table[indices] a chunk at a time: numpy turns small-dtype indices into int64 first, 8 bytes a token."""
+    out = np.empty(len(indices), table.dtype)
+    for at in range(0, len(indices), _CHUNK):
+        out[at : at + _CHUNK] = table[indices[at : at + _CHUNK]]
+    return out
+
+
+def _chunked_bincount(values: np.ndarray) -> np.ndarray:
+    """np.bincount(values) a chunk at a time (it too copies its input to int64)."""
+    total = np.zeros(int(values.max()) + 1 if len(values) else 0, np.int64)
+    for at in range(0, len(values), _CHUNK):
+        part = np.bincount(values[at : at + _CHUNK])
+        total[: len(part)] += part
+    return total
+
+
+def pad_rows(side: Side, ids: np.ndarray, width: int, end_token: int | None, dtype: type = np.int64) -> np.ndarray:
+    """(rows, width) array: each row's ids, then `end_token` if given, right-padded with 0 (rows must fit)."""
+    lengths = side.lengths
+    out = np.zeros((len(lengths), width), dtype)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    cols = np.arange(len(ids)) - np.repeat(side.offsets[:-1], lengths)
+    out[rows, cols] = ids
+    if end_token is not None:
+        out[np.arange(len(lengths)), lengths] = end_token
+    return out
+
+
+# --- the cache -------------------------------------------------------------------------------------------------------
+
+
+def cache_dir(path: Path) -> Path:
+    return path.parent / f".{path.name}.lit-seq2seq-cache"
+
+
+def _cache_key(sha: str, source: Tokenizer, target: Tokenizer) -> str:
+    settings = f"{CACHE_FORMAT}|{NORMALIZATION}|{source.kind}|{source.lowercase}|{target.kind}|{target.lowercase}"
+    return f"{sha[:32]}-{hashlib.sha256(settings.encode()).hexdigest()[:16]}"
+
+
+def _load_cache(path: Path, key: str) -> tuple[np.ndarray, Side, Side] | None:
+    file = cache_dir(path) / f"{key}.npz"
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+        sides = [Side(arrays[f"{s}_table"], arrays[f"{s}_ids"], arrays[f"{s}_offsets"]) for s in SIDES]
+        return arrays["lines"], sides[0], sides[1]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        return None  # no cache yet, or a damaged one: tokenize again (and rewrite it)
+
+
+def _write_cache(path: Path, key: str, sha: str, lines: np.ndarray, source: Side, target: Side) -> None:
+    """Write the arrays atomically (a temporary file renamed into place); drop caches of older contents of the file.
+    An unwritable folder skips caching, said once per folder and process."""
+    folder = cache_dir(path)
+    arrays = {"lines": lines}
+    for name, side in zip(SIDES, (source, target), strict=True):
+        arrays |= {f"{name}_table": side.table, f"{name}_ids": side.ids, f"{name}_offsets": side.offsets}
+    tmp = None
+    try:
+        folder.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as out:
+            np.savez(out, **arrays)
+        os.replace(tmp, folder / f"{key}.npz")
+        tmp = None
+        for old in folder.glob("*.npz"):  # the same file's earlier contents: never read again
+            if not old.name.startswith(sha[:32]):
+                old.unlink(missing_ok=True)
+    except OSError as error:
+        if str(folder) not in _warned_uncached:
+            _warned_uncached.add(str(folder))
+            why = error.strerror or str(error)
+            print(
+                f"lit-seq2seq: not caching the tokenized {path} in {folder} ({why}); tokenizing on each run",
+                file=sys.stderr,
+            )
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,502 @@
+"""PairDataModule: sequence pairs from TSV / JSON Lines files (text.TextSpec vocabularies), length-bucketed batches."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from lit_seq2seq.data import ResumableSampler, ShardSampler, _already_batched
+from lit_seq2seq.pairfiles import PairFile, Side, pad_rows, read_pairs, to_vocab_ids
+from lit_seq2seq.text import EOS_ID, TEXT_KEY, TextSpec, Tokenizer, Vocab
+
+SPLITS = ("train", "val", "test", "predict")
+ABSENT = -1  # a reference slot a source does not use
+
+
+class PairRows(Dataset):
+    """Training rows (source, target), fetched a batch at a time and cut to the batch's longest row: a batch of short
+    words does not run the RNN over the padding of the longest word in the file. Stored int16/32, handed out int64."""
+
+    def __init__(self, source: Tensor, target: Tensor) -> None:
+        self.source, self.target = source, target
+        self.source_lengths = (source != 0).sum(1)
+        self.target_lengths = (target != 0).sum(1)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.source[i].long(), self.target[i].long()
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        idx = torch.as_tensor(indices)
+        s, t = int(self.source_lengths[idx].max()), int(self.target_lengths[idx].max())
+        return self.source[idx, :s].long(), self.target[idx, :t].long()
+
+
+class ReferenceRows(Dataset):
+    """Evaluation rows (source, target, references): one per distinct source, every reference of it (absent slots -1).
+    Targets keep their full width (the metrics count per target position); sources are cut per batch."""
+
+    def __init__(self, source: Tensor, target: Tensor, references: Tensor) -> None:
+        self.source, self.target, self.references = source, target, references
+        self.source_lengths = (source != 0).sum(1)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        return self.source[i].long(), self.target[i].long(), self.references[i].long()
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+        idx = torch.as_tensor(indices)
+        s = int(self.source_lengths[idx].max())
+        return self.source[idx, :s].long(), self.target[idx].long(), self.references[idx].long()
+
+
+class BucketSampler(ResumableSampler):
+    """Length-bucketed shuffled batches: each epoch (seeded by seed and epoch) the rows are shuffled, sorted by source
+    length (stable, so rows of one length stay shuffled), cut into batches of `batch_size`, and the batches shuffled;
+    rank r takes batches r, r + replicas, ... Rows of a batch have the same or neighbouring lengths, so little of a
+    batch is padding. The one partial batch comes last (a DataLoader cuts batches from the index stream); ranks are
+    evened out by repeating full batches, as DistributedSampler repeats rows. Resumes mid-epoch like its parent."""
+
+    def __init__(
+        self, dataset: Dataset, lengths: np.ndarray, num_replicas: int, rank: int, seed: int, batch_size: int
+    ) -> None:
+        super().__init__(dataset, num_replicas, rank, seed, batch_size)
+        self.lengths = np.asarray(lengths)
+        rows = len(self.lengths)
+        self.full, self.rest = divmod(rows, batch_size)
+        batches = self.full + (self.rest > 0)
+        self.per_rank = math.ceil(batches / num_replicas)
+        sizes = [batch_size] * (self.per_rank * num_replicas - (self.rest > 0)) + ([self.rest] if self.rest else [])
+        self.num_samples = sum(sizes[rank::num_replicas])
+        self.total_size = sum(sizes)
+
+    def epoch_indices(self) -> list[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        shuffled = rng.permutation(len(self.lengths))
+        ordered = shuffled[np.argsort(self.lengths[shuffled], kind="stable")]
+        size, replicas = self.batch_size, self.num_replicas
+        batches = list(ordered[: self.full * size].reshape(self.full, size)[rng.permutation(self.full)])
+        rest = [ordered[self.full * size :]] if self.rest else []
+        pad = self.per_rank * replicas - len(batches) - len(rest)
+        filler = batches or rest
+        batches += [filler[i % len(filler)] for i in range(pad)]
+        mine = (batches + rest)[self.rank :: replicas]
+        return np.concatenate(mine).tolist() if mine else []
+
+
+class PairDataModule(L.LightningDataModule):
+    """Sequence pairs read from files: TSV (``source<TAB>target`` lines) or JSON Lines (``{"source": ..,
+    "target": ..}``), UTF-8, by suffix (.tsv/.txt, .jsonl/.json). Give train_file (+ val_file, test_file,
+    predict_file), or one ``file`` split by ``split_fractions``. Vocabularies come from the training split only.
+
+    Args:
+        train_file: Training pairs (every reference of a source is a pair of its own).
+        val_file: Validation pairs (several lines of one source = several references of it).
+        test_file: Test pairs.
+        predict_file: Pairs for ``predict`` (default: the test split).
+        file: One file holding every pair instead of train/val/test files, split by ``split_fractions``.
+        split_fractions: Train, validation and test fractions for ``file``; a hash of each source decides its split,
+            so every pair of one source lands in one split, the same on every run and machine.
+        source_tokenizer: ``char`` (each Unicode character a token, after NFC normalisation) or ``space``
+            (whitespace-separated tokens).
+        target_tokenizer: ``char`` or ``space``, as for the source.
+        source_lowercase: Lowercase sources (after normalisation).
+        target_lowercase: Lowercase targets.
+        unknown_source: A source token that the training sources lack, in a val/test/predict file: ``error`` (the
+            default: a clear error naming file, line, token and position; a silently replaced letter would be
+            scored as the model's fault) or ``unk`` (maps to an ``<unk>`` id).
+        max_source_tokens: Cap on source length in tokens (default: the longest training source).
+        max_target_tokens: Cap on target length in tokens, end token excluded (default: the longest training target).
+        skip_long: Skip and count pairs longer than the caps (or, in val/test, than the longest training pair)
+            instead of stopping with an error naming file:line.
+        batch_size: Pairs per training batch, distinct sources per val/test batch (per device under DDP).
+        seed: Seed of the training order (shuffle and buckets), the same in every process and rank.
+        num_workers: DataLoader worker processes (0 is fastest: the data already sits in memory).
+        bucketing: Length-bucketed training batches (shuffled batches of similar source length).
+        cache: Keep the tokenized arrays beside each file (``.NAME.lit-seq2seq-cache/``), reused while the file and
+            tokenizer settings are unchanged.
+    """
+
+    def __init__(
+        self,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        predict_file: str | None = None,
+        file: str | None = None,
+        split_fractions: tuple[float, float, float] = (0.9, 0.05, 0.05),
+        source_tokenizer: Literal["char", "space"] = "char",
+        target_tokenizer: Literal["char", "space"] = "char",
+        source_lowercase: bool = False,
+        target_lowercase: bool = False,
+        unknown_source: Literal["error", "unk"] = "error",
+        max_source_tokens: int | None = None,
+        max_target_tokens: int | None = None,
+        skip_long: bool = False,
+        batch_size: int = 32,
+        seed: int = 42,
+        num_workers: int = 0,
+        bucketing: bool = True,
+        cache: bool = True,
+    ) -> None:
+        super().__init__()
+        if (file is None) == (train_file is None):
+            raise ValueError("give --data.train_file (with --data.val_file, ...) or --data.file, one of them")
+        if file is not None and (val_file or test_file):
+            raise ValueError("--data.file is split by --data.split_fractions; leave --data.val_file/test_file unset")
+        fractions = tuple(float(f) for f in split_fractions)
+        if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0) or fractions[0] <= 0:
+            raise ValueError(
+                f"--data.split_fractions must be 3 fractions >= 0 (train > 0) summing to 1, got {fractions}"
+            )
+        if unknown_source not in ("error", "unk"):
+            raise ValueError(f"--data.unknown_source must be error or unk, got {unknown_source!r}")
+        for name, value in (("batch_size", batch_size), ("max_source_tokens", max_source_tokens or 1)):
+            if value < 1:
+                raise ValueError(f"--data.{name} must be >= 1, got {value}")
+        if (max_target_tokens or 1) < 1:
+            raise ValueError(f"--data.max_target_tokens must be >= 1, got {max_target_tokens}")
+        if num_workers < 0:
+            raise ValueError(f"--data.num_workers must be >= 0, got {num_workers}")
+        self.save_hyperparameters()
+        self.tokenizers = {
+            "source": Tokenizer(source_tokenizer, source_lowercase),
+            "target": Tokenizer(target_tokenizer, target_lowercase),
+        }
+        self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file}
+        self.file, self.fractions = file, fractions
+        self.unknown_source, self.skip_long = unknown_source, skip_long
+        self.caps = {"source": max_source_tokens, "target": max_target_tokens}
+        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self.bucketing, self.cache = bucketing, cache
+        self.datasets: dict[str, Dataset] = {}
+        self.skipped: dict[str, int] = {}  # over-long pairs skipped per split (skip_long)
+        self.train_sha256 = ""
+        self._spec: TextSpec | None = None
+        self._lengths: dict[str, int] = {}
+        self._train_source_lengths: np.ndarray | None = None
+        self._resume: dict[str, int] = {}
+        self._train_sampler: ResumableSampler | None = None
+
+    # --- what the model and the export need (linked into --model.net.* by the CLI) ----------------------------------
+
+    @property
+    def text_spec(self) -> TextSpec:
+        self.load()
+        return self._spec  # type: ignore[return-value]
+
+    @property
+    def source_length(self) -> int:
+        """Longest source in tokens (the cap if given)."""
+        self.load()
+        return self._lengths["source"]
+
+    @property
+    def min_source_length(self) -> int:
+        """Shortest training source in tokens."""
+        self.load()
+        return self._lengths["min_source"]
+
+    @property
+    def source_vocab_size(self) -> int:
+        return len(self.text_spec.source_vocab)
+
+    @property
+    def target_vocab_size(self) -> int:
+        return len(self.text_spec.target_vocab)
+
+    @property
+    def max_target_length(self) -> int:
+        """Decoder steps: the longest target (or the cap) + 1 for the end token."""
+        self.load()
+        return self._lengths["target"] + 1
+
+    @property
+    def eos_token(self) -> int:
+        return EOS_ID
+
+    # --- reading --------------------------------------------------------------------------------------------------
+
+    def _read(self, split: str) -> PairFile | None:
+        name = self.files[split]
+        if name is None:
+            return None
+        return self._read_file(name, f"--data.{split}_file")
+
+    def _read_file(self, name: str, flag: str) -> PairFile:
+        return read_pairs(name, self.tokenizers["source"], self.tokenizers["target"], flag, self.cache)
+
+    def load(self) -> None:
+        """Read every given file once (before training starts, so that a bad line anywhere stops it first), build the
+        vocabularies from the training split and the id arrays of every split."""
+        if self._spec is not None:
+            return
+        if self.file is not None:
+            whole = self._read_file(self.file, "--data.file")
+            parts = split_by_source(whole.source, self.fractions)
+            splits = {name: _select(whole, rows) for name, rows in zip(("train", "val", "test"), parts, strict=True)}
+            splits["predict"] = self._read("predict") or splits["test"]
+            if len(splits["train"]) == 0:
+                raise ValueError(
+                    f"--data.file {self.file}: --data.split_fractions {self.fractions} left no training pair"
+                )
+        else:
+            splits = {name: self._read(name) for name in SPLITS}
+            if splits["predict"] is None:
+                splits["predict"] = splits["test"]
+        train = splits["train"]
+        self.train_sha256 = train.sha256 if self.file is None else hashlib.sha256(train.sha256.encode()).hexdigest()
+        train = self._cap(train, "train", "source", self.caps["source"])
+        splits["train"] = train = self._cap(train, "train", "target", self.caps["target"])
+        source_vocab = _vocab(train.source, self.unknown_source == "unk", train.where(0))
+        target_vocab = _vocab(train.target, False, train.where(0))
+        spec = TextSpec(self.tokenizers["source"], self.tokenizers["target"], source_vocab, target_vocab)
+        lengths = train.source.lengths
+        self._lengths = {
+            "source": self.caps["source"] or int(lengths.max()),
+            "min_source": int(lengths.min()),
+            "target": self.caps["target"] or int(train.target.lengths.max()),
+        }
+        self._train_source_lengths = lengths
+        for name, pairs in splits.items():
+            if pairs is None or len(pairs) == 0:
+                continue
+            if name != "train":
+                pairs = self._cap(pairs, name, "source", self._lengths["source"])
+                pairs = self._cap(pairs, name, "target", self._lengths["target"])
+            source, target = self._arrays(pairs, spec)
+            if name == "train":
+                self.datasets[name] = PairRows(torch.from_numpy(source), torch.from_numpy(target))
+            else:
+                self.datasets[name] = ReferenceRows(*(torch.from_numpy(a) for a in group_references(source, target)))
+        self._spec = spec
+        if self.skipped:  # --data.skip_long: say how many, once (rank 0)
+            counts = ", ".join(f"{n} {split}" for split, n in self.skipped.items())
+            rank_zero_info(f"--data.skip_long: skipped pairs longer than the lengths trained on: {counts}")
+
+    def _cap(self, pairs: PairFile, split: str, side: str, cap: int | None) -> PairFile:
+        """Pairs whose `side` fits `cap` tokens; longer ones are an error naming file:line unless --data.skip_long."""
+        if cap is None:
+            return pairs
+        long = getattr(pairs, side).lengths > cap
+        if not long.any():
+            return pairs
+        if not self.skip_long:
+            row = int(np.argmax(long))
+            limit = f"--data.max_{side}_tokens {cap}" if self.caps[side] else f"the longest training {side} ({cap})"
+            raise ValueError(
+                f"{pairs.where(row)}: the {side} has {getattr(pairs, side).lengths[row]} tokens, more than {limit}; "
+                "pass --data.skip_long true to skip (and count) such pairs"
+            )
+        self.skipped[split] = self.skipped.get(split, 0) + int(long.sum())
+        return _select(pairs, np.flatnonzero(~long))
+
+    def _arrays(self, pairs: PairFile, spec: TextSpec) -> tuple[np.ndarray, np.ndarray]:
+        """Padded id arrays (int16, or int32 past 32767 ids): sources (rows, source_length), targets (rows,
+        max_target_length) with the end token."""
+
+        def unknown(side: str, hint: str) -> Callable[[int, int, str], str]:
+            return lambda row, pos, token: (
+                f"{pairs.where(row)}: unknown {side} token {token!r} at position {pos}: the training {side}s lack it"
+                f"{hint}"
+            )
+
+        hint = "" if spec.source_vocab.has_unk else " (--data.unknown_source unk maps such tokens to <unk>)"
+        source_ids = to_vocab_ids(pairs.source, spec.source_vocab, unknown("source", hint))
+        target_ids = to_vocab_ids(pairs.target, spec.target_vocab, unknown("target", ""))
+        small = max(len(spec.source_vocab), len(spec.target_vocab)) <= np.iinfo(np.int16).max
+        dtype = np.int16 if small else np.int32  # 2 bytes a cell: the rows of a large file, held in every process
+        source = pad_rows(pairs.source, source_ids, self._lengths["source"], None, dtype)
+        target = pad_rows(pairs.target, target_ids, self._lengths["target"] + 1, EOS_ID, dtype)
+        return source, target
+
+    # --- Lightning hooks ------------------------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        self.load()
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+        for name in needed[stage]:
+            if name not in self.datasets and (name != "val" or stage == "validate"):
+                flag = "--data.file/--data.split_fractions" if self.file else f"--data.{name}_file"
+                raise ValueError(f"{stage} needs {name} pairs: {flag} gives none")
+
+    def _replicas(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _loader(self, name: str, sampler: DistributedSampler | None) -> DataLoader:
+        return DataLoader(
+            self.datasets[name],
+            batch_size=self.batch_size,
+            sampler=sampler,
+            collate_fn=_already_batched,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),  # not the global RNG: see Seq2SeqDataModule._loader
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.load()
+        replicas, rank = self._replicas()
+        data = self.datasets["train"]
+        if self.bucketing:
+            lengths = self._train_source_lengths
+            sampler = BucketSampler(data, lengths, replicas, rank, self.seed, self.batch_size)
+        else:
+            sampler = ResumableSampler(data, replicas, rank, self.seed, self.batch_size)
+        if self._resume:
+            sampler.resume_epoch, sampler.skip_batches = self._resume["epoch"], self._resume["batches"]
+            self._resume = {}
+        self._train_sampler = sampler
+        return self._loader("train", sampler)
+
+    def _eval_loader(self, name: str) -> DataLoader | list:
+        self.load()
+        if name not in self.datasets:
+            return []  # no validation pairs given: fit trains without validating
+        replicas, rank = self._replicas()
+        return self._loader(name, ShardSampler(self.datasets[name], replicas, rank) if replicas > 1 else None)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("predict")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position in the training data (as Seq2SeqDataModule.state_dict) and the training file's sha256."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        sampler = self._train_sampler
+        return {
+            "epoch": sampler.epoch if sampler is not None else trainer.current_epoch,
+            "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+            "train_sha256": self.train_sha256,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume = {k: v for k, v in state_dict.items() if k in ("epoch", "batches")}
+
+    def resume_differences(self, checkpoint: dict[str, Any]) -> list[str]:
+        """Why a fit cannot resume from `checkpoint` with this data (empty: it can): the training pairs changed."""
+        state = checkpoint.get(type(self).__qualname__) or {}
+        saved = state.get("train_sha256")
+        self.load()
+        differ = []
+        if saved and saved != self.train_sha256:
+            differ.append(f"{self._train_flag()} changed since the checkpoint was written (other contents)")
+        return differ + self.text_differences(checkpoint, lengths=True)
+
+    def text_differences(self, checkpoint: dict[str, Any], lengths: bool = False) -> list[str]:
+        """Why the model in `checkpoint` cannot read this data's ids (empty: it can): its vocabularies or tokenizers
+        (and with `lengths`, its trained source lengths) differ from those built from the training file now."""
+        text = checkpoint.get(TEXT_KEY)
+        if text is None:
+            return [f"{self._train_flag()}: the checkpoint's model was not trained on text pairs"]
+        ours = self.text_spec.to_dict()
+        if lengths:
+            ours |= {"source_length": self.source_length, "min_source_length": self.min_source_length}
+        changed = [key for key in ours if text.get(key) != ours[key]]
+        return [f"{self._train_flag()} gives other {', '.join(changed)} than the checkpoint's"] if changed else []
+
+    def _train_flag(self) -> str:
+        return f"--data.file {self.file}" if self.file else f"--data.train_file {self.files['train']}"
+
+
+def _vocab(side: Side, unk: bool, where: str) -> Vocab:
+    used = np.unique(side.ids)
+    try:
+        return Vocab.build((str(t) for t in side.table[used]), unk=unk)
+    except ValueError as error:
+        raise ValueError(f"{where.rsplit(':', 1)[0]}: {error}") from None
+
+
+def _select(pairs: PairFile, rows: np.ndarray) -> PairFile:
+    rows = np.asarray(rows, np.int64)
+    return PairFile(
+        pairs.path, pairs.flag, pairs.lines[rows], pairs.source.select(rows), pairs.target.select(rows), pairs.sha256
+    )
+
+
+def source_hashes(side: Side) -> np.ndarray:
+    """A 64-bit hash of each row's token sequence (uint64), the same on every machine and run (no Python hash())."""
+    token_hash = np.array(
+        [int.from_bytes(hashlib.blake2b(str(t).encode(), digest_size=8).digest(), "little") for t in side.table],
+        np.uint64,
+    )
+    lengths = side.lengths
+    position = (np.arange(len(side.ids)) - np.repeat(side.offsets[:-1], lengths)).astype(np.uint64)
+    mixed = token_hash[side.ids] if len(token_hash) else np.zeros(0, np.uint64)
+    mixed = _mix(mixed ^ (position * np.uint64(0x9E3779B97F4A7C15)))
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    sums = np.zeros(len(lengths), np.uint64)
+    np.add.at(sums, row, mixed)  # wraps modulo 2**64
+    return _mix(sums ^ lengths.astype(np.uint64))
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: spreads every input bit over the output."""
+    x = x.astype(np.uint64)
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def split_by_source(side: Side, fractions: tuple[float, float, float]) -> list[np.ndarray]:
+    """Row indices of the train, val and test splits: a row's source hash, as a fraction of 2**64, picks its split."""
+    point = (source_hashes(side) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    bounds = np.cumsum(fractions)[:2]
+    which = np.searchsorted(bounds, point, side="right")
+    return [np.flatnonzero(which == i) for i in range(3)]
+
+
+def group_references(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One row per distinct source (in order of first appearance): the source, its first target, and every target of
+    it as references (rows, R, T), absent slots -1."""
+    _, first, group = np.unique(source, axis=0, return_index=True, return_inverse=True)
+    group = group.reshape(-1)
+    order = np.argsort(first, kind="stable")  # groups in file order
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    group = rank[group]
+    rows = len(order)
+    counts = np.bincount(group, minlength=rows)
+    slot = np.zeros(len(group), np.int64)
+    by_group = np.argsort(group, kind="stable")
+    starts = np.cumsum(counts) - counts
+    slot[by_group] = np.arange(len(group)) - np.repeat(starts, counts)
+    references = np.full((rows, int(counts.max(initial=1)), target.shape[1]), ABSENT, target.dtype)
+    references[group, slot] = target
+    firsts = first[order]
+    return source[firsts], target[firsts], references
+
+
+def describe(data: PairDataModule) -> str:
+    """One line about the data, for logs: sizes, vocabularies, lengths."""
+    spec = data.text_spec
+    sizes = ", ".join(f"{name} {len(ds)}" for name, ds in data.datasets.items())
+    return (
+        f"pairs: {sizes}; source vocabulary {len(spec.source_vocab)}, target vocabulary {len(spec.target_vocab)}; "
+        f"source length {data.min_source_length}-{data.source_length}, target steps {data.max_target_length}"
+        + (f"; skipped as too long: {data.skipped}" if data.skipped else "")
+    )

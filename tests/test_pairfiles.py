@@ -1,0 +1,215 @@
+"""pairfiles: reading TSV / JSON Lines pair files, errors naming file:line, tokens equal to text.Tokenizer's per-line
+semantics, and the tokenized-array cache beside the file (hit, miss on a changed file or setting, unwritable)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lit_seq2seq import pairfiles
+from lit_seq2seq.pairfiles import cache_dir, pad_rows, read_pairs, to_vocab_ids
+from lit_seq2seq.text import Tokenizer, Vocab
+
+CHAR, SPACE = Tokenizer("char"), Tokenizer("space")
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    if isinstance(text, str):
+        path.write_text(text, encoding="utf-8", newline="")
+    else:
+        path.write_bytes(text)
+    return path
+
+
+def rows(pairs: pairfiles.PairFile) -> list[tuple[list[str], list[str]]]:
+    return [(pairs.source.tokens(i), pairs.target.tokens(i)) for i in range(len(pairs))]
+
+
+# ----------------------------------------------------------------------------------------- tokenization
+
+
+def test_tsv_char_and_space_tokens_line_numbers_crlf_bom_and_blank_lines(tmp_path):
+    path = write(tmp_path / "a.tsv", "\ufeffHello\tHH AH0  L OW1\r\n\nwörld\tW ER1 L D\n\n")
+    pairs = read_pairs(path, Tokenizer("char", lowercase=True), SPACE, cache=False)
+    assert rows(pairs) == [(list("hello"), ["HH", "AH0", "L", "OW1"]), (list("wörld"), ["W", "ER1", "L", "D"])]
+    assert pairs.lines.tolist() == [1, 3]  # the blank line 2 is skipped, the numbers stay the file's
+    assert pairs.where(1) == f"--data.file {path}:3"
+
+
+def test_nfc_composed_and_decomposed_input_give_the_same_tokens(tmp_path):
+    composed, decomposed = "caf\u00e9\tk a f e\n", "cafe\u0301\tk a f e\n"
+    a = read_pairs(write(tmp_path / "a.tsv", composed), CHAR, SPACE, cache=False)
+    b = read_pairs(write(tmp_path / "b.tsv", decomposed), CHAR, SPACE, cache=False)
+    assert rows(a) == rows(b) == [(["c", "a", "f", "\u00e9"], ["k", "a", "f", "e"])]
+
+
+# Characters whose lowercasing or normalisation is context- or length-changing: final sigma, dotted capital I (two
+# code points lowercased), sharp s, Hangul jamo composing, combining marks after a tab, unusual whitespace.
+TRICKY = ["ΣΟΦΟΣ", "İstanbul", "STRAẞE", "\u1100\u1161", "\u0301x", "a\u00a0b", "x\u3000y z", "ǅ", "Ⅻ", "ﬁ", "𝔘"]
+
+
+@pytest.mark.parametrize("source_kind", ["char", "space"])
+@pytest.mark.parametrize("lowercase", [False, True])
+def test_vectorised_tokens_equal_per_line_tokenizer_split(tmp_path, source_kind, lowercase):
+    rng = random.Random(3)
+    alphabet = "".join(TRICKY) + "abc ABC éÉ\u0301\u0327"
+    lines = [rng.choice(TRICKY) + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8))) for _ in range(300)]
+    lines = [line for line in lines if line.strip() and "\t" not in line]
+    text = "".join(f"{line}\t{line[::-1]}x\n" for line in lines)
+    source, target = Tokenizer(source_kind, lowercase), Tokenizer("char", not lowercase)
+    pairs = read_pairs(write(tmp_path / "t.tsv", text), source, target, cache=False)
+    assert rows(pairs) == [(source.split(s), target.split(s[::-1] + "x")) for s in lines]
+
+
+def test_jsonl_reads_the_same_pairs_as_tsv(tmp_path):
+    data = [("héllo", "h e l l o"), ("a\tb", "x")]  # a tab inside a JSON value is an ordinary character
+    jsonl = "\n".join(json.dumps({"source": s, "target": t, "extra": 1}) for s, t in data) + "\n"
+    pairs = read_pairs(write(tmp_path / "p.jsonl", jsonl), CHAR, SPACE, cache=False)
+    assert rows(pairs) == [(CHAR.split(s), SPACE.split(t)) for s, t in data]
+
+
+# ----------------------------------------------------------------------------------------- bad files
+
+
+def bad_file_cases() -> list[tuple[str, bytes, str]]:
+    """(file name, contents, expected message after "FLAG PATH")."""
+    return [
+        ("empty.tsv", b"", ": the file is empty"),
+        ("blank.tsv", b"\n \n", ": the file is empty"),
+        ("notab.tsv", b"a\tb\nab c\n", ":2: no tab; each line must be source<TAB>target"),
+        ("twotabs.tsv", b"a\tb\tc\n", ":1: 2 tabs"),
+        ("nosource.tsv", b"a\tb\n\tb\n", ":2: empty source"),
+        ("notarget.tsv", b"a\tb\nc\t\r\n", ":2: empty target"),
+        ("spacetarget.tsv", b"a\tb\nc\t  \n", ":2: empty target (no tokens)"),
+        ("utf8.tsv", b"a\tb\nc\td\nd\xe9\tx\n", ":3: invalid UTF-8 (byte 0xe9)"),
+        ("json.jsonl", b'{"source": "a", "target": "b"}\n{"source": "a",\n', ":2: bad JSON"),
+        ("key.jsonl", b'{"source": "a"}\n', ':1: missing key "target"'),
+        ("type.jsonl", b'{"source": 3, "target": "b"}\n', ':1: "source" must be a string, got int'),
+        ("list.jsonl", b'["a", "b"]\n', ":1: expected a JSON object"),
+        ("emptyvalue.jsonl", b'{"source": "", "target": "b"}\n', ":1: empty source"),
+        ("newline.jsonl", b'{"source": "a\\nb", "target": "b"}\n', ":1: the source holds a line break"),
+        ("pairs.csv", b"a,b\n", ": unknown pair file type '.csv'"),
+        ("missing.tsv", None, ": no such file"),
+    ]
+
+
+@pytest.mark.parametrize("name, contents, message", bad_file_cases(), ids=[c[0] for c in bad_file_cases()])
+def test_bad_file_is_a_value_error_naming_flag_file_and_line(tmp_path, name, contents, message):
+    path = tmp_path / name
+    if contents is not None:
+        path.write_bytes(contents)
+    with pytest.raises(ValueError) as info:
+        read_pairs(path, CHAR, SPACE, flag="--data.val_file")
+    assert str(info.value).startswith(f"--data.val_file {path}{message}"), str(info.value)
+    assert not cache_dir(path).exists()  # nothing cached for a bad file
+
+
+def test_a_folder_is_not_a_pair_file(tmp_path):
+    (tmp_path / "d.tsv").mkdir()
+    with pytest.raises(ValueError, match=r"d\.tsv: is a folder"):
+        read_pairs(tmp_path / "d.tsv", CHAR, CHAR)
+
+
+def test_unknown_token_error_names_row_position_and_token(tmp_path):
+    pairs = read_pairs(write(tmp_path / "a.tsv", "ab\tx\nazb\tx\n"), CHAR, CHAR, cache=False)
+    vocab = Vocab.build("ab")
+    with pytest.raises(ValueError, match=r"^row 1 position 2 token 'z'$"):
+        to_vocab_ids(pairs.source, vocab, lambda row, pos, token: f"row {row} position {pos} token {token!r}")
+    ids = to_vocab_ids(pairs.source, Vocab.build("ab", unk=True), str)
+    assert ids.tolist() == [3, 4, 3, 2, 4]
+    padded = pad_rows(pairs.source, ids, 4, end_token=1)
+    assert padded.tolist() == [[3, 4, 1, 0], [3, 2, 4, 1]]
+
+
+# ----------------------------------------------------------------------------------------- the cache
+
+
+def test_cache_hit_then_miss_on_a_changed_file_or_setting(tmp_path, monkeypatch):
+    path = write(tmp_path / "a.tsv", "ab\tA B\nc\tC\n")
+    first = read_pairs(path, CHAR, SPACE)
+    cached = sorted(cache_dir(path).glob("*.npz"))
+    assert len(cached) == 1
+
+    calls = []
+    tsv_sides = pairfiles._tsv_sides
+    monkeypatch.setattr(pairfiles, "_tsv_sides", lambda *a: calls.append(1) or tsv_sides(*a))
+    again = read_pairs(path, CHAR, SPACE)
+    assert calls == [] and rows(again) == rows(first)  # a hit: not tokenized again
+
+    read_pairs(path, Tokenizer("char", lowercase=True), SPACE)  # another setting: tokenized, cached beside the first
+    assert calls == [1] and len(list(cache_dir(path).glob("*.npz"))) == 2
+
+    write(path, "ab\tA B\nd\tD\n")  # the file changed: tokenized again, the old contents' caches removed
+    changed = read_pairs(path, CHAR, SPACE)
+    assert calls == [1, 1] and rows(changed)[1] == (["d"], ["D"])
+    assert [p.name for p in cache_dir(path).glob("*.npz")] == [
+        pairfiles._cache_key(changed.sha256, CHAR, SPACE) + ".npz"
+    ]
+
+
+def test_a_damaged_cache_is_rebuilt(tmp_path):
+    path = write(tmp_path / "a.tsv", "ab\tA B\n")
+    read_pairs(path, CHAR, SPACE)
+    (cached,) = cache_dir(path).glob("*.npz")
+    cached.write_bytes(cached.read_bytes()[:50])
+    assert rows(read_pairs(path, CHAR, SPACE)) == [(["a", "b"], ["A", "B"])]
+    assert np.load(cached)["lines"].tolist() == [1]
+
+
+def test_an_unwritable_cache_folder_skips_caching_and_says_so_once(tmp_path, monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(pairfiles.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(pairfiles, "_warned_uncached", set())
+    path = write(tmp_path / "a.tsv", "ab\tA B\n")
+    for _ in range(2):
+        assert rows(read_pairs(path, CHAR, SPACE)) == [(["a", "b"], ["A", "B"])]
+    err = capsys.readouterr().err
+    assert err.count("not caching the tokenized") == 1 and "Permission denied" in err
+    assert not list(cache_dir(path).glob("*.npz"))
+
+
+def test_a_failed_cache_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pairfiles.os, "replace", full)
+    monkeypatch.setattr(pairfiles, "_warned_uncached", set())
+    path = write(tmp_path / "a.tsv", "ab\tA B\n")
+    read_pairs(path, CHAR, SPACE)
+    assert list(cache_dir(path).iterdir()) == []
+
+
+def test_reading_pairs_needs_no_torch(tmp_path):
+    path = write(tmp_path / "a.tsv", "ab\tA B\n")
+    code = (
+        "import sys\nfrom lit_seq2seq.pairfiles import read_pairs\nfrom lit_seq2seq.text import Tokenizer\n"
+        f"read_pairs({str(path)!r}, Tokenizer(), Tokenizer('space'))\nassert 'torch' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_no_code_point_above_the_whitespace_table_is_whitespace():
+    assert chr(pairfiles._LAST_SPACE).isspace()
+    assert not any(chr(c).isspace() for c in range(pairfiles._LAST_SPACE + 1, sys.maxunicode + 1))
+
+
+def test_words_are_indexed_alike_in_chunks_of_any_size():
+    text = "b a\nc  a\u3000d\nb\n a\n"
+    cps = pairfiles._code_points(text)
+    newlines = np.flatnonzero(cps == 10)
+    whole = pairfiles._word_ids(cps, newlines)
+    assert whole[2].tolist() == [2, 3, 1, 1]  # words per row
+    for rows in (1, 2, 3):
+        ids, table, counts = pairfiles._word_ids(cps, newlines, rows_per_chunk=rows)
+        assert ids.tolist() == whole[0].tolist() and table.tolist() == whole[1].tolist() == ["a", "b", "c", "d"]
+        assert counts.tolist() == whole[2].tolist()

@@ -1,0 +1,321 @@
+"""PairDataModule: vocabularies from the training split only, lengths and caps, the hash split, multi-reference eval
+batches, the length-bucketed sampler (homogeneous, complete, DDP-sharded, resumable), and fits over TSV files through
+the CLI: a tiny model learns, a resume is exact mid-epoch and refuses a changed training file, 2 DDP ranks shard it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, cli_exit, fit_in, read_metrics, root_args
+
+from lit_seq2seq.pairfiles import read_pairs
+from lit_seq2seq.pairs import BucketSampler, PairDataModule, group_references, split_by_source
+from lit_seq2seq.text import Tokenizer
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*could not find the monitored key"),
+    pytest.mark.filterwarnings("ignore:Total length of .* across ranks is zero"),
+]
+TINY_TRAIN = REPO / "tests" / "data" / "pairs_tiny" / "train.tsv"
+
+
+def write(path: Path, lines: list[str]) -> str:
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+def module(tmp_path: Path, train: list[str], val: list[str] | None = None, **kwargs: Any) -> PairDataModule:
+    files = {"train_file": write(tmp_path / "train.tsv", train)}
+    if val is not None:
+        files["val_file"] = write(tmp_path / "val.tsv", val)
+    return PairDataModule(**files, **({"target_tokenizer": "space", "cache": False} | kwargs))
+
+
+# ----------------------------------------------------------------------------------------- vocabularies and lengths
+
+
+def test_vocabularies_and_lengths_come_from_the_training_split_only(tmp_path):
+    data = module(tmp_path, ["abc\tA B C", "ba\tB A", "c\tC"], ["ca\tC X"], unknown_source="error")
+    with pytest.raises(ValueError) as info:  # X is in no training target
+        data.load()
+    assert str(info.value).startswith(
+        f"--data.val_file {tmp_path / 'val.tsv'}:1: unknown target token 'X' at position 2"
+    )
+
+    data = module(tmp_path, ["abc\tA B C", "ba\tB A", "c\tC"], ["cab\tC A B", "dab\tA"])
+    with pytest.raises(ValueError) as info:
+        data.load()
+    message = str(info.value)
+    assert message.startswith(f"--data.val_file {tmp_path / 'val.tsv'}:2: unknown source token 'd' at position 1")
+    assert "--data.unknown_source unk" in message
+
+    data = module(tmp_path, ["abc\tA B C", "ba\tB A", "c\tC"], ["cab\tC A B", "dab\tA"], unknown_source="unk")
+    spec = data.text_spec
+    assert spec.source_vocab.tokens == ("<pad>", "</s>", "<unk>", "a", "b", "c")
+    assert spec.target_vocab.tokens == ("<pad>", "</s>", "A", "B", "C")
+    assert (data.source_vocab_size, data.target_vocab_size, data.eos_token) == (6, 5, 1)
+    assert (data.source_length, data.min_source_length, data.max_target_length) == (3, 1, 4)
+    val = data.datasets["val"]
+    assert val.source.tolist() == [[5, 3, 4], [2, 3, 4]]  # 'd' -> <unk>
+    assert val.target.tolist() == [[4, 2, 3, 1], [2, 1, 0, 0]]
+
+
+def test_caps_and_skip_long(tmp_path, caplog):
+    train = ["abcd\tA B", "ab\tA B C D E", "a\tA"]
+    with pytest.raises(ValueError) as info:
+        module(tmp_path, train, max_source_tokens=3).load()
+    assert str(info.value).startswith(
+        f"--data.train_file {tmp_path / 'train.tsv'}:1: the source has 4 tokens, more than --data.max_source_tokens 3"
+    )
+    assert "--data.skip_long true" in str(info.value)
+    data = module(tmp_path, train, ["abcd\tA", "a\tA B B B", "b\tB"], max_target_tokens=3, skip_long=True)
+    assert (data.source_length, data.max_target_length) == (4, 4)  # the cap + the end token
+    assert len(data.datasets["train"]) == 2 and len(data.datasets["val"]) == 2
+    assert data.skipped == {"train": 1, "val": 1}
+    assert "--data.skip_long: skipped pairs longer than the lengths trained on: 1 train, 1 val" in caplog.text
+    with pytest.raises(ValueError, match=r"val\.tsv:1: the source has 5 tokens, more than the longest training source"):
+        module(tmp_path, ["abcd\tA"], ["abcda\tA"]).load()
+
+
+def test_bad_flags_name_the_flag(tmp_path):
+    with pytest.raises(ValueError, match="--data.train_file .* or --data.file"):
+        PairDataModule()
+    with pytest.raises(ValueError, match="--data.split_fractions"):
+        PairDataModule(file="x.tsv", split_fractions=(0.5, 0.4, 0.4))
+    with pytest.raises(ValueError, match="--data.batch_size must be >= 1"):
+        PairDataModule(train_file="x.tsv", batch_size=0)
+
+
+# ----------------------------------------------------------------------------------------- split by source hash
+
+
+def test_one_file_splits_by_source_hash_deterministically(tmp_path):
+    rng = np.random.default_rng(0)
+    words = sorted({"".join(rng.choice(list("abcdefg"), rng.integers(1, 7))) for _ in range(3000)})
+    lines = [f"{w}\t{' '.join(w.upper())}" for w in words] + [f"{w}\tX {w.upper()}" for w in words[::3]]
+    shuffled = [lines[i] for i in rng.permutation(len(lines))]
+    splits = []
+    for name, content in (("a.tsv", lines), ("b.tsv", shuffled)):
+        data = PairDataModule(file=write(tmp_path / name, content), split_fractions=(0.8, 0.1, 0.1), cache=False)
+        spec = data.text_spec
+        splits.append(
+            {s: Counter(spec.source.join(spec.source_vocab.decode(r)) for r in ds.source.tolist())
+             for s, ds in data.datasets.items() if s != "predict"}
+        )  # fmt: skip
+    assert splits[0] == splits[1]  # the order of the file does not matter
+    seen = [set(c) for c in splits[0].values()]
+    assert sum(len(s) for s in seen) == len(words) and set().union(*seen) == set(words)  # each source in one split
+    train = splits[0]["train"]
+    assert all(train[w] == (2 if i % 3 == 0 else 1) for i, w in enumerate(words) if w in train)  # both references
+    fractions = [len(s) / len(words) for s in seen]
+    assert fractions == pytest.approx([0.8, 0.1, 0.1], abs=0.03)
+
+
+def test_split_by_source_is_stable_across_runs(tmp_path):
+    """The split is a function of the source's tokens alone (no salted Python hash): these words land where they did
+    when the test was written, on every machine and run."""
+    words = ["aardvark", "zebra", "hello", "world", "ab", "ba", "naïve", "x", "café", "été"]
+    lines = "".join(f"{w}\tw\n" for w in words)
+    side = read_pairs(write(tmp_path / "w.tsv", [lines.rstrip()]), Tokenizer(), Tokenizer("space"), cache=False).source
+    parts = split_by_source(side, (0.5, 0.25, 0.25))
+    assert [[words[i] for i in p] for p in parts] == GOLDEN_SPLIT
+
+
+GOLDEN_SPLIT = [["aardvark", "zebra", "ba", "été"], ["world", "naïve", "café"], ["hello", "ab", "x"]]
+
+
+# ----------------------------------------------------------------------------------------- eval batches
+
+
+def test_val_batches_hold_one_row_per_source_with_every_reference(tmp_path):
+    train = ["ab\tA B", "ba\tB A", "a\tA", "b\tB"]
+    val = ["ab\tA B", "ba\tB A", "ab\tA A", "a\tA", "ab\tB", "ba\tA"]
+    data = module(tmp_path, train, val, batch_size=2)
+    data.setup("validate")
+    batches = list(data.val_dataloader())
+    assert [len(b) for b in batches] == [3, 3] and [len(b[0]) for b in batches] == [2, 1]
+    source = [row for b in batches for row in b[0].tolist()]  # sources cut per batch to its longest
+    target = torch.cat([b[1] for b in batches])
+    references = torch.cat([b[2] for b in batches])
+    assert source == [[2, 3], [3, 2], [2]]  # ab, ba, a: in the order of first appearance
+    assert references.shape == (3, 3, 3) and references.dtype == torch.int64
+    A, B, END, ABSENT = 2, 3, 1, -1
+    assert references.tolist() == [
+        [[A, B, END], [A, A, END], [B, END, 0]],
+        [[B, A, END], [A, END, 0], [ABSENT] * 3],
+        [[A, END, 0], [ABSENT] * 3, [ABSENT] * 3],
+    ]
+    assert torch.equal(target, references[:, 0])  # the first reference: the loss's target
+    assert group_references(np.zeros((0, 2), np.int32), np.zeros((0, 3), np.int32))[2].shape[0] == 0
+
+
+def test_predict_defaults_to_the_test_split(tmp_path):
+    data = PairDataModule(
+        train_file=write(tmp_path / "train.tsv", ["ab\tA B", "ba\tB A"]),
+        test_file=write(tmp_path / "test.tsv", ["ba\tB A"]),
+        target_tokenizer="space",
+        cache=False,
+    )
+    data.setup("predict")
+    (batch,) = list(data.predict_dataloader())
+    assert batch[0].tolist() == [[3, 2]]
+    with pytest.raises(ValueError, match="validate needs val pairs: --data.val_file gives none"):
+        data.setup("validate")
+
+
+# ----------------------------------------------------------------------------------------- length buckets
+
+
+def test_training_batches_are_cut_to_their_longest_row(tmp_path):
+    data = module(tmp_path, ["abcdef\tA B C D E F", "ab\tA B", "ba\tB A", "a\tA"], batch_size=2, bucketing=True)
+    batches = list(data.train_dataloader())
+    widths = sorted((tuple(b[0].shape), tuple(b[1].shape)) for b in batches)
+    assert widths == [((2, 2), (2, 3)), ((2, 6), (2, 7))] and all(b[0].dtype == torch.int64 for b in batches)
+
+
+def bucket_batches(lengths: np.ndarray, batch: int, replicas: int, rank: int, epoch: int) -> list[np.ndarray]:
+    sampler = BucketSampler(range(len(lengths)), lengths, replicas, rank, seed=7, batch_size=batch)
+    sampler.set_epoch(epoch)
+    indices = np.array(list(sampler))
+    assert len(indices) == len(sampler)
+    return [indices[i : i + batch] for i in range(0, len(indices), batch)]
+
+
+def test_bucketed_batches_are_length_homogeneous_and_cover_every_row_once_per_epoch():
+    lengths = np.random.default_rng(1).integers(1, 21, 2000)
+    orders = []
+    for epoch in range(2):
+        batches = bucket_batches(lengths, 32, 1, 0, epoch)
+        rows = np.concatenate(batches)
+        assert sorted(rows.tolist()) == list(range(2000))  # every row once
+        assert [len(b) for b in batches] == [32] * 62 + [16]  # the one partial batch last
+        spread = [int(np.ptp(lengths[b])) for b in batches]
+        assert max(spread) <= 1 and sum(spread) <= 20  # one length per batch, two where lengths meet
+        orders.append(rows)
+    assert not np.array_equal(orders[0], orders[1])  # reshuffled per epoch
+    assert np.array_equal(np.concatenate(bucket_batches(lengths, 32, 1, 0, 0)), orders[0])  # seeded
+
+
+@pytest.mark.parametrize("rows", [2000, 2016, 40])
+def test_bucketed_batches_shard_over_ranks(rows):
+    lengths = np.random.default_rng(2).integers(1, 21, rows)
+    shards = [bucket_batches(lengths, 32, 3, rank, 0) for rank in range(3)]
+    assert len({len(s) for s in shards}) == 1  # every rank the same number of batches
+    seen = Counter(np.concatenate([np.concatenate(s) for s in shards]).tolist())
+    assert set(seen) == set(range(rows))  # every row; repeats only to even out the ranks
+    assert sum(seen.values()) - rows < 3 * 32
+    for shard in shards:
+        assert all(len(b) == 32 for b in shard[:-1])  # a partial batch only at the end
+
+
+def test_bucketed_sampler_resumes_mid_epoch_where_it_stopped():
+    lengths = np.random.default_rng(3).integers(1, 21, 500)
+    whole = np.concatenate(bucket_batches(lengths, 16, 2, 1, 3))
+    sampler = BucketSampler(range(500), lengths, 2, 1, seed=7, batch_size=16)
+    sampler.set_epoch(3)
+    sampler.resume_epoch, sampler.skip_batches = 3, 5
+    assert np.array_equal(np.array(list(sampler)), whole[5 * 16 :])
+    assert np.array_equal(np.array(list(sampler)), whole)  # the next pass over the epoch is whole again
+
+
+# ----------------------------------------------------------------------------------------- through the CLI
+
+TINY_FIT = [
+    "--data", "PairDataModule", "--data.train_file", TINY_TRAIN, "--data.target_tokenizer", "space",
+    "--data.batch_size", "32", "--model.net.hidden_size", "32", "--model.net.embedding_dim", "16",
+    "--model.net.attention", "true", "--model.optimizer", "Adam", "--model.optimizer.lr", "0.01",
+    "--trainer.log_every_n_steps", "1", "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu",
+]  # fmt: skip
+
+
+def test_a_tiny_tsv_model_learns_through_fit_and_its_checkpoint_carries_the_text(tmp_path):
+    root = fit_in(tmp_path / "runs", *TINY_FIT, "--trainer.max_epochs", "6")
+    losses = [float(r["train/loss"]) for r in read_metrics(root / "version_0") if r.get("train/loss")]
+    assert len(losses) == 6 * 13  # 415 pairs / 32
+    assert np.mean(losses[-13:]) < 0.35 < 2.0 < np.mean(losses[:3])  # ~0.25 by epoch 6 (the alternates stay)
+    saved = torch.load(root / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    text = saved["text"]
+    assert text["source_tokens"] == ["<pad>", "</s>", *"abcdefgh"] and text["target_tokenizer"] == "space"
+    assert (text["source_length"], text["min_source_length"]) == (5, 2)
+    assert saved["hyper_parameters"]["net"]["source_vocab_size"] == 10
+    assert saved["datamodule_hyper_parameters"]["train_file"] == str(TINY_TRAIN)
+
+
+def test_a_resumed_fit_refuses_a_changed_training_file(tmp_path, capsys):
+    train = tmp_path / "train.tsv"
+    train.write_text("ab\tA B\nba\tB A\n" * 40)
+    flags = [*TINY_FIT, "--data.train_file", train, "--trainer.max_epochs", "1"]
+    fit_in(tmp_path / "runs", *flags)
+    ckpt = tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt"
+    resume = ["fit", *flags, "--trainer.max_epochs", "2", "--ckpt_path", ckpt, *root_args(tmp_path / "runs")]
+    train.write_text("ab\tA B\nba\tB A\n" * 39 + "ab\tA B\nbab\tB A B\n")  # same vocabulary, other pairs
+    code, err = cli_exit(resume, capsys)
+    assert code == 2 and f"--data.train_file {train} changed since the checkpoint was written" in err
+    train.write_text("ab\tA B\nca\tC A\n" * 40)  # other vocabularies
+    code, err = cli_exit(resume, capsys)
+    assert code == 2 and "gives other source_tokens, target_tokens" in err and "--fine_tune true" in err
+    for command in (["test", "--data.test_file", train], ["fit", "--fine_tune", "true"]):  # ids would mean other tokens
+        args = [command[0], *flags, *command[1:], "--ckpt_path", ckpt, *root_args(tmp_path / "runs")]
+        code, err = cli_exit(args, capsys)
+        assert code == 2 and f"--data.train_file {train} gives other source_tokens, target_tokens" in err
+    code, err = cli_exit([*resume, "--data", "Seq2SeqDataModule"], capsys)
+    assert code == 2 and "the checkpoint was trained with --data.bucketing" in err
+
+
+def test_fit_resumes_exactly_mid_epoch_over_file_data(tmp_path):
+    # dropout and 2 layers: the RNG must continue where it stopped, as the bucketed order must
+    flags = [*TINY_FIT, "--trainer.max_epochs", "2", "--model.net.dropout", "0.2", "--model.net.num_layers", "2"]
+    flags += ["--checkpoint.every_n_train_steps", "9"]
+    reference = fit_in(tmp_path / "reference", *flags, "--trainer.callbacks+=test_resume.SnapshotCheckpoints")
+    snapshots = {int(p.stem.split("step")[1]): p for p in (reference / "snapshots").glob("*.ckpt")}
+    assert sorted(snapshots) == [9, 13, 18, 26]  # 13 batches an epoch
+    final = torch.load(reference / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = fit_in(tmp_path / "resumed", *flags, "--ckpt_path", snapshots[18])  # mid-epoch 1
+    got = torch.load(resumed / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert got["global_step"] == final["global_step"] == 26
+    differ = [k for k, v in final["state_dict"].items() if not torch.equal(got["state_dict"][k], v)]
+    assert not differ, f"weights differ from the uninterrupted fit: {differ}"
+    assert torch.equal(got["rng_state"]["cpu"], final["rng_state"]["cpu"])
+
+
+class RecordSources(L.Callback):
+    """Test only (imported by both DDP ranks): saves each rank's training sources, padded to 8 columns."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rows: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self.rows.append(torch.nn.functional.pad(batch[0].cpu(), (0, 8 - batch[0].shape[1])))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        path = Path(trainer.default_root_dir) / f"rows-rank{trainer.global_rank}.pt"
+        torch.save(torch.cat(self.rows), path)
+
+
+@pytest.mark.slow  # two processes with torch, lightning and gloo: ~30-40 s on 2 cores
+def test_ddp_two_ranks_shard_the_file_data(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), *sys.path]))
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_epochs", "1"]
+    cmd = [sys.executable, "-m", "lit_seq2seq", "fit", *map(str, TINY_FIT), *ddp, *root_args(tmp_path)]
+    cmd += ["--trainer.callbacks+=test_pairs.RecordSources", "--data.batch_size", "16"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    shards = [torch.load(tmp_path / f"rows-rank{r}.pt", weights_only=True) for r in (0, 1)]
+    data = PairDataModule(train_file=str(TINY_TRAIN), target_tokenizer="space")
+    data.load()
+    everything = data.datasets["train"].source
+    want = Counter(map(tuple, torch.nn.functional.pad(everything, (0, 3)).tolist()))
+    got = [Counter(map(tuple, s.tolist())) for s in shards]
+    assert got[0] + got[1] == want  # 415 pairs = 25 batches of 16 + 15: 13 batches a rank, no repeats
+    assert [len(s) for s in shards] == [13 * 16, 12 * 16 + 15]
+    last = torch.load(tmp_path / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 13
