@@ -125,6 +125,9 @@ def _without_packed_shape_warnings() -> Iterator[None]:
 
 
 def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, inputs: list[str], outputs: list[str], opset: int):
+    # The exporter traces in eval mode, then puts the module back in the mode it found it in, recursively: a wrapper
+    # left in training mode (nn.Module's default) would hand the net back with dropout on.
+    module.eval()
     with warnings.catch_warnings(), _without_packed_shape_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice and tracer chatter
         torch.onnx.export(

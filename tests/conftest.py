@@ -445,3 +445,17 @@ def text_exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], E
         return built
 
     return build
+
+
+# ----------------------------------------------------------------------------------------- pair-file configs
+
+
+def use_config_data(settings: dict, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """chdir to where a pair-file config's relative paths resolve: the repository root (files under tests/data), or
+    `workdir` after writing CMUdict's splits there with the documented command (data/cmudict is made, not shipped)."""
+    monkeypatch.chdir(REPO)
+    if "data/cmudict/" in str(settings["data"].get("init_args", {})):
+        from lit_seq2seq import cmudict
+
+        assert cmudict.main(["--output_dir", str(workdir / "data" / "cmudict")]) == 0
+        monkeypatch.chdir(workdir)

@@ -21,13 +21,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, REVERSE_YAML, TINY, TINY_TASK, cli_output, root_args
+from conftest import CONFIGS, REVERSE_YAML, TINY, TINY_TASK, cli_output, root_args, use_config_data
 
 import lit_seq2seq.train_cli  # noqa: F401 - imported up front, so the timings below are the CLI's, not the imports'
 from lit_seq2seq import checkpoint, tasks
 from lit_seq2seq.checkpoint import CheckpointWriteError, read_checkpoint
 from lit_seq2seq.data import Seq2SeqDataModule
 from lit_seq2seq.model import NetConfig
+from lit_seq2seq.pairs import PairDataModule
 
 
 def enospc(*args: object) -> None:
@@ -70,13 +71,20 @@ def test_settings_that_cannot_fit_exit_2_before_allocating(flags, message, in_tm
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
-def test_every_config_fits_in_memory_at_its_full_size(config):
+def test_every_config_fits_in_memory_at_its_full_size(config, monkeypatch, tmp_path):
     """The checks run on this machine's real available memory; each config's data and net, as big as they are."""
     settings = yaml.safe_load(config.read_text())
-    data = Seq2SeqDataModule(**settings["data"])
+    if "class_path" in settings["data"]:  # pair files: their rows are the data
+        use_config_data(settings, tmp_path, monkeypatch)
+        data = PairDataModule(**settings["data"]["init_args"] | {"cache": False})
+        data.load()
+        data_bytes = sum(t.nbytes for ds in data.datasets.values() for t in vars(ds).values() if torch.is_tensor(t))
+    else:
+        data = Seq2SeqDataModule(**settings["data"])
+        data_bytes = tasks.sample_bytes(data.task, list(data.sizes.values()))
     linked = {k: getattr(data, k) for k in lit_seq2seq.train_cli.DATA_TO_NET}
     net = NetConfig(**settings["model"]["net"], **linked)
-    assert net.parameter_count() < 2_000_000 and tasks.sample_bytes(data.task, list(data.sizes.values())) < 2**30
+    assert net.parameter_count() < 2_000_000 and data_bytes < 2**30
 
 
 # ----------------------------------------------------------------------------------------- disk: full, read-only
