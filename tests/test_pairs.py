@@ -15,7 +15,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, cli_exit, fit_in, read_metrics, root_args
+from conftest import REPO, cli_exit, fit_in, read_metrics, root_args, run_cli, version_dirs
 
 from lit_seq2seq.pairfiles import read_pairs
 from lit_seq2seq.pairs import BucketSampler, PairDataModule, group_references, split_by_source
@@ -26,6 +26,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Total length of .* across ranks is zero"),
 ]
 TINY_TRAIN = REPO / "tests" / "data" / "pairs_tiny" / "train.tsv"
+TINY_TEST = TINY_TRAIN.with_name("test.tsv")
 
 
 def write(path: Path, lines: list[str]) -> str:
@@ -319,3 +320,18 @@ def test_ddp_two_ranks_shard_the_file_data(tmp_path):
     assert [len(s) for s in shards] == [13 * 16, 12 * 16 + 15]
     last = torch.load(tmp_path / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 13
+
+
+def test_predict_writes_the_text_of_each_source_reference_and_prediction(tmp_path):
+    """predictions.tsv of a text model holds text (batches of file data differ in width: rows are joined one by one)."""
+    root = fit_in(tmp_path / "runs", *TINY_FIT, "--trainer.max_epochs", "6")
+    run_cli(["predict", *TINY_FIT, "--data.test_file", TINY_TEST, "--ckpt_path", "last", *root_args(root)])
+    rows = (version_dirs(root)[-1] / "predictions.tsv").read_text(encoding="utf-8").splitlines()
+    sources = {line.split("\t")[0] for line in TINY_TEST.read_text(encoding="utf-8").splitlines() if line}
+    assert rows[0] == "source\ttarget\tprediction" and len(rows) - 1 == len(sources)
+    cells = [row.split("\t") for row in rows[1:]]
+    assert {source for source, _, _ in cells} == sources
+    references = {tuple(line.split("\t")) for line in TINY_TEST.read_text(encoding="utf-8").splitlines() if line}
+    assert all((source, target) in references for source, target, _ in cells)  # the first reference, as text
+    right = sum((source, prediction) in references for source, _, prediction in cells)
+    assert right >= 0.4 * len(cells)  # text predictions (15 of 30 right after these 6 epochs)
