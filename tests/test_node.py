@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import subprocess
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -363,3 +364,23 @@ def test_node_decode_reads_format_version_2_text_models(kind, exported, runtime_
     assert_refused(
         node_decode(model_dir, "x\n"), 'metadata source_tokenizer "bpe"; this reader knows "char" and "space"'
     )
+
+
+@pytest.mark.parametrize("name", ["trained", "unk_char", "space_source"])
+def test_node_decode_translates_real_text_exports_as_the_python_runtime(name, text_exported):
+    """Exports of text models written by `lit-seq2seq export` (format 2, own source and target vocabularies): the
+    Node consumer turns the same texts into the same text as OnnxSeq2Seq.translate, NFC and lowercasing included."""
+    from conftest import text_pairs
+
+    from lit_seq2seq.runtime import OnnxSeq2Seq
+
+    model_dir = text_exported(name).model_dir
+    model = OnnxSeq2Seq.load(model_dir)
+    words = [word for word, _ in text_pairs(60, seed=3)] + ["ÉA", "Ab", "e\u0301a"]  # upper case, decomposed é
+    if name == "space_source":  # letters as space-separated tokens, each composed first
+        words = [" ".join(unicodedata.normalize("NFC", word)) for word in words]
+    expected = model.translate(words)
+    for path in ([], ["--two-graph"]):
+        result = node_decode(model_dir, "".join(f"{w}\n" for w in words), *path)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == expected
