@@ -14,6 +14,7 @@ from conftest import REPO, flip_bit, pad_rows, strip_all
 from test_node import TEXT_MODELS, restamp, sources
 
 from lit_seq2seq import contract
+from lit_seq2seq.runtime import OnnxSeq2Seq
 
 _spec = importlib.util.spec_from_file_location("lit_seq2seq_web_serve", REPO / "export" / "web" / "serve.py")
 serve = importlib.util.module_from_spec(_spec)
@@ -170,3 +171,15 @@ def test_screenshot_is_written(browser, exported, tmp_path):
     report = browser.run(exported("copy_trained").model_dir, ["2 3 4", "5 4"], screenshot=png)
     assert report["error"] is None and len(report["results"]) == 2
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_page_translates_a_real_text_export_as_the_python_runtime(browser, text_exported):
+    """A text model written by `lit-seq2seq export` (format 2, own vocabularies): the page's text is translate's."""
+    from conftest import text_pairs
+
+    need_browser()
+    model_dir = text_exported("trained").model_dir
+    words = [word for word, _ in text_pairs(20, seed=5)] + ["ÉA", "e\u0301a"]  # upper case, decomposed é
+    report = browser.run(model_dir, words)
+    assert report["error"] is None
+    assert [r["text"] for r in report["results"]] == OnnxSeq2Seq.load(model_dir).translate(words)
