@@ -11,8 +11,9 @@ import pytest
 import yaml
 from conftest import REVERSE_YAML, cli_output, last_metric, root_args, run_cli, version_dirs
 
-# Measured: see test_g2p_on_a_cmudict_subset_learns_and_its_export_scores_alike.
-G2P_SUBSET_WER, G2P_SUBSET_PER = 1.0, 1.0
+# test_g2p_on_a_cmudict_subset_learns_and_its_export_scores_alike measured WER 52.7%, PER 16.2% (seed 42, 1 thread);
+# the bounds leave room for other thread counts. An untrained net scores WER 100%.
+G2P_SUBSET_WER, G2P_SUBSET_PER = 0.56, 0.18
 
 
 @pytest.mark.slow
