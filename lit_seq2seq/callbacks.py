@@ -80,7 +80,7 @@ class PredictionWriter(L.Callback):
             return
         path = Path(log_dir or trainer.default_root_dir) / "predictions.tsv"
         path.parent.mkdir(parents=True, exist_ok=True)
-        spec = getattr(trainer.datamodule, "text_spec", None)
+        spec = getattr(getattr(trainer, "datamodule", None), "text_spec", None)
         with path.open("w", encoding="utf-8") as f:
             f.write("source\ttarget\tprediction\n")
             for s, t, p in zip(rows["source"], rows["target"], rows["prediction"]):
