@@ -14,48 +14,71 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from lit_seq2seq.checkpoint import NonFiniteError
+from lit_seq2seq.metrics import Scores, score
 from lit_seq2seq.model import NetConfig, Seq2Seq, shift_right
 from lit_seq2seq.search import to_width
 from lit_seq2seq.text import TEXT_KEY
 
 
 class Seq2SeqMetrics(Metric):
-    """Sums behind loss, token accuracy (teacher forced), exact match and per-position accuracy (greedy).
+    """Sums behind loss, token accuracy (teacher forced), exact match, token error rate and per-position accuracy
+    (greedy).
 
-    All states are sums reduced with "sum" across DDP ranks, so every rank computes the same global figures.
+    All states are sums reduced with "sum" across DDP ranks, so every rank computes the same global figures. Exact
+    match and token error rate count against every reference of a source (metrics.score); loss and token accuracy
+    against its first (the target). Position accuracy only counts batches with one reference per source laid out
+    position by position (the generated tasks): with alternative references of other lengths a position has no one
+    right token, so for those batches it is not counted, and not logged when no batch counted.
     """
 
     full_state_update = False
 
     def __init__(self, max_target_length: int) -> None:
         super().__init__()
-        for name in ("loss_sum", "tokens", "token_correct", "sequences", "exact"):
+        names = ("loss_sum", "tokens", "token_correct", "sequences", "exact", "errors", "reference_tokens")
+        for name in (*names, "positioned"):
             self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("position_correct", torch.zeros(max_target_length, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, loss_sum: Tensor, logits: Tensor, target: Tensor, greedy: Tensor, pad_token: int) -> None:
+    def update(
+        self,
+        loss_sum: Tensor,
+        logits: Tensor,
+        target: Tensor,
+        scores: Scores,
+        pad_token: int,
+        greedy: Tensor | None = None,
+    ) -> None:
+        """One batch: `scores` from metrics.score; `greedy` (B, T) at the target's width for position accuracy, or
+        None where positions mean nothing (several references)."""
         mask = target != pad_token
         self.loss_sum += loss_sum.double()
         self.tokens += mask.sum()
         self.token_correct += ((logits.argmax(-1) == target) & mask).sum()
-        hits = greedy == target  # (B, T)
         self.sequences += len(target)
-        self.exact += hits.all(1).sum()
-        self.position_correct += hits.sum(0)
+        self.exact += int(scores.exact.sum())
+        self.errors += int(scores.errors.sum())
+        self.reference_tokens += int(scores.length.sum())
+        if greedy is not None:
+            self.positioned += len(target)
+            self.position_correct[: target.shape[1]] += (greedy == target).sum(0)
 
     def compute(self) -> dict[str, Tensor]:
         out = {
             "loss": self.loss_sum / self.tokens.clamp(min=1),
             "token_acc": self.token_correct / self.tokens.clamp(min=1),
             "exact_match": self.exact / self.sequences.clamp(min=1),
+            "token_error_rate": self.errors / self.reference_tokens.clamp(min=1),
         }
-        positions = self.position_correct / self.sequences.clamp(min=1)
-        out.update({f"position_{i}_acc": positions[i] for i in range(len(positions))})
+        if self.positioned > 0:
+            positions = self.position_correct / self.positioned
+            out.update({f"position_{i}_acc": positions[i] for i in range(len(positions))})
         return {k: v.float() for k, v in out.items()}
 
 
 class Seq2SeqModule(L.LightningModule):
-    """Teacher-forced training of a Seq2Seq net; validation and test also decode greedily for exact match.
+    """Teacher-forced training of a Seq2Seq net; validation and test also decode greedily for exact match and token
+    error rate (against every reference of a source when batches carry them).
 
     Args:
         net: The net's sizes and architecture (``--model.net.*``); the sizes the data decides are linked from it.
@@ -134,36 +157,48 @@ class Seq2SeqModule(L.LightningModule):
             self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
-        source, target = batch
+    def _evaluate(self, batch: tuple[Tensor, ...], stage: str) -> None:
+        """A batch of (source, target) (generated tasks) or (source, target, references (B, R, T), -1 where absent)."""
+        source, target = batch[0], batch[1]
         logits = self._logits(source, target)
-        pad = self.net.config.pad_token
-        greedy = to_width(self.net.greedy(source).cpu().numpy(), target.shape[1], pad)
+        config = self.net.config
+        greedy = self.net.greedy(source).cpu().numpy()
+        if len(batch) == 3:
+            references, positioned = batch[2].cpu().numpy(), None
+        else:  # the target is the one reference, and positions line up
+            references = target.cpu().numpy()[:, None]
+            positioned = torch.from_numpy(to_width(greedy, target.shape[1], config.pad_token)).to(target.device)
+        scores = score(greedy, references, config.eos_token, config.pad_token)
         loss_sum = self._cross_entropy(logits, target, "sum")
-        self.metrics[stage].update(loss_sum, logits, target, torch.from_numpy(greedy).to(target.device), pad)
+        self.metrics[stage].update(loss_sum, logits, target, scores, config.pad_token, positioned)
 
     def _log_epoch(self, stage: str) -> None:
         values = self.metrics[stage].compute()
         self.metrics[stage].reset()
-        main = {"loss", "token_acc", "exact_match"}
+        main = {"loss", "token_acc", "exact_match", "token_error_rate"}
         for name, value in values.items():
             self.log(f"{stage}/{name}", value, prog_bar=name in main, sync_dist=False)
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         self._evaluate(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
-    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        source, target = batch
-        return {"source": source, "target": target, "prediction": self.net.greedy(source)}
+    def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
+        """(source, target) or (source, target, references): the greedy decoding beside the source and target (its
+        first reference); the references too when the batch has them."""
+        source, target = batch[0], batch[1]
+        out = {"source": source, "target": target, "prediction": self.net.greedy(source)}
+        if len(batch) == 3:
+            out["references"] = batch[2]
+        return out
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A text model's vocabularies travel with its weights (export reads them from here): rebuilding them from the

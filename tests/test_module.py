@@ -3,11 +3,14 @@ and Seq2SeqMetrics' numbers."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import manual_greedy, net_config, padded_sources
 
+from lit_seq2seq.metrics import score
 from lit_seq2seq.model import NetConfig, Seq2Seq, shift_right
 from lit_seq2seq.module import Seq2SeqMetrics, Seq2SeqModule
 
@@ -20,11 +23,14 @@ def test_metrics_numbers():
     target = torch.tensor([[5, 1, 0], [4, 6, 1], [2, 1, 0]])
     logits = F.one_hot(torch.tensor([[5, 1, 3], [4, 2, 1], [3, 3, 3]]), 8).float()  # argmax right on 5 of 7 tokens
     greedy = torch.tensor([[5, 1, 0], [4, 6, 1], [2, 3, 0]])
-    metric.update(torch.tensor(7.0), logits, target, greedy, pad_token=0)
+    scores = score(greedy.numpy(), target.numpy()[:, None], EOS, 0)
+    metric.update(torch.tensor(7.0), logits, target, scores, pad_token=0, greedy=greedy)
     out = metric.compute()
     assert out["loss"].item() == pytest.approx(1.0)  # 7 / 7 non-pad tokens
     assert out["token_acc"].item() == pytest.approx(4 / 7)
     assert out["exact_match"].item() == pytest.approx(2 / 3)
+    # [2, 3, 0] never ends, so all three are its tokens: two insertions over 4 reference tokens
+    assert out["token_error_rate"].item() == pytest.approx(2 / 4)
     assert [out[f"position_{i}_acc"].item() for i in range(3)] == pytest.approx([1.0, 2 / 3, 1.0])
 
 
@@ -65,3 +71,109 @@ def test_bad_teacher_forcing_ratio_names_the_flag(ratio):
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 1.0])
 def test_teacher_forcing_ratio_bounds_are_accepted(ratio):
     assert Seq2SeqModule(net_config(V, hidden_size=H), teacher_forcing_ratio=ratio).teacher_forcing_ratio == ratio
+
+
+# ---- i10-metrics: evaluation on (source, target, references) batches ------------------------------------------------
+
+
+def scripted_module(monkeypatch: pytest.MonkeyPatch, predictions: list[list[int]]) -> Seq2SeqModule:
+    """A tiny module whose greedy decoding returns `predictions` (padded with 0), whatever the source."""
+    module = Seq2SeqModule(net_config(V, max_target_length=T, eos_token=EOS, hidden_size=H)).eval()
+    decoded = torch.tensor([p + [0] * (T - len(p)) for p in predictions])
+    monkeypatch.setattr(module.net, "greedy", lambda source: decoded[: len(source)])
+    return module
+
+
+def test_three_tuple_batch_counts_any_reference(monkeypatch: pytest.MonkeyPatch):
+    # Sources with 1 or 2 references (-1 where absent); target = the first reference.
+    references = torch.tensor(
+        [
+            [[5, 6, 1, 0, 0], [-1] * 5],  # predicted [5, 6]: exact, 0 errors / 2
+            [[5, 6, 7, 1, 0], [4, 4, 1, 0, 0]],  # predicted [4, 4]: the second reference, exact, 0 / 2
+            [[3, 3, 3, 1, 0], [2, 2, 1, 0, 0]],  # predicted [2, 3]: 1 error to [2, 2] (2 to the first), 1 / 2
+            [[7, 8, 1, 0, 0], [-1] * 5],  # predicted nothing: 2 deletions, 2 / 2
+        ]
+    )
+    module = scripted_module(monkeypatch, [[5, 6, 1], [4, 4, 1], [2, 3, 1], [1]])
+    batch = (padded_sources([S] * 4), references[:, 0], references)
+    with torch.no_grad():
+        module.validation_step(batch, 0)
+    out = module.metrics["val"].compute()
+    assert out["exact_match"].item() == pytest.approx(2 / 4)  # against the target alone it would be 1 / 4
+    assert out["token_error_rate"].item() == pytest.approx(3 / 8)
+    assert not any(k.startswith("position_") for k in out)  # positions mean nothing with alternative references
+    assert out["loss"].item() > 0 and 0 <= out["token_acc"].item() <= 1
+
+
+def test_two_tuple_figures_are_the_old_formulas(monkeypatch: pytest.MonkeyPatch):
+    # A generated task's batch: exact match and position accuracy as before this change (greedy at the target's width
+    # equal to the target at every position), token error rate against the target as the one reference.
+    predictions = [[5, 6, 1], [5, 6, 7, 8, 2], [5, 0, 1], [1], [5, 6, 1], [4, 1]]
+    target = torch.tensor(
+        [
+            [5, 6, 1, 0, 0],  # exact
+            [5, 6, 7, 8, 1],  # the prediction never ends: its 2 is one insertion
+            [5, 1, 0, 0, 0],  # a pad emitted before the end is a token, not an end: one insertion
+            [1, 0, 0, 0, 0],  # both empty: exact
+            [5, 7, 1, 0, 0],  # one substitution
+            [4, 4, 1, 0, 0],  # one deletion
+        ]
+    )
+    module = scripted_module(monkeypatch, predictions)
+    with torch.no_grad():
+        module.validation_step((padded_sources([S] * 6), target), 0)
+    out = module.metrics["val"].compute()
+    hits = module.net.greedy(target) == target  # the old definition
+    assert out["exact_match"].item() == pytest.approx(hits.all(1).double().mean().item()) == pytest.approx(2 / 6)
+    assert [out[f"position_{i}_acc"].item() for i in range(T)] == pytest.approx(hits.double().mean(0).tolist())
+    assert out["token_error_rate"].item() == pytest.approx(4 / 11)  # 4 errors over 2 + 4 + 1 + 0 + 2 + 2 tokens
+
+
+def test_metric_states_sum_across_ranks(monkeypatch: pytest.MonkeyPatch):
+    # What DDP's "sum" reduction does: two ranks' states added give the figures of one process seeing both batches.
+    references = torch.tensor([[[5, 1, 0, 0, 0], [4, 1, 0, 0, 0]], [[5, 6, 1, 0, 0], [-1] * 5]])
+    module = scripted_module(monkeypatch, [[4, 1], [5, 7, 1]])
+    three, two = (padded_sources([S] * 2), references[:, 0], references), (padded_sources([S] * 2), references[:, 0])
+    ranks = [Seq2SeqModule(module.net.config).eval() for _ in range(2)]
+    for rank in ranks:
+        monkeypatch.setattr(rank.net, "greedy", module.net.greedy)
+        rank.net.load_state_dict(module.net.state_dict())
+    with torch.no_grad():
+        module.validation_step(three, 0)
+        module.validation_step(two, 1)
+        ranks[0].validation_step(three, 0)  # a rank with only multi-reference batches: no position counts
+        ranks[1].validation_step(two, 1)
+    merged = ranks[0].metrics["val"]
+    merged.merge_state(ranks[1].metrics["val"])
+    alone, summed = module.metrics["val"].compute(), merged.compute()
+    assert alone.keys() == summed.keys() and all(torch.equal(alone[k], summed[k]) for k in alone)
+    assert alone["exact_match"].item() == pytest.approx(1 / 4)  # [4] is the second reference of row 0
+    assert alone["token_error_rate"].item() == pytest.approx(3 / 6)
+    assert alone["position_0_acc"].item() == 0.5  # from the 2-tuple batch alone
+
+
+def test_predict_step_takes_both_batch_kinds(monkeypatch: pytest.MonkeyPatch):
+    module = scripted_module(monkeypatch, [[5, 1], [6, 6, 1]])
+    references = torch.tensor([[[5, 1, 0], [4, 1, 0]], [[6, 1, 0], [-1] * 3]])
+    source = padded_sources([S, 2])
+    out = module.predict_step((source, references[:, 0], references), 0)
+    assert torch.equal(out["references"], references) and torch.equal(out["target"], references[:, 0])
+    assert out["prediction"].tolist() == [[5, 1, 0, 0, 0], [6, 6, 1, 0, 0]]
+    out = module.predict_step((source, references[:, 0]), 0)
+    assert set(out) == {"source", "target", "prediction"}
+
+
+def test_validate_logs_token_error_rate_for_both_batch_kinds(monkeypatch: pytest.MonkeyPatch):
+    import lightning as L
+
+    torch.manual_seed(0)
+    module = Seq2SeqModule(net_config(V, max_target_length=T, eos_token=EOS, hidden_size=H))
+    source = padded_sources([S, 3, 5, 2])
+    references = torch.tensor([[[5, 1, 0, 0, 0], [4, 1, 0, 0, 0]]] * 4)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    loader = functools.partial(torch.utils.data.DataLoader, batch_size=None)  # each item one batch
+    three = trainer.validate(module, loader([(source, references[:, 0], references)]), verbose=False)[0]
+    two = trainer.validate(module, loader([(source, references[:, 0])]), verbose=False)[0]
+    assert {"val/exact_match", "val/token_error_rate", "val/loss", "val/token_acc"} <= three.keys()
+    assert not any("position" in k for k in three) and "val/position_0_acc" in two
+    assert three["val/token_error_rate"] <= two["val/token_error_rate"]  # more references: never further
