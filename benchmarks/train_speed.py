@@ -36,7 +36,7 @@ On a shared machine the CPU's speed drifts by tens of percent for seconds at a t
 10.6 to 16.5 s per epoch in one process), so whole runs compare different machines; the interleaved figure cancels
 that drift. Ours and plain+same start from the same weights, see the same batches and run the same optimizer (and
 clipping) code: the script checks after every run that they end bit-identical, which is what "the same work" means,
-and exits 1 if they do not (a net that draws random numbers in training, dropout > 0, would break this). With
+and exits 1 if they do not. Dropout draws from torch's global RNG: each side keeps its own state of it. With
 --mode both the whole-run rounds come first, then the interleaved fits. --limit_batches N stops every side after N
 batches (Lightning's limit_train_batches), for short runs.
 
@@ -147,6 +147,7 @@ class PlainLoop:
     ) -> None:
         self.net, self.optimizer, self.epoch_batches = net, optimizer, epoch_batches
         self.limit_batches, self.clip, self.scheduler = limit_batches, clip, scheduler
+        self.rng_state = torch.get_rng_state()  # where its dropout masks start: after the seeded construction
 
     def steps(self) -> Iterator[None]:
         """Trains; yields after every optimizer step."""
@@ -311,16 +312,24 @@ Work = SeedTask | PairTask
 
 
 class PlainStepper(L.Callback):
-    """After each training step of ours, runs one step of every plain loop and adds up the time each took."""
+    """After each training step of ours, runs one step of every plain loop and adds up the time each took. Each side
+    draws from its own state of torch's global RNG (its dropout masks), as it would running alone; the swaps are
+    charged to ours."""
 
-    def __init__(self, loops: dict[str, Iterator[None]]) -> None:
-        self.loops, self.seconds, self.count = loops, dict.fromkeys(loops, 0.0), 0
+    def __init__(self, loops: dict[str, PlainLoop]) -> None:
+        self.loops = {name: loop.steps() for name, loop in loops.items()}
+        self.rng = {name: loop.rng_state for name, loop in loops.items()}
+        self.seconds, self.count = dict.fromkeys(loops, 0.0), 0
 
     def on_train_batch_end(self, *args: object) -> None:
+        ours = torch.get_rng_state()
         for name, steps in self.loops.items():
+            torch.set_rng_state(self.rng[name])
             start = time.perf_counter()
             next(steps)
             self.seconds[name] += time.perf_counter() - start
+            self.rng[name] = torch.get_rng_state()
+        torch.set_rng_state(ours)
         self.count += 1
 
 
@@ -343,7 +352,7 @@ def run_interleaved(work: Work) -> tuple[dict[str, float], dict[str, torch.nn.Mo
         start = time.perf_counter()
         plain[name] = work.plain(name)
         seconds[name] = time.perf_counter() - start
-    stepper = PlainStepper({name: loop.steps() for name, loop in plain.items()})
+    stepper = PlainStepper(plain)
     start = time.perf_counter()
     trainer, module, data = work.ours([stepper])
     trainer.fit(module, data)

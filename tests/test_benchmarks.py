@@ -30,8 +30,9 @@ def test_trainer_fit_does_exactly_the_plain_loops_work():
 
 
 def pair_config(tmp_path: Path) -> Path:
-    """A G2P-shaped config over the tiny pair files: bucketed batches of 32, bi-GRU + attention, Adam with a
-    schedule and a clipping norm small enough to clip every step. Its val file does not exist: only training is read."""
+    """A G2P-shaped config over the tiny pair files: bucketed batches of 32, bi-GRU + attention with dropout (drawn
+    from torch's global RNG), Adam with a schedule and a clipping norm small enough to clip every step. Its val file
+    does not exist: only training is read."""
     shutil.copy(REPO / "tests" / "data" / "pairs_tiny" / "train.tsv", tmp_path / "train.tsv")
     config = {
         "seed_everything": 42,
@@ -47,7 +48,14 @@ def pair_config(tmp_path: Path) -> Path:
             },
         },
         "model": {
-            "net": {"hidden_size": 16, "cell": "gru", "bidirectional": True, "attention": True, "embedding_dim": 8},
+            "net": {
+                "hidden_size": 16,
+                "cell": "gru",
+                "bidirectional": True,
+                "attention": True,
+                "embedding_dim": 8,
+                "dropout": 0.3,
+            },
             "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}},
             "lr_scheduler": {"class_path": "torch.optim.lr_scheduler.ExponentialLR", "init_args": {"gamma": 0.5}},
         },
