@@ -1,16 +1,28 @@
-"""Wall time of one training epoch of the seed task: lit_seq2seq under lightning.Trainer vs a plain PyTorch loop.
+"""Wall time of one training epoch: lit_seq2seq under lightning.Trainer vs a plain PyTorch loop, on the seed task
+or on the pair files of a config (the G2P data of configs/g2p_cmudict.yaml).
 
-All sides do the same work in this one process: generate the data of configs/reverse.yaml (reverse_first, vocab 51,
-source 6, target 3, batch 32), build the same `Seq2Seq` net (its `model.net`: 128-unit LSTM, one-hot inputs) after
-the same `torch.manual_seed`, and train it for one epoch with cross-entropy under teacher forcing. The plain loops
-shuffle with the same seeded `torch.randperm` as the data module's sampler, so all see the same batches in the same
-order; the timed region covers data generation, model construction and training. Exact match on the same 1,000
-fresh test sequences (greedy decoding) is measured afterwards, outside it.
+Three sides train the same net from the same weights (built after the same `torch.manual_seed`) for one epoch with
+cross-entropy over the non-pad tokens under teacher forcing, on the same batches in the same order:
 
-- ours: `Trainer.fit` of Seq2SeqModule and Seq2SeqDataModule, with the optimizer of configs/reverse.yaml (Adam,
-  lr 1e-3, fused: one kernel per step instead of ~8 ops per parameter);
-- plain: the loop a careful PyTorch user writes, with `torch.optim.Adam(params, lr=1e-3)`;
-- plain+same: that loop with ours' optimizer settings. Ours vs plain+same is what Lightning's machinery costs.
+- ours: `Trainer.fit` of Seq2SeqModule and the data module, with the config's optimizer (and, for a config, its
+  learning-rate schedule and gradient clipping); no logger, checkpoints, progress bar or validation;
+- plain: the loop a careful PyTorch user writes, with `torch.optim.Adam(params, lr=<the config's lr>)`;
+- plain+same: that loop with ours' optimizer settings, schedule and clipping. Ours vs plain+same is what Lightning's
+  machinery costs.
+
+The seed task (default): configs/reverse.yaml's data (reverse_first, vocab 51, source 6, target 3, batch 32), net
+(128-unit LSTM, one-hot inputs) and fused Adam. Every side generates the data inside its timed region; the plain
+loops shuffle with the same seeded `torch.randperm` as the data module's sampler. Exact match on 1,000 fresh test
+sequences (greedy decoding) is measured afterwards, outside the timing.
+
+--config (a config whose data is lit_seq2seq.pairs.PairDataModule, e.g. configs/g2p_cmudict.yaml): its data module
+over its train file (or --train_file; validation, test and predict files are not read), net, optimizer,
+lr_scheduler and --trainer.gradient_clip_val. The data module is built and its file tokenized (or its cache read)
+once, before any timing; every run of ours fits on that one module. The plain loops' batches are the data module's
+own: its train_dataloader (the length-bucketed sampler at epoch 0, batches cut to their longest row) is iterated
+once before timing and the batch list kept, so the plain loops train on the very tensors ours is handed, in the
+same order. That favours the plain loops: ours fetches its batches inside its timed epoch, they do not; the script
+prints what the fetching cost, to show it is small. Model, optimizer and Trainer construction are timed for all.
 
 Two measurements, each printed as medians over `--repeats` with their min-max spread:
 
@@ -22,34 +34,44 @@ Two measurements, each printed as medians over `--repeats` with their min-max sp
 
 On a shared machine the CPU's speed drifts by tens of percent for seconds at a time (here the plain loop alone took
 10.6 to 16.5 s per epoch in one process), so whole runs compare different machines; the interleaved figure cancels
-that drift. Ours and plain+same start from the same weights, see the same batches and run the same optimizer code:
-the script checks that they end bit-identical, which is what "the same work" means, and exits 1 if they do not.
-With --mode both the whole-run rounds come first, then the interleaved fits.
+that drift. Ours and plain+same start from the same weights, see the same batches and run the same optimizer (and
+clipping) code: the script checks after every run that they end bit-identical, which is what "the same work" means,
+and exits 1 if they do not. Dropout draws from torch's global RNG: each side keeps its own state of it. With
+--mode both the whole-run rounds come first, then the interleaved fits. --limit_batches N stops every side after N
+batches (Lightning's limit_train_batches), for short runs.
 
     .venv/bin/python benchmarks/train_speed.py [--repeats 3] [--train_size 100000] [--threads N] [--mode both]
     .venv/bin/python benchmarks/train_speed.py --repeats 1 --train_size 3200     # a quick check that it runs
+    .venv/bin/python benchmarks/train_speed.py --config configs/g2p_cmudict.yaml \\
+        --train_file data/cmudict/train.tsv --threads 1 [--limit_batches 300]
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib
+import itertools
 import logging
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 import yaml
+from torch import Tensor
 
 from lit_seq2seq.data import Seq2SeqDataModule
 from lit_seq2seq.model import NetConfig, Seq2Seq, shift_right
 from lit_seq2seq.module import Seq2SeqModule
+from lit_seq2seq.pairs import PairDataModule
 from lit_seq2seq.tasks import Task, make_task, split_rng
+from lit_seq2seq.train_cli import DATA_TO_NET
 
 try:
     from benchmarks import harness
@@ -64,6 +86,7 @@ BATCH, DATA_SEED = SEED["data"]["batch_size"], SEED["data"]["seed"]
 LR, EPOCHS, MODEL_SEED = 1e-3, 1, 0
 PLAIN_ADAM: dict[str, Any] = {"lr": LR}  # what a careful PyTorch user writes
 SIDES = ("ours", "plain", "plain+same")
+Batch = tuple[Tensor, Tensor]
 
 
 @functools.cache
@@ -76,7 +99,7 @@ def shipped_adam() -> dict[str, Any]:
 
 
 def plain_sides() -> dict[str, dict[str, Any]]:
-    """Adam's arguments of each plain loop: torch's default one, and ours'."""
+    """Adam's arguments of each plain loop on the seed task: torch's default one, and ours'."""
     return {"plain": PLAIN_ADAM, "plain+same": shipped_adam()}
 
 
@@ -91,12 +114,9 @@ def net_config(task: Task) -> NetConfig:
     )
 
 
-def build_ours(train_size: int, callbacks: list[L.Callback]) -> tuple[L.Trainer, Seq2SeqModule, Seq2SeqDataModule]:
-    """Seq2SeqModule and Seq2SeqDataModule under a Trainer; the DataModule generates the data in setup."""
-    data = Seq2SeqDataModule(**TASK, train_size=train_size, batch_size=BATCH, seed=DATA_SEED)
-    torch.manual_seed(MODEL_SEED)
-    module = Seq2SeqModule(net_config(data.task), optimizer=lambda params: torch.optim.Adam(params, **shipped_adam()))
-    trainer = L.Trainer(
+def make_trainer(callbacks: list[L.Callback], limit_batches: int | None, clip: float | None = None) -> L.Trainer:
+    """One epoch on the CPU, nothing but training: no logger, checkpoints, progress bar, summary or validation."""
+    return L.Trainer(
         max_epochs=EPOCHS,
         accelerator="cpu",
         devices=1,
@@ -106,76 +126,235 @@ def build_ours(train_size: int, callbacks: list[L.Callback]) -> tuple[L.Trainer,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
+        limit_train_batches=limit_batches if limit_batches is not None else 1.0,
+        gradient_clip_val=clip,
         callbacks=callbacks,
     )
-    return trainer, module, data
 
 
 class PlainLoop:
-    """What a careful PyTorch user writes: tensors in memory, a randperm per epoch, slices of 32, Adam."""
+    """What a careful PyTorch user writes: per epoch, over its batches, teacher-forced forward, cross-entropy over the
+    non-pad tokens, backward, gradient clipping by norm (if `clip`), optimizer step; the scheduler steps per epoch."""
 
-    def __init__(self, train_size: int, adam: dict[str, Any]) -> None:
-        task = make_task(TASK["task"], TASK["vocab_size"], TASK["source_length"], TASK["target_length"])
-        self.source, self.target = (torch.from_numpy(a) for a in task.sample(train_size, split_rng(DATA_SEED, "train")))
-        torch.manual_seed(MODEL_SEED)
-        self.net = Seq2Seq(net_config(task))
-        self.optimizer = torch.optim.Adam(self.net.parameters(), **adam)
+    def __init__(
+        self,
+        net: Seq2Seq,
+        optimizer: torch.optim.Optimizer,
+        epoch_batches: Callable[[int], Iterable[Batch]],
+        limit_batches: int | None = None,
+        clip: float | None = None,
+        scheduler: Any = None,
+    ) -> None:
+        self.net, self.optimizer, self.epoch_batches = net, optimizer, epoch_batches
+        self.limit_batches, self.clip, self.scheduler = limit_batches, clip, scheduler
+        self.rng_state = torch.get_rng_state()  # where its dropout masks start: after the seeded construction
 
     def steps(self) -> Iterator[None]:
         """Trains; yields after every optimizer step."""
-        net, optimizer, generator, n = self.net, self.optimizer, torch.Generator(), len(self.source)
-        start_token = net.config.start_token
+        net, optimizer, clip = self.net, self.optimizer, self.clip
+        start_token, pad_token = net.config.start_token, net.config.pad_token
+        params = list(net.parameters())  # the optimizer's order, which Lightning clips in
         net.train()
         for epoch in range(EPOCHS):
-            generator.manual_seed(DATA_SEED + epoch)
-            order = torch.randperm(n, generator=generator)
-            src, tgt = self.source[order], self.target[order]
-            for i in range(0, n, BATCH):
-                s, t = src[i : i + BATCH], tgt[i : i + BATCH]
+            for s, t in itertools.islice(self.epoch_batches(epoch), self.limit_batches):
                 logits = net(s, shift_right(t, start_token))
-                loss = F.cross_entropy(logits.flatten(0, 1), t.flatten())
+                loss = F.cross_entropy(logits.flatten(0, 1), t.flatten(), ignore_index=pad_token)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, clip)
                 optimizer.step()
                 yield
+            if self.scheduler is not None:
+                self.scheduler.step()
+
+
+class SeedTask:
+    """The seed task of configs/reverse.yaml, `train_size` samples generated by each side inside its timed region."""
+
+    def __init__(self, train_size: int, limit_batches: int | None = None) -> None:
+        self.train_size, self.limit_batches = train_size, limit_batches
+        self.steps = min(-(-train_size // BATCH), limit_batches or sys.maxsize)
+
+    def describe(self) -> list[str]:
+        return [
+            f"seed task {SEED_CONFIG.name}: train_size {self.train_size}, batch {BATCH}, {self.steps} steps per run",
+            f"ours and plain+same: Adam({shipped_adam()}) as in {SEED_CONFIG.name}; plain: Adam({PLAIN_ADAM})",
+        ]
+
+    def ours(self, callbacks: list[L.Callback]) -> tuple[L.Trainer, Seq2SeqModule, L.LightningDataModule]:
+        """Seq2SeqModule and Seq2SeqDataModule under a Trainer; the DataModule generates the data in setup."""
+        data = Seq2SeqDataModule(**TASK, train_size=self.train_size, batch_size=BATCH, seed=DATA_SEED)
+        adam = shipped_adam()
+        torch.manual_seed(MODEL_SEED)
+        module = Seq2SeqModule(net_config(data.task), optimizer=lambda params: torch.optim.Adam(params, **adam))
+        return make_trainer(callbacks, self.limit_batches), module, data
+
+    def plain(self, name: str) -> PlainLoop:
+        """Tensors in memory, a seeded randperm per epoch (the sampler's), slices of BATCH, Adam."""
+        task = make_task(TASK["task"], TASK["vocab_size"], TASK["source_length"], TASK["target_length"])
+        source, target = (torch.from_numpy(a) for a in task.sample(self.train_size, split_rng(DATA_SEED, "train")))
+        torch.manual_seed(MODEL_SEED)
+        net = Seq2Seq(net_config(task))
+        optimizer = torch.optim.Adam(net.parameters(), **plain_sides()[name])
+
+        def epoch_batches(epoch: int) -> Iterator[Batch]:
+            order = torch.randperm(len(source), generator=torch.Generator().manual_seed(DATA_SEED + epoch))
+            src, tgt = source[order], target[order]
+            for i in range(0, len(src), BATCH):
+                yield src[i : i + BATCH], tgt[i : i + BATCH]
+
+        return PlainLoop(net, optimizer, epoch_batches, self.limit_batches)
+
+    @functools.cached_property
+    def test(self) -> Batch | None:
+        split = Seq2SeqDataModule(**TASK, seed=DATA_SEED).split("test")
+        return split.source, split.target
+
+
+def _class(path: str, flag: str) -> Any:
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise ValueError(f"{flag}: cannot import {path!r}") from None
+
+
+class PairTask:
+    """A config's PairDataModule (train file only), net, optimizer, lr_scheduler and gradient clipping. The data is
+    loaded and the batch list of every epoch taken from the module's own train_dataloader here, before any timing."""
+
+    def __init__(self, config_path: str, train_file: str | None = None, limit_batches: int | None = None) -> None:
+        flag = f"--config {config_path}"
+        try:
+            config = yaml.safe_load(Path(config_path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ValueError(f"{flag}: cannot read it ({error})") from None
+        data, model, trainer = (config.get(key) or {} for key in ("data", "model", "trainer"))
+        if not str(data.get("class_path", "")).endswith("PairDataModule"):
+            raise ValueError(f"{flag}: data.class_path must be lit_seq2seq.pairs.PairDataModule, got {data}")
+        unknown = set(model) - {"net", "optimizer", "lr_scheduler"}
+        if unknown or trainer.get("gradient_clip_algorithm", "norm") != "norm":
+            raise ValueError(f"{flag}: this benchmark does not reproduce model.{unknown or 'gradient_clip_algorithm'}")
+        init_args = data.get("init_args") or {}
+        args = {k: v for k, v in init_args.items() if not k.endswith("_file")}  # training pairs only
+        if train_file is not None:
+            args.pop("file", None)
+        args["train_file"] = train_file or init_args.get("train_file")
+        self.config_path, self.limit_batches = config_path, limit_batches
+        self.data = PairDataModule(**args)
+        self.data.load()
+        self.net = NetConfig(**{name: getattr(self.data, name) for name in DATA_TO_NET}, **(model.get("net") or {}))
+        optimizer = model.get("optimizer") or {"class_path": "torch.optim.Adam"}  # Seq2SeqModule's default
+        self.optimizer_class = _class(optimizer["class_path"], f"{flag}: model.optimizer")
+        self.optimizer_args = dict(optimizer.get("init_args") or {})
+        self.lr = self.optimizer_args.get("lr", 1e-3)  # torch.optim.Adam's default
+        schedule = model.get("lr_scheduler")
+        self.scheduler_class = _class(schedule["class_path"], f"{flag}: model.lr_scheduler") if schedule else None
+        self.scheduler_args = dict((schedule or {}).get("init_args") or {})
+        self.clip = trainer.get("gradient_clip_val")
+        self.seed = config.get("seed_everything", MODEL_SEED)
+        start = time.perf_counter()
+        self.epochs = [self._batches(epoch) for epoch in range(EPOCHS)]
+        self.fetch_seconds = time.perf_counter() - start
+        self.steps = len(self.epochs[0])
+
+    def _batches(self, epoch: int) -> list[Batch]:
+        loader = self.data.train_dataloader()
+        loader.sampler.set_epoch(epoch)  # as Lightning's fit loop does before each epoch
+        return list(itertools.islice(loader, self.limit_batches))
+
+    def describe(self) -> list[str]:
+        data, net = self.data, self.net
+        sizes = [len(s) for s, _ in self.epochs[0]]
+        clip = f", gradient clipping at norm {self.clip}" if self.clip else ""
+        schedule = f", {self.scheduler_class.__name__}({self.scheduler_args}) per epoch" if self.scheduler_class else ""
+        widths = [s.shape[1] for s, _ in self.epochs[0]]
+        return [
+            f"{self.config_path}: {data.files['train']}, {len(data.datasets['train'])} pairs, batch {data.batch_size}"
+            f"{' length-bucketed' if data.bucketing else ''}, {self.steps} steps per run ({sum(sizes)} pairs, source "
+            f"widths {min(widths)}-{max(widths)})",
+            f"net: {net.cell} {net.hidden_size}{' bidirectional' if net.bidirectional else ''}"
+            f"{' + attention' if net.attention else ''}, embedding {net.embedding_dim}, vocabularies "
+            f"{net.source_vocab_size}/{net.target_vocab_size}, {net.max_target_length} target steps, "
+            f"{net.parameter_count():,} weights",
+            f"ours and plain+same: {self.optimizer_class.__name__}({self.optimizer_args}){schedule}{clip}; "
+            f"plain: Adam({{'lr': {self.lr}}})",
+            f"batches: taken from the data module's train_dataloader before timing ({self.fetch_seconds:.2f} s, "
+            "which ours spends inside its timed epoch and the plain loops do not)",
+        ]
+
+    def _optimizer(self, params: Iterable[Tensor]) -> torch.optim.Optimizer:
+        return self.optimizer_class(params, **self.optimizer_args)
+
+    def _scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        return self.scheduler_class(optimizer, **self.scheduler_args)
+
+    def ours(self, callbacks: list[L.Callback]) -> tuple[L.Trainer, Seq2SeqModule, L.LightningDataModule]:
+        torch.manual_seed(self.seed)
+        schedule = self._scheduler if self.scheduler_class else None
+        module = Seq2SeqModule(self.net, optimizer=self._optimizer, lr_scheduler=schedule)
+        return make_trainer(callbacks, self.limit_batches, self.clip), module, self.data
+
+    def plain(self, name: str) -> PlainLoop:
+        torch.manual_seed(self.seed)
+        net = Seq2Seq(self.net)
+        if name == "plain":
+            return PlainLoop(net, torch.optim.Adam(net.parameters(), lr=self.lr), self.epochs.__getitem__)
+        optimizer = self._optimizer(net.parameters())
+        scheduler = self._scheduler(optimizer) if self.scheduler_class else None
+        return PlainLoop(net, optimizer, self.epochs.__getitem__, clip=self.clip, scheduler=scheduler)
+
+    test = None  # the weight checks prove the work; decoding after part of an epoch would say little
+
+
+Work = SeedTask | PairTask
 
 
 class PlainStepper(L.Callback):
-    """After each training step of ours, runs one step of every plain loop and adds up the time each took."""
+    """After each training step of ours, runs one step of every plain loop and adds up the time each took. Each side
+    draws from its own state of torch's global RNG (its dropout masks), as it would running alone; the swaps are
+    charged to ours."""
 
-    def __init__(self, loops: dict[str, Iterator[None]]) -> None:
-        self.loops, self.seconds, self.count = loops, dict.fromkeys(loops, 0.0), 0
+    def __init__(self, loops: dict[str, PlainLoop]) -> None:
+        self.loops = {name: loop.steps() for name, loop in loops.items()}
+        self.rng = {name: loop.rng_state for name, loop in loops.items()}
+        self.seconds, self.count = dict.fromkeys(loops, 0.0), 0
 
     def on_train_batch_end(self, *args: object) -> None:
+        ours = torch.get_rng_state()
         for name, steps in self.loops.items():
+            torch.set_rng_state(self.rng[name])
             start = time.perf_counter()
             next(steps)
             self.seconds[name] += time.perf_counter() - start
+            self.rng[name] = torch.get_rng_state()
+        torch.set_rng_state(ours)
         self.count += 1
 
 
-def train_whole(name: str, train_size: int) -> torch.nn.Module:
-    """One side's whole epoch, data generation and model construction included; returns the trained net."""
+def train_whole(work: Work, name: str) -> torch.nn.Module:
+    """One side's whole epoch, its model construction included; returns the trained net."""
     if name == "ours":
-        trainer, module, data = build_ours(train_size, [])
+        trainer, module, data = work.ours([])
         trainer.fit(module, data)
         return module.net
-    plain = PlainLoop(train_size, plain_sides()[name])
+    plain = work.plain(name)
     for _ in plain.steps():
         pass
     return plain.net
 
 
-def run_interleaved(train_size: int) -> tuple[dict[str, float], dict[str, torch.nn.Module]]:
+def run_interleaved(work: Work) -> tuple[dict[str, float], dict[str, torch.nn.Module]]:
     """Seconds and trained net of each side, from one fit that steps the plain loops after each of its steps."""
     seconds, plain = {}, {}
-    for name, adam in plain_sides().items():
+    for name in SIDES[1:]:
         start = time.perf_counter()
-        plain[name] = PlainLoop(train_size, adam)
+        plain[name] = work.plain(name)
         seconds[name] = time.perf_counter() - start
-    stepper = PlainStepper({name: loop.steps() for name, loop in plain.items()})
+    stepper = PlainStepper(plain)
     start = time.perf_counter()
-    trainer, module, data = build_ours(train_size, [stepper])
+    trainer, module, data = work.ours([stepper])
     trainer.fit(module, data)
     seconds["ours"] = time.perf_counter() - start - sum(stepper.seconds.values())
     for name, steps in stepper.loops.items():
@@ -185,7 +364,7 @@ def run_interleaved(train_size: int) -> tuple[dict[str, float], dict[str, torch.
     return seconds, {"ours": module.net, **{name: loop.net for name, loop in plain.items()}}
 
 
-def exact_match(net: torch.nn.Module, test: tuple[torch.Tensor, torch.Tensor]) -> float:
+def exact_match(net: torch.nn.Module, test: Batch) -> float:
     source, target = test
     net.eval()
     return (net.greedy(source) == target).all(1).float().mean().item()
@@ -193,6 +372,16 @@ def exact_match(net: torch.nn.Module, test: tuple[torch.Tensor, torch.Tensor]) -
 
 def max_weight_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
     return max((x - y).abs().max().item() for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def checks(work: Work, nets: dict[str, torch.nn.Module]) -> tuple[bool, str]:
+    """(ours and plain+same bit-identical, a line: exact match of each side, or ours' distance from plain)."""
+    diff = max_weight_diff(nets["ours"], nets["plain+same"])
+    same = f"ours vs plain+same weights {'bit-identical' if diff == 0 else f'differ by up to {diff:.2e}'}"
+    if work.test is not None:
+        scores = " / ".join(f"{exact_match(nets[name], work.test):.3f}" for name in SIDES)
+        return diff == 0, f"exact match {scores}  {same}"
+    return diff == 0, f"{same}; ours vs plain up to {max_weight_diff(nets['ours'], nets['plain']):.2e}"
 
 
 def report(label: str, seconds: dict[str, list[float]]) -> None:
@@ -208,61 +397,63 @@ def report(label: str, seconds: dict[str, list[float]]) -> None:
         print(f"  ratio ours/{other}: {ratio:.3f}{verdict}")
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="rounds of whole runs and interleaved fits (3)")
-    parser.add_argument("--train_size", type=int, default=100_000, help="samples per epoch (100000)")
+    parser.add_argument("--train_size", type=int, default=100_000, help="seed task: samples per epoch (100000)")
+    parser.add_argument("--config", help="a config with a PairDataModule (configs/g2p_cmudict.yaml) instead")
+    parser.add_argument("--train_file", help="with --config: this training file instead of the config's")
+    parser.add_argument("--limit_batches", type=int, default=None, help="stop every side after N batches")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--mode", choices=("both", "whole", "interleaved"), default="both")
-    args = parser.parse_args()
-    for flag in ("repeats", "train_size", "threads"):
+    args = parser.parse_args(argv)
+    for flag in ("repeats", "train_size", "threads", "limit_batches"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag} must be >= 1, got {value}")
+    if args.train_file and not args.config:
+        parser.error("--train_file needs --config")
     if args.threads is not None:
         harness.pin_threads(args.threads)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")  # num_workers=0 is the fast choice here
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # "GPU available: ..." and the like
-    test_split = Seq2SeqDataModule(**TASK, seed=DATA_SEED).split("test")
-    test = (test_split.source, test_split.target)
-    steps = -(-args.train_size // BATCH)
-    print(
-        f"{harness.versions()}; threads {torch.get_num_threads()}, train_size {args.train_size}, batch {BATCH}, "
-        f"{steps} steps per run"
-    )
+    print(f"{harness.versions()}; threads {torch.get_num_threads()}")
     before = harness.load_before()
-    print(f"ours and plain+same: Adam({shipped_adam()}) as in {SEED_CONFIG.name}; plain: Adam({PLAIN_ADAM})")
+    if args.config:
+        try:
+            work: Work = PairTask(args.config, args.train_file, args.limit_batches)
+        except ValueError as error:
+            parser.error(str(error))
+    else:
+        work = SeedTask(args.train_size, args.limit_batches)
+    print("\n".join(work.describe()), flush=True)
 
+    identical = True
     whole: dict[str, list[float]] = {}
     if args.mode in ("both", "whole"):
 
         def show(r: int, name: str, seconds: float, net: torch.nn.Module) -> None:
-            print(
-                f"repeat {r + 1}/{args.repeats} whole       {name:10s} {seconds:6.2f} s  "
-                f"exact match {exact_match(net, test):.3f}",
-                flush=True,
-            )
+            line = f"exact match {exact_match(net, work.test):.3f}" if work.test is not None else ""
+            print(f"repeat {r + 1}/{args.repeats} whole       {name:10s} {seconds:6.2f} s  {line}", flush=True)
 
-        contenders = {name: functools.partial(train_whole, name, args.train_size) for name in SIDES}
-        whole, _ = harness.interleaved(contenders, args.repeats, each=show)
+        contenders = {name: functools.partial(train_whole, work, name) for name in SIDES}
+        whole, nets = harness.interleaved(contenders, args.repeats, each=show)
+        for r in range(args.repeats):
+            same, line = checks(work, {name: nets[name][r] for name in SIDES})
+            identical &= same
+            print(f"repeat {r + 1}/{args.repeats} whole       {line}", flush=True)
+        del nets
 
     inter: dict[str, list[float]] = {name: [] for name in SIDES}
-    identical = True
     for r in range(args.repeats if args.mode in ("both", "interleaved") else 0):
-        seconds, nets = run_interleaved(args.train_size)
+        seconds, nets = run_interleaved(work)
         for name in SIDES:
             inter[name].append(seconds[name])
-        diff = max_weight_diff(nets["ours"], nets["plain+same"])
-        identical &= diff == 0
-        print(
-            f"repeat {r + 1}/{args.repeats} interleaved "
-            + ", ".join(f"{name} {seconds[name]:.2f} s" for name in SIDES)
-            + "  exact match "
-            + " / ".join(f"{exact_match(nets[name], test):.3f}" for name in SIDES)
-            + f"  ours vs plain+same weights {'bit-identical' if diff == 0 else f'differ by up to {diff:.2e}'}",
-            flush=True,
-        )
+        same, line = checks(work, nets)
+        identical &= same
+        times = ", ".join(f"{name} {seconds[name]:.2f} s" for name in SIDES)
+        print(f"repeat {r + 1}/{args.repeats} interleaved {times}  {line}", flush=True)
 
     if whole:
         report("whole runs", whole)

@@ -1,10 +1,17 @@
-"""The training benchmark compares like with like: Trainer.fit and the plain loop end with bit-identical weights."""
+"""The training benchmark compares like with like: Trainer.fit and the plain loop end with bit-identical weights, on
+the seed task and on pair files (the G2P mode), training on the very batches the data module hands ours."""
 
 from __future__ import annotations
 
+import shutil
 import sys
+from pathlib import Path
 
-from conftest import REPO
+import lightning as L
+import pytest
+import torch
+import yaml
+from conftest import REPO, REVERSE_YAML
 
 if str(REPO) not in sys.path:  # `python -m pytest` from the repo root has it; a bare `pytest` puts only tests/ there
     sys.path.insert(0, str(REPO))
@@ -13,10 +20,97 @@ from benchmarks import train_speed  # noqa: E402 - needs the repo root on sys.pa
 
 
 def test_trainer_fit_does_exactly_the_plain_loops_work():
-    seconds, nets = train_speed.run_interleaved(640)  # 20 steps of batch 32
+    seconds, nets = train_speed.run_interleaved(train_speed.SeedTask(640))  # 20 steps of batch 32
     # Same weights, batches and optimizer code: any extra or missing work in Seq2SeqModule would show here.
     assert train_speed.max_weight_diff(nets["ours"], nets["plain+same"]) == 0.0
     # The seed config's fused Adam is the same algorithm as torch's default one, up to rounding.
     assert train_speed.max_weight_diff(nets["ours"], nets["plain"]) < 1e-5
     assert train_speed.shipped_adam() == {"lr": 1e-3, "fused": True}
     assert set(seconds) == {"ours", "plain", "plain+same"} and all(s > 0 for s in seconds.values())
+
+
+def pair_config(tmp_path: Path) -> Path:
+    """A G2P-shaped config over the tiny pair files: bucketed batches of 32, bi-GRU + attention with dropout (drawn
+    from torch's global RNG), Adam with a schedule and a clipping norm small enough to clip every step. Its val file
+    does not exist: only training is read."""
+    shutil.copy(REPO / "tests" / "data" / "pairs_tiny" / "train.tsv", tmp_path / "train.tsv")
+    config = {
+        "seed_everything": 42,
+        "trainer": {"gradient_clip_val": 0.05, "max_epochs": 100},
+        "data": {
+            "class_path": "lit_seq2seq.pairs.PairDataModule",
+            "init_args": {
+                "train_file": str(tmp_path / "train.tsv"),
+                "val_file": str(tmp_path / "absent.tsv"),
+                "source_tokenizer": "char",
+                "target_tokenizer": "space",
+                "batch_size": 32,
+            },
+        },
+        "model": {
+            "net": {
+                "hidden_size": 16,
+                "cell": "gru",
+                "bidirectional": True,
+                "attention": True,
+                "embedding_dim": 8,
+                "dropout": 0.3,
+            },
+            "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}},
+            "lr_scheduler": {"class_path": "torch.optim.lr_scheduler.ExponentialLR", "init_args": {"gamma": 0.5}},
+        },
+    }
+    path = tmp_path / "pairs.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class Seen(L.Callback):
+    def __init__(self) -> None:
+        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: tuple, index: int) -> None:
+        self.batches.append(batch)
+
+
+def test_pair_mode_trains_every_side_on_the_data_modules_batches(tmp_path):
+    work = train_speed.PairTask(str(pair_config(tmp_path)), limit_batches=4)
+    assert work.steps == 4 and work.data.bucketing
+    # Ours is handed exactly the batches the plain loops were given before timing, in that order.
+    seen = Seen()
+    trainer, module, data = work.ours([seen])
+    trainer.fit(module, data)
+    assert len(seen.batches) == 4
+    for (s, t), (ps, pt) in zip(seen.batches, work.epochs[0], strict=True):
+        assert torch.equal(s, ps) and torch.equal(t, pt)
+    assert len({s.shape[1] for s, _ in work.epochs[0]}) > 1  # cut per batch: bucketed widths differ
+
+    seconds, nets = train_speed.run_interleaved(work)
+    assert train_speed.max_weight_diff(nets["ours"], nets["plain+same"]) == 0.0  # same optimizer and clipping
+    assert train_speed.max_weight_diff(nets["ours"], nets["plain"]) > 0.0  # plain does not clip: ours does
+    assert train_speed.max_weight_diff(nets["ours"], module.net) == 0.0  # and the recorded fit did the same work
+    assert all(s > 0 for s in seconds.values())
+
+
+def test_pair_mode_from_the_command_line(tmp_path, capsys):
+    config = pair_config(tmp_path)
+    assert train_speed.main(["--config", str(config), "--limit_batches", "3", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "3 steps per run" in out and "gradient clipping at norm 0.05" in out
+    assert out.count("ours vs plain+same weights bit-identical") == 2  # whole run and interleaved fit
+    assert "ratio ours/plain: " in out and "ratio ours/plain+same: " in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--config", str(REVERSE_YAML)], "data.class_path must be lit_seq2seq.pairs.PairDataModule"),
+        (["--config", "absent.yaml"], "--config absent.yaml: cannot read it"),
+        (["--limit_batches", "0"], "--limit_batches must be >= 1, got 0"),
+        (["--train_file", "x.tsv"], "--train_file needs --config"),
+    ],
+)
+def test_bad_benchmark_flags_are_named(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train_speed.main(args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
