@@ -75,6 +75,16 @@ class ShardSampler(DistributedSampler):
         return iter(self.indices)
 
 
+def train_position(trainer: L.Trainer | None, sampler: DistributedSampler | None) -> dict[str, int]:
+    """{"epoch", "batches"}: where a fit stands in its training data (a data module's state_dict); {} outside fit."""
+    if trainer is None or trainer.state.fn != "fit":
+        return {}
+    return {
+        "epoch": sampler.epoch if sampler is not None else trainer.current_epoch,
+        "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+    }
+
+
 class Seq2SeqDataModule(L.LightningDataModule):
     """Generated sequence-to-sequence data.
 
@@ -215,14 +225,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         epoch as processed before its `on_train_epoch_end` hooks and completed after them, so the trainer's count
         depends on where the checkpoint is written, while the batches trained belong to the sampler's epoch.
         """
-        trainer = self.trainer
-        if trainer is None or trainer.state.fn != "fit":
-            return {}
-        sampler = self._train_sampler
-        return {
-            "epoch": sampler.epoch if sampler is not None else trainer.current_epoch,
-            "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
-        }
+        return train_position(self.trainer, self._train_sampler)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume = dict(state_dict)

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lit_seq2seq.data import ResumableSampler, ShardSampler, _already_batched
+from lit_seq2seq.data import ResumableSampler, ShardSampler, _already_batched, train_position
 from lit_seq2seq.pairfiles import PairFile, Side, pad_rows, read_pairs, to_vocab_ids
 from lit_seq2seq.text import EOS_ID, TEXT_KEY, TextSpec, Tokenizer, Vocab
 
@@ -381,15 +381,8 @@ class PairDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """Position in the training data (as Seq2SeqDataModule.state_dict) and the training file's sha256."""
-        trainer = self.trainer
-        if trainer is None or trainer.state.fn != "fit":
-            return {}
-        sampler = self._train_sampler
-        return {
-            "epoch": sampler.epoch if sampler is not None else trainer.current_epoch,
-            "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
-            "train_sha256": self.train_sha256,
-        }
+        position = train_position(self.trainer, self._train_sampler)
+        return position | {"train_sha256": self.train_sha256} if position else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume = {k: v for k, v in state_dict.items() if k in ("epoch", "batches")}

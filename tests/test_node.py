@@ -335,18 +335,23 @@ TEXT_MODELS = {
 }
 
 
+def as_text_model(model_dir: Path, spec: dict, out: Path) -> Path:
+    """A copy of an id export (ids 2..7) re-stamped as a format_version 2 text model with the keys of `spec`."""
+    shutil.copytree(model_dir, out)
+    change = {"format_version": "2", "vocab_size": None, "source_vocab_size": "8", "target_vocab_size": "8"}
+    change |= {k: spec[k] if isinstance(spec[k], str) else json.dumps(spec[k]) for k in list(spec)[:5]}
+    change |= {"target_lowercase": "0", "normalization": "NFC", "unk_token": ""}
+    for name in (contract.ENCODER_FILE, contract.DECODER_FILE, contract.GREEDY_FILE):
+        restamp(out / name, change)
+    return out
+
+
 @pytest.mark.parametrize("kind", list(TEXT_MODELS))
 def test_node_decode_reads_format_version_2_text_models(kind, exported, runtime_model, tmp_path):
     """A gru export (copy, ids 2..7, end token 1) re-stamped as format_version 2 with text keys: text in, text out,
     the tokens of OnnxSeq2Seq on the same ids; vocab_size gone, source/target_vocab_size read instead."""
     spec = TEXT_MODELS[kind]
-    model_dir = tmp_path / "v2"
-    shutil.copytree(exported("gru").model_dir, model_dir)
-    change = {"format_version": "2", "vocab_size": None, "source_vocab_size": "8", "target_vocab_size": "8"}
-    change |= {k: spec[k] if isinstance(spec[k], str) else json.dumps(spec[k]) for k in list(spec)[:5]}
-    change |= {"target_lowercase": "0", "normalization": "NFC", "unk_token": ""}
-    for name in (contract.ENCODER_FILE, contract.DECODER_FILE, contract.GREEDY_FILE):
-        restamp(model_dir / name, change)
+    model_dir = as_text_model(exported("gru").model_dir, spec, tmp_path / "v2")
     model = runtime_model("gru")
     joiner = "" if spec["target_tokenizer"] == "char" else " "
     expected = [

@@ -4,14 +4,13 @@ are refused on the page with a message naming them."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import REPO, flip_bit, pad_rows, strip_all
-from test_node import TEXT_MODELS, restamp, sources
+from test_node import TEXT_MODELS, as_text_model, restamp, sources
 
 from lit_seq2seq import contract
 from lit_seq2seq.runtime import OnnxSeq2Seq
@@ -146,13 +145,7 @@ def test_page_reads_text_models(browser, kind, exported, runtime_model, tmp_path
     """format_version 2 text keys (the gru export re-stamped as test_node does): text in, ids and text out."""
     need_browser()
     spec = TEXT_MODELS[kind]
-    model_dir = tmp_path / "v2"
-    shutil.copytree(exported("gru").model_dir, model_dir)
-    change = {"format_version": "2", "vocab_size": None, "source_vocab_size": "8", "target_vocab_size": "8"}
-    change |= {k: spec[k] if isinstance(spec[k], str) else json.dumps(spec[k]) for k in list(spec)[:5]}
-    change |= {"target_lowercase": "0", "normalization": "NFC", "unk_token": ""}
-    for name in (contract.ENCODER_FILE, contract.DECODER_FILE, contract.GREEDY_FILE):
-        restamp(model_dir / name, change)
+    model_dir = as_text_model(exported("gru").model_dir, spec, tmp_path / "v2")
     model = runtime_model("gru")
     tokens = [model.strip(r) for r in model.greedy(pad_rows(spec["ids"]))]
     joiner = "" if spec["target_tokenizer"] == "char" else " "
