@@ -4,6 +4,7 @@ the CLI: a tiny model learns, a resume is exact mid-epoch and refuses a changed 
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -71,6 +72,7 @@ def test_vocabularies_and_lengths_come_from_the_training_split_only(tmp_path):
 
 
 def test_caps_and_skip_long(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="lightning.pytorch")  # another test may have raised that logger's level
     train = ["abcd\tA B", "ab\tA B C D E", "a\tA"]
     with pytest.raises(ValueError) as info:
         module(tmp_path, train, max_source_tokens=3).load()
