@@ -187,6 +187,15 @@ def _figure(plt: Any, curves: dict[str, list[tuple[float, float]]], positions: d
         for i in idx:
             ax.annotate(f"{positions[i]:.3f}", (idx.index(i), positions[i]), ha="center", va="bottom", fontsize=8)
         ax.set_ylim(0, 1.05)
-    ax.set(title="greedy accuracy per target position (last eval)", xlabel="position")
+        ax.set(title="greedy accuracy per target position (last eval)", xlabel="position")
+    else:  # pair-file data logs no per-position accuracy (its references differ in length): the token error rate
+        for name in ("val/token_error_rate", "test/token_error_rate"):
+            if curves.get(name):
+                steps, values = zip(*curves[name])
+                ax.plot(steps, values, marker="o" if len(steps) < 30 else None, label=name)
+        ax.set(title="token error rate", xlabel="step")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
     fig.suptitle(f"lit-seq2seq training report: {log_dir}")
     return fig

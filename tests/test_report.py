@@ -128,3 +128,23 @@ def test_temporaries_of_a_killed_report_are_removed(log_dir):
         (log_dir / name).write_bytes(b"half")
     assert run_cli(["report", "--log_dir", log_dir]) == 0
     assert listing(log_dir) == sorted([running, "metrics.csv", "report.csv", "report.png"])
+
+
+def test_without_per_position_accuracy_the_last_panel_plots_the_token_error_rate(tmp_path, monkeypatch):
+    """Pair-file runs log no position_i_acc (references differ in length): the last panel shows token error rate,
+    not an empty frame."""
+    from lit_seq2seq import report
+
+    rows = "epoch,step,train/loss,val/loss,val/exact_match,val/token_error_rate\n0,9,,1.5,0.25,0.4\n1,19,,1.0,0.5,0.2\n"
+    (tmp_path / "metrics.csv").write_text(rows)
+    titles = {}
+    real = report._figure
+
+    def spy(plt, curves, positions, log_dir):
+        figure = real(plt, curves, positions, log_dir)
+        titles["last"] = (figure.axes[-1].get_title(), [line.get_label() for line in figure.axes[-1].lines])
+        return figure
+
+    monkeypatch.setattr(report, "_figure", spy)
+    assert run_cli(["report", "--log_dir", tmp_path]) == 0
+    assert titles["last"] == ("token error rate", ["val/token_error_rate"])
