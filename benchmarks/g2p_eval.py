@@ -37,20 +37,6 @@ def read_references(path: str) -> tuple[list[str], list[list[str]]]:
     return [s for s, _ in grouped], [refs for _, refs in grouped]
 
 
-def reference_ids(model: OnnxSeq2Seq, references: list[list[str]]) -> np.ndarray:
-    """(B, R, T) target ids ending with the end token, -1 in absent slots; a token outside the vocabulary is -2 (it
-    can never be predicted, so it always counts as an error)."""
-    spec = model.text
-    rows = [[[spec.target_vocab.id(t) for t in spec.target.split(r)] for r in refs] for refs in references]
-    width = max(len(r) for refs in rows for r in refs) + 1
-    out = np.full((len(rows), max(map(len, rows)), width), -1, np.int64)
-    for i, refs in enumerate(rows):
-        for j, ref in enumerate(refs):
-            out[i, j, : len(ref) + 1] = [-2 if t is None else t for t in ref] + [model.eos_token]
-            out[i, j, len(ref) + 1 :] = model.pad_token
-    return out
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt_path", required=True)
@@ -66,7 +52,7 @@ def main() -> int:
     if model.text is None:
         parser.error(f"--model_dir {o.model_dir}: an id model; this script scores text models")
     sources, references = read_references(o.file)
-    refs = reference_ids(model, references)
+    refs = model.reference_ids(references)
     width = model.max_target_length
     results: dict[str, list[np.ndarray]] = {"PyTorch greedy": [], "ONNX greedy": [], f"ONNX beam {o.beam_size}": []}
     seconds = dict.fromkeys(results, 0.0)

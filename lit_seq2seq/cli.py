@@ -195,7 +195,7 @@ def _stdin_lines() -> Iterator[str]:
 def _run_decode(o: argparse.Namespace) -> int:
     import numpy as np
 
-    from lit_seq2seq.runtime import OnnxSeq2Seq
+    from lit_seq2seq.runtime import OnnxSeq2Seq, pad_batch
 
     for flag, value in (("--beam_size", o.beam_size), ("--batch_size", o.batch_size), ("--threads", o.threads)):
         if value < 1:
@@ -215,9 +215,7 @@ def _run_decode(o: argparse.Namespace) -> int:
         nonlocal scored, hits
         if not sources:
             return
-        batch = np.full((len(sources), max(map(len, sources))), model.pad_token, dtype=np.int64)
-        for i, row in enumerate(sources):
-            batch[i, : len(row)] = row
+        batch = pad_batch(sources, model.pad_token)
         if o.beam_size == 1:
             tokens = model.greedy(batch, allow_untrained_lengths=allow)
         else:
@@ -271,37 +269,19 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
     import numpy as np
 
     from lit_seq2seq.metrics import score
-    from lit_seq2seq.runtime import check_printable
+    from lit_seq2seq.runtime import check_printable, pad_batch
 
-    spec, allow = model.text, o.allow_untrained_lengths
+    allow = o.allow_untrained_lengths
     batch: list[_Source] = []
     pending: _Source | None = None  # the last source read: more reference lines of it may follow
     totals = {"sources": 0, "exact": 0, "errors": 0, "length": 0}
     bad: list[str] = []
     number = 0
 
-    def references(sources: list[_Source]) -> np.ndarray:
-        # (B, R, T) target ids as metrics.score takes them: tokens, end token, padding; absent references -1. A token
-        # the target vocabulary lacks becomes an id no prediction can hold (target_vocab_size): always an error.
-        def ids(reference: str) -> list[int]:
-            found = (spec.target_vocab.id(t) for t in spec.target.split(reference))
-            return [model.target_vocab_size if i is None else i for i in found]
-
-        rows = [[ids(r) for r in s.references] for s in sources]
-        width = max(len(r) for refs in rows for r in refs) + 1
-        out = np.full((len(rows), max(map(len, rows)), width), -1, dtype=np.int64)
-        for i, refs in enumerate(rows):
-            for j, r in enumerate(refs):
-                out[i, j] = model.pad_token
-                out[i, j, : len(r) + 1] = [*r, model.eos_token]
-        return out
-
     def decode_batch() -> None:
         if not batch:
             return
-        source = np.full((len(batch), max(len(s.ids) for s in batch)), model.pad_token, dtype=np.int64)
-        for i, s in enumerate(batch):
-            source[i, : len(s.ids)] = s.ids
+        source = pad_batch([s.ids for s in batch], model.pad_token)
         if o.beam_size == 1:  # lengths were checked line by line, with --allow_untrained_lengths as given
             tokens = model.greedy(source, allow_untrained_lengths=True)
         else:
@@ -310,7 +290,8 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
         sys.stdout.flush()
         scored = [i for i, s in enumerate(batch) if s.references]
         if scored:
-            result = score(tokens[scored], references([batch[i] for i in scored]), model.eos_token, model.pad_token)
+            references = model.reference_ids([batch[i].references for i in scored])
+            result = score(tokens[scored], references, model.eos_token, model.pad_token)
             totals["sources"] += len(scored)
             totals["exact"] += int(np.sum(result.exact))
             totals["errors"] += int(np.sum(result.errors))

@@ -51,6 +51,14 @@ def _session(path: Path, options: ort.SessionOptions, providers: Sequence[str], 
     return session, dict(session.get_modelmeta().custom_metadata_map)
 
 
+def pad_batch(rows: Sequence[Sequence[int]], pad_token: int) -> np.ndarray:
+    """Rows of ids of any lengths -> (batch, longest) int64, right-padded with `pad_token`."""
+    out = np.full((len(rows), max(map(len, rows))), pad_token, dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
 def check_printable(text: str, where: str) -> None:
     """ValueError naming the first control character (C0, DEL, C1) or lone surrogate of `text`, its code point and its
     position: a text holding one is refused, never tokenized (a tab or newline would silently split a space-tokenized
@@ -460,9 +468,25 @@ class OnnxSeq2Seq:
         ]
         if not rows:
             raise ValueError("texts: empty batch (no texts)")
-        out = np.full((len(rows), max(map(len, rows))), self.pad_token, dtype=np.int64)
-        for i, row in enumerate(rows):
-            out[i, : len(row)] = row
+        return pad_batch(rows, self.pad_token)
+
+    def reference_ids(self, references: Sequence[Sequence[str]]) -> np.ndarray:
+        """Reference texts, several per source -> (batch, refs, steps) int64 target ids as `metrics.score` takes them:
+        tokens, the end token, padding; -1 in absent slots. A token the target vocabulary lacks becomes an id no
+        prediction can hold (target_vocab_size), so it always counts as an error."""
+        spec = self._require_text("reference_ids")
+
+        def ids(reference: str) -> list[int]:
+            found = (spec.target_vocab.id(t) for t in spec.target.split(reference))
+            return [self.target_vocab_size if i is None else i for i in found]
+
+        rows = [[ids(r) for r in refs] for refs in references]
+        width = max(len(r) for refs in rows for r in refs) + 1
+        out = np.full((len(rows), max(map(len, rows)), width), -1, dtype=np.int64)
+        for i, refs in enumerate(rows):
+            for j, r in enumerate(refs):
+                out[i, j] = self.pad_token
+                out[i, j, : len(r) + 1] = [*r, self.eos_token]
         return out
 
     def decode_ids(self, rows: Any) -> list[str]:
