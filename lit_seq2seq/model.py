@@ -43,7 +43,9 @@ class NetConfig:
         bidirectional: Bidirectional encoder; its final states are bridged to the decoder by a linear layer.
         attention: Luong (general) attention of the decoder over the encoder outputs.
         embedding_dim: Learned embedding width; null feeds one-hot vectors as in the Keras tutorial.
-        dropout: Dropout between RNN layers and before the output layer.
+        dropout: Dropout between RNN layers, on the encoder outputs that attention reads, and before the output
+            layer.
+        embedding_dropout: Dropout on the token vectors entering the encoder and the decoder.
         pad_token: Padding id in sources and targets.
         start_token: First decoder input.
     """
@@ -59,6 +61,7 @@ class NetConfig:
     attention: bool = False
     embedding_dim: int | None = None
     dropout: float = 0.0
+    embedding_dropout: float = 0.0
     pad_token: int = 0
     start_token: int = 0
 
@@ -73,8 +76,9 @@ class NetConfig:
                 raise ValueError(f"{flag}{name} must be >= 1, got {getattr(self, name)}")
         if self.embedding_dim is not None and self.embedding_dim < 1:
             raise ValueError(f"{flag}embedding_dim must be >= 1 or null (one-hot), got {self.embedding_dim}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"{flag}dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "embedding_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{flag}{name} must be in [0, 1), got {getattr(self, name)}")
         vocab = self.target_vocab_size
         if self.eos_token is not None and not 0 <= self.eos_token < vocab:
             raise ValueError(f"{flag}eos_token must be in [0, target_vocab_size={vocab}), got {self.eos_token}")
@@ -203,7 +207,9 @@ class Encoder(nn.Module):
         super().__init__()
         self.config = config
         self.input = TokenInput(config.source_vocab_size, config.embedding_dim)
+        self.input_dropout = nn.Dropout(config.embedding_dropout)
         self.rnn = _rnn(config, self.input.dim, config.bidirectional)
+        self.dropout = nn.Dropout(config.dropout)
         if config.bidirectional:
             # Bridge: both directions' final states of a layer -> that layer's decoder initial state.
             hidden = config.hidden_size
@@ -219,7 +225,7 @@ class Encoder(nn.Module):
         lengths = mask.sum(1)
         if pack is None:  # eager: pack only when some row is padded; export passes pack=True
             pack = bool((lengths < source.shape[1]).any())
-        x = self.input(source)  # (B, S, D)
+        x = self.input_dropout(self.input(source))  # (B, S, D)
         if pack:
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
             out, finals = self.rnn(packed)
@@ -236,7 +242,7 @@ class Encoder(nn.Module):
                 final = torch.tanh(final) if name == contract.H else final
             state[name] = final
         if memory:
-            state[contract.MEMORY], state[contract.MEMORY_MASK] = out, mask
+            state[contract.MEMORY], state[contract.MEMORY_MASK] = self.dropout(out), mask
         return state
 
 
@@ -252,6 +258,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.config = config
         self.input = TokenInput(config.target_vocab_size, config.embedding_dim)
+        self.input_dropout = nn.Dropout(config.embedding_dropout)
         self.rnn = _rnn(config, self.input.dim, bidirectional=False)
         if config.attention:
             self.query = nn.Linear(config.hidden_size, config.memory_dim, bias=False)
@@ -263,7 +270,7 @@ class Decoder(nn.Module):
         cell = self.config.cell
         names = contract.state_names(cell, False)
         hidden = tuple(state[n] for n in names)
-        out, finals = self.rnn(self.input(tokens), hidden if cell == "lstm" else hidden[0])  # (B, T, H)
+        out, finals = self.rnn(self.input_dropout(self.input(tokens)), hidden if cell == "lstm" else hidden[0])  # (B, T, H)
         finals = finals if isinstance(finals, tuple) else (finals,)
         new_state = dict(state)
         new_state.update(zip(names, finals))

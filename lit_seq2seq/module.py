@@ -86,6 +86,7 @@ class Seq2SeqModule(L.LightningModule):
             model's own prediction is fed otherwise (scheduled sampling, decoded step by step).
         optimizer: Optimizer, e.g. ``--model.optimizer Adam --model.optimizer.lr 0.003``.
         lr_scheduler: Optional learning-rate scheduler, stepped every epoch.
+        label_smoothing: Label smoothing of the training loss (validation and test losses stay plain cross-entropy).
     """
 
     def __init__(
@@ -94,17 +95,22 @@ class Seq2SeqModule(L.LightningModule):
         teacher_forcing_ratio: float = 1.0,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         if isinstance(net, Mapping):  # load_from_checkpoint passes the stored hparams back: a plain dict
             net = NetConfig(**net)
         if not 0.0 <= teacher_forcing_ratio <= 1.0:
             raise ValueError(f"--model.teacher_forcing_ratio must be in [0, 1], got {teacher_forcing_ratio}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"--model.label_smoothing must be in [0, 1), got {label_smoothing}")
         # Only primitives go into hparams, so checkpoints load with torch.load(weights_only=True).
-        self.save_hyperparameters({"net": net.to_dict(), "teacher_forcing_ratio": teacher_forcing_ratio})
+        self.save_hyperparameters(
+            {"net": net.to_dict(), "teacher_forcing_ratio": teacher_forcing_ratio, "label_smoothing": label_smoothing}
+        )
         self.net = Seq2Seq(net)
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
-        self.teacher_forcing_ratio = teacher_forcing_ratio
+        self.teacher_forcing_ratio, self.label_smoothing = teacher_forcing_ratio, label_smoothing
         self.metrics = torch.nn.ModuleDict({s: Seq2SeqMetrics(net.max_target_length) for s in ("val", "test")})
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -129,9 +135,14 @@ class Seq2SeqModule(L.LightningModule):
         return torch.stack(steps, 1)
 
     def _cross_entropy(self, logits: Tensor, target: Tensor, reduction: str) -> Tensor:
-        """Over the non-pad tokens: "mean" is the training loss, "sum" what the metrics add up."""
+        """Over the non-pad tokens: "mean" is the training loss (label-smoothed if asked), "sum" what the metrics
+        add up (plain cross-entropy, so validation losses compare across settings)."""
         return F.cross_entropy(
-            logits.flatten(0, 1).float(), target.flatten(), ignore_index=self.net.config.pad_token, reduction=reduction
+            logits.flatten(0, 1).float(),
+            target.flatten(),
+            ignore_index=self.net.config.pad_token,
+            reduction=reduction,
+            label_smoothing=self.label_smoothing if reduction == "mean" else 0.0,
         )
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:

@@ -310,6 +310,24 @@ def test_beam_size_must_be_positive():
         make_net().beam_search(padded_sources([3]), beam_size=0)
 
 
+def test_dropout_drops_embeddings_and_memory_in_training_only():
+    """embedding_dropout acts on both sides' token vectors, dropout on the memory attention reads; eval mode (what
+    decoding and export use) is deterministic."""
+    torch.manual_seed(0)
+    source, tokens = padded_sources([S, S - 2]), torch.tensor([[0, 3], [0, 4]])
+    for field, changed in (("embedding_dropout", ("h", "memory")), ("dropout", ("memory",))):
+        net = make_net(attention=True, bidirectional=True, embedding_dim=8, **{field: 0.5})
+        twice = [net.train().encode(source) for _ in range(2)]
+        for name in ("h", "memory"):
+            assert torch.equal(twice[0][name], twice[1][name]) != (name in changed), (field, name)
+        net.eval()
+        with torch.no_grad():
+            assert torch.equal(net(source, tokens), net(source, tokens))
+    net = make_net(attention=True, embedding_dim=8, embedding_dropout=0.5).train()
+    state = {k: v.detach() for k, v in net.encode(source).items()}
+    assert not torch.equal(net.decoder(tokens, state)[0], net.decoder(tokens, state)[0])  # the decoder's inputs too
+
+
 # ------------------------------------------------------------------------------------------------- validation
 
 BAD_NETS = [
@@ -320,6 +338,7 @@ BAD_NETS = [
     (dict(cell="LSTM"), r"--model\.net\.cell"),
     (dict(dropout=1.0), r"--model\.net\.dropout must be in \[0, 1\)"),
     (dict(dropout=-0.1), r"--model\.net\.dropout must be in \[0, 1\)"),
+    (dict(embedding_dropout=1.0), r"--model\.net\.embedding_dropout must be in \[0, 1\)"),
     (dict(embedding_dim=0), r"--model\.net\.embedding_dim must be >= 1"),
     (dict(source_vocab_size=0), r"--model\.net\.source_vocab_size must be >= 1"),
     (dict(target_vocab_size=0), r"--model\.net\.target_vocab_size must be >= 1"),

@@ -42,7 +42,7 @@ def test_module_builds_the_net_from_primitive_hparams():
     assert (config.source_vocab_size, config.max_target_length, config.eos_token) == (V, T, EOS)
     assert config.cell == "gru" and config.num_layers == 2 and config.hidden_size == H
     assert "optimizer" not in module.hparams and "lr_scheduler" not in module.hparams
-    assert set(module.hparams) == {"net", "teacher_forcing_ratio"}
+    assert set(module.hparams) == {"net", "teacher_forcing_ratio", "label_smoothing"}
     assert all(isinstance(v, (int, float, str, bool, type(None))) for v in module.hparams["net"].values())
     assert NetConfig.from_hparams(module.hparams) == config
 
@@ -71,6 +71,24 @@ def test_bad_teacher_forcing_ratio_names_the_flag(ratio):
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 1.0])
 def test_teacher_forcing_ratio_bounds_are_accepted(ratio):
     assert Seq2SeqModule(net_config(V, hidden_size=H), teacher_forcing_ratio=ratio).teacher_forcing_ratio == ratio
+
+
+def test_label_smoothing_smooths_the_training_loss_only():
+    torch.manual_seed(0)
+    module = Seq2SeqModule(net_config(V, max_target_length=T, hidden_size=H), label_smoothing=0.1)
+    logits, target = torch.randn(3, T, V), torch.randint(0, V, (3, T))
+    flat = logits.flatten(0, 1), target.flatten()
+    smoothed = F.cross_entropy(*flat, ignore_index=0, label_smoothing=0.1)
+    torch.testing.assert_close(module._cross_entropy(logits, target, "mean"), smoothed)
+    plain = F.cross_entropy(*flat, ignore_index=0, reduction="sum")
+    torch.testing.assert_close(module._cross_entropy(logits, target, "sum"), plain)  # what val/test losses add up
+    assert module.hparams["label_smoothing"] == 0.1
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_bad_label_smoothing_names_the_flag(value):
+    with pytest.raises(ValueError, match=r"--model\.label_smoothing must be in \[0, 1\)"):
+        Seq2SeqModule(net_config(V, hidden_size=H), label_smoothing=value)
 
 
 # ---- i10-metrics: evaluation on (source, target, references) batches ------------------------------------------------
