@@ -17,10 +17,11 @@ sequences (greedy decoding) is measured afterwards, outside the timing.
 
 --config (a config whose data is lit_seq2seq.pairs.PairDataModule, e.g. configs/g2p_cmudict.yaml): its data module
 over its train file (or --train_file; validation, test and predict files are not read), net, optimizer,
-lr_scheduler and --trainer.gradient_clip_val. The data module is built and its file tokenized (or its cache read)
-once, before any timing; every run of ours fits on that one module. The plain loops' batches are the data module's
-own: its train_dataloader (the length-bucketed sampler at epoch 0, batches cut to their longest row) is iterated
-once before timing and the batch list kept, so the plain loops train on the very tensors ours is handed, in the
+lr_scheduler, label_smoothing, trainer.gradient_clip_val and trainer.precision (32 or bf16-mixed: the plain loops
+then run forward and loss under torch.autocast("cpu", torch.bfloat16), as Lightning does). The data module is built
+and its file tokenized (or its cache read) once, before any timing; every run of ours fits on that one module. The
+plain loops' batches are the data module's own: its train_dataloader (the length-bucketed sampler at epoch 0, batches
+cut to their longest row) is iterated once before timing and the batch list kept, so the plain loops train on the very tensors ours is handed, in the
 same order. That favours the plain loops: ours fetches its batches inside its timed epoch, they do not; the script
 prints what the fetching cost, to show it is small. Model, optimizer and Trainer construction are timed for all.
 
@@ -86,6 +87,7 @@ BATCH, DATA_SEED = SEED["data"]["batch_size"], SEED["data"]["seed"]
 LR, EPOCHS, MODEL_SEED = 1e-3, 1, 0
 PLAIN_ADAM: dict[str, Any] = {"lr": LR}  # what a careful PyTorch user writes
 SIDES = ("ours", "plain", "plain+same")
+PRECISIONS = ("32", "32-true", "bf16-mixed")  # a config's trainer.precision this benchmark reproduces (or none)
 Batch = tuple[Tensor, Tensor]
 
 
@@ -114,9 +116,12 @@ def net_config(task: Task) -> NetConfig:
     )
 
 
-def make_trainer(callbacks: list[L.Callback], limit_batches: int | None, clip: float | None = None) -> L.Trainer:
+def make_trainer(
+    callbacks: list[L.Callback], limit_batches: int | None, clip: float | None = None, precision: str | None = None
+) -> L.Trainer:
     """One epoch on the CPU, nothing but training: no logger, checkpoints, progress bar, summary or validation."""
     return L.Trainer(
+        precision=precision or "32-true",
         max_epochs=EPOCHS,
         accelerator="cpu",
         devices=1,
@@ -134,7 +139,9 @@ def make_trainer(callbacks: list[L.Callback], limit_batches: int | None, clip: f
 
 class PlainLoop:
     """What a careful PyTorch user writes: per epoch, over its batches, teacher-forced forward, cross-entropy over the
-    non-pad tokens, backward, gradient clipping by norm (if `clip`), optimizer step; the scheduler steps per epoch."""
+    non-pad tokens (label-smoothed if asked), backward, gradient clipping by norm (if `clip`), optimizer step; the
+    scheduler steps per epoch. With `bf16`, forward and loss run under torch.autocast("cpu", torch.bfloat16) without
+    its weight cache, as Lightning's "bf16-mixed" runs a training step (with the cache, weights differ after a step)."""
 
     def __init__(
         self,
@@ -144,21 +151,30 @@ class PlainLoop:
         limit_batches: int | None = None,
         clip: float | None = None,
         scheduler: Any = None,
+        label_smoothing: float = 0.0,
+        bf16: bool = False,
     ) -> None:
         self.net, self.optimizer, self.epoch_batches = net, optimizer, epoch_batches
         self.limit_batches, self.clip, self.scheduler = limit_batches, clip, scheduler
+        self.label_smoothing, self.bf16 = label_smoothing, bf16
         self.rng_state = torch.get_rng_state()  # where its dropout masks start: after the seeded construction
 
     def steps(self) -> Iterator[None]:
         """Trains; yields after every optimizer step."""
-        net, optimizer, clip = self.net, self.optimizer, self.clip
+        net, optimizer, clip, smoothing = self.net, self.optimizer, self.clip, self.label_smoothing
         start_token, pad_token = net.config.start_token, net.config.pad_token
+        autocast = functools.partial(
+            torch.autocast, "cpu", dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False
+        )
         params = list(net.parameters())  # the optimizer's order, which Lightning clips in
         net.train()
         for epoch in range(EPOCHS):
             for s, t in itertools.islice(self.epoch_batches(epoch), self.limit_batches):
-                logits = net(s, shift_right(t, start_token))
-                loss = F.cross_entropy(logits.flatten(0, 1), t.flatten(), ignore_index=pad_token)
+                with autocast():
+                    logits = net(s, shift_right(t, start_token))
+                    loss = F.cross_entropy(
+                        logits.flatten(0, 1).float(), t.flatten(), ignore_index=pad_token, label_smoothing=smoothing
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if clip is not None:
@@ -233,9 +249,13 @@ class PairTask:
         data, model, trainer = (config.get(key) or {} for key in ("data", "model", "trainer"))
         if not str(data.get("class_path", "")).endswith("PairDataModule"):
             raise ValueError(f"{flag}: data.class_path must be lit_seq2seq.pairs.PairDataModule, got {data}")
-        unknown = set(model) - {"net", "optimizer", "lr_scheduler"}
+        unknown = set(model) - {"net", "optimizer", "lr_scheduler", "label_smoothing"}
         if unknown or trainer.get("gradient_clip_algorithm", "norm") != "norm":
             raise ValueError(f"{flag}: this benchmark does not reproduce model.{unknown or 'gradient_clip_algorithm'}")
+        self.precision = None if trainer.get("precision") is None else str(trainer["precision"])
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ValueError(f"{flag}: trainer.precision {self.precision}: this benchmark runs {', '.join(PRECISIONS)}")
+        self.label_smoothing = float(model.get("label_smoothing", 0.0))
         init_args = data.get("init_args") or {}
         args = {k: v for k, v in init_args.items() if not k.endswith("_file")}  # training pairs only
         if train_file is not None:
@@ -269,6 +289,7 @@ class PairTask:
         sizes = [len(s) for s, _ in self.epochs[0]]
         clip = f", gradient clipping at norm {self.clip}" if self.clip else ""
         schedule = f", {self.scheduler_class.__name__}({self.scheduler_args}) per epoch" if self.scheduler_class else ""
+        work = f"precision {self.precision or '32-true'}, label smoothing {self.label_smoothing}"
         widths = [s.shape[1] for s, _ in self.epochs[0]]
         return [
             f"{self.config_path}: {data.files['train']}, {len(data.datasets['train'])} pairs, batch {data.batch_size}"
@@ -279,7 +300,7 @@ class PairTask:
             f"{net.source_vocab_size}/{net.target_vocab_size}, {net.max_target_length} target steps, "
             f"{net.parameter_count():,} weights",
             f"ours and plain+same: {self.optimizer_class.__name__}({self.optimizer_args}){schedule}{clip}; "
-            f"plain: Adam({{'lr': {self.lr}}})",
+            f"plain: Adam({{'lr': {self.lr}}}); all three: {work}",
             f"batches: taken from the data module's train_dataloader before timing ({self.fetch_seconds:.2f} s, "
             "which ours spends inside its timed epoch and the plain loops do not)",
         ]
@@ -293,17 +314,20 @@ class PairTask:
     def ours(self, callbacks: list[L.Callback]) -> tuple[L.Trainer, Seq2SeqModule, L.LightningDataModule]:
         torch.manual_seed(self.seed)
         schedule = self._scheduler if self.scheduler_class else None
-        module = Seq2SeqModule(self.net, optimizer=self._optimizer, lr_scheduler=schedule)
-        return make_trainer(callbacks, self.limit_batches, self.clip), module, self.data
+        module = Seq2SeqModule(
+            self.net, optimizer=self._optimizer, lr_scheduler=schedule, label_smoothing=self.label_smoothing
+        )
+        return make_trainer(callbacks, self.limit_batches, self.clip, self.precision), module, self.data
 
     def plain(self, name: str) -> PlainLoop:
         torch.manual_seed(self.seed)
         net = Seq2Seq(self.net)
+        work = {"label_smoothing": self.label_smoothing, "bf16": self.precision == "bf16-mixed"}
         if name == "plain":
-            return PlainLoop(net, torch.optim.Adam(net.parameters(), lr=self.lr), self.epochs.__getitem__)
+            return PlainLoop(net, torch.optim.Adam(net.parameters(), lr=self.lr), self.epochs.__getitem__, **work)
         optimizer = self._optimizer(net.parameters())
         scheduler = self._scheduler(optimizer) if self.scheduler_class else None
-        return PlainLoop(net, optimizer, self.epochs.__getitem__, clip=self.clip, scheduler=scheduler)
+        return PlainLoop(net, optimizer, self.epochs.__getitem__, clip=self.clip, scheduler=scheduler, **work)
 
     test = None  # the weight checks prove the work; decoding after part of an epoch would say little
 

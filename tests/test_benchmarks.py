@@ -29,7 +29,7 @@ def test_trainer_fit_does_exactly_the_plain_loops_work():
     assert set(seconds) == {"ours", "plain", "plain+same"} and all(s > 0 for s in seconds.values())
 
 
-def pair_config(tmp_path: Path) -> Path:
+def pair_config(tmp_path: Path, trainer: dict | None = None, model: dict | None = None) -> Path:
     """A G2P-shaped config over the tiny pair files: bucketed batches of 32, bi-GRU + attention with dropout (drawn
     from torch's global RNG), Adam with a schedule and a clipping norm small enough to clip every step. Its val file
     does not exist: only training is read."""
@@ -60,6 +60,8 @@ def pair_config(tmp_path: Path) -> Path:
             "lr_scheduler": {"class_path": "torch.optim.lr_scheduler.ExponentialLR", "init_args": {"gamma": 0.5}},
         },
     }
+    config["trainer"] |= trainer or {}
+    config["model"] |= model or {}
     path = tmp_path / "pairs.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -90,6 +92,24 @@ def test_pair_mode_trains_every_side_on_the_data_modules_batches(tmp_path):
     assert train_speed.max_weight_diff(nets["ours"], nets["plain"]) > 0.0  # plain does not clip: ours does
     assert train_speed.max_weight_diff(nets["ours"], module.net) == 0.0  # and the recorded fit did the same work
     assert all(s > 0 for s in seconds.values())
+
+
+def test_pair_mode_reproduces_bf16_mixed_precision_and_label_smoothing(tmp_path):
+    """A config's trainer.precision bf16-mixed and model.label_smoothing are part of the work every side does: ours
+    (Lightning's autocast) and plain+same (torch.autocast around forward and loss) still end bit-identical."""
+    config = pair_config(tmp_path, {"precision": "bf16-mixed"}, {"label_smoothing": 0.1})
+    work = train_speed.PairTask(str(config), limit_batches=4)
+    assert work.precision == "bf16-mixed" and work.label_smoothing == 0.1
+    assert "precision bf16-mixed, label smoothing 0.1" in "\n".join(work.describe())
+    seconds, nets = train_speed.run_interleaved(work)
+    assert train_speed.max_weight_diff(nets["ours"], nets["plain+same"]) == 0.0
+    fp32 = train_speed.run_interleaved(train_speed.PairTask(str(pair_config(tmp_path)), limit_batches=4))[1]
+    assert train_speed.max_weight_diff(nets["ours"], fp32["ours"]) > 0.0  # it did run in bf16, smoothed
+
+
+def test_pair_mode_refuses_a_precision_it_does_not_reproduce(tmp_path):
+    with pytest.raises(ValueError, match="trainer.precision 16-mixed: this benchmark runs 32, 32-true, bf16-mixed"):
+        train_speed.PairTask(str(pair_config(tmp_path, {"precision": "16-mixed"})), limit_batches=2)
 
 
 def test_pair_mode_from_the_command_line(tmp_path, capsys):

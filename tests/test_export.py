@@ -406,7 +406,9 @@ def test_a_net_with_dropout_exports_and_stays_in_eval_mode(tmp_path):
     torch.manual_seed(0)
     task = make_task("copy", 9, 5)
     config = net_config(9, max_target_length=task.target_length, eos_token=1, hidden_size=16, embedding_dim=8)
-    net = Seq2Seq(type(config)(**config.to_dict() | {"dropout": 0.5, "embedding_dropout": 0.5, "attention": True})).eval()
+    net = Seq2Seq(
+        type(config)(**config.to_dict() | {"dropout": 0.5, "embedding_dropout": 0.5, "attention": True})
+    ).eval()
     export_module.export_encoder(net, tmp_path / contract.ENCODER_FILE, task)
     export_module.export_decoder_step(net, tmp_path / contract.DECODER_FILE, task)
     assert not any(m.training for m in net.modules())
