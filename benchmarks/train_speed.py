@@ -20,10 +20,11 @@ over its train file (or --train_file; validation, test and predict files are not
 lr_scheduler, label_smoothing, trainer.gradient_clip_val and trainer.precision (32 or bf16-mixed: the plain loops
 then run forward and loss under torch.autocast("cpu", torch.bfloat16), as Lightning does). The data module is built
 and its file tokenized (or its cache read) once, before any timing; every run of ours fits on that one module. The
-plain loops' batches are the data module's own: its train_dataloader (the length-bucketed sampler at epoch 0, batches
-cut to their longest row) is iterated once before timing and the batch list kept, so the plain loops train on the very tensors ours is handed, in the
-same order. That favours the plain loops: ours fetches its batches inside its timed epoch, they do not; the script
-prints what the fetching cost, to show it is small. Model, optimizer and Trainer construction are timed for all.
+plain loops' batches are the data module's own: its train_dataloader (the length-bucketed sampler at epoch 0,
+batches cut to their longest row) is iterated once before timing and the batch list kept, so the plain loops train
+on the very tensors ours is handed, in the same order. That favours the plain loops: ours fetches its batches inside
+its timed epoch, they do not; the script prints what the fetching cost, to show it is small. Model, optimizer and
+Trainer construction are timed for all.
 
 Two measurements, each printed as medians over `--repeats` with their min-max spread:
 
