@@ -85,7 +85,8 @@ class Seq2SeqModule(L.LightningModule):
         teacher_forcing_ratio: Probability of feeding the true previous token while training; below 1 the
             model's own prediction is fed otherwise (scheduled sampling, decoded step by step).
         optimizer: Optimizer, e.g. ``--model.optimizer Adam --model.optimizer.lr 0.003``.
-        lr_scheduler: Optional learning-rate scheduler, stepped every epoch.
+        lr_scheduler: Optional learning-rate scheduler, stepped every epoch; ReduceLROnPlateau after each
+            validation, on ``val/loss`` or the ``monitor`` of ``lightning.pytorch.cli.ReduceLROnPlateau``.
         label_smoothing: Label smoothing of the training loss (validation and test losses stay plain cross-entropy).
     """
 
@@ -224,4 +225,10 @@ class Seq2SeqModule(L.LightningModule):
         optimizer = self.optimizer(self.parameters())
         if self.lr_scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
+        scheduler = self.lr_scheduler(optimizer)
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            # Lightning steps it with a logged metric after each validation: lightning.pytorch.cli's subclass names
+            # it (`monitor`); torch's own watches the validation loss.
+            monitor = getattr(scheduler, "monitor", None) or "val/loss"
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": monitor}}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -395,3 +395,32 @@ def test_fit_sets_passive_openmp_waiting_before_torch_loads_unless_the_user_chos
     wins."""
     result = run_python(_OMP_PROBE, given)
     assert f"at torch import: {expected}" in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "metric", "best"),
+    [
+        (
+            [
+                "lightning.pytorch.cli.ReduceLROnPlateau",
+                "--model.lr_scheduler.monitor",
+                "val/exact_match",
+                "--model.lr_scheduler.mode",
+                "max",
+            ],
+            "val/exact_match",
+            max,
+        ),  # fmt: skip
+        (["torch.optim.lr_scheduler.ReduceLROnPlateau"], "val/loss", min),
+    ],
+    ids=["lightning-monitor", "torch-default-val-loss"],
+)
+def test_reduce_lr_on_plateau_steps_on_the_validation_metric(tmp_path, scheduler, metric, best):
+    """A plateau schedule needs a metric: the one lightning.pytorch.cli's subclass names, else val/loss. What it saw
+    is what validation logged (last.ckpt is written after the last validation, before the schedule's step)."""
+    flags = [*QUICK_FIT, "--trainer.max_epochs", "3", "--model.lr_scheduler", *scheduler]
+    fit_in(tmp_path, *flags, "--model.lr_scheduler.factor", "0.5", "--model.lr_scheduler.patience", "0")
+    state = torch.load(tmp_path / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)["lr_schedulers"][0]
+    logged = [float(r[metric]) for r in read_metrics(tmp_path / "version_0") if r.get(metric)]
+    assert len(logged) == 3 and len(set(logged)) > 1 and state["best"] == pytest.approx(best(logged[:2]))
+    assert state["factor"] == 0.5 and state["last_epoch"] == 2
