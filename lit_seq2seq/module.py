@@ -170,11 +170,17 @@ class Seq2SeqModule(L.LightningModule):
         return loss
 
     def _evaluate(self, batch: tuple[Tensor, ...], stage: str) -> None:
-        """A batch of (source, target) (generated tasks) or (source, target, references (B, R, T), -1 where absent)."""
+        """A batch of (source, target) (generated tasks) or (source, target, references (B, R, T), -1 where absent).
+
+        Always in float32, whatever --trainer.precision trains in: the exported graphs decode in float32, so what
+        val/exact_match selects a checkpoint by is what its export delivers (and step-by-step decoding under CPU
+        autocast is slower than without: every step casts the weights again).
+        """
         source, target = batch[0], batch[1]
-        logits = self._logits(source, target)
+        with torch.autocast(source.device.type, enabled=False):
+            logits = self._logits(source, target)
+            greedy = self.net.greedy(source).cpu().numpy()
         config = self.net.config
-        greedy = self.net.greedy(source).cpu().numpy()
         if len(batch) == 3:
             references, positioned = batch[2].cpu().numpy(), None
         else:  # the target is the one reference, and positions line up
@@ -207,7 +213,9 @@ class Seq2SeqModule(L.LightningModule):
         """(source, target) or (source, target, references): the greedy decoding beside the source and target (its
         first reference); the references too when the batch has them."""
         source, target = batch[0], batch[1]
-        out = {"source": source, "target": target, "prediction": self.net.greedy(source)}
+        with torch.autocast(source.device.type, enabled=False):  # float32, as in _evaluate
+            prediction = self.net.greedy(source)
+        out = {"source": source, "target": target, "prediction": prediction}
         if len(batch) == 3:
             out["references"] = batch[2]
         return out
