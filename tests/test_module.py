@@ -195,3 +195,20 @@ def test_validate_logs_token_error_rate_for_both_batch_kinds(monkeypatch: pytest
     assert {"val/exact_match", "val/token_error_rate", "val/loss", "val/token_acc"} <= three.keys()
     assert not any("position" in k for k in three) and "val/position_0_acc" in two
     assert three["val/token_error_rate"] <= two["val/token_error_rate"]  # more references: never further
+
+
+def test_evaluation_decodes_in_float32_under_a_bf16_training_precision():
+    """Lightning runs validation and test steps under the training precision's autocast; the metrics must be those of
+    the float32 net, which is what the export decodes with."""
+    torch.manual_seed(0)
+    module = Seq2SeqModule(net_config(V, max_target_length=T, eos_token=EOS, hidden_size=H, attention=True)).eval()
+    source, target = padded_sources([S, S - 1, S - 3, 2]), torch.randint(2, V, (4, T))
+    results = []
+    for bf16 in (False, True):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            module._evaluate((source, target), "val")
+            predicted = module.predict_step((source, target), 0)["prediction"]
+        results.append(({k: v.item() for k, v in module.metrics["val"].compute().items()}, predicted))
+        module.metrics["val"].reset()
+    assert results[0][0] == results[1][0]
+    assert torch.equal(results[0][1], results[1][1]) and torch.equal(results[0][1], module.net.greedy(source))
