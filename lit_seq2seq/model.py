@@ -270,9 +270,8 @@ class Decoder(nn.Module):
         cell = self.config.cell
         names = contract.state_names(cell, False)
         hidden = tuple(state[n] for n in names)
-        out, finals = self.rnn(
-            self.input_dropout(self.input(tokens)), hidden if cell == "lstm" else hidden[0]
-        )  # (B, T, H)
+        x = self.input_dropout(self.input(tokens))  # (B, T, D)
+        out, finals = self.rnn(x, hidden if cell == "lstm" else hidden[0])  # (B, T, H)
         finals = finals if isinstance(finals, tuple) else (finals,)
         new_state = dict(state)
         new_state.update(zip(names, finals))
