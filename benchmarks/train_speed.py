@@ -18,13 +18,14 @@ sequences (greedy decoding) is measured afterwards, outside the timing.
 --config (a config whose data is lit_seq2seq.pairs.PairDataModule, e.g. configs/g2p_cmudict.yaml): its data module
 over its train file (or --train_file; validation, test and predict files are not read), net, optimizer,
 lr_scheduler, label_smoothing, trainer.gradient_clip_val and trainer.precision (32 or bf16-mixed: the plain loops
-then run forward and loss under torch.autocast("cpu", torch.bfloat16), as Lightning does). The data module is built
-and its file tokenized (or its cache read) once, before any timing; every run of ours fits on that one module. The
-plain loops' batches are the data module's own: its train_dataloader (the length-bucketed sampler at epoch 0,
-batches cut to their longest row) is iterated once before timing and the batch list kept, so the plain loops train
-on the very tensors ours is handed, in the same order. That favours the plain loops: ours fetches its batches inside
-its timed epoch, they do not; the script prints what the fetching cost, to show it is small. Model, optimizer and
-Trainer construction are timed for all.
+then run forward and loss under torch.autocast("cpu", torch.bfloat16), as Lightning does). Every side runs in one
+process: a config's trainer.strategy/devices (DDP) and callbacks (the weights' moving average) are left out, and the
+script says so. The data module is built and its file tokenized (or its cache read) once, before any timing; every
+run of ours fits on that one module. The plain loops' batches are the data module's own: its train_dataloader (the
+length-bucketed sampler at epoch 0, batches cut to their longest row) is iterated once before timing and the batch
+list kept, so the plain loops train on the very tensors ours is handed, in the same order. That favours the plain
+loops: ours fetches its batches inside its timed epoch, they do not; the script prints what the fetching cost, to
+show it is small. Model, optimizer and Trainer construction are timed for all.
 
 Two measurements, each printed as medians over `--repeats` with their min-max spread:
 
@@ -274,6 +275,9 @@ class PairTask:
         self.scheduler_class = _class(schedule["class_path"], f"{flag}: model.lr_scheduler") if schedule else None
         self.scheduler_args = dict((schedule or {}).get("init_args") or {})
         self.clip = trainer.get("gradient_clip_val")
+        # one process on every side, without the config's callbacks (the weights' moving average): the same work
+        self.left_out = [f"trainer.{k}: {trainer[k]}" for k in ("strategy", "devices") if k in trainer]
+        self.left_out += [f"callback {c['class_path']}" for c in trainer.get("callbacks") or [] if "class_path" in c]
         self.seed = config.get("seed_everything", MODEL_SEED)
         start = time.perf_counter()
         self.epochs = [self._batches(epoch) for epoch in range(EPOCHS)]
@@ -304,7 +308,7 @@ class PairTask:
             f"plain: Adam({{'lr': {self.lr}}}); all three: {work}",
             f"batches: taken from the data module's train_dataloader before timing ({self.fetch_seconds:.2f} s, "
             "which ours spends inside its timed epoch and the plain loops do not)",
-        ]
+        ] + ([f"not reproduced on any side (one process each): {', '.join(self.left_out)}"] if self.left_out else [])
 
     def _optimizer(self, params: Iterable[Tensor]) -> torch.optim.Optimizer:
         return self.optimizer_class(params, **self.optimizer_args)

@@ -1,8 +1,9 @@
-"""Callbacks the CLI adds besides checkpointing (checkpoint.py): plain-text progress when there is no terminal, and
-a predictions file."""
+"""Callbacks besides checkpointing (checkpoint.py): plain-text progress when there is no terminal and a predictions
+file (the CLI adds both), and the exponential moving average of the weights that configs may add."""
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch import callbacks
 
 
 class LogProgress(L.Callback):
@@ -90,3 +92,75 @@ class PredictionWriter(L.Callback):
                     source = spec.source.join(spec.source_vocab.decode(s))
                     f.write(f"{source}\t{spec.decode(t)}\t{spec.decode(p)}\n")
         print(f"predictions written to {path}", file=sys.stderr)
+
+
+class EMAWeightAveraging(callbacks.EMAWeightAveraging):
+    """Lightning's exponential moving average of the weights: validation (hence best.ckpt), checkpoints' state_dict,
+    test, predict and export all use the average; checkpoints keep the training weights for resuming.
+
+    Three changes. The average is set up without copying the trainer (which fails under DDP). Before the average
+    begins (``update_starting_at_step``), validation and checkpoints use the training weights, not the initial ones.
+    And Lightning copies the average into the module when training ends, before the checkpoint written then (a
+    max_time or early stop between validations) is saved, which stored the average as the training weights too, so
+    a resume from it went on from the average; here that checkpoint keeps the weights training reached.
+    """
+
+    def __init__(self, decay: float = 0.999, update_starting_at_step: int | None = None, **kwargs: Any) -> None:
+        """
+        Args:
+            decay: Weight of the old average at each training step (0.999: about the last 1,000 steps).
+            update_starting_at_step: First step averaged (the average starts as a copy of the weights then); before
+                it, validation and checkpoints see the training weights. Null: from the first step.
+            kwargs: Other arguments of ``lightning.pytorch.callbacks.EMAWeightAveraging``.
+        """
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"--trainer.callbacks.decay must be in (0, 1), got {decay}")
+        super().__init__(decay=decay, update_starting_at_step=update_starting_at_step, **kwargs)
+        self._trained: dict[str, torch.Tensor] | None = None
+        self._swapped = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # The average starts as a deepcopy of the module. Left out of it: the trainer the module points to and the
+        # optimizer and scheduler factories LightningCLI hands the module (functools.partial); under DDP both hold
+        # locks and the copy fails ("cannot pickle '_thread.lock' object"). The average needs only the weights.
+        factories = {k: v for k, v in vars(pl_module).items() if isinstance(v, functools.partial)}
+        pl_module.trainer = None
+        vars(pl_module).update(dict.fromkeys(factories))
+        try:
+            super().setup(trainer, pl_module, stage)
+        finally:
+            pl_module.trainer = trainer
+            vars(pl_module).update(factories)
+
+    def _averaging(self) -> bool:
+        """Whether the average has begun (update_starting_at_step reached): before, it holds the initial weights."""
+        return self._average_model is not None and int(self._average_model.n_averaged) > 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._trained = None
+
+    # Until the average begins, validation and checkpoints see the training weights (Lightning's would see the
+    # initial ones: a best.ckpt of untrained weights, and an export of them).
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._swapped = self._averaging()
+        if self._swapped:
+            super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._swapped:
+            super().on_validation_epoch_end(trainer, pl_module)
+        self._swapped = False
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._trained = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        if self._averaging():
+            super().on_train_end(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if "current_model_state" not in checkpoint:
+            return
+        if self._trained is not None:
+            checkpoint["current_model_state"] = self._trained
+        if not self._averaging():
+            checkpoint["state_dict"] = checkpoint["current_model_state"]

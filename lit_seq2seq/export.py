@@ -472,8 +472,8 @@ class ExportReport:
         sources = "fresh task sources" if self.text is None else "random sources of the trained lengths"
         lines = [
             f"exported to {self.output_dir}/{{{','.join(EXPORT_FILES)}}}",
-            f"  parity vs PyTorch (max abs diff, tol {PARITY_TOL:g}): encoder {self.encoder_max_diff:.2e}, "
-            f"decoder step {self.decoder_max_diff:.2e}",
+            f"  parity vs PyTorch (max abs diff / max(1, max |output|), tol {PARITY_TOL:g}): "
+            f"encoder {self.encoder_max_diff:.2e}, decoder step {self.decoder_max_diff:.2e}",
             f"  greedy tokens identical to PyTorch on {self.greedy_rows} {sources}: {self.greedy_identical} "
             f"(the two-graph loop and {contract.GREEDY_FILE})",
             f"  beam search (beam 3) tokens identical on {self.beam_rows} sources: {self.beam_identical}",
@@ -494,8 +494,15 @@ class ExportReport:
 
 
 def _max_diff(expected: list[np.ndarray], got: list[np.ndarray]) -> float:
-    diffs = [np.abs(e.astype(np.float64) - g.astype(np.float64)).max(initial=0.0) for e, g in zip(expected, got)]
-    return float(max(diffs))
+    """Largest |expected - got| of each output over that output's scale, max(1, max |expected|): float32 rounding
+    grows with the magnitude (a trained net's logits reach tens), so a bound on the absolute difference would trip
+    on larger nets. States and outputs within [-1, 1] are held to the absolute difference."""
+    diffs = []
+    for e, g in zip(expected, got):
+        e64 = e.astype(np.float64)
+        scale = max(1.0, float(np.abs(e64).max(initial=0.0)))
+        diffs.append(float(np.abs(e64 - g.astype(np.float64)).max(initial=0.0)) / scale)
+    return max(diffs)
 
 
 def verify(net: Seq2Seq, task: Task, model_dir: Path, samples: int) -> ExportReport:
@@ -534,7 +541,7 @@ def verify(net: Seq2Seq, task: Task, model_dir: Path, samples: int) -> ExportRep
     if not (enc_diff <= PARITY_TOL and dec_diff <= PARITY_TOL):
         raise ExportVerificationError(
             f"ONNX outputs differ from PyTorch: encoder max abs diff {enc_diff:.3e}, decoder step {dec_diff:.3e} "
-            f"(tolerance {PARITY_TOL:g})"
+            f"(relative to max(1, max |output|); tolerance {PARITY_TOL:g})"
         )
 
     source, target = _verify_sources(net, task, samples, np.random.default_rng(20261128))

@@ -87,6 +87,11 @@ class Seq2SeqCLI(LightningCLI):
                 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
                 # Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates; nothing a user can act on.
                 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+                # Under DDP, Lightning asks for sync_dist on epoch-level logs; ours are torchmetrics' compute(),
+                # already reduced over every rank (Seq2SeqModule._log_epoch).
+                warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
+                # strategy.all_gather (of the losses: Seq2SeqModule.training_step) calls a deprecated torch API.
+                warnings.filterwarnings("ignore", message=r"torch.distributed.nn.functional.all_gather is deprecated")
                 super().__init__(
                     Seq2SeqModule,
                     L.LightningDataModule,

@@ -1,5 +1,6 @@
 """The training benchmark compares like with like: Trainer.fit and the plain loop end with bit-identical weights, on
-the seed task and on pair files (the G2P mode), training on the very batches the data module hands ours."""
+the seed task and on pair files (the G2P mode), training on the very batches the data module hands ours. The DDP
+benchmark runs both of its sides."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from conftest import REPO, REVERSE_YAML
 if str(REPO) not in sys.path:  # `python -m pytest` from the repo root has it; a bare `pytest` puts only tests/ there
     sys.path.insert(0, str(REPO))
 
-from benchmarks import train_speed  # noqa: E402 - needs the repo root on sys.path
+from benchmarks import ddp_speed, train_speed  # noqa: E402 - needs the repo root on sys.path
 
 
 def test_trainer_fit_does_exactly_the_plain_loops_work():
@@ -133,4 +134,31 @@ def test_pair_mode_from_the_command_line(tmp_path, capsys):
 def test_bad_benchmark_flags_are_named(args, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         train_speed.main(args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_ddp_speed_times_one_process_against_ddp_on_a_config(tmp_path, capsys):
+    ema = {"class_path": "lit_seq2seq.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.9}}
+    config = yaml.safe_load(pair_config(tmp_path, {"callbacks": [ema]}).read_text())
+    config["data"]["init_args"] |= {"val_file": config["data"]["init_args"]["train_file"], "batch_size": 8}
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(config))
+    args = ["--config", str(tmp_path / "ddp.yaml"), "--batches", "16", "--warmup", "2", "--rounds", "1"]
+    assert ddp_speed.main([*args, "--processes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "  one process, " in out and "  DDP, 2 processes x 1 thread  " in out
+    ratio = float(out.split("DDP trains ")[1].split("x")[0])
+    assert ratio > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--processes", "1"], "--processes must be >= 2, got 1"),
+        (["--batches", "40", "--processes", "2", "--warmup", "20"], "--batches / --processes must exceed --warmup"),
+        (["--config", "absent.yaml", "--processes", "2"], "--config absent.yaml: no such file"),
+    ],
+)
+def test_bad_ddp_speed_flags_are_named(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        ddp_speed.main(args)
     assert exit_.value.code == 2 and message in capsys.readouterr().err

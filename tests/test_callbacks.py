@@ -1,14 +1,19 @@
 """callbacks.py: LogProgress's plain-text lines and PredictionWriter's predictions.tsv, driven by a stand-in for the
-few trainer attributes they read (one process; under DDP they are exercised by test_ddp.py)."""
+few trainer attributes they read (one process; under DDP they are exercised by test_ddp.py); the weights' moving
+average through the CLI (its exact resume: test_resume.py)."""
 
 from __future__ import annotations
 
+import json
 import re
 from types import SimpleNamespace
 
+import pytest
 import torch
+from conftest import TINY_TASK, fit_in, last_metric, read_metrics, root_args, run_cli, tiny_run, version_dirs
 
-from lit_seq2seq.callbacks import LogProgress, PredictionWriter
+from lit_seq2seq.callbacks import EMAWeightAveraging, LogProgress, PredictionWriter
+from lit_seq2seq.model import Seq2Seq
 
 
 def progress_trainer(total: int, **kwargs) -> SimpleNamespace:
@@ -108,3 +113,45 @@ def test_prediction_writer_starts_each_predict_epoch_afresh(tmp_path):
     writer.on_predict_batch_end(trainer, None, batch([[3]], [[3]], [[4]]), None, 0)
     writer.on_predict_epoch_end(trainer, None)
     assert (tmp_path / "version_3" / "predictions.tsv").read_text().splitlines()[1:] == ["3\t3\t4"]
+
+
+EMA = {"class_path": "lit_seq2seq.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.9}}
+
+
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+def test_ema_the_average_is_what_is_validated_checkpointed_and_rebuilt_for_export(tmp_path):
+    fit = [*TINY_TASK, *tiny_run(train=1024, val=128, epochs=2), f"--trainer.callbacks+={json.dumps(EMA)}"]
+    root = fit_in(tmp_path, *fit)
+    last = torch.load(root / "version_0/checkpoints/last.ckpt", weights_only=True)
+    average, trained = last["state_dict"], last["current_model_state"]
+    assert any(not torch.equal(trained[k], average[k]) for k in average)
+    net = Seq2Seq.from_checkpoint(root / "version_0/checkpoints/last.ckpt")
+    assert all(torch.equal(v, average[f"net.{k}"]) for k, v in net.state_dict().items())
+    # the fit's last validation loss is the average's: `validate` of last.ckpt (no callback) gives it again
+    run_cli(["validate", *fit[:-1], "--ckpt_path", root / "version_0/checkpoints/last.ckpt", *root_args(root)])
+    fitted, validated = version_dirs(root)
+    assert last_metric(validated, "val/loss") == pytest.approx(last_metric(fitted, "val/loss"), abs=1e-6)
+
+
+def test_ema_before_its_start_step_validates_the_training_weights_and_never_alters_training(tmp_path):
+    base = [*TINY_TASK, *tiny_run(train=1024, val=128, epochs=2)]  # 32 steps an epoch
+    late = EMA | {"init_args": {"decay": 0.9, "update_starting_at_step": 40}}
+    plain, ema = (
+        fit_in(tmp_path / "plain", *base),
+        fit_in(tmp_path / "ema", *base, f"--trainer.callbacks+={json.dumps(late)}"),
+    )
+
+    def val_losses(root):
+        return [float(r["val/loss"]) for r in read_metrics(root / "version_0") if r.get("val/loss")]
+
+    (plain0, plain1), (ema0, ema1) = val_losses(plain), val_losses(ema)
+    assert ema0 == plain0 and ema1 != plain1  # epoch 0: not averaging yet (not the initial weights); epoch 1: averaging
+    trained = torch.load(ema / "version_0/checkpoints/last.ckpt", weights_only=True)["current_model_state"]
+    want = torch.load(plain / "version_0/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(trained[k], v) for k, v in want.items())
+
+
+def test_ema_decay_out_of_range_is_refused():
+    for decay in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=r"--trainer.callbacks.decay must be in \(0, 1\), got"):
+            EMAWeightAveraging(decay=decay)

@@ -40,6 +40,8 @@ def test_every_config_fits_tests_and_exports(config, in_tmp, capsys, monkeypatch
         flags += [f"--trainer.limit_{split}_batches={n}" for split, n in (("train", 8), ("val", 2), ("test", 2))]
         use_config_data(settings, in_tmp, monkeypatch)
         flags += ["--trainer.max_time", "null"]
+    if settings["trainer"].get("strategy") == "ddp":  # in this process (test_ddp.py covers DDP)
+        flags += ["--trainer.strategy", "auto", "--trainer.devices", "1"]
     if isinstance(settings["trainer"].get("val_check_interval"), float):  # a fraction of 8 batches: validate once
         flags += ["--trainer.val_check_interval", "1.0"]
     root = in_tmp / "runs"

@@ -119,3 +119,14 @@ def test_ddp_nan_loss_on_one_rank_stops_every_rank_with_exit_1(tmp_path):
     assert message.startswith("lit-seq2seq fit: error: non-finite training loss (nan on rank 1) at global step 5")
     last = torch.load(tmp_path / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 4 and all(torch.isfinite(v).all() for v in last["state_dict"].values())
+
+
+def test_ddp_with_the_weights_moving_average(tmp_path):
+    """The average's deepcopy of the module used to fail under DDP ("cannot pickle '_thread.lock' object"); the
+    epoch metrics are already reduced over the ranks, so Lightning's sync_dist advice is not printed."""
+    ema = "--trainer.callbacks+=lit_seq2seq.callbacks.EMAWeightAveraging"
+    err = cli(tmp_path, "fit", *DDP, "--trainer.max_epochs", "1", ema, "--trainer.callbacks.decay", "0.9")
+    assert "sync_dist" not in err and "all_gather is deprecated" not in err
+    last = torch.load(tmp_path / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    average, trained = last["state_dict"], last["current_model_state"]
+    assert last["global_step"] == 16 and any(not torch.equal(trained[k], average[k]) for k in average)

@@ -180,6 +180,18 @@ def test_dynamic_batch_and_source_length_match_torch(name, loaded):
             np.testing.assert_array_equal(tokens, net.greedy(torch.from_numpy(source)).numpy(), f"{batch}x{length}")
 
 
+def test_parity_is_held_relative_to_each_outputs_scale():
+    """Logits of a trained net reach tens: their float32 rounding is held to their scale, states to 1e-4 absolute."""
+    from lit_seq2seq.export import PARITY_TOL, _max_diff
+
+    logits, state = np.array([[40.0, -3.0]]), np.array([0.5, -0.25])
+    assert _max_diff([logits, state], [logits + 2e-3, state]) == pytest.approx(5e-5)  # 2e-3 / 40
+    assert _max_diff([logits, state], [logits, state + 5e-5]) == pytest.approx(5e-5)  # |state| <= 1: absolute
+    caught = _max_diff([logits], [logits + [[0.0, 0.01]]])
+    assert caught == pytest.approx(2.5e-4) and caught > PARITY_TOL
+    assert _max_diff([np.zeros((0, 3))], [np.zeros((0, 3))]) == 0.0  # an empty output
+
+
 @pytest.mark.parametrize("name", CONTRACT_VARIANTS)
 def test_greedy_and_beam_tokens_identical_to_torch(name, loaded):
     net, task, model = loaded(name)

@@ -422,3 +422,46 @@ def test_lightning_still_restarts_a_finished_epoch_under_max_steps():
         loop.restarting = True
         restarting[cls.__name__] = loop.restarting
     assert restarting == {"_FitLoop": True, "ExactResumeFitLoop": False}
+
+
+# ------------------------------------------------------------------------------- with a moving average of the weights
+
+EMA = '--trainer.callbacks+={"class_path": "lit_seq2seq.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.9}}'
+
+
+def assert_same_average(got: dict[str, Any], want: dict[str, Any]) -> None:
+    """Both the average (state_dict, checked by assert_same_training_state) and the training weights agree."""
+    assert_same_training_state(got, want)
+    for key in ("current_model_state", "averaging_state"):
+        differ = [k for k, v in want[key].items() if not torch.equal(got[key][k], v)]
+        assert set(got[key]) == set(want[key]) and not differ, f"{key} differs: {differ}"
+
+
+@pytest.fixture(scope="module")
+def ema_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fit_in(tmp_path_factory.mktemp("ema_reference"), *MATRIX, EMA)
+
+
+@pytest.mark.parametrize("step,hook", [(21, "batch"), (19, "epoch")], ids=["mid-epoch", "epoch end"])
+def test_an_ema_fit_killed_and_resumed_ends_bit_identical(step, hook, ema_reference, in_tmp):
+    want = load(ema_reference / "version_0/checkpoints/last.ckpt")
+    current, average = want["current_model_state"], want["state_dict"]
+    assert any(not torch.equal(current[k], average[k]) for k in average), "the checkpoint holds the average"
+    with pytest.raises(Killed):
+        fit_in(in_tmp, *MATRIX, EMA, kill_at(step, hook))
+    fit_in(in_tmp, *MATRIX, EMA, "--ckpt_path", "last")
+    assert_same_average(load(resolve("last", in_tmp, "fit")), want)
+    assert_same_average(load(resolve("best", in_tmp, "test")), load(ema_reference / "version_0/checkpoints/best.ckpt"))
+
+
+def test_an_ema_fit_stopped_between_validations_keeps_its_training_weights(tmp_path):
+    """A stop (max_time, early stopping) writes last.ckpt after Lightning put the average into the module: the
+    checkpoint still carries the weights training reached, those a fit ended by max_steps at that step holds."""
+    once = [*MATRIX, EMA, "--trainer.val_check_interval", "1.0"]
+    stopped = load(newest_last(fit_in(tmp_path / "stop", *once, "--trainer.max_steps", "-1", kill_at(5, "stop"))))
+    assert KillAt.writes[-1] == (5, "end")
+    at_max_steps = load(newest_last(fit_in(tmp_path / "steps", *once, "--trainer.max_steps", "5")))
+    for key in ("state_dict", "current_model_state"):
+        want = at_max_steps[key]
+        assert all(torch.equal(stopped[key][k], v) for k, v in want.items()), key
+    assert not all(torch.equal(stopped["state_dict"][k], v) for k, v in stopped["current_model_state"].items())
