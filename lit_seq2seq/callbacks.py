@@ -117,7 +117,6 @@ class EMAWeightAveraging(callbacks.EMAWeightAveraging):
             raise ValueError(f"--trainer.callbacks.decay must be in (0, 1), got {decay}")
         super().__init__(decay=decay, update_starting_at_step=update_starting_at_step, **kwargs)
         self._trained: dict[str, torch.Tensor] | None = None
-        self._swapped = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # The average starts as a deepcopy of the module. Left out of it: the trainer the module points to and the
@@ -141,15 +140,14 @@ class EMAWeightAveraging(callbacks.EMAWeightAveraging):
 
     # Until the average begins, validation and checkpoints see the training weights (Lightning's would see the
     # initial ones: a best.ckpt of untrained weights, and an export of them).
+    # (No training step runs between a validation's start and end: both see the same _averaging().)
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._swapped = self._averaging()
-        if self._swapped:
+        if self._averaging():
             super().on_validation_epoch_start(trainer, pl_module)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._swapped:
+        if self._averaging():
             super().on_validation_epoch_end(trainer, pl_module)
-        self._swapped = False
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._trained = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -46,6 +47,12 @@ def tiny_run(train: int = 512, val: int = 64, test: int = 64, hidden: int = 16, 
 
 # A few steps only: for parity and plumbing, not for a model that learned anything.
 TINY = tiny_run()
+
+
+def ema_flag(**init_args: Any) -> str:
+    """The flag that adds lit_seq2seq's moving average of the weights to a fit, with these init_args."""
+    spec = {"class_path": "lit_seq2seq.callbacks.EMAWeightAveraging", "init_args": init_args}
+    return f"--trainer.callbacks+={json.dumps(spec)}"
 
 
 def root_args(root: Path) -> list[str]:

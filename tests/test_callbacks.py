@@ -4,13 +4,12 @@ average through the CLI (its exact resume: test_resume.py)."""
 
 from __future__ import annotations
 
-import json
 import re
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY_TASK, fit_in, last_metric, read_metrics, root_args, run_cli, tiny_run, version_dirs
+from conftest import TINY_TASK, ema_flag, fit_in, last_metric, read_metrics, root_args, run_cli, tiny_run, version_dirs
 
 from lit_seq2seq.callbacks import EMAWeightAveraging, LogProgress, PredictionWriter
 from lit_seq2seq.model import Seq2Seq
@@ -115,12 +114,9 @@ def test_prediction_writer_starts_each_predict_epoch_afresh(tmp_path):
     assert (tmp_path / "version_3" / "predictions.tsv").read_text().splitlines()[1:] == ["3\t3\t4"]
 
 
-EMA = {"class_path": "lit_seq2seq.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.9}}
-
-
 @pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
 def test_ema_the_average_is_what_is_validated_checkpointed_and_rebuilt_for_export(tmp_path):
-    fit = [*TINY_TASK, *tiny_run(train=1024, val=128, epochs=2), f"--trainer.callbacks+={json.dumps(EMA)}"]
+    fit = [*TINY_TASK, *tiny_run(train=1024, val=128, epochs=2), ema_flag(decay=0.9)]
     root = fit_in(tmp_path, *fit)
     last = torch.load(root / "version_0/checkpoints/last.ckpt", weights_only=True)
     average, trained = last["state_dict"], last["current_model_state"]
@@ -135,10 +131,9 @@ def test_ema_the_average_is_what_is_validated_checkpointed_and_rebuilt_for_expor
 
 def test_ema_before_its_start_step_validates_the_training_weights_and_never_alters_training(tmp_path):
     base = [*TINY_TASK, *tiny_run(train=1024, val=128, epochs=2)]  # 32 steps an epoch
-    late = EMA | {"init_args": {"decay": 0.9, "update_starting_at_step": 40}}
     plain, ema = (
         fit_in(tmp_path / "plain", *base),
-        fit_in(tmp_path / "ema", *base, f"--trainer.callbacks+={json.dumps(late)}"),
+        fit_in(tmp_path / "ema", *base, ema_flag(decay=0.9, update_starting_at_step=40)),
     )
 
     def val_losses(root):

@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import TINY_TASK, last_metric, read_metrics, root_args, run_cli, tiny_run, version_dirs
+from conftest import TINY_TASK, ema_flag, last_metric, read_metrics, root_args, run_cli, tiny_run, version_dirs
 
 from lit_seq2seq.data import Seq2SeqDataModule
 
@@ -124,8 +124,7 @@ def test_ddp_nan_loss_on_one_rank_stops_every_rank_with_exit_1(tmp_path):
 def test_ddp_with_the_weights_moving_average(tmp_path):
     """The average's deepcopy of the module used to fail under DDP ("cannot pickle '_thread.lock' object"); the
     epoch metrics are already reduced over the ranks, so Lightning's sync_dist advice is not printed."""
-    ema = "--trainer.callbacks+=lit_seq2seq.callbacks.EMAWeightAveraging"
-    err = cli(tmp_path, "fit", *DDP, "--trainer.max_epochs", "1", ema, "--trainer.callbacks.decay", "0.9")
+    err = cli(tmp_path, "fit", *DDP, "--trainer.max_epochs", "1", ema_flag(decay=0.9))
     assert "sync_dist" not in err and "all_gather is deprecated" not in err
     last = torch.load(tmp_path / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     average, trained = last["state_dict"], last["current_model_state"]

@@ -30,6 +30,7 @@ from conftest import (
     TINY_TASK,
     after_each_last_ckpt_write,
     cli_exit,
+    ema_flag,
     fit_in,
     read_metrics,
     root_args,
@@ -426,7 +427,7 @@ def test_lightning_still_restarts_a_finished_epoch_under_max_steps():
 
 # ------------------------------------------------------------------------------- with a moving average of the weights
 
-EMA = '--trainer.callbacks+={"class_path": "lit_seq2seq.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.9}}'
+EMA = ema_flag(decay=0.9)
 
 
 def assert_same_average(got: dict[str, Any], want: dict[str, Any]) -> None:
