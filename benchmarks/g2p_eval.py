@@ -4,6 +4,8 @@ The checkpoint's net (PyTorch greedy) and the export's graphs (greedy.onnx, and 
 decode the same sources of FILE (SOURCE<TAB>REFERENCE lines; adjacent lines of one source are its references, as in
 `lit-seq2seq decode`). Printed: WER (1 - exact match against any reference) and token error rate (PER for G2P) of
 each, and how many sources got identical tokens from PyTorch and ONNX greedy. Exits 1 if any differ.
+`--ignore_stress` adds the same rates with ARPAbet stress digits stripped from predictions and references (AH0, AH1
+and AH2 count as AH): the 39-phoneme scoring of the published CMUdict results.
 
     .venv/bin/python benchmarks/g2p_eval.py --ckpt_path CKPT --model_dir DIR --file data/cmudict/test.tsv
 """
@@ -37,20 +39,38 @@ def read_references(path: str) -> tuple[list[str], list[list[str]]]:
     return [s for s, _ in grouped], [refs for _, refs in grouped]
 
 
-def main() -> int:
+def stress_merged(tokens: tuple[str, ...]) -> np.ndarray:
+    """Target id -> the first id whose token is the same once trailing stress digits are stripped (AH1 -> AH0's id);
+    one extra slot maps the id of tokens the vocabulary lacks (`reference_ids`) to itself."""
+    first: dict[str, int] = {}
+    table = [first.setdefault(t.rstrip("012"), i) for i, t in enumerate(tokens)]
+    return np.array([*table, len(tokens)], dtype=np.int64)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt_path", required=True)
     parser.add_argument("--model_dir", required=True)
     parser.add_argument("--file", required=True, help="SOURCE<TAB>REFERENCE lines, e.g. data/cmudict/test.tsv")
     parser.add_argument("--beam_size", type=int, default=4)
     parser.add_argument("--batch_size", type=int, default=512)
-    o = parser.parse_args()
+    parser.add_argument("--ignore_stress", action="store_true", help="also score with stress digits stripped")
+    o = parser.parse_args(argv)
+    threads = torch.get_num_threads()
     harness.pin_threads(1)
+    try:
+        return _evaluate(o)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate(o: argparse.Namespace) -> int:
     net, _ = load_checkpoint(o.ckpt_path)
     net.eval()
     model = OnnxSeq2Seq.load(o.model_dir)
     if model.text is None:
-        parser.error(f"--model_dir {o.model_dir}: an id model; this script scores text models")
+        print(f"error: --model_dir {o.model_dir}: an id model; this script scores text models", file=sys.stderr)
+        return 2
     sources, references = read_references(o.file)
     refs = model.reference_ids(references)
     width = model.max_target_length
@@ -69,14 +89,18 @@ def main() -> int:
             results[name].append(to_width(tokens, width, model.pad_token))
     tokens = {name: np.concatenate(parts) for name, parts in results.items()}
     same = int((tokens["PyTorch greedy"] == tokens["ONNX greedy"]).all(1).sum())
-    rows = []
-    for name, predicted in tokens.items():
-        s = score(predicted, refs, model.eos_token, model.pad_token)
-        rows.append(
-            [name, f"{100 * (1 - s.exact_match):.2f}%", f"{100 * s.token_error_rate:.2f}%", f"{seconds[name]:.1f}"]
-        )
     print(f"{o.file}: {len(sources)} sources, {sum(map(len, references))} references; {o.model_dir}")
-    harness.table("error rates", ["decoder", "WER", "token error rate (PER)", "seconds"], rows)
+    merge = stress_merged(model.text.target_vocab.tokens)
+    for title, mapped in (("error rates", None), ("error rates, stress ignored", merge))[: 1 + o.ignore_stress]:
+        rows = []
+        for name, predicted in tokens.items():
+            if mapped is None:
+                s = score(predicted, refs, model.eos_token, model.pad_token)
+            else:  # references keep -1 in absent slots
+                s = score(mapped[predicted], np.where(refs < 0, refs, mapped[refs]), model.eos_token, model.pad_token)
+            wer, per = f"{100 * (1 - s.exact_match):.2f}%", f"{100 * s.token_error_rate:.2f}%"
+            rows.append([name, wer, per, f"{seconds[name]:.1f}"])
+        harness.table(title, ["decoder", "WER", "token error rate (PER)", "seconds"], rows)
     print(f"PyTorch and ONNX greedy tokens identical on {same}/{len(sources)} sources")
     return 0 if same == len(sources) else 1
 

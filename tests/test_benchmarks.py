@@ -4,6 +4,7 @@ benchmark runs both of its sides."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -12,12 +13,12 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import REPO, REVERSE_YAML
+from conftest import REPO, REVERSE_YAML, text_pairs
 
 if str(REPO) not in sys.path:  # `python -m pytest` from the repo root has it; a bare `pytest` puts only tests/ there
     sys.path.insert(0, str(REPO))
 
-from benchmarks import ddp_speed, train_speed  # noqa: E402 - needs the repo root on sys.path
+from benchmarks import ddp_speed, g2p_eval, train_speed  # noqa: E402 - needs the repo root on sys.path
 
 
 def test_trainer_fit_does_exactly_the_plain_loops_work():
@@ -115,7 +116,11 @@ def test_pair_mode_refuses_a_precision_it_does_not_reproduce(tmp_path):
 
 def test_pair_mode_from_the_command_line(tmp_path, capsys):
     config = pair_config(tmp_path)
-    assert train_speed.main(["--config", str(config), "--limit_batches", "3", "--repeats", "1"]) == 0
+    logger, threads = logging.getLogger("lightning.pytorch"), torch.get_num_threads()
+    level = logger.level
+    args = ["--config", str(config), "--limit_batches", "3", "--repeats", "1", "--threads", str(threads + 1)]
+    assert train_speed.main(args) == 0
+    assert (logger.level, torch.get_num_threads()) == (level, threads)  # the caller's settings are given back
     out = capsys.readouterr().out
     assert "3 steps per run" in out and "gradient clipping at norm 0.05" in out
     assert out.count("ours vs plain+same weights bit-identical") == 2  # whole run and interleaved fit
@@ -162,3 +167,26 @@ def test_bad_ddp_speed_flags_are_named(args, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         ddp_speed.main(args)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_stress_merged_maps_each_stressed_phoneme_to_its_first_spelling():
+    tokens = ("<pad>", "</s>", "AA0", "AA1", "AH0", "B", "AH1", "AA2")
+    assert g2p_eval.stress_merged(tokens).tolist() == [0, 1, 2, 2, 4, 5, 4, 2, 8]  # the last: ids the vocab lacks
+
+
+def test_g2p_eval_scores_pytorch_and_onnx_alike_with_and_without_stress(tmp_path, text_exported, capsys):
+    built = text_exported("trained")
+    pairs = text_pairs(60, seed=3)
+    pairs += [(pairs[0][0], "AH AH AH")]  # a second reference of one source, adjacent to its first
+    pairs.sort(key=lambda p: p[0])
+    (tmp_path / "test.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in pairs), encoding="utf-8")
+    args = ["--ckpt_path", str(built.ckpt), "--model_dir", str(built.model_dir), "--file", str(tmp_path / "test.tsv")]
+    assert g2p_eval.main([*args, "--ignore_stress", "--beam_size", "2"]) == 0
+    out = capsys.readouterr().out
+    sources = len({s for s, _ in pairs})
+    assert f"{sources} sources, {len(pairs)} references" in out
+    assert f"PyTorch and ONNX greedy tokens identical on {sources}/{sources} sources" in out
+    plain, stressless = out.split("error rates, stress ignored")
+    rows = [[line.split()[-3:-1] for line in part.splitlines() if "%" in line] for part in (plain, stressless)]
+    assert rows[0] == rows[1] and len(rows[0]) == 3  # WER and PER: these made-up phonemes carry no stress digits
+    assert all(float(wer.rstrip("%")) < 50 for wer, _ in rows[0])  # the trained model knows the rules
