@@ -97,10 +97,17 @@ class BucketSampler(ResumableSampler):
         return np.concatenate(mine).tolist() if mine else []
 
 
+FIT_TEXT_FROM = (
+    "fit builds its vocabularies from --data.train_file or --data.file; --data.text_from is for validate, test and "
+    "predict"
+)
+
+
 class PairDataModule(L.LightningDataModule):
     """Sequence pairs read from files: TSV (``source<TAB>target`` lines) or JSON Lines (``{"source": ..,
     "target": ..}``), UTF-8, by suffix (.tsv/.txt, .jsonl/.json). Give train_file (+ val_file, test_file,
-    predict_file), or one ``file`` split by ``split_fractions``. Vocabularies come from the training split only.
+    predict_file), or one ``file`` split by ``split_fractions``. Vocabularies come from the training split only, or,
+    to validate, test or predict without the training file, from a trained model's checkpoint (``text_from``).
 
     Args:
         train_file: Training pairs (every reference of a source is a pair of its own).
@@ -128,6 +135,9 @@ class PairDataModule(L.LightningDataModule):
         bucketing: Length-bucketed training batches (shuffled batches of similar source length).
         cache: Keep the tokenized arrays beside each file (``.NAME.lit-seq2seq-cache/``), reused while the file and
             tokenizer settings are unchanged.
+        text_from: A text model's checkpoint whose vocabularies, tokenizers and trained lengths to use instead of a
+            training file's (validate, test and predict only; leave train_file and file unset). The CLI sets it to
+            ``--ckpt_path`` when those are unset.
     """
 
     def __init__(
@@ -151,9 +161,15 @@ class PairDataModule(L.LightningDataModule):
         num_workers: int = 0,
         bucketing: bool = True,
         cache: bool = True,
+        text_from: str | None = None,
     ) -> None:
         super().__init__()
-        if (file is None) == (train_file is None):
+        if text_from is not None and (file is not None or train_file is not None):
+            raise ValueError(
+                "--data.text_from takes the vocabularies from a checkpoint instead of a training file: leave "
+                "--data.train_file and --data.file unset"
+            )
+        if text_from is None and (file is None) == (train_file is None):
             raise ValueError("give --data.train_file (with --data.val_file, ...) or --data.file, one of them")
         if file is not None and (val_file or test_file):
             raise ValueError("--data.file is split by --data.split_fractions; leave --data.val_file/test_file unset")
@@ -177,7 +193,7 @@ class PairDataModule(L.LightningDataModule):
             "target": Tokenizer(target_tokenizer, target_lowercase),
         }
         self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file}
-        self.file, self.fractions = file, fractions
+        self.file, self.fractions, self.text_from = file, fractions, text_from
         self.unknown_source, self.skip_long = unknown_source, skip_long
         self.caps = {"source": max_source_tokens, "target": max_target_tokens}
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
@@ -244,6 +260,13 @@ class PairDataModule(L.LightningDataModule):
         vocabularies from the training split and the id arrays of every split."""
         if self._spec is not None:
             return
+        if self.text_from is not None:
+            spec, self._lengths = checkpoint_text(self.text_from)
+            self.tokenizers = {"source": spec.source, "target": spec.target}  # the files are read as it was trained
+            splits = {name: self._read(name) for name in SPLITS}
+            splits["predict"] = splits["predict"] or splits["test"]
+            self._make_datasets(splits, spec)
+            return
         if self.file is not None:
             whole = self._read_file(self.file, "--data.file")
             parts = split_by_source(whole.source, self.fractions)
@@ -271,6 +294,11 @@ class PairDataModule(L.LightningDataModule):
             "target": self.caps["target"] or int(train.target.lengths.max()),
         }
         self._train_source_lengths = lengths
+        self._make_datasets(splits, spec)
+
+    def _make_datasets(self, splits: dict[str, PairFile | None], spec: TextSpec) -> None:
+        """The id datasets of every split given, with `spec` and the trained lengths; val/test/predict rows longer
+        than those are capped (`_cap`)."""
         for name, pairs in splits.items():
             if pairs is None or len(pairs) == 0:
                 continue
@@ -326,6 +354,8 @@ class PairDataModule(L.LightningDataModule):
     # --- Lightning hooks ------------------------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.text_from is not None:
+            raise ValueError(FIT_TEXT_FROM)
         self.load()
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
         for name in needed[stage]:
@@ -410,7 +440,28 @@ class PairDataModule(L.LightningDataModule):
         return [f"{self._train_flag()} gives other {', '.join(changed)} than the checkpoint's"] if changed else []
 
     def _train_flag(self) -> str:
+        if self.text_from is not None:
+            return f"--data.text_from {self.text_from}"
         return f"--data.file {self.file}" if self.file else f"--data.train_file {self.files['train']}"
+
+
+def checkpoint_text(path: str) -> tuple[TextSpec, dict[str, int]]:
+    """The TextSpec and trained lengths ({"source", "min_source", "target"}, as PairDataModule._lengths) of a text
+    model's checkpoint; ValueError naming --data.text_from when the file is bad or holds no text model."""
+    from lit_seq2seq.checkpoint import read_checkpoint
+    from lit_seq2seq.model import upgrade_hparams
+
+    flag = "--data.text_from"
+    ckpt = read_checkpoint(path, flag)
+    entry = ckpt.get(TEXT_KEY)
+    if entry is None:
+        raise ValueError(f"{flag} {path}: the checkpoint's model was not trained on text pairs")
+    try:
+        steps = int(upgrade_hparams(ckpt["hyper_parameters"])["net"]["max_target_length"])
+        lengths = {"source": int(entry["source_length"]), "min_source": int(entry["min_source_length"])}
+        return TextSpec.from_dict(entry), lengths | {"target": steps - 1}  # the decoder's steps less the end token
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{flag} {path}: its text entry is damaged ({type(error).__name__}: {error})") from None
 
 
 def _vocab(side: Side, unk: bool, where: str) -> Vocab:

@@ -22,7 +22,8 @@ from lit_seq2seq.checkpoint import NonFiniteError, Seq2SeqCheckpoint, Seq2SeqChe
 from lit_seq2seq.data import Seq2SeqDataModule
 from lit_seq2seq.model import upgrade_hparams
 from lit_seq2seq.module import Seq2SeqModule
-from lit_seq2seq.pairs import PairDataModule  # noqa: F401 - imported so that `--data PairDataModule` finds it
+from lit_seq2seq.pairs import FIT_TEXT_FROM, PairDataModule
+from lit_seq2seq.text import TEXT_KEY
 
 # The sizes the data decides, linked into the net's config: a YAML never states them twice.
 DATA_TO_NET = ("source_vocab_size", "target_vocab_size", "max_target_length", "eos_token")
@@ -192,6 +193,11 @@ class Seq2SeqCLI(LightningCLI):
             # test/validate/predict take the model's settings from the checkpoint; a fit states them (a resume is
             # checked against the checkpoint's, a fine-tune builds what its flags say)
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        data = self.config[subcommand].data
+        if subcommand != "fit" and self._checkpoint.get(TEXT_KEY) is not None and _pair_data(data):
+            args = data.init_args
+            if args.get("train_file") is None and args.get("file") is None and args.get("text_from") is None:
+                args.text_from = str(ckpt_path)  # no training file given: the vocabularies the model was trained with
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -208,6 +214,8 @@ class Seq2SeqCLI(LightningCLI):
         _check_writable(root, self.parser)
         if self.subcommand == "fit":
             _check_fused_clipping(config, self.parser)
+            if _pair_data(config.data) and config.data.init_args.get("text_from") is not None:
+                self.parser.error(FIT_TEXT_FROM)
 
     def instantiate_classes(self) -> None:
         try:
@@ -318,6 +326,12 @@ class Seq2SeqCLI(LightningCLI):
             print(f"no training report: {error}", file=sys.stderr)
             return
         print(f"training report written to {png} and {table}", file=sys.stderr)
+
+
+def _pair_data(data: Any) -> bool:
+    """Whether a parsed --data is the pair-file data module (its class path, as jsonargparse resolved it)."""
+    path = data.get("class_path") if isinstance(data, Namespace) else None
+    return path in (PairDataModule.__qualname__, f"{PairDataModule.__module__}.{PairDataModule.__qualname__}")
 
 
 def _leave_process_group() -> None:

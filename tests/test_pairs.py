@@ -16,7 +16,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, cli_exit, fit_in, read_metrics, root_args, run_cli, version_dirs
+from conftest import REPO, cli_exit, fit_in, last_metric, read_metrics, root_args, run_cli, version_dirs
 
 from lit_seq2seq.pairfiles import read_pairs
 from lit_seq2seq.pairs import BucketSampler, PairDataModule, group_references, split_by_source
@@ -272,6 +272,38 @@ def test_a_resumed_fit_refuses_a_changed_training_file(tmp_path, capsys):
         assert code == 2 and f"--data.train_file {train} gives other source_tokens, target_tokens" in err
     code, err = cli_exit([*resume, "--data", "Seq2SeqDataModule"], capsys)
     assert code == 2 and "the checkpoint was trained with --data.bucketing" in err
+
+
+def test_validate_test_and_predict_without_the_training_file_read_the_checkpoints_vocabularies(tmp_path, capsys):
+    root = fit_in(tmp_path / "runs", *TINY_FIT, "--trainer.max_epochs", "2")
+    ckpt = root / "version_0" / "checkpoints" / "last.ckpt"
+    at = TINY_FIT.index("--data.train_file")
+    no_train = TINY_FIT[:at] + TINY_FIT[at + 2 :]  # the fit's flags less the training file
+    given = ["--data.test_file", TINY_TEST, "--data.val_file", TINY_TEST, "--ckpt_path", ckpt, *root_args(root)]
+    metrics = {}
+    for name, flags in (("train file", TINY_FIT), ("checkpoint", no_train)):
+        for command in ("test", "validate"):
+            assert run_cli([command, *flags, *given]) == 0
+            key = f"{'val' if command == 'validate' else 'test'}/token_error_rate"
+            metrics[name, command] = last_metric(version_dirs(root)[-1], key)
+    assert metrics["checkpoint", "test"] == metrics["train file", "test"] > 0
+    assert metrics["checkpoint", "validate"] == metrics["train file", "validate"]
+    assert run_cli(["predict", *no_train, *given]) == 0
+    rows = (version_dirs(root)[-1] / "predictions.tsv").read_text(encoding="utf-8").splitlines()
+    assert rows[0] == "source\ttarget\tprediction" and len(rows) > 1
+    # explicit, with a training file too, in a fit, from a model without text: each refused, naming the flag
+    bad = [
+        (["test", *TINY_FIT, *given, "--data.text_from", ckpt], "leave --data.train_file and --data.file unset"),
+        (["fit", *no_train, "--data.text_from", ckpt, *root_args(root)], "--data.text_from is for validate, test"),
+    ]
+    ids_root = fit_in(tmp_path / "ids", "--data.vocab_size", "9", "--data.source_length", "4", "--data.target_length",
+                      "2", "--data.train_size", "64", "--data.val_size", "16", "--data.test_size", "16",
+                      "--trainer.max_epochs", "1", "--model.net.hidden_size", "8")  # fmt: skip
+    ids_ckpt = ids_root / "version_0" / "checkpoints" / "last.ckpt"
+    bad.append((["test", *no_train, *given[:2], "--data.text_from", ids_ckpt, *root_args(root)], "not trained on text"))
+    for args, message in bad:
+        code, err = cli_exit(args, capsys)
+        assert code == 2 and message in err, err
 
 
 def test_fit_resumes_exactly_mid_epoch_over_file_data(tmp_path):
