@@ -198,6 +198,12 @@ class Seq2SeqCLI(LightningCLI):
             args = data.init_args
             if args.get("train_file") is None and args.get("file") is None and args.get("text_from") is None:
                 args.text_from = str(ckpt_path)  # no training file given: the vocabularies the model was trained with
+            for flag in ("train_file", "file"):
+                if args.get(flag) is not None and not os.path.exists(args[flag]):
+                    self.parser.error(
+                        f"--data.{flag} {args[flag]}: no such file; to {subcommand} without it, pass --data.{flag} "
+                        "null: the vocabularies then come from --ckpt_path"
+                    )
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -301,6 +301,8 @@ def test_validate_test_and_predict_without_the_training_file_read_the_checkpoint
                       "--trainer.max_epochs", "1", "--model.net.hidden_size", "8")  # fmt: skip
     ids_ckpt = ids_root / "version_0" / "checkpoints" / "last.ckpt"
     bad.append((["test", *no_train, *given[:2], "--data.text_from", ids_ckpt, *root_args(root)], "not trained on text"))
+    gone = ["--data.train_file", tmp_path / "absent.tsv"]
+    bad.append((["test", *no_train, *gone, *given], "no such file; to test without it, pass --data.train_file null"))
     for args, message in bad:
         code, err = cli_exit(args, capsys)
         assert code == 2 and message in err, err
