@@ -326,6 +326,14 @@ class Seq2SeqCLI(LightningCLI):
             return
         from lit_seq2seq.report import write_report
 
+        if not os.path.exists(os.path.join(log_dir, "metrics.csv")):  # nothing logged: no report to ask for later
+            every = trainer.log_every_n_steps
+            print(
+                f"no training report: nothing was logged ({trainer.global_step} training steps, no validation; "
+                f"the training loss is logged every --trainer.log_every_n_steps {every} steps)",
+                file=sys.stderr,
+            )
+            return
         try:
             png, table = write_report(log_dir)
         except ValueError as error:  # e.g. no metrics were logged (a run stopped before its first log step)

@@ -22,6 +22,7 @@ from conftest import (
     cli_output,
     damaged_checkpoint,
     pad_rows,
+    root_args,
     run_cli,
     run_python,
     strip_all,
@@ -188,6 +189,14 @@ def test_output_dir_that_is_a_file_exits_2(exported, tmp_path, capsys):
 def test_report_of_a_folder_without_logs_exits_2(tmp_path, capsys):
     code, err = cli_exit(["report", "--log_dir", tmp_path], capsys)
     assert code == 2 and "--log_dir" in err and "metrics.csv" in err
+
+
+def test_a_fit_too_short_to_log_says_why_it_has_no_report(tmp_path, capsys):
+    (tmp_path / "train.tsv").write_text("ab\tA B\nba\tB A\n", encoding="utf-8")
+    fit = ["fit", "--data", "PairDataModule", "--data.train_file", tmp_path / "train.tsv", "--trainer.max_epochs", "2"]
+    code, _, err = cli_output([*fit, "--model.net.hidden_size", "8", *root_args(tmp_path)], capsys)
+    assert code == 0 and "no training report: nothing was logged (2 training steps, no validation; " in err
+    assert "--trainer.log_every_n_steps 50 steps" in err
 
 
 # ------------------------------------------------ issue 12: untrained lengths, streaming decode and sample
