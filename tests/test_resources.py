@@ -84,7 +84,7 @@ def test_every_config_fits_in_memory_at_its_full_size(config, monkeypatch, tmp_p
         data_bytes = tasks.sample_bytes(data.task, list(data.sizes.values()))
     linked = {k: getattr(data, k) for k in lit_seq2seq.train_cli.DATA_TO_NET}
     net = NetConfig(**settings["model"]["net"], **linked)
-    assert net.parameter_count() < 2_000_000 and data_bytes < 2**30
+    assert net.parameter_count() < 10_000_000 and data_bytes < 2**30  # the G2P headline: 3.4 M
 
 
 # ----------------------------------------------------------------------------------------- disk: full, read-only
