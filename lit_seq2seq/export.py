@@ -41,7 +41,7 @@ from lit_seq2seq.processes import pid_alive
 from lit_seq2seq.runtime import OnnxSeq2Seq
 from lit_seq2seq.search import to_width
 from lit_seq2seq.tasks import Task, task_from_hparams
-from lit_seq2seq.text import EOS_ID, ID_ONLY_METADATA, TEXT_KEY, TextSpec
+from lit_seq2seq.text import EOS_ID, ID_ONLY_METADATA, TEXT_KEY, TextSpec, read_text_entry
 
 try:
     import fcntl
@@ -425,11 +425,7 @@ TEXT_TASK = "pairs"  # the metadata's `task` of a text model
 def text_task(entry: Any, net: Seq2Seq, where: str) -> TextTask:
     """The TextTask of a checkpoint's `text` entry (TextSpec.to_dict() | {source_length, min_source_length}), checked
     against the net it came with; ValueError naming `where` when it is damaged or does not fit."""
-    try:
-        spec = TextSpec.from_dict(entry)
-        longest, shortest = int(entry["source_length"]), int(entry["min_source_length"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{where}: its text entry is damaged ({type(error).__name__}: {error})") from None
+    spec, longest, shortest = read_text_entry(entry, where)
     config = net.config
     for side, vocab, size in (
         ("source", spec.source_vocab, config.source_vocab_size),

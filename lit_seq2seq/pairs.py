@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lit_seq2seq.data import ResumableSampler, ShardSampler, _already_batched, train_position
 from lit_seq2seq.pairfiles import PairFile, Side, pad_rows, read_pairs, to_vocab_ids
-from lit_seq2seq.text import EOS_ID, TEXT_KEY, TextSpec, Tokenizer, Vocab
+from lit_seq2seq.text import EOS_ID, TEXT_KEY, TextSpec, Tokenizer, Vocab, read_text_entry
 
 SPLITS = ("train", "val", "test", "predict")
 ABSENT = -1  # a reference slot a source does not use
@@ -451,17 +451,16 @@ def checkpoint_text(path: str) -> tuple[TextSpec, dict[str, int]]:
     from lit_seq2seq.checkpoint import read_checkpoint
     from lit_seq2seq.model import upgrade_hparams
 
-    flag = "--data.text_from"
-    ckpt = read_checkpoint(path, flag)
-    entry = ckpt.get(TEXT_KEY)
-    if entry is None:
-        raise ValueError(f"{flag} {path}: the checkpoint's model was not trained on text pairs")
+    where = f"--data.text_from {path}"
+    ckpt = read_checkpoint(path, "--data.text_from")
+    if ckpt.get(TEXT_KEY) is None:
+        raise ValueError(f"{where}: the checkpoint's model was not trained on text pairs")
+    spec, longest, shortest = read_text_entry(ckpt[TEXT_KEY], where)
     try:
         steps = int(upgrade_hparams(ckpt["hyper_parameters"])["net"]["max_target_length"])
-        lengths = {"source": int(entry["source_length"]), "min_source": int(entry["min_source_length"])}
-        return TextSpec.from_dict(entry), lengths | {"target": steps - 1}  # the decoder's steps less the end token
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{flag} {path}: its text entry is damaged ({type(error).__name__}: {error})") from None
+        raise ValueError(f"{where}: its hyper_parameters are damaged ({type(error).__name__}: {error})") from None
+    return spec, {"source": longest, "min_source": shortest, "target": steps - 1}  # the decoder's steps less the end
 
 
 def _vocab(side: Side, unk: bool, where: str) -> Vocab:

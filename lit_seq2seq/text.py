@@ -174,3 +174,12 @@ class TextSpec:
 
 
 ID_ONLY_METADATA = dict.fromkeys(TEXT_KEYS, "")  # the text keys of a model that reads and writes ids
+
+
+def read_text_entry(entry: object, where: str) -> tuple[TextSpec, int, int]:
+    """A checkpoint's TEXT_KEY entry (TextSpec.to_dict() | {source_length, min_source_length}) -> (spec, longest and
+    shortest trained source lengths); ValueError naming `where` when it is damaged."""
+    try:
+        return TextSpec.from_dict(entry), int(entry["source_length"]), int(entry["min_source_length"])  # type: ignore[index]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{where}: its text entry is damaged ({type(error).__name__}: {error})") from None
