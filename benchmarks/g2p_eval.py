@@ -56,12 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--ignore_stress", action="store_true", help="also score with stress digits stripped")
     o = parser.parse_args(argv)
-    threads = torch.get_num_threads()
-    harness.pin_threads(1)
-    try:
+    with harness.threads_pinned(1):
         return _evaluate(o)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _evaluate(o: argparse.Namespace) -> int:

@@ -11,12 +11,13 @@ torch and onnxruntime are imported only by the functions that use them, so a tor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,21 @@ def pin_threads(threads: int = 1) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # only settable before the first inter-op work; then it already is what it will be
         pass
+
+
+@contextlib.contextmanager
+def threads_pinned(threads: int | None = 1) -> Iterator[None]:
+    """`pin_threads(threads)` (None: leave them) for the block, then torch's intra-op thread count as it was: a caller
+    in the same process (the tests) gets its threads back."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        pin_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def ort_options(threads: int = 1) -> Any:

@@ -443,19 +443,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.train_file and not args.config:
         parser.error("--train_file needs --config")
     # Settings for this run only: a caller in the same process (the tests) gets its threads, filters and log level back.
-    logger, threads = logging.getLogger("lightning.pytorch"), torch.get_num_threads()
+    logger = logging.getLogger("lightning.pytorch")
     level = logger.level
     try:
-        with warnings.catch_warnings():
-            if args.threads is not None:
-                harness.pin_threads(args.threads)
+        with warnings.catch_warnings(), harness.threads_pinned(args.threads):
             warnings.filterwarnings("ignore", ".*does not have many workers.*")  # num_workers=0 is the fast choice
             warnings.filterwarnings("ignore", ".*LeafSpec.*")
             logger.setLevel(logging.WARNING)  # "GPU available: ..." and the like
             return _run(args, parser)
     finally:
         logger.setLevel(level)
-        torch.set_num_threads(threads)
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

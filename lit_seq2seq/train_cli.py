@@ -336,7 +336,7 @@ class Seq2SeqCLI(LightningCLI):
             return
         try:
             png, table = write_report(log_dir)
-        except ValueError as error:  # e.g. no metrics were logged (a run stopped before its first log step)
+        except ValueError as error:  # a metrics.csv the report cannot read
             print(f"no training report: {error}", file=sys.stderr)
             return
         print(f"training report written to {png} and {table}", file=sys.stderr)
