@@ -137,7 +137,8 @@ class PairDataModule(L.LightningDataModule):
             tokenizer settings are unchanged.
         text_from: A text model's checkpoint whose vocabularies, tokenizers and trained lengths to use instead of a
             training file's (validate, test and predict only; leave train_file and file unset). The CLI sets it to
-            ``--ckpt_path`` when those are unset.
+            ``--ckpt_path`` when those are unset. The checkpoint's tokenizers override the tokenizer and lowercase
+            flags (a line names any that differ).
     """
 
     def __init__(
@@ -262,6 +263,7 @@ class PairDataModule(L.LightningDataModule):
             return
         if self.text_from is not None:
             spec, self._lengths = checkpoint_text(self.text_from)
+            self._say_overridden({"source": spec.source, "target": spec.target})
             self.tokenizers = {"source": spec.source, "target": spec.target}  # the files are read as it was trained
             splits = {name: self._read(name) for name in SPLITS}
             splits["predict"] = splits["predict"] or splits["test"]
@@ -295,6 +297,22 @@ class PairDataModule(L.LightningDataModule):
         }
         self._train_source_lengths = lengths
         self._make_datasets(splits, spec)
+
+    def _say_overridden(self, trained: dict[str, Tokenizer]) -> None:
+        """Name the tokenizer flags that --data.text_from overrides (the model reads only the tokens it learned)."""
+        flags = [
+            f"--data.{side}_{name} {str(mine).lower()}"
+            for side, tokenizer in trained.items()
+            for name, mine, theirs in (
+                ("tokenizer", self.tokenizers[side].kind, tokenizer.kind),
+                ("lowercase", self.tokenizers[side].lowercase, tokenizer.lowercase),
+            )
+            if mine != theirs
+        ]
+        if flags:
+            used = ", ".join(f"{side} {t.kind}{' lowercased' if t.lowercase else ''}" for side, t in trained.items())
+            not_flags = ", ".join(flags)
+            rank_zero_info(f"--data.text_from reads the files as the model was trained ({used}); not {not_flags}")
 
     def _make_datasets(self, splits: dict[str, PairFile | None], spec: TextSpec) -> None:
         """The id datasets of every split given, with `spec` and the trained lengths; val/test/predict rows longer

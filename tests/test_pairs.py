@@ -274,7 +274,9 @@ def test_a_resumed_fit_refuses_a_changed_training_file(tmp_path, capsys):
     assert code == 2 and "the checkpoint was trained with --data.bucketing" in err
 
 
-def test_validate_test_and_predict_without_the_training_file_read_the_checkpoints_vocabularies(tmp_path, capsys):
+def test_validate_test_and_predict_without_the_training_file_read_the_checkpoints_vocabularies(
+    tmp_path, capsys, caplog
+):
     root = fit_in(tmp_path / "runs", *TINY_FIT, "--trainer.max_epochs", "2")
     ckpt = root / "version_0" / "checkpoints" / "last.ckpt"
     at = TINY_FIT.index("--data.train_file")
@@ -291,6 +293,13 @@ def test_validate_test_and_predict_without_the_training_file_read_the_checkpoint
     assert run_cli(["predict", *no_train, *given]) == 0
     rows = (version_dirs(root)[-1] / "predictions.tsv").read_text(encoding="utf-8").splitlines()
     assert rows[0] == "source\ttarget\tprediction" and len(rows) > 1
+    # tokenizer flags other than the checkpoint's: read as trained (the only tokens the model knows), and said so
+    caplog.set_level(logging.INFO, logger="lightning.pytorch")
+    other = ["--data.target_tokenizer", "char", "--data.source_lowercase", "true"]
+    assert run_cli(["test", *no_train, *other, *given]) == 0
+    assert last_metric(version_dirs(root)[-1], "test/token_error_rate") == metrics["train file", "test"]
+    said = "--data.text_from reads the files as the model was trained (source char, target space); not "
+    assert said + "--data.source_lowercase true, --data.target_tokenizer char" in caplog.text
     # explicit, with a training file too, in a fit, from a model without text: each refused, naming the flag
     bad = [
         (["test", *TINY_FIT, *given, "--data.text_from", ckpt], "leave --data.train_file and --data.file unset"),
