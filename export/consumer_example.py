@@ -13,6 +13,7 @@ line on stderr, exit code 2. Nothing here imports lit_seq2seq; the metadata is r
 import argparse
 import hashlib
 import json
+import re
 import sys
 import unicodedata
 from pathlib import Path
@@ -24,6 +25,7 @@ ENCODER, DECODER, GREEDY = "encoder.onnx", "decoder_step.onnx", "greedy.onnx"
 VERSIONS = ("1", "2")  # the contract versions this reader knows
 HASH_KEY = "content_sha256"
 MARKER = HASH_KEY.encode() + b"\x12\x40"  # the key's bytes, then the value's tag (field 2, wire type 2) and length 64
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # C0, DEL, C1 and lone surrogates: refused in texts
 BATCH = 256  # sources per call, as `lit-seq2seq decode` batches them (the same batches give the same bits)
 
 
@@ -115,7 +117,12 @@ def load(path: Path) -> tuple[ort.InferenceSession, dict[str, str]]:
 
 
 def text_to_ids(text: str, meta: dict[str, str], ids: dict[str, int], where: str) -> list[int]:
-    """Normalise (NFC), lowercase if set, split (code points or whitespace runs), look each token up in `ids`."""
+    """Refuse control characters; normalise (NFC), lowercase if set, split (code points or whitespace runs), look each
+    token up in `ids`."""
+    bad = CONTROL.search(text)
+    if bad:
+        kind = "lone surrogate" if 0xD800 <= ord(bad.group()) <= 0xDFFF else "control character"
+        raise Refused(f"{where}: {kind} U+{ord(bad.group()):04X} at character {bad.start() + 1}")
     text = unicodedata.normalize("NFC", text)
     text = text.lower() if meta["source_lowercase"] == "1" else text
     tokens = list(text) if meta["source_tokenizer"] == "char" else text.split()
@@ -136,6 +143,16 @@ def source_ids(meta: dict[str, str]) -> dict[str, int] | None:
         raise Refused(f"{DECODER}: normalization {meta['normalization']!r}; this reader knows NFC")
     tokens = json.loads(meta["source_tokens"])
     return {token: i for i, token in enumerate(tokens) if i >= int(meta["min_token"])}
+
+
+def stdin_lines() -> list[str]:
+    """stdin's lines as `lit-seq2seq decode` reads them: each ends at "\n" (a "\r" before it dropped); a byte order
+    mark at the start and empty lines at the end are dropped."""
+    sys.stdin.reconfigure(newline="\n", errors="strict")  # no universal newlines: a lone "\r" stays in its line
+    lines = [line.removesuffix("\r") for line in sys.stdin.read().removeprefix("\ufeff").split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
 
 
 def parse(line: str, number: int, meta: dict[str, str], ids: dict | None, allow_untrained: bool) -> list[int]:
@@ -224,7 +241,7 @@ def run(argv: list[str]) -> int:
         if other is not None and other["export_id"] != enc_meta["export_id"]:
             raise Refused(f"{root}: {ENCODER} and {name} come from different exports")
     try:
-        lines = args.sources or sys.stdin.read().splitlines()
+        lines = args.sources or stdin_lines()
     except UnicodeDecodeError as error:
         raise Refused(f"stdin: not {sys.stdin.encoding} text ({error})") from None
     ids = source_ids(meta)

@@ -15,25 +15,33 @@ from lightning.pytorch import callbacks
 
 
 class LogProgress(L.Callback):
-    """One line every `every` fraction of a training epoch and one per validation: readable in CI logs."""
+    """One line every `every` fraction of a training epoch and one per validation: readable in CI logs. A line's
+    train/loss is the mean over the batches since the line before (rank 0's): the logged one is written only every
+    --trainer.log_every_n_steps steps, and would repeat a stale value across lines."""
 
     def __init__(self, every: float = 0.1) -> None:
         self.every = every
         self._start = 0.0
         self._next = 0
+        self._losses: list[float] = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start, self._next = time.perf_counter(), 0
+        self._start, self._next, self._losses = time.perf_counter(), 0, []
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if not trainer.is_global_zero:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            self._losses.append(float(loss))  # training_step has synced this step already (its finiteness check)
         done, total = batch_idx + 1, trainer.num_training_batches
-        if trainer.is_global_zero and done >= self._next:
+        if done >= self._next:
             self._next = done + max(1, int(total * self.every))
-            loss = trainer.callback_metrics.get("train/loss")
             rate = done / max(time.perf_counter() - self._start, 1e-9)
-            loss_text = f" train/loss {loss.item():.4f}" if loss is not None else ""
+            loss_text = f" train/loss {sum(self._losses) / len(self._losses):.4f}" if self._losses else ""
+            self._losses = []
             print(f"epoch {trainer.current_epoch} batch {done}/{total}{loss_text} ({rate:.0f} batches/s)", flush=True)
 
     def _print_metrics(self, trainer: L.Trainer, prefix: str) -> None:

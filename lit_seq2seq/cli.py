@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from lit_seq2seq.bundled import config_names, resolve_config
+from lit_seq2seq.contract import CONTRACT_FILE, DECODER_FILE, ENCODER_FILE, GREEDY_FILE
 
 OWN_COMMANDS = ("export", "decode", "sample", "report")
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -30,6 +31,10 @@ def main(args: Sequence[str] | None = None) -> int:
     from_argv = args is None
     args = list(sys.argv[1:] if from_argv else args)
     command = args[0] if args and not args[0].startswith("-") else ""
+    if command and command not in LIGHTNING_COMMANDS and command not in OWN_COMMANDS:
+        known = ", ".join(repr(c) for c in (*LIGHTNING_COMMANDS, *OWN_COMMANDS))
+        print(f"lit-seq2seq: error: unknown command {command!r} (choose from {known})", file=sys.stderr)
+        sys.exit(2)
     if command in LIGHTNING_COMMANDS or command == "export" or command not in OWN_COMMANDS:
         _require_train_extra(command, args)
         # OpenMP reads this once, when torch loads it: so before any torch import. Its default, spin-waiting, made a
@@ -113,8 +118,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--output_dir",
         required=True,
-        help="folder of its own for encoder.onnx and decoder_step.onnx: an export replaces it as a whole, so it "
-        "must hold nothing else",
+        help=f"folder of its own for {ENCODER_FILE}, {DECODER_FILE}, {GREEDY_FILE} and {CONTRACT_FILE}: an export "
+        "replaces it as a whole, so it must hold nothing else",
     )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument(
@@ -142,7 +147,11 @@ def _run_export(o: argparse.Namespace) -> int:
 
 
 def _decode_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model_dir", required=True, help="folder with encoder.onnx and decoder_step.onnx")
+    p.add_argument(
+        "--model_dir",
+        required=True,
+        help=f"folder written by `lit-seq2seq export` ({ENCODER_FILE}, {DECODER_FILE}, ...)",
+    )
     p.add_argument(
         "sequences",
         nargs="*",
@@ -180,14 +189,30 @@ def _parse_tokens(text: str, where: str) -> list[int]:
 
 
 def _stdin_lines() -> Iterator[str]:
-    """stdin's lines as they arrive, split as str.splitlines() splits a whole text (so a lone carriage return or a
-    form feed ends a line too, as it did when decode read all of stdin first)."""
+    """stdin's lines as they arrive: each ends at a newline, a carriage return before it dropped (CRLF files). Any
+    other separator (a lone carriage return, a form feed, U+2028) stays inside its line, as in a source given as an
+    argument and as export/node/decode.mjs reads lines: line N is the file's line N, and a text model refuses a
+    control character there by name. A byte order mark at the start and empty lines at the end are dropped, as
+    pair files have them; an empty line before another line is a line (a bad one)."""
     number = 0
+    if hasattr(sys.stdin, "reconfigure"):
+        # No universal newlines (they would end a line at a lone "\r" too); invalid UTF-8 is an error, not the lone
+        # surrogates of Python's default "surrogateescape" (a text check would misname them).
+        sys.stdin.reconfigure(newline="\n", errors="strict")
+    blank = 0  # empty lines held back: at the end of the input they are dropped (an editor's trailing newlines)
     try:
         for text in sys.stdin:
-            for line in text.splitlines():
-                number += 1
-                yield line
+            number += 1
+            line = text[:-1] if text.endswith("\n") else text
+            line = line[:-1] if line.endswith("\r") else line
+            if number == 1:
+                line = line.removeprefix("\ufeff")  # a byte order mark, as pair files skip it
+            if not line:
+                blank += 1
+                continue
+            yield from [""] * blank
+            blank = 0
+            yield line
     except UnicodeDecodeError as error:
         raise InputError(f"stdin after line {number}: not {sys.stdin.encoding} text ({error})") from None
 
@@ -228,15 +253,16 @@ def _run_decode(o: argparse.Namespace) -> int:
         sources.clear()
         expected.clear()
 
+    label = "argument" if o.sequences else "line"
     for number, line in enumerate(o.sequences or _stdin_lines(), 1):
         source_text, _, target = line.partition("\t")
         try:
-            source = _parse_tokens(source_text, f"line {number}")
+            source = _parse_tokens(source_text, f"{label} {number}")
             try:
                 model.check_source(np.asarray(source, dtype=np.int64), allow_untrained_lengths=allow)
             except ValueError as error:
-                raise InputError(f"line {number}: {error}") from None
-            reference = _parse_tokens(target, f"line {number} (expected)") if target.strip() else None
+                raise InputError(f"{label} {number}: {error}") from None
+            reference = _parse_tokens(target, f"{label} {number} (expected)") if target.strip() else None
         except InputError as error:
             if not o.skip_bad_lines:
                 decode_batch()  # every line before the bad one is printed, none after it
@@ -251,7 +277,7 @@ def _run_decode(o: argparse.Namespace) -> int:
     if scored:
         print(f"exact match: {hits}/{scored} = {hits / scored:.2%}", file=sys.stderr)
     if bad:
-        print(f"skipped {len(bad)} bad line(s) of {number}; the first: {bad[0]}", file=sys.stderr)
+        print(f"skipped {len(bad)} bad {label}(s) of {number}; the first: {bad[0]}", file=sys.stderr)
     return 0
 
 
@@ -263,20 +289,64 @@ class _Source:
         self.text, self.ids, self.references = text, ids, references  # references None: a line without a tab
 
 
-def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq2Seq, imported lazily
-    """decode for a text model: text lines in, one text per source out; SOURCE<TAB>REFERENCE lines (one per
-    reference, the lines of one source adjacent) are scored at the end: exact match (1 - WER) and token error rate."""
-    import numpy as np
+class _Scores:
+    """decode's scores of a text model, as `lit-seq2seq test` counts them: one per distinct source (its token ids),
+    correct when its prediction equals any of the references on all its lines, wherever in the input they are."""
 
-    from lit_seq2seq.metrics import score
+    def __init__(self, model) -> None:  # noqa: ANN001 - OnnxSeq2Seq, imported lazily
+        self.model = model
+        self.groups: dict[tuple[int, ...], int] = {}  # source ids -> index into predictions and references
+        self.predictions: list[list[int]] = []  # each distinct source's decoded tokens
+        self.references: list[list[str]] = []
+
+    def add(self, ids: list[int], tokens: list[int], references: list[str]) -> None:
+        group = self.groups.setdefault(tuple(ids), len(self.groups))
+        if group == len(self.predictions):
+            self.predictions.append(tokens)
+            self.references.append([])
+        self.references[group].extend(references)
+
+    def summary(self) -> str | None:
+        """'exact match: ...; token error rate: ...', or None when no line had a reference."""
+        import numpy as np
+
+        from lit_seq2seq.metrics import score
+
+        exact = errors = length = 0
+        for start in range(0, len(self.predictions), 4096):  # bounded temporaries, whatever the input's size
+            rows = self.predictions[start : start + 4096]
+            tokens = np.full((len(rows), max(map(len, rows)) + 1), self.model.eos_token, np.int64)  # ended
+            for i, row in enumerate(rows):
+                tokens[i, : len(row)] = row
+            result = score(
+                tokens,
+                self.model.reference_ids(self.references[start : start + 4096]),
+                self.model.eos_token,
+                self.model.pad_token,
+            )
+            exact += int(np.sum(result.exact))
+            errors += int(np.sum(result.errors))
+            length += int(np.sum(result.length))
+        n = len(self.predictions)
+        if not n:
+            return None
+        ter = f"{errors}/{length} = {errors / length:.2%}" if length else "n/a (references without tokens)"
+        return f"exact match: {exact}/{n} = {exact / n:.2%} (WER {1 - exact / n:.2%}); token error rate: {ter}"
+
+
+def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq2Seq, imported lazily
+    """decode for a text model: text lines in, one text per source out (adjacent lines of one source: one output);
+    SOURCE<TAB>REFERENCE lines are scored at the end as `test` scores a file: exact match (1 - WER) and token error
+    rate, each distinct source once, against the references of all its lines."""
     from lit_seq2seq.runtime import check_printable, pad_batch
 
     allow = o.allow_untrained_lengths
     batch: list[_Source] = []
     pending: _Source | None = None  # the last source read: more reference lines of it may follow
-    totals = {"sources": 0, "exact": 0, "errors": 0, "length": 0}
+    scores = _Scores(model)
     bad: list[str] = []
     number = 0
+    label = "argument" if o.sequences else "line"
 
     def decode_batch() -> None:
         if not batch:
@@ -288,14 +358,9 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
             tokens = model.beam_search(source, o.beam_size, o.length_penalty, allow_untrained_lengths=True)[0]
         sys.stdout.write("".join(t + "\n" for t in model.decode_ids(tokens)))
         sys.stdout.flush()
-        scored = [i for i, s in enumerate(batch) if s.references]
-        if scored:
-            references = model.reference_ids([batch[i].references for i in scored])
-            result = score(tokens[scored], references, model.eos_token, model.pad_token)
-            totals["sources"] += len(scored)
-            totals["exact"] += int(np.sum(result.exact))
-            totals["errors"] += int(np.sum(result.errors))
-            totals["length"] += int(np.sum(result.length))
+        for s, row in zip(batch, tokens.tolist(), strict=True):
+            if s.references:
+                scores.add(s.ids, model.strip(row), s.references)
         batch.clear()
 
     def finish_pending() -> None:
@@ -311,14 +376,16 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
         has_reference = bool(reference.strip())  # "SOURCE<TAB>" alone scores nothing, as for id models
         same = has_reference and pending is not None and bool(pending.references) and pending.text == text
         try:
+            if o.sequences:
+                _check_argument_bytes(line, number)
             if tab:
-                check_printable(reference, f"line {number} (reference)")
-            ids = [] if same else model.encode_text(text, where=f"line {number}", allow_untrained_lengths=allow)
+                check_printable(reference, f"{label} {number} (reference)")
+            ids = [] if same else model.encode_text(text, where=f"{label} {number}", allow_untrained_lengths=allow)
         except ValueError as error:
             if not o.skip_bad_lines:
                 finish_pending()
                 decode_batch()  # every line before the bad one is printed, none after it
-                raise InputError(str(error)) from None
+                raise InputError(_hint_json(str(error), text)) from None
             bad.append(str(error))
             continue
         if same:
@@ -328,16 +395,29 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
         pending = _Source(text, ids, [reference] if has_reference else None)
     finish_pending()
     decode_batch()
-    if totals["sources"]:
-        n, exact, errors, length = totals["sources"], totals["exact"], totals["errors"], totals["length"]
-        ter = f"{errors}/{length} = {errors / length:.2%}" if length else "n/a (references without tokens)"
-        print(
-            f"exact match: {exact}/{n} = {exact / n:.2%} (WER {1 - exact / n:.2%}); token error rate: {ter}",
-            file=sys.stderr,
-        )
+    summary = scores.summary()
+    if summary:
+        print(summary, file=sys.stderr)
     if bad:
-        print(f"skipped {len(bad)} bad line(s) of {number}; the first: {bad[0]}", file=sys.stderr)
+        print(f"skipped {len(bad)} bad {label}(s) of {number}; the first: {bad[0]}", file=sys.stderr)
     return 0
+
+
+def _check_argument_bytes(text: str, number: int) -> None:
+    """InputError for a command-line argument that was not UTF-8: Python hands its bytes over as lone surrogates
+    (U+DC80-U+DCFF), which the text checks would misname."""
+    for position, char in enumerate(text, 1):
+        if 0xDC80 <= ord(char) <= 0xDCFF:
+            raise InputError(
+                f"argument {number}: invalid UTF-8 (byte 0x{ord(char) - 0xDC00:02x} at character {position})"
+            )
+
+
+def _hint_json(message: str, text: str) -> str:
+    """`message`, with a hint when the line looks like JSON Lines (decode reads SOURCE[<TAB>REFERENCE] lines)."""
+    if text.lstrip().startswith("{") and "unknown token" in message:
+        return f"{message} (decode reads SOURCE or SOURCE<TAB>REFERENCE lines, not JSON Lines)"
+    return message
 
 
 def _sample_args(p: argparse.ArgumentParser) -> None:
@@ -398,13 +478,18 @@ def _run_report(o: argparse.Namespace) -> int:
 
 
 _COMMANDS = {
-    "export": ("Export a checkpoint to encoder.onnx + decoder_step.onnx and verify them.", _export_args),
+    "export": (
+        f"Export a checkpoint to {ENCODER_FILE} + {DECODER_FILE} (the two-graph contract) and {GREEDY_FILE} (greedy "
+        f"decoding in one call), with {CONTRACT_FILE}, verified against PyTorch.",
+        _export_args,
+    ),
     "decode": (
         "Decode sequences with the exported graphs (onnxruntime, no torch). One sequence per line in and out (a text "
-        "model: texts); a line 'SOURCE<TAB>EXPECTED' also scores the decoding (a text model: exact match and token "
-        "error rate; adjacent lines of one source are its several references). Lines are decoded and printed a batch "
-        "at a time as they are read; a bad line (not token ids or text of the model, or a length the model was not "
-        "trained on) stops decode with exit code 2 after every line before it was printed.",
+        "model: texts; a line ends at a newline, a carriage return before it dropped); a line 'SOURCE<TAB>EXPECTED' "
+        "also scores the decoding (a text model: exact match and token error rate; adjacent lines of one source are "
+        "its several references). Lines are decoded and printed a batch at a time as they are read; a bad line (not "
+        "token ids or text of the model, or a length the model was not trained on) stops decode with exit code 2 "
+        "after every line before it was printed.",
         _decode_args,
     ),
     "sample": ("Print fresh 'SOURCE<TAB>TARGET' lines of an exported model's task.", _sample_args),

@@ -114,6 +114,20 @@ class NetConfig:
             "lower these sizes (a fit needs about 4x the weights: gradients and Adam's moments)",
         )
 
+    def activation_bytes(self, batch: int, source_length: int) -> int:
+        """Bytes one training step keeps for its backward pass, float32, for `batch` rows of `source_length` tokens
+        and max_target_length decoder steps: per source token each encoder layer's gates and states, per decoder step
+        the decoder's, the attention over the source and the logits. Fitted to the peak RSS of such steps
+        (benchmarks/fit_memory.py): 0.84x to 1.29x of it over LSTM/GRU, 1-2 layers, 0.2-1.6 GiB."""
+        hidden, layers = self.hidden_size, self.num_layers
+        per_layer = (13 if self.cell == "lstm" else 12) * hidden  # floats a token: gates, states, their workspace
+        source_width = self.embedding_dim or self.source_vocab_size  # the token vectors (one-hot: vocabulary wide)
+        target_width = self.embedding_dim or self.target_vocab_size
+        encoder = source_length * ((2 if self.bidirectional else 1) * layers * per_layer + 2 * source_width)
+        attention = 5 * self.memory_dim + 2 * source_length if self.attention else 0
+        step = layers * per_layer + 2 * target_width + 3 * hidden + attention + 4 * self.target_vocab_size
+        return 4 * batch * (encoder + self.max_target_length * step)
+
     def parameter_count(self) -> int:
         """Parameters of the Seq2Seq net this config builds (checked against the built net in the tests)."""
         hidden, gates = self.hidden_size, 4 if self.cell == "lstm" else 3

@@ -22,11 +22,11 @@ from typing import TypeVar
 
 import numpy as np
 
-from lit_seq2seq.text import NORMALIZATION, Tokenizer, Vocab
+from lit_seq2seq.text import CONTROL, CONTROL_RANGES, NORMALIZATION, Tokenizer, Vocab, describe_control
 
 TSV_SUFFIXES = (".tsv", ".txt")
 JSONL_SUFFIXES = (".jsonl", ".json")
-CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+CACHE_FORMAT = 2  # bump when the cached arrays change meaning or a file's checks change (2: control characters)
 SIDES = ("source", "target")
 T = TypeVar("T")
 _NEWLINE, _TAB, _CR = 10, 9, 13
@@ -124,6 +124,8 @@ def read_pairs(
         del raw
         lines, source_cps, target_cps = _jsonl_sides(text, where)
         del text
+    for side, cps in (("source", source_cps), ("target", target_cps)):
+        _check_printable(cps, lines, where, side)
     src = _tokenize_side(source_cps, source, len(lines), lines, where, "source")
     del source_cps
     tgt = _tokenize_side(target_cps, target, len(lines), lines, where, "target")
@@ -207,6 +209,24 @@ def _tsv_sides(cps: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray, np.
     return line_numbers, _fields(cps, starts, tab), _fields(cps, tab + 1, stops)
 
 
+def _check_printable(cps: np.ndarray, lines: np.ndarray, where: str, side: str) -> None:
+    """ValueError naming the line, side and position of the first control character of the fields (code points, each
+    field ended by '\n'): the runtime refuses such texts, so a model must not learn them as tokens."""
+    bad = np.zeros(len(cps), bool)
+    for low, high in CONTROL_RANGES:
+        bad |= (cps >= low) & (cps <= high)
+    bad &= cps != _NEWLINE  # the fields' separator
+    if not bad.any():
+        return
+    at = int(np.argmax(bad))
+    newlines = np.flatnonzero(cps[:at] == _NEWLINE)
+    row, start = len(newlines), (int(newlines[-1]) + 1 if len(newlines) else 0)
+    raise ValueError(
+        f"{where}:{lines[row]}: {describe_control(chr(cps[at]))} in the {side} at character {at - start + 1}; "
+        "texts must be printable"
+    )
+
+
 def _fields(cps: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
     """cps[starts[i]:stops[i]] + '\\n' for every i, concatenated (stops[i] < starts[i + 1]): one boolean mask, made by
     repeating False/True over the gaps and the fields, selects them."""
@@ -260,6 +280,12 @@ def _jsonl_sides(text: str, where: str) -> tuple[np.ndarray, np.ndarray, np.ndar
                 raise ValueError(f"{where}:{number}: empty {key}")
             if "\n" in value or "\r" in value:
                 raise ValueError(f"{where}:{number}: the {key} holds a line break; a pair is one line of text")
+            bad = CONTROL.search(value)  # a lone surrogate too: a JSON escape can write one
+            if bad:
+                raise ValueError(
+                    f"{where}:{number}: {describe_control(bad.group())} in the {key} at character {bad.start() + 1}; "
+                    "texts must be printable"
+                )
         lines.append(number)
         sources.append(row["source"])
         targets.append(row["target"])
@@ -416,6 +442,9 @@ def _write_cache(path: Path, key: str, sha: str, lines: np.ndarray, source: Side
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as out:
             np.savez(out, **arrays)
+        umask = os.umask(0o22)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as a plain file's: mkstemp's 0600 would keep the cache from other users
         os.replace(tmp, folder / f"{key}.npz")
         tmp = None
         for old in folder.glob("*.npz"):  # the same file's earlier contents: never read again

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -97,6 +97,7 @@ class BucketSampler(ResumableSampler):
         return np.concatenate(mine).tolist() if mine else []
 
 
+SPLIT_FRACTIONS = (0.9, 0.05, 0.05)  # train, val, test of --data.file
 FIT_TEXT_FROM = (
     "fit builds its vocabularies from --data.train_file or --data.file; --data.text_from is for validate, test and "
     "predict"
@@ -148,7 +149,7 @@ class PairDataModule(L.LightningDataModule):
         test_file: str | None = None,
         predict_file: str | None = None,
         file: str | None = None,
-        split_fractions: tuple[float, float, float] = (0.9, 0.05, 0.05),
+        split_fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
         source_tokenizer: Literal["char", "space"] = "char",
         target_tokenizer: Literal["char", "space"] = "char",
         source_lowercase: bool = False,
@@ -175,17 +176,21 @@ class PairDataModule(L.LightningDataModule):
         if file is not None and (val_file or test_file):
             raise ValueError("--data.file is split by --data.split_fractions; leave --data.val_file/test_file unset")
         fractions = tuple(float(f) for f in split_fractions)
+        if train_file is not None and fractions != SPLIT_FRACTIONS:
+            raise ValueError(
+                "--data.split_fractions splits --data.file; with --data.train_file give the other splits as "
+                "--data.val_file and --data.test_file"
+            )
         if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0) or fractions[0] <= 0:
             raise ValueError(
                 f"--data.split_fractions must be 3 fractions >= 0 (train > 0) summing to 1, got {fractions}"
             )
         if unknown_source not in ("error", "unk"):
             raise ValueError(f"--data.unknown_source must be error or unk, got {unknown_source!r}")
-        for name, value in (("batch_size", batch_size), ("max_source_tokens", max_source_tokens or 1)):
-            if value < 1:
+        sizes = (("batch_size", batch_size), ("max_source_tokens", max_source_tokens))
+        for name, value in (*sizes, ("max_target_tokens", max_target_tokens)):
+            if value is not None and value < 1:
                 raise ValueError(f"--data.{name} must be >= 1, got {value}")
-        if (max_target_tokens or 1) < 1:
-            raise ValueError(f"--data.max_target_tokens must be >= 1, got {max_target_tokens}")
         if num_workers < 0:
             raise ValueError(f"--data.num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters()
@@ -286,6 +291,11 @@ class PairDataModule(L.LightningDataModule):
         self.train_sha256 = train.sha256 if self.file is None else hashlib.sha256(train.sha256.encode()).hexdigest()
         train = self._cap(train, "train", "source", self.caps["source"])
         splits["train"] = train = self._cap(train, "train", "target", self.caps["target"])
+        if len(train) == 0:  # --data.skip_long skipped them all
+            raise ValueError(
+                f"{self._train_flag()}: --data.skip_long skipped all {self.skipped['train']} training pairs: every one "
+                "is longer than --data.max_source_tokens/--data.max_target_tokens; raise them"
+            )
         source_vocab = _vocab(train.source, self.unknown_source == "unk", train.where(0))
         target_vocab = _vocab(train.target, False, train.where(0))
         spec = TextSpec(self.tokenizers["source"], self.tokenizers["target"], source_vocab, target_vocab)
@@ -299,15 +309,14 @@ class PairDataModule(L.LightningDataModule):
         self._make_datasets(splits, spec)
 
     def _say_overridden(self, trained: dict[str, Tokenizer]) -> None:
-        """Name the tokenizer flags that --data.text_from overrides (the model reads only the tokens it learned)."""
+        """Name the tokenizer flags that --data.text_from overrides (the model reads only the tokens it learned); a
+        flag at its default (char, not lowercased) says nothing: the checkpoint's setting is what the user means."""
+        default = Tokenizer()
         flags = [
-            f"--data.{side}_{name} {str(mine).lower()}"
+            f"--data.{side}_{name} {str(getattr(self.tokenizers[side], field)).lower()}"
             for side, tokenizer in trained.items()
-            for name, mine, theirs in (
-                ("tokenizer", self.tokenizers[side].kind, tokenizer.kind),
-                ("lowercase", self.tokenizers[side].lowercase, tokenizer.lowercase),
-            )
-            if mine != theirs
+            for name, field in (("tokenizer", "kind"), ("lowercase", "lowercase"))
+            if getattr(default, field) != getattr(self.tokenizers[side], field) != getattr(tokenizer, field)
         ]
         if flags:
             used = ", ".join(f"{side} {t.kind}{' lowercased' if t.lowercase else ''}" for side, t in trained.items())
@@ -375,11 +384,28 @@ class PairDataModule(L.LightningDataModule):
         if stage == "fit" and self.text_from is not None:
             raise ValueError(FIT_TEXT_FROM)
         self.load()
+        stage = str(getattr(stage, "value", stage))
+        missing = self.missing_split(stage)
+        if missing:
+            raise ValueError(missing)
+        if stage == "fit" and "val" not in self.datasets:
+            flag = "--data.split_fractions gives it none" if self.file else "--data.val_file is unset"
+            rank_zero_warn(f"fit without validation pairs ({flag}): no validation metrics and no best.ckpt")
+
+    def missing_split(self, stage: str) -> str:
+        """Why `stage` (fit, validate, test, predict) has no pairs to run on, or "" when it has them."""
+        self.load()
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
         for name in needed[stage]:
             if name not in self.datasets and (name != "val" or stage == "validate"):
-                flag = "--data.file/--data.split_fractions" if self.file else f"--data.{name}_file"
-                raise ValueError(f"{stage} needs {name} pairs: {flag} gives none")
+                if self.file:
+                    flag = "--data.file/--data.split_fractions"
+                elif name == "predict":
+                    flag = "--data.predict_file (or --data.test_file, its default)"
+                else:
+                    flag = f"--data.{name}_file"
+                return f"{stage} needs {name} pairs: {flag} gives none"
+        return ""
 
     def _replicas(self) -> tuple[int, int]:
         trainer = self.trainer

@@ -10,7 +10,6 @@ run on them, but answer with confident garbage.
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,14 +21,12 @@ import onnxruntime as ort
 from lit_seq2seq import contract
 from lit_seq2seq.contract import ModelFileError, check_content_hash
 from lit_seq2seq.search import beam_search, check_beam_settings, check_max_len, greedy_search
-from lit_seq2seq.text import TextSpec
+from lit_seq2seq.text import TextSpec, check_printable
 
 __all__ = ["ModelFileError", "OnnxSeq2Seq"]
 
 State = dict[str, np.ndarray]
 _PY_RANGE_CHECK_MAX = 64  # sources up to this many tokens are range-checked in Python, larger ones with numpy
-# C0 and C1 control characters and DEL (Unicode category Cc), and lone surrogates: refused in texts, never looked up
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _BOUND_MAX_BATCH = 16  # greedy batches up to this size decode through pre-bound buffers (_BoundGreedy), one per
 # batch size and thread; larger batches are compute-bound and take session.run
 
@@ -57,17 +54,6 @@ def pad_batch(rows: Sequence[Sequence[int]], pad_token: int) -> np.ndarray:
     for i, row in enumerate(rows):
         out[i, : len(row)] = row
     return out
-
-
-def check_printable(text: str, where: str) -> None:
-    """ValueError naming the first control character (C0, DEL, C1) or lone surrogate of `text`, its code point and its
-    position: a text holding one is refused, never tokenized (a tab or newline would silently split a space-tokenized
-    text; the others are no text at all)."""
-    bad = _CONTROL.search(text)
-    if bad:
-        char = bad.group()
-        kind = "lone surrogate" if 0xD800 <= ord(char) <= 0xDFFF else "control character"
-        raise ValueError(f"{where}: {kind} U+{ord(char):04X} at character {bad.start() + 1}; texts must be printable")
 
 
 def _finite(logits: np.ndarray) -> np.ndarray:
@@ -188,6 +174,11 @@ class OnnxSeq2Seq:
         """Load `model_dir`/{encoder,decoder_step}.onnx, and greedy.onnx where the export has one (older exports do
         not); settings come from their metadata alone."""
         root = Path(model_dir)
+        if root.is_file():
+            raise ModelFileError(
+                f"model_dir {root}: a file, not an export folder; `lit-seq2seq export --ckpt_path CKPT --output_dir "
+                "DIR` writes one from a checkpoint"
+            )
         if not root.is_dir():
             raise ModelFileError(f"model_dir {root}: no such folder")
         options = ort.SessionOptions()
@@ -515,7 +506,10 @@ class OnnxSeq2Seq:
         allow_untrained_lengths: bool = False,
     ) -> list[str]:
         """Texts in, texts out, batched: greedy (beam_size None or 1; greedy.onnx when the export has it) or beam
-        search. Every text is checked before anything is decoded (see encode_text)."""
+        search. Every text is checked before anything is decoded (see encode_text); no texts, no answers."""
+        if not isinstance(texts, str) and isinstance(texts, Sequence) and len(texts) == 0:
+            self._require_text("translate")
+            return []
         source = self.encode_texts(texts, allow_untrained_lengths=allow_untrained_lengths)
         if beam_size is None or beam_size == 1:
             tokens = self.greedy(source, max_len, allow_untrained_lengths=True)  # lengths were checked as text

@@ -8,6 +8,7 @@ built with an unknown token has it at id 2.
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,26 @@ PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 TOKENIZERS = ("char", "space")
 NORMALIZATION = "NFC"
 TEXT_KEY = "text"  # checkpoint entry holding TextSpec.to_dict() of a text model
+# C0 and C1 control characters and DEL (Unicode category Cc), and lone surrogates: no text at all, and a tab or newline
+# would silently split a text. Refused in every text: pair files (fit), the runtime's and decode's inputs.
+CONTROL_RANGES = ((0x00, 0x1F), (0x7F, 0x9F), (0xD800, 0xDFFF))
+CONTROL = re.compile("[" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in CONTROL_RANGES) + "]")
+
+
+def describe_control(char: str) -> str:
+    """'control character U+0007' or 'lone surrogate U+D800'."""
+    kind = "lone surrogate" if 0xD800 <= ord(char) <= 0xDFFF else "control character"
+    return f"{kind} U+{ord(char):04X}"
+
+
+def check_printable(text: str, where: str) -> None:
+    """ValueError naming the first control character or lone surrogate of `text` (CONTROL), its code point and its
+    position: a text holding one is refused, never tokenized."""
+    bad = CONTROL.search(text)
+    if bad:
+        raise ValueError(
+            f"{where}: {describe_control(bad.group())} at character {bad.start() + 1}; texts must be printable"
+        )
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Trainer
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_seq2seq import checkpoint
@@ -23,6 +24,7 @@ from lit_seq2seq.data import Seq2SeqDataModule
 from lit_seq2seq.model import upgrade_hparams
 from lit_seq2seq.module import Seq2SeqModule
 from lit_seq2seq.pairs import FIT_TEXT_FROM, PairDataModule
+from lit_seq2seq.tasks import check_memory
 from lit_seq2seq.text import TEXT_KEY
 
 # The sizes the data decides, linked into the net's config: a YAML never states them twice.
@@ -50,6 +52,11 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
         if message.startswith('Parser key "data"') and unknown:
             name, key = unknown.groups()
             message = f"--data.{key}: {name} has no such option (its options: lit-seq2seq fit --data.help {name})"
+        # Our data module's own checks (a ValueError naming the flags) come wrapped the same way, under the subtypes
+        # it tried and the whole Namespace; the check's message is the one a user needs.
+        ours = re.search(r"Errors:\n\s*- (.+?)\n\s*- Expected a <class 'NoneType'>", message)
+        if "Does not validate against any of the Union subtypes" in message and ours:
+            message = ours.group(1)
         super().error(message, *args, **kwargs)
 
 
@@ -194,6 +201,11 @@ class Seq2SeqCLI(LightningCLI):
             # checked against the checkpoint's, a fine-tune builds what its flags say)
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
         data = self.config[subcommand].data
+        if subcommand != "fit" and self._checkpoint.get(TEXT_KEY) is not None and not _pair_data(data):
+            self.parser.error(
+                f"--ckpt_path {ckpt_path}: its model was trained on text pairs; pass --data PairDataModule with the "
+                f"pair files to {subcommand} on (--data.test_file, ...)"
+            )
         if subcommand != "fit" and self._checkpoint.get(TEXT_KEY) is not None and _pair_data(data):
             args = data.init_args
             if args.get("train_file") is None and args.get("file") is None and args.get("text_from") is None:
@@ -228,6 +240,11 @@ class Seq2SeqCLI(LightningCLI):
             super().instantiate_classes()
         except ValueError as error:  # our argument checks: report like any other bad flag (exit code 2)
             self.parser.error(str(error))
+        missing = getattr(self.datamodule, "missing_split", None)  # a data split the subcommand needs and lacks
+        if self.subcommand is not None and missing is not None and missing(self.subcommand):
+            self.parser.error(missing(self.subcommand))  # now, before a run folder exists, not from inside the run
+        if self.subcommand == "fit":
+            self._check_fit_memory()
         if self._checkpoint is not None:
             if self.subcommand == "fit" and not self._fine_tune:
                 self._check_same_settings(self._checkpoint)
@@ -238,6 +255,33 @@ class Seq2SeqCLI(LightningCLI):
                 self.model.load_state_dict(self._checkpoint["state_dict"])
                 self.config_init[self.subcommand]["ckpt_path"] = None
             self._checkpoint = None  # the trainer's checkpoint IO holds it until the restore
+
+    def _check_fit_memory(self) -> None:
+        """Exit 2 when this machine's memory cannot hold a training step of the longest batch (a CPU fit): its
+        activations (NetConfig.activation_bytes), weights, gradients and Adam's moments in every process here.
+        Without this, one very long line in a pair file ends a fit at its first long batch, killed without a word."""
+        if not isinstance(self.trainer.accelerator, CPUAccelerator):
+            return  # a GPU's memory: CUDA's out-of-memory error names it
+        data, net = self.datamodule, self.model.net.config
+        pairs = isinstance(data, PairDataModule)
+        source_length = data.source_length if pairs else data.task.source_length
+        processes = self.trainer.num_devices
+        step = net.activation_bytes(data.batch_size, source_length) + 20 * net.parameter_count()  # + DDP's buckets
+        lengths = (
+            "cap the lengths (--data.max_source_tokens, --data.max_target_tokens, with --data.skip_long true)"
+            if pairs
+            else "lower --data.source_length or --data.target_length"
+        )
+        try:
+            check_memory(
+                processes * step,
+                f"--data.batch_size {data.batch_size} x the longest source ({source_length} tokens) x "
+                f"{net.max_target_length} decoder steps: a training step's activations, weights, gradients and Adam "
+                f"state (about, float32) in {processes} process(es) (--trainer.devices) need",
+                f"lower --data.batch_size or {lengths}",
+            )
+        except ValueError as error:
+            self.parser.error(str(error))
 
     def _check_same_settings(self, checkpoint: dict[str, Any]) -> None:
         """Exit 2 if a resumed fit's data or model flags differ from those its checkpoint was trained with: it would

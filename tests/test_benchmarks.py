@@ -18,7 +18,7 @@ from conftest import REPO, REVERSE_YAML, text_pairs
 if str(REPO) not in sys.path:  # `python -m pytest` from the repo root has it; a bare `pytest` puts only tests/ there
     sys.path.insert(0, str(REPO))
 
-from benchmarks import ddp_speed, g2p_eval, train_speed  # noqa: E402 - needs the repo root on sys.path
+from benchmarks import ddp_speed, fit_memory, g2p_eval, train_speed  # noqa: E402 - needs the repo root on sys.path
 
 
 def test_trainer_fit_does_exactly_the_plain_loops_work():
@@ -190,3 +190,10 @@ def test_g2p_eval_scores_pytorch_and_onnx_alike_with_and_without_stress(tmp_path
     rows = [[line.split()[-3:-1] for line in part.splitlines() if "%" in line] for part in (plain, stressless)]
     assert rows[0] == rows[1] and len(rows[0]) == 3  # WER and PER: these made-up phonemes carry no stress digits
     assert all(float(wer.rstrip("%")) < 50 for wer, _ in rows[0])  # the trained model knows the rules
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the RSS from /proc")
+def test_the_fit_memory_estimate_is_near_a_measured_training_step(capsys):
+    """NetConfig.activation_bytes, which `fit` refuses settings by, against the peak RSS of a real step (~0.45 GiB)."""
+    (ratio,) = fit_memory.main(["--quick"])
+    assert 0.7 < ratio < 1.4, capsys.readouterr().out  # 0.90 here

@@ -20,18 +20,21 @@ def progress_trainer(total: int, **kwargs) -> SimpleNamespace:
     return SimpleNamespace(**(settings | dict(callback_metrics={}) | kwargs))
 
 
-def run_epoch(callback: LogProgress, trainer: SimpleNamespace) -> None:
+def run_epoch(callback: LogProgress, trainer: SimpleNamespace, losses: list[float] | None = None) -> None:
     callback.on_train_epoch_start(trainer, None)
     for batch_idx in range(trainer.num_training_batches):
-        callback.on_train_batch_end(trainer, None, None, None, batch_idx)
+        outputs = None if losses is None else {"loss": torch.tensor(losses[batch_idx])}  # as training_step returns
+        callback.on_train_batch_end(trainer, None, outputs, None, batch_idx)
 
 
 def test_log_progress_prints_the_first_batch_then_every_tenth_of_the_epoch(capsys):
-    trainer = progress_trainer(20, callback_metrics={"train/loss": torch.tensor(0.25)})
-    run_epoch(LogProgress(), trainer)
+    trainer = progress_trainer(20, callback_metrics={"train/loss": torch.tensor(9.0)})  # logged rarely: not shown
+    run_epoch(LogProgress(), trainer, losses=[float(i) for i in range(20)])
     lines = capsys.readouterr().out.splitlines()
     assert [int(re.search(r"batch (\d+)/20", line)[1]) for line in lines] == list(range(1, 20, 2))
-    assert all(re.fullmatch(r"epoch 2 batch \d+/20 train/loss 0\.2500 \(\d+ batches/s\)", line) for line in lines)
+    assert all(re.fullmatch(r"epoch 2 batch \d+/20 train/loss \d+\.\d{4} \(\d+ batches/s\)", line) for line in lines)
+    means = [float(re.search(r"train/loss (\S+)", line)[1]) for line in lines]
+    assert means == [0.0, 1.5, *[i + 0.5 for i in range(3, 19, 2)]]  # each line: the batches since the one before
 
 
 def test_log_progress_without_a_loss_yet_and_on_short_epochs(capsys):

@@ -94,6 +94,21 @@ def test_sample_piped_into_decode_with_the_installed_command(exported):
     )
     assert decode.returncode == 0, decode.stderr
     assert len(decode.stdout.splitlines()) == 10 and "exact match: " in decode.stderr
+    # a CRLF file reads alike; a lone carriage return stays inside its line (a real stdin's universal newlines
+    # would end the line there)
+    crlf = "".join(line + "\r\n" for line in sample.stdout.splitlines())
+    for stdin, code, out in ((crlf, 0, decode.stdout), ("x\ry\n", 2, "")):
+        again = subprocess.run([CLI, "decode", "--model_dir", model_dir], input=stdin, capture_output=True, text=True)
+        assert (again.returncode, again.stdout) == (code, out), again.stderr
+    assert "line 1: 'x\\ry' is not a list of space-separated integer token ids" in again.stderr
+
+
+def test_an_unknown_command_lists_every_command(capsys):
+    code, err = cli_exit(["decod", "--model_dir", "x"], capsys)
+    assert code == 2 and err == (
+        "lit-seq2seq: error: unknown command 'decod' (choose from 'fit', 'validate', 'test', 'predict', 'export', "
+        "'decode', 'sample', 'report')\n"
+    )
 
 
 # ------------------------------------------------------------------------------------------ decode refusals
@@ -104,7 +119,7 @@ def test_sample_piped_into_decode_with_the_installed_command(exported):
     [
         ("2 3\t2 3\n2 x 4\t2 4\n", "line 2: '2 x 4' is not a list of space-separated integer token ids"),
         ("2 3\n4 5\t4 y\n", "line 2 (expected)"),
-        ("2 3\n\n", "line 2: source: empty sequence"),
+        ("2 3\n\n4 5\n", "line 2: source: empty sequence"),  # (empty lines at the end of the input are dropped)
         ("2 3\n4 5\n2 9\n", "line 3: source position 1: token 9 is out of range"),
         ("2 3\n2 0 3\n", "line 2: source position 2: token after padding"),
         ("1 2\n", "line 1: source position 0: token 1 is out of range"),
@@ -254,13 +269,13 @@ def test_decode_prints_each_batch_before_reading_further_lines(exported, runtime
     assert out.getvalue().splitlines() == strip_all(model, model.greedy(rows))
 
 
-def test_decode_splits_stdin_lines_as_before_it_streamed(exported, runtime_model, capsys):
+def test_decode_reads_stdin_lines_as_the_file_has_them(exported, runtime_model, capsys):
     model = runtime_model("gru")
-    stdin = "2 3\r\n4 5\r6\x0c7 2\n\n"  # \r\n, a lone \r and a form feed end lines, as str.splitlines() has it
+    stdin = "2 3\r\n4 5\r6\x0c7 2\n\n6\u20282"  # only \n ends a line (a \r before it is dropped): line N is line N
     args = ["decode", "--model_dir", exported("gru").model_dir, "--skip_bad_lines"]
     code, out, err = cli_output(args, capsys, stdin)
-    assert code == 0 and out.splitlines() == strip_all(model, model.greedy(pad_rows([[2, 3], [4, 5], [6], [7, 2]])))
-    assert "skipped 1 bad line(s) of 5; the first: line 5: source: empty sequence" in err
+    assert code == 0 and out.splitlines() == strip_all(model, model.greedy(pad_rows([[2, 3], [4, 5, 6, 7, 2], [6, 2]])))
+    assert "skipped 1 bad line(s) of 4; the first: line 3: source: empty sequence" in err
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])  # fixed-length and variable-length sources

@@ -178,7 +178,7 @@ def test_node_decode_refuses_damaged_model_files(how, exported, other_exports, t
         ("2 3\n9 2\n", [], "line 2: source position 0: token 9 is out of range; tokens must be in [2, 7]"),
         ("2 3\n1 2\n", [], "line 2: source position 0: token 1 is out of range"),  # the end token is not a source
         ("2 3\n-2 3\n", [], "line 2: source position 0: token -2 is out of range"),
-        ("2 3\n\n", [], "line 2: source: empty sequence (source_len is 0)"),
+        ("2 3\n\n2\n", [], "line 2: source: empty sequence (source_len is 0)"),  # (at the end: dropped)
         ("2 3\n0 3\n", [], "line 2: source: empty sequence (starts with padding)"),
         ("2 3\n2 0 3\n", [], "line 2: source position 2: token after padding; pad only at the end"),
         ("2 3\n2 x\n", [], 'line 2: "2 x" is not a list of space-separated integer token ids'),
@@ -320,6 +320,7 @@ TEXT_MODELS = {
         "lines": ["aéc", "E\u0301", "DaF", "ffe"],
         "ids": [[2, 3, 4], [3], [5, 2, 7], [7, 7, 6]],
         "unknown": ("ab", 'line 1: source: unknown token "b" (not in the model\'s vocabulary)'),
+        "control": ("éa\x01c", "line 1: source: control character U+0001 at character 3; texts must be printable"),
     },
     # space tokens split as Python's str.split() does (an ideographic space too); target characters joined by ""
     "space": {
@@ -331,6 +332,7 @@ TEXT_MODELS = {
         "lines": ["one two", "  six\u3000five  ", "three"],
         "ids": [[2, 3], [7, 6], [4]],
         "unknown": ("one One", 'line 1: source: unknown token "One" (not in the model\'s vocabulary)'),
+        "control": ("one\x0btwo", "line 1: source: control character U+000B at character 4; texts must be printable"),
     },
 }
 
@@ -361,9 +363,12 @@ def test_node_decode_reads_format_version_2_text_models(kind, exported, runtime_
         result = node_decode(model_dir, "".join(f"{line}\n" for line in spec["lines"]), *path)
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == expected
-    line, message = spec["unknown"]
-    assert_refused(node_decode(model_dir, f"{line}\n"), message)
-    assert_refused(node_decode(model_dir, "\n"), "line 1: source: empty sequence (source_len is 0)")
+    for case in ("unknown", "control"):  # a control character: refused as by OnnxSeq2Seq.encode_text, not split on
+        line, message = spec[case]
+        assert_refused(node_decode(model_dir, f"{line}\n"), message)
+    assert_refused(node_decode(model_dir, "\n\nx\n"), "line 1: source: empty sequence (source_len is 0)")
+    done = node_decode(model_dir, f"{spec['lines'][0]}\n\n\n")  # empty lines at the end: dropped, as decode does
+    assert (done.returncode, done.stdout.splitlines()) == (0, expected[:1]), done.stderr
     for name in (contract.ENCODER_FILE, contract.DECODER_FILE, contract.GREEDY_FILE):
         restamp(model_dir / name, {"source_tokenizer": "bpe"})
     assert_refused(

@@ -69,7 +69,7 @@ def test_vectorised_tokens_equal_per_line_tokenizer_split(tmp_path, source_kind,
 
 
 def test_jsonl_reads_the_same_pairs_as_tsv(tmp_path):
-    data = [("héllo", "h e l l o"), ("a\tb", "x")]  # a tab inside a JSON value is an ordinary character
+    data = [("héllo", "h e l l o"), ("a b", "x")]  # (a tab inside a JSON value is refused: tab.jsonl below)
     jsonl = "\n".join(json.dumps({"source": s, "target": t, "extra": 1}) for s, t in data) + "\n"
     pairs = read_pairs(write(tmp_path / "p.jsonl", jsonl), CHAR, SPACE, cache=False)
     assert rows(pairs) == [(CHAR.split(s), SPACE.split(t)) for s, t in data]
@@ -95,6 +95,17 @@ def bad_file_cases() -> list[tuple[str, bytes, str]]:
         ("list.jsonl", b'["a", "b"]\n', ":1: expected a JSON object"),
         ("emptyvalue.jsonl", b'{"source": "", "target": "b"}\n', ":1: empty source"),
         ("newline.jsonl", b'{"source": "a\\nb", "target": "b"}\n', ":1: the source holds a line break"),
+        # control characters: the runtime refuses them in a text, so a model must not learn them
+        ("bel.tsv", b"ab\tx\nc\x07d\tx\n", ":2: control character U+0007 in the source at character 2; texts must"),
+        ("nul.tsv", b"ab\tx\ncd\txy\x00\n", ":2: control character U+0000 in the target at character 3"),
+        ("cr.tsv", b"ab\tx\r\nc\rd\tx\r\n", ":2: control character U+000D in the source at character 2"),
+        ("c1.tsv", "ab\tx\n\n\u00e9\u0085\tx\n".encode(), ":3: control character U+0085 in the source at character 2"),
+        (
+            "tab.jsonl",
+            b'{"source": "a\\tb", "target": "b"}\n',
+            ":1: control character U+0009 in the source at character 2",
+        ),
+        ("surrogate.jsonl", b'{"source": "a", "target": "\\ud800"}\n', ":1: lone surrogate U+D800 in the target at"),
         ("pairs.csv", b"a,b\n", ": unknown pair file type '.csv'"),
         ("missing.tsv", None, ": no such file"),
     ]

@@ -87,6 +87,13 @@ def test_caps_and_skip_long(tmp_path, caplog):
     assert "--data.skip_long: skipped pairs longer than the lengths trained on: 1 train, 1 val" in caplog.text
     with pytest.raises(ValueError, match=r"val\.tsv:1: the source has 5 tokens, more than the longest training source"):
         module(tmp_path, ["abcd\tA"], ["abcda\tA"]).load()
+    with pytest.raises(ValueError, match=r"train\.tsv: --data.skip_long skipped all 2 training pairs: every one is"):
+        module(tmp_path, train[:2], max_source_tokens=1, skip_long=True).load()
+
+
+def test_a_fit_without_validation_pairs_says_so(tmp_path):
+    with pytest.warns(UserWarning, match=r"fit without validation pairs \(--data.val_file is unset\): no validation"):
+        module(tmp_path, ["ab\tA B"]).setup("fit")
 
 
 def test_bad_flags_name_the_flag(tmp_path):
@@ -96,6 +103,11 @@ def test_bad_flags_name_the_flag(tmp_path):
         PairDataModule(file="x.tsv", split_fractions=(0.5, 0.4, 0.4))
     with pytest.raises(ValueError, match="--data.batch_size must be >= 1"):
         PairDataModule(train_file="x.tsv", batch_size=0)
+    for side in ("source", "target"):  # 0 is a length, not "no cap"
+        with pytest.raises(ValueError, match=f"--data.max_{side}_tokens must be >= 1, got 0"):
+            PairDataModule(train_file="x.tsv", **{f"max_{side}_tokens": 0})
+    with pytest.raises(ValueError, match="--data.split_fractions splits --data.file; with --data.train_file give"):
+        PairDataModule(train_file="x.tsv", split_fractions=(0.8, 0.1, 0.1))
 
 
 # ----------------------------------------------------------------------------------------- split by source hash
@@ -295,11 +307,14 @@ def test_validate_test_and_predict_without_the_training_file_read_the_checkpoint
     assert rows[0] == "source\ttarget\tprediction" and len(rows) > 1
     # tokenizer flags other than the checkpoint's: read as trained (the only tokens the model knows), and said so
     caplog.set_level(logging.INFO, logger="lightning.pytorch")
-    other = ["--data.target_tokenizer", "char", "--data.source_lowercase", "true"]
+    other = ["--data.source_tokenizer", "space", "--data.source_lowercase", "true"]
     assert run_cli(["test", *no_train, *other, *given]) == 0
     assert last_metric(version_dirs(root)[-1], "test/token_error_rate") == metrics["train file", "test"]
     said = "--data.text_from reads the files as the model was trained (source char, target space); not "
-    assert said + "--data.source_lowercase true, --data.target_tokenizer char" in caplog.text
+    assert said + "--data.source_tokenizer space, --data.source_lowercase true" in caplog.text
+    caplog.clear()  # flags at their defaults (char, not lowercased) are not named: the user did not say otherwise
+    assert run_cli(["test", *no_train, "--data.target_tokenizer", "char", *given]) == 0
+    assert "--data.text_from reads" not in caplog.text
     # explicit, with a training file too, in a fit, from a model without text: each refused, naming the flag
     bad = [
         (["test", *TINY_FIT, *given, "--data.text_from", ckpt], "leave --data.train_file and --data.file unset"),
@@ -312,9 +327,20 @@ def test_validate_test_and_predict_without_the_training_file_read_the_checkpoint
     bad.append((["test", *no_train, *given[:2], "--data.text_from", ids_ckpt, *root_args(root)], "not trained on text"))
     gone = ["--data.train_file", tmp_path / "absent.tsv"]
     bad.append((["test", *no_train, *gone, *given], "no such file; to test without it, pass --data.train_file null"))
+    only_val = [*no_train, "--data.val_file", TINY_TEST, "--ckpt_path", ckpt, *root_args(root)]  # no test file
+    generated = ["--ckpt_path", ckpt, *root_args(root)]  # the default data: generated tasks
+    bad.append((["test", *generated], f"--ckpt_path {ckpt}: its model was trained on text pairs; pass --data Pair"))
+    bad.append((["test", *only_val], "test needs test pairs: --data.test_file gives none"))
+    bad.append((["predict", *only_val], "predict needs predict pairs: --data.predict_file (or --data.test_file, its"))
+    negative = ["--data.max_source_tokens", "-3"]  # our check's message alone, not jsonargparse's wrapping of it
+    bad.append(
+        (["fit", *TINY_FIT, *negative, *root_args(root)], "error: --data.max_source_tokens must be >= 1, got -3")
+    )
+    runs = version_dirs(root)
     for args, message in bad:
         code, err = cli_exit(args, capsys)
-        assert code == 2 and message in err, err
+        assert code == 2 and message in err and "Traceback" not in err and "Union subtypes" not in err, err
+    assert version_dirs(root) == runs  # refused before a run folder was made
 
 
 def test_fit_resumes_exactly_mid_epoch_over_file_data(tmp_path):

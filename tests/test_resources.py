@@ -47,6 +47,21 @@ TOO_BIG = [
     (["--data.source_length", "100000"], "x --data.source_length 100000: the generated data (int64: (source 100000"),
     (["--data.vocab_size", "1000000000", "--model.net.embedding_dim", "64"], "weights (x 4 bytes) need 1.0e12 bytes"),
     (["--model.net.hidden_size", "1000000"], "--model.net.hidden_size 1000000, --model.net.num_layers 1: the net's"),
+    # Data that fits, a net that fits, but not one training step of them: the activations of 32 sources of 400,000
+    # tokens (a pair file's one long line does this; its flags are test_pairs')
+    (
+        [
+            "--data.source_length",
+            "400000",
+            "--data.train_size",
+            "64",
+            "--data.val_size",
+            "16",
+            "--model.net.embedding_dim",
+            "8",
+        ],
+        "--data.batch_size 32 x the longest source (400000 tokens) x 3 decoder steps: a training step's activations",
+    ),
     # Bounded with a reason instead: add's numbers stay exact up to 14-digit operands.
     (
         ["--data.task", "add", "--data.vocab_size", "13", "--data.source_length", "41", "--data.target_length", "null"],
@@ -85,6 +100,8 @@ def test_every_config_fits_in_memory_at_its_full_size(config, monkeypatch, tmp_p
     linked = {k: getattr(data, k) for k in lit_seq2seq.train_cli.DATA_TO_NET}
     net = NetConfig(**settings["model"]["net"], **linked)
     assert net.parameter_count() < 10_000_000 and data_bytes < 2**30  # the G2P headline: 3.4 M
+    source_length = data.source_length if isinstance(data, PairDataModule) else data.task.source_length
+    assert net.activation_bytes(data.batch_size, source_length) < 2**30  # the G2P headline: ~0.3 GiB a process
 
 
 # ----------------------------------------------------------------------------------------- disk: full, read-only

@@ -303,6 +303,9 @@ def _damage(how: str, model_dir: Path, other_dirs: dict[str, Path]) -> None:
         _rehashed_with(dec, "format_version", "99")
     elif how == "missing folder":
         shutil.rmtree(model_dir)
+    elif how == "a file, e.g. a checkpoint":
+        shutil.rmtree(model_dir)
+        model_dir.write_bytes(b"PK")
     elif how == "flipped byte in the middle of greedy.onnx":
         flip_bit(model_dir / contract.GREEDY_FILE, (model_dir / contract.GREEDY_FILE).stat().st_size // 2)
     elif how == "greedy.onnx of another export of the same checkpoint":
@@ -321,6 +324,7 @@ DAMAGE = {
     "missing decoder": "decoder_step.onnx: missing",
     "unknown format_version": "format_version '99'",
     "missing folder": "no such folder",
+    "a file, e.g. a checkpoint": "a file, not an export folder; `lit-seq2seq export --ckpt_path CKPT --output_dir",
     "flipped byte in the middle of greedy.onnx": "greedy.onnx: content hash mismatch",
     "greedy.onnx of another export of the same checkpoint": "encoder.onnx and greedy.onnx come from different exports",
     "unknown format_version of greedy.onnx": "greedy.onnx: contract format_version '99'",

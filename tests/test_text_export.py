@@ -167,7 +167,6 @@ def test_encode_texts_and_decode_ids(text_model):
         ("trained", ["ab", "aaaaaa"], r"text 1: 6 characters; this model was trained on sources of 1 to 5 characters "
                                       r"\(pass allow_untrained_lengths=True / --allow_untrained_lengths"),
         ("space_source", ["a a a a a a"], r"text 0: 6 tokens; this model was trained on sources of 1 to 5 tokens"),
-        ("trained", [], r"texts: empty batch"),
     ],
 )  # fmt: skip
 def test_bad_texts_are_refused_naming_the_text_and_position(name, texts, message, text_model):
@@ -176,6 +175,13 @@ def test_bad_texts_are_refused_naming_the_text_and_position(name, texts, message
         model.translate(texts)
     with pytest.raises(ValueError, match=message):
         model.encode_texts(texts)
+
+
+def test_no_texts_translate_to_no_texts(text_model):
+    model, _, _ = text_model("trained")
+    assert model.translate([]) == [] and model.translate((), beam_size=3) == []
+    with pytest.raises(ValueError, match="texts: empty batch"):  # ids for the graphs: a batch of 0 rows never runs
+        model.encode_texts([])
 
 
 def test_unknown_characters_map_to_unk_where_the_vocabulary_has_it(text_model):
@@ -234,6 +240,19 @@ def test_decode_prints_text(text_exported, capsys):
     assert (code, out, err) == (0, "AH BE É\nAH BE Ж Э\n", "")
     code, out, _ = cli_output(["decode", "--model_dir", model_dir, "--beam_size", "3"], capsys, "жж\nb\n")
     assert (code, out) == (0, "Ж Э Ж Э\nBE\n")
+    # a byte order mark and an editor's trailing empty lines, as pair files may have them: read alike
+    code, out, _ = cli_output(["decode", "--model_dir", model_dir, "--beam_size", "3"], capsys, "\ufeffжж\r\nb\n\n\n")
+    assert (code, out) == (0, "Ж Э Ж Э\nBE\n")
+    # sources given as arguments are named as such; one that was not UTF-8 (Python passes its bytes on as lone
+    # surrogates) is named so, not as a surrogate
+    for bad, message in (
+        ("a\x07b", "control character U+0007 at character 2"),
+        ("a\udcffb", "invalid UTF-8 (byte 0xff"),
+    ):
+        code, out, err = cli_output(["decode", "--model_dir", model_dir, "abé", bad], capsys)
+        assert (code, out) == (2, "AH BE É\n") and err.startswith(f"lit-seq2seq decode: error: argument 2: {message}")
+    code, _, err = cli_output(["decode", "--model_dir", model_dir], capsys, '{"source": "ab", "target": "AH BE"}\n')
+    assert code == 2 and "(decode reads SOURCE or SOURCE<TAB>REFERENCE lines, not JSON Lines)" in err
 
 
 def test_decode_scores_references_grouped_by_source(text_exported, capsys):
@@ -248,19 +267,22 @@ def test_decode_scores_references_grouped_by_source(text_exported, capsys):
     assert err == "exact match: 2/4 = 50.00% (WER 50.00%); token error rate: 2/8 = 25.00%\n"
 
 
-def test_decode_scores_across_batches(text_exported, text_model, capsys):
+def test_decode_scores_across_batches_as_test_does(text_exported, text_model, capsys):
     model, _, _ = text_model("trained")
     pairs = text_pairs(40, seed=11)  # short words: some come twice in a row, and those lines are one source
+    pairs += [(w, "AH") for w, _ in pairs[:12:3]]  # more references of 4 words, far from their first lines
     lines = "".join(f"{w}\t{p}\n" for w, p in pairs)
     args = ["decode", "--model_dir", text_exported("trained").model_dir, "--batch_size", "4"]
     code, out, err = cli_output(args, capsys, lines)
-    sources = [w for w, _ in itertools.groupby(w for w, _ in pairs)]
-    assert len(sources) < len(pairs)
-    predictions = model.translate(sources)
-    assert code == 0 and out.splitlines() == predictions
-    truth = {w: p for w, p in pairs}
-    hits = sum(p == truth[w] for p, w in zip(predictions, sources))
-    assert f"exact match: {hits}/{len(sources)} = " in err
+    printed = [w for w, _ in itertools.groupby(w for w, _ in pairs)]  # one output per run of adjacent lines
+    assert len(printed) < len(pairs)
+    assert code == 0 and out.splitlines() == model.translate(printed)
+    # scored as `test` scores the file: each distinct word once, against the references of all its lines
+    references = {}
+    for w, p in pairs:
+        references.setdefault(w, []).append(p)
+    hits = sum(prediction in references[w] for w, prediction in zip(references, model.translate(list(references))))
+    assert len(references) < len(printed) and f"exact match: {hits}/{len(references)} = " in err
 
 
 @pytest.mark.parametrize(

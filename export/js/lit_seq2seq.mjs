@@ -192,6 +192,20 @@ export async function checkContentHash(bytes, name = "model") {
 // Python's str.split() whitespace (str.isspace); JavaScript's \s differs (\x1c-\x1f, \x85 missing, \ufeff extra).
 const PY_SPACE = /[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+/u;
 
+// C0 and C1 control characters, DEL and lone surrogates (with the u flag a surrogate pair is one code point and never
+// matches): a text holding one is refused, as by the Python runtime (a tab or newline would silently split it).
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\ud800-\udfff]/u;
+
+function checkPrintable(text, where) {
+  const bad = CONTROL.exec(text);
+  if (!bad) return;
+  const code = bad[0].codePointAt(0);
+  const kind = code >= 0xd800 && code <= 0xdfff ? "lone surrogate" : "control character";
+  const at = Array.from(text.slice(0, bad.index)).length + 1; // in code points, 1-based
+  const hex = code.toString(16).toUpperCase().padStart(4, "0");
+  throw new InputError(`${where}: ${kind} U+${hex} at character ${at}; texts must be printable`);
+}
+
 function splitText(text, tokenizer) {
   if (tokenizer === "char") return Array.from(text); // code points, not UTF-16 units
   const parts = text.split(PY_SPACE);
@@ -539,6 +553,7 @@ export class Seq2Seq {
     const single = typeof text === "string";
     const lines = single ? [text] : text;
     const rows = lines.map((line, i) => {
+      checkPrintable(line, `source${single ? "" : ` row ${i}`}`);
       const tokens = splitText(this._norm(line, this.meta.source_lowercase === "1"), this.meta.source_tokenizer);
       return tokens.map((tok) => {
         const id = this.sourceIds.get(tok);

@@ -115,6 +115,11 @@ async function main() {
   if (!globalThis.crypto?.subtle) globalThis.crypto = (await import("node:crypto")).webcrypto;
   const dir = options.modelDir;
   const found = await stat(dir).catch(() => null);
+  if (found?.isFile()) {
+    throw new ModelFileError(
+      `model_dir ${dir}: a file, not an export folder; \`lit-seq2seq export --ckpt_path CKPT --output_dir DIR\` writes one from a checkpoint`,
+    );
+  }
   if (!found?.isDirectory()) throw new ModelFileError(`model_dir ${dir}: no such folder`);
   const files = {
     encoder: await readModelFile(dir, ENCODER_FILE, true),
@@ -146,8 +151,17 @@ async function main() {
   };
 
   let number = 0;
+  let blank = 0; // empty lines held back: at the end of the input they are dropped, as Python's decode drops them
   try {
     for await (const line of stdinLines()) {
+      if (line === "") {
+        blank++;
+        continue;
+      }
+      if (blank > 0) {
+        number++;
+        throw new InputError(`line ${number}: source: empty sequence (source_len is 0)`);
+      }
       number++;
       const tab = line.indexOf("\t");
       const [sourceText, target] = tab < 0 ? [line, ""] : [line.slice(0, tab), line.slice(tab + 1)];
