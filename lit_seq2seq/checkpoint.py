@@ -103,6 +103,10 @@ def check_weights(checkpoint: Mapping[str, Any], source: str) -> None:
 def read_checkpoint(path: str | os.PathLike, flag: str = "--ckpt_path") -> dict[str, Any]:
     """torch.load(weights_only=True) with clear errors for a missing, unreadable, foreign or altered file."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("checkpoints/*.ckpt")) or sorted(path.glob("*.ckpt"))
+        hint = f" (it holds {', '.join(str(p) for p in found[:3])})" if found else ""
+        raise ValueError(f"{flag} {path}: a folder; give a checkpoint file{hint}")
     if not path.is_file():
         raise ValueError(f"{flag} {path}: no such file")
     # torch.load skips the zip CRCs, and the weights hash does not cover optimizer or loop state.

@@ -96,6 +96,15 @@ def test_read_checkpoint_refuses_naming_the_flag_and_the_file(kind, message, goo
         read_checkpoint(path, flag="--weights")
 
 
+def test_a_run_folder_given_as_a_checkpoint_names_its_checkpoints(tmp_path):
+    (tmp_path / "version_0" / "checkpoints").mkdir(parents=True)
+    torch.save(minimal(w=torch.ones(2)), tmp_path / "version_0" / "checkpoints" / "best.ckpt")
+    with pytest.raises(ValueError, match=r"version_0: a folder; give a checkpoint file \(it holds .*best\.ckpt\)$"):
+        read_checkpoint(tmp_path / "version_0")
+    with pytest.raises(ValueError, match=r"^--ckpt_path \S+: a folder; give a checkpoint file$"):
+        read_checkpoint(tmp_path)
+
+
 def test_a_checkpoint_without_a_weights_hash_is_read(tmp_path):
     # written by a plain ModelCheckpoint/TorchCheckpointIO: nothing to check against
     torch.save(minimal(w=torch.ones(2)), tmp_path / "plain.ckpt")
