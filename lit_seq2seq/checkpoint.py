@@ -162,8 +162,9 @@ def resolve(name: str, root: str | os.PathLike, subcommand: str) -> Path:
     others = [run / f"{name}.ckpt" for run in runs if (run / f"{name}.ckpt").is_file()]
     if not others:
         raise ValueError(f"--ckpt_path {name}: no {name}.ckpt under {root}/*/checkpoints; {hint} or pass a file path")
+    why = "it stopped before writing one" if name != "best" else "it validated nothing: stopped before, or no val pairs"
     raise ValueError(
-        f"--ckpt_path {name}: the newest run, {newest.parent}, has no {name}.ckpt (it stopped before writing one); "
+        f"--ckpt_path {name}: the newest run, {newest.parent}, has no {name}.ckpt ({why}); "
         f"{others[-1].parent.parent} has one but is another run, maybe with other settings: pass "
         f"--ckpt_path {others[-1]} to use it, or {hint}"
     )
