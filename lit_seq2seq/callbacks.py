@@ -13,6 +13,8 @@ import lightning as L
 import torch
 from lightning.pytorch import callbacks
 
+from lit_seq2seq.metrics import answer_tokens
+
 
 class LogProgress(L.Callback):
     """One line every `every` fraction of a training epoch and one per validation: readable in CI logs. A line's
@@ -91,10 +93,14 @@ class PredictionWriter(L.Callback):
         path = Path(log_dir or trainer.default_root_dir) / "predictions.tsv"
         path.parent.mkdir(parents=True, exist_ok=True)
         spec = getattr(getattr(trainer, "datamodule", None), "text_spec", None)
+        config = getattr(getattr(pl_module, "net", None), "config", None)
         with path.open("w", encoding="utf-8") as f:
             f.write("source\ttarget\tprediction\n")
             for s, t, p in zip(rows["source"], rows["target"], rows["prediction"]):
                 if spec is None:
+                    if config is not None:  # as `sample` and `decode` write ids: no padding, no end token
+                        eos, pad = config.eos_token, config.pad_token
+                        s, t, p = answer_tokens(s, pad, pad), answer_tokens(t, eos, pad), answer_tokens(p, eos, pad)
                     f.write("\t".join(" ".join(map(str, x)) for x in (s, t, p)) + "\n")
                 else:  # a text model: its text, up to the padding and end tokens
                     source = spec.source.join(spec.source_vocab.decode(s))

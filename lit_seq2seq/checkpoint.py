@@ -122,6 +122,11 @@ def read_checkpoint(path: str | os.PathLike, flag: str = "--ckpt_path") -> dict[
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - zip and unpickling errors vary; what matters is the file is bad
+        if "Weights only load failed" in str(error):  # intact, but pickled objects that only running code would load
+            raise ValueError(
+                f"{flag} {path}: not a lit-seq2seq checkpoint: it holds Python objects beyond tensors and plain "
+                "values (another program's?), which are not loaded: loading them runs code from the file"
+            ) from None
         raise ValueError(f"{flag} {path}: cannot be read as a checkpoint (truncated or damaged?): {error}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise ValueError(f"{flag} {path}: not a lit-seq2seq checkpoint (no state_dict or hyper_parameters)")

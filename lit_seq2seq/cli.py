@@ -55,6 +55,9 @@ def main(args: Sequence[str] | None = None) -> int:
         except BrokenPipeError:  # `... | head`: the reader left; not an error
             sys.stderr.close()
             return 0
+        except KeyboardInterrupt:  # Ctrl-C: the user knows why; an export cleans up its staged folder on the way out
+            print(f"{parser.prog}: interrupted", file=sys.stderr)
+            sys.exit(130)
     from lit_seq2seq.train_cli import Seq2SeqCLI
 
     if args and args[0] in ("-h", "--help"):
@@ -121,7 +124,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
         help=f"folder of its own for {ENCODER_FILE}, {DECODER_FILE}, {GREEDY_FILE} and {CONTRACT_FILE}: an export "
         "replaces it as a whole, so it must hold nothing else",
     )
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 14 to 20 (default 17)")
     p.add_argument(
         "--verify_samples", type=int, default=256, help="random sources whose greedy tokens must match (default 256)"
     )
@@ -263,6 +266,8 @@ def _run_decode(o: argparse.Namespace) -> int:
             except ValueError as error:
                 raise InputError(f"{label} {number}: {error}") from None
             reference = _parse_tokens(target, f"{label} {number} (expected)") if target.strip() else None
+            if reference is not None:  # "8 14 21 1 0" (as a target row holds it) expects the answer "8 14 21"
+                reference = model.strip(reference)
         except InputError as error:
             if not o.skip_bad_lines:
                 decode_batch()  # every line before the bad one is printed, none after it
@@ -440,6 +445,8 @@ def _run_sample(o: argparse.Namespace) -> int:
 
     if o.num < 1:
         raise ValueError(f"--num must be >= 1, got {o.num}")
+    if o.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {o.seed}")
     model = OnnxSeq2Seq.load(o.model_dir)
     if model.text is not None:
         raise InputError(

@@ -76,12 +76,15 @@ class ShardSampler(DistributedSampler):
 
 
 def train_position(trainer: L.Trainer | None, sampler: DistributedSampler | None) -> dict[str, int]:
-    """{"epoch", "batches"}: where a fit stands in its training data (a data module's state_dict); {} outside fit."""
+    """{"epoch", "batches", "epoch_batches", "processes"}: where a fit stands in its training data (a data module's
+    state_dict; batches per process, so a resume mid-epoch must run in as many processes); {} outside fit."""
     if trainer is None or trainer.state.fn != "fit":
         return {}
     return {
         "epoch": sampler.epoch if sampler is not None else trainer.current_epoch,
         "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+        "epoch_batches": trainer.num_training_batches,
+        "processes": trainer.world_size,
     }
 
 

@@ -14,6 +14,16 @@ import numpy as np
 ABSENT = -1  # a reference slot a source does not use (references (B, R, T): sources have 1..R references)
 
 
+def answer_tokens(row: list[int], eos_token: int | None, pad_token: int) -> list[int]:
+    """The answer in a decoded or target row of ids: the tokens before the first end token or padding (a model
+    without an end token, a fixed-length task: every token). What decode prints and scores, and predictions.tsv."""
+    stops = () if eos_token is None else (eos_token, pad_token)
+    for i, token in enumerate(row):
+        if token in stops:
+            return row[:i]
+    return list(row)
+
+
 @dataclass(frozen=True)
 class Scores:
     """Per row of a batch: `exact` (equals some reference), `errors` (edit distance to the closest reference) and

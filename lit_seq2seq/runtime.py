@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 from lit_seq2seq import contract
 from lit_seq2seq.contract import ModelFileError, check_content_hash
+from lit_seq2seq.metrics import answer_tokens
 from lit_seq2seq.search import beam_search, check_beam_settings, check_max_len, greedy_search
 from lit_seq2seq.text import TextSpec, check_printable
 
@@ -235,7 +236,11 @@ class OnnxSeq2Seq:
                 raise ValueError(f"source: empty {'batch' if source.ndim == 1 else 'sequence'} (shape {source.shape})")
         if not isinstance(source, np.ndarray):
             raise TypeError(f"source must be a numpy array or a list of token ids, got {type(source).__name__}")
-        if source.dtype == object:
+        if source.dtype == object:  # ragged rows, or an integer beyond int64 (numpy keeps it a Python int)
+            cells = [t for row in source.tolist() for t in (row if isinstance(row, (list, tuple)) else [row])]
+            huge = [t for t in cells if isinstance(t, int) and not -(2**63) <= t < 2**63]
+            if huge:
+                raise ValueError(f"source: token {huge[0]} is out of range (beyond int64)")
             raise ValueError("source: rows have different lengths; right-pad them with the pad token")
         if source.dtype.kind not in "iu":
             raise TypeError(f"source must hold integer token ids, got dtype {source.dtype}")
@@ -518,10 +523,9 @@ class OnnxSeq2Seq:
         return self.decode_ids(tokens)
 
     def strip(self, tokens: np.ndarray | Sequence[int]) -> list[int]:
-        """A decoded row as a plain list: the tokens before the end token (padding removed)."""
-        out = []
-        for t in tokens.tolist() if isinstance(tokens, np.ndarray) else tokens:
-            if t == self.eos_token or (self.eos_token is not None and t == self.pad_token):
-                break
-            out.append(t)
-        return out
+        """One decoded row as a plain list: the tokens before the end token (padding removed). ValueError for a
+        batch: strip its rows one by one."""
+        row = tokens.tolist() if isinstance(tokens, np.ndarray) else list(tokens)
+        if any(isinstance(t, (list, tuple, np.ndarray)) for t in row):
+            raise ValueError("strip takes one row of ids; for a batch: [model.strip(row) for row in tokens]")
+        return answer_tokens(row, self.eos_token, self.pad_token)

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -87,6 +88,7 @@ class Seq2SeqCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         interactive = sys.stderr.isatty()
         self._checkpoint: dict[str, Any] | None = None  # the --ckpt_path file, read once
+        self._resumed_at: int | None = None  # the global step a resumed fit starts from
         self._fine_tune = False
         try:
             with warnings.catch_warnings():
@@ -238,16 +240,21 @@ class Seq2SeqCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except ValueError as error:  # our argument checks: report like any other bad flag (exit code 2)
+        except (ValueError, MisconfigurationException) as error:  # our checks, the Trainer's: like any bad flag
             self.parser.error(str(error))
         missing = getattr(self.datamodule, "missing_split", None)  # a data split the subcommand needs and lacks
         if self.subcommand is not None and missing is not None and missing(self.subcommand):
             self.parser.error(missing(self.subcommand))  # now, before a run folder exists, not from inside the run
         if self.subcommand == "fit":
             self._check_fit_memory()
+            try:  # a bad optimizer or scheduler value, named now: the fit would raise it inside its run folder
+                self.model.configure_optimizers()
+            except (ValueError, TypeError) as error:
+                self.parser.error(f"--model.optimizer / --model.lr_scheduler: {error}")
         if self._checkpoint is not None:
             if self.subcommand == "fit" and not self._fine_tune:
                 self._check_same_settings(self._checkpoint)
+                self._resumed_at = self._checkpoint.get("global_step")
             elif hasattr(self.datamodule, "text_differences"):  # the ids must mean the tokens the model learned
                 self._check_same_text(self._checkpoint)
             self._check_model_matches(self._checkpoint)
@@ -297,6 +304,16 @@ class Seq2SeqCLI(LightningCLI):
             ours = data.hparams.get(key, value)
             if not key.startswith("_") and key not in RESUMABLE_DATA_CHANGES and ours != value:
                 differ.append(f"--data.{key} {ours} (checkpoint: {value})")
+        position = checkpoint.get(type(data).__qualname__) or {}
+        processes = self.trainer.num_devices * self.trainer.num_nodes
+        mid_epoch = 0 < position.get("batches", 0) < position.get("epoch_batches", float("inf"))
+        if mid_epoch and position.get("processes", processes) != processes:
+            # mid-epoch, the batches trained are counted per process: another count of processes would skip too few
+            # or too many of the epoch's samples
+            differ.append(
+                f"--trainer.devices/--trainer.num_nodes: {processes} process(es) (checkpoint: {position['processes']}, "
+                f"{position['batches']} batches into epoch {position.get('epoch')})"
+            )
         if not differ and hasattr(data, "resume_differences"):  # the same flags, but the files they name changed
             differ += data.resume_differences(checkpoint)
         saved_model = upgrade_hparams(checkpoint["hyper_parameters"])
@@ -370,6 +387,13 @@ class Seq2SeqCLI(LightningCLI):
             return
         from lit_seq2seq.report import write_report
 
+        if trainer.global_step == self._resumed_at:
+            print(
+                f"no training report: this fit trained no step: its checkpoint (step {self._resumed_at}) had already "
+                "reached the fit's end; raise --trainer.max_epochs, --trainer.max_steps or --trainer.max_time to go on",
+                file=sys.stderr,
+            )
+            return
         if not os.path.exists(os.path.join(log_dir, "metrics.csv")):  # nothing logged: no report to ask for later
             every = trainer.log_every_n_steps
             print(

@@ -97,6 +97,17 @@ def test_prediction_writer_writes_every_batch_in_order(tmp_path, capsys):
     assert f"predictions written to {path}" in capsys.readouterr().err
 
 
+def test_prediction_writer_writes_ids_as_sample_and_decode_do(tmp_path):
+    net = SimpleNamespace(config=SimpleNamespace(eos_token=1, pad_token=0))  # a model with an end token
+    writer, trainer = PredictionWriter(), predict_trainer(tmp_path)
+    writer.on_predict_batch_end(
+        trainer, None, batch([[6, 7, 0], [2, 2, 2]], [[7, 6, 1], [2, 1, 0]], [[7, 1, 0], [2, 1, 0]]), None, 0
+    )
+    writer.on_predict_epoch_end(trainer, SimpleNamespace(net=net))
+    rows = (tmp_path / "version_3" / "predictions.tsv").read_text().splitlines()
+    assert rows == ["source\ttarget\tprediction", "6 7\t7 6\t7", "2 2 2\t2\t2"]  # no padding, no end token
+
+
 def test_prediction_writer_writes_nothing_for_no_rows_or_on_other_ranks(tmp_path):
     predict(predict_trainer(tmp_path), [])
     predict(predict_trainer(tmp_path, is_global_zero=False), [batch([[3]], [[3]], [[3]])])

@@ -96,6 +96,16 @@ def test_read_checkpoint_refuses_naming_the_flag_and_the_file(kind, message, goo
         read_checkpoint(path, flag="--weights")
 
 
+class _Foreign:  # an object of another program's, pickled into its checkpoint
+    pass
+
+
+def test_a_checkpoint_of_pickled_objects_is_not_loaded_and_says_why(tmp_path):
+    torch.save({"state_dict": _Foreign(), "hyper_parameters": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match=r"other\.ckpt: not a lit-seq2seq checkpoint: it holds Python objects beyond"):
+        read_checkpoint(tmp_path / "other.ckpt")
+
+
 def test_a_run_folder_given_as_a_checkpoint_names_its_checkpoints(tmp_path):
     (tmp_path / "version_0" / "checkpoints").mkdir(parents=True)
     torch.save(minimal(w=torch.ones(2)), tmp_path / "version_0" / "checkpoints" / "best.ckpt")

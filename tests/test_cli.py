@@ -70,6 +70,9 @@ def test_sample_then_decode_scores_exact_match(exported, runtime_model, capsys):
     hits = sum(o == line.split("\t")[1] for o, line in zip(out.splitlines(), lines))
     assert f"exact match: {hits}/40 = " in err
     assert hits >= 20  # the fit learned copy (~95% on its validation set)
+    # expected answers as a target row holds them (end token, padding: predictions.tsv of older versions): the same
+    rows = "".join(line + " 1 0 0\n" for line in lines)
+    assert cli_output(["decode", "--model_dir", model_dir], capsys, rows)[2] == err
 
     code, out, err = cli_output(["decode", "--model_dir", model_dir, "--beam_size", "3"], capsys, sample)
     assert code == 0 and out.splitlines() == strip_all(model, model.beam_search(sources, beam_size=3)[0])
@@ -101,6 +104,25 @@ def test_sample_piped_into_decode_with_the_installed_command(exported):
         again = subprocess.run([CLI, "decode", "--model_dir", model_dir], input=stdin, capture_output=True, text=True)
         assert (again.returncode, again.stdout) == (code, out), again.stderr
     assert "line 1: 'x\\ry' is not a list of space-separated integer token ids" in again.stderr
+
+
+@pytest.mark.parametrize(
+    "flags,message", [(["-n", "0"], "--num must be >= 1, got 0"), (["--seed", "-1"], "--seed must be >= 0, got -1")]
+)
+def test_bad_sample_flags_are_named(flags, message, exported, capsys):
+    code, err = cli_exit(["sample", "--model_dir", exported("gru").model_dir, *flags], capsys)
+    assert code == 2 and f"lit-seq2seq sample: error: {message}" in err
+
+
+def test_ctrl_c_in_an_own_command_is_one_line_and_exit_130(exported, monkeypatch, capsys):
+    from lit_seq2seq.runtime import OnnxSeq2Seq
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(OnnxSeq2Seq, "load", interrupted)
+    code, err = cli_exit(["decode", "--model_dir", exported("gru").model_dir, "2 3"], capsys)
+    assert (code, err) == (130, "lit-seq2seq decode: interrupted\n")
 
 
 def test_an_unknown_command_lists_every_command(capsys):
@@ -212,6 +234,11 @@ def test_a_fit_too_short_to_log_says_why_it_has_no_report(tmp_path, capsys):
     code, _, err = cli_output([*fit, "--model.net.hidden_size", "8", *root_args(tmp_path)], capsys)
     assert code == 0 and "no training report: nothing was logged (2 training steps, no validation; " in err
     assert "--trainer.log_every_n_steps 50 steps" in err
+    # resumed when its end is reached already: nothing trained, and it says so (not the logging interval)
+    code, _, err = cli_output(
+        [*fit, "--model.net.hidden_size", "8", "--ckpt_path", "last", *root_args(tmp_path)], capsys
+    )
+    assert code == 0 and "this fit trained no step: its checkpoint (step 2) had already reached the fit's end" in err
 
 
 # ------------------------------------------------ issue 12: untrained lengths, streaming decode and sample

@@ -328,9 +328,22 @@ def test_a_fit_stopped_mid_epoch_resumes_into_the_next_epoch_whole(in_tmp):
     once = [*MATRIX, "--trainer.max_steps", "-1", "--trainer.val_check_interval", "1.0"]
     fit_in(in_tmp, *once, kill_at(5, "stop"))
     assert KillAt.writes[-1] == (5, "end")
-    assert load(newest_last(in_tmp))["Seq2SeqDataModule"] == {"epoch": 0, "batches": 5}
+    position = {"epoch": 0, "batches": 5, "epoch_batches": 19, "processes": 1}
+    assert load(newest_last(in_tmp))["Seq2SeqDataModule"] == position
     fit_in(in_tmp, *once, "--ckpt_path", "last")
     assert load(newest_last(in_tmp))["global_step"] == 5 + 2 * 19  # epochs 1 and 2, whole
+
+
+def test_a_resume_mid_epoch_in_another_number_of_processes_is_refused(in_tmp, capsys):
+    """The position in an epoch counts batches per process: 2 processes would skip 2x the samples 1 process trained."""
+    fit_in(in_tmp, *MATRIX, "--trainer.max_steps", "-1", kill_at(5, "stop"))
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    code, err = cli_exit(["fit", *MATRIX, *ddp, "--ckpt_path", "last", *root_args(in_tmp)], capsys)
+    assert (
+        code == 2
+        and "--trainer.devices/--trainer.num_nodes: 2 process(es) (checkpoint: 1, 5 batches into epoch 0)" in err
+    )
+    assert "or --fine_tune true to start a new fit from its weights" in err
 
 
 def test_a_resume_killed_before_its_first_write_resumes_from_where_it_started(matrix_reference, in_tmp):

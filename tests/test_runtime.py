@@ -549,3 +549,17 @@ def test_non_finite_logits_stop_the_two_graph_loop_instead_of_decoding_garbage(e
         runtime.beam_search(np.full((2, 4), 2), beam_size=2)
     code, err = cli_exit(["decode", "--model_dir", model_dir, "2 3 4 5"], capsys)
     assert code == 2 and "non-finite logits" in err and "Traceback" not in err
+
+
+def test_strip_takes_one_row_and_says_so_for_a_batch(runtime_model):
+    model = runtime_model("gru")  # an end token: 1
+    assert model.strip([2, 3, 1, 0]) == [2, 3] and model.strip(np.array([4, 0, 0])) == [4]
+    with pytest.raises(ValueError, match=r"strip takes one row of ids; for a batch: \[model.strip\(row\) for row"):
+        model.strip(np.array([[2, 1], [3, 1]]))
+
+
+def test_a_token_beyond_int64_is_named_as_such(runtime_model):
+    model = runtime_model("gru")
+    for source in ([2**70, 3], [[2, 3], [2**64, 2]]):
+        with pytest.raises(ValueError, match=r"^source: token \d+ is out of range \(beyond int64\)$"):
+            model.greedy(source)

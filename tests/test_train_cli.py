@@ -97,6 +97,12 @@ BAD_FLAGS = [
     (["--model.net.embedding_dim", "0"], "--model.net.embedding_dim must be >= 1"),
     (["--model.teacher_forcing_ratio", "1.5"], "--model.teacher_forcing_ratio must be in [0, 1]"),
     (["--model.teacher_forcing_ratio", "-0.1"], "--model.teacher_forcing_ratio must be in [0, 1]"),
+    # the optimizer's own checks and the Trainer's: named before any run folder exists, not a traceback from inside
+    (["--model.optimizer.weight_decay", "-1"], "--model.optimizer / --model.lr_scheduler: Invalid weight_decay value"),
+    (["--model.optimizer.lr", "-1"], "--model.optimizer / --model.lr_scheduler: Invalid learning rate: -1"),
+    (["--trainer.devices", "0"], "`Trainer(devices='0')` value is not a valid input using cpu accelerator"),
+    (["--trainer.max_epochs", "-5"], "`max_epochs` must be a non-negative integer or -1"),
+    (["--trainer.max_time", "garbage"], "`Timer(duration='garbage')` is not a valid duration"),
     # reverse.yaml's Adam is fused: Lightning would refuse the clipping at the first step.
     (
         ["--trainer.precision", "bf16-mixed", "--trainer.gradient_clip_val", "1.0"],
