@@ -319,7 +319,7 @@ TEXT_MODELS = {
         "source_lowercase": "1",
         "lines": ["aéc", "E\u0301", "DaF", "ffe"],
         "ids": [[2, 3, 4], [3], [5, 2, 7], [7, 7, 6]],
-        "unknown": ("ab", 'line 1: source: unknown token "b" (not in the model\'s vocabulary)'),
+        "unknown": ("ab", 'line 1: source: unknown token "b" at position 2 (not in the model\'s vocabulary)'),
         "control": ("éa\x01c", "line 1: source: control character U+0001 at character 3; texts must be printable"),
     },
     # space tokens split as Python's str.split() does (an ideographic space too); target characters joined by ""
@@ -331,7 +331,7 @@ TEXT_MODELS = {
         "source_lowercase": "0",
         "lines": ["one two", "  six\u3000five  ", "three"],
         "ids": [[2, 3], [7, 6], [4]],
-        "unknown": ("one One", 'line 1: source: unknown token "One" (not in the model\'s vocabulary)'),
+        "unknown": ("one One", 'line 1: source: unknown token "One" at position 2 (not in the model\'s vocabulary)'),
         "control": ("one\x0btwo", "line 1: source: control character U+000B at character 4; texts must be printable"),
     },
 }

@@ -555,12 +555,12 @@ export class Seq2Seq {
     const rows = lines.map((line, i) => {
       checkPrintable(line, `source${single ? "" : ` row ${i}`}`);
       const tokens = splitText(this._norm(line, this.meta.source_lowercase === "1"), this.meta.source_tokenizer);
-      return tokens.map((tok) => {
+      return tokens.map((tok, j) => {
         const id = this.sourceIds.get(tok);
         if (id !== undefined && id >= this.minToken) return id; // reserved ids (<pad>, </s>) are not typed in
         if (this.unkToken !== null) return this.unkToken;
         throw new InputError(
-          `source${single ? "" : ` row ${i}`}: unknown token ${JSON.stringify(tok)} (not in the model's vocabulary)`,
+          `source${single ? "" : ` row ${i}`}: unknown token ${JSON.stringify(tok)} at position ${j + 1} (not in the model's vocabulary)`,
         );
       });
     });
