@@ -394,3 +394,27 @@ def test_node_decode_translates_real_text_exports_as_the_python_runtime(name, te
         result = node_decode(model_dir, "".join(f"{w}\n" for w in words), *path)
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == expected
+
+
+def test_node_module_takes_node_buffers_and_leaves_them_untouched(exported):
+    """fs.readFileSync's Buffer is a Uint8Array whose slice() is a view: the hash check must copy, not zero the
+    caller's bytes (it did, and then refused the file as altered)."""
+    code = """
+const dir = process.argv[1];
+const bytes = { encoder: readFileSync(`${dir}/encoder.onnx`), decoder: readFileSync(`${dir}/decoder_step.onnx`) };
+const before = Buffer.from(bytes.encoder);
+const m = await lit.loadModel(ort, bytes);
+console.log(JSON.stringify([before.equals(bytes.encoder), Array.from(await m.greedy(ort, [[2, 3]]))[0].length > 0]));
+"""
+    assert json.loads(node_script(code, str(exported("gru").model_dir)).stdout) == [True, True]
+
+
+def test_node_decode_refuses_files_in_each_others_places(exported, tmp_path):
+    """Each file's metadata agrees with itself; the roles the contract gives the I/O names catch the swap."""
+    model_dir = tmp_path / "swapped"
+    shutil.copytree(exported("gru").model_dir, model_dir)
+    encoder, decoder = model_dir / contract.ENCODER_FILE, model_dir / contract.DECODER_FILE
+    encoder_bytes = encoder.read_bytes()
+    encoder.write_bytes(decoder.read_bytes())
+    decoder.write_bytes(encoder_bytes)
+    assert_refused(node_decode(model_dir, "2 3\n"), "do not match the contract (encoder: source -> state; decoder step")

@@ -179,7 +179,8 @@ export async function checkContentHash(bytes, name = "model") {
     );
   }
   // The placeholder goes back exactly where the value stands, not wherever those 64 bytes occur first.
-  const copy = bytes.slice();
+  // A copy whatever the subclass: Node's Buffer, a Uint8Array, slices to a view of the caller's bytes.
+  const copy = Uint8Array.prototype.slice.call(bytes);
   copy.fill(0x30, start, start + 64);
   if ((await sha256Hex(copy)) !== stored) {
     throw new ModelFileError(`${name}: content hash mismatch, the file was altered or damaged; export it again`);
@@ -324,6 +325,22 @@ export class Seq2Seq {
           `${label[part]}: I/O names ${s.inputNames}/${s.outputNames} do not match its metadata ${want.inputs}/${want.outputs}`,
         );
       }
+    }
+    // ... and against the contract's roles: a file's own metadata agrees with it even in a folder whose files were
+    // swapped or renamed.
+    const enc = this.encoderIO;
+    const dec = this.decoderIO;
+    const stepRule =
+      same(enc.inputs, ["source"]) &&
+      dec.inputs[0] === "token" &&
+      dec.outputs[0] === "logits" &&
+      same(dec.inputs.slice(1), enc.outputs) &&
+      dec.outputs.slice(1).every((o) => o.endsWith("_out") && enc.outputs.includes(o.slice(0, -4)));
+    if (!stepRule) {
+      throw new ModelFileError(
+        `${label.encoder}, ${label.decoder}: I/O names ${enc.inputs}/${enc.outputs} and ${dec.inputs}/${dec.outputs} ` +
+          "do not match the contract (encoder: source -> state; decoder step: token + state -> logits + X_out)",
+      );
     }
     if (
       sessions.greedy &&

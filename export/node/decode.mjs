@@ -59,7 +59,7 @@ async function readModelFile(dir, name, required) {
 // stdin as lines, each decoded strictly as UTF-8 (a byte that is not UTF-8 is bad input, not a silent U+FFFD). Split
 // on the byte 0x0A first: it never occurs inside a UTF-8 sequence, so chunk boundaries cannot cut a character.
 async function* stdinLines() {
-  const utf8 = new TextDecoder("utf-8", { fatal: true });
+  const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }); // a BOM is dropped at the start only
   let number = 0;
   const decode = (bytes) => {
     let text;
@@ -69,6 +69,7 @@ async function* stdinLines() {
       throw new InputError(`stdin after line ${number}: not UTF-8 text`);
     }
     number++;
+    if (number === 1 && text.startsWith("\ufeff")) text = text.slice(1);
     return text.endsWith("\r") ? text.slice(0, -1) : text;
   };
   let pending = []; // pieces of a line that spans chunks

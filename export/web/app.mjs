@@ -44,7 +44,6 @@ function showError(message) {
 async function fetchFolder(url) {
   const base = new URL(url.endsWith("/") ? url : `${url}/`, location.href);
   const files = {};
-  const names = {};
   for (const name of GRAPHS) {
     const where = new URL(name, base);
     let response;
@@ -56,9 +55,8 @@ async function fetchFolder(url) {
     if (response.status === 404 && OPTIONAL.has(name)) continue;
     if (!response.ok) throw new Error(`${name}: missing from ${base} (HTTP ${response.status} for ${where})`);
     files[PARTS[name]] = new Uint8Array(await response.arrayBuffer());
-    names[PARTS[name]] = where.href;
   }
-  return { files, names, where: base.href };
+  return { files, where: base.href, folder: base.href.replace(/\/+$/, "") };
 }
 
 /** The graphs among picked or dropped File objects, by base name (a folder's other files are ignored). */
@@ -95,13 +93,13 @@ async function droppedFiles(dataTransfer) {
 
 // ----------------------------------------------------------------------------------------- model and decoding
 
-async function open(files, where, names = {}) {
+async function open(files, where, folder = "") {
   model = null;
   $("decode").disabled = true;
   showError("");
   $("model").textContent = `loading ${where} ...`;
   try {
-    model = await lit.loadModel(ort, files, { names });
+    model = await lit.loadModel(ort, files, { folder }); // its messages name the file by the folder's URL
   } catch (err) {
     $("model").textContent = "no model loaded";
     throw err;
@@ -222,8 +220,8 @@ async function guarded(work) {
 /** Open a model from `getFiles`; with auto=1 then decode the text box and report the outcome (or the error). */
 async function openThenMaybeDecode(getFiles) {
   const loaded = await guarded(async () => {
-    const { files, names, where } = await getFiles();
-    await open(files, where, names);
+    const { files, where, folder } = await getFiles();
+    await open(files, where, folder);
   });
   if (params.get("auto") !== "1") return;
   const outcome = loaded?.error
