@@ -13,7 +13,6 @@ import hashlib
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,8 +73,10 @@ def write_splits(split: Split, output_dir: Path) -> None:
     temporary: dict[str, str] = {}
     try:
         for name in SPLITS:
-            fd, temporary[name] = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=output_dir)
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            temporary[name] = str(
+                output_dir / f".{name}.tsv.{os.getpid()}.tmp"
+            )  # a plain file's mode, not mkstemp's 0600
+            with open(temporary[name], "w", encoding="utf-8", newline="\n") as f:
                 f.write("".join(line + "\n" for line in split.lines[name]))
         for name in SPLITS:
             os.replace(temporary.pop(name), output_dir / f"{name}.tsv")

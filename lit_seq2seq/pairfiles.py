@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import unicodedata
 import zipfile
 from collections.abc import Callable
@@ -439,12 +438,9 @@ def _write_cache(path: Path, key: str, sha: str, lines: np.ndarray, source: Side
     tmp = None
     try:
         folder.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as out:
+        tmp = folder / f".{key}.{os.getpid()}.tmp"  # one per process (DDP ranks may write at once), a plain file's mode
+        with open(tmp, "wb") as out:
             np.savez(out, **arrays)
-        umask = os.umask(0o22)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as a plain file's: mkstemp's 0600 would keep the cache from other users
         os.replace(tmp, folder / f"{key}.npz")
         tmp = None
         for old in folder.glob("*.npz"):  # the same file's earlier contents: never read again

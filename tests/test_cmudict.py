@@ -92,6 +92,9 @@ def test_real_dictionary_counts_and_well_formed_lines(written: tuple[Path, str])
         text = (folder / f"{s}.tsv").read_text(encoding="utf-8")
         assert text.endswith("\n") and all(LINE.fullmatch(line) for line in text.splitlines()), s
     assert not list(folder.glob(".*.tmp"))  # no temporary file left
+    mask = os.umask(0o22)
+    os.umask(mask)
+    assert all((folder / f"{s}.tsv").stat().st_mode & 0o777 == 0o666 & ~mask for s in SPLITS)  # not mkstemp's 0600
 
 
 def test_no_word_in_two_splits(written: tuple[Path, str]) -> None:
@@ -161,16 +164,16 @@ def test_a_failed_write_keeps_the_old_files(
 ) -> None:
     for s in SPLITS:
         (tmp_path / f"{s}.tsv").write_text(f"old {s}\n")
-    real_fdopen, opened = os.fdopen, []
+    opened = []
 
-    def fdopen_then_full(fd: int, *args, **kwargs):  # the third file's write hits a full disk
-        opened.append(fd)
-        f = real_fdopen(fd, *args, **kwargs)
+    def open_then_full(path, *args, **kwargs):  # the third file's write hits a full disk
+        opened.append(path)
+        f = open(path, *args, **kwargs)
         if len(opened) == 3:
             f.write = lambda text: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
         return f
 
-    monkeypatch.setattr(g2p.os, "fdopen", fdopen_then_full)
+    monkeypatch.setattr(g2p, "open", open_then_full, raising=False)  # the module's open, before the builtin
     with pytest.raises(SystemExit) as exit_:
         main(["--output_dir", str(tmp_path)])
     err = capsys.readouterr().err

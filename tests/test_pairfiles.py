@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import random
 import subprocess
 import sys
@@ -147,6 +148,7 @@ def test_cache_hit_then_miss_on_a_changed_file_or_setting(tmp_path, monkeypatch)
     first = read_pairs(path, CHAR, SPACE)
     cached = sorted(cache_dir(path).glob("*.npz"))
     assert len(cached) == 1
+    assert cached[0].stat().st_mode & 0o777 == 0o666 & ~_umask()  # a plain file's: other users may read it too
 
     calls = []
     tsv_sides = pairfiles._tsv_sides
@@ -175,10 +177,12 @@ def test_a_damaged_cache_is_rebuilt(tmp_path):
 
 
 def test_an_unwritable_cache_folder_skips_caching_and_says_so_once(tmp_path, monkeypatch, capsys):
-    def refuse(*args, **kwargs):
-        raise PermissionError(errno.EACCES, "Permission denied")
+    def refuse(path, *args, **kwargs):  # writes into the cache folder are refused, reads of the pair file are not
+        if cache_dir(Path(tmp_path / "a.tsv")).name in str(path):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return open(path, *args, **kwargs)
 
-    monkeypatch.setattr(pairfiles.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(pairfiles, "open", refuse, raising=False)  # the module's open, before the builtin
     monkeypatch.setattr(pairfiles, "_warned_uncached", set())
     path = write(tmp_path / "a.tsv", "ab\tA B\n")
     for _ in range(2):
@@ -224,3 +228,9 @@ def test_words_are_indexed_alike_in_chunks_of_any_size():
         ids, table, counts = pairfiles._word_ids(cps, newlines, rows_per_chunk=rows)
         assert ids.tolist() == whole[0].tolist() and table.tolist() == whole[1].tolist() == ["a", "b", "c", "d"]
         assert counts.tolist() == whole[2].tolist()
+
+
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
