@@ -13,7 +13,6 @@ and AH2 count as AH): the 39-phoneme scoring of the published CMUdict results.
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 import time
 
@@ -32,11 +31,21 @@ except ModuleNotFoundError:  # run as a script: its own folder, benchmarks/, is 
 
 
 def read_references(path: str) -> tuple[list[str], list[list[str]]]:
-    """Sources in file order and the references of each (adjacent lines of one source)."""
+    """Sources in order of first appearance and the references of each from all its lines, as `lit-seq2seq test`
+    and `decode` score a file. ValueError naming the file and line for a line that is not SOURCE<TAB>REFERENCE."""
+    groups: dict[str, list[str]] = {}
     with open(path, encoding="utf-8") as f:
-        pairs = [line.rstrip("\n").split("\t", 1) for line in f if line.strip()]
-    grouped = [(s, [r for _, r in group]) for s, group in itertools.groupby(pairs, key=lambda p: p[0])]
-    return [s for s, _ in grouped], [refs for _, refs in grouped]
+        for number, line in enumerate(f, 1):
+            line = line.rstrip("\n").removesuffix("\r").removeprefix("\ufeff" if number == 1 else "")
+            if not line.strip():
+                continue
+            source, tab, reference = line.partition("\t")
+            if not tab or not reference.strip():
+                raise ValueError(f"--file {path}:{number}: not SOURCE<TAB>REFERENCE")
+            groups.setdefault(source, []).append(reference)
+    if not groups:
+        raise ValueError(f"--file {path}: no SOURCE<TAB>REFERENCE lines")
+    return list(groups), list(groups.values())
 
 
 def stress_merged(tokens: tuple[str, ...]) -> np.ndarray:
@@ -56,24 +65,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--ignore_stress", action="store_true", help="also score with stress digits stripped")
     o = parser.parse_args(argv)
-    with harness.threads_pinned(1):
-        return _evaluate(o)
+    for flag, value in (("--beam_size", o.beam_size), ("--batch_size", o.batch_size)):
+        if value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
+    try:
+        with harness.threads_pinned(1):
+            return _evaluate(o)
+    except (ValueError, OSError) as error:  # a bad file, folder or checkpoint: one line, as the CLI says it
+        print(f"g2p_eval: error: {error}", file=sys.stderr)
+        return 2
 
 
 def _evaluate(o: argparse.Namespace) -> int:
-    net, _ = load_checkpoint(o.ckpt_path)
+    net, task = load_checkpoint(o.ckpt_path)
     net.eval()
     model = OnnxSeq2Seq.load(o.model_dir)
     if model.text is None:
-        print(f"error: --model_dir {o.model_dir}: an id model; this script scores text models", file=sys.stderr)
-        return 2
+        raise ValueError(f"--model_dir {o.model_dir}: an id model; this script scores text models")
+    sizes = ("hidden_size", "num_layers", "cell")
+    ours = [getattr(task, "text", None), *(str(getattr(net.config, k)) for k in sizes)]
+    theirs = [model.text, *(model.meta.get(k) for k in sizes)]
+    if ours != theirs:  # scoring two different models side by side would report their disagreement as ONNX's
+        raise ValueError(f"--ckpt_path {o.ckpt_path} and --model_dir {o.model_dir} hold different models (export it)")
     sources, references = read_references(o.file)
     refs = model.reference_ids(references)
     width = model.max_target_length
     results: dict[str, list[np.ndarray]] = {"PyTorch greedy": [], "ONNX greedy": [], f"ONNX beam {o.beam_size}": []}
     seconds = dict.fromkeys(results, 0.0)
     for start in range(0, len(sources), o.batch_size):
-        ids = model.encode_texts(sources[start : start + o.batch_size], allow_untrained_lengths=True)
+        try:  # unknown tokens and lengths the model was not trained on: refused, naming the source
+            ids = model.encode_texts(sources[start : start + o.batch_size])
+        except ValueError as error:
+            raise ValueError(f"--file {o.file}: source {error}") from None
         for name, run in (
             ("PyTorch greedy", lambda x: net.greedy(torch.from_numpy(x)).numpy()),
             ("ONNX greedy", lambda x: model.greedy(x, allow_untrained_lengths=True)),

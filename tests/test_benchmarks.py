@@ -197,3 +197,24 @@ def test_the_fit_memory_estimate_is_near_a_measured_training_step(capsys):
     """NetConfig.activation_bytes, which `fit` refuses settings by, against the peak RSS of a real step (~0.45 GiB)."""
     (ratio,) = fit_memory.main(["--quick"])
     assert 0.7 < ratio < 1.4, capsys.readouterr().out  # 0.90 here
+
+
+def test_g2p_eval_refuses_bad_input_in_one_line(tmp_path, text_exported, capsys):
+    built, other = text_exported("trained"), text_exported("unk_char")
+    good = tmp_path / "good.tsv"
+    good.write_text("ab\tAH BE\n", encoding="utf-8")
+    cases = {
+        "no tab": ("ab AH BE\n", built, "good.tsv:1: not SOURCE<TAB>REFERENCE"),
+        "empty": ("\n", built, "good.tsv: no SOURCE<TAB>REFERENCE lines"),
+        "unknown letter": ("aq\tAH\n", built, "source text 0: unknown token 'q' at position 2"),
+        "too long": ("aaaaaa\tAH\n", built, "source text 0: 6 characters; this model was trained on sources of 1 to 5"),
+        "other model": ("ab\tAH BE\n", other, "hold different models (export it)"),
+    }
+    for name, (content, export, message) in cases.items():
+        good.write_text(content, encoding="utf-8")
+        args = ["--ckpt_path", str(built.ckpt), "--model_dir", str(export.model_dir), "--file", str(good)]
+        assert g2p_eval.main(args) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("g2p_eval: error: ") and message in err and err.count("\n") == 1, (name, err)
+    args = ["--ckpt_path", str(built.ckpt), "--model_dir", str(built.model_dir), "--file", str(tmp_path / "none.tsv")]
+    assert g2p_eval.main(args) == 2 and "No such file" in capsys.readouterr().err
