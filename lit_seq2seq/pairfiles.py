@@ -266,7 +266,8 @@ def _jsonl_sides(text: str, where: str) -> tuple[np.ndarray, np.ndarray, np.ndar
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{where}:{number}: bad JSON ({error.msg} at column {error.colno})") from None
+            hint = "; JSON Lines: one object per line, not a JSON array" if line.lstrip().startswith("[") else ""
+            raise ValueError(f"{where}:{number}: bad JSON ({error.msg} at column {error.colno}){hint}") from None
         if not isinstance(row, dict):
             raise ValueError(f'{where}:{number}: expected a JSON object {{"source": ..., "target": ...}}')
         for key in SIDES:

@@ -92,6 +92,11 @@ def bad_file_cases() -> list[tuple[str, bytes, str]]:
         ("utf8.tsv", b"a\tb\nc\td\nd\xe9\tx\n", ":3: invalid UTF-8 (byte 0xe9)"),
         ("json.jsonl", b'{"source": "a", "target": "b"}\n{"source": "a",\n', ":2: bad JSON"),
         ("key.jsonl", b'{"source": "a"}\n', ':1: missing key "target"'),
+        (
+            "array.json",
+            b'[\n  {"source": "a", "target": "b"}\n]\n',
+            ":1: bad JSON (Expecting value at column 2); JSON Lines: one",
+        ),
         ("type.jsonl", b'{"source": 3, "target": "b"}\n', ':1: "source" must be a string, got int'),
         ("list.jsonl", b'["a", "b"]\n', ":1: expected a JSON object"),
         ("emptyvalue.jsonl", b'{"source": "", "target": "b"}\n', ":1: empty source"),
