@@ -176,3 +176,29 @@ def test_page_translates_a_real_text_export_as_the_python_runtime(browser, text_
     report = browser.run(model_dir, words)
     assert report["error"] is None
     assert [r["text"] for r in report["results"]] == OnnxSeq2Seq.load(model_dir).translate(words)
+
+
+def test_serve_refuses_bad_flags_in_one_line(exported, tmp_path, capsys):
+    """No browser needed: each mistake is one line and exit code 2, before anything is served."""
+    import socket
+
+    model_dir = str(exported("gru").model_dir)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    cases = [
+        (["--model_dir", str(tmp_path / "nope")], "no such folder"),
+        (["--model_dir", str(tmp_path)], "no encoder.onnx there"),
+        (["--model_dir", model_dir, "--port", "99999"], "--port must be in [0, 65535], got 99999"),
+        (["--model_dir", model_dir, "--steps"], "--steps goes with --check"),
+        (["--model_dir", model_dir, "--screenshot", str(tmp_path / "no" / "x.png")], "no folder"),
+        (["--model_dir", model_dir, "--port", str(taken.getsockname()[1])], "Address already in use"),
+    ]
+    try:
+        for args, message in cases:
+            with pytest.raises(SystemExit) as exit_:
+                serve.main(args)
+            err = capsys.readouterr().err
+            assert exit_.value.code == 2 and message in err and "Traceback" not in err, (args, err)
+    finally:
+        taken.close()

@@ -2,7 +2,7 @@
 
 Usage (from the repository root, after `npm ci --ignore-scripts` in export/web):
   python export/web/serve.py --model_dir runs/reverse/onnx                     # prints a URL to open in a browser
-  python export/web/serve.py --model_dir DIR --check "13 28 18 7 9 5" "3 4"    # headless: the page's results as JSON
+  python export/web/serve.py --model_dir DIR --check "13 28 18 7 9 5" "3 4"  # headless: JSON results (1: an error)
   python export/web/serve.py --model_dir DIR --screenshot export/web/screenshot.png "13 28 18 7 9 5" ...
 Only the standard library: the page itself does the decoding (onnxruntime-web); this file only serves it on
 127.0.0.1 and, headless, waits for the page to POST its outcome to /report.
@@ -304,22 +304,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--screenshot", type=Path, help="headless: write a PNG of the page decoding LINES")
     parser.add_argument("lines", nargs="*", help="sources for --check / --screenshot, one per argument")
     args = parser.parse_args(argv)
+    if not args.model_dir.is_dir():
+        parser.error(f"--model_dir {args.model_dir}: no such folder")
     if not (args.model_dir / "encoder.onnx").is_file():
-        parser.exit(2, f"--model_dir {args.model_dir}: no encoder.onnx there (give an export folder)\n")
+        parser.error(f"--model_dir {args.model_dir}: no encoder.onnx there (give an export folder)")
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be in [0, 65535], got {args.port}")
+    if args.steps and not args.check:
+        parser.error("--steps goes with --check")
+    if args.screenshot and not args.screenshot.resolve().parent.is_dir():
+        parser.error(f"--screenshot {args.screenshot}: no folder {args.screenshot.parent} to write it in")
     try:
-        if args.check:
-            print(json.dumps(run_page(args.model_dir, args.lines, steps=args.steps), indent=1))
-            return 0
+        if args.check:  # exit code 1 when the page reports an error: a script can tell
+            report = run_page(args.model_dir, args.lines, steps=args.steps)
+            print(json.dumps(report, indent=1))
+            return 1 if report.get("error") else 0
         if args.screenshot:
             report = run_page(args.model_dir, args.lines, screenshot=args.screenshot)
             print(f"wrote {args.screenshot}" + (f" (the page: {report['error']})" if report.get("error") else ""))
             return 0
     except RuntimeError as err:
         parser.exit(2, f"{err}\n")
-    with serving(args.model_dir, args.port) as (base, _):
-        print(f"open {base}/ (the page with --model_dir loaded); Ctrl-C stops", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()
+    try:
+        with serving(args.model_dir, args.port) as (base, _):
+            print(f"open {base}/ (the page with --model_dir loaded); Ctrl-C stops", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                threading.Event().wait()
+    except OSError as err:  # the port is taken, or not ours to bind
+        parser.exit(2, f"{parser.prog}: error: --port {args.port}: {err.strerror}\n")
     return 0
 
 
