@@ -418,3 +418,24 @@ def test_node_decode_refuses_files_in_each_others_places(exported, tmp_path):
     encoder.write_bytes(decoder.read_bytes())
     decoder.write_bytes(encoder_bytes)
     assert_refused(node_decode(model_dir, "2 3\n"), "do not match the contract (encoder: source -> state; decoder step")
+
+
+def test_node_module_names_bad_texts_as_the_python_runtime_does(text_exported):
+    code = """
+const m = await load(process.argv[1]);
+const out = [];
+const texts = ["", "  ", 42, ["ab", 3], "\\u200bab", ["ab", "a"]];
+for (const x of texts) out.push(await message(() => m.greedyText(ort, x)));
+out.push(await message(() => m.decodeText([999])));
+console.log(JSON.stringify(out));
+"""
+    out = json.loads(node_script(code, str(text_exported("trained").model_dir)).stdout)
+    assert out[:5] == [
+        "InputError: source: empty text",
+        'InputError: source: unknown token " " at position 1 (not in the model\'s vocabulary)',  # a char model
+        "TypeError: text must be a string or an array of strings, got number",
+        "TypeError: source row 1: texts must be strings, got number",
+        'InputError: source: unknown token "\\u{200B}" at position 1 (not in the model\'s vocabulary)',
+    ]
+    assert out[5] == "no error"
+    assert out[6].startswith("InputError: decodeText: id 999 is not in the target vocabulary (0 to ")

@@ -207,6 +207,14 @@ function checkPrintable(text, where) {
   throw new InputError(`${where}: ${kind} U+${hex} at character ${at}; texts must be printable`);
 }
 
+// A token as messages show it: quoted, with invisible characters (format, separators other than the space) escaped,
+// so that "\u{200B}a" does not read as "a".
+function shown(token) {
+  return JSON.stringify(token).replace(/[\p{Cf}\p{Z}]/gu, (c) =>
+    c === " " ? c : `\\u{${c.codePointAt(0).toString(16).toUpperCase()}}`,
+  );
+}
+
 function splitText(text, tokenizer) {
   if (tokenizer === "char") return Array.from(text); // code points, not UTF-16 units
   const parts = text.split(PY_SPACE);
@@ -440,7 +448,7 @@ export class Seq2Seq {
       if (r >= 0) {
         const trainedOn = low === high ? `exactly ${low}` : `${low} to ${high}`;
         throw new InputError(
-          `${where(r)}: ${lengths[r]} tokens; this model was trained on sources of ${trainedOn} tokens ` +
+          `${where(r)}: ${lengths[r]} token${lengths[r] === 1 ? "" : "s"}; this model was trained on sources of ${trainedOn} tokens ` +
             "(pass allowUntrainedLengths: true / --allow-untrained-lengths to decode anyway)",
         );
       }
@@ -568,16 +576,23 @@ export class Seq2Seq {
   encodeText(text) {
     if (!this.isText) throw new InputError("this model reads token ids, not text (no source_tokens in its metadata)");
     const single = typeof text === "string";
+    if (!single && !Array.isArray(text)) {
+      throw new TypeError(`text must be a string or an array of strings, got ${typeof text}`);
+    }
     const lines = single ? [text] : text;
     const rows = lines.map((line, i) => {
-      checkPrintable(line, `source${single ? "" : ` row ${i}`}`);
+      const where = `source${single ? "" : ` row ${i}`}`;
+      if (typeof line !== "string") throw new TypeError(`${where}: texts must be strings, got ${typeof line}`);
+      if (line === "") throw new InputError(`${where}: empty text`);
+      checkPrintable(line, where);
       const tokens = splitText(this._norm(line, this.meta.source_lowercase === "1"), this.meta.source_tokenizer);
+      if (tokens.length === 0) throw new InputError(`${where}: no tokens (only whitespace)`);
       return tokens.map((tok, j) => {
         const id = this.sourceIds.get(tok);
         if (id !== undefined && id >= this.minToken) return id; // reserved ids (<pad>, </s>) are not typed in
         if (this.unkToken !== null) return this.unkToken;
         throw new InputError(
-          `source${single ? "" : ` row ${i}`}: unknown token ${JSON.stringify(tok)} at position ${j + 1} (not in the model's vocabulary)`,
+          `${where}: unknown token ${shown(tok)} at position ${j + 1} (not in the model's vocabulary)`,
         );
       });
     });
@@ -592,7 +607,10 @@ export class Seq2Seq {
     const out = [];
     for (const id of this.strip(ids)) {
       if (id === this.padToken) break;
-      out.push(this.targetTokens[id] ?? "");
+      if (!(id >= 0 && id < this.targetTokens.length)) {
+        throw new InputError(`decodeText: id ${id} is not in the target vocabulary (0 to ${this.targetTokens.length - 1})`);
+      }
+      out.push(this.targetTokens[id]);
     }
     return out.join(this.meta.target_tokenizer === "char" ? "" : " ");
   }
