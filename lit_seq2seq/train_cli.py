@@ -243,8 +243,9 @@ class Seq2SeqCLI(LightningCLI):
         except (ValueError, MisconfigurationException) as error:  # our checks, the Trainer's: like any bad flag
             self.parser.error(str(error))
         missing = getattr(self.datamodule, "missing_split", None)  # a data split the subcommand needs and lacks
-        if self.subcommand is not None and missing is not None and missing(self.subcommand):
-            self.parser.error(missing(self.subcommand))  # now, before a run folder exists, not from inside the run
+        why = missing(self.subcommand) if self.subcommand is not None and missing is not None else ""
+        if why:
+            self.parser.error(why)  # now, before a run folder exists, not from inside the run
         if self.subcommand == "fit":
             self._check_fit_memory()
             try:  # a bad optimizer or scheduler value, named now: the fit would raise it inside its run folder
