@@ -46,6 +46,8 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
     def dump(self, *args: Any, **kwargs: Any) -> str:
         return _flatten_default_data(super().dump(*args, **kwargs))
 
+    settled = ""  # once the command line has parsed: "lit-seq2seq SUBCOMMAND", and errors are about settings or data
+
     def error(self, message: str, *args: Any, **kwargs: Any) -> NoReturn:
         # jsonargparse words an unknown --data.* key as "Parser key "data": Does not validate against any of the Union
         # subtypes ..." with the key only in a nested line; name the flag first, as for any other unknown flag.
@@ -58,6 +60,9 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
         ours = re.search(r"Errors:\n\s*- (.+?)\n\s*- Expected a <class 'NoneType'>", message)
         if "Does not validate against any of the Union subtypes" in message and ours:
             message = ours.group(1)
+        if self.settled and self.exit_on_error:  # a bad setting or file, not a usage mistake: one line, as decode's
+            print(f"{self.settled}: error: {message}", file=sys.stderr, flush=True)
+            sys.exit(2)
         super().error(message, *args, **kwargs)
 
 
@@ -177,6 +182,7 @@ class Seq2SeqCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
+        self.parser.settled = f"lit-seq2seq {subcommand}"  # parsed: what fails from here on is named in one line
         config = self.config[subcommand]
         ckpt_path = config.get("ckpt_path")
         self._fine_tune = bool(config.get("fine_tune"))

@@ -306,8 +306,9 @@ def test_an_unwritable_root_dir_is_refused_before_anything_starts(command, unwri
     root = folder / "runs" / "reverse"  # not there yet: the nearest folder that is decides
     code, _, err = cli_output([command, *TINY_TASK, *TINY, *root_args(root)], capsys)
     assert code == 2 and "Traceback" not in err, err
-    assert err.strip().splitlines()[-1] == (
-        f"error: --trainer.default_root_dir {root}: cannot write into {folder} ({why}); pass a writable folder"
+    assert err.strip().splitlines()[-1] == (  # one line, as every setting refused after parsing
+        f"lit-seq2seq {command}: error: --trainer.default_root_dir {root}: cannot write into {folder} ({why}); pass a "
+        "writable folder"
     )
     assert not (folder / "runs").exists()
 
