@@ -1,9 +1,10 @@
 """Word and phoneme error rates of a text model on a pair file, PyTorch against its ONNX export, side by side.
 
 The checkpoint's net (PyTorch greedy) and the export's graphs (greedy.onnx, and beam search over the step graphs)
-decode the same sources of FILE (SOURCE<TAB>REFERENCE lines; adjacent lines of one source are its references, as in
-`lit-seq2seq decode`). Printed: WER (1 - exact match against any reference) and token error rate (PER for G2P) of
-each, and how many sources got identical tokens from PyTorch and ONNX greedy. Exits 1 if any differ.
+decode the same sources of FILE (SOURCE<TAB>REFERENCE lines; every line of one source gives it a reference, as in
+`lit-seq2seq test` and `decode`). Printed: WER (1 - exact match against any reference) and token error rate (PER for
+G2P) of each, and how many sources got identical tokens from PyTorch and ONNX greedy. Exits 1 if any differ, 2 for a
+bad file, flag or folder, or a checkpoint and an export of different models.
 `--ignore_stress` adds the same rates with ARPAbet stress digits stripped from predictions and references (AH0, AH1
 and AH2 count as AH): the 39-phoneme scoring of the published CMUdict results.
 

@@ -493,8 +493,9 @@ _COMMANDS = {
     "decode": (
         "Decode sequences with the exported graphs (onnxruntime, no torch). One sequence per line in and out (a text "
         "model: texts; a line ends at a newline, a carriage return before it dropped); a line 'SOURCE<TAB>EXPECTED' "
-        "also scores the decoding (a text model: exact match and token error rate; adjacent lines of one source are "
-        "its several references). Lines are decoded and printed a batch at a time as they are read; a bad line (not "
+        "also scores the decoding (a text model: exact match and token error rate, each source once against the "
+        "references of all its lines, as `test` scores a file; adjacent lines of one source print one output). Lines "
+        "are decoded and printed a batch at a time as they are read; a bad line (not "
         "token ids or text of the model, or a length the model was not trained on) stops decode with exit code 2 "
         "after every line before it was printed.",
         _decode_args,
