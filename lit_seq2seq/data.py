@@ -164,6 +164,11 @@ class Seq2SeqDataModule(L.LightningDataModule):
         return self.task.target_length
 
     @property
+    def source_length(self) -> int:
+        """Longest source in tokens (as PairDataModule.source_length)."""
+        return self.task.source_length
+
+    @property
     def eos_token(self) -> int | None:
         return self.task.eos_token
 

@@ -277,8 +277,7 @@ class Seq2SeqCLI(LightningCLI):
         if not isinstance(self.trainer.accelerator, CPUAccelerator):
             return  # a GPU's memory: CUDA's out-of-memory error names it
         data, net = self.datamodule, self.model.net.config
-        pairs = isinstance(data, PairDataModule)
-        source_length = data.source_length if pairs else data.task.source_length
+        pairs, source_length = isinstance(data, PairDataModule), data.source_length
         processes = self.trainer.num_devices
         step = net.activation_bytes(data.batch_size, source_length) + 20 * net.parameter_count()  # + DDP's buckets
         lengths = (

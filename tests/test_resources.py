@@ -100,8 +100,7 @@ def test_every_config_fits_in_memory_at_its_full_size(config, monkeypatch, tmp_p
     linked = {k: getattr(data, k) for k in lit_seq2seq.train_cli.DATA_TO_NET}
     net = NetConfig(**settings["model"]["net"], **linked)
     assert net.parameter_count() < 10_000_000 and data_bytes < 2**30  # the G2P headline: 3.4 M
-    source_length = data.source_length if isinstance(data, PairDataModule) else data.task.source_length
-    assert net.activation_bytes(data.batch_size, source_length) < 2**30  # the G2P headline: ~0.3 GiB a process
+    assert net.activation_bytes(data.batch_size, data.source_length) < 2**30  # the G2P headline: ~0.3 GiB a process
 
 
 # ----------------------------------------------------------------------------------------- disk: full, read-only
