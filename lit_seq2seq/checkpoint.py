@@ -42,6 +42,10 @@ class NonFiniteError(RuntimeError):
     """Training produced a NaN or infinite loss or weights; nothing was saved."""
 
 
+class SettingError(ValueError):
+    """A setting that only fails once the run has its data (the CLI prints it in one line, exit code 2)."""
+
+
 class CheckpointWriteError(OSError):
     """A checkpoint (or another file of a run) could not be written: a full disk, a read-only or forbidden folder. The
     file it would have replaced, and every other checkpoint, is left as it was. The message is one line naming the file
@@ -257,7 +261,24 @@ def _lightning_classes() -> dict[str, type]:
         finished epoch (its counters ready == started == processed, and its last batch reached) starts the next one
         afresh, as Lightning does without ``max_steps``. A checkpoint written when ``max_steps`` stopped a fit before
         the epoch's last batch keeps Lightning's way (the epoch continues).
+
+        And an integer ``val_check_interval`` above an epoch's batches, which Lightning finds only once the data is
+        loaded, is a SettingError naming the flag and the count (Lightning raises it with a traceback).
         """
+
+        def setup_data(self) -> None:
+            try:
+                super().setup_data()
+            except ValueError as error:
+                trainer, batches = self.trainer, self.max_batches
+                if not (isinstance(trainer.val_check_interval, int) and trainer.val_check_batch > batches):
+                    raise
+                where = f" in each of the {trainer.world_size} processes" if trainer.world_size > 1 else ""
+                raise SettingError(
+                    f"--trainer.val_check_interval {trainer.val_check_interval} is more than the {batches} training "
+                    f"batches of an epoch{where}: lower it, give a share of an epoch (e.g. 0.5), or count batches "
+                    "across epochs with --trainer.check_val_every_n_epoch null"
+                ) from error
 
         @_FitLoop.restarting.setter  # type: ignore[attr-defined]
         def restarting(self, restarting: bool) -> None:

@@ -122,6 +122,10 @@ class Seq2SeqCLI(LightningCLI):
                         "callbacks": [PredictionWriter()] + ([] if interactive else [LogProgress()]),
                     },
                 )
+        except checkpoint.SettingError as error:  # a bad flag found once the data is loaded: as parser.error does
+            if self.trainer.is_global_zero:
+                print(f"lit-seq2seq {self.subcommand}: error: {error}", file=sys.stderr, flush=True)
+            sys.exit(2)
         except NonFiniteError as error:  # a training outcome, not a crash: one line, exit code 1
             if self.trainer.is_global_zero:  # every rank stops; the first one speaks for them
                 print(f"lit-seq2seq {self.subcommand}: error: {error}", file=sys.stderr, flush=True)

@@ -26,6 +26,7 @@ from conftest import (
     damaged_checkpoint,
     fit_in,
     root_args,
+    run_cli,
     tiny_run,
     version_dirs,
 )
@@ -144,6 +145,20 @@ def test_a_fit_removes_what_killed_checkpoint_writes_left_and_says_so(in_tmp, ca
     assert not litter.exists() and live.exists()
     (line,) = [line for line in err.splitlines() if "unfinished checkpoint" in line]
     assert line == f"removed 1 unfinished checkpoint write(s) of killed fits: {litter}"
+
+
+def test_a_validation_interval_beyond_an_epoch_is_named_in_one_line_exit_2(in_tmp, capsys):
+    """Lightning finds it only once the data is loaded, and raises it with a traceback."""
+    code, err = cli_exit(["fit", *FIT, "--trainer.val_check_interval", "21", *root_args(in_tmp)], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert (
+        "lit-seq2seq fit: error: --trainer.val_check_interval 21 is more than the 20 training batches of an epoch: "
+        "lower it, give a share of an epoch (e.g. 0.5), or count batches across epochs with "
+        "--trainer.check_val_every_n_epoch null"
+    ) in err.splitlines()
+    assert not list(in_tmp.rglob("*.ckpt"))
+    # an epoch's worth exactly: validated once, as Lightning allows
+    assert run_cli(["fit", *FIT, "--trainer.val_check_interval", "20", *root_args(in_tmp)]) == 0
 
 
 def test_a_diverging_learning_rate_exits_1_from_the_shell(tmp_path):
