@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lit_seq2seq.processes import pid_alive
+from lit_seq2seq.runs import RESUMED_FROM, resume_record
 
 if TYPE_CHECKING:
     import lightning as L
@@ -30,9 +31,6 @@ if TYPE_CHECKING:
 WEIGHTS_HASH_KEY = "weights_sha256"
 RNG_KEY = "rng_state"
 NAMES = ("best", "last")  # --ckpt_path values that name a checkpoint of an earlier run
-# Written by a resumed fit into its checkpoints folder: the checkpoint it continues (how `resolve` follows a run
-# across the version folders of its resumes).
-RESUMED_FROM = "resumed_from"
 # The hidden file Seq2SeqCheckpointIO writes before renaming it onto the checkpoint: .<name>.<pid>.tmp
 _TEMPORARY = re.compile(r"^\.(?P<name>.+\.ckpt)\.(?P<pid>\d+)\.tmp$")
 _VERSION = re.compile(r"version_(\d+)")  # the run folders of the CLI's logger
@@ -181,12 +179,8 @@ def resolve(name: str, root: str | os.PathLike, subcommand: str) -> Path:
 
 def resumed_from(checkpoints: Path) -> Path | None:
     """The checkpoint the fit that writes into `checkpoints` was resumed from (None: a new fit, or no record)."""
-    marker = checkpoints / RESUMED_FROM
-    try:
-        text = marker.read_text().strip()
-    except OSError:
-        return None
-    return Path(text) if text else None
+    record = resume_record(checkpoints)
+    return None if record is None else record[0]
 
 
 def _runs(root: Path) -> list[Path]:
@@ -515,9 +509,10 @@ def _lightning_classes() -> dict[str, type]:
             self._pending_rng = checkpoint.get(RNG_KEY)
             source, folder = trainer.ckpt_path, Path(self.dirpath or "")
             if trainer.is_global_zero and self._saving(trainer) and source and "://" not in f"{source}{folder}":
-                # this fit continues the run of that checkpoint: `resolve` follows it there
+                # this fit continues the run of that checkpoint: `resolve` follows it there, the report takes
+                # that run's curves up to the step
                 marker = folder / f".{RESUMED_FROM}.{os.getpid()}.tmp"
-                marker.write_text(f"{Path(source).resolve()}\n")
+                marker.write_text(f"{Path(source).resolve()}\nglobal_step {checkpoint.get('global_step', '')}\n")
                 os.replace(marker, folder / RESUMED_FROM)
 
         def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:

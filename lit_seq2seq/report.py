@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from lit_seq2seq.processes import pid_alive
+from lit_seq2seq.runs import resume_record
 
 CURVES = (
     ("loss", ("train/loss", "val/loss")),
@@ -70,6 +71,25 @@ def read_metrics(log_dir: Path) -> list[dict[str, float]]:
     return rows
 
 
+def run_history(log_dir: Path) -> tuple[list[dict[str, float]], list[tuple[float, Path]]]:
+    """The rows of <log_dir>/metrics.csv preceded by those of the runs it resumed, each up to the step it was resumed
+    at (a resumed fit logs into a new version folder; its checkpoints folder records what it continued); and the
+    resumes, oldest first: (step, the run folder resumed). A record without a step (written by older versions), or
+    an earlier run folder without metrics.csv, ends the history there."""
+    rows, resumes = read_metrics(log_dir), []
+    folder, seen = log_dir, {log_dir.resolve()}
+    while (record := resume_record(folder / "checkpoints")) is not None:
+        source, step = record
+        earlier = source.parent.parent  # <run>/checkpoints/<name>.ckpt
+        if step is None or earlier.resolve() in seen or not (earlier / "metrics.csv").is_file():
+            break
+        seen.add(earlier.resolve())
+        rows = [row for row in read_metrics(earlier) if row.get("step", math.inf) <= step] + rows
+        resumes.append((float(step), earlier))
+        folder = earlier
+    return rows, resumes[::-1]
+
+
 def _rows(reader: csv.DictReader, path: Path) -> Iterator[dict[str | None, Any]]:
     """The reader's rows; a CSV error (a NUL byte, an unclosed quote) as ReportError naming file and line."""
     try:
@@ -124,7 +144,8 @@ def write_report(log_dir: str | os.PathLike) -> tuple[Path, Path]:
     failure at any point leaves an existing report as it was. Raises ReportError for a bad metrics.csv row or a write
     failure (full disk, read-only folder)."""
     log_dir = Path(log_dir)
-    curves, positions = collect(read_metrics(log_dir))
+    rows, resumes = run_history(log_dir)
+    curves, positions = collect(rows)
     try:
         import matplotlib
 
@@ -137,7 +158,7 @@ def write_report(log_dir: str | os.PathLike) -> tuple[Path, Path]:
     written: list[tuple[Path, Path]] = []
     try:
         written.append((_replace_with(csv_path, lambda f: _write_table(f, curves, positions)), csv_path))
-        figure = _figure(plt, curves, positions, log_dir)
+        figure = _figure(plt, curves, positions, log_dir, resumes)
         try:
             written.append((_replace_with(png_path, lambda f: figure.savefig(f, format="png", dpi=100)), png_path))
         finally:
@@ -166,7 +187,13 @@ def _write_table(f: BinaryIO, curves: dict[str, list[tuple[float, float]]], posi
     text.detach()  # leave `f` open for the caller's fsync
 
 
-def _figure(plt: Any, curves: dict[str, list[tuple[float, float]]], positions: dict[int, float], log_dir: Path) -> Any:
+def _figure(
+    plt: Any,
+    curves: dict[str, list[tuple[float, float]]],
+    positions: dict[int, float],
+    log_dir: Path,
+    resumes: list[tuple[float, Path]],
+) -> Any:
     fig, axes = plt.subplots(1, 4, figsize=(18, 4), constrained_layout=True)
     for ax, (title, names) in zip(axes, CURVES):
         for name in names:
@@ -180,6 +207,8 @@ def _figure(plt: Any, curves: dict[str, list[tuple[float, float]]], positions: d
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend()
+        for step, _ in resumes:  # after the legend, which lists the curves only
+            ax.axvline(step, color="grey", linestyle=":", linewidth=1)
     ax = axes[-1]
     if positions:
         idx = sorted(positions)
@@ -197,5 +226,6 @@ def _figure(plt: Any, curves: dict[str, list[tuple[float, float]]], positions: d
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend()
-    fig.suptitle(f"lit-seq2seq training report: {log_dir}")
+    resumed = "; ".join(f"{run.name} to step {int(step)}" for step, run in resumes)
+    fig.suptitle(f"lit-seq2seq training report: {log_dir}" + (f" (resumed: {resumed}, dotted)" if resumed else ""))
     return fig

@@ -140,11 +140,73 @@ def test_without_per_position_accuracy_the_last_panel_plots_the_token_error_rate
     titles = {}
     real = report._figure
 
-    def spy(plt, curves, positions, log_dir):
-        figure = real(plt, curves, positions, log_dir)
+    def spy(plt, curves, positions, log_dir, resumes):
+        figure = real(plt, curves, positions, log_dir, resumes)
         titles["last"] = (figure.axes[-1].get_title(), [line.get_label() for line in figure.axes[-1].lines])
         return figure
 
     monkeypatch.setattr(report, "_figure", spy)
     assert run_cli(["report", "--log_dir", tmp_path]) == 0
     assert titles["last"] == ("token error rate", ["val/token_error_rate"])
+
+
+# ----------------------------------------------------------------------------- resumed fits: the curves before
+
+RESUMED = "epoch,step,train/loss,val/loss,val/exact_match\n"
+
+
+def _run(root, version: int, rows: str, resumed_from: tuple[int, int] | None = None, step_line: bool = True):
+    """root/version_N with a metrics.csv and, if resumed, the record a resumed fit writes (from version_K's last.ckpt
+    at a global step)."""
+    folder = root / f"version_{version}"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "metrics.csv").write_text(RESUMED + rows)
+    if resumed_from is not None:
+        earlier, step = resumed_from
+        source = (root / f"version_{earlier}" / "checkpoints" / "last.ckpt").resolve()
+        (folder / "checkpoints" / "resumed_from").write_text(
+            f"{source}\n" + (f"global_step {step}\n" if step_line else "")
+        )
+    return folder
+
+
+def test_the_report_of_a_resumed_fit_shows_the_runs_it_continues_up_to_each_resume(tmp_path, monkeypatch):
+    from lit_seq2seq import report
+
+    _run(tmp_path, 0, "0,4,2.0,,\n0,9,,1.5,0.25\n1,14,1.0,,\n1,19,,1.2,0.3\n")  # killed after step 19; last.ckpt at 9
+    _run(tmp_path, 1, "1,14,0.9,,\n1,19,,1.1,0.4\n2,24,0.8,,\n", resumed_from=(0, 9))
+    third = _run(tmp_path, 2, "2,29,0.7,,\n2,34,,0.9,0.6\n", resumed_from=(1, 24))
+    titles = []
+    real = report._figure
+
+    def spy(plt, curves, positions, log_dir, resumes):
+        figure = real(plt, curves, positions, log_dir, resumes)
+        titles.append(figure.get_suptitle())
+        return figure
+
+    monkeypatch.setattr(report, "_figure", spy)
+    assert run_cli(["report", "--log_dir", third]) == 0
+    rows = [(r["metric"], float(r["step"]), float(r["value"])) for r in csv.DictReader((third / "report.csv").open())]
+    assert [(step, value) for name, step, value in rows if name == "train/loss"] == [
+        (4, 2.0),
+        (14, 0.9),
+        (24, 0.8),
+        (29, 0.7),  # version_0's 14 and 19 were trained again after the resume
+    ]
+    assert [value for name, _, value in rows if name == "val/exact_match"] == [0.25, 0.4, 0.6]
+    assert titles == [
+        f"lit-seq2seq training report: {third} (resumed: version_0 to step 9; version_1 to step 24, dotted)"
+    ]
+    assert run_cli(["report", "--log_dir", tmp_path / "version_0"]) == 0  # a run's own report: its rows alone
+    assert len(list(csv.DictReader((tmp_path / "version_0" / "report.csv").open()))) == 6
+
+
+def test_a_resume_record_without_a_step_or_an_earlier_metrics_file_ends_the_history_there(tmp_path):
+    from lit_seq2seq.report import run_history
+
+    _run(tmp_path, 0, "0,4,2.0,,\n")
+    old = _run(tmp_path, 1, "1,14,0.9,,\n", resumed_from=(0, 9), step_line=False)  # recorded by older versions
+    assert run_history(old) == ([{"epoch": 1.0, "step": 14.0, "train/loss": 0.9}], [])
+    (tmp_path / "version_0" / "metrics.csv").unlink()
+    _run(tmp_path, 2, "2,24,0.8,,\n", resumed_from=(0, 9))
+    assert run_history(tmp_path / "version_2") == ([{"epoch": 2.0, "step": 24.0, "train/loss": 0.8}], [])

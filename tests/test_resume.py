@@ -39,7 +39,8 @@ from conftest import (
     version_dirs,
 )
 
-from lit_seq2seq.checkpoint import RESUMED_FROM, resolve
+from lit_seq2seq import report
+from lit_seq2seq.checkpoint import RESUMED_FROM, read_checkpoint, resolve
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*could not find the monitored key"),
@@ -353,11 +354,19 @@ def test_a_resume_killed_before_its_first_write_resumes_from_where_it_started(ma
         fit_in(in_tmp, *MATRIX, "--ckpt_path", "last", kill_at(25, "step"))  # dies before its first write (28)
     first, second = version_dirs(in_tmp)
     assert not list((second / "checkpoints").glob("*.ckpt"))
-    recorded = Path((second / "checkpoints" / RESUMED_FROM).read_text().strip())
+    recorded, line = (second / "checkpoints" / RESUMED_FROM).read_text().splitlines()
+    recorded = Path(recorded)
+    assert line == f"global_step {read_checkpoint(first / 'checkpoints' / 'last.ckpt')['global_step']}"
     assert recorded == (first / "checkpoints" / "last.ckpt").resolve()
     assert resolve("last", in_tmp, "fit") == recorded  # the newest run's state is the one it started from
     fit_in(in_tmp, *MATRIX, "--ckpt_path", "last")
     assert_same_as(in_tmp, matrix_reference)
+    third = version_dirs(in_tmp)[-1]  # its report: the first run's curves up to the resume, then its own
+    rows, resumes = report.run_history(third)
+    step = read_checkpoint(recorded)["global_step"]
+    assert resumes == [(step, first)]
+    before = [row for row in report.read_metrics(first) if row["step"] <= step]
+    assert len(before) >= 2 and rows == before + report.read_metrics(third)  # validations at steps 9 and 18
 
 
 def test_last_never_takes_the_checkpoint_of_another_run(in_tmp, capsys):
