@@ -5,6 +5,7 @@ benchmark runs both of its sides."""
 from __future__ import annotations
 
 import logging
+import platform
 import shutil
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from conftest import REPO, REVERSE_YAML, text_pairs
 if str(REPO) not in sys.path:  # `python -m pytest` from the repo root has it; a bare `pytest` puts only tests/ there
     sys.path.insert(0, str(REPO))
 
-from benchmarks import ddp_speed, fit_memory, g2p_eval, train_speed  # noqa: E402 - needs the repo root on sys.path
+from benchmarks import ddp_speed, fit_memory, g2p_baselines, g2p_eval, train_speed  # noqa: E402 - needs the repo root on sys.path
 
 
 def test_trainer_fit_does_exactly_the_plain_loops_work():
@@ -218,3 +219,44 @@ def test_g2p_eval_refuses_bad_input_in_one_line(tmp_path, text_exported, capsys)
         assert err.startswith("g2p_eval: error: ") and message in err and err.count("\n") == 1, (name, err)
     args = ["--ckpt_path", str(built.ckpt), "--model_dir", str(built.model_dir), "--file", str(tmp_path / "none.tsv")]
     assert g2p_eval.main(args) == 2 and "No such file" in capsys.readouterr().err
+
+
+def test_g2p_baselines_scores_texts_against_any_reference_with_and_without_stress():
+    predictions = ["AH1 B", "K AE1 T", "X", ""]  # "": a word the baseline gave no pronunciation
+    references = [["AH0 B", "AH1 B"], ["K AE0 T"], ["Y Z"], ["AH"]]
+    plain = g2p_baselines.score_texts(predictions, references)
+    assert plain.exact.tolist() == [True, False, False, False]
+    assert plain.errors.tolist() == [0, 1, 2, 1] and plain.length.tolist() == [2, 3, 2, 1]
+    stressless = g2p_baselines.score_texts(predictions, references, ignore_stress=True)
+    assert stressless.exact.tolist() == [True, True, False, False] and stressless.token_error_rate == 3 / 8
+    with pytest.raises(ValueError, match="3 predictions for 4 sources"):
+        g2p_baselines.score_texts(predictions[:3], references)
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or platform.machine() != "x86_64", reason="phonetisaurus ships linux x86_64 binaries only"
+)
+def test_g2p_baselines_trains_phonetisaurus_and_scores_it_beside_our_export(tmp_path, text_exported, capsys):
+    built = text_exported("trained")
+
+    def write(name: str, pairs: list[tuple[str, str]]) -> None:
+        (tmp_path / name).write_text("".join(f"{s}\t{t}\n" for s, t in pairs), encoding="utf-8")
+
+    write("train.tsv", text_pairs(300, seed=1))
+    write("test.tsv", [*text_pairs(40, seed=2), ("ab", "AH BE")])
+    args = ["--train_file", str(tmp_path / "train.tsv"), "--test_file", str(tmp_path / "test.tsv")]
+    args += ["--workdir", str(tmp_path / "w"), "--phonetisaurus_order", "3", "--sequitur", str(tmp_path / "none")]
+    assert g2p_baselines.main([*args, "--model_dir", str(built.model_dir), "--beam_size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"sequitur: skipped, not installed (--sequitur {tmp_path / 'none'}: no such program)" in out
+    rows = {line[:24].strip(): line[24:].split() for line in out.splitlines() if "%" in line}
+    assert rows["phonetisaurus, order 3"][-4:] == ["0.00%"] * 4  # one phoneme group per letter: n-gram territory
+    assert rows["phonetisaurus, order 3"][0] != "reused"
+    assert set(rows) == {"ours, greedy", "ours, beam 2", "phonetisaurus, order 3"}
+    assert g2p_eval.main(["--ckpt_path", str(built.ckpt), "--model_dir", str(built.model_dir), "--file", args[3]]) == 0
+    onnx_greedy = next(line.split() for line in capsys.readouterr().out.splitlines() if "ONNX greedy" in line)
+    assert rows["ours, greedy"][-4:-2] == onnx_greedy[2:4]  # one scorer of text, the other of ids: the same rates
+    assert g2p_baselines.main(args) == 0 and "reused" in capsys.readouterr().out  # a second run: the trained model
+    write("train.tsv", text_pairs(200, seed=5))  # a changed training file trains anew, beside the old model
+    assert g2p_baselines.main(args) == 0 and "reused" not in capsys.readouterr().out
+    assert len(list((tmp_path / "w").glob("phonetisaurus_o3_*"))) == 2
