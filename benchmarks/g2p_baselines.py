@@ -1,4 +1,4 @@
-"""The joint-sequence n-gram G2P baselines behind the published CMUdict figures, trained and scored on our split.
+r"""The joint-sequence n-gram G2P baselines behind the published CMUdict figures, trained and scored on our split.
 
 The issue's target figure (WER 24.5%, PER 5.9%) is Sequitur's (Bisani & Ney 2008) on another version and split of
 CMUdict. This script trains that method, and Phonetisaurus (a WFST joint n-gram, the baseline of cmusphinx's
@@ -10,10 +10,12 @@ Neither tool is a dependency of lit-seq2seq; install what you compare (the scrip
 says so):
     pip install phonetisaurus        # in the dev extra: a linux x86_64 wheel with its binaries (OpenFst, MITLM)
     python3 -m venv /tmp/sequitur && /tmp/sequitur/bin/pip install numpy setuptools wheel "swig<4.1" && \
-      PATH=/tmp/sequitur/bin:$PATH /tmp/sequitur/bin/pip install --no-build-isolation --no-binary :all: sequitur-g2p
+      PATH=/tmp/sequitur/bin:$PATH /tmp/sequitur/bin/pip install --no-build-isolation --no-binary :all: sequitur-g2p \
+      && sed -i 's/num\.sometrue(/num.any(/' /tmp/sequitur/lib/python3*/site-packages/sequitur.py
         # then --sequitur /tmp/sequitur/bin/g2p.py. A venv of its own: it installs top-level modules named g2p, misc,
         # tool and symbols. From source, with SWIG 4.0: PyPI's wheel for Python 3.11 fails in training
-        # ('SwigPyObject' object has no attribute 'thisown'), and SWIG 4.1+ cannot build it.
+        # ('SwigPyObject' object has no attribute 'thisown'), and SWIG 4.1+ cannot build it. The sed: sequitur-g2p
+        # 1.0.1668.30 requires NumPy >= 2 but calls numpy.sometrue, which NumPy 2 removed, from its ramp-up to order 4.
 
     .venv/bin/python benchmarks/g2p_baselines.py --model_dir runs/g2p_cmudict/onnx --workdir /tmp/g2p_baselines
 
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(o, flag).is_file():
             parser.error(f"--{flag} {getattr(o, flag)}: no such file")
     try:
-        words, references = read_references(str(o.test_file))
+        words, references = read_references(str(o.test_file), "--test_file")
     except ValueError as error:
         parser.error(str(error))
     systems: dict[str, tuple[list[str], str]] = {}  # name -> (predictions, training time)

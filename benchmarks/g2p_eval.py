@@ -24,6 +24,7 @@ from lit_seq2seq.export import load_checkpoint
 from lit_seq2seq.metrics import score
 from lit_seq2seq.runtime import OnnxSeq2Seq
 from lit_seq2seq.search import to_width
+from lit_seq2seq.text import input_lines
 
 try:
     from benchmarks import harness
@@ -31,21 +32,23 @@ except ModuleNotFoundError:  # run as a script: its own folder, benchmarks/, is 
     import harness
 
 
-def read_references(path: str) -> tuple[list[str], list[list[str]]]:
+def read_references(path: str, flag: str = "--file") -> tuple[list[str], list[list[str]]]:
     """Sources in order of first appearance and the references of each from all its lines, as `lit-seq2seq test`
-    and `decode` score a file. ValueError naming the file and line for a line that is not SOURCE<TAB>REFERENCE."""
+    and `decode` score a file (its lines as decode reads them). ValueError naming `flag`, the file and the line for
+    a line that is not SOURCE<TAB>REFERENCE, and for bytes that are not UTF-8."""
+    try:
+        with open(path, "rb") as f:
+            lines = list(input_lines(f))
+    except ValueError as error:  # bytes that are not UTF-8
+        raise ValueError(f"{flag} {path} {error}") from None
     groups: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.rstrip("\n").removesuffix("\r").removeprefix("\ufeff" if number == 1 else "")
-            if not line.strip():
-                continue
-            source, tab, reference = line.partition("\t")
-            if not tab or not reference.strip():
-                raise ValueError(f"--file {path}:{number}: not SOURCE<TAB>REFERENCE")
-            groups.setdefault(source, []).append(reference)
+    for number, line in enumerate(lines, 1):
+        source, tab, reference = line.partition("\t")
+        if not tab or not reference.strip():
+            raise ValueError(f"{flag} {path}:{number}: not SOURCE<TAB>REFERENCE")
+        groups.setdefault(source, []).append(reference)
     if not groups:
-        raise ValueError(f"--file {path}: no SOURCE<TAB>REFERENCE lines")
+        raise ValueError(f"{flag} {path}: no SOURCE<TAB>REFERENCE lines")
     return list(groups), list(groups.values())
 
 

@@ -10,10 +10,11 @@ import argparse
 import importlib.util
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from lit_seq2seq.bundled import config_names, resolve_config
 from lit_seq2seq.contract import CONTRACT_FILE, DECODER_FILE, ENCODER_FILE, GREEDY_FILE
+from lit_seq2seq.text import input_lines
 
 OWN_COMMANDS = ("export", "decode", "sample", "report")
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -191,33 +192,16 @@ def _parse_tokens(text: str, where: str) -> list[int]:
     return tokens
 
 
-def _stdin_lines() -> Iterator[str]:
-    """stdin's lines as they arrive: each ends at a newline, a carriage return before it dropped (CRLF files). Any
-    other separator (a lone carriage return, a form feed, U+2028) stays inside its line, as in a source given as an
-    argument and as export/node/decode.mjs reads lines: line N is the file's line N, and a text model refuses a
-    control character there by name. A byte order mark at the start and empty lines at the end are dropped, as
-    pair files have them; an empty line before another line is a line (a bad one)."""
-    number = 0
-    if hasattr(sys.stdin, "reconfigure"):
-        # No universal newlines (they would end a line at a lone "\r" too); invalid UTF-8 is an error, not the lone
-        # surrogates of Python's default "surrogateescape" (a text check would misname them).
-        sys.stdin.reconfigure(newline="\n", errors="strict")
-    blank = 0  # empty lines held back: at the end of the input they are dropped (an editor's trailing newlines)
+def _stdin_lines(flush: Callable[[], None]) -> Iterator[str]:
+    """stdin's lines as they arrive, by text.input_lines' rules; a byte that is not UTF-8 is an InputError, raised
+    after `flush` printed the lines before it (as a bad line's error is)."""
+    # the bytes (lines end at b"\n" alone); a text stream without them (an in-process caller's StringIO) as UTF-8
+    stream = getattr(sys.stdin, "buffer", None) or (line.encode("utf-8", "surrogatepass") for line in sys.stdin)
     try:
-        for text in sys.stdin:
-            number += 1
-            line = text[:-1] if text.endswith("\n") else text
-            line = line[:-1] if line.endswith("\r") else line
-            if number == 1:
-                line = line.removeprefix("\ufeff")  # a byte order mark, as pair files skip it
-            if not line:
-                blank += 1
-                continue
-            yield from [""] * blank
-            blank = 0
-            yield line
-    except UnicodeDecodeError as error:
-        raise InputError(f"stdin after line {number}: not {sys.stdin.encoding} text ({error})") from None
+        yield from input_lines(stream)
+    except ValueError as error:
+        flush()
+        raise InputError(f"stdin {error}") from None
 
 
 def _run_decode(o: argparse.Namespace) -> int:
@@ -257,7 +241,7 @@ def _run_decode(o: argparse.Namespace) -> int:
         expected.clear()
 
     label = "argument" if o.sequences else "line"
-    for number, line in enumerate(o.sequences or _stdin_lines(), 1):
+    for number, line in enumerate(o.sequences or _stdin_lines(decode_batch), 1):
         source_text, _, target = line.partition("\t")
         try:
             source = _parse_tokens(source_text, f"{label} {number}")
@@ -376,7 +360,11 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
             if len(batch) == o.batch_size:
                 decode_batch()
 
-    for number, line in enumerate(o.sequences or _stdin_lines(), 1):
+    def flush() -> None:
+        finish_pending()
+        decode_batch()
+
+    for number, line in enumerate(o.sequences or _stdin_lines(flush), 1):
         text, tab, reference = line.partition("\t")
         has_reference = bool(reference.strip())  # "SOURCE<TAB>" alone scores nothing, as for id models
         same = has_reference and pending is not None and bool(pending.references) and pending.text == text
@@ -388,8 +376,7 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
             ids = [] if same else model.encode_text(text, where=f"{label} {number}", allow_untrained_lengths=allow)
         except ValueError as error:
             if not o.skip_bad_lines:
-                finish_pending()
-                decode_batch()  # every line before the bad one is printed, none after it
+                flush()  # every line before the bad one is printed, none after it
                 raise InputError(_hint_json(str(error), text)) from None
             bad.append(str(error))
             continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from lit_seq2seq.contract import TEXT_KEYS
@@ -204,3 +204,29 @@ def read_text_entry(entry: object, where: str) -> tuple[TextSpec, int, int]:
         return TextSpec.from_dict(entry), int(entry["source_length"]), int(entry["min_source_length"])  # type: ignore[index]
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{where}: its text entry is damaged ({type(error).__name__}: {error})") from None
+
+
+def input_lines(stream: Iterable[bytes]) -> Iterator[str]:
+    """The lines of a binary stream as they arrive, each decoded strictly as UTF-8 (a byte that is not is a
+    ValueError, "after line N: not UTF-8 text (why)", N the good lines before it, as export/node/decode.mjs says).
+    A line ends at a newline, a carriage return before it dropped (CRLF files); any other separator (a lone carriage
+    return, a form feed, U+2028) stays inside its line, as in a source given as an argument: line N is the file's
+    line N, and a text model refuses a control character there by name. A byte order mark at the start and empty
+    lines at the end are dropped, as pair files have them; an empty line before another line is a line (a bad one).
+    What decode reads from stdin, and the benchmarks from reference files."""
+    blank = 0  # empty lines held back: at the end of the input they are dropped (an editor's trailing newlines)
+    for number, raw in enumerate(stream, 1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"after line {number - 1}: not UTF-8 text ({error.reason})") from None
+        line = text[:-1] if text.endswith("\n") else text
+        line = line[:-1] if line.endswith("\r") else line
+        if number == 1:
+            line = line.removeprefix("\ufeff")  # a byte order mark, as pair files skip it
+        if not line:
+            blank += 1
+            continue
+        yield from [""] * blank
+        blank = 0
+        yield line

@@ -210,9 +210,11 @@ def test_g2p_eval_refuses_bad_input_in_one_line(tmp_path, text_exported, capsys)
         "unknown letter": ("aq\tAH\n", built, "source text 0: unknown token 'q' at position 2"),
         "too long": ("aaaaaa\tAH\n", built, "source text 0: 6 characters; this model was trained on sources of 1 to 5"),
         "other model": ("ab\tAH BE\n", other, "hold different models (export it)"),
+        "blank line inside": ("ab\tAH BE\n\nb\tBE\n\n", built, "good.tsv:2: not SOURCE<TAB>REFERENCE"),
+        "not utf-8": (b"ab\tAH\n\xff\n", built, "good.tsv after line 1: not UTF-8 text (invalid start byte)"),
     }
     for name, (content, export, message) in cases.items():
-        good.write_text(content, encoding="utf-8")
+        good.write_bytes(content if isinstance(content, bytes) else content.encode())
         args = ["--ckpt_path", str(built.ckpt), "--model_dir", str(export.model_dir), "--file", str(good)]
         assert g2p_eval.main(args) == 2, name
         err = capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
 
 import numpy as np
 import onnx
@@ -12,6 +13,8 @@ import pytest
 import torch
 from conftest import (
     BLOCK_IMPORTS,
+    PYTHON,
+    REPO,
     TEXT_LENGTHS,
     TEXT_VARIANTS,
     cli_exit,
@@ -329,6 +332,21 @@ def test_decode_of_text_needs_no_torch(text_exported):
     assert result.returncode == 0, result.stderr
     assert result.stdout == "AH BE É\nЖ Э\n"
     assert result.stderr == "exact match: 1/2 = 50.00% (WER 50.00%); token error rate: 1/4 = 25.00%\n"
+
+
+def test_decode_names_the_first_stdin_line_that_is_not_utf8_after_printing_those_before(text_exported):
+    """Lines are split on the byte 0x0A, then decoded one by one (as export/node/decode.mjs does): the line is exact,
+    however far into a buffered chunk the bad byte lies."""
+    model_dir = str(text_exported("trained").model_dir)
+    stdin = b"ab\tAH BE\nb\tBE\n" * 150 + b"a\xffb\n" + b"ab\n"  # adjacent lines of one source would be one
+    command = [PYTHON, "-m", "lit_seq2seq", "decode", "--model_dir", model_dir]
+    result = subprocess.run(command, input=stdin, capture_output=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    assert result.stdout.decode() == "AH BE\nBE\n" * 150
+    assert (
+        result.stderr.decode()
+        == "lit-seq2seq decode: error: stdin after line 300: not UTF-8 text (invalid start byte)\n"
+    )
 
 
 def test_reserved_strings_in_text_are_unknown_tokens_not_padding_or_an_end():
