@@ -17,7 +17,8 @@ says so):
         # ('SwigPyObject' object has no attribute 'thisown'), and SWIG 4.1+ cannot build it. The sed: sequitur-g2p
         # 1.0.1668.30 requires NumPy >= 2 but calls numpy.sometrue, which NumPy 2 removed, from its ramp-up to order 4.
 
-    .venv/bin/python benchmarks/g2p_baselines.py --model_dir runs/g2p_cmudict/onnx --workdir /tmp/g2p_baselines
+    .venv/bin/python benchmarks/g2p_baselines.py --model_dir runs/g2p_cmudict/onnx runs/g2p_cmudict_15min/onnx \
+      --sequitur /tmp/sequitur/bin/g2p.py
 
 Training takes minutes for Phonetisaurus and hours for Sequitur's ramp-up to `--sequitur_order` (one core each);
 trained models are kept in `--workdir`, in folders named by the training file's hash, and reused when the script runs
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train_file", type=Path, default=Path("data/cmudict/train.tsv"))
     parser.add_argument("--test_file", type=Path, default=Path("data/cmudict/test.tsv"))
-    parser.add_argument("--model_dir", help="our export (a text model) to score beside them, greedy and beam")
+    parser.add_argument("--model_dir", nargs="*", default=[], help="our exports (text models) to score beside them")
     parser.add_argument("--beam_size", type=int, default=4)
     parser.add_argument("--workdir", type=Path, default=Path("runs/g2p_baselines"), help="trained baselines")
     parser.add_argument("--phonetisaurus_order", type=int, default=8, help="n-gram order; 0 skips Phonetisaurus")
@@ -173,18 +174,18 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     systems: dict[str, tuple[list[str], str]] = {}  # name -> (predictions, training time)
-    if o.model_dir:
+    for model_dir in o.model_dir:
         from lit_seq2seq.runtime import OnnxSeq2Seq
 
         with harness.threads_pinned(1):
-            model = OnnxSeq2Seq.load(o.model_dir, intra_op_threads=1)
+            model = OnnxSeq2Seq.load(model_dir, intra_op_threads=1)
             if model.text is None:
-                parser.error(f"--model_dir {o.model_dir}: an id model; this script scores text models")
+                parser.error(f"--model_dir {model_dir}: an id model; this script scores text models")
             try:  # unknown characters, lengths it was not trained on: named, as decode names them
-                systems["ours, greedy"] = (model.translate(words), "(its fit)")
-                systems[f"ours, beam {o.beam_size}"] = (model.translate(words, o.beam_size), "(its fit)")
+                systems[f"{model_dir}, greedy"] = (model.translate(words), "(its fit)")
+                systems[f"{model_dir}, beam {o.beam_size}"] = (model.translate(words, o.beam_size), "(its fit)")
             except ValueError as error:
-                parser.error(f"--test_file {o.test_file}: {error}")
+                parser.error(f"--test_file {o.test_file} with --model_dir {model_dir}: {error}")
     baselines = (
         (
             "phonetisaurus",
