@@ -87,6 +87,13 @@ def _read_predictions(text: str, words: list[str], tool: str) -> list[str]:
     return [first.get(w, "") for w in words]
 
 
+def _word_list(folder: Path, words: list[str]) -> Path:
+    """folder/words.txt, one word a line: what both tools decode."""
+    path = folder / "words.txt"
+    path.write_text("".join(f"{w}\n" for w in words), encoding="utf-8")
+    return path
+
+
 def _folder(workdir: Path, name: str, train_file: Path) -> Path:
     """Where a baseline trained on `train_file` lives: a changed file trains anew rather than reusing a stale model."""
     digest = hashlib.sha256(train_file.read_bytes()).hexdigest()[:12]
@@ -113,8 +120,7 @@ def phonetisaurus(train_file: Path, words: list[str], workdir: Path, order: int)
             [*command, "--ngram_order", str(order)], cwd=folder, env=env, check=True, capture_output=True, text=True
         )
         seconds = time.perf_counter() - begin
-    word_list = folder / "words.txt"
-    word_list.write_text("".join(f"{w}\n" for w in words), encoding="utf-8")
+    word_list = _word_list(folder, words)
     command = ["phonetisaurus-apply", "--model", str(model), "--word_list", str(word_list)]
     out = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
     return _read_predictions(out, words, "phonetisaurus"), seconds
@@ -145,8 +151,7 @@ def sequitur(train_file: Path, words: list[str], workdir: Path, order: int, g2p:
         partial.rename(model)
         seconds = (seconds or 0.0) + time.perf_counter() - begin
         print(f"sequitur: model-{n} trained in {time.perf_counter() - begin:.0f} s")
-    word_list = folder / "words.txt"
-    word_list.write_text("".join(f"{w}\n" for w in words), encoding="utf-8")
+    word_list = _word_list(folder, words)
     command = [*run, "--model", str(folder / f"model-{order}"), "--apply", str(word_list), "--encoding", "utf-8"]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return _read_predictions(out, words, "sequitur"), seconds
@@ -163,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequitur_order", type=int, default=6, help="graphone n-gram order; 0 skips Sequitur")
     parser.add_argument("--sequitur", default=shutil.which("g2p.py") or "g2p.py", help="Sequitur's g2p.py")
     o = parser.parse_args(argv)
-    for flag in ("beam_size", "phonetisaurus_order", "sequitur_order"):
-        if getattr(o, flag) < (1 if flag == "beam_size" else 0):
-            parser.error(f"--{flag} must be >= {1 if flag == 'beam_size' else 0}, got {getattr(o, flag)}")
+    for flag, least in (("beam_size", 1), ("phonetisaurus_order", 0), ("sequitur_order", 0)):
+        if getattr(o, flag) < least:
+            parser.error(f"--{flag} must be >= {least}, got {getattr(o, flag)}")
     for flag in ("train_file", "test_file"):
         if not getattr(o, flag).is_file():
             parser.error(f"--{flag} {getattr(o, flag)}: no such file")

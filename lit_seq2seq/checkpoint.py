@@ -158,9 +158,10 @@ def resolve(name: str, root: str | os.PathLike, subcommand: str) -> Path:
         seen.add(folder)
         if (folder / f"{name}.ckpt").is_file():
             return folder / f"{name}.ckpt"
-        source = resumed_from(folder)
-        if source is None:
+        record = resume_record(folder)
+        if record is None:
             break
+        source = record[0]
         if name == "last" and source.is_file():
             return source  # the run stopped before its first write: its newest state is the one it started from
         folder = by_real_path.get(source.parent.resolve())
@@ -175,12 +176,6 @@ def resolve(name: str, root: str | os.PathLike, subcommand: str) -> Path:
         f"{others[-1].parent.parent} has one but is another run, maybe with other settings: pass "
         f"--ckpt_path {others[-1]} to use it, or {hint}"
     )
-
-
-def resumed_from(checkpoints: Path) -> Path | None:
-    """The checkpoint the fit that writes into `checkpoints` was resumed from (None: a new fit, or no record)."""
-    record = resume_record(checkpoints)
-    return None if record is None else record[0]
 
 
 def _runs(root: Path) -> list[Path]:

@@ -300,13 +300,13 @@ class _Scores:
         import numpy as np
 
         from lit_seq2seq.metrics import score
+        from lit_seq2seq.runtime import pad_batch
 
         exact = errors = length = 0
         for start in range(0, len(self.predictions), 4096):  # bounded temporaries, whatever the input's size
-            rows = self.predictions[start : start + 4096]
-            tokens = np.full((len(rows), max(map(len, rows)) + 1), self.model.eos_token, np.int64)  # ended
-            for i, row in enumerate(rows):
-                tokens[i, : len(row)] = row
+            # each row ended by the end token, so no batch is zero wide when every prediction is empty
+            eos = self.model.eos_token
+            tokens = pad_batch([row + [eos] for row in self.predictions[start : start + 4096]], eos)
             result = score(
                 tokens,
                 self.model.reference_ids(self.references[start : start + 4096]),

@@ -73,9 +73,8 @@ def write_splits(split: Split, output_dir: Path) -> None:
     temporary: dict[str, str] = {}
     try:
         for name in SPLITS:
-            temporary[name] = str(
-                output_dir / f".{name}.tsv.{os.getpid()}.tmp"
-            )  # a plain file's mode, not mkstemp's 0600
+            # a plain file's mode, not mkstemp's 0600
+            temporary[name] = str(output_dir / f".{name}.tsv.{os.getpid()}.tmp")
             with open(temporary[name], "w", encoding="utf-8", newline="\n") as f:
                 f.write("".join(line + "\n" for line in split.lines[name]))
         for name in SPLITS:

@@ -349,6 +349,17 @@ def test_decode_names_the_first_stdin_line_that_is_not_utf8_after_printing_those
     )
 
 
+def test_decode_scores_a_batch_whose_every_prediction_is_empty(text_exported):
+    """A model that ends every text at once (untrained, say) is scored, not a crash on a zero-wide batch."""
+    from lit_seq2seq.cli import _Scores
+    from lit_seq2seq.runtime import OnnxSeq2Seq
+
+    scores = _Scores(OnnxSeq2Seq.load(text_exported("trained").model_dir))
+    scores.add([3, 4], [], ["AH BE"])
+    scores.add([4], [], ["BE", "AH"])
+    assert scores.summary() == "exact match: 0/2 = 0.00% (WER 100.00%); token error rate: 3/3 = 100.00%"
+
+
 def test_reserved_strings_in_text_are_unknown_tokens_not_padding_or_an_end():
     """A space-tokenized "<pad>" or "</s>" typed by a user must not become padding (silently dropped) or the end."""
     from lit_seq2seq.text import TextSpec, Tokenizer, Vocab
