@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 WEIGHTS_HASH_KEY = "weights_sha256"
 RNG_KEY = "rng_state"
 NAMES = ("best", "last")  # --ckpt_path values that name a checkpoint of an earlier run
+# A tie on the monitored metric goes to the lower second one: exact match ties at 0 early on hard tasks (and at 1 on
+# solved ones), where the token error rate still tells the better weights apart.
+TIE_BREAKERS = {"val/exact_match": "val/token_error_rate"}
 # The hidden file Seq2SeqCheckpointIO writes before renaming it onto the checkpoint: .<name>.<pid>.tmp
 _TEMPORARY = re.compile(r"^\.(?P<name>.+\.ckpt)\.(?P<pid>\d+)\.tmp$")
 _VERSION = re.compile(r"version_(\d+)")  # the run folders of the CLI's logger
@@ -374,12 +377,41 @@ def _lightning_classes() -> dict[str, type]:
         write), a resumed fit records there the checkpoint it continues (RESUMED_FROM), and the temporary files of
         writers killed mid-write in this run's and its siblings' checkpoints folders are removed (one line on stderr).
         A fit stopped by a NonFiniteError writes nothing, ``save_on_exception`` or not.
+
+        With ``save_top_k=1`` (the CLI's default) and a monitor in TIE_BREAKERS, a validation that ties the best
+        score replaces best.ckpt when its tie-breaker is lower (``val/exact_match`` 0 in every epoch would otherwise
+        keep epoch 0's weights, however much the token error rate fell since).
         """
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._last_written_at: tuple[int, str] | None = None  # (global step, hook) of the newest last.ckpt
             self._pending_rng: dict[str, Any] | None = None
+            self._best_tie_score: float | None = None  # the tie-breaker's value for best.ckpt's weights
+
+        @property
+        def _tie_breaker(self) -> str | None:
+            return TIE_BREAKERS.get(self.monitor or "") if self.save_top_k == 1 else None
+
+        def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
+            if super().check_monitor_top_k(trainer, current):
+                return True
+            if current is None or self._tie_breaker is None or self._best_tie_score is None or not self.best_k_models:
+                return False
+            tie = self._monitor_candidates(trainer).get(self._tie_breaker)
+            best = self.best_k_models[self.kth_best_model_path]
+            wins = tie is not None and float(current) == float(best) and float(tie) < self._best_tie_score
+            return trainer.strategy.reduce_boolean_decision(wins)  # every rank decides alike, as Lightning's does
+
+        def _update_best_and_save(
+            self, current: torch.Tensor, trainer: L.Trainer, monitor_candidates: dict[str, torch.Tensor]
+        ) -> None:
+            tie = monitor_candidates.get(self._tie_breaker or "")
+            self._best_tie_score = None if tie is None else float(tie)  # before the save, so the file holds it
+            super()._update_best_and_save(current, trainer, monitor_candidates)
+
+        def state_dict(self) -> dict[str, Any]:
+            return super().state_dict() | {"best_tie_score": self._best_tie_score}
 
         @property
         def state_key(self) -> str:
@@ -522,6 +554,8 @@ def _lightning_classes() -> dict[str, type]:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="The dirpath has changed")
                 super().load_state_dict(state_dict)
+            if state_dict.get("monitor") == self.monitor:  # None from older checkpoints: ties keep the earlier
+                self._best_tie_score = state_dict.get("best_tie_score")
             if not same_dir and self.monitor is not None and state_dict.get("monitor") == self.monitor:
                 # Carry the scores over: best_k_models still names the files in the old folder, which Lightning
                 # never deletes (they are outside this callback's dirpath).
