@@ -118,7 +118,18 @@ def _parser(command: str) -> argparse.ArgumentParser:
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt_path", required=True, help="checkpoint written by `lit-seq2seq fit`")
+    p.add_argument(
+        "--ckpt_path",
+        required=True,
+        help="checkpoint written by `lit-seq2seq fit`: a file, or best|last: that file of the newest fit under "
+        "--root_dir (as `lit-seq2seq test --ckpt_path best` finds it)",
+    )
+    p.add_argument(
+        "--root_dir",
+        default=".",
+        help="with --ckpt_path best|last: the fit's --trainer.default_root_dir, holding its version_N folders "
+        "(default: .)",
+    )
     p.add_argument(
         "--output_dir",
         required=True,
@@ -136,10 +147,18 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 def _run_export(o: argparse.Namespace) -> int:
     """Exit codes: 0 exported; 1 the graphs failed verification; 2 a bad flag or checkpoint, a refused --output_dir,
     or the output could not be written (full disk, read-only location). The folder is unchanged unless 0."""
+    from lit_seq2seq.checkpoint import NAMES, resolve
     from lit_seq2seq.export import ExportVerificationError, ExportWriteError, export_checkpoint
 
+    ckpt_path = o.ckpt_path
+    if ckpt_path in NAMES:
+        try:
+            ckpt_path = resolve(ckpt_path, o.root_dir, "export")
+        except ValueError as error:
+            raise ValueError(f"{error} (--root_dir {o.root_dir}: the fit's --trainer.default_root_dir)") from None
+        print(f"--ckpt_path {o.ckpt_path}: {ckpt_path}", file=sys.stderr)
     try:
-        report = export_checkpoint(o.ckpt_path, o.output_dir, o.opset, o.verify_samples, o.overwrite)
+        report = export_checkpoint(ckpt_path, o.output_dir, o.opset, o.verify_samples, o.overwrite)
     except ExportVerificationError as error:
         print(f"lit-seq2seq export: verification failed, nothing was written: {error}", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 import yaml
@@ -222,6 +223,27 @@ def test_test_with_best_resolves_the_checkpoint_in_a_new_call(trained):
     assert exact > LEARNED, f"test/exact_match {exact:.3f}; chance is 0.01"
     assert 0 <= last_metric(version, "test/position_0_acc") <= 1
     assert not (version / "checkpoints").exists()  # test writes no checkpoint
+
+
+@pytest.mark.parametrize("name", ["best", "last"])
+def test_export_resolves_best_and_last_under_root_dir(name, trained, tmp_path, capsys):
+    capsys.readouterr()
+    args = ["export", "--ckpt_path", name, "--root_dir", trained, "--verify_samples", "8"]
+    assert run_cli([*args, "--output_dir", tmp_path / "named"]) == 0
+    path = trained / "version_0" / "checkpoints" / f"{name}.ckpt"
+    assert f"--ckpt_path {name}: {path}" in capsys.readouterr().err
+    plain = ["export", "--ckpt_path", path, "--verify_samples", "8", "--output_dir", tmp_path / "file"]
+    assert run_cli(plain) == 0
+    for graph in ("encoder.onnx", "decoder_step.onnx"):  # the same weights: the same graphs (metadata holds an id)
+        named, file = (onnx.load(tmp_path / folder / graph).graph for folder in ("named", "file"))
+        assert named.SerializeToString() == file.SerializeToString()
+
+
+def test_export_of_best_without_a_fit_names_root_dir(in_tmp, capsys):
+    code, err = cli_exit(["export", "--ckpt_path", "best", "--output_dir", in_tmp / "onnx"], capsys)
+    assert code == 2 and not (in_tmp / "onnx").exists()
+    assert "--ckpt_path best: no best.ckpt under ./*/checkpoints" in err
+    assert "(--root_dir .: the fit's --trainer.default_root_dir)" in err
 
 
 def test_checkpoints_load_safely_and_rebuild_the_model(trained):
