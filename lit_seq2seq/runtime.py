@@ -358,19 +358,30 @@ class OnnxSeq2Seq:
         return logits, new
 
     # ---- search -----------------------------------------------------------------------------------------------
-    def _max_len(self, max_len: int | None) -> int:
-        return self.max_target_length if max_len is None else check_max_len(max_len)
+    def _max_len(self, max_len: int | None, allow_untrained_lengths: bool) -> int:
+        if max_len is None:
+            return self.max_target_length
+        max_len = check_max_len(max_len)
+        if self.eos_token is None and max_len > self.max_target_length and not allow_untrained_lengths:
+            # without an end token every answer runs max_len steps: the ones past the trained length are noise
+            raise ValueError(
+                f"max_len {max_len}: this model has no end token and was trained to answer with exactly "
+                f"{self.max_target_length} tokens, so the steps past them are untrained (pass "
+                "allow_untrained_lengths=True to decode them anyway)"
+            )
+        return max_len
 
     def greedy(self, source: Any, max_len: int | None = None, *, allow_untrained_lengths: bool = False) -> np.ndarray:
         """Greedy decoding, batched: (batch, source_len) -> (batch, steps) int64, padded after the end token.
 
-        A single (source_len,) sequence gives a (steps,) array. Rows of a length outside the trained range are
-        refused unless `allow_untrained_lengths` (see check_source). Runs greedy.onnx where the export has one (as fast
+        A single (source_len,) sequence gives a (steps,) array. Rows of a length outside the trained range, and on a
+        model without an end token a max_len past its answer length, are refused unless `allow_untrained_lengths`
+        (see check_source). Runs greedy.onnx where the export has one (as fast
         or faster at every batch size measured: 0.92x the two-graph loop's time at batch 1, 1.03x its throughput at
         1024, benchmarks/decode_speed.py), else the two-graph loop.
         """
         source, single = self.check_source(source, allow_untrained_lengths=allow_untrained_lengths)
-        max_len = self._max_len(max_len)
+        max_len = self._max_len(max_len, allow_untrained_lengths)
         if self.greedy_graph is not None:
             tokens = self._greedy_graph(source, max_len)
         else:
@@ -404,15 +415,17 @@ class OnnxSeq2Seq:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Beam search: best tokens (batch, steps) and their score, log-probability / length ** length_penalty.
 
-        Rows of a length outside the trained range are refused unless `allow_untrained_lengths` (see check_source).
+        Rows of a length outside the trained range, and on a model without an end token a max_len past its answer
+        length, are refused unless `allow_untrained_lengths` (see check_source).
         """
         source, single = self.check_source(source, allow_untrained_lengths=allow_untrained_lengths)
         beam_size, length_penalty = check_beam_settings(beam_size, length_penalty)  # before the encoder runs
+        max_len = self._max_len(max_len, allow_untrained_lengths)
         tokens, scores = beam_search(
             self._step,
             self._encode(source),
             batch_size=len(source),
-            max_len=self._max_len(max_len),
+            max_len=max_len,
             beam_size=beam_size,
             length_penalty=length_penalty,
             **self.tokens,

@@ -431,6 +431,20 @@ def test_an_export_without_greedy_onnx_loads_and_decodes_with_the_two_graphs(exp
         assert code == 0 and out.splitlines() == [" ".join(map(str, full.strip(r))) for r in full.greedy(source[:2])]
 
 
+def test_max_len_past_a_fixed_length_models_answer_is_refused_unless_allowed(runtime_model):
+    """Without an end token every answer runs max_len steps: past the trained length they would be untrained noise."""
+    model = runtime_model("lstm")  # reverse_first: answers of exactly 2 tokens, no end token
+    source = np.array([[2, 3, 4, 5], [6, 7, 8, 1]])
+    message = "max_len 3: this model has no end token and was trained to answer with exactly 2 tokens"
+    for search in (model.greedy, model.beam_search):
+        with pytest.raises(ValueError, match=message):
+            search(source, max_len=3)
+    assert model.greedy(source, max_len=3, allow_untrained_lengths=True).shape == (2, 3)
+    assert model.beam_search(source, max_len=3, allow_untrained_lengths=True)[0].shape == (2, 3)
+    np.testing.assert_array_equal(model.greedy(source, max_len=1), model.greedy(source)[:, :1])  # shorter: a prefix
+    assert runtime_model("copy_trained").greedy([[2, 3, 4], [5, 2, 3]], max_len=9).shape[0] == 2  # an end token: allowed
+
+
 @pytest.mark.parametrize(
     "source, max_len, message",
     [
