@@ -442,7 +442,7 @@ def test_max_len_past_a_fixed_length_models_answer_is_refused_unless_allowed(run
     assert model.greedy(source, max_len=3, allow_untrained_lengths=True).shape == (2, 3)
     assert model.beam_search(source, max_len=3, allow_untrained_lengths=True)[0].shape == (2, 3)
     np.testing.assert_array_equal(model.greedy(source, max_len=1), model.greedy(source)[:, :1])  # shorter: a prefix
-    assert runtime_model("copy_trained").greedy([[2, 3, 4], [5, 2, 3]], max_len=9).shape[0] == 2  # an end token: allowed
+    assert runtime_model("copy_trained").greedy([[2, 3, 4], [5, 2, 3]], max_len=9).shape[0] == 2  # has an end token
 
 
 @pytest.mark.parametrize(
