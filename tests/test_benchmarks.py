@@ -181,11 +181,12 @@ def test_g2p_eval_scores_pytorch_and_onnx_alike_with_and_without_stress(tmp_path
     pairs = text_pairs(60, seed=3)
     pairs += [(pairs[0][0], "AH AH AH")]  # a second reference of one source, adjacent to its first
     pairs.sort(key=lambda p: p[0])
+    pairs += [(pairs[5][0].upper(), "AH")]  # the model lowercases: one source with pairs[5], as test and decode count
     (tmp_path / "test.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in pairs), encoding="utf-8")
     args = ["--ckpt_path", str(built.ckpt), "--model_dir", str(built.model_dir), "--file", str(tmp_path / "test.tsv")]
     assert g2p_eval.main([*args, "--ignore_stress", "--beam_size", "2"]) == 0
     out = capsys.readouterr().out
-    sources = len({s for s, _ in pairs})
+    sources = len({s.lower() for s, _ in pairs})
     assert f"{sources} sources, {len(pairs)} references" in out
     assert f"PyTorch and ONNX greedy tokens identical on {sources}/{sources} sources" in out
     plain, stressless = out.split("error rates, stress ignored")
@@ -208,8 +209,8 @@ def test_g2p_eval_refuses_bad_input_in_one_line(tmp_path, text_exported, capsys)
     cases = {
         "no tab": ("ab AH BE\n", built, "good.tsv:1: not SOURCE<TAB>REFERENCE"),
         "empty": ("\n", built, "good.tsv: no SOURCE<TAB>REFERENCE lines"),
-        "unknown letter": ("aq\tAH\n", built, "source text 0: unknown token 'q' at position 2"),
-        "too long": ("aaaaaa\tAH\n", built, "source text 0: 6 characters; this model was trained on sources of 1 to 5"),
+        "unknown letter": ("ab\tAH\naq\tAH\n", built, "good.tsv: source 2 ('aq'): unknown token 'q' at position 2"),
+        "too long": ("aaaaaa\tAH\n", built, "source 1 ('aaaaaa'): 6 characters; this model was trained on"),
         "other model": ("ab\tAH BE\n", other, "hold different models (export it)"),
         "blank line inside": ("ab\tAH BE\n\nb\tBE\n\n", built, "good.tsv:2: not SOURCE<TAB>REFERENCE"),
         "not utf-8": (b"ab\tAH\n\xff\n", built, "good.tsv after line 1: not UTF-8 text (invalid start byte)"),
