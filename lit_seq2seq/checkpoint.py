@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lit_seq2seq.processes import pid_alive
+from lit_seq2seq.atomic import remove_dead_temporaries, replacing
 from lit_seq2seq.runs import RESUMED_FROM, resume_record
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ NAMES = ("best", "last")  # --ckpt_path values that name a checkpoint of an earl
 # solved ones), where the token error rate still tells the better weights apart.
 TIE_BREAKERS = {"val/exact_match": "val/token_error_rate"}
 # The hidden file Seq2SeqCheckpointIO writes before renaming it onto the checkpoint: .<name>.<pid>.tmp
-_TEMPORARY = re.compile(r"^\.(?P<name>.+\.ckpt)\.(?P<pid>\d+)\.tmp$")
 _VERSION = re.compile(r"version_(\d+)")  # the run folders of the CLI's logger
 
 
@@ -191,23 +190,6 @@ def _runs(root: Path) -> list[Path]:
     return sorted((p for p in root.glob("*/checkpoints") if p.is_dir()), key=started)
 
 
-def remove_dead_writes(folders: list[Path]) -> list[Path]:
-    """Delete the temporary files that Seq2SeqCheckpointIO writers killed mid-write left in `folders`.
-
-    The pid in the name tells a dead writer from a live one (another fit writing into the same folder right now);
-    files of live processes are left alone.
-    """
-    removed = []
-    for folder in dict.fromkeys(folders):
-        for path in sorted(folder.glob(".*.ckpt.*.tmp")):
-            match = _TEMPORARY.match(path.name)
-            if match is None or pid_alive(int(match["pid"])):
-                continue
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
-
-
 def _non_finite(state: Mapping[str, Any], prefix: str = "") -> list[str]:
     """Names of the floating-point tensors holding a NaN or infinity, in nested dicts and lists (optimizer state)."""
     items = state.items() if isinstance(state, Mapping) else enumerate(state) if isinstance(state, list) else ()
@@ -327,21 +309,15 @@ def _lightning_classes() -> dict[str, type]:
             if storage_options is not None or "://" in str(path):
                 return super().save_checkpoint(checkpoint, path, storage_options)
             target = Path(path)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with tmp.open("wb") as f:
+                with replacing(target) as (tmp,), tmp.open("wb") as f:
                     torch.save(checkpoint, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
             except (OSError, RuntimeError) as error:  # a full disk or a read-only folder: one line, not a traceback
                 write_error = CheckpointWriteError.caused_by(error, f"checkpoint {target}")
                 if write_error is None:
                     raise
                 raise write_error from error
-            finally:
-                tmp.unlink(missing_ok=True)
             return None
 
     class Seq2SeqCheckpoint(ModelCheckpoint):
@@ -454,7 +430,7 @@ def _lightning_classes() -> dict[str, type]:
             folder.mkdir(parents=True, exist_ok=True)  # `resolve` tells a run that died before its first write
             # this run's folder and, in the logger's <root>/version_N/checkpoints layout, those of the earlier runs
             siblings = folder.parent.parent.glob(f"*/{folder.name}") if _VERSION.fullmatch(folder.parent.name) else []
-            removed = remove_dead_writes([folder, *siblings])
+            removed = remove_dead_temporaries([folder, *siblings], "*.ckpt")
             if removed:
                 shown = ", ".join(map(str, removed[:3])) + (f" and {len(removed) - 3} more" if len(removed) > 3 else "")
                 print(f"removed {len(removed)} unfinished checkpoint write(s) of killed fits: {shown}", file=sys.stderr)
@@ -538,9 +514,8 @@ def _lightning_classes() -> dict[str, type]:
             if trainer.is_global_zero and self._saving(trainer) and source and "://" not in f"{source}{folder}":
                 # this fit continues the run of that checkpoint: `resolve` follows it there, the report takes
                 # that run's curves up to the step
-                marker = folder / f".{RESUMED_FROM}.{os.getpid()}.tmp"
-                marker.write_text(f"{Path(source).resolve()}\nglobal_step {checkpoint.get('global_step', '')}\n")
-                os.replace(marker, folder / RESUMED_FROM)
+                with replacing(folder / RESUMED_FROM) as (marker,):
+                    marker.write_text(f"{Path(source).resolve()}\nglobal_step {checkpoint.get('global_step', '')}\n")
 
         def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
             if self._pending_rng is not None:

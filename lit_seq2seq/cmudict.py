@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lit_seq2seq.atomic import replacing
 
 SPLITS = ("train", "val", "test")
 WORD = re.compile(r"[a-z']*[a-z][a-z']*")  # letters and apostrophes, at least one letter
@@ -70,18 +71,10 @@ def write_splits(split: Split, output_dir: Path) -> None:
     """All three files written to temporary files beside them first, then moved into place: a failed write leaves
     the folder as it was, and never a half-written file."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    temporary: dict[str, str] = {}
-    try:
-        for name in SPLITS:
-            # a plain file's mode, not mkstemp's 0600
-            temporary[name] = str(output_dir / f".{name}.tsv.{os.getpid()}.tmp")
-            with open(temporary[name], "w", encoding="utf-8", newline="\n") as f:
+    with replacing(*(output_dir / f"{name}.tsv" for name in SPLITS)) as temporaries:
+        for name, tmp in zip(SPLITS, temporaries, strict=True):
+            with open(tmp, "w", encoding="utf-8", newline="\n") as f:
                 f.write("".join(line + "\n" for line in split.lines[name]))
-        for name in SPLITS:
-            os.replace(temporary.pop(name), output_dir / f"{name}.tsv")
-    finally:
-        for tmp in temporary.values():
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -35,9 +35,9 @@ import torch
 from torch import Tensor, nn
 
 from lit_seq2seq import __version__, bundled, contract
+from lit_seq2seq.atomic import pid_alive
 from lit_seq2seq.checkpoint import read_checkpoint
 from lit_seq2seq.model import Seq2Seq
-from lit_seq2seq.processes import pid_alive
 from lit_seq2seq.runtime import OnnxSeq2Seq
 from lit_seq2seq.search import to_width
 from lit_seq2seq.tasks import Task, task_from_hparams

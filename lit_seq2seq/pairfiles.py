@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from lit_seq2seq.atomic import replacing
 from lit_seq2seq.text import CONTROL, CONTROL_RANGES, NORMALIZATION, Tokenizer, Vocab, describe_control
 
 TSV_SUFFIXES = (".tsv", ".txt")
@@ -436,14 +437,11 @@ def _write_cache(path: Path, key: str, sha: str, lines: np.ndarray, source: Side
     arrays = {"lines": lines}
     for name, side in zip(SIDES, (source, target), strict=True):
         arrays |= {f"{name}_table": side.table, f"{name}_ids": side.ids, f"{name}_offsets": side.offsets}
-    tmp = None
     try:
         folder.mkdir(exist_ok=True)
-        tmp = folder / f".{key}.{os.getpid()}.tmp"  # one per process (DDP ranks may write at once), a plain file's mode
-        with open(tmp, "wb") as out:
+        # one temporary per process: DDP ranks may write at once. Not fsynced: a lost cache is rebuilt.
+        with replacing(folder / f"{key}.npz", fsync=False) as (tmp,), open(tmp, "wb") as out:
             np.savez(out, **arrays)
-        os.replace(tmp, folder / f"{key}.npz")
-        tmp = None
         for old in folder.glob("*.npz"):  # the same file's earlier contents: never read again
             if not old.name.startswith(sha[:32]):
                 old.unlink(missing_ok=True)
@@ -455,6 +453,3 @@ def _write_cache(path: Path, key: str, sha: str, lines: np.ndarray, source: Side
                 f"lit-seq2seq: not caching the tokenized {path} in {folder} ({why}); tokenizing on each run",
                 file=sys.stderr,
             )
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)

@@ -8,11 +8,11 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from lit_seq2seq.processes import pid_alive
+from lit_seq2seq.atomic import remove_dead_temporaries, replacing
 from lit_seq2seq.runs import resume_record
 
 CURVES = (
@@ -21,7 +21,6 @@ CURVES = (
     ("exact match", ("val/exact_match",)),
 )
 _POSITION = re.compile(r"^(val|test)/position_(\d+)_acc$")
-_TEMPORARY = re.compile(r"\.report\.(?:csv|png)\.(\d+)\.tmp")  # written by _replace_with
 
 
 class ReportError(ValueError):
@@ -115,28 +114,6 @@ def collect(rows: list[dict[str, float]]) -> tuple[dict[str, list[tuple[float, f
     return curves, positions
 
 
-def _replace_with(path: Path, write: Callable[[BinaryIO], None]) -> Path:
-    """A hidden temporary file beside `path` filled by `write`, fsynced; returned for os.replace. Removed on failure."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
-
-
-def _remove_dead_temporaries(log_dir: Path) -> None:
-    """Temporary files of reports whose process was killed (their pid is in the name)."""
-    for tmp in log_dir.glob(".report.*.tmp"):
-        match = _TEMPORARY.fullmatch(tmp.name)
-        if match and not pid_alive(int(match.group(1))):
-            tmp.unlink(missing_ok=True)
-
-
 def write_report(log_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write <log_dir>/report.csv and <log_dir>/report.png; returns their paths.
 
@@ -154,25 +131,21 @@ def write_report(log_dir: str | os.PathLike) -> tuple[Path, Path]:
     except ImportError:
         raise ValueError("the PNG report needs matplotlib: pip install 'lit-seq2seq[report]'") from None
     csv_path, png_path = log_dir / "report.csv", log_dir / "report.png"
-    _remove_dead_temporaries(log_dir)
-    written: list[tuple[Path, Path]] = []
+    remove_dead_temporaries([log_dir], "report.*")
     try:
-        written.append((_replace_with(csv_path, lambda f: _write_table(f, curves, positions)), csv_path))
-        figure = _figure(plt, curves, positions, log_dir, resumes)
-        try:
-            written.append((_replace_with(png_path, lambda f: figure.savefig(f, format="png", dpi=100)), png_path))
-        finally:
-            plt.close(figure)
-        for tmp, path in written:
-            os.replace(tmp, path)
+        with replacing(csv_path, png_path) as (csv_tmp, png_tmp):
+            with csv_tmp.open("wb") as f:
+                _write_table(f, curves, positions)
+            figure = _figure(plt, curves, positions, log_dir, resumes)
+            try:
+                figure.savefig(png_tmp, format="png", dpi=100)
+            finally:
+                plt.close(figure)
     except OSError as error:
         raise ReportError(
             f"--log_dir {log_dir}: cannot write the report ({error.strerror or error}); free some space or make the "
             "folder writable; an existing report is unchanged"
         ) from error
-    finally:
-        for tmp, _ in written:
-            tmp.unlink(missing_ok=True)
     return png_path, csv_path
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import damaged_checkpoint
 
+from lit_seq2seq.atomic import remove_dead_temporaries
 from lit_seq2seq.checkpoint import (
     RESUMED_FROM,
     WEIGHTS_HASH_KEY,
@@ -21,7 +22,6 @@ from lit_seq2seq.checkpoint import (
     Seq2SeqCheckpointIO,
     check_weights,
     read_checkpoint,
-    remove_dead_writes,
     resolve,
     weights_sha256,
 )
@@ -285,5 +285,5 @@ def test_temporary_files_of_dead_writers_are_removed_and_of_live_ones_kept(tmp_p
     kept = [a / f".last.ckpt.{live_pid}.tmp", a / f".last.ckpt.{os.getpid()}.tmp", a / ".notes.tmp", a / "last.ckpt"]
     for path in litter + kept:
         path.write_bytes(b"PK half a checkpoint")
-    assert remove_dead_writes([a, b, a]) == litter
+    assert remove_dead_temporaries([a, b, a], "*.ckpt") == litter
     assert not any(p.exists() for p in litter) and all(p.exists() for p in kept)
