@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, NoReturn
 
 import lightning as L
@@ -25,6 +27,7 @@ from lit_seq2seq.data import Seq2SeqDataModule
 from lit_seq2seq.model import upgrade_hparams
 from lit_seq2seq.module import Seq2SeqModule
 from lit_seq2seq.pairs import FIT_TEXT_FROM, PairDataModule
+from lit_seq2seq.runs import RESUMED_FROM
 from lit_seq2seq.tasks import check_memory
 from lit_seq2seq.text import TEXT_KEY
 
@@ -386,7 +389,20 @@ class Seq2SeqCLI(LightningCLI):
         """Write the training report of this run (LightningCLI calls after_<subcommand> once it returns)."""
         trainer = self.trainer
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
-        if not (self.config.fit.report and trainer.is_global_zero and log_dir and trainer.logger is not None):
+        if not (trainer.is_global_zero and log_dir and trainer.logger is not None):
+            return
+        if trainer.global_step == self._resumed_at:
+            # A resume of a finished fit: its run folder holds only what every fit writes first; removed, `--ckpt_path
+            # last` and `report` find the run it continues as before.
+            removed = _remove_if_only(Path(log_dir), {"config.yaml", "hparams.yaml", f"checkpoints/{RESUMED_FROM}"})
+            print(
+                f"nothing trained: the checkpoint (step {self._resumed_at}) had already reached the fit's end; raise "
+                "--trainer.max_epochs, --trainer.max_steps or --trainer.max_time to go on"
+                + (f" (its empty run folder {log_dir} was removed)" if removed else ""),
+                file=sys.stderr,
+            )
+            return
+        if not self.config.fit.report:
             return
         if importlib.util.find_spec("matplotlib") is None:
             print(
@@ -397,13 +413,6 @@ class Seq2SeqCLI(LightningCLI):
             return
         from lit_seq2seq.report import write_report
 
-        if trainer.global_step == self._resumed_at:
-            print(
-                f"no training report: this fit trained no step: its checkpoint (step {self._resumed_at}) had already "
-                "reached the fit's end; raise --trainer.max_epochs, --trainer.max_steps or --trainer.max_time to go on",
-                file=sys.stderr,
-            )
-            return
         if not os.path.exists(os.path.join(log_dir, "metrics.csv")):  # nothing logged: no report to ask for later
             every = trainer.log_every_n_steps
             print(
@@ -418,6 +427,15 @@ class Seq2SeqCLI(LightningCLI):
             print(f"no training report: {error}", file=sys.stderr)
             return
         print(f"training report written to {png} and {table}", file=sys.stderr)
+
+
+def _remove_if_only(folder: Path, files: set[str]) -> bool:
+    """Remove `folder` if the files in it (paths relative to it) are some of `files`; whether it did."""
+    found = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+    if not found <= files:
+        return False
+    shutil.rmtree(folder)
+    return True
 
 
 def _pair_data(data: Any) -> bool:

@@ -26,6 +26,7 @@ from conftest import (
     run_cli,
     run_python,
     strip_all,
+    version_dirs,
 )  # fmt: skip
 
 from lit_seq2seq import export as export_module
@@ -234,11 +235,16 @@ def test_a_fit_too_short_to_log_says_why_it_has_no_report(tmp_path, capsys):
     code, _, err = cli_output([*fit, "--model.net.hidden_size", "8", *root_args(tmp_path)], capsys)
     assert code == 0 and "no training report: nothing was logged (2 training steps, no validation; " in err
     assert "--trainer.log_every_n_steps 50 steps" in err
-    # resumed when its end is reached already: nothing trained, and it says so (not the logging interval)
-    code, _, err = cli_output(
-        [*fit, "--model.net.hidden_size", "8", "--ckpt_path", "last", *root_args(tmp_path)], capsys
-    )
-    assert code == 0 and "this fit trained no step: its checkpoint (step 2) had already reached the fit's end" in err
+    # resumed when its end is reached already: nothing trained, and it says so (not the logging interval); the run
+    # folder it made, empty but for its config, goes, so `last` and the report see the run as it was
+    for report in ("true", "false"):
+        code, _, err = cli_output(
+            [*fit, "--model.net.hidden_size", "8", "--ckpt_path", "last", "--report", report, *root_args(tmp_path)],
+            capsys,
+        )
+        assert code == 0 and "nothing trained: the checkpoint (step 2) had already reached the fit's end" in err
+        assert f"(its empty run folder {tmp_path / 'version_1'} was removed)" in err
+        assert [p.name for p in version_dirs(tmp_path)] == ["version_0"]
 
 
 # ------------------------------------------------ issue 12: untrained lengths, streaming decode and sample
