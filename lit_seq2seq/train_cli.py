@@ -128,6 +128,9 @@ class Seq2SeqCLI(LightningCLI):
         except checkpoint.SettingError as error:  # a bad flag found once the data is loaded: as parser.error does
             if self.trainer.is_global_zero:
                 print(f"lit-seq2seq {self.subcommand}: error: {error}", file=sys.stderr, flush=True)
+                log_dir = getattr(self.trainer.logger, "log_dir", None)  # the logger's own: no broadcast here
+                if log_dir:  # made before the data was loaded, and empty but for what every fit writes first
+                    _remove_if_only(Path(log_dir), {"config.yaml", "hparams.yaml", f"checkpoints/{RESUMED_FROM}"})
             sys.exit(2)
         except NonFiniteError as error:  # a training outcome, not a crash: one line, exit code 1
             if self.trainer.is_global_zero:  # every rank stops; the first one speaks for them
