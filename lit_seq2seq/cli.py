@@ -182,7 +182,9 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
         "each batch of --batch_size lines as it is read (constant memory)",
     )
     p.add_argument("--beam_size", type=int, default=1, help="1: greedy (default); more: beam search")
-    p.add_argument("--length_penalty", type=float, default=1.0, help="beam score / length ** this (default 1)")
+    p.add_argument(
+        "--length_penalty", type=float, default=1.0, help="beam score / length ** this, in [-10, 10] (default 1)"
+    )
     p.add_argument("--batch_size", type=int, default=256, help="sequences decoded together (default 256)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     p.add_argument(

@@ -22,6 +22,9 @@ S = TypeVar("S")
 Step = Callable[[np.ndarray, S], tuple[np.ndarray, S]]
 MAX_STEPS = 4096  # longest decode accepted: far past any generated task, short of exhausting memory
 MAX_BEAM_SIZE = 1024  # widest beam accepted: batch x beam rows of state are decoded at once
+# |length_penalty| accepted: 0 ranks by total log-probability, 1 per token; beyond ~300, length ** length_penalty
+# overflows (or underflows to 0) and the ranking is noise. HF and GNMT use values within [-2, 2].
+MAX_LENGTH_PENALTY = 10.0
 
 
 def check_max_len(max_len: Any) -> int:
@@ -41,6 +44,11 @@ def check_beam_settings(beam_size: Any, length_penalty: Any) -> tuple[int, float
         raise TypeError(f"length_penalty must be a finite number, got {length_penalty!r}")
     if not math.isfinite(length_penalty):
         raise ValueError(f"length_penalty must be finite, got {length_penalty}")
+    if abs(length_penalty) > MAX_LENGTH_PENALTY:
+        raise ValueError(
+            f"length_penalty must be in [-{MAX_LENGTH_PENALTY:g}, {MAX_LENGTH_PENALTY:g}] (scores are "
+            f"log-probability / length ** length_penalty), got {length_penalty}"
+        )
     return int(beam_size), float(length_penalty)
 
 

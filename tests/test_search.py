@@ -201,6 +201,8 @@ BAD_BEAM = [
     (2, True, TypeError, "length_penalty must be a finite number"),
     (2, float("nan"), ValueError, "length_penalty must be finite, got nan"),
     (2, float("inf"), ValueError, "length_penalty must be finite, got inf"),
+    (2, -1e300, ValueError, "length_penalty must be in \\[-10, 10\\] \\(scores are log-probability / length"),
+    (2, 10.5, ValueError, "length_penalty must be in \\[-10, 10\\]"),
     (1025, 1.0, ValueError, "beam_size must be <= 1024, got 1025"),
 ]
 
