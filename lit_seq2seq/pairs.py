@@ -16,10 +16,17 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lit_seq2seq.data import ResumableSampler, ShardSampler, _already_batched, train_position
 from lit_seq2seq.pairfiles import PairFile, Side, pad_rows, read_pairs, to_vocab_ids
+from lit_seq2seq.tasks import check_memory
 from lit_seq2seq.text import EOS_ID, TEXT_KEY, TextSpec, Tokenizer, Vocab, read_text_entry
 
 SPLITS = ("train", "val", "test", "predict")
 ABSENT = -1  # a reference slot a source does not use
+
+
+def _lengths(rows: Tensor) -> Tensor:
+    """Non-pad ids per row of a padded (rows, width) array. (torch's (rows != 0).sum(1) makes an int64 copy of the
+    whole array first: 8 bytes a cell, 29 GB for one 200,000-character line among 18,000.)"""
+    return torch.from_numpy(np.count_nonzero(rows.numpy(), axis=1))
 
 
 class PairRows(Dataset):
@@ -28,8 +35,7 @@ class PairRows(Dataset):
 
     def __init__(self, source: Tensor, target: Tensor) -> None:
         self.source, self.target = source, target
-        self.source_lengths = (source != 0).sum(1)
-        self.target_lengths = (target != 0).sum(1)
+        self.source_lengths, self.target_lengths = _lengths(source), _lengths(target)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -49,7 +55,7 @@ class ReferenceRows(Dataset):
 
     def __init__(self, source: Tensor, target: Tensor, references: Tensor) -> None:
         self.source, self.target, self.references = source, target, references
-        self.source_lengths = (source != 0).sum(1)
+        self.source_lengths = _lengths(source)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -204,7 +210,8 @@ class PairDataModule(L.LightningDataModule):
         self.caps = {"source": max_source_tokens, "target": max_target_tokens}
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
         self.bucketing, self.cache = bucketing, cache
-        self.datasets: dict[str, Dataset] = {}
+        self._datasets: dict[str, Dataset] = {}
+        self._pending: dict[str, tuple[PairFile, np.ndarray, np.ndarray]] = {}  # split -> (pairs, ids): to pad
         self.skipped: dict[str, int] = {}  # over-long pairs skipped per split (skip_long)
         self.train_sha256 = ""
         self._spec: TextSpec | None = None
@@ -306,7 +313,37 @@ class PairDataModule(L.LightningDataModule):
             "target": self.caps["target"] or int(train.target.lengths.max()),
         }
         self._train_source_lengths = lengths
+        self._check_lengths(train, spec, splits)
         self._make_datasets(splits, spec)
+
+    def _check_lengths(self, train: PairFile, spec: TextSpec, splits: dict[str, PairFile | None]) -> None:
+        """Every row of every split is stored padded to the longest training source and target. Name an outlier that
+        sets that width (one long line among short ones), and refuse a width whose arrays cannot fit in memory, both
+        pointing at the line and at the flags that cap the lengths. (Capped sides are the user's widths.)"""
+        sides = {side: getattr(train, side).lengths for side in ("source", "target") if self.caps[side] is None}
+        if not sides:
+            return
+        side = max(sides, key=lambda name: sides[name].max())  # the side whose longest row dominates the width
+        lengths = sides[side]
+        longest = int(np.argmax(lengths))
+        where = f"{train.where(longest)}: its {side} of {int(lengths[longest])} tokens, the longest"
+        rows = sum(len(p) for p in splits.values() if p is not None)
+        width = self._lengths["source"] + self._lengths["target"] + 1
+        cell = 2 if max(len(spec.source_vocab), len(spec.target_vocab)) <= np.iinfo(np.int16).max else 4
+        top = math.ceil(len(lengths) / 1000)  # the longest 0.1% of the pairs, at least one
+        rest = int(np.partition(lengths, len(lengths) - top - 1)[len(lengths) - top - 1]) if len(lengths) > top else 0
+        if rest and lengths[longest] > max(4 * rest, rest + 64):
+            rank_zero_warn(
+                f"{where}, is {lengths[longest] / rest:.0f}x the longest of the other {len(lengths) - top} pairs "
+                f"({rest}): every row is stored padded to it (~{rows * width * cell / 2**20:.0f} MiB) and its batch "
+                f"runs that many steps; --data.max_{side}_tokens {rest} --data.skip_long true would skip the "
+                f"{int((lengths > rest).sum())} pair(s) above that"
+            )
+        check_memory(  # the padded ids, a second copy of the targets as references (val/test), a byte a cell counted
+            rows * width * (2 * cell + 1),
+            f"{where}, sets the width every row is stored padded to: {rows} pairs x {width} ids need",
+            f"cap the lengths: --data.max_{side}_tokens N with --data.skip_long true skips (and counts) longer pairs",
+        )
 
     def _say_overridden(self, trained: dict[str, Tokenizer]) -> None:
         """Name the tokenizer flags that --data.text_from overrides (the model reads only the tokens it learned); a
@@ -324,19 +361,16 @@ class PairDataModule(L.LightningDataModule):
             rank_zero_info(f"--data.text_from reads the files as the model was trained ({used}); not {not_flags}")
 
     def _make_datasets(self, splits: dict[str, PairFile | None], spec: TextSpec) -> None:
-        """The id datasets of every split given, with `spec` and the trained lengths; val/test/predict rows longer
-        than those are capped (`_cap`)."""
+        """The ids of every split given, with `spec` and the trained lengths (val/test/predict rows longer than those
+        are capped, `_cap`), checked now; padded into `datasets` on first use, so that `fit` can refuse lengths whose
+        training step cannot fit in memory before their arrays are made."""
         for name, pairs in splits.items():
             if pairs is None or len(pairs) == 0:
                 continue
             if name != "train":
                 pairs = self._cap(pairs, name, "source", self._lengths["source"])
                 pairs = self._cap(pairs, name, "target", self._lengths["target"])
-            source, target = self._arrays(pairs, spec)
-            if name == "train":
-                self.datasets[name] = PairRows(torch.from_numpy(source), torch.from_numpy(target))
-            else:
-                self.datasets[name] = ReferenceRows(*(torch.from_numpy(a) for a in group_references(source, target)))
+            self._pending[name] = (pairs, *self._ids(pairs, spec))
         self._spec = spec
         if self.skipped:  # --data.skip_long: say how many, once (rank 0)
             counts = ", ".join(f"{n} {split}" for split, n in self.skipped.items())
@@ -359,9 +393,21 @@ class PairDataModule(L.LightningDataModule):
         self.skipped[split] = self.skipped.get(split, 0) + int(long.sum())
         return _select(pairs, np.flatnonzero(~long))
 
-    def _arrays(self, pairs: PairFile, spec: TextSpec) -> tuple[np.ndarray, np.ndarray]:
-        """Padded id arrays (int16, or int32 past 32767 ids): sources (rows, source_length), targets (rows,
-        max_target_length) with the end token."""
+    @property
+    def datasets(self) -> dict[str, Dataset]:
+        """The datasets of the splits given (a split without pairs has none), padded on first use."""
+        self.load()
+        for name, (pairs, source_ids, target_ids) in self._pending.items():
+            source, target = self._pad(pairs, source_ids, target_ids)
+            if name == "train":
+                self._datasets[name] = PairRows(torch.from_numpy(source), torch.from_numpy(target))
+            else:
+                self._datasets[name] = ReferenceRows(*(torch.from_numpy(a) for a in group_references(source, target)))
+        self._pending.clear()
+        return self._datasets
+
+    def _ids(self, pairs: PairFile, spec: TextSpec) -> tuple[np.ndarray, np.ndarray]:
+        """The vocabulary ids of every token (flat); an unknown one is an error naming its file, line and position."""
 
         def unknown(side: str, hint: str) -> Callable[[int, int, str], str]:
             return lambda row, pos, token: (
@@ -372,6 +418,12 @@ class PairDataModule(L.LightningDataModule):
         hint = "" if spec.source_vocab.has_unk else " (--data.unknown_source unk maps such tokens to <unk>)"
         source_ids = to_vocab_ids(pairs.source, spec.source_vocab, unknown("source", hint))
         target_ids = to_vocab_ids(pairs.target, spec.target_vocab, unknown("target", ""))
+        return source_ids, target_ids
+
+    def _pad(self, pairs: PairFile, source_ids: np.ndarray, target_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Padded id arrays (int16, or int32 past 32767 ids): sources (rows, source_length), targets (rows,
+        max_target_length) with the end token."""
+        spec = self.text_spec
         small = max(len(spec.source_vocab), len(spec.target_vocab)) <= np.iinfo(np.int16).max
         dtype = np.int16 if small else np.int32  # 2 bytes a cell: the rows of a large file, held in every process
         source = pad_rows(pairs.source, source_ids, self._lengths["source"], None, dtype)
@@ -388,16 +440,21 @@ class PairDataModule(L.LightningDataModule):
         missing = self.missing_split(stage)
         if missing:
             raise ValueError(missing)
-        if stage == "fit" and "val" not in self.datasets:
+        if stage == "fit" and not self._has("val"):
             flag = "--data.split_fractions gives it none" if self.file else "--data.val_file is unset"
             rank_zero_warn(f"fit without validation pairs ({flag}): no validation metrics and no best.ckpt")
+
+    def _has(self, split: str) -> bool:
+        """Whether `split` has pairs (without padding them)."""
+        self.load()
+        return split in self._pending or split in self._datasets
 
     def missing_split(self, stage: str) -> str:
         """Why `stage` (fit, validate, test, predict) has no pairs to run on, or "" when it has them."""
         self.load()
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
         for name in needed[stage]:
-            if name not in self.datasets and (name != "val" or stage == "validate"):
+            if not self._has(name) and (name != "val" or stage == "validate"):
                 if self.file:
                     flag = "--data.file/--data.split_fractions"
                 elif name == "predict":

@@ -48,7 +48,7 @@ TOO_BIG = [
     (["--data.vocab_size", "1000000000", "--model.net.embedding_dim", "64"], "weights (x 4 bytes) need 1.0e12 bytes"),
     (["--model.net.hidden_size", "1000000"], "--model.net.hidden_size 1000000, --model.net.num_layers 1: the net's"),
     # Data that fits, a net that fits, but not one training step of them: the activations of 32 sources of 400,000
-    # tokens (a pair file's one long line does this; its flags are test_pairs')
+    # tokens (a pair file's one long line does this: test_one_long_line_in_a_pair_file_...)
     (
         [
             "--data.source_length",
@@ -83,6 +83,40 @@ def test_settings_that_cannot_fit_exit_2_before_allocating(flags, message, in_tm
     # The checks themselves take microseconds (test_data, test_model); this is LightningCLI's parsing: 0.6-0.8 s here.
     assert elapsed < 5.0, f"refused after {elapsed:.2f} s"
     assert not (in_tmp / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "available, message",
+    [
+        # the rows fit, a training step of the long line does not: refused before the rows are padded to it
+        (30 * 2**30, "--data.batch_size 32 x the longest source (200000 tokens) x 4 decoder steps: a training step"),
+        # not even the rows, padded to it: refused naming the line
+        (
+            40 * 2**20,
+            "--data.train_file train.tsv:51: its source of 200000 tokens, the longest, sets the width every row is "
+            "stored padded to: 51 pairs x 200004 ids need",
+        ),
+    ],
+)
+def test_one_long_line_in_a_pair_file_is_refused_before_the_rows_are_padded_to_it(
+    available, message, in_tmp, capsys, monkeypatch
+):
+    """A new user's file with one 200,000-character line among short ones: this peaked at 11 GB and died in a
+    traceback (a torch int64 copy of the padded rows). Now: exit 2 in one line, and a warning naming the line."""
+    lines = [f"{'ab' * (1 + i % 4)}\tA B\n" for i in range(50)] + ["b" * 200000 + "\tB\n"]
+    (in_tmp / "train.tsv").write_text("".join(lines), encoding="utf-8")
+    monkeypatch.setattr(tasks, "available_memory", lambda: available)  # the same answer on any machine
+    monkeypatch.setattr(PairDataModule, "_pad", lambda *a: pytest.fail("padded the rows"))
+    fit = ["fit", "--data", "PairDataModule", "--data.train_file", "train.tsv", "--data.cache", "false"]
+    with pytest.warns(UserWarning) as warned:
+        code, _, err = cli_output([*fit, "--model.net.embedding_dim", "8", *root_args(in_tmp / "runs")], capsys)
+    assert code == 2 and message in err and "Traceback" not in err and "of memory available" in err, err
+    assert "cap the lengths" in err and "--data.max_source_tokens" in err
+    assert not (in_tmp / "runs").exists()
+    (warning,) = [str(w.message) for w in warned if "stored padded" in str(w.message)]
+    assert warning.startswith("--data.train_file train.tsv:51: its source of 200000 tokens, the longest, is ")
+    assert "x the longest of the other 50 pairs (8): every row is stored padded to it" in warning
+    assert warning.endswith("--data.max_source_tokens 8 --data.skip_long true would skip the 1 pair(s) above that")
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
