@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from lit_seq2seq.data import ResumableSampler, ShardSampler, _already_batched, train_position
 from lit_seq2seq.pairfiles import PairFile, Side, pad_rows, read_pairs, to_vocab_ids
 from lit_seq2seq.tasks import check_memory
-from lit_seq2seq.text import EOS_ID, TEXT_KEY, TextSpec, Tokenizer, Vocab, read_text_entry
+from lit_seq2seq.text import EOS_ID, TEXT_KEY, UNK_ID, TextSpec, Tokenizer, Vocab, read_text_entry
 
 SPLITS = ("train", "val", "test", "predict")
 ABSENT = -1  # a reference slot a source does not use
@@ -31,22 +31,33 @@ def _lengths(rows: Tensor) -> Tensor:
 
 class PairRows(Dataset):
     """Training rows (source, target), fetched a batch at a time and cut to the batch's longest row: a batch of short
-    words does not run the RNN over the padding of the longest word in the file. Stored int16/32, handed out int64."""
+    words does not run the RNN over the padding of the longest word in the file. Stored int16/32, handed out int64.
 
-    def __init__(self, source: Tensor, target: Tensor) -> None:
+    With `unk_rate`, each source token of a batch is replaced by UNK_ID with that probability, so that the model learns
+    what <unk> (an unknown token at decode time) means. The draws are seeded by `seed` and the batch's row indices:
+    the same batch of a resumed epoch gets the same ones, in any process or DataLoader worker."""
+
+    def __init__(self, source: Tensor, target: Tensor, unk_rate: float = 0.0, seed: int = 0) -> None:
         self.source, self.target = source, target
         self.source_lengths, self.target_lengths = _lengths(source), _lengths(target)
+        self.unk_rate, self.seed = unk_rate, seed
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        return self.source[i].long(), self.target[i].long()
+        source, target = self.__getitems__([i])
+        return source[0], target[0]
 
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
         idx = torch.as_tensor(indices)
         s, t = int(self.source_lengths[idx].max()), int(self.target_lengths[idx].max())
-        return self.source[idx, :s].long(), self.target[idx, :t].long()
+        source = self.source[idx, :s].long()
+        if self.unk_rate:
+            key = np.frombuffer(hashlib.blake2b(idx.numpy().tobytes(), digest_size=16).digest(), np.uint64)
+            drawn = np.random.default_rng([self.seed, *key.tolist()]).random(tuple(source.shape)) < self.unk_rate
+            source = source.masked_fill(torch.from_numpy(drawn) & (source != 0), UNK_ID)
+        return source, self.target[idx, :t].long()
 
 
 class ReferenceRows(Dataset):
@@ -131,7 +142,10 @@ class PairDataModule(L.LightningDataModule):
         target_lowercase: Lowercase targets.
         unknown_source: A source token that the training sources lack, in a val/test/predict file: ``error`` (the
             default: a clear error naming file, line, token and position; a silently replaced letter would be
-            scored as the model's fault) or ``unk`` (maps to an ``<unk>`` id).
+            scored as the model's fault) or ``unk`` (maps to an ``<unk>`` id, learned in training: see unk_rate).
+        unk_rate: With unknown_source unk, the share of training source tokens replaced by ``<unk>`` (drawn anew for
+            each batch), so that the model learns to read it; without any, its embedding would stay untrained and an
+            unknown token would decode to noise.
         max_source_tokens: Cap on source length in tokens (default: the longest training source).
         max_target_tokens: Cap on target length in tokens, end token excluded (default: the longest training target).
         skip_long: Skip and count pairs longer than the caps (or, in val/test, than the longest training pair)
@@ -161,6 +175,7 @@ class PairDataModule(L.LightningDataModule):
         source_lowercase: bool = False,
         target_lowercase: bool = False,
         unknown_source: Literal["error", "unk"] = "error",
+        unk_rate: float = 0.01,
         max_source_tokens: int | None = None,
         max_target_tokens: int | None = None,
         skip_long: bool = False,
@@ -193,6 +208,8 @@ class PairDataModule(L.LightningDataModule):
             )
         if unknown_source not in ("error", "unk"):
             raise ValueError(f"--data.unknown_source must be error or unk, got {unknown_source!r}")
+        if not 0.0 <= unk_rate < 1.0:
+            raise ValueError(f"--data.unk_rate must be in [0, 1), got {unk_rate}")
         sizes = (("batch_size", batch_size), ("max_source_tokens", max_source_tokens))
         for name, value in (*sizes, ("max_target_tokens", max_target_tokens)):
             if value is not None and value < 1:
@@ -207,6 +224,7 @@ class PairDataModule(L.LightningDataModule):
         self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file}
         self.file, self.fractions, self.text_from = file, fractions, text_from
         self.unknown_source, self.skip_long = unknown_source, skip_long
+        self.unk_rate = unk_rate if unknown_source == "unk" else 0.0
         self.caps = {"source": max_source_tokens, "target": max_target_tokens}
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
         self.bucketing, self.cache = bucketing, cache
@@ -400,7 +418,8 @@ class PairDataModule(L.LightningDataModule):
         for name, (pairs, source_ids, target_ids) in self._pending.items():
             source, target = self._pad(pairs, source_ids, target_ids)
             if name == "train":
-                self._datasets[name] = PairRows(torch.from_numpy(source), torch.from_numpy(target))
+                rate = self.unk_rate if self.text_spec.source_vocab.has_unk else 0.0
+                self._datasets[name] = PairRows(torch.from_numpy(source), torch.from_numpy(target), rate, self.seed)
             else:
                 self._datasets[name] = ReferenceRows(*(torch.from_numpy(a) for a in group_references(source, target)))
         self._pending.clear()
@@ -415,7 +434,12 @@ class PairDataModule(L.LightningDataModule):
                 f"{hint}"
             )
 
-        hint = "" if spec.source_vocab.has_unk else " (--data.unknown_source unk maps such tokens to <unk>)"
+        if spec.source_vocab.has_unk:
+            hint = ""
+        elif self.text_from is not None:  # the checkpoint's vocabulary: no flag of this run adds <unk> to it
+            hint = " (the model was trained without <unk>: fit it with --data.unknown_source unk to map such tokens)"
+        else:
+            hint = " (--data.unknown_source unk maps such tokens to <unk>)"
         source_ids = to_vocab_ids(pairs.source, spec.source_vocab, unknown("source", hint))
         target_ids = to_vocab_ids(pairs.target, spec.target_vocab, unknown("target", ""))
         return source_ids, target_ids

@@ -20,7 +20,7 @@ from conftest import REPO, cli_exit, fit_in, last_metric, read_metrics, root_arg
 
 from lit_seq2seq.pairfiles import read_pairs
 from lit_seq2seq.pairs import BucketSampler, PairDataModule, group_references, split_by_source
-from lit_seq2seq.text import Tokenizer
+from lit_seq2seq.text import UNK_ID, Tokenizer
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*could not find the monitored key"),
@@ -197,6 +197,42 @@ def test_training_batches_are_cut_to_their_longest_row(tmp_path):
     assert widths == [((2, 2), (2, 3)), ((2, 6), (2, 7))] and all(b[0].dtype == torch.int64 for b in batches)
 
 
+def test_with_unk_a_share_of_training_source_tokens_is_replaced_by_it_the_same_in_a_rerun(tmp_path):
+    words = ["".join("abcdefgh"[(i * 7 + j) % 8] for j in range(3 + i % 5)) for i in range(400)]
+    train = [f"{w}\t{' '.join(w.upper())}" for w in words]
+    rows = module(tmp_path, train, unknown_source="unk", unk_rate=0.1, seed=3).datasets["train"]
+    batches = [rows.__getitems__(list(range(i, i + 32))) for i in range(0, 384, 32)]
+    source = torch.cat([s.flatten() for s, _ in batches])
+    real = source[source != 0]
+    assert 0.08 < (real == UNK_ID).float().mean() < 0.12  # ~10% of the 2,000 tokens; padding never replaced
+    again = module(tmp_path, train, unknown_source="unk", unk_rate=0.1, seed=3).datasets["train"]
+    assert all(
+        torch.equal(a[0], again.__getitems__(list(range(i, i + 32)))[0]) for a, i in zip(batches, range(0, 384, 32))
+    )
+    other_batch = rows.__getitems__(list(range(1, 33)))[0]  # other rows in the batch: other draws
+    assert not torch.equal(other_batch[:31] == UNK_ID, batches[0][0][1:32] == UNK_ID)
+    for kwargs in ({"unknown_source": "unk", "unk_rate": 0.0}, {"unknown_source": "error"}):  # none replaced
+        plain = module(tmp_path, train, **kwargs).datasets["train"]
+        width = int(plain.source_lengths.max())
+        assert torch.equal(plain.__getitems__(list(range(400)))[0], plain.source[:, :width].long())
+    with pytest.raises(ValueError, match=r"--data.unk_rate must be in \[0, 1\), got 1.0"):
+        module(tmp_path, train, unknown_source="unk", unk_rate=1.0)
+
+
+def test_unk_is_trained_only_with_a_positive_unk_rate(tmp_path):
+    """The new user's finding: with --data.unknown_source unk and nothing replaced in training, the <unk> row of the
+    source embedding never got a gradient (Adam's moments exactly 0): unknown letters decoded to noise."""
+    moments = {}
+    for rate in ("0.02", "0"):
+        flags = ["--data.unknown_source", "unk", "--data.unk_rate", rate, "--trainer.max_epochs", "1"]
+        root = fit_in(tmp_path / rate, *TINY_FIT, *flags)
+        saved = torch.load(root / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+        names = list(saved["state_dict"])
+        state = saved["optimizer_states"][0]["state"][names.index("net.encoder.input.table")]
+        moments[rate] = state["exp_avg_sq"][UNK_ID].abs().sum().item()
+    assert moments["0.02"] > 0 and moments["0"] == 0
+
+
 def bucket_batches(lengths: np.ndarray, batch: int, replicas: int, rank: int, epoch: int) -> list[np.ndarray]:
     sampler = BucketSampler(range(len(lengths)), lengths, replicas, rank, seed=7, batch_size=batch)
     sampler.set_epoch(epoch)
@@ -332,6 +368,11 @@ def test_validate_test_and_predict_without_the_training_file_read_the_checkpoint
     bad.append((["test", *generated], f"--ckpt_path {ckpt}: its model was trained on text pairs; pass --data Pair"))
     bad.append((["test", *only_val], "test needs test pairs: --data.test_file gives none"))
     bad.append((["predict", *only_val], "predict needs predict pairs: --data.predict_file (or --data.test_file, its"))
+    unknown = write(tmp_path / "unknown.tsv", ["abz\tAH B"])  # z: a letter the model never saw, and has no <unk>
+    message = "unknown source token 'z' at position 3: the training sources lack it (the model was trained without "
+    for unk in ([], ["--data.unknown_source", "unk"]):  # the flag cannot add <unk> to a trained vocabulary
+        flags = [*no_train, *unk, "--data.test_file", unknown, "--ckpt_path", ckpt, *root_args(root)]
+        bad.append((["test", *flags], message + "<unk>: fit it with --data.unknown_source unk to map such tokens)"))
     negative = ["--data.max_source_tokens", "-3"]  # our check's message alone, not jsonargparse's wrapping of it
     bad.append(
         (["fit", *TINY_FIT, *negative, *root_args(root)], "error: --data.max_source_tokens must be >= 1, got -3")
