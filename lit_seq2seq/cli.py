@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
+from lit_seq2seq import __version__
 from lit_seq2seq.bundled import config_names, resolve_config
 from lit_seq2seq.contract import CONTRACT_FILE, DECODER_FILE, ENCODER_FILE, GREEDY_FILE
 from lit_seq2seq.text import input_lines
@@ -20,7 +21,11 @@ OWN_COMMANDS = ("export", "decode", "sample", "report")
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 # What the `train` extra brings that fit/validate/test/predict and export import (pyproject.toml).
 TRAIN_MODULES = ("torch", "lightning", "jsonargparse", "torchmetrics", "onnx")
-TRAIN_EXTRA = "pip install 'lit-seq2seq[train]'"
+# The README's two ways to install: the package is not on PyPI, so `pip install 'lit-seq2seq[train]'` finds nothing.
+TRAIN_EXTRA = (
+    f"pip install 'PATH/lit_seq2seq-{__version__}-py3-none-any.whl[train]' from a wheel, "
+    "or pip install -e '.[train]' in a checkout of the repository"
+)
 
 
 class InputError(ValueError):
@@ -72,7 +77,11 @@ def main(args: Sequence[str] | None = None) -> int:
         sys.exit(2)
     if from_argv:  # LightningCLI reads sys.argv itself, and DDP relaunches the script with it
         sys.argv[1:] = resolved
-    Seq2SeqCLI(None if from_argv else resolved)
+    try:
+        Seq2SeqCLI(None if from_argv else resolved)
+    except KeyboardInterrupt:  # before the run (reading pair files, say): Lightning's own handler covers the run only
+        print(f"{_prog(command)}: interrupted", file=sys.stderr)
+        sys.exit(130)
     return 0
 
 
@@ -95,7 +104,7 @@ def _require_train_extra(command: str, args: Sequence[str]) -> None:
         return
     if not command and {"-h", "--help"} & set(args):
         print("Commands of the base install: decode, sample (lit-seq2seq COMMAND --help)\n")
-    print(f"{_prog(command)}: needs the training extra: {TRAIN_EXTRA} (missing: {', '.join(missing)})", file=sys.stderr)
+    print(f"{_prog(command)}: needs the training extra (missing: {', '.join(missing)}): {TRAIN_EXTRA}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -183,7 +192,9 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--beam_size", type=int, default=1, help="1: greedy (default); more: beam search")
     p.add_argument(
-        "--length_penalty", type=float, default=1.0, help="beam score / length ** this, in [-10, 10] (default 1)"
+        "--length_penalty",
+        type=float,
+        help="beam search only (--beam_size > 1): score / length ** this, in [-10, 10] (default 1)",
     )
     p.add_argument("--batch_size", type=int, default=256, help="sequences decoded together (default 256)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
@@ -229,17 +240,26 @@ def _run_decode(o: argparse.Namespace) -> int:
     import numpy as np
 
     from lit_seq2seq.runtime import OnnxSeq2Seq, pad_batch
+    from lit_seq2seq.search import check_beam_settings
 
     for flag, value in (("--beam_size", o.beam_size), ("--batch_size", o.batch_size), ("--threads", o.threads)):
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
+    if o.length_penalty is not None and o.beam_size == 1:  # greedy has no scores to rank: it would change nothing
+        raise ValueError("--length_penalty applies to beam search only: add --beam_size K (K > 1)")
+    try:  # here, not by the first beam_search, which runs after a batch of stdin was read
+        o.beam_size, o.length_penalty = check_beam_settings(
+            o.beam_size, 1.0 if o.length_penalty is None else o.length_penalty
+        )
+    except ValueError as error:
+        raise ValueError(f"--{error}") from None  # its messages start with the setting's name
     model = OnnxSeq2Seq.load(o.model_dir, intra_op_threads=o.threads)
     if model.text is not None:
         return _decode_text(o, model)
     allow = o.allow_untrained_lengths
     sources: list[list[int]] = []  # the batch being filled, and the expected answers of its lines
     expected: list[list[int] | None] = []
-    scored = hits = number = 0
+    scored = hits = unscored = number = 0
     bad: list[str] = []
 
     def decode_batch() -> None:
@@ -263,16 +283,17 @@ def _run_decode(o: argparse.Namespace) -> int:
 
     label = "argument" if o.sequences else "line"
     for number, line in enumerate(o.sequences or _stdin_lines(decode_batch), 1):
-        source_text, _, target = line.partition("\t")
+        source_text, tab, target = line.partition("\t")
         try:
             source = _parse_tokens(source_text, f"{label} {number}")
             try:
                 model.check_source(np.asarray(source, dtype=np.int64), allow_untrained_lengths=allow)
             except ValueError as error:
                 raise InputError(f"{label} {number}: {error}") from None
-            reference = _parse_tokens(target, f"{label} {number} (expected)") if target.strip() else None
-            if reference is not None:  # "8 14 21 1 0" (as a target row holds it) expects the answer "8 14 21"
-                reference = model.strip(reference)
+            reference = None
+            if tab:  # "8 14 21 1 0" (as a target row holds it) expects the answer "8 14 21"
+                _check_reference(target, f"{label} {number}")
+                reference = model.strip(_parse_tokens(target, f"{label} {number} (expected)"))
         except InputError as error:
             if not o.skip_bad_lines:
                 decode_batch()  # every line before the bad one is printed, none after it
@@ -281,11 +302,12 @@ def _run_decode(o: argparse.Namespace) -> int:
             continue
         sources.append(source)
         expected.append(reference)
+        unscored += reference is None
         if len(sources) == o.batch_size:
             decode_batch()
     decode_batch()
     if scored:
-        print(f"exact match: {hits}/{scored} = {hits / scored:.2%}", file=sys.stderr)
+        print(f"exact match: {hits}/{scored} = {hits / scored:.2%}{_unscored(unscored, label)}", file=sys.stderr)
     if bad:
         print(f"skipped {len(bad)} bad {label}(s) of {number}; the first: {bad[0]}", file=sys.stderr)
     return 0
@@ -355,7 +377,7 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
     pending: _Source | None = None  # the last source read: more reference lines of it may follow
     scores = _Scores(model)
     bad: list[str] = []
-    number = 0
+    number = unscored = 0
     label = "argument" if o.sequences else "line"
 
     def decode_batch() -> None:
@@ -387,12 +409,12 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
 
     for number, line in enumerate(o.sequences or _stdin_lines(flush), 1):
         text, tab, reference = line.partition("\t")
-        has_reference = bool(reference.strip())  # "SOURCE<TAB>" alone scores nothing, as for id models
-        same = has_reference and pending is not None and bool(pending.references) and pending.text == text
+        same = bool(tab) and pending is not None and bool(pending.references) and pending.text == text
         try:
             if o.sequences:
                 _check_argument_bytes(line, number)
             if tab:
+                _check_reference(reference, f"{label} {number}")
                 check_printable(reference, f"{label} {number} (reference)")
             ids = [] if same else model.encode_text(text, where=f"{label} {number}", allow_untrained_lengths=allow)
         except ValueError as error:
@@ -405,15 +427,28 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
             pending.references.append(reference)  # one more reference of the source just read
             continue
         finish_pending()
-        pending = _Source(text, ids, [reference] if has_reference else None)
+        pending = _Source(text, ids, [reference] if tab else None)
+        unscored += not tab
     finish_pending()
     decode_batch()
     summary = scores.summary()
     if summary:
-        print(summary, file=sys.stderr)
+        print(summary + _unscored(unscored, label), file=sys.stderr)
     if bad:
         print(f"skipped {len(bad)} bad {label}(s) of {number}; the first: {bad[0]}", file=sys.stderr)
     return 0
+
+
+def _check_reference(reference: str, where: str) -> None:
+    """InputError for a line with a tab and nothing after it: fit refuses that pair ("empty target"), and decode
+    would otherwise print it unscored, as if no reference had been meant."""
+    if not reference.strip():
+        raise InputError(f"{where}: empty reference after the tab")
+
+
+def _unscored(count: int, label: str) -> str:
+    """The score line's note on the lines without a reference among scored ones: its counts leave them out."""
+    return f"; {count} {label}{'s' if count != 1 else ''} without a reference not scored" if count else ""
 
 
 def _check_argument_bytes(text: str, number: int) -> None:
@@ -504,8 +539,8 @@ _COMMANDS = {
         "also scores the decoding (a text model: exact match and token error rate, each source once against the "
         "references of all its lines, as `test` scores a file; adjacent lines of one source print one output). Lines "
         "are decoded and printed a batch at a time as they are read; a bad line (not "
-        "token ids or text of the model, or a length the model was not trained on) stops decode with exit code 2 "
-        "after every line before it was printed.",
+        "token ids or text of the model, a length the model was not trained on, or a tab with no reference after "
+        "it) stops decode with exit code 2 after every line before it was printed.",
         _decode_args,
     ),
     "sample": ("Print fresh 'SOURCE<TAB>TARGET' lines of an exported model's task.", _sample_args),

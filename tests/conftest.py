@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from lit_seq2seq import __version__
 from lit_seq2seq.model import NetConfig, Seq2Seq
 
 # Tiny nets gain nothing from intra-op threads, and on a busy 2-core machine two OpenMP threads spinning against
@@ -30,6 +31,12 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 REVERSE_YAML = REPO / "configs" / "reverse.yaml"
 PYTHON = sys.executable
 CLI = str(Path(PYTHON).parent / "lit-seq2seq")  # the installed console script
+# How the train/export commands of a base install say to add the `train` extra: the README's two ways to install
+# (the package is not on PyPI).
+TRAIN_EXTRA_HINT = (
+    f"pip install 'PATH/lit_seq2seq-{__version__}-py3-none-any.whl[train]' from a wheel, "
+    "or pip install -e '.[train]' in a checkout of the repository"
+)
 
 # ------------------------------------------------------------------------------------------- tiny-run flags
 

@@ -18,6 +18,7 @@ from conftest import (
     BLOCK_IMPORTS,
     CLI,
     REPO,
+    TRAIN_EXTRA_HINT,
     cli_exit,
     cli_output,
     damaged_checkpoint,
@@ -146,9 +147,12 @@ def test_an_unknown_command_lists_every_command(capsys):
         ("2 3\n4 5\n2 9\n", "line 3: source position 1: token 9 is out of range"),
         ("2 3\n2 0 3\n", "line 2: source position 2: token after padding"),
         ("1 2\n", "line 1: source position 0: token 1 is out of range"),
+        ("2 3\n4 5\t\n6\n", "line 2: empty reference after the tab"),  # fit refuses such a pair as well
+        ("2 3\t \n", "line 1: empty reference after the tab"),
     ],
-    ids=["not a number", "bad expected", "empty line", "token too large", "pad inside", "eos inside"],
-)
+    ids=["not a number", "bad expected", "empty line", "token too large", "pad inside", "eos inside",
+         "tab, no reference", "tab, blank reference"],
+)  # fmt: skip
 def test_bad_decode_line_exits_2_naming_the_line(stdin, message, exported, runtime_model, capsys):
     code, out, err = cli_output(["decode", "--model_dir", exported("gru").model_dir], capsys, stdin)
     assert code == 2 and message in err and "Traceback" not in err, err
@@ -177,6 +181,57 @@ def test_skip_bad_lines_decodes_the_rest_and_counts_the_skipped(exported, runtim
 def test_bad_decode_flags_exit_2(flag, exported, capsys):
     code, err = cli_exit(["decode", "--model_dir", exported("gru").model_dir, flag, "0", "2 3"], capsys)
     assert code == 2 and f"{flag} must be >= 1" in err
+
+
+class _UnreadStdin:
+    """stdin that fails the test if decode reads it: flags are checked first."""
+
+    @property
+    def buffer(self):
+        raise AssertionError("decode read stdin before refusing its flags")
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--length_penalty", "2"], "--length_penalty applies to beam search only: add --beam_size K (K > 1)"),
+        (["--length_penalty", "0", "--beam_size", "1"], "--length_penalty applies to beam search only: add"),
+        (["--length_penalty", "nan"], "--length_penalty applies to beam search only: add"),
+        (["--length_penalty", "nan", "--beam_size", "2"], "--length_penalty must be finite, got nan"),
+        (["--length_penalty=-inf", "--beam_size", "2"], "--length_penalty must be finite, got -inf"),
+        (["--length_penalty", "10.5", "--beam_size", "2"], "--length_penalty must be in [-10, 10] (scores are"),
+        (["--beam_size", "1025"], "--beam_size must be <= 1024, got 1025"),
+    ],
+)
+def test_bad_beam_flags_exit_2_before_reading_stdin(flags, message, exported, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", _UnreadStdin())
+    code, err = cli_exit(["decode", "--model_dir", exported("gru").model_dir, *flags], capsys)
+    assert code == 2 and f"lit-seq2seq decode: error: {message}" in err and "Traceback" not in err, err
+
+
+def test_length_penalty_changes_nothing_but_beam_search(exported, runtime_model, capsys):
+    model = runtime_model("gru")
+    sources = [[2, 3], [4, 5, 6], [7, 2, 2, 6, 5]]
+    args = ["decode", "--model_dir", exported("gru").model_dir, *(" ".join(map(str, s)) for s in sources)]
+    for penalty in ("0", "-2.5"):
+        code, out, err = cli_output([*args, "--beam_size", "3", "--length_penalty", penalty], capsys)
+        expected = model.beam_search(pad_rows(sources), beam_size=3, length_penalty=float(penalty))[0]
+        assert (code, out.splitlines(), err) == (0, strip_all(model, expected), "")
+    code, out, _ = cli_output([*args, "--beam_size", "3"], capsys)  # the default, 1
+    assert out.splitlines() == strip_all(model, model.beam_search(pad_rows(sources), beam_size=3)[0])
+
+
+def test_decode_says_how_many_lines_had_no_reference(exported, runtime_model, capsys):
+    model = runtime_model("gru")
+    answer = " ".join(map(str, model.strip(model.greedy([2, 3]))))
+    model_dir = exported("gru").model_dir
+    code, out, err = cli_output(["decode", "--model_dir", model_dir], capsys, f"2 3\t{answer}\n4 5\n6\n")
+    assert code == 0 and len(out.splitlines()) == 3
+    assert err == "exact match: 1/1 = 100.00%; 2 lines without a reference not scored\n"
+    code, _, err = cli_output(["decode", "--model_dir", model_dir], capsys, f"4 5\n2 3\t{answer}\n")
+    assert err == "exact match: 1/1 = 100.00%; 1 line without a reference not scored\n"
+    code, _, err = cli_output(["decode", "--model_dir", model_dir, f"2 3\t{answer}", "4 5"], capsys)
+    assert err == "exact match: 1/1 = 100.00%; 1 argument without a reference not scored\n"
 
 
 # ------------------------------------------------------------------------------------------ export refusals
@@ -373,7 +428,7 @@ def test_train_commands_without_the_train_extra_name_it_in_one_line(command: str
     assert done.returncode == 2
     prog = "lit-seq2seq" if command == "--help" else f"lit-seq2seq {command}"
     missing = "torch, lightning, torchmetrics, onnx"
-    assert done.stderr == f"{prog}: needs the training extra: pip install 'lit-seq2seq[train]' (missing: {missing})\n"
+    assert done.stderr == f"{prog}: needs the training extra (missing: {missing}): {TRAIN_EXTRA_HINT}\n"
 
 
 def print_config(capsys: pytest.CaptureFixture[str], *configs: str) -> str:

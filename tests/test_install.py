@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PYTHON, REPO, pad_rows
+from conftest import PYTHON, REPO, TRAIN_EXTRA_HINT, pad_rows
 
 from lit_seq2seq.runtime import OnnxSeq2Seq
 
@@ -120,8 +120,8 @@ def test_runtime_venv_train_commands_name_the_extra(runtime_venv: Path) -> None:
         done = in_venv(runtime_venv, "lit-seq2seq", command, "--config", "reverse_fast")
         assert done.returncode == 2
         assert done.stderr == (
-            f"lit-seq2seq {command}: needs the training extra: pip install 'lit-seq2seq[train]' "
-            "(missing: torch, lightning, jsonargparse, torchmetrics, onnx)\n"
+            f"lit-seq2seq {command}: needs the training extra (missing: torch, lightning, jsonargparse, torchmetrics, "
+            f"onnx): {TRAIN_EXTRA_HINT}\n"
         )
 
 

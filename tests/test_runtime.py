@@ -561,6 +561,8 @@ def test_non_finite_logits_stop_the_two_graph_loop_instead_of_decoding_garbage(e
             runtime.greedy(np.full((batch, 4), 2))
     with pytest.raises(ValueError, match="non-finite logits"):
         runtime.beam_search(np.full((2, 4), 2), beam_size=2)
+    with pytest.raises(contract.ModelFileError, match="^decoder_step.onnx produced non-finite logits"):
+        runtime.step(np.array([0]), runtime.encode(np.full((1, 4), 2)))  # every call, as export/README.md says
     code, err = cli_exit(["decode", "--model_dir", model_dir, "2 3 4 5"], capsys)
     assert code == 2 and "non-finite logits" in err and "Traceback" not in err
 

@@ -270,6 +270,22 @@ def test_decode_scores_references_grouped_by_source(text_exported, capsys):
     assert err == "exact match: 2/4 = 50.00% (WER 50.00%); token error rate: 2/8 = 25.00%\n"
 
 
+def test_decode_says_how_many_lines_had_no_reference(text_exported, capsys):
+    model_dir = text_exported("trained").model_dir
+    code, out, err = cli_output(["decode", "--model_dir", model_dir], capsys, "abé\tAH BE É\nж\nab\n")
+    assert (code, out) == (0, "AH BE É\nЖ Э\nAH BE\n")
+    assert err == (
+        "exact match: 1/1 = 100.00% (WER 0.00%); token error rate: 0/3 = 0.00%; 2 lines without a reference not "
+        "scored\n"
+    )
+    code, out, err = cli_output(["decode", "--model_dir", model_dir, "ж", "abé\tAH BE É"], capsys)
+    assert (code, out) == (0, "Ж Э\nAH BE É\n")
+    assert err.endswith("; token error rate: 0/3 = 0.00%; 1 argument without a reference not scored\n")
+    # an empty reference among the references of one source is a bad line too
+    code, out, err = cli_output(["decode", "--model_dir", model_dir], capsys, "abé\tAH BE É\nabé\t\n")
+    assert (code, out, err) == (2, "AH BE É\n", "lit-seq2seq decode: error: line 2: empty reference after the tab\n")
+
+
 def test_decode_scores_across_batches_as_test_does(text_exported, text_model, capsys):
     model, _, _ = text_model("trained")
     pairs = text_pairs(40, seed=11)  # short words: some come twice in a row, and those lines are one source
@@ -296,6 +312,8 @@ def test_decode_scores_across_batches_as_test_does(text_exported, text_model, ca
         ("abé\na\x07b\nab\n", "line 2: control character U+0007 at character 2"),
         ("abé\naaaaaa\nab\n", "line 2: 6 characters; this model was trained on sources of 1 to 5 characters"),
         ("abé\nab\tAH\x1bBE\nab\n", "line 2 (reference): control character U+001B at character 3"),
+        ("abé\nab\t\nab\n", "line 2: empty reference after the tab"),  # fit refuses it: "empty target"
+        ("abé\nab\t \t\nab\n", "line 2: empty reference after the tab"),
     ],
 )
 def test_decode_stops_at_a_bad_text_line(stdin, message, text_exported, capsys):

@@ -3,6 +3,7 @@ checkpoints, test, predict, repeated runs and determinism. Every config's fit/te
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import onnx
@@ -151,6 +152,35 @@ def test_named_checkpoint_without_a_fit_exits_2(command, name, in_tmp, capsys):
     code, err = cli_exit([command, *TASK, "--ckpt_path", name, *root_args(in_tmp / "runs")], capsys)
     assert code == 2
     assert f"--ckpt_path {name}: no {name}.ckpt" in err
+
+
+def test_ctrl_c_while_the_data_loads_is_one_line_and_exit_130(in_tmp, monkeypatch, capsys):
+    # Pair files are read while the CLI builds the model (their sizes are linked into it): before Lightning's own
+    # Ctrl-C handler, which covers only the run, is active.
+    from lit_seq2seq.pairs import PairDataModule
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PairDataModule, "load", interrupted)
+    (in_tmp / "train.tsv").write_text("ab\tA B\n", encoding="utf-8")
+    for command in ("fit", "validate"):
+        args = [command, "--data", "PairDataModule", "--data.train_file", in_tmp / "train.tsv", *root_args(in_tmp)]
+        code, err = cli_exit(args, capsys)
+        assert (code, err) == (130, f"lit-seq2seq {command}: interrupted\n")
+
+
+def test_ctrl_c_during_the_run_is_left_to_lightning(in_tmp, monkeypatch, capsys):
+    def interrupted(self, stage):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Seq2SeqDataModule, "setup", interrupted)  # called by the trainer, inside its handler
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        code, err = cli_exit(["fit", *QUICK_FIT, *root_args(in_tmp)], capsys)
+    finally:
+        signal.signal(signal.SIGINT, sigint)  # Lightning ignores further Ctrl-C while it shuts down
+    assert code == 1 and "interrupted" not in err and "Traceback" not in err
 
 
 # ------------------------------------------------------------------------------------------------ a tiny fit
