@@ -38,6 +38,7 @@ DEFAULT_DATA = f"{Seq2SeqDataModule.__module__}.{Seq2SeqDataModule.__qualname__}
 # --ckpt_path values Lightning resolves itself (not files).
 LIGHTNING_CKPT_NAMES = ("hpc", "registry")
 # Data settings a fit may change when it resumes: fit does not use them, or they do not change what it trains on.
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 RESUMABLE_DATA_CHANGES = ("test_size", "predict_size", "num_workers", "test_file", "predict_file", "cache")
 
 
@@ -45,6 +46,10 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
     """Dumps (--print_config, a run's config.yaml) the default data module's settings as `data: {task: ...}`, as
     before the pair data module existed: configs, tests and scripts reading `config["data"]["task"]` keep working, and
     the file parses back to the same config (a `data:` without class_path is the default class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # argparse takes a unique prefix for the whole flag: `--trainer.max_epoch 3` set max_epochs without a word.
+        super().__init__(*args, **({"allow_abbrev": False} | kwargs))
 
     def dump(self, *args: Any, **kwargs: Any) -> str:
         return _flatten_default_data(super().dump(*args, **kwargs))
@@ -54,8 +59,10 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
     def error(self, message: str, *args: Any, **kwargs: Any) -> NoReturn:
         # jsonargparse words an unknown --data.* key as "Parser key "data": Does not validate against any of the Union
         # subtypes ..." with the key only in a nested line; name the flag first, as for any other unknown flag.
-        unknown = re.search(r"Problem with given class_path '([\w.]+)':\s+Option '(\w+)' is not accepted", message)
-        if message.startswith('Parser key "data"') and unknown:
+        unknown = message.startswith('Parser key "data"') and re.search(
+            r"Problem with given class_path '([\w.]+)':\s+Option '(\w+)' is not accepted", message
+        )
+        if unknown:
             name, key = unknown.groups()
             message = f"--data.{key}: {name} has no such option (its options: lit-seq2seq fit --data.help {name})"
         # Our data module's own checks (a ValueError naming the flags) come wrapped the same way, under the subtypes
@@ -63,10 +70,31 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
         ours = re.search(r"Errors:\n\s*- (.+?)\n\s*- Expected a <class 'NoneType'>", message)
         if "Does not validate against any of the Union subtypes" in message and ours:
             message = ours.group(1)
-        if self.settled and self.exit_on_error:  # a bad setting or file, not a usage mistake: one line, as decode's
-            print(f"{self.settled}: error: {message}", file=sys.stderr, flush=True)
+        # A value of the wrong type: "Parser key "K":\n Expected a <class 'int'>. Got value: V", for --data.* nested
+        # in the Union text above, and printed after ~90 lines of usage. One line naming the flag instead.
+        wrong = self.exit_on_error and re.search(
+            r"Parser key \"([\w.]+)\":\s+Expected (.+?)\. Got value: (.*)", message
+        )
+        if wrong:  # (the top parser's: a nested one's message is wrapped in the top one's, which reads it there)
+            key, expected, value = wrong.groups()
+            flag = f"--data.{key}" if message.startswith('Parser key "data"') else f"--{key}"
+            message = f"{flag} must be {_expected(expected)}, got {value}"
+        prog = self.settled or self.prog.replace(" [options]", "")
+        if self.exit_on_error and prog.split()[-1] in LIGHTNING_SUBCOMMANDS:  # a subcommand's usage is ~90 lines
+            help_hint = "" if self.settled or "help" in message else f" ({prog} --help lists the options)"
+            print(f"{prog}: error: {message}{help_hint}", file=sys.stderr, flush=True)
             sys.exit(2)
         super().error(message, *args, **kwargs)
+
+
+def _expected(jsonargparse_type: str) -> str:
+    """jsonargparse's "a <class 'int'>" / "a typing.Literal['char', 'space']" / "a tuple with 3 elements" in words."""
+    literal = re.fullmatch(r"a typing\.Literal\[(.*)\]", jsonargparse_type)
+    if literal:
+        return "one of " + ", ".join(v.strip(" '\"") for v in literal.group(1).split(","))
+    plain = re.fullmatch(r"a <class '(\w+)'>", jsonargparse_type)
+    names = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+    return names.get(plain.group(1), f"a {plain.group(1)}") if plain else jsonargparse_type
 
 
 def _flatten_default_data(text: str) -> str:

@@ -141,9 +141,25 @@ def test_unknown_key_in_yaml_exits_2(in_tmp, capsys):
     assert code == 2 and "nope" in err
 
 
-def test_wrong_type_exits_2(in_tmp, capsys):
-    code, err = cli_exit(["fit", "--config", REVERSE_YAML, "--data.batch_size", "many", *root_args(in_tmp)], capsys)
-    assert code == 2 and "batch_size" in err
+PAIRS = ["--data", "PairDataModule", "--data.train_file", "train.tsv"]
+WRONG_TYPES = [
+    (["--data.batch_size", "many"], "--data.batch_size must be an integer, got many"),
+    (["--model.net.hidden_size", "big"], "--model.net.hidden_size must be an integer, got big"),
+    ([*PAIRS, "--data.source_tokenizer", "chars"], "--data.source_tokenizer must be one of char, space, got chars"),
+    ([*PAIRS, "--data.bucketing", "maybe"], "--data.bucketing must be true or false, got maybe"),
+    ([*PAIRS, "--data.unk_rate", "lots"], "--data.unk_rate must be a number, got lots"),
+    ([*PAIRS, "--data.split_fractions", "[0.9, 0.1]"], "--data.split_fractions must be a tuple with 3 elements, got"),
+    ([*PAIRS, "--data.nosuch", "3"], "--data.nosuch: lit_seq2seq.pairs.PairDataModule has no such option (its opt"),
+    (["--trainer.max_epoch", "3"], "unrecognized arguments: --trainer.max_epoch 3 (lit-seq2seq fit --help lists"),
+]
+
+
+@pytest.mark.parametrize("flags, message", WRONG_TYPES, ids=[f[-2] for f, _ in WRONG_TYPES])
+def test_a_value_of_the_wrong_type_is_one_line_naming_the_flag(flags, message, in_tmp, capsys):
+    """jsonargparse printed ~90 lines of usage, then the flag's key nested in its Union-of-classes wording; a prefix
+    of a flag (max_epoch) was taken for the flag."""
+    code, err = cli_exit(["fit", "--config", REVERSE_YAML, *flags, *root_args(in_tmp)], capsys)
+    assert code == 2 and err.startswith(f"lit-seq2seq fit: error: {message}") and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize("command", ["test", "validate", "predict"])
