@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -26,7 +26,8 @@ from lit_seq2seq.text import CONTROL, CONTROL_RANGES, NORMALIZATION, Tokenizer, 
 
 TSV_SUFFIXES = (".tsv", ".txt")
 JSONL_SUFFIXES = (".jsonl", ".json")
-CACHE_FORMAT = 2  # bump when the cached arrays change meaning or a file's checks change (2: control characters)
+# bump when the cached arrays change meaning or a file's checks change (2: control characters, 3: JSON keys)
+CACHE_FORMAT = 3
 SIDES = ("source", "target")
 T = TypeVar("T")
 _NEWLINE, _TAB, _CR = 10, 9, 13
@@ -258,6 +259,18 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(np.asarray(starts, np.int64) - heads, lengths)
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise _DuplicateKey(key)
+    return dict(pairs)
+
+
 def _jsonl_sides(text: str, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Line numbers and the two sides' NFC texts of JSON Lines (a Python loop: json.loads per line)."""
     lines, sources, targets = [], [], []
@@ -265,10 +278,15 @@ def _jsonl_sides(text: str, where: str) -> tuple[np.ndarray, np.ndarray, np.ndar
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as error:
-            hint = "; JSON Lines: one object per line, not a JSON array" if line.lstrip().startswith("[") else ""
+            if line.lstrip().startswith("["):
+                hint = "; JSON Lines: one object per line, not a JSON array"
+            else:
+                hint = "; .jsonl and .json files are read as JSON Lines (source<TAB>target lines: .tsv or .txt)"
             raise ValueError(f"{where}:{number}: bad JSON ({error.msg} at column {error.colno}){hint}") from None
+        except _DuplicateKey as error:  # json keeps the last of them silently: which one was meant?
+            raise ValueError(f'{where}:{number}: the key "{error}" appears twice in one object') from None
         if not isinstance(row, dict):
             raise ValueError(f'{where}:{number}: expected a JSON object {{"source": ..., "target": ...}}')
         for key in SIDES:

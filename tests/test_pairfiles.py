@@ -97,6 +97,12 @@ def bad_file_cases() -> list[tuple[str, bytes, str]]:
             b'[\n  {"source": "a", "target": "b"}\n]\n',
             ":1: bad JSON (Expecting value at column 2); JSON Lines: one",
         ),
+        (
+            "tsv.json",
+            b"a\tb\n",
+            ":1: bad JSON (Expecting value at column 1); .jsonl and .json files are read as JSON Lines (source<TAB>",
+        ),
+        ("twice.jsonl", b'{"source": "a", "target": "b", "target": "c"}\n', ':1: the key "target" appears twice'),
         ("type.jsonl", b'{"source": 3, "target": "b"}\n', ':1: "source" must be a string, got int'),
         ("list.jsonl", b'["a", "b"]\n', ":1: expected a JSON object"),
         ("emptyvalue.jsonl", b'{"source": "", "target": "b"}\n', ":1: empty source"),
