@@ -376,10 +376,23 @@ def _word_ids(
     return ids, table, np.concatenate(counts)
 
 
+def _lookup(side: Side, vocab: Vocab) -> np.ndarray:
+    """The id in `vocab` of each token of `side`'s table, -1 for one it lacks (and has no <unk> for)."""
+    return np.array([-1 if vocab.id(str(t)) is None else vocab.id(str(t)) for t in side.table], np.int64)
+
+
+def rows_with_unknown(side: Side, vocab: Vocab) -> np.ndarray:
+    """(rows,) bool: whether a row holds a token `vocab` lacks (and has no <unk> for)."""
+    unknown = np.zeros(len(side.lengths), bool)
+    at = np.flatnonzero(_gather(_lookup(side, vocab) < 0, side.ids)) if len(side.table) else []
+    unknown[np.searchsorted(side.offsets, at, side="right") - 1] = True
+    return unknown
+
+
 def to_vocab_ids(side: Side, vocab: Vocab, describe: Callable[[int, int, str], str]) -> np.ndarray:
     """`side`'s flat token indices as ids of `vocab` (the smallest unsigned dtype that holds them). An unknown token
     (no <unk> in `vocab`) is a ValueError whose message is describe(row, position (1-based), token) of the first."""
-    lut = np.array([-1 if vocab.id(str(t)) is None else vocab.id(str(t)) for t in side.table], np.int64)
+    lut = _lookup(side, vocab)
     unknown = np.flatnonzero(lut < 0)
     if len(unknown):
         known = np.ones(len(lut), bool)

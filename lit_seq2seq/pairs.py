@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lit_seq2seq.data import ResumableSampler, ShardSampler, _already_batched, train_position
-from lit_seq2seq.pairfiles import PairFile, Side, pad_rows, read_pairs, to_vocab_ids
+from lit_seq2seq.pairfiles import PairFile, Side, pad_rows, read_pairs, rows_with_unknown, to_vocab_ids
 from lit_seq2seq.tasks import check_memory
 from lit_seq2seq.text import EOS_ID, TEXT_KEY, UNK_ID, TextSpec, Tokenizer, Vocab, read_text_entry
 
@@ -150,6 +150,8 @@ class PairDataModule(L.LightningDataModule):
         max_target_tokens: Cap on target length in tokens, end token excluded (default: the longest training target).
         skip_long: Skip and count pairs longer than the caps (or, in val/test, than the longest training pair)
             instead of stopping with an error naming file:line.
+        skip_unknown_targets: Skip and count val/test/predict pairs whose target holds a token the training targets
+            lack (the model can never produce it), instead of stopping with an error naming file:line.
         batch_size: Pairs per training batch, distinct sources per val/test batch (per device under DDP).
         seed: Seed of the training order (shuffle and buckets), the same in every process and rank.
         num_workers: DataLoader worker processes (0 is fastest: the data already sits in memory).
@@ -179,6 +181,7 @@ class PairDataModule(L.LightningDataModule):
         max_source_tokens: int | None = None,
         max_target_tokens: int | None = None,
         skip_long: bool = False,
+        skip_unknown_targets: bool = False,
         batch_size: int = 32,
         seed: int = 42,
         num_workers: int = 0,
@@ -223,7 +226,7 @@ class PairDataModule(L.LightningDataModule):
         }
         self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file}
         self.file, self.fractions, self.text_from = file, fractions, text_from
-        self.unknown_source, self.skip_long = unknown_source, skip_long
+        self.unknown_source, self.skip_long, self.skip_unknown_targets = unknown_source, skip_long, skip_unknown_targets
         self.unk_rate = unk_rate if unknown_source == "unk" else 0.0
         self.caps = {"source": max_source_tokens, "target": max_target_tokens}
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
@@ -231,6 +234,7 @@ class PairDataModule(L.LightningDataModule):
         self._datasets: dict[str, Dataset] = {}
         self._pending: dict[str, tuple[PairFile, np.ndarray, np.ndarray]] = {}  # split -> (pairs, ids): to pad
         self.skipped: dict[str, int] = {}  # over-long pairs skipped per split (skip_long)
+        self.skipped_unknown: dict[str, int] = {}  # pairs with an unknown target token skipped (skip_unknown_targets)
         self.train_sha256 = ""
         self._spec: TextSpec | None = None
         self._lengths: dict[str, int] = {}
@@ -388,8 +392,20 @@ class PairDataModule(L.LightningDataModule):
             if name != "train":
                 pairs = self._cap(pairs, name, "source", self._lengths["source"])
                 pairs = self._cap(pairs, name, "target", self._lengths["target"])
+                if self.skip_unknown_targets:
+                    unknown = rows_with_unknown(pairs.target, spec.target_vocab)
+                    if unknown.any():
+                        self.skipped_unknown[name] = int(unknown.sum())
+                        pairs = _select(pairs, np.flatnonzero(~unknown))
+                    if len(pairs) == 0:
+                        continue
             self._pending[name] = (pairs, *self._ids(pairs, spec))
         self._spec = spec
+        if self.skipped_unknown:
+            counts = ", ".join(f"{n} {split}" for split, n in self.skipped_unknown.items())
+            rank_zero_info(
+                f"--data.skip_unknown_targets: skipped pairs whose target the model cannot produce: {counts}"
+            )
         if self.skipped:  # --data.skip_long: say how many, once (rank 0)
             counts = ", ".join(f"{n} {split}" for split, n in self.skipped.items())
             rank_zero_info(f"--data.skip_long: skipped pairs longer than the lengths trained on: {counts}")
@@ -441,7 +457,8 @@ class PairDataModule(L.LightningDataModule):
         else:
             hint = " (--data.unknown_source unk maps such tokens to <unk>)"
         source_ids = to_vocab_ids(pairs.source, spec.source_vocab, unknown("source", hint))
-        target_ids = to_vocab_ids(pairs.target, spec.target_vocab, unknown("target", ""))
+        skip = " (--data.skip_unknown_targets true skips and counts such pairs: the model can never produce them)"
+        target_ids = to_vocab_ids(pairs.target, spec.target_vocab, unknown("target", skip))
         return source_ids, target_ids
 
     def _pad(self, pairs: PairFile, source_ids: np.ndarray, target_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

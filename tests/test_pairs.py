@@ -71,6 +71,23 @@ def test_vocabularies_and_lengths_come_from_the_training_split_only(tmp_path):
     assert val.target.tolist() == [[4, 2, 3, 1], [2, 1, 0, 0]]
 
 
+def test_val_pairs_whose_target_the_model_cannot_produce_are_an_error_or_skipped_and_counted(tmp_path, caplog):
+    train, val = ["abc\tA B C", "ba\tB A"], ["ca\tC X", "ab\tA B", "ab\tA X Y", "cb\tC B"]
+    with pytest.raises(ValueError) as info:
+        module(tmp_path, train, val).load()
+    assert str(info.value) == (
+        f"--data.val_file {tmp_path / 'val.tsv'}:1: unknown target token 'X' at position 2: the training targets lack "
+        "it (--data.skip_unknown_targets true skips and counts such pairs: the model can never produce them)"
+    )
+    caplog.set_level(logging.INFO, logger="lightning.pytorch")
+    data = module(tmp_path, train, val, skip_unknown_targets=True)
+    rows = data.datasets["val"]  # lines 2 and 4 stay: "ab" (one reference) and "cb"
+    assert len(rows) == 2 and data.skipped_unknown == {"val": 2}
+    assert "--data.skip_unknown_targets: skipped pairs whose target the model cannot produce: 2 val" in caplog.text
+    everything_unknown = module(tmp_path, train, ["ca\tC X"], skip_unknown_targets=True)
+    assert not everything_unknown._has("val") and everything_unknown.skipped_unknown == {"val": 1}
+
+
 def test_caps_and_skip_long(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="lightning.pytorch")  # another test may have raised that logger's level
     train = ["abcd\tA B", "ab\tA B C D E", "a\tA"]
