@@ -184,10 +184,14 @@ def test_node_decode_refuses_damaged_model_files(how, exported, other_exports, t
         ("2 3\n2 x\n", [], 'line 2: "2 x" is not a list of space-separated integer token ids'),
         ("2 3\n2 99999999999999999999\n", [], "line 2: token 99999999999999999999 is out of range"),
         ("2 3\n2 3 4 5 6 7\n", [], "line 2: source: 6 tokens; this model was trained on sources of 1 to 5 tokens"),
+        ("2 3\n2 3\t \n", [], "line 2: empty reference after the tab"),  # as Python's decode
         ("2 3\n", ["--batch-size", "0"], "--batch-size must be an integer >= 1"),
         ("2 3\n", ["--beam"], "unknown option --beam"),
     ],
-    ids=["range", "end token", "negative", "empty", "leading pad", "gap", "not ids", "huge", "length", "flag", "opt"],
+    ids=[
+        *["range", "end token", "negative", "empty", "leading pad", "gap", "not ids", "huge", "length", "no ref"],
+        *["flag", "opt"],
+    ],
 )
 def test_node_decode_refuses_a_bad_line_after_printing_the_lines_before_it(
     stdin, flags, message, exported, runtime_model
@@ -196,6 +200,14 @@ def test_node_decode_refuses_a_bad_line_after_printing_the_lines_before_it(
     assert_refused(result, message)
     if flags == []:
         assert result.stdout.splitlines() == strip_all(runtime_model("gru"), runtime_model("gru").greedy([[2, 3]]))
+
+
+def test_node_decode_says_how_many_lines_had_no_reference(exported, runtime_model):
+    model = runtime_model("gru")
+    answer = " ".join(map(str, model.strip(model.greedy([2, 3]))))
+    result = node_decode(exported("gru").model_dir, f"2 3\t{answer}\n2 3\n2 3\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "exact match: 1/1 = 100.00%; 2 lines without a reference not scored\n"
 
 
 def test_node_decode_refuses_stdin_that_is_not_utf8_after_printing_the_lines_before(exported, runtime_model):

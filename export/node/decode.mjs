@@ -152,6 +152,7 @@ async function main() {
   };
 
   let number = 0;
+  let unscored = 0;
   let blank = 0; // empty lines held back: at the end of the input they are dropped, as Python's decode drops them
   try {
     for await (const line of stdinLines()) {
@@ -172,7 +173,9 @@ async function main() {
         source = model.isText ? model.encodeText(sourceText) : parseIds(sourceText, `line ${number}`);
         if (source.length === 0) throw new InputError("source: empty sequence (source_len is 0)"); // as Python's decode
         model.checkSource(source, { allowUntrainedLengths });
-        if (target.trim() !== "") {
+        if (tab >= 0) {
+          // as Python's decode: a tab with nothing after it is a mistake, not a line without a reference
+          if (target.trim() === "") throw new InputError("empty reference after the tab");
           reference = model.isText ? target : parseIds(target, `line ${number} (expected)`).join(" ");
         }
       } catch (error) {
@@ -182,6 +185,7 @@ async function main() {
       }
       sources.push(source);
       expected.push(reference);
+      if (reference === null) unscored++;
       if (sources.length === options.batchSize) await decodeBatch();
     }
   } catch (error) {
@@ -189,7 +193,10 @@ async function main() {
     throw error;
   }
   await decodeBatch();
-  if (scored) process.stderr.write(`exact match: ${hits}/${scored} = ${((100 * hits) / scored).toFixed(2)}%\n`);
+  if (scored) {
+    const note = unscored ? `; ${unscored} line${unscored === 1 ? "" : "s"} without a reference not scored` : "";
+    process.stderr.write(`exact match: ${hits}/${scored} = ${((100 * hits) / scored).toFixed(2)}%${note}\n`);
+  }
 }
 
 process.stdout.on("error", (error) => {
