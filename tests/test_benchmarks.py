@@ -20,7 +20,7 @@ from conftest import REPO, REVERSE_YAML, text_pairs
 if str(REPO) not in sys.path:  # `python -m pytest` from the repo root has it; a bare `pytest` puts only tests/ there
     sys.path.insert(0, str(REPO))
 
-from benchmarks import ddp_speed, fit_memory, g2p_baselines, g2p_eval, train_speed  # noqa: E402 - needs the repo root on sys.path
+from benchmarks import ddp_speed, fit_memory, g2p_baselines, g2p_eval, train_speed, unknown_letter  # noqa: E402
 
 
 def test_trainer_fit_does_exactly_the_plain_loops_work():
@@ -265,3 +265,22 @@ def test_g2p_baselines_trains_phonetisaurus_and_scores_it_beside_our_export(tmp_
     write("train.tsv", text_pairs(200, seed=5))  # a changed training file trains anew, beside the old model
     assert g2p_baselines.main(args) == 0 and "reused" not in capsys.readouterr().out
     assert len(list((tmp_path / "w").glob("phonetisaurus_o3_*"))) == 2
+
+
+def test_unknown_letter_replaces_one_letter_of_each_word_alike_for_every_model(tmp_path, text_exported, capsys):
+    picks = unknown_letter.replaced(["abcd", "ab", "a'bc", "bcda", "'"], "q", 10, 3, seed=1)
+    assert sorted(i for i, _ in picks) == [0, 2, 3]  # long enough, and not only apostrophes
+    assert picks == unknown_letter.replaced(["abcd", "ab", "a'bc", "bcda", "'"], "q", 10, 3, seed=1)
+    for i, word in picks:
+        original = ["abcd", "ab", "a'bc", "bcda", "'"][i]
+        assert len(word) == len(original) and sum(a != b for a, b in zip(word, original)) == 1 and "q" in word
+        assert "'" not in word or word.index("'") == original.index("'")
+    (tmp_path / "test.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in text_pairs(30, seed=4)), encoding="utf-8")
+    unk = str(text_exported("unk_char").model_dir)
+    args = ["--file", str(tmp_path / "test.tsv"), "--count", "20", "--min_length", "2"]
+    assert unknown_letter.main(["--model_dir", unk, unk, *args]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if "%" in line]
+    assert [r[:2] for r in rows] == [[unk, "replaced"], [unk, "unchanged"]] * 2 and rows[:2] == rows[2:]
+    no_unk = str(text_exported("trained").model_dir)
+    assert unknown_letter.main(["--model_dir", no_unk, *args]) == 2
+    assert "not a text model with <unk> (--data.unknown_source unk)" in capsys.readouterr().err
