@@ -23,6 +23,12 @@ SPLITS = ("train", "val", "test", "predict")
 ABSENT = -1  # a reference slot a source does not use
 
 
+def _id_dtype(spec: TextSpec) -> type:
+    """int16 where both vocabularies fit, else int32: 2 bytes a cell, the padded rows of a large file being held in
+    every process."""
+    return np.int16 if max(len(spec.source_vocab), len(spec.target_vocab)) <= np.iinfo(np.int16).max else np.int32
+
+
 def _lengths(rows: Tensor) -> Tensor:
     """Non-pad ids per row of a padded (rows, width) array. (torch's (rows != 0).sum(1) makes an int64 copy of the
     whole array first: 8 bytes a cell, 29 GB for one 200,000-character line among 18,000.)"""
@@ -144,8 +150,8 @@ class PairDataModule(L.LightningDataModule):
             default: a clear error naming file, line, token and position; a silently replaced letter would be
             scored as the model's fault) or ``unk`` (maps to an ``<unk>`` id, learned in training: see unk_rate).
         unk_rate: With unknown_source unk, the share of training source tokens replaced by ``<unk>`` (drawn anew for
-            each batch), so that the model learns to read it; without any, its embedding would stay untrained and an
-            unknown token would decode to noise.
+            each batch), so that the model learns to read it from the context; with 0 its embedding stays as
+            initialised (benchmarks/unknown_letter.py measures both).
         max_source_tokens: Cap on source length in tokens (default: the longest training source).
         max_target_tokens: Cap on target length in tokens, end token excluded (default: the longest training target).
         skip_long: Skip and count pairs longer than the caps (or, in val/test, than the longest training pair)
@@ -351,7 +357,7 @@ class PairDataModule(L.LightningDataModule):
         where = f"{train.where(longest)}: its {side} of {int(lengths[longest])} tokens, the longest"
         rows = sum(len(p) for p in splits.values() if p is not None)
         width = self._lengths["source"] + self._lengths["target"] + 1
-        cell = 2 if max(len(spec.source_vocab), len(spec.target_vocab)) <= np.iinfo(np.int16).max else 4
+        cell = np.dtype(_id_dtype(spec)).itemsize
         top = math.ceil(len(lengths) / 1000)  # the longest 0.1% of the pairs, at least one
         rest = int(np.partition(lengths, len(lengths) - top - 1)[len(lengths) - top - 1]) if len(lengths) > top else 0
         if rest and lengths[longest] > max(4 * rest, rest + 64):
@@ -464,9 +470,7 @@ class PairDataModule(L.LightningDataModule):
     def _pad(self, pairs: PairFile, source_ids: np.ndarray, target_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Padded id arrays (int16, or int32 past 32767 ids): sources (rows, source_length), targets (rows,
         max_target_length) with the end token."""
-        spec = self.text_spec
-        small = max(len(spec.source_vocab), len(spec.target_vocab)) <= np.iinfo(np.int16).max
-        dtype = np.int16 if small else np.int32  # 2 bytes a cell: the rows of a large file, held in every process
+        dtype = _id_dtype(self.text_spec)
         source = pad_rows(pairs.source, source_ids, self._lengths["source"], None, dtype)
         target = pad_rows(pairs.target, target_ids, self._lengths["target"] + 1, EOS_ID, dtype)
         return source, target
