@@ -34,7 +34,6 @@ NAMES = ("best", "last")  # --ckpt_path values that name a checkpoint of an earl
 # A tie on the monitored metric goes to the lower second one: exact match ties at 0 early on hard tasks (and at 1 on
 # solved ones), where the token error rate still tells the better weights apart.
 TIE_BREAKERS = {"val/exact_match": "val/token_error_rate"}
-# The hidden file Seq2SeqCheckpointIO writes before renaming it onto the checkpoint: .<name>.<pid>.tmp
 _VERSION = re.compile(r"version_(\d+)")  # the run folders of the CLI's logger
 
 

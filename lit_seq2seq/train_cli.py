@@ -23,6 +23,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lit_seq2seq import checkpoint
 from lit_seq2seq.callbacks import LogProgress, PredictionWriter
 from lit_seq2seq.checkpoint import NonFiniteError, Seq2SeqCheckpoint, Seq2SeqCheckpointIO, read_checkpoint
+from lit_seq2seq.cli import LIGHTNING_COMMANDS
 from lit_seq2seq.data import Seq2SeqDataModule
 from lit_seq2seq.model import upgrade_hparams
 from lit_seq2seq.module import Seq2SeqModule
@@ -38,7 +39,6 @@ DEFAULT_DATA = f"{Seq2SeqDataModule.__module__}.{Seq2SeqDataModule.__qualname__}
 # --ckpt_path values Lightning resolves itself (not files).
 LIGHTNING_CKPT_NAMES = ("hpc", "registry")
 # Data settings a fit may change when it resumes: fit does not use them, or they do not change what it trains on.
-LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 RESUMABLE_DATA_CHANGES = ("test_size", "predict_size", "num_workers", "test_file", "predict_file", "cache")
 
 
@@ -80,7 +80,7 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
             flag = f"--data.{key}" if message.startswith('Parser key "data"') else f"--{key}"
             message = f"{flag} must be {_expected(expected)}, got {value}"
         prog = self.settled or self.prog.replace(" [options]", "")
-        if self.exit_on_error and prog.split()[-1] in LIGHTNING_SUBCOMMANDS:  # a subcommand's usage is ~90 lines
+        if self.exit_on_error and prog.split()[-1] in LIGHTNING_COMMANDS:  # a subcommand's usage is ~90 lines
             help_hint = "" if self.settled or "help" in message else f" ({prog} --help lists the options)"
             print(f"{prog}: error: {message}{help_hint}", file=sys.stderr, flush=True)
             sys.exit(2)
@@ -157,8 +157,8 @@ class Seq2SeqCLI(LightningCLI):
             if self.trainer.is_global_zero:
                 print(f"lit-seq2seq {self.subcommand}: error: {error}", file=sys.stderr, flush=True)
                 log_dir = getattr(self.trainer.logger, "log_dir", None)  # the logger's own: no broadcast here
-                if log_dir:  # made before the data was loaded, and empty but for what every fit writes first
-                    _remove_if_only(Path(log_dir), {"config.yaml", "hparams.yaml", f"checkpoints/{RESUMED_FROM}"})
+                if log_dir:  # made before the data was loaded
+                    _remove_empty_run(Path(log_dir))
             sys.exit(2)
         except NonFiniteError as error:  # a training outcome, not a crash: one line, exit code 1
             if self.trainer.is_global_zero:  # every rank stops; the first one speaks for them
@@ -423,9 +423,9 @@ class Seq2SeqCLI(LightningCLI):
         if not (trainer.is_global_zero and log_dir and trainer.logger is not None):
             return
         if trainer.global_step == self._resumed_at:
-            # A resume of a finished fit: its run folder holds only what every fit writes first; removed, `--ckpt_path
-            # last` and `report` find the run it continues as before.
-            removed = _remove_if_only(Path(log_dir), {"config.yaml", "hparams.yaml", f"checkpoints/{RESUMED_FROM}"})
+            # A resume of a finished fit: with its empty run folder removed, `--ckpt_path last` and `report` find the
+            # run it continues as before.
+            removed = _remove_empty_run(Path(log_dir))
             print(
                 f"nothing trained: the checkpoint (step {self._resumed_at}) had already reached the fit's end; raise "
                 "--trainer.max_epochs, --trainer.max_steps or --trainer.max_time to go on"
@@ -460,10 +460,11 @@ class Seq2SeqCLI(LightningCLI):
         print(f"training report written to {png} and {table}", file=sys.stderr)
 
 
-def _remove_if_only(folder: Path, files: set[str]) -> bool:
-    """Remove `folder` if the files in it (paths relative to it) are some of `files`; whether it did."""
+def _remove_empty_run(folder: Path) -> bool:
+    """Remove a run folder that holds only what every fit writes before its first step (its config, hyperparameters
+    and resume record); whether it did."""
     found = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
-    if not found <= files:
+    if not found <= {"config.yaml", "hparams.yaml", f"checkpoints/{RESUMED_FROM}"}:
         return False
     shutil.rmtree(folder)
     return True
