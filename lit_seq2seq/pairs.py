@@ -407,14 +407,13 @@ class PairDataModule(L.LightningDataModule):
                         continue
             self._pending[name] = (pairs, *self._ids(pairs, spec))
         self._spec = spec
-        if self.skipped_unknown:
-            counts = ", ".join(f"{n} {split}" for split, n in self.skipped_unknown.items())
-            rank_zero_info(
-                f"--data.skip_unknown_targets: skipped pairs whose target the model cannot produce: {counts}"
-            )
-        if self.skipped:  # --data.skip_long: say how many, once (rank 0)
-            counts = ", ".join(f"{n} {split}" for split, n in self.skipped.items())
-            rank_zero_info(f"--data.skip_long: skipped pairs longer than the lengths trained on: {counts}")
+        for flag, what, skipped in (
+            ("skip_unknown_targets", "pairs whose target the model cannot produce", self.skipped_unknown),
+            ("skip_long", "pairs longer than the lengths trained on", self.skipped),
+        ):
+            if skipped:  # say how many, once (rank 0)
+                counts = ", ".join(f"{n} {split}" for split, n in skipped.items())
+                rank_zero_info(f"--data.{flag}: skipped {what}: {counts}")
 
     def _cap(self, pairs: PairFile, split: str, side: str, cap: int | None) -> PairFile:
         """Pairs whose `side` fits `cap` tokens; longer ones are an error naming file:line unless --data.skip_long."""
