@@ -8,8 +8,7 @@ run=${RUN_DIR:-runs/reverse}
 bin=.venv/bin/lit-seq2seq
 $bin fit --config configs/reverse.yaml --trainer.default_root_dir "$run"
 $bin test --config configs/reverse.yaml --trainer.default_root_dir "$run" --ckpt_path best
-ckpt=$(ls -t "$run"/version_*/checkpoints/best.ckpt | head -n 1)
-$bin export --ckpt_path "$ckpt" --output_dir "$run/onnx" --overwrite
+$bin export --ckpt_path best --root_dir "$run" --output_dir "$run/onnx" --overwrite  # the fit's, as test found it
 $bin sample --model_dir "$run/onnx" -n 1000 --seed 2026 > "$run/fresh.tsv"
 $bin decode --model_dir "$run/onnx" < "$run/fresh.tsv" > "$run/decoded.txt"
 echo "decoded $(wc -l < "$run/decoded.txt") fresh sequences with onnxruntime: $run/decoded.txt"
