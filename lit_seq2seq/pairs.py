@@ -121,6 +121,7 @@ class BucketSampler(ResumableSampler):
 
 
 SPLIT_FRACTIONS = (0.9, 0.05, 0.05)  # train, val, test of --data.file
+UNK_RATE = 0.01  # --data.unk_rate's default with --data.unknown_source unk
 FIT_TEXT_FROM = (
     "fit builds its vocabularies from --data.train_file or --data.file; --data.text_from is for validate, test and "
     "predict"
@@ -151,7 +152,7 @@ class PairDataModule(L.LightningDataModule):
             scored as the model's fault) or ``unk`` (maps to an ``<unk>`` id, learned in training: see unk_rate).
         unk_rate: With unknown_source unk, the share of training source tokens replaced by ``<unk>`` (drawn anew for
             each batch), so that the model learns to read it from the context; with 0 its embedding stays as
-            initialised (benchmarks/unknown_letter.py measures both).
+            initialised (benchmarks/unknown_letter.py measures both). Default: 0.01 with unknown_source unk.
         max_source_tokens: Cap on source length in tokens (default: the longest training source).
         max_target_tokens: Cap on target length in tokens, end token excluded (default: the longest training target).
         skip_long: Skip and count pairs longer than the caps (or, in val/test, than the longest training pair)
@@ -183,7 +184,7 @@ class PairDataModule(L.LightningDataModule):
         source_lowercase: bool = False,
         target_lowercase: bool = False,
         unknown_source: Literal["error", "unk"] = "error",
-        unk_rate: float = 0.01,
+        unk_rate: float | None = None,
         max_source_tokens: int | None = None,
         max_target_tokens: int | None = None,
         skip_long: bool = False,
@@ -217,7 +218,9 @@ class PairDataModule(L.LightningDataModule):
             )
         if unknown_source not in ("error", "unk"):
             raise ValueError(f"--data.unknown_source must be error or unk, got {unknown_source!r}")
-        if not 0.0 <= unk_rate < 1.0:
+        if unk_rate is not None and unknown_source != "unk":
+            raise ValueError("--data.unk_rate trains <unk>: it needs --data.unknown_source unk")
+        if unk_rate is not None and not 0.0 <= unk_rate < 1.0:
             raise ValueError(f"--data.unk_rate must be in [0, 1), got {unk_rate}")
         sizes = (("batch_size", batch_size), ("max_source_tokens", max_source_tokens))
         for name, value in (*sizes, ("max_target_tokens", max_target_tokens)):
@@ -233,7 +236,7 @@ class PairDataModule(L.LightningDataModule):
         self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file}
         self.file, self.fractions, self.text_from = file, fractions, text_from
         self.unknown_source, self.skip_long, self.skip_unknown_targets = unknown_source, skip_long, skip_unknown_targets
-        self.unk_rate = unk_rate if unknown_source == "unk" else 0.0
+        self.unk_rate = (UNK_RATE if unk_rate is None else unk_rate) if unknown_source == "unk" else 0.0
         self.caps = {"source": max_source_tokens, "target": max_target_tokens}
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
         self.bucketing, self.cache = bucketing, cache

@@ -228,6 +228,10 @@ def test_with_unk_a_share_of_training_source_tokens_is_replaced_by_it_the_same_i
     )
     other_batch = rows.__getitems__(list(range(1, 33)))[0]  # other rows in the batch: other draws
     assert not torch.equal(other_batch[:31] == UNK_ID, batches[0][0][1:32] == UNK_ID)
+    default = module(tmp_path, train, unknown_source="unk").datasets["train"]
+    assert default.unk_rate == 0.01 and module(tmp_path, train).datasets["train"].unk_rate == 0.0
+    with pytest.raises(ValueError, match="--data.unk_rate trains <unk>: it needs --data.unknown_source unk"):
+        module(tmp_path, train, unk_rate=0.05)
     for kwargs in ({"unknown_source": "unk", "unk_rate": 0.0}, {"unknown_source": "error"}):  # none replaced
         plain = module(tmp_path, train, **kwargs).datasets["train"]
         width = int(plain.source_lengths.max())
