@@ -79,6 +79,13 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
             key, expected, value = wrong.groups()
             flag = f"--data.{key}" if message.startswith('Parser key "data"') else f"--{key}"
             message = f"{flag} must be {_expected(expected)}, got {value}"
+        # An optional (X | None) --data.* value words it without the key, which the Union text's last line gives
+        optional = self.exit_on_error and re.search(
+            r"class_path '[\w.]+':\s+Expected (.+?)\n.*NestedArg\(key='(\w+)', val=(.*)\)$", message, re.DOTALL
+        )
+        if optional and message.startswith('Parser key "data"'):
+            expected, key, value = optional.groups()
+            message = f"--data.{key} must be {_expected(expected)} or null, got {value.strip(chr(39))}"
         prog = self.settled or self.prog.replace(" [options]", "")
         if self.exit_on_error and prog.split()[-1] in LIGHTNING_COMMANDS:  # a subcommand's usage is ~90 lines
             help_hint = "" if self.settled or "help" in message else f" ({prog} --help lists the options)"
