@@ -269,6 +269,27 @@ console.log(JSON.stringify(out));
     assert out[13] == "InputError: maxLen must be an integer in [1, 4096], got 0"
 
 
+def test_node_module_refuses_max_len_past_a_fixed_length_models_answer_unless_allowed(exported, runtime_model):
+    """As the Python runtime: without an end token, the steps past the trained answer length were never trained."""
+    model = runtime_model("lstm")  # reverse_first: answers of exactly 2 tokens, no end token
+    code = """
+const m = await load(process.argv[1]);
+const out = [];
+for (const twoGraph of [false, true]) {
+  out.push(await message(() => m.greedy(ort, [[2, 3, 4, 5]], { twoGraph, maxLen: 3 })));
+  out.push(await m.greedy(ort, [[2, 3, 4, 5]], { twoGraph, maxLen: 3, allowUntrainedLengths: true }));
+}
+console.log(JSON.stringify(out));
+"""
+    out = json.loads(node_script(code, str(exported("lstm").model_dir)).stdout)
+    refused = (
+        "InputError: maxLen 3: this model has no end token and was trained to answer with exactly 2 tokens, so the "
+        "steps past them are untrained (pass allowUntrainedLengths: true to decode them anyway)"
+    )
+    allowed = model.greedy([[2, 3, 4, 5]], 3, allow_untrained_lengths=True).tolist()  # one row of a batch
+    assert out == [refused, allowed, refused, allowed]
+
+
 def test_node_module_integrity_rule_corner_cases(exported, tmp_path):
     """Upper-case hex, two hash entries, no hash entry: refused with a clear message; every truncation of a file
     is refused by the hash check and never hangs or crashes the protobuf reader."""

@@ -474,10 +474,18 @@ export class Seq2Seq {
     return new ort.Tensor("int64", data, [batch, width]);
   }
 
-  _maxLen(maxLen) {
+  _maxLen(maxLen, allowUntrainedLengths) {
     if (maxLen === undefined || maxLen === null) return this.maxTargetLength;
     if (!Number.isInteger(maxLen) || maxLen < 1 || maxLen > MAX_STEPS) {
       throw new InputError(`maxLen must be an integer in [1, ${MAX_STEPS}], got ${maxLen}`);
+    }
+    if (this.eosToken === null && maxLen > this.maxTargetLength && !allowUntrainedLengths) {
+      // without an end token every answer runs maxLen steps: the ones past the trained length are noise
+      throw new InputError(
+        `maxLen ${maxLen}: this model has no end token and was trained to answer with exactly ` +
+          `${this.maxTargetLength} tokens, so the steps past them are untrained (pass allowUntrainedLengths: true ` +
+          "to decode them anyway)",
+      );
     }
     return maxLen;
   }
@@ -485,13 +493,14 @@ export class Seq2Seq {
   /**
    * Greedy decoding of a batch of id rows (see checkSource) -> one array of ids per row (one array for a single
    * sequence), the tokens before the end token. `maxLen` (1..4096) caps the decoder steps, max_target_length by
-   * default. greedy.onnx in one call where the export has it, unless `twoGraph` (or the export has none, or maxLen
-   * exceeds max_target_length): then the contract's loop over encoder.onnx + decoder_step.onnx. Both give identical
-   * tokens.
+   * default; on a model without an end token, a maxLen past max_target_length (untrained steps) is refused unless
+   * `allowUntrainedLengths`. greedy.onnx in one call where the export has it, unless `twoGraph` (or the export has
+   * none, or maxLen exceeds max_target_length): then the contract's loop over encoder.onnx + decoder_step.onnx. Both
+   * give identical tokens.
    */
   async greedy(ort, source, { twoGraph = false, allowUntrainedLengths = false, maxLen } = {}) {
     const { rows, single, batch, width } = this.checkSource(source, { allowUntrainedLengths });
-    const steps = this._maxLen(maxLen);
+    const steps = this._maxLen(maxLen, allowUntrainedLengths);
     const src = this._sourceTensor(ort, rows, batch, width);
     const loop = twoGraph || !this.sessions.greedy || steps > this.maxTargetLength;
     const out = loop ? await this._loop(ort, src, batch, steps) : await this._fused(ort, src, batch, steps);
