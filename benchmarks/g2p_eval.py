@@ -22,7 +22,7 @@ import torch
 
 from lit_seq2seq.export import load_checkpoint
 from lit_seq2seq.metrics import score
-from lit_seq2seq.runtime import OnnxSeq2Seq
+from lit_seq2seq.runtime import OnnxSeq2Seq, pad_batch
 from lit_seq2seq.search import to_width
 from lit_seq2seq.text import input_lines
 
@@ -54,20 +54,15 @@ def read_references(path: str, flag: str = "--file") -> tuple[list[str], list[li
 
 def by_source_ids(
     model: OnnxSeq2Seq, sources: list[str], references: list[list[str]], path: str
-) -> tuple[list[str], list[list[str]]]:
-    """The sources and references regrouped by the source's token ids, as `test` and `decode` count them: "Hello"
-    and "hello" are one source to a lowercasing model. ValueError naming the file and the source for one the model
-    refuses (an unknown token, a length it was not trained on)."""
-    groups: dict[tuple[int, ...], int] = {}
-    merged: tuple[list[str], list[list[str]]] = ([], [])
+) -> tuple[list[tuple[int, ...]], list[list[str]]]:
+    """The sources' token ids and their references, regrouped by those ids as `test` and `decode` count them:
+    "Hello" and "hello" are one source to a lowercasing model. ValueError naming the file and the source for one the
+    model refuses (an unknown token, a length it was not trained on)."""
+    groups: dict[tuple[int, ...], list[str]] = {}
     for number, (source, refs) in enumerate(zip(sources, references), 1):
         ids = tuple(model.encode_text(source, where=f"--file {path}: source {number} ({source!r})"))
-        group = groups.setdefault(ids, len(groups))
-        if group == len(merged[0]):
-            merged[0].append(source)
-            merged[1].append([])
-        merged[1][group].extend(refs)
-    return merged
+        groups.setdefault(ids, []).extend(refs)
+    return list(groups), list(groups.values())
 
 
 def stress_merged(tokens: tuple[str, ...]) -> np.ndarray:
@@ -109,13 +104,13 @@ def _evaluate(o: argparse.Namespace) -> int:
     theirs = [model.text, *(model.meta.get(k) for k in sizes)]
     if ours != theirs:  # scoring two different models side by side would report their disagreement as ONNX's
         raise ValueError(f"--ckpt_path {o.ckpt_path} and --model_dir {o.model_dir} hold different models (export it)")
-    sources, references = by_source_ids(model, *read_references(o.file), o.file)
+    sources, references = by_source_ids(model, *read_references(o.file), o.file)  # each source as its ids
     refs = model.reference_ids(references)
     width = model.max_target_length
     results: dict[str, list[np.ndarray]] = {"PyTorch greedy": [], "ONNX greedy": [], f"ONNX beam {o.beam_size}": []}
     seconds = dict.fromkeys(results, 0.0)
     for start in range(0, len(sources), o.batch_size):
-        ids = model.encode_texts(sources[start : start + o.batch_size])
+        ids = pad_batch(sources[start : start + o.batch_size], model.pad_token)
         for name, run in (
             ("PyTorch greedy", lambda x: net.greedy(torch.from_numpy(x)).numpy()),
             ("ONNX greedy", lambda x: model.greedy(x, allow_untrained_lengths=True)),

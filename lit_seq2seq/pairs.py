@@ -442,8 +442,8 @@ class PairDataModule(L.LightningDataModule):
         for name, (pairs, source_ids, target_ids) in self._pending.items():
             source, target = self._pad(pairs, source_ids, target_ids)
             if name == "train":
-                rate = self.unk_rate if self.text_spec.source_vocab.has_unk else 0.0
-                self._datasets[name] = PairRows(torch.from_numpy(source), torch.from_numpy(target), rate, self.seed)
+                rows = (torch.from_numpy(source), torch.from_numpy(target))
+                self._datasets[name] = PairRows(*rows, self.unk_rate, self.seed)  # unk_rate > 0: the vocab has <unk>
             else:
                 self._datasets[name] = ReferenceRows(*(torch.from_numpy(a) for a in group_references(source, target)))
         self._pending.clear()
