@@ -68,8 +68,22 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
         # Our data module's own checks (a ValueError naming the flags) come wrapped the same way, under the subtypes
         # it tried and the whole Namespace; the check's message is the one a user needs.
         ours = re.search(r"Errors:\n\s*- (.+?)\n\s*- Expected a <class 'NoneType'>", message)
-        if "Does not validate against any of the Union subtypes" in message and ours:
+        union = "Does not validate against any of the Union subtypes" in message
+        data = message.startswith('Parser key "data"')
+        if union and ours and (data or not self.exit_on_error):  # (a nested parser's message: the data module's)
             message = ours.group(1)
+        # Any other Union-typed flag (--trainer.max_epochs: int | None, --trainer.precision: four Literals | None)
+        # lists its subtypes; one line naming the flag and what it accepts instead.
+        other = (
+            union
+            and self.exit_on_error
+            and re.search(
+                r"^Parser key \"([\w.]+)\":.*\n\s*Subtypes: \[(.*)\]\n.*Given value: (.*)$", message, re.DOTALL
+            )
+        )
+        if other and not data:
+            key, subtypes, value = other.groups()
+            message = f"--{key} must be {_union_expected(subtypes)}, got {value}"
         # A value of the wrong type: "Parser key "K":\n Expected a <class 'int'>. Got value: V", for --data.* nested
         # in the Union text above, and printed after ~90 lines of usage. One line naming the flag instead.
         wrong = self.exit_on_error and re.search(
@@ -102,6 +116,21 @@ def _expected(jsonargparse_type: str) -> str:
     plain = re.fullmatch(r"a <class '(\w+)'>", jsonargparse_type)
     names = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
     return names.get(plain.group(1), f"a {plain.group(1)}") if plain else jsonargparse_type
+
+
+def _union_expected(subtypes: str) -> str:
+    """jsonargparse's "[<class 'int'>, typing.Literal['a', 'b'], <class 'NoneType'>]" (inside the brackets) in words:
+    "an integer, one of a, b or null"; the values of several Literals are one list."""
+    words, values = [], []
+    for literal, name in re.findall(r"typing\.Literal\[([^\]]*)\]|<class '(\w+)'>", subtypes):
+        if literal:
+            values += [v.strip(" '\"") for v in literal.split(",") if v.strip(" '\"") not in values]
+        elif name != "NoneType":
+            words.append(_expected(f"a <class '{name}'>"))
+    if values:
+        words.append("one of " + ", ".join(values))
+    null = " or null" if "<class 'NoneType'>" in subtypes else ""
+    return ", ".join(words) + null
 
 
 def _flatten_default_data(text: str) -> str:
@@ -276,7 +305,14 @@ class Seq2SeqCLI(LightningCLI):
             if config.torch_threads < 1:
                 self.parser.error(f"--torch_threads must be >= 1, got {config.torch_threads}")
             torch.set_num_threads(config.torch_threads)
-        root = config.trainer.default_root_dir or "."
+        trainer = config.trainer
+        # Values Lightning takes without a check: a modulo by zero inside the run; a negative clip value turns clipping
+        # off without a word.
+        if trainer.accumulate_grad_batches < 1:
+            self.parser.error(f"--trainer.accumulate_grad_batches must be >= 1, got {trainer.accumulate_grad_batches}")
+        if trainer.gradient_clip_val is not None and trainer.gradient_clip_val < 0:
+            self.parser.error(f"--trainer.gradient_clip_val must be >= 0 or null, got {trainer.gradient_clip_val}")
+        root = trainer.default_root_dir or "."
         if config.trainer.logger in (None, True):
             # CSV logs under <default_root_dir>/version_N: the report reads them; no TensorBoard needed.
             config.trainer.logger = Namespace(
@@ -421,7 +457,10 @@ class Seq2SeqCLI(LightningCLI):
                     io.preload(self.config[self.subcommand].ckpt_path, self._checkpoint)
                 plugins.append(io)
             kwargs["plugins"] = plugins
-        return super().instantiate_trainer(**kwargs)
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (TypeError, ImportError) as error:  # --trainer.devices x, --trainer.accelerator tpu without torch_xla
+            self.parser.error(f"--trainer.* flags: {error}")
 
     def after_fit(self) -> None:
         """Write the training report of this run (LightningCLI calls after_<subcommand> once it returns)."""

@@ -152,6 +152,13 @@ WRONG_TYPES = [
     ([*PAIRS, "--data.split_fractions", "[0.9, 0.1]"], "--data.split_fractions must be a tuple with 3 elements, got"),
     ([*PAIRS, "--data.nosuch", "3"], "--data.nosuch: lit_seq2seq.pairs.PairDataModule has no such option (its opt"),
     (["--trainer.max_epoch", "3"], "unrecognized arguments: --trainer.max_epoch 3 (lit-seq2seq fit --help lists"),
+    # Union-typed trainer flags: the data module's unwrapping took the first subtype's complaint, without the flag
+    (["--trainer.max_epochs", "x"], "--trainer.max_epochs must be an integer or null, got x"),
+    (["--trainer.precision", "x"], "--trainer.precision must be an integer, one of 64, 32, 16, transformer-engine, "),
+    # Lightning's own checks that raised a TypeError or ZeroDivisionError traceback, or took a value silently
+    (["--trainer.devices", "x"], "--trainer.* flags: `devices` selected with `CPUAccelerator` should be an int > 0."),
+    (["--trainer.accumulate_grad_batches", "0"], "--trainer.accumulate_grad_batches must be >= 1, got 0"),
+    (["--trainer.gradient_clip_val", "-1"], "--trainer.gradient_clip_val must be >= 0 or null, got -1.0"),
 ]
 
 
