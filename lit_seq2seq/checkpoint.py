@@ -353,6 +353,13 @@ def _lightning_classes() -> dict[str, type]:
         writers killed mid-write in this run's and its siblings' checkpoints folders are removed (one line on stderr).
         A fit stopped by a NonFiniteError writes nothing, ``save_on_exception`` or not.
 
+        SIGTERM (`kill`, a scheduler's preemption) stops a fit at the end of a training batch, in every process at the
+        same one, after writing last.ckpt there: the fit goes on exactly with ``--ckpt_path last``. A batch that ends an
+        epoch or that a validation follows lets those run (they write last.ckpt themselves) and the next batch stops.
+        (Lightning's own handler, replaced for the fit, broadcast from inside the signal handler and killed the other
+        processes: under DDP they died of a gloo error or hung; in one process it stopped with exit code 0 and no
+        checkpoint.)
+
         With ``save_top_k=1`` (the CLI's default) and a monitor in TIE_BREAKERS, a validation that ties the best
         score replaces best.ckpt when its tie-breaker is lower (``val/exact_match`` 0 in every epoch would otherwise
         keep epoch 0's weights, however much the token error rate fell since).
@@ -363,6 +370,8 @@ def _lightning_classes() -> dict[str, type]:
             self._last_written_at: tuple[int, str] | None = None  # (global step, hook) of the newest last.ckpt
             self._pending_rng: dict[str, Any] | None = None
             self._best_tie_score: float | None = None  # the tie-breaker's value for best.ckpt's weights
+            self._sigterm = False  # this process got SIGTERM during the fit
+            self._validated_at: int | None = None  # the global step of the newest validation
 
         @property
         def _tie_breaker(self) -> str | None:
@@ -423,6 +432,9 @@ def _lightning_classes() -> dict[str, type]:
                 return
             if type(trainer.fit_loop) is _FitLoop:
                 trainer.fit_loop.__class__ = ExactResumeFitLoop  # same state, one setter changed
+            self._sigterm = False
+            # Lightning registers its SIGTERM handlers after the setup hooks, reading this attribute then
+            trainer._signal_connector._sigterm_notifier_fn = self._note_sigterm
             if not (trainer.is_global_zero and self._saving(trainer) and self.dirpath and "://" not in self.dirpath):
                 return
             folder = Path(self.dirpath)
@@ -442,7 +454,36 @@ def _lightning_classes() -> dict[str, type]:
         def _top_k(self, trainer: L.Trainer) -> None:
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
+        def _note_sigterm(self, signum: int, frame: Any) -> None:
+            self._sigterm = True  # acted on at a batch end, by every process at once (_stop_on_sigterm)
+
+        def _stop_on_sigterm(self, trainer: L.Trainer, batch_idx: int) -> None:
+            """Raise Lightning's SIGTERMException, after writing last.ckpt, when some process got SIGTERM."""
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            stop = self._sigterm
+            if trainer.world_size > 1:  # one small all-reduce a batch: every process stops at the same batch
+                stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+            if not stop or batch_idx + 1 == trainer.num_training_batches or self._validates_now(trainer):
+                return  # (the epoch end or the validation right after this batch writes last.ckpt: the next stops)
+            if self._best_last_rules and self._saving(trainer):
+                self._write_last(trainer, "batch")
+                if trainer.is_global_zero:
+                    print(
+                        f"SIGTERM: stopped after step {trainer.global_step}, written to {self.last_model_path} (the "
+                        "fit goes on from there with --ckpt_path last)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            raise SIGTERMException
+
         def on_train_batch_end(
+            self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
+            self._write_on_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            self._stop_on_sigterm(trainer, batch_idx)
+
+        def _write_on_batch_end(
             self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
         ) -> None:
             if not self._best_last_rules:
@@ -461,6 +502,8 @@ def _lightning_classes() -> dict[str, type]:
             return None
 
         def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            if not trainer.sanity_checking:
+                self._validated_at = trainer.global_step
             if not self._best_last_rules:
                 return super().on_validation_end(trainer, pl_module)
             if self._saving(trainer) and not self._should_save_on_train_epoch_end(trainer):
@@ -472,9 +515,14 @@ def _lightning_classes() -> dict[str, type]:
         def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
             if not self._best_last_rules:
                 return super().on_train_epoch_end(trainer, pl_module)
-            if not self._saving(trainer) or not self._epoch_reached_its_end(trainer):
+            if not self._saving(trainer):
+                return None
+            if not self._epoch_reached_its_end(trainer):
                 # max_steps (or a stop) ended the epoch early: last.ckpt was written at that batch or validation, in
-                # a state that resumes mid-epoch; written here it would resume into the next epoch. No fresh metric.
+                # a state that resumes mid-epoch; written here it would resume into the next epoch. A stop
+                # (max_time, early stopping) is validated first, though: that metric belongs to these weights.
+                if self._validated_at == trainer.global_step and self._should_save_on_train_epoch_end(trainer):
+                    self._top_k(trainer)
                 return None
             every = self.every_n_epochs
             if self._should_save_on_train_epoch_end(trainer) and (

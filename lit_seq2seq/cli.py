@@ -64,7 +64,7 @@ def main(args: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:  # Ctrl-C: the user knows why; an export cleans up its staged folder on the way out
             print(f"{parser.prog}: interrupted", file=sys.stderr)
             sys.exit(130)
-    from lit_seq2seq.train_cli import Seq2SeqCLI
+    from lit_seq2seq.train_cli import Seq2SeqCLI, stopped_by_sigterm
 
     if args and args[0] in ("-h", "--help"):
         print(f"Other commands: {', '.join(OWN_COMMANDS)} (lit-seq2seq COMMAND --help)\n")
@@ -78,7 +78,8 @@ def main(args: Sequence[str] | None = None) -> int:
     if from_argv:  # LightningCLI reads sys.argv itself, and DDP relaunches the script with it
         sys.argv[1:] = resolved
     try:
-        Seq2SeqCLI(None if from_argv else resolved)
+        with stopped_by_sigterm(_prog(command)):
+            Seq2SeqCLI(None if from_argv else resolved)
     except KeyboardInterrupt:  # before the run (reading pair files, say): Lightning's own handler covers the run only
         print(f"{_prog(command)}: interrupted", file=sys.stderr)
         sys.exit(130)

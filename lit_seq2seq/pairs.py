@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from lit_seq2seq.data import ResumableSampler, ShardSampler, _already_batched, train_position
 from lit_seq2seq.pairfiles import PairFile, Side, pad_rows, read_pairs, rows_with_unknown, to_vocab_ids
 from lit_seq2seq.tasks import check_memory
-from lit_seq2seq.text import EOS_ID, TEXT_KEY, UNK_ID, TextSpec, Tokenizer, Vocab, read_text_entry
+from lit_seq2seq.text import EOS_ID, TEXT_KEY, UNK_ID, TextSpec, Tokenizer, Vocab, read_text_entry, show_token
 
 SPLITS = ("train", "val", "test", "predict")
 ABSENT = -1  # a reference slot a source does not use
@@ -454,8 +454,8 @@ class PairDataModule(L.LightningDataModule):
 
         def unknown(side: str, hint: str) -> Callable[[int, int, str], str]:
             return lambda row, pos, token: (
-                f"{pairs.where(row)}: unknown {side} token {token!r} at position {pos}: the training {side}s lack it"
-                f"{hint}"
+                f"{pairs.where(row)}: unknown {side} token {show_token(token)} at position {pos}: the training "
+                f"{side}s lack it{hint}"
             )
 
         if spec.source_vocab.has_unk:

@@ -27,6 +27,16 @@ CONTROL_RANGES = ((0x00, 0x1F), (0x7F, 0x9F), (0xD800, 0xDFFF))
 CONTROL = re.compile("[" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in CONTROL_RANGES) + "]")
 
 
+SHOWN_CHARS = 40  # an unknown token in a message is cut to this many characters (a file without spaces is one token)
+
+
+def show_token(token: str) -> str:
+    """`token` quoted for a message: repr, cut after SHOWN_CHARS characters with its length given."""
+    if len(token) <= SHOWN_CHARS:
+        return repr(token)
+    return f"{token[:SHOWN_CHARS]!r}... ({len(token):,} characters)"
+
+
 def describe_control(char: str) -> str:
     """'control character U+0007' or 'lone surrogate U+D800'."""
     kind = "lone surrogate" if 0xD800 <= ord(char) <= 0xDFFF else "control character"
@@ -112,7 +122,9 @@ class Vocab:
         ids = [self.id(t) for t in tokens]
         if None in ids:
             at = ids.index(None)
-            raise ValueError(f"{where}{': ' if where else ''}unknown token {tokens[at]!r} at position {at + 1}")
+            raise ValueError(
+                f"{where}{': ' if where else ''}unknown token {show_token(tokens[at])} at position {at + 1}"
+            )
         return ids  # type: ignore[return-value]
 
     def decode(self, ids: Iterable[int]) -> list[str]:
@@ -208,7 +220,7 @@ def read_text_entry(entry: object, where: str) -> tuple[TextSpec, int, int]:
 
 def input_lines(stream: Iterable[bytes]) -> Iterator[str]:
     """The lines of a binary stream as they arrive, each decoded strictly as UTF-8 (a byte that is not is a
-    ValueError, "after line N: not UTF-8 text (why)", N the good lines before it, as export/node/decode.mjs says).
+    ValueError, "line N: not UTF-8 text (why); save it as UTF-8", as export/node/decode.mjs says).
     A line ends at a newline, a carriage return before it dropped (CRLF files); any other separator (a lone carriage
     return, a form feed, U+2028) stays inside its line, as in a source given as an argument: line N is the file's
     line N, and a text model refuses a control character there by name. A byte order mark at the start and empty
@@ -219,7 +231,9 @@ def input_lines(stream: Iterable[bytes]) -> Iterator[str]:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise ValueError(f"after line {number - 1}: not UTF-8 text ({error.reason})") from None
+            utf16 = number == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff")  # Windows' "Unicode" text
+            why = "a UTF-16 byte order mark" if utf16 else error.reason
+            raise ValueError(f"line {number}: not UTF-8 text ({why}); save it as UTF-8") from None
         line = text[:-1] if text.endswith("\n") else text
         line = line[:-1] if line.endswith("\r") else line
         if number == 1:

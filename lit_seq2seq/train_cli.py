@@ -6,8 +6,12 @@ import importlib.util
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -69,7 +73,9 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
         # it tried and the whole Namespace; the check's message is the one a user needs.
         ours = re.search(r"Errors:\n\s*- (.+?)\n\s*- Expected a <class 'NoneType'>", message)
         union = "Does not validate against any of the Union subtypes" in message
-        data = message.startswith('Parser key "data"')
+        parser_key = re.match(r'Parser key "([\w.]+)"', message)
+        # (no key: raised while the data module was instantiated)
+        data = parser_key is None or parser_key.group(1) == "data"
         if union and ours and (data or not self.exit_on_error):  # (a nested parser's message: the data module's)
             message = ours.group(1)
         # Any other Union-typed flag (--trainer.max_epochs: int | None, --trainer.precision: four Literals | None)
@@ -116,6 +122,43 @@ def _expected(jsonargparse_type: str) -> str:
     plain = re.fullmatch(r"a <class '(\w+)'>", jsonargparse_type)
     names = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
     return names.get(plain.group(1), f"a {plain.group(1)}") if plain else jsonargparse_type
+
+
+class _Terminated(Exception):
+    """SIGTERM outside a Lightning run (while the flags are read, the pair files loaded, ...)."""
+
+
+@contextmanager
+def stopped_by_sigterm(prog: str) -> Iterator[None]:
+    """SIGTERM (`kill`, `timeout`, `docker stop`, a scheduler's preemption) ends the command with one line and exit
+    code 143, as a shell reports a process that SIGTERM ended.
+
+    During a run Lightning's handler takes the signal, stops at the end of the training batch under way (one process:
+    Seq2SeqCheckpoint writes last.ckpt there) and exited with code 0, as if the fit had finished; under DDP rank 0
+    died of its killed peers with a gloo traceback; outside a run the signal was not handled at all. Lightning calls
+    the handler it found, this one, after its own: there it only notes the signal, outside a run it stops at once.
+    """
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    received: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if signal.getsignal(signal.SIGTERM) is handler:  # not composed into Lightning's: no run is under way
+            raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except BaseException:
+        if not received:
+            raise
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # a DDP run's other processes were stopped with it
+            print(f"{prog}: stopped by SIGTERM", file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _union_expected(subtypes: str) -> str:

@@ -213,7 +213,11 @@ def test_g2p_eval_refuses_bad_input_in_one_line(tmp_path, text_exported, capsys)
         "too long": ("aaaaaa\tAH\n", built, "source 1 ('aaaaaa'): 6 characters; this model was trained on"),
         "other model": ("ab\tAH BE\n", other, "hold different models (export it)"),
         "blank line inside": ("ab\tAH BE\n\nb\tBE\n\n", built, "good.tsv:2: not SOURCE<TAB>REFERENCE"),
-        "not utf-8": (b"ab\tAH\n\xff\n", built, "good.tsv after line 1: not UTF-8 text (invalid start byte)"),
+        "not utf-8": (
+            b"ab\tAH\n\xff\n",
+            built,
+            "good.tsv line 2: not UTF-8 text (invalid start byte); save it as UTF-8",
+        ),
     }
     for name, (content, export, message) in cases.items():
         good.write_bytes(content if isinstance(content, bytes) else content.encode())

@@ -457,8 +457,9 @@ def test_consumer_example_decodes_text_as_the_runtime_does(spec, lines, exported
         (WORDS, "  ", "line 1: empty source"),
         (STRICT, "ka </s>", "line 1: unknown token '</s>' at position 2"),  # a reserved string is no token of a text
         (STRICT, "ni <pad>", "line 1: unknown token '<pad>' at position 2"),
+        (STRICT, "ka " + "y" * 5000, f"line 1: unknown token '{'y' * 40}'... (5,000 characters) at position 2"),
     ],
-    ids=["unknown token", "untrained length", "empty", "only whitespace", "end string", "pad string"],
+    ids=["unknown token", "untrained length", "empty", "only whitespace", "end string", "pad string", "long token"],
 )
 def test_consumer_example_refuses_a_bad_text(spec, line, message, exported, tmp_path):
     model_dir = text_export(exported, tmp_path / "model", spec)

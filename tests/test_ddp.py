@@ -129,3 +129,18 @@ def test_ddp_with_the_weights_moving_average(tmp_path):
     last = torch.load(tmp_path / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     average, trained = last["state_dict"], last["current_model_state"]
     assert last["global_step"] == 16 and any(not torch.equal(trained[k], average[k]) for k in average)
+
+
+def test_ddp_sigterm_to_rank_0_stops_both_ranks_at_one_batch_then_resumes(tmp_path):
+    """`kill` of the fit's process: Lightning's handler broadcast from inside the signal handler and killed rank 1,
+    which died of a gloo error (or both hung); now both stop after the same batch, with last.ckpt written there."""
+    sigterm = '--trainer.callbacks+={"class_path": "test_resume.KillAt", "init_args": {"step": 5, "hook": "sigterm"}}'
+    err = cli(tmp_path, "fit", *DDP, "--trainer.max_epochs", str(EPOCHS), sigterm, expect=143)
+    assert "Traceback" not in err and "GLHF" not in err and "EnforceNotMet" not in err, err
+    assert err.count("SIGTERM: stopped after step 5, written to ") == 1
+    assert err.rstrip().endswith("lit-seq2seq fit: stopped by SIGTERM")
+    last = tmp_path / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 5
+    cli(tmp_path, "fit", *DDP, "--trainer.max_epochs", str(EPOCHS), "--ckpt_path", "last")
+    resumed = torch.load(tmp_path / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == EPOCHS * 16

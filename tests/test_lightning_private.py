@@ -380,3 +380,31 @@ def test_fit_loop_validation_check_and_data_fetcher(fit: tuple[Any, Any, Trainer
         "lit_seq2seq.checkpoint.Seq2SeqCheckpoint._validates_now (no step save on a batch a validation follows)",
         "decide from val_check_interval and batch_idx directly",
     )
+
+
+# --- Signal handling: lit_seq2seq.checkpoint.Seq2SeqCheckpoint.setup (SIGTERM) ---------------------------------------
+
+
+def test_signal_connector_registers_the_sigterm_notifier_it_holds_then() -> None:
+    """Seq2SeqCheckpoint.setup replaces trainer._signal_connector._sigterm_notifier_fn, which Lightning reads when it
+    registers its handlers (after the setup hooks); the handler found before (train_cli.stopped_by_sigterm's) is
+    called after it."""
+    import signal
+
+    user = f"{CHECKPOINT}.setup / ._stop_on_sigterm (SIGTERM stops every process at one batch, after last.ckpt)"
+    port = "register a SIGTERM handler in Seq2SeqCheckpoint.setup that only sets a flag, calling the earlier handler"
+    calls: list[str] = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: calls.append("earlier"))
+    try:
+        trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        connector = read(lambda: trainer._signal_connector)
+        assert hasattr(connector, "_sigterm_notifier_fn"), gone(
+            "Trainer._signal_connector._sigterm_notifier_fn", user, port
+        )
+        connector._sigterm_notifier_fn = lambda *_: calls.append("ours")
+        connector.register_signal_handlers()
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        connector.teardown()
+        assert calls == ["ours", "earlier"], gone("_SignalConnector.register_signal_handlers reading it", user, port)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -213,8 +213,14 @@ def test_node_decode_says_how_many_lines_had_no_reference(exported, runtime_mode
 def test_node_decode_refuses_stdin_that_is_not_utf8_after_printing_the_lines_before(exported, runtime_model):
     args = ["node", str(DECODE), str(exported("gru").model_dir)]
     result = subprocess.run(args, input=b"2 3\n\xff 2\n", capture_output=True, timeout=120)
-    assert result.returncode == 2 and result.stderr.decode() == "decode.mjs: stdin after line 1: not UTF-8 text\n"
+    assert (
+        result.returncode == 2
+        and result.stderr.decode() == "decode.mjs: stdin line 2: not UTF-8 text; save it as UTF-8\n"
+    )
     assert result.stdout.decode().splitlines() == strip_all(runtime_model("gru"), runtime_model("gru").greedy([[2, 3]]))
+    utf16 = subprocess.run(args, input="2 3\n".encode("utf-16"), capture_output=True, timeout=120)
+    message = "decode.mjs: stdin line 1: not UTF-8 text (a UTF-16 byte order mark); save it as UTF-8\n"
+    assert utf16.returncode == 2 and utf16.stderr.decode() == message
 
 
 def test_node_decode_allow_untrained_lengths_decodes_them(exported, runtime_model):
@@ -366,6 +372,11 @@ TEXT_MODELS = {
         "ids": [[2, 3], [7, 6], [4]],
         "unknown": ("one One", 'line 1: source: unknown token "One" at position 2 (not in the model\'s vocabulary)'),
         "control": ("one\x0btwo", "line 1: source: control character U+000B at character 4; texts must be printable"),
+        # a file without spaces is one token: its message shows 40 characters, as the Python runtime's does
+        "long": (
+            "one " + "ü" * 5000,
+            f'line 1: source: unknown token "{"ü" * 40}"... (5,000 characters) at position 2',
+        ),
     },
 }
 
@@ -396,8 +407,8 @@ def test_node_decode_reads_format_version_2_text_models(kind, exported, runtime_
         result = node_decode(model_dir, "".join(f"{line}\n" for line in spec["lines"]), *path)
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == expected
-    for case in ("unknown", "control"):  # a control character: refused as by OnnxSeq2Seq.encode_text, not split on
-        line, message = spec[case]
+    for case in ("unknown", "control", "long")[: len(spec) - 8]:  # a control character: refused as by
+        line, message = spec[case]  # OnnxSeq2Seq.encode_text, not split on
         assert_refused(node_decode(model_dir, f"{line}\n"), message)
     assert_refused(node_decode(model_dir, "\n\nx\n"), "line 1: source: empty sequence (source_len is 0)")
     done = node_decode(model_dir, f"{spec['lines'][0]}\n\n\n")  # empty lines at the end: dropped, as decode does

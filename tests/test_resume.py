@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -218,7 +219,8 @@ class KillAt(L.Callback):
     the one written at global step `step` by hook `hook`, or at the start of training step `step` if hook is "step"
     (before anything of that step is written). Dying is raising Killed, or with exit=True os._exit(137): the process
     ends on the spot like one killed with SIGKILL (no hooks, no cleanup). With hook "stop" it asks the trainer to
-    stop after that step instead (trainer.should_stop, as max_time or an early-stopping callback do)."""
+    stop after that step instead (trainer.should_stop, as max_time or an early-stopping callback do); with hook
+    "sigterm" it sends this process SIGTERM at the end of that step (rank 0 only)."""
 
     writes: list[tuple[int, str | None]] = []
 
@@ -247,6 +249,8 @@ class KillAt(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self.hook == "stop" and trainer.global_step == self.step:
             trainer.should_stop = True
+        if self.hook == "sigterm" and trainer.global_step == self.step and trainer.is_global_zero:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` does: the handler runs before the next line
 
 
 def kill_at(step: int, hook: str, exit: bool = False) -> str:
@@ -333,6 +337,24 @@ def test_a_fit_stopped_mid_epoch_resumes_into_the_next_epoch_whole(in_tmp):
     assert load(newest_last(in_tmp))["Seq2SeqDataModule"] == position
     fit_in(in_tmp, *once, "--ckpt_path", "last")
     assert load(newest_last(in_tmp))["global_step"] == 5 + 2 * 19  # epochs 1 and 2, whole
+
+
+# SIGTERM at the end of step N: the step where the fit stops (a batch an epoch ends with, or that a validation follows,
+# lets those run and write last.ckpt; the next batch stops)
+SIGTERM_POINTS = [(5, 5, "mid-epoch, between writes"), (9, 10, "a validation follows"), (19, 20, "an epoch's last")]
+
+
+@pytest.mark.parametrize("step, stopped", [p[:2] for p in SIGTERM_POINTS], ids=[p[2] for p in SIGTERM_POINTS])
+def test_sigterm_stops_at_a_batch_end_writes_last_ckpt_and_resumes_bit_identical(
+    step, stopped, matrix_reference, in_tmp, capsys
+):
+    """`kill PID`, a scheduler's preemption: Lightning's own handling exited with code 0 and wrote nothing."""
+    code, err = cli_exit(["fit", *MATRIX, kill_at(step, "sigterm"), *root_args(in_tmp)], capsys)
+    assert code == 143 and err.rstrip().endswith("lit-seq2seq fit: stopped by SIGTERM"), err
+    assert f"SIGTERM: stopped after step {stopped}, written to " in err and "Traceback" not in err
+    assert KillAt.writes[-1][0] == stopped and load(newest_last(in_tmp))["global_step"] == stopped
+    fit_in(in_tmp, *MATRIX, "--ckpt_path", "last")
+    assert_same_as(in_tmp, matrix_reference)
 
 
 def test_a_resume_mid_epoch_in_another_number_of_processes_is_refused(in_tmp, capsys):
@@ -488,3 +510,19 @@ def test_an_ema_fit_stopped_between_validations_keeps_its_training_weights(tmp_p
         want = at_max_steps[key]
         assert all(torch.equal(stopped[key][k], v) for k, v in want.items()), key
     assert not all(torch.equal(stopped["state_dict"][k], v) for k, v in stopped["current_model_state"].items())
+
+
+@pytest.mark.parametrize("step", [5, 24], ids=["the first validation", "after an epoch's"])
+def test_a_stop_mid_epoch_is_validated_and_that_validation_can_be_the_best(step, in_tmp):
+    """max_time (or early stopping) ends an epoch early, and Lightning validates the weights first. That metric never
+    reached best.ckpt: a 3-minute fit whose final validation read 0.80 exact match kept epoch 2's 0.29 as best.ckpt
+    (a new user's trial), and a stop in the first epoch left no best.ckpt at all."""
+    once = [*MATRIX, "--trainer.max_steps", "-1", "--trainer.val_check_interval", "1.0"]
+    fit_in(in_tmp, *once, kill_at(step, "stop"))
+    rows = [r for r in read_metrics(in_tmp / "version_0") if r.get("val/exact_match")]
+    assert len(rows) == 1 + step // 19  # the epoch ends before it, and the stop's
+    best_row = max(rows, key=lambda r: (float(r["val/exact_match"]), -float(r["val/token_error_rate"])))
+    best = load(in_tmp / "version_0" / "checkpoints" / "best.ckpt")
+    assert best["global_step"] == (step if best_row is rows[-1] else 19)
+    callback = next(v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    assert float(callback["best_model_score"]) == pytest.approx(float(best_row["val/exact_match"]))

@@ -170,6 +170,7 @@ def test_encode_texts_and_decode_ids(text_model):
         ("trained", ["ab", "aaaaaa"], r"text 1: 6 characters; this model was trained on sources of 1 to 5 characters "
                                       r"\(pass allow_untrained_lengths=True / --allow_untrained_lengths"),
         ("space_source", ["a a a a a a"], r"text 0: 6 tokens; this model was trained on sources of 1 to 5 tokens"),
+        ("space_source", ["a " + "∆" * 5000], rf"text 0: unknown token '{'∆' * 40}'\.\.\. \(5,000 characters\) at "),
     ],
 )  # fmt: skip
 def test_bad_texts_are_refused_naming_the_text_and_position(name, texts, message, text_model):
@@ -363,7 +364,11 @@ def test_decode_names_the_first_stdin_line_that_is_not_utf8_after_printing_those
     assert result.stdout.decode() == "AH BE\nBE\n" * 150
     assert (
         result.stderr.decode()
-        == "lit-seq2seq decode: error: stdin after line 300: not UTF-8 text (invalid start byte)\n"
+        == "lit-seq2seq decode: error: stdin line 301: not UTF-8 text (invalid start byte); save it as UTF-8\n"
+    )
+    utf16 = subprocess.run(command, input="ab\n".encode("utf-16"), capture_output=True, cwd=REPO, timeout=120)
+    assert utf16.returncode == 2 and utf16.stderr.decode() == (
+        "lit-seq2seq decode: error: stdin line 1: not UTF-8 text (a UTF-16 byte order mark); save it as UTF-8\n"
     )
 
 

@@ -209,7 +209,14 @@ function checkPrintable(text, where) {
 
 // A token as messages show it: quoted, with invisible characters (format, separators other than the space) escaped,
 // so that "\u{200B}a" does not read as "a".
+const SHOWN_CHARS = 40; // an unknown token in a message is cut to this many characters, as in Python
+
 function shown(token) {
+  const chars = Array.from(token);
+  if (chars.length > SHOWN_CHARS) {
+    const length = chars.length.toLocaleString("en-US");
+    return `${shown(chars.slice(0, SHOWN_CHARS).join(""))}... (${length} characters)`;
+  }
   return JSON.stringify(token).replace(/[\p{Cf}\p{Z}]/gu, (c) =>
     c === " " ? c : `\\u{${c.codePointAt(0).toString(16).toUpperCase()}}`,
   );

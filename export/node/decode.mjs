@@ -66,7 +66,9 @@ async function* stdinLines() {
     try {
       text = utf8.decode(bytes);
     } catch {
-      throw new InputError(`stdin after line ${number}: not UTF-8 text`);
+      const bom = number === 0 ? `${bytes[0]},${bytes[1]}` : ""; // Windows' "Unicode" text starts FF FE
+      const why = bom === "255,254" || bom === "254,255" ? " (a UTF-16 byte order mark)" : "";
+      throw new InputError(`stdin line ${number + 1}: not UTF-8 text${why}; save it as UTF-8`);
     }
     number++;
     if (number === 1 && text.startsWith("\ufeff")) text = text.slice(1);
