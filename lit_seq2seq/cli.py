@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
-from lit_seq2seq import __version__
+from lit_seq2seq import install_hint
 from lit_seq2seq.bundled import config_names, resolve_config
 from lit_seq2seq.contract import CONTRACT_FILE, DECODER_FILE, ENCODER_FILE, GREEDY_FILE
 from lit_seq2seq.text import input_lines
@@ -21,11 +21,7 @@ OWN_COMMANDS = ("export", "decode", "sample", "report")
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 # What the `train` extra brings that fit/validate/test/predict and export import (pyproject.toml).
 TRAIN_MODULES = ("torch", "lightning", "jsonargparse", "torchmetrics", "onnx")
-# The README's two ways to install: the package is not on PyPI, so `pip install 'lit-seq2seq[train]'` finds nothing.
-TRAIN_EXTRA = (
-    f"pip install 'PATH/lit_seq2seq-{__version__}-py3-none-any.whl[train]' from a wheel, "
-    "or pip install -e '.[train]' in a checkout of the repository"
-)
+TRAIN_EXTRA = install_hint("train")
 
 
 class InputError(ValueError):

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from lit_seq2seq import install_hint
 from lit_seq2seq.atomic import remove_dead_temporaries, replacing
 from lit_seq2seq.runs import resume_record
 
@@ -129,7 +130,7 @@ def write_report(log_dir: str | os.PathLike) -> tuple[Path, Path]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ValueError("the PNG report needs matplotlib: pip install 'lit-seq2seq[report]'") from None
+        raise ReportError(f"the PNG report needs matplotlib (the report extra): {install_hint('report')}") from None
     csv_path, png_path = log_dir / "report.csv", log_dir / "report.png"
     remove_dead_temporaries([log_dir], "report.*")
     try:

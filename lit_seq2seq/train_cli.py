@@ -24,7 +24,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lit_seq2seq import checkpoint
+from lit_seq2seq import checkpoint, install_hint
 from lit_seq2seq.callbacks import LogProgress, PredictionWriter
 from lit_seq2seq.checkpoint import NonFiniteError, Seq2SeqCheckpoint, Seq2SeqCheckpointIO, read_checkpoint
 from lit_seq2seq.cli import LIGHTNING_COMMANDS
@@ -269,7 +269,7 @@ class Seq2SeqCLI(LightningCLI):
             type=bool,
             default=True,
             help="fit: write report.png and report.csv (learning curves, per-position accuracy) into the run folder "
-            "at the end, when matplotlib is installed (pip install 'lit-seq2seq[report]').",
+            "at the end, when matplotlib (the report extra) is installed.",
         )
         parser.add_argument(
             "--fine_tune",
@@ -526,7 +526,7 @@ class Seq2SeqCLI(LightningCLI):
             return
         if importlib.util.find_spec("matplotlib") is None:
             print(
-                "no training report: matplotlib is not installed (pip install 'lit-seq2seq[report]', then "
+                f"no training report: matplotlib is not installed ({install_hint('report')}; then "
                 f"lit-seq2seq report --log_dir {log_dir})",
                 file=sys.stderr,
             )

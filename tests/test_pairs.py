@@ -398,7 +398,7 @@ def test_validate_test_and_predict_without_the_training_file_read_the_checkpoint
     bad.append(
         (["fit", *TINY_FIT, *negative, *root_args(root)], "error: --data.max_source_tokens must be >= 1, got -3")
     )
-    sums = ["--data.split_fractions", "[0.8, 0.1, 0.05]"]
+    sums = ["--data.train_file", "null", "--data.file", TINY_TRAIN, "--data.split_fractions", "[0.8, 0.1, 0.05]"]
     bad.append((["fit", *TINY_FIT, *sums, *root_args(root)], "error: --data.split_fractions must be 3 fractions >= 0"))
     runs = version_dirs(root)
     for args, message in bad:

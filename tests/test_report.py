@@ -12,7 +12,17 @@ import matplotlib.figure
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
-from conftest import REVERSE_YAML, TINY_TASK, cli_exit, cli_output, root_args, run_cli, tiny_run, version_dirs
+from conftest import (
+    REVERSE_YAML,
+    TINY_TASK,
+    TRAIN_EXTRA_HINT,
+    cli_exit,
+    cli_output,
+    root_args,
+    run_cli,
+    tiny_run,
+    version_dirs,
+)
 
 # reverse.yaml validates 4x per epoch: 8 points per validation curve.
 CURVES = [*TINY_TASK, *tiny_run(train=1000, val=100, test=100, hidden=16, epochs=2), "--trainer.log_every_n_steps", "5"]
@@ -96,6 +106,16 @@ def test_non_finite_values_are_left_out_and_counted_on_stderr(log_dir, capsys):
         ("", "0.5"),  # its step was inf
     ]
     assert all(np.isfinite(float(r["value"])) for r in rows)
+
+
+def test_without_matplotlib_the_report_is_one_line_naming_the_extra_as_it_installs(log_dir, monkeypatch, capsys):
+    """It said pip install 'lit-seq2seq[report]', which finds nothing (the package is not on PyPI), after a usage."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    code, err = cli_exit(["report", "--log_dir", log_dir], capsys)
+    assert code == 2 and err == (
+        "lit-seq2seq report: error: the PNG report needs matplotlib (the report extra): "
+        f"{TRAIN_EXTRA_HINT.replace('[train]', '[report]')}\n"
+    )
 
 
 @pytest.mark.parametrize("fault", ["table write", "figure write", "move into place"])
