@@ -92,6 +92,23 @@ def file_format(path: str | os.PathLike) -> str:
     )
 
 
+# A first line of two of these is a header, not a pair (read as one it trains "source" -> "target")
+HEADER_SOURCES = ("source", "src", "input", "in", "from", "x", "text", "word", "words", "grapheme", "graphemes")
+HEADER_TARGETS = ("target", "tgt", "output", "out", "to", "y", "label", "pronunciation", "phonemes", "translation")
+
+
+def header_line(path: str | os.PathLike) -> str | None:
+    """The first line of a TSV pair file when it reads as a header (source<TAB>target and the like), else None."""
+    if file_format(path) != "tsv":
+        return None
+    with open(path, "rb") as f:
+        first = f.read(1024).split(b"\n", 1)[0].decode("utf-8", "replace").removeprefix("\ufeff").rstrip("\r")
+    fields = first.lower().strip().split("\t")
+    if len(fields) == 2 and fields[0].strip() in HEADER_SOURCES and fields[1].strip() in HEADER_TARGETS:
+        return first
+    return None
+
+
 def read_pairs(
     path: str | os.PathLike, source: Tokenizer, target: Tokenizer, flag: str = "--data.file", cache: bool = True
 ) -> PairFile:
@@ -201,7 +218,10 @@ def _tsv_sides(cps: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray, np.
     if len(bad):
         i = bad[0]
         what = "no tab" if count[i] == 0 else f"{count[i]} tabs"
-        raise ValueError(f"{where}:{line_numbers[i]}: {what}; each line must be source<TAB>target")
+        fix = "each line must be source<TAB>target"
+        if (cps[starts[i] : stops[i]] == _CR).any():  # old Mac files: one line, its pairs split by CRs
+            fix = "its lines end with a lone carriage return (CR): save the file with LF or CRLF line ends"
+        raise ValueError(f"{where}:{line_numbers[i]}: {what}; {fix}")
     tab = tabs[first]
     for side, empty in (("source", tab == starts), ("target", tab + 1 == stops)):
         if empty.any():

@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lit_seq2seq.data import ResumableSampler, ShardSampler, _already_batched, train_position
-from lit_seq2seq.pairfiles import PairFile, Side, pad_rows, read_pairs, rows_with_unknown, to_vocab_ids
+from lit_seq2seq.pairfiles import PairFile, Side, header_line, pad_rows, read_pairs, rows_with_unknown, to_vocab_ids
 from lit_seq2seq.tasks import check_memory
 from lit_seq2seq.text import EOS_ID, TEXT_KEY, UNK_ID, TextSpec, Tokenizer, Vocab, read_text_entry, show_token
 
@@ -297,7 +297,13 @@ class PairDataModule(L.LightningDataModule):
         return self._read_file(name, f"--data.{split}_file")
 
     def _read_file(self, name: str, flag: str) -> PairFile:
-        return read_pairs(name, self.tokenizers["source"], self.tokenizers["target"], flag, self.cache)
+        pairs = read_pairs(name, self.tokenizers["source"], self.tokenizers["target"], flag, self.cache)
+        header = header_line(name)
+        if header is not None:
+            rank_zero_warn(
+                f"{flag} {name}:1: {header!r} looks like a header line; it is read as a pair (delete it if it is one)"
+            )
+        return pairs
 
     def load(self) -> None:
         """Read every given file once (before training starts, so that a bad line anywhere stops it first), build the

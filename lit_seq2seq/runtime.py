@@ -286,13 +286,17 @@ class OnnxSeq2Seq:
             outside = (lengths < self.min_source_length) | (lengths > self.source_length)
             if outside.any():
                 row = int(np.argmax(outside))
-                low, high = self.min_source_length, self.source_length
-                trained_on = f"exactly {low}" if low == high else f"{low} to {high}"
-                raise ValueError(
-                    f"{where(row)}: {lengths[row]} tokens; this model was trained on sources of {trained_on} tokens "
-                    "(pass allow_untrained_lengths=True / --allow_untrained_lengths to decode anyway)"
-                )
+                raise ValueError(self._untrained_length(where(row), int(lengths[row]), "token"))
         return source.astype(np.int64, copy=False), single
+
+    def _untrained_length(self, where: str, length: int, unit: str) -> str:
+        low, high = self.min_source_length, self.source_length
+        trained_on = f"exactly {low}" if low == high else f"{low} to {high}"
+        return (
+            f"{where}: {length} {unit}{'s' * (length != 1)}; this model was trained on sources of {trained_on} "
+            f"{unit}{'s' * (high != 1)} (pass allow_untrained_lengths=True / --allow_untrained_lengths to decode "
+            "anyway)"
+        )
 
     def _check_token(self, token: Any) -> np.ndarray:
         if not isinstance(token, np.ndarray) or token.dtype.kind not in "iu":
@@ -457,13 +461,8 @@ class OnnxSeq2Seq:
         if not ids:
             raise ValueError(f"{where}: no tokens (only whitespace; the {spec.source.kind} tokenizer splits on it)")
         if not allow_untrained_lengths and not self.min_source_length <= len(ids) <= self.source_length:
-            low, high = self.min_source_length, self.source_length
-            trained_on = f"exactly {low}" if low == high else f"{low} to {high}"
-            unit = "characters" if spec.source.kind == "char" else "tokens"
-            raise ValueError(
-                f"{where}: {len(ids)} {unit}; this model was trained on sources of {trained_on} {unit} (pass "
-                "allow_untrained_lengths=True / --allow_untrained_lengths to decode anyway)"
-            )
+            unit = "character" if spec.source.kind == "char" else "token"
+            raise ValueError(self._untrained_length(where, len(ids), unit))
         return ids
 
     def encode_texts(self, texts: Sequence[str], *, allow_untrained_lengths: bool = False) -> np.ndarray:

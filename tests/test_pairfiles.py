@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 
 from lit_seq2seq import pairfiles
 from lit_seq2seq.pairfiles import cache_dir, pad_rows, read_pairs, to_vocab_ids
+from lit_seq2seq.pairs import PairDataModule
 from lit_seq2seq.text import Tokenizer, Vocab
 
 CHAR, SPACE = Tokenizer("char"), Tokenizer("space")
@@ -86,6 +88,7 @@ def bad_file_cases() -> list[tuple[str, bytes, str]]:
         ("blank.tsv", b"\n \n", ": the file is empty"),
         ("notab.tsv", b"a\tb\nab c\n", ":2: no tab; each line must be source<TAB>target"),
         ("twotabs.tsv", b"a\tb\tc\n", ":1: 2 tabs"),
+        ("mac.tsv", b"a\tb\rc\td\re\tf\r", ":1: 3 tabs; its lines end with a lone carriage return (CR): save the file"),
         ("nosource.tsv", b"a\tb\n\tb\n", ":2: empty source"),
         ("notarget.tsv", b"a\tb\nc\t\r\n", ":2: empty target"),
         ("spacetarget.tsv", b"a\tb\nc\t  \n", ":2: empty target (no tokens)"),
@@ -245,3 +248,20 @@ def _umask() -> int:
     mask = os.umask(0o22)
     os.umask(mask)
     return mask
+
+
+@pytest.mark.parametrize(
+    "first, warned",
+    [("source\ttarget", True), ("Word\tPronunciation", True), ("\ufeffsrc\ttgt\r", True), ("ab\tA B", False)],
+    ids=["source/target", "capitalised", "bom crlf", "a pair"],
+)
+def test_a_first_line_that_reads_as_a_header_is_named_in_a_warning(first, warned, tmp_path):
+    """It was trained on as a pair ("source" -> "target" tokens), and decode only failed on "unknown token 's'"."""
+    path = write(tmp_path / "p.tsv", f"{first}\nab\tA B\n".encode())
+    dm = PairDataModule(train_file=str(path), target_tokenizer="space", cache=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dm.load()
+    messages = [str(w.message) for w in caught if "header" in str(w.message)]
+    expected = f"--data.train_file {path}:1: {first.lstrip(chr(0xFEFF)).rstrip(chr(13))!r} looks like a header line"
+    assert [m.startswith(expected) for m in messages] == ([True] if warned else [])
