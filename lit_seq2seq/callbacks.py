@@ -19,16 +19,17 @@ from lit_seq2seq.metrics import answer_tokens
 class LogProgress(L.Callback):
     """One line every `every` fraction of a training epoch and one per validation: readable in CI logs. A line's
     train/loss is the mean over the batches since the line before (rank 0's): the logged one is written only every
-    --trainer.log_every_n_steps steps, and would repeat a stale value across lines."""
+    --trainer.log_every_n_steps steps, and would repeat a stale value across lines. Its rate too: batches since the
+    line before over the time since (a resumed epoch starts at its first batch not yet trained on)."""
 
     def __init__(self, every: float = 0.1) -> None:
         self.every = every
-        self._start = 0.0
+        self._since = (0.0, 0)  # (time, batches done) of the line before, or of the epoch's start
         self._next = 0
         self._losses: list[float] = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start, self._next, self._losses = time.perf_counter(), 0, []
+        self._since, self._next, self._losses = (time.perf_counter(), -1), 0, []
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -39,12 +40,16 @@ class LogProgress(L.Callback):
         if isinstance(loss, torch.Tensor):
             self._losses.append(float(loss))  # training_step has synced this step already (its finiteness check)
         done, total = batch_idx + 1, trainer.num_training_batches
-        if done >= self._next:
+        resumed = self._since[1] < 0 and batch_idx > 0  # the batches before were trained before a resume
+        if done >= self._next or resumed:
             self._next = done + max(1, int(total * self.every))
-            rate = done / max(time.perf_counter() - self._start, 1e-9)
+            now = time.perf_counter()
+            rate = (done - max(self._since[1], 0)) / max(now - self._since[0], 1e-9)
+            rate_text = "resumed here" if resumed else f"{rate:.0f} batches/s"
+            self._since = (now, done)
             loss_text = f" train/loss {sum(self._losses) / len(self._losses):.4f}" if self._losses else ""
             self._losses = []
-            print(f"epoch {trainer.current_epoch} batch {done}/{total}{loss_text} ({rate:.0f} batches/s)", flush=True)
+            print(f"epoch {trainer.current_epoch} batch {done}/{total}{loss_text} ({rate_text})", flush=True)
 
     def _print_metrics(self, trainer: L.Trainer, prefix: str) -> None:
         if trainer.is_global_zero and not trainer.sanity_checking:

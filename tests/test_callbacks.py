@@ -164,3 +164,20 @@ def test_ema_decay_out_of_range_is_refused():
     for decay in (0.0, 1.0, 1.5):
         with pytest.raises(ValueError, match=r"--trainer.callbacks.decay must be in \(0, 1\), got"):
             EMAWeightAveraging(decay=decay)
+
+
+def test_log_progress_after_a_mid_epoch_resume_marks_the_first_batch_then_times_from_it(capsys):
+    """The first line after a resume read "(0 batches/s)": one batch over the time since the epoch's restart."""
+    trainer = progress_trainer(20)
+    callback = LogProgress()
+    callback.on_train_epoch_start(trainer, None)
+    for batch_idx in range(12, 20):  # batches 0-11 were trained before the resume
+        callback.on_train_batch_end(trainer, None, {"loss": torch.tensor(1.0)}, None, batch_idx)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "epoch 2 batch 13/20 train/loss 1.0000 (resumed here)"
+    assert [line.split(" train")[0] for line in lines[1:]] == [
+        "epoch 2 batch 15/20",
+        "epoch 2 batch 17/20",
+        "epoch 2 batch 19/20",
+    ]
+    assert all(re.search(r"\(\d+ batches/s\)$", line) for line in lines[1:])
