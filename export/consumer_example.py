@@ -130,8 +130,9 @@ def text_to_ids(text: str, meta: dict[str, str], ids: dict[str, int], where: str
     out = []
     for position, token in enumerate(tokens, 1):
         if token not in ids and unk is None:
-            shown = repr(token) if len(token) <= 40 else f"{token[:40]!r}... ({len(token):,} characters)"  # a line
-            raise Refused(f"{where}: unknown token {shown} at position {position}")  # without spaces is one token
+            # a line without spaces is one token: shown cut
+            shown = repr(token) if len(token) <= 40 else f"{token[:40]!r}... ({len(token):,} characters)"
+            raise Refused(f"{where}: unknown token {shown} at position {position}")
         out.append(ids.get(token, unk))
     return out
 

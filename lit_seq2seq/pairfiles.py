@@ -181,7 +181,8 @@ def _decode(raw: bytes, where: str, kind: str) -> str:
     except UnicodeDecodeError as error:
         line = raw.count(b"\n", 0, error.start) + 1
         byte = raw[error.start]
-        raise ValueError(f"{where}:{line}: invalid UTF-8 (byte {byte:#04x}); save the file as UTF-8") from None
+        utf16 = " (a UTF-16 byte order mark)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ValueError(f"{where}:{line}: invalid UTF-8 (byte {byte:#04x}){utf16}; save the file as UTF-8") from None
     if not text or text.isspace():  # isspace stops at the first other character; strip() would copy the text
         raise ValueError(f"{where}: the file is empty (expected {_expected(kind)} lines)")
     return text

@@ -9,6 +9,7 @@ import shutil
 import signal
 import sys
 import threading
+import traceback
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,7 +85,7 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
             union
             and self.exit_on_error
             and re.search(
-                r"^Parser key \"([\w.]+)\":.*\n\s*Subtypes: \[(.*)\]\n.*Given value: (.*)$", message, re.DOTALL
+                r"^Parser key \"([\w.]+)\":.*?\n\s*Subtypes: \[([^\n]*)\]\n.*Given value: (.*)$", message, re.DOTALL
             )
         )
         if other and not data:
@@ -124,56 +125,78 @@ def _expected(jsonargparse_type: str) -> str:
     return names.get(plain.group(1), f"a {plain.group(1)}") if plain else jsonargparse_type
 
 
-class _Terminated(Exception):
-    """SIGTERM outside a Lightning run (while the flags are read, the pair files loaded, ...)."""
+class _Terminated(BaseException):
+    """SIGTERM outside a Lightning run (flags read, pair files loaded, ...). A BaseException, as KeyboardInterrupt is:
+    no `except Exception` on the way takes it for an error of its own."""
 
 
 @contextmanager
 def stopped_by_sigterm(prog: str) -> Iterator[None]:
     """SIGTERM (`kill`, `timeout`, `docker stop`, a scheduler's preemption) ends the command with one line and exit
-    code 143, as a shell reports a process that SIGTERM ended.
+    code 143, as a shell reports a process that SIGTERM ended, in every process of a DDP run.
 
-    During a run Lightning's handler takes the signal, stops at the end of the training batch under way (one process:
-    Seq2SeqCheckpoint writes last.ckpt there) and exited with code 0, as if the fit had finished; under DDP rank 0
-    died of its killed peers with a gloo traceback; outside a run the signal was not handled at all. Lightning calls
-    the handler it found, this one, after its own: there it only notes the signal, outside a run it stops at once.
+    During a fit, checkpoint.StopOnSigterm takes the signal and stops at a batch end with Lightning's
+    SIGTERMException (a SystemExit of code 0); validate/test/predict raise it from Lightning's own handler. Outside a
+    run the handler installed here stops at once: Lightning composes it into its own during a run, where it does
+    nothing.
     """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
-    received: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
-        received.append(signum)
         if signal.getsignal(signal.SIGTERM) is handler:  # not composed into Lightning's: no run is under way
             raise _Terminated
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
-    except BaseException:
-        if not received:
-            raise
-        if os.environ.get("LOCAL_RANK", "0") == "0":  # a DDP run's other processes were stopped with it
+    except (_Terminated, SIGTERMException):
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # DDP's other processes stop with it, silently
             print(f"{prog}: stopped by SIGTERM", file=sys.stderr, flush=True)
         sys.exit(128 + signal.SIGTERM)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _raised_in_lightning(error: BaseException) -> bool:
+    """Whether `error` was raised by Lightning's own code (its check of a flag's value), not by ours."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and f"{os.sep}lightning{os.sep}" in frames[-1].filename
+
+
 def _union_expected(subtypes: str) -> str:
-    """jsonargparse's "[<class 'int'>, typing.Literal['a', 'b'], <class 'NoneType'>]" (inside the brackets) in words:
-    "an integer, one of a, b or null"; the values of several Literals are one list."""
-    words, values = [], []
-    for literal, name in re.findall(r"typing\.Literal\[([^\]]*)\]|<class '(\w+)'>", subtypes):
+    """jsonargparse's "<class 'int'>, typing.Literal['a', 'b'], <class 'NoneType'>" (a Union's subtypes) in words:
+    "an integer, one of a, b or null". The values of several Literals are one list; a subtype not read here (a
+    class of Lightning's, an Iterable[...]) is named as jsonargparse names it."""
+    words, values, null = [], [], False
+    for part in _top_level(subtypes):
+        literal = re.fullmatch(r"typing\.Literal\[(.*)\]", part)
+        plain = re.fullmatch(r"<class '(\w+)'>", part)
         if literal:
-            values += [v.strip(" '\"") for v in literal.split(",") if v.strip(" '\"") not in values]
-        elif name != "NoneType":
-            words.append(_expected(f"a <class '{name}'>"))
+            values += [v for v in (v.strip(" '\"") for v in literal.group(1).split(",")) if v not in values]
+        elif plain and plain.group(1) == "NoneType":
+            null = True
+        else:  # <class 'lightning.pytorch.loggers.logger.Logger'> -> Logger, a.b.Iterable[c.D] -> Iterable[D]
+            part = re.sub(r"(?:\w+\.)+(\w+)", r"\1", re.sub(r"<class '([\w.]+)'>", r"\1", part))
+            words.append(_expected(f"a <class '{part}'>") if plain else part)
     if values:
         words.append("one of " + ", ".join(values))
-    null = " or null" if "<class 'NoneType'>" in subtypes else ""
-    return ", ".join(words) + null
+    words += ["null"] if null else []
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def _top_level(text: str) -> list[str]:
+    """`text` split at its commas outside brackets: "A, B[C, D]" -> ["A", "B[C, D]"]."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    return [*parts, text[start:].strip()]
 
 
 def _flatten_default_data(text: str) -> str:
@@ -501,9 +524,13 @@ class Seq2SeqCLI(LightningCLI):
                 plugins.append(io)
             kwargs["plugins"] = plugins
         try:
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
         except (TypeError, ImportError) as error:  # --trainer.devices x, --trainer.accelerator tpu without torch_xla
+            if not _raised_in_lightning(error):
+                raise
             self.parser.error(f"--trainer.* flags: {error}")
+        trainer.callbacks.append(checkpoint.StopOnSigterm())  # after the checkpoint callbacks it asks to write
+        return trainer
 
     def after_fit(self) -> None:
         """Write the training report of this run (LightningCLI calls after_<subcommand> once it returns)."""

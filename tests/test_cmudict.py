@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_python
+from conftest import TRAIN_EXTRA_HINT, run_python
 
 from lit_seq2seq import cmudict as g2p
 from lit_seq2seq.cmudict import SPLITS, main, split_entries, split_of
@@ -156,7 +156,7 @@ def test_without_the_package_names_the_extra(
     with pytest.raises(SystemExit) as exit_:
         main(["--output_dir", str(tmp_path)])
     err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.count("\n") == 1 and "pip install 'lit-seq2seq[g2p]'" in err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and TRAIN_EXTRA_HINT.replace("[train]", "[g2p]") in err
 
 
 def test_a_failed_write_keeps_the_old_files(

@@ -6,6 +6,7 @@ A test-only callback (imported from this file by both ranks) records the source 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -131,10 +132,13 @@ def test_ddp_with_the_weights_moving_average(tmp_path):
     assert last["global_step"] == 16 and any(not torch.equal(trained[k], average[k]) for k in average)
 
 
-def test_ddp_sigterm_to_rank_0_stops_both_ranks_at_one_batch_then_resumes(tmp_path):
+@pytest.mark.parametrize("rank", [0, 1])
+def test_ddp_sigterm_to_one_rank_stops_both_at_one_batch_then_resumes(rank, tmp_path):
     """`kill` of the fit's process: Lightning's handler broadcast from inside the signal handler and killed rank 1,
-    which died of a gloo error (or both hung); now both stop after the same batch, with last.ckpt written there."""
-    sigterm = '--trainer.callbacks+={"class_path": "test_resume.KillAt", "init_args": {"step": 5, "hook": "sigterm"}}'
+    which died of a gloo error (or both hung); now both stop after the same batch, with last.ckpt written there, and
+    both exit 143 also when another process than rank 0 got the signal (rank 0 exited 0)."""
+    spec = {"class_path": "test_resume.KillAt", "init_args": {"step": 5, "hook": "sigterm", "rank": rank}}
+    sigterm = f"--trainer.callbacks+={json.dumps(spec)}"
     err = cli(tmp_path, "fit", *DDP, "--trainer.max_epochs", str(EPOCHS), sigterm, expect=143)
     assert "Traceback" not in err and "GLHF" not in err and "EnforceNotMet" not in err, err
     assert err.count("SIGTERM: stopped after step 5, written to ") == 1

@@ -359,6 +359,14 @@ LOOP_NAMES = [
         "lit_seq2seq.checkpoint.ExactResumeFitLoop.restarting (a max_steps stop mid-epoch keeps Lightning's way)",
         "compare trainer.max_steps with the step count directly",
     ),
+    (
+        "_TrainingEpochLoop._should_accumulate()",
+        lambda: (
+            importlib.import_module("lightning.pytorch.loops.training_epoch_loop")._TrainingEpochLoop._should_accumulate
+        ),
+        "lit_seq2seq.checkpoint.StopOnSigterm.on_train_batch_end (no stop after a batch that only accumulated)",
+        "compare the batches since the last optimizer step with trainer.accumulate_grad_batches",
+    ),
 ]
 
 
@@ -382,17 +390,17 @@ def test_fit_loop_validation_check_and_data_fetcher(fit: tuple[Any, Any, Trainer
     )
 
 
-# --- Signal handling: lit_seq2seq.checkpoint.Seq2SeqCheckpoint.setup (SIGTERM) ---------------------------------------
+# --- Signal handling: lit_seq2seq.checkpoint.StopOnSigterm.setup (SIGTERM) --------------------------------------------
 
 
 def test_signal_connector_registers_the_sigterm_notifier_it_holds_then() -> None:
-    """Seq2SeqCheckpoint.setup replaces trainer._signal_connector._sigterm_notifier_fn, which Lightning reads when it
+    """StopOnSigterm.setup replaces trainer._signal_connector._sigterm_notifier_fn, which Lightning reads when it
     registers its handlers (after the setup hooks); the handler found before (train_cli.stopped_by_sigterm's) is
     called after it."""
     import signal
 
-    user = f"{CHECKPOINT}.setup / ._stop_on_sigterm (SIGTERM stops every process at one batch, after last.ckpt)"
-    port = "register a SIGTERM handler in Seq2SeqCheckpoint.setup that only sets a flag, calling the earlier handler"
+    user = "lit_seq2seq.checkpoint.StopOnSigterm (SIGTERM stops every process at one batch, after last.ckpt)"
+    port = "register a SIGTERM handler in StopOnSigterm.setup that only sets a flag, calling the earlier handler"
     calls: list[str] = []
     previous = signal.signal(signal.SIGTERM, lambda *_: calls.append("earlier"))
     try:

@@ -93,6 +93,7 @@ def bad_file_cases() -> list[tuple[str, bytes, str]]:
         ("notarget.tsv", b"a\tb\nc\t\r\n", ":2: empty target"),
         ("spacetarget.tsv", b"a\tb\nc\t  \n", ":2: empty target (no tokens)"),
         ("utf8.tsv", b"a\tb\nc\td\nd\xe9\tx\n", ":3: invalid UTF-8 (byte 0xe9)"),
+        ("utf16.tsv", "a\tb\n".encode("utf-16"), ":1: invalid UTF-8 (byte 0xff) (a UTF-16 byte order mark); save the"),
         ("json.jsonl", b'{"source": "a", "target": "b"}\n{"source": "a",\n', ":2: bad JSON"),
         ("key.jsonl", b'{"source": "a"}\n', ':1: missing key "target"'),
         (

@@ -220,12 +220,13 @@ class KillAt(L.Callback):
     (before anything of that step is written). Dying is raising Killed, or with exit=True os._exit(137): the process
     ends on the spot like one killed with SIGKILL (no hooks, no cleanup). With hook "stop" it asks the trainer to
     stop after that step instead (trainer.should_stop, as max_time or an early-stopping callback do); with hook
-    "sigterm" it sends this process SIGTERM at the end of that step (rank 0 only)."""
+    "sigterm" it sends process `rank` SIGTERM at the end of the step-th batch (a step each, unless gradients are
+    accumulated)."""
 
     writes: list[tuple[int, str | None]] = []
 
-    def __init__(self, step: int = -1, hook: str = "", exit: bool = False) -> None:
-        self.step, self.hook, self.exit = step, hook, exit
+    def __init__(self, step: int = -1, hook: str = "", exit: bool = False, rank: int = 0) -> None:
+        self.step, self.hook, self.exit, self.rank = step, hook, exit, rank
 
     def _die(self) -> None:
         if self.exit:
@@ -249,12 +250,13 @@ class KillAt(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self.hook == "stop" and trainer.global_step == self.step:
             trainer.should_stop = True
-        if self.hook == "sigterm" and trainer.global_step == self.step and trainer.is_global_zero:
+        batches = trainer.fit_loop.epoch_loop.total_batch_idx + 1
+        if self.hook == "sigterm" and batches == self.step and trainer.global_rank == self.rank:
             os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` does: the handler runs before the next line
 
 
-def kill_at(step: int, hook: str, exit: bool = False) -> str:
-    spec = {"class_path": "test_resume.KillAt", "init_args": {"step": step, "hook": hook, "exit": exit}}
+def kill_at(step: int, hook: str, exit: bool = False, rank: int = 0) -> str:
+    spec = {"class_path": "test_resume.KillAt", "init_args": {"step": step, "hook": hook, "exit": exit, "rank": rank}}
     return f"--trainer.callbacks+={json.dumps(spec)}"
 
 
@@ -355,6 +357,43 @@ def test_sigterm_stops_at_a_batch_end_writes_last_ckpt_and_resumes_bit_identical
     assert KillAt.writes[-1][0] == stopped and load(newest_last(in_tmp))["global_step"] == stopped
     fit_in(in_tmp, *MATRIX, "--ckpt_path", "last")
     assert_same_as(in_tmp, matrix_reference)
+
+
+def test_sigterm_amid_gradient_accumulation_stops_at_the_next_optimizer_step(tmp_path, capsys):
+    """A stop after a batch that only accumulated would resume without its gradients."""
+    accumulated = [*MATRIX, "--trainer.accumulate_grad_batches", "2"]
+    reference = fit_in(tmp_path / "reference", *accumulated)
+    root = tmp_path / "stopped"
+    code, err = cli_exit(["fit", *accumulated, kill_at(5, "sigterm"), *root_args(root)], capsys)
+    assert code == 143 and "SIGTERM: stopped after step 3, written to " in err, err  # batch 6 steps, 5 does not
+    fit_in(root, *accumulated, "--ckpt_path", "last")
+    assert_same_as(root, reference)
+
+
+def test_sigterm_without_last_ckpt_says_none_was_written(in_tmp, capsys):
+    flags = ["--checkpoint.save_last", "false", kill_at(5, "sigterm"), *root_args(in_tmp)]
+    code, err = cli_exit(["fit", *MATRIX, *flags], capsys)
+    assert (
+        code == 143 and "SIGTERM: stopped after step 5, no last.ckpt written (--checkpoint.save_last is false)" in err
+    )
+    assert not list(in_tmp.glob("**/last.ckpt"))
+
+
+def test_sigterm_before_the_run_stops_at_once_and_main_puts_the_handler_back(in_tmp, monkeypatch, capsys):
+    """Outside a run (here: while the data loads) nothing handled SIGTERM; the handler is the caller's again after."""
+    from lit_seq2seq.data import Seq2SeqDataModule
+
+    def terminated(self: Any, stage: str | None = None) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(Seq2SeqDataModule, "setup", terminated)
+    code, err = cli_exit(["fit", *MATRIX, *root_args(in_tmp)], capsys)
+    assert code == 143 and err.endswith("lit-seq2seq fit: stopped by SIGTERM\n") and "Traceback" not in err, err
+    assert signal.getsignal(signal.SIGTERM) is before
+    monkeypatch.undo()
+    fit_in(in_tmp, *MATRIX, "--trainer.max_steps", "2")
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_a_resume_mid_epoch_in_another_number_of_processes_is_refused(in_tmp, capsys):

@@ -154,7 +154,8 @@ WRONG_TYPES = [
     (["--trainer.max_epoch", "3"], "unrecognized arguments: --trainer.max_epoch 3 (lit-seq2seq fit --help lists"),
     # Union-typed trainer flags: the data module's unwrapping took the first subtype's complaint, without the flag
     (["--trainer.max_epochs", "x"], "--trainer.max_epochs must be an integer or null, got x"),
-    (["--trainer.precision", "x"], "--trainer.precision must be an integer, one of 64, 32, 16, transformer-engine, "),
+    (["--trainer.precision", "x"], "--trainer.precision must be one of 64, 32, 16, transformer-engine, transformer-"),
+    (["--seed_everything", "x"], "--seed_everything must be true or false or an integer, got x"),
     # Lightning's own checks that raised a TypeError or ZeroDivisionError traceback, or took a value silently
     (["--trainer.devices", "x"], "--trainer.* flags: `devices` selected with `CPUAccelerator` should be an int > 0."),
     (["--trainer.accumulate_grad_batches", "0"], "--trainer.accumulate_grad_batches must be >= 1, got 0"),
