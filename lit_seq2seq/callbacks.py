@@ -24,7 +24,9 @@ class LogProgress(L.Callback):
 
     def __init__(self, every: float = 0.1) -> None:
         self.every = every
-        self._since = (0.0, 0)  # (time, batches done) of the line before, or of the epoch's start
+        # (time, batches done) of the line before, or of the epoch's start (-1: no batch yet). A fit resumed mid-epoch
+        # starts without on_train_epoch_start.
+        self._since = (time.perf_counter(), -1)
         self._next = 0
         self._losses: list[float] = []
 

@@ -169,8 +169,7 @@ def test_ema_decay_out_of_range_is_refused():
 def test_log_progress_after_a_mid_epoch_resume_marks_the_first_batch_then_times_from_it(capsys):
     """The first line after a resume read "(0 batches/s)": one batch over the time since the epoch's restart."""
     trainer = progress_trainer(20)
-    callback = LogProgress()
-    callback.on_train_epoch_start(trainer, None)
+    callback = LogProgress()  # (Lightning calls no on_train_epoch_start for an epoch resumed in its middle)
     for batch_idx in range(12, 20):  # batches 0-11 were trained before the resume
         callback.on_train_batch_end(trainer, None, {"loss": torch.tensor(1.0)}, None, batch_idx)
     lines = capsys.readouterr().out.splitlines()
