@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from lit_seq2seq.atomic import replacing
-from lit_seq2seq.text import CONTROL, CONTROL_RANGES, NORMALIZATION, Tokenizer, Vocab, describe_control
+from lit_seq2seq.text import CONTROL, CONTROL_RANGES, NORMALIZATION, UTF16_BOMS, Tokenizer, Vocab, describe_control
 
 TSV_SUFFIXES = (".tsv", ".txt")
 JSONL_SUFFIXES = (".jsonl", ".json")
@@ -181,7 +181,7 @@ def _decode(raw: bytes, where: str, kind: str) -> str:
     except UnicodeDecodeError as error:
         line = raw.count(b"\n", 0, error.start) + 1
         byte = raw[error.start]
-        utf16 = " (a UTF-16 byte order mark)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        utf16 = " (a UTF-16 byte order mark)" if raw[:2] in UTF16_BOMS else ""
         raise ValueError(f"{where}:{line}: invalid UTF-8 (byte {byte:#04x}){utf16}; save the file as UTF-8") from None
     if not text or text.isspace():  # isspace stops at the first other character; strip() would copy the text
         raise ValueError(f"{where}: the file is empty (expected {_expected(kind)} lines)")

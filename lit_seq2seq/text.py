@@ -27,6 +27,7 @@ CONTROL_RANGES = ((0x00, 0x1F), (0x7F, 0x9F), (0xD800, 0xDFFF))
 CONTROL = re.compile("[" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in CONTROL_RANGES) + "]")
 
 
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # how Windows' "Unicode" text starts: named when UTF-8 is expected
 SHOWN_CHARS = 40  # an unknown token in a message is cut to this many characters (a file without spaces is one token)
 
 
@@ -231,8 +232,7 @@ def input_lines(stream: Iterable[bytes]) -> Iterator[str]:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as error:
-            utf16 = number == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff")  # Windows' "Unicode" text
-            why = "a UTF-16 byte order mark" if utf16 else error.reason
+            why = "a UTF-16 byte order mark" if number == 1 and raw[:2] in UTF16_BOMS else error.reason
             raise ValueError(f"line {number}: not UTF-8 text ({why}); save it as UTF-8") from None
         line = text[:-1] if text.endswith("\n") else text
         line = line[:-1] if line.endswith("\r") else line
