@@ -135,12 +135,12 @@ class Seq2SeqDataModule(L.LightningDataModule):
             if value < 0:
                 raise ValueError(f"--data.{name} must be >= 0, got {value}")
         # Every split is generated in memory (a copy in each DDP process): refuse sizes that cannot fit before any.
-        task, others = self.task, val_size + test_size + predict_size
+        made, others = self.task, val_size + test_size + predict_size  # (not `task`: save_hyperparameters reads it)
         check_memory(
-            sample_bytes(task, [train_size, val_size, test_size, predict_size]),
+            sample_bytes(made, [train_size, val_size, test_size, predict_size]),
             f"--data.train_size {train_size} (and {others} val/test/predict samples) x --data.source_length "
-            f"{task.source_length}: the generated data (int64: (source {task.source_length} + target "
-            f"{task.target_length}) x 8 bytes a sample, and the split being drawn {SAMPLE_PEAK}x) needs",
+            f"{made.source_length}: the generated data (int64: (source {made.source_length} + target "
+            f"{made.target_length}) x 8 bytes a sample, and the split being drawn {SAMPLE_PEAK}x) needs",
             "lower --data.train_size or --data.source_length",
         )
         self.save_hyperparameters()

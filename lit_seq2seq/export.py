@@ -449,7 +449,14 @@ def load_checkpoint(ckpt_path: str | os.PathLike) -> tuple[Seq2Seq, Task]:
     net = Seq2Seq.from_checkpoint(ckpt)
     if ckpt.get(TEXT_KEY) is not None:
         return net, text_task(ckpt[TEXT_KEY], net, f"--ckpt_path {ckpt_path}")
-    return net, task_from_hparams(ckpt.get("datamodule_hyper_parameters") or {})
+    data = ckpt.get("datamodule_hyper_parameters") or {}
+    if not isinstance(data.get("task"), str):  # a fit without our data modules: the defaults would be another task
+        raise ValueError(
+            f"--ckpt_path {ckpt_path}: no task to describe the export with: the checkpoint has neither the "
+            "vocabularies of a PairDataModule nor the task of a Seq2SeqDataModule (fit with one of them as the "
+            "Trainer's datamodule)"
+        )
+    return net, task_from_hparams(data)
 
 
 @dataclass

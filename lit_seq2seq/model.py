@@ -9,6 +9,7 @@ State travels as a dict keyed by the ONNX contract names (h, c, memory, memory_m
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ class NetConfig:
 
     def __post_init__(self) -> None:
         flag = self.FLAG
+        self._check_types()
         if self.cell not in CELLS:
             raise ValueError(f"{flag}cell: unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
         for name in ("source_vocab_size", "target_vocab_size", "hidden_size", "num_layers", "max_target_length"):
@@ -86,6 +88,23 @@ class NetConfig:
             if not 0 <= getattr(self, name) < min(self.source_vocab_size, vocab):
                 raise ValueError(f"{flag}{name} must be a token id of both vocabularies, got {getattr(self, name)}")
         self._check_memory()
+
+    def _check_types(self) -> None:
+        """TypeError naming the field: a string or a float size failed later, inside a comparison or torch."""
+        for field in dataclasses.fields(self):
+            value, kind = getattr(self, field.name), field.type.replace(" | None", "")
+            if value is None and "None" in field.type:
+                continue
+            if kind == "int":
+                ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            elif kind == "float":
+                ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, {"bool": bool, "str": str}[kind])
+            if not ok:
+                words = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[kind]
+                null = " or null" if "None" in field.type else ""
+                raise TypeError(f"{self.FLAG}{field.name} must be {words}{null}, got {value!r}")
 
     def _check_memory(self) -> None:
         """Refuse sizes whose tensors cannot fit in this machine's memory, before any is allocated (torch.eye of a

@@ -101,6 +101,15 @@ class Seq2SeqModule(L.LightningModule):
         super().__init__()
         if isinstance(net, Mapping):  # load_from_checkpoint passes the stored hparams back: a plain dict
             net = NetConfig(**net)
+        if not isinstance(net, NetConfig):
+            raise TypeError(f"--model.net must be a NetConfig (or a dict of its fields), got {type(net).__name__}")
+        for flag, value in (("optimizer", optimizer), ("lr_scheduler", lr_scheduler)):
+            if not callable(value) and not (flag == "lr_scheduler" and value is None):
+                raise TypeError(
+                    f"--model.{flag} must be a class or callable taking the "
+                    f"{'parameters' if flag == 'optimizer' else 'optimizer'}, such as "
+                    f"{'torch.optim.Adam' if flag == 'optimizer' else 'torch.optim.lr_scheduler.StepLR'}, got {value!r}"
+                )
         if not 0.0 <= teacher_forcing_ratio <= 1.0:
             raise ValueError(f"--model.teacher_forcing_ratio must be in [0, 1], got {teacher_forcing_ratio}")
         if not 0.0 <= label_smoothing < 1.0:
@@ -228,6 +237,17 @@ class Seq2SeqModule(L.LightningModule):
         if spec is not None:  # with the trained source lengths, which the runtime enforces
             lengths = {"source_length": data.source_length, "min_source_length": data.min_source_length}
             checkpoint[TEXT_KEY] = spec.to_dict() | lengths
+
+    def setup(self, stage: str) -> None:
+        """A data module whose sizes are not the net's: a clear error now, not an index error inside the embedding or a
+        shape mismatch in the loss (the CLI links them; a script of one's own copies them)."""
+        data, config = getattr(self.trainer, "datamodule", None), self.net.config
+        for name in ("source_vocab_size", "target_vocab_size", "max_target_length", "eos_token"):
+            if data is not None and hasattr(type(data), name) and getattr(data, name) != getattr(config, name):
+                raise ValueError(
+                    f"net {name} is {getattr(config, name)}, the data module's {getattr(data, name)}: build the "
+                    f"NetConfig from the data module's sizes (NetConfig({name}=data.{name}, ...))"
+                )
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer(self.parameters())

@@ -229,10 +229,15 @@ class PairDataModule(L.LightningDataModule):
         if num_workers < 0:
             raise ValueError(f"--data.num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters()
-        self.tokenizers = {
-            "source": Tokenizer(source_tokenizer, source_lowercase),
-            "target": Tokenizer(target_tokenizer, target_lowercase),
-        }
+        self.tokenizers = {}
+        for side, kind, lowercase in (
+            ("source", source_tokenizer, source_lowercase),
+            ("target", target_tokenizer, target_lowercase),
+        ):
+            try:
+                self.tokenizers[side] = Tokenizer(kind, lowercase)
+            except ValueError as error:  # the CLI's Literal type catches it first; a script of one's own gets here
+                raise ValueError(f"--data.{side}_{error}") from None
         self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file}
         self.file, self.fractions, self.text_from = file, fractions, text_from
         self.unknown_source, self.skip_long, self.skip_unknown_targets = unknown_source, skip_long, skip_unknown_targets

@@ -182,8 +182,11 @@ class OnnxSeq2Seq:
             )
         if not root.is_dir():
             raise ModelFileError(f"model_dir {root}: no such folder")
+        for name, threads in (("intra_op_threads", intra_op_threads), ("inter_op_threads", inter_op_threads)):
+            if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (0: onnxruntime's default), got {threads!r}")
         options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = intra_op_threads, inter_op_threads
+        options.intra_op_num_threads, options.inter_op_num_threads = int(intra_op_threads), int(inter_op_threads)
         options.log_severity_level = 3
         encoder, enc_meta = _session(root / contract.ENCODER_FILE, options, providers, verify_hash)
         decoder, dec_meta = _session(root / contract.DECODER_FILE, options, providers, verify_hash)

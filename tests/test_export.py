@@ -431,3 +431,39 @@ def test_a_net_with_dropout_exports_and_stays_in_eval_mode(tmp_path):
     step = ort.InferenceSession(str(tmp_path / contract.DECODER_FILE))
     inputs = {"token": np.array([0, 3])} | {k: v.numpy() for k, v in state.items()}
     np.testing.assert_allclose(step.run(["logits"], inputs)[0], logits.numpy(), atol=1e-5)
+
+
+def test_a_fit_in_the_users_own_trainer_exports_like_a_cli_one(tmp_path):
+    """The library way (README, "Your own Trainer"): Seq2SeqDataModule kept a Task object as its `task` hparam, a
+    pickled object export refused to read ("not a lit-seq2seq checkpoint")."""
+    import lightning as L
+
+    from lit_seq2seq.data import Seq2SeqDataModule
+    from lit_seq2seq.model import NetConfig
+    from lit_seq2seq.module import Seq2SeqModule
+
+    data = Seq2SeqDataModule(task="reverse", vocab_size=12, source_length=5, train_size=128, val_size=16, test_size=16)
+    assert data.hparams["task"] == "reverse"
+    net = NetConfig(
+        source_vocab_size=data.source_vocab_size,
+        target_vocab_size=data.target_vocab_size,
+        max_target_length=data.max_target_length,
+        eos_token=data.eos_token,
+        hidden_size=8,
+    )
+    trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    trainer.fit(Seq2SeqModule(net=net), data)
+    report = export_checkpoint(trainer.checkpoint_callback.best_model_path, tmp_path / "onnx", verify_samples=8)
+    assert "greedy tokens identical to PyTorch on 8 fresh task sources: True" in str(report)
+    assert OnnxSeq2Seq.load(tmp_path / "onnx").meta["task"] == "reverse"
+
+
+def test_a_checkpoint_without_a_task_or_vocabularies_is_refused_not_exported_as_the_default_task(exported, tmp_path):
+    """A fit on plain DataLoaders: the export took the default task (reverse_first, vocabulary 51, 6 tokens) silently,
+    or failed deep inside the verification."""
+    checkpoint = torch.load(exported("gru").ckpt, weights_only=True)
+    del checkpoint["datamodule_hyper_parameters"]
+    torch.save(checkpoint, tmp_path / "bare.ckpt")
+    with pytest.raises(ValueError, match=r"bare.ckpt: no task to describe the export with: the checkpoint has neither"):
+        export_checkpoint(tmp_path / "bare.ckpt", tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()

@@ -4,6 +4,7 @@ and Seq2SeqMetrics' numbers."""
 from __future__ import annotations
 
 import functools
+import re
 
 import pytest
 import torch
@@ -212,3 +213,48 @@ def test_evaluation_decodes_in_float32_under_a_bf16_training_precision():
         module.metrics["val"].reset()
     assert results[0][0] == results[1][0]
     assert torch.equal(results[0][1], results[1][1]) and torch.equal(results[0][1], module.net.greedy(source))
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"hidden_size": "128"}, "--model.net.hidden_size must be an integer, got '128'"),
+        ({"hidden_size": 12.5}, "--model.net.hidden_size must be an integer, got 12.5"),
+        ({"source_vocab_size": 51.0}, "--model.net.source_vocab_size must be an integer, got 51.0"),
+        ({"bidirectional": "yes"}, "--model.net.bidirectional must be true or false, got 'yes'"),
+        ({"dropout": "0.1"}, "--model.net.dropout must be a number, got '0.1'"),
+        ({"embedding_dim": "16"}, "--model.net.embedding_dim must be an integer or null, got '16'"),
+    ],
+)
+def test_net_config_names_a_field_of_the_wrong_type(fields, message):
+    """From a script of one's own: a string size failed inside a comparison, a float one inside torch, "yes" was
+    taken for true."""
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        NetConfig(**fields)
+
+
+def test_module_arguments_of_the_wrong_kind_are_named():
+    with pytest.raises(TypeError, match="--model.net must be a NetConfig .* got NoneType"):
+        Seq2SeqModule(net=None)
+    with pytest.raises(TypeError, match="--model.optimizer must be a class or callable .* got 'adam'"):
+        Seq2SeqModule(optimizer="adam")  # failed at the first step: 'str' object is not callable
+    with pytest.raises(TypeError, match="--model.lr_scheduler must be a class or callable .* got 'step'"):
+        Seq2SeqModule(lr_scheduler="step")
+
+
+@pytest.mark.parametrize(
+    "field, value", [("source_vocab_size", 9), ("max_target_length", 2), ("eos_token", None)], ids=lambda v: str(v)
+)
+def test_a_net_whose_sizes_are_not_the_data_modules_is_refused_at_setup(field, value, tmp_path):
+    """A script of one's own copies the sizes: a smaller vocabulary failed inside the embedding (IndexError), a shorter
+    target inside the loss, and a missing end token trained silently on targets that have one."""
+    import lightning as L
+
+    from lit_seq2seq.data import Seq2SeqDataModule
+
+    data = Seq2SeqDataModule(task="copy", vocab_size=12, source_length=4, train_size=64, val_size=8, test_size=8)
+    sizes = {name: getattr(data, name) for name in ("source_vocab_size", "target_vocab_size", "max_target_length")}
+    net = NetConfig(**(sizes | {"eos_token": data.eos_token, "hidden_size": 8, field: value}))
+    trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match=f"^net {field} is {value}, the data module's {getattr(data, field)}: build"):
+        trainer.fit(Seq2SeqModule(net=net), data)

@@ -266,3 +266,8 @@ def test_a_first_line_that_reads_as_a_header_is_named_in_a_warning(first, warned
     messages = [str(w.message) for w in caught if "header" in str(w.message)]
     expected = f"--data.train_file {path}:1: {first.lstrip(chr(0xFEFF)).rstrip(chr(13))!r} looks like a header line"
     assert [m.startswith(expected) for m in messages] == ([True] if warned else [])
+
+
+def test_a_bad_tokenizer_in_a_script_names_its_side():
+    with pytest.raises(ValueError, match=r"^--data.target_tokenizer must be one of char, space, got 'word'$"):
+        PairDataModule(train_file="x.tsv", target_tokenizer="word")

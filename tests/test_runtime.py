@@ -579,3 +579,11 @@ def test_a_token_beyond_int64_is_named_as_such(runtime_model):
     for source in ([2**70, 3], [[2, 3], [2**64, 2]]):
         with pytest.raises(ValueError, match=r"^source: token \d+ is out of range \(beyond int64\)$"):
             model.greedy(source)
+
+
+@pytest.mark.parametrize("value", [-3, "2", 1.5, True])
+def test_thread_counts_are_checked_before_onnxruntime_sees_them(value, exported):
+    """-3 was taken silently, "2" got onnxruntime's "incompatible function arguments"."""
+    for name in ("intra_op_threads", "inter_op_threads"):
+        with pytest.raises(ValueError, match=f"^{name} must be an integer >= 0 \\(0: onnxruntime's default\\), got"):
+            OnnxSeq2Seq.load(exported("gru").model_dir, **{name: value})
