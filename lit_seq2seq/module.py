@@ -103,12 +103,13 @@ class Seq2SeqModule(L.LightningModule):
             net = NetConfig(**net)
         if not isinstance(net, NetConfig):
             raise TypeError(f"--model.net must be a NetConfig (or a dict of its fields), got {type(net).__name__}")
-        for flag, value in (("optimizer", optimizer), ("lr_scheduler", lr_scheduler)):
-            if not callable(value) and not (flag == "lr_scheduler" and value is None):
+        for flag, value, takes, example in (
+            ("optimizer", optimizer, "the parameters", "torch.optim.Adam"),
+            ("lr_scheduler", lr_scheduler, "the optimizer", "torch.optim.lr_scheduler.StepLR"),
+        ):
+            if not callable(value) and (flag == "optimizer" or value is not None):  # "adam" failed at the first step
                 raise TypeError(
-                    f"--model.{flag} must be a class or callable taking the "
-                    f"{'parameters' if flag == 'optimizer' else 'optimizer'}, such as "
-                    f"{'torch.optim.Adam' if flag == 'optimizer' else 'torch.optim.lr_scheduler.StepLR'}, got {value!r}"
+                    f"--model.{flag} must be a class or callable taking {takes}, such as {example}, got {value!r}"
                 )
         if not 0.0 <= teacher_forcing_ratio <= 1.0:
             raise ValueError(f"--model.teacher_forcing_ratio must be in [0, 1], got {teacher_forcing_ratio}")
