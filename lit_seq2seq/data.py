@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 from typing import Any
 
@@ -122,6 +123,15 @@ class Seq2SeqDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        # From a script of one's own, "32" or 1.5 failed inside a comparison or numpy (the CLI checks types itself)
+        optional = {"target_length": target_length, "min_source_length": min_source_length}
+        counts = dict(vocab_size=vocab_size, source_length=source_length, train_size=train_size, val_size=val_size)
+        counts |= dict(test_size=test_size, predict_size=predict_size, batch_size=batch_size, seed=seed)
+        for name, value in (counts | optional | {"num_workers": num_workers}).items():
+            if value is None and name in optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"--data.{name} must be an integer{' or null' * (name in optional)}, got {value!r}")
         self.task: Task = make_task(task, vocab_size, source_length, target_length, min_source_length)
         for name, value in (("train_size", train_size), ("batch_size", batch_size)):
             if value < 1:

@@ -36,7 +36,8 @@ def read_metrics(log_dir: Path) -> list[dict[str, float]]:
     how the run went."""
     path = log_dir / "metrics.csv"
     if not path.is_file():
-        raise ValueError(f"--log_dir {log_dir}: no metrics.csv (pass a run folder such as runs/reverse/version_0)")
+        what = "no metrics.csv" if log_dir.is_dir() else "no such folder"
+        raise ValueError(f"--log_dir {log_dir}: {what} (pass a run folder such as runs/reverse/version_0)")
     data = path.read_bytes()
     try:
         text = data.decode("utf-8")

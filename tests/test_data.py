@@ -236,3 +236,18 @@ def test_importing_the_data_module_leaves_the_warning_filters_alone():
     code += "import lit_seq2seq.data; print(warnings.filters == before)"
     done = run_python(code)
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"batch_size": "32"}, "--data.batch_size must be an integer, got '32'"),
+        ({"train_size": 1.5}, "--data.train_size must be an integer, got 1.5"),
+        ({"target_length": 2.0}, "--data.target_length must be an integer or null, got 2.0"),
+        ({"seed": True}, "--data.seed must be an integer, got True"),
+    ],
+)
+def test_arguments_of_the_wrong_type_are_named(arguments, message):
+    """From a script of one's own: "32" failed inside a comparison, 1.5 inside numpy at setup."""
+    with pytest.raises(TypeError, match=f"^{message}$"):
+        Seq2SeqDataModule(**arguments)

@@ -230,3 +230,10 @@ def test_a_resume_record_without_a_step_or_an_earlier_metrics_file_ends_the_hist
     (tmp_path / "version_0" / "metrics.csv").unlink()
     _run(tmp_path, 2, "2,24,0.8,,\n", resumed_from=(0, 9))
     assert run_history(tmp_path / "version_2") == ([{"epoch": 2.0, "step": 24.0, "train/loss": 0.8}], [])
+
+
+def test_a_log_dir_that_is_not_there_is_named_so(tmp_path, capsys):
+    code, err = cli_exit(["report", "--log_dir", tmp_path / "nope"], capsys)
+    assert code == 2 and f"--log_dir {tmp_path / 'nope'}: no such folder (pass a run folder such as" in err
+    code, err = cli_exit(["report", "--log_dir", tmp_path], capsys)  # a folder without the logger's file
+    assert code == 2 and f"--log_dir {tmp_path}: no metrics.csv (pass a run folder such as" in err
