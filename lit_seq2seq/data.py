@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from lit_seq2seq.search import is_integer
 from lit_seq2seq.tasks import SAMPLE_PEAK, Task, check_memory, make_task, sample_bytes, split_rng
 
 
@@ -130,7 +130,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         for name, value in (counts | optional | {"num_workers": num_workers}).items():
             if value is None and name in optional:
                 continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            if not is_integer(value):
                 raise TypeError(f"--data.{name} must be an integer{' or null' * (name in optional)}, got {value!r}")
         self.task: Task = make_task(task, vocab_size, source_length, target_length, min_source_length)
         for name, value in (("train_size", train_size), ("batch_size", batch_size)):

@@ -9,7 +9,6 @@ State travels as a dict keyed by the ONNX contract names (h, c, memory, memory_m
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,9 +21,16 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lit_seq2seq import contract, tasks
-from lit_seq2seq.search import beam_search, greedy_search
+from lit_seq2seq.search import beam_search, greedy_search, is_integer, is_number
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}  # in messages
+_IS_KIND = {
+    "int": is_integer,
+    "float": is_number,
+    "bool": lambda v: isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+}
 State = dict[str, Tensor]
 
 
@@ -95,16 +101,9 @@ class NetConfig:
             value, kind = getattr(self, field.name), field.type.replace(" | None", "")
             if value is None and "None" in field.type:
                 continue
-            if kind == "int":
-                ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-            elif kind == "float":
-                ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-            else:
-                ok = isinstance(value, {"bool": bool, "str": str}[kind])
-            if not ok:
-                words = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[kind]
+            if not _IS_KIND[kind](value):
                 null = " or null" if "None" in field.type else ""
-                raise TypeError(f"{self.FLAG}{field.name} must be {words}{null}, got {value!r}")
+                raise TypeError(f"{self.FLAG}{field.name} must be {TYPE_WORDS[kind]}{null}, got {value!r}")
 
     def _check_memory(self) -> None:
         """Refuse sizes whose tensors cannot fit in this machine's memory, before any is allocated (torch.eye of a

@@ -21,7 +21,7 @@ import onnxruntime as ort
 from lit_seq2seq import contract
 from lit_seq2seq.contract import ModelFileError, check_content_hash
 from lit_seq2seq.metrics import answer_tokens
-from lit_seq2seq.search import beam_search, check_beam_settings, check_max_len, greedy_search
+from lit_seq2seq.search import beam_search, check_beam_settings, check_max_len, greedy_search, is_integer
 from lit_seq2seq.text import TextSpec, check_printable
 
 __all__ = ["ModelFileError", "OnnxSeq2Seq"]
@@ -183,7 +183,7 @@ class OnnxSeq2Seq:
         if not root.is_dir():
             raise ModelFileError(f"model_dir {root}: no such folder")
         for name, threads in (("intra_op_threads", intra_op_threads), ("inter_op_threads", inter_op_threads)):
-            if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 0:
+            if not is_integer(threads) or threads < 0:
                 raise ValueError(f"{name} must be an integer >= 0 (0: onnxruntime's default), got {threads!r}")
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = int(intra_op_threads), int(inter_op_threads)

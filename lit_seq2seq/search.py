@@ -27,20 +27,30 @@ MAX_BEAM_SIZE = 1024  # widest beam accepted: batch x beam rows of state are dec
 MAX_LENGTH_PENALTY = 10.0
 
 
+def is_integer(value: Any) -> bool:
+    """An int or a numpy integer, not a bool (True would pass for 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """An int, float or numpy number, not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_max_len(max_len: Any) -> int:
     """`max_len` as an int in [1, MAX_STEPS], or ValueError naming the bounds."""
-    if isinstance(max_len, bool) or not isinstance(max_len, numbers.Integral) or not 1 <= max_len <= MAX_STEPS:
+    if not is_integer(max_len) or not 1 <= max_len <= MAX_STEPS:
         raise ValueError(f"max_len must be an int in [1, {MAX_STEPS}], got {max_len!r}")
     return int(max_len)
 
 
 def check_beam_settings(beam_size: Any, length_penalty: Any) -> tuple[int, float]:
     """(beam_size, length_penalty) as (int >= 1, finite float), or ValueError/TypeError naming the value."""
-    if isinstance(beam_size, bool) or not isinstance(beam_size, numbers.Integral) or beam_size < 1:
+    if not is_integer(beam_size) or beam_size < 1:
         raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
     if beam_size > MAX_BEAM_SIZE:
         raise ValueError(f"beam_size must be <= {MAX_BEAM_SIZE}, got {beam_size}")
-    if isinstance(length_penalty, bool) or not isinstance(length_penalty, numbers.Real):
+    if not is_number(length_penalty):
         raise TypeError(f"length_penalty must be a finite number, got {length_penalty!r}")
     if not math.isfinite(length_penalty):
         raise ValueError(f"length_penalty must be finite, got {length_penalty}")

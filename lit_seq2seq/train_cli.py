@@ -30,7 +30,7 @@ from lit_seq2seq.callbacks import LogProgress, PredictionWriter
 from lit_seq2seq.checkpoint import NonFiniteError, Seq2SeqCheckpoint, Seq2SeqCheckpointIO, read_checkpoint
 from lit_seq2seq.cli import LIGHTNING_COMMANDS
 from lit_seq2seq.data import Seq2SeqDataModule
-from lit_seq2seq.model import upgrade_hparams
+from lit_seq2seq.model import TYPE_WORDS, upgrade_hparams
 from lit_seq2seq.module import Seq2SeqModule
 from lit_seq2seq.pairs import FIT_TEXT_FROM, PairDataModule
 from lit_seq2seq.runs import RESUMED_FROM
@@ -121,8 +121,7 @@ def _expected(jsonargparse_type: str) -> str:
     if literal:
         return "one of " + ", ".join(v.strip(" '\"") for v in literal.group(1).split(","))
     plain = re.fullmatch(r"a <class '(\w+)'>", jsonargparse_type)
-    names = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
-    return names.get(plain.group(1), f"a {plain.group(1)}") if plain else jsonargparse_type
+    return TYPE_WORDS.get(plain.group(1), f"a {plain.group(1)}") if plain else jsonargparse_type
 
 
 class _Terminated(BaseException):
