@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from lit_seq2seq.atomic import replacing
+from lit_seq2seq.cmudict import SPLITS
 from lit_seq2seq.text import CONTROL, CONTROL_RANGES, NORMALIZATION, UTF16_BOMS, Tokenizer, Vocab, describe_control
 
 TSV_SUFFIXES = (".tsv", ".txt")
@@ -158,11 +159,18 @@ def _read(path: Path, where: str, how: Callable[[Path], T]) -> T:
     try:
         return how(path)
     except FileNotFoundError:
-        raise ValueError(f"{where}: no such file") from None
+        raise ValueError(f"{where}: no such file{_cmudict_hint(path)}") from None
     except IsADirectoryError:
         raise ValueError(f"{where}: is a folder, not a file") from None
     except OSError as error:
         raise ValueError(f"{where}: cannot read it ({error.strerror})") from None
+
+
+def _cmudict_hint(path: Path) -> str:
+    """How to make a missing split of the G2P configs' data (data/cmudict/train.tsv, ...), or nothing."""
+    if path.parent.name != "cmudict" or path.name not in {f"{name}.tsv" for name in SPLITS}:
+        return ""
+    return f"; write the CMUdict splits with `python -m lit_seq2seq.cmudict --output_dir {path.parent}` (the g2p extra)"
 
 
 def _sha256(path: Path) -> str:

@@ -138,6 +138,19 @@ def test_bad_file_is_a_value_error_naming_flag_file_and_line(tmp_path, name, con
     assert not cache_dir(path).exists()  # nothing cached for a bad file
 
 
+def test_a_missing_cmudict_split_says_how_to_write_it(tmp_path):
+    # The G2P configs read data/cmudict/*.tsv, which a fresh clone lacks; other missing files get no such hint.
+    path = tmp_path / "cmudict" / "val.tsv"
+    with pytest.raises(ValueError) as info:
+        read_pairs(path, CHAR, SPACE, flag="--data.val_file")
+    assert str(info.value) == (
+        f"--data.val_file {path}: no such file; write the CMUdict splits with "
+        f"`python -m lit_seq2seq.cmudict --output_dir {path.parent}` (the g2p extra)"
+    )
+    with pytest.raises(ValueError, match=r"other\.tsv: no such file$"):
+        read_pairs(tmp_path / "cmudict" / "other.tsv", CHAR, SPACE)
+
+
 def test_a_folder_is_not_a_pair_file(tmp_path):
     (tmp_path / "d.tsv").mkdir()
     with pytest.raises(ValueError, match=r"d\.tsv: is a folder"):
