@@ -363,9 +363,30 @@ class Seq2Seq(nn.Module):
         config = self.config
         return {"start_token": config.start_token, "eos_token": config.eos_token, "pad_token": config.pad_token}
 
+    def check_source(self, source: Any) -> None:
+        """ValueError/TypeError naming what is wrong with a source batch for `greedy`/`beam_search`: what torch would
+        otherwise report from inside the embedding or the packing (an index error, a dtype or size mismatch)."""
+        config = self.config
+        if not isinstance(source, Tensor):
+            kind = type(source).__name__
+            raise TypeError(f"source must be a torch tensor of token ids (batch, source_len), got {kind}")
+        if source.is_floating_point() or source.is_complex() or source.dtype == torch.bool:
+            raise TypeError(f"source must hold integer token ids, got {source.dtype}")
+        if source.ndim != 2 or 0 in source.shape:
+            raise ValueError(f"source must have shape (batch, source_len), neither 0, got {tuple(source.shape)}")
+        lo, hi = int(source.min()), int(source.max())
+        if lo < 0 or hi >= config.source_vocab_size:
+            raise ValueError(
+                f"source: token {lo if lo < 0 else hi} is out of range; ids must be in [0, "
+                f"{config.source_vocab_size - 1}] (the net's source_vocab_size is {config.source_vocab_size})"
+            )
+        if bool((source[:, 0] == config.pad_token).any()):
+            raise ValueError(f"source: a row starts with the pad token {config.pad_token} (an empty sequence)")
+
     @torch.no_grad()
     def greedy(self, source: Tensor, max_len: int | None = None) -> Tensor:
         """Greedy decoding: source (B, S) -> tokens (B, T), padded after the end token."""
+        self.check_source(source)
         out = greedy_search(
             self._numpy_step(source.device),
             self.encode(source),
@@ -380,6 +401,7 @@ class Seq2Seq(nn.Module):
         self, source: Tensor, beam_size: int = 4, length_penalty: float = 1.0, max_len: int | None = None
     ) -> tuple[Tensor, Tensor]:
         """Beam search: source (B, S) -> best tokens (B, T) and their normalised log-probability (B,)."""
+        self.check_source(source)
         tokens, scores = beam_search(
             self._numpy_step(source.device),
             self.encode(source),

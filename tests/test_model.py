@@ -305,6 +305,28 @@ def test_the_torch_path_refuses_bad_max_len_like_the_runtime(max_len):
         net.beam_search(padded_sources([3]), beam_size=2, max_len=max_len)
 
 
+@pytest.mark.parametrize(
+    "source, error, message",
+    [
+        ([[3, 4]], TypeError, "source must be a torch tensor of token ids (batch, source_len), got list"),
+        (torch.ones(2, 3), TypeError, "source must hold integer token ids, got torch.float32"),
+        (torch.ones(2, 3, dtype=torch.bool), TypeError, "source must hold integer token ids, got torch.bool"),
+        (torch.tensor([3, 4]), ValueError, "source must have shape (batch, source_len), neither 0, got (2,)"),
+        (torch.zeros(2, 0, dtype=torch.long), ValueError, "source must have shape (batch, source_len), neither 0"),
+        (torch.tensor([[3, 51]]), ValueError, "source: token 51 is out of range; ids must be in [0, 50] (the net's"),
+        (torch.tensor([[3, -1]]), ValueError, "source: token -1 is out of range"),
+        (torch.tensor([[3, 4], [0, 0]]), ValueError, "source: a row starts with the pad token 0 (an empty sequence)"),
+    ],
+)
+def test_the_torch_path_names_a_bad_source(source, error, message):
+    """net.greedy / net.beam_search name the problem instead of an IndexError from the embedding."""
+    net = make_net(vocab_size=51)
+    for decode in (net.greedy, lambda s: net.beam_search(s, beam_size=2)):
+        with pytest.raises(error) as info:
+            decode(source)
+        assert str(info.value).startswith(message), str(info.value)
+
+
 def test_beam_size_must_be_positive():
     with pytest.raises(ValueError, match="beam_size must be a positive int"):
         make_net().beam_search(padded_sources([3]), beam_size=0)
