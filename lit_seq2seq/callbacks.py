@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch import callbacks
+from lightning.pytorch.trainer.states import TrainerFn
 
 from lit_seq2seq.metrics import answer_tokens
 
@@ -57,13 +58,21 @@ class LogProgress(L.Callback):
         if trainer.is_global_zero and not trainer.sanity_checking:
             items = sorted((k, v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix))
             text = " ".join(f"{k} {v.item():.4f}" for k, v in items if "position" not in k)
-            print(f"epoch {trainer.current_epoch} {text}", flush=True)
+            print(f"{_result_label(trainer)} {text}", flush=True)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._print_metrics(trainer, "val/")
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._print_metrics(trainer, "test/")
+
+
+def _result_label(trainer: L.Trainer) -> str:
+    """ "epoch N" in a fit; in validate/test the checkpoint scored, if any (their epoch counter is 0 whatever was
+    loaded)."""
+    if trainer.state.fn == TrainerFn.FITTING:
+        return f"epoch {trainer.current_epoch}"
+    return f"{trainer.state.fn.value} of {trainer.ckpt_path}:" if trainer.ckpt_path else f"{trainer.state.fn.value}:"
 
 
 class PredictionWriter(L.Callback):

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import TINY_TASK, ema_flag, fit_in, last_metric, read_metrics, root_args, run_cli, tiny_run, version_dirs
+from lightning.pytorch.trainer.states import TrainerFn
 
 from lit_seq2seq.callbacks import EMAWeightAveraging, LogProgress, PredictionWriter
 from lit_seq2seq.model import Seq2Seq
@@ -17,6 +18,7 @@ from lit_seq2seq.model import Seq2Seq
 
 def progress_trainer(total: int, **kwargs) -> SimpleNamespace:
     settings = dict(num_training_batches=total, is_global_zero=True, current_epoch=2, sanity_checking=False)
+    settings |= dict(state=SimpleNamespace(fn=TrainerFn.FITTING), ckpt_path=None)
     return SimpleNamespace(**(settings | dict(callback_metrics={}) | kwargs))
 
 
@@ -53,6 +55,23 @@ def test_log_progress_prints_one_line_per_validation_without_positions(capsys):
     assert capsys.readouterr().out.splitlines() == [
         "epoch 2 val/exact_match 0.7500 val/loss 0.5000",
         "epoch 2 test/exact_match 1.0000",
+    ]
+
+
+def test_validate_and_test_results_name_the_checkpoint_not_epoch_0(capsys):
+    metrics = {"test/exact_match": torch.tensor(1.0)}
+    testing = SimpleNamespace(fn=TrainerFn.TESTING)
+    LogProgress().on_test_end(progress_trainer(10, callback_metrics=metrics, state=testing, ckpt_path="b.ckpt"), None)
+    LogProgress().on_test_end(progress_trainer(10, callback_metrics=metrics, state=testing), None)
+    metrics = {"val/exact_match": torch.tensor(0.5)}
+    validating = SimpleNamespace(fn=TrainerFn.VALIDATING)
+    LogProgress().on_validation_end(
+        progress_trainer(1, callback_metrics=metrics, state=validating, ckpt_path="x"), None
+    )
+    assert capsys.readouterr().out.splitlines() == [
+        "test of b.ckpt: test/exact_match 1.0000",
+        "test: test/exact_match 1.0000",
+        "validate of x: val/exact_match 0.5000",
     ]
 
 
