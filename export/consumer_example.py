@@ -5,8 +5,9 @@ Usage: python consumer_example.py MODEL_DIR [--two-graph] [--allow-untrained-len
 Each SOURCE (or each stdin line when none is given) is one source: space-separated token ids, or for a text model
 (non-empty `source_tokens`) the text itself. Text after a tab is ignored, so `lit-seq2seq sample` output and TSV pair
 files can be piped in. One line is printed per source, as `lit-seq2seq decode` prints it: the ids before the end
-token, or the decoded text. Decodes with greedy.onnx when the folder has one (else, or with --two-graph, with the
-loop over encoder.onnx and decoder_step.onnx). A bad file or a bad source stops it before anything is decoded: one
+token, or the decoded text (for a text model, adjacent SOURCE<TAB>REFERENCE lines of one source are one source).
+Decodes with greedy.onnx when the folder has one (else, or with --two-graph, with the loop over encoder.onnx and
+decoder_step.onnx). A bad file or a bad source stops it before anything is decoded: one
 line on stderr, exit code 2. Nothing here imports lit_seq2seq; the metadata is read with no protobuf library.
 """
 
@@ -26,6 +27,8 @@ VERSIONS = ("1", "2")  # the contract versions this reader knows
 HASH_KEY = "content_sha256"
 MARKER = HASH_KEY.encode() + b"\x12\x40"  # the key's bytes, then the value's tag (field 2, wire type 2) and length 64
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # C0, DEL, C1 and lone surrogates: refused in texts
+# metadata this reader turns into numbers (eos_token may also be "": no end token)
+INT_KEYS = ("pad_token", "start_token", "min_token", "source_length", "min_source_length", "max_target_length")
 BATCH = 256  # sources per call, as `lit-seq2seq decode` batches them (the same batches give the same bits)
 
 
@@ -104,6 +107,10 @@ def load(path: Path) -> tuple[ort.InferenceSession, dict[str, str]]:
         meta = metadata_props(data)
         if meta.get("format_version") not in VERSIONS:
             raise Refused(f"contract format_version {meta.get('format_version')!r}; this reader knows 1 and 2")
+        vocab = ("vocab_size",) if meta["format_version"] == "1" else ("source_vocab_size", "target_vocab_size")
+        for key in (*vocab, *INT_KEYS, "eos_token"):
+            if not re.fullmatch(r"-?[0-9]+", meta.get(key, "")) and not (key == "eos_token" and meta.get(key) == ""):
+                raise Refused(f"metadata {key} is {meta.get(key)!r}, an integer expected")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: its notes on the optional max_len input are not for a user
         return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"]), meta
@@ -163,10 +170,10 @@ def parse(line: str, number: int, meta: dict[str, str], ids: dict | None, allow_
     if ids is not None:
         row = text_to_ids(source, meta, ids, where)
     else:
-        try:
-            row = [int(t) for t in source.split()]
-        except ValueError:
-            raise Refused(f"{where}: {source.strip()!r} is not a list of space-separated integer token ids") from None
+        parts = source.split()  # ASCII digits: int() would also take "1_3" and "١٣"
+        if not all(re.fullmatch(r"[+-]?[0-9]+", t) for t in parts):
+            raise Refused(f"{where}: {source.strip()!r} is not a list of space-separated integer token ids")
+        row = [int(t) for t in parts]
         while row and row[-1] == int(meta["pad_token"]):  # trailing padding is padding
             row.pop()
     if not row:
@@ -247,7 +254,13 @@ def run(argv: list[str]) -> int:
     except UnicodeDecodeError as error:
         raise Refused(f"stdin: not {sys.stdin.encoding} text ({error})") from None
     ids = source_ids(meta)
-    rows = [parse(line, n, meta, ids, args.allow_untrained_lengths) for n, line in enumerate(lines, 1)]
+    rows, previous = [], None
+    for n, line in enumerate(lines, 1):
+        text, tab, _ = line.partition("\t")
+        if ids is not None and tab and text == previous:
+            continue  # one more reference of the source just read: decode prints one line per source
+        previous = text if tab else None
+        rows.append(parse(line, n, meta, ids, args.allow_untrained_lengths))
     for first in range(0, len(rows), BATCH):  # no rows, no call: a graph must never see a batch of 0
         batch = rows[first : first + BATCH]
         source = np.full((len(batch), max(map(len, batch))), int(meta["pad_token"]), dtype=np.int64)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
@@ -210,11 +211,16 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=_run_decode)
 
 
+_ID = re.compile(r"[+-]?[0-9]+")
+
+
 def _parse_tokens(text: str, where: str) -> list[int]:
-    try:
-        tokens = [int(t) for t in text.split()]
-    except ValueError:
-        raise InputError(f"{where}: {text.strip()!r} is not a list of space-separated integer token ids") from None
+    """A line of ids: integers of ASCII digits (int() alone would also read "1_3" and "١٣" as 13) separated by
+    whitespace (str.split's), as export/node/decode.mjs and export/consumer_example.py read it."""
+    parts = text.split()
+    if not all(_ID.fullmatch(t) for t in parts):
+        raise InputError(f"{where}: {text.strip()!r} is not a list of space-separated integer token ids")
+    tokens = [int(t) for t in parts]
     huge = [t for t in tokens if not -(2**63) <= t < 2**63]
     if huge:
         raise InputError(f"{where}: token {huge[0]} is out of range")

@@ -10,6 +10,7 @@ run on them, but answer with confident garbage.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -131,6 +132,35 @@ class _BoundGreedy:
         return greedy_search(step, 0, batch_size=len(source), max_len=max_len, **self.tokens)
 
 
+_INT_KEYS = (
+    "pad_token",
+    "start_token",
+    "min_token",
+    "source_length",
+    "min_source_length",
+    "max_target_length",
+    "hidden_size",
+    "num_layers",
+    "memory_dim",
+)
+_CHOICE_KEYS = {"cell": ("lstm", "gru"), "attention": ("0", "1")}
+
+
+def _check_metadata(meta: Mapping[str, str], where: str) -> None:
+    """ModelFileError naming the file and key for a metadata value the runtime needs that is missing or malformed
+    (an app that wrote or edited the graphs itself), not a KeyError or int() error later."""
+    vocab = ("vocab_size",) if meta.get("format_version") == "1" else ("source_vocab_size", "target_vocab_size")
+    for key in (*vocab, *_INT_KEYS, "eos_token"):
+        value = meta.get(key)
+        if key == "eos_token" and value == "":  # no end token: fixed-length targets
+            continue
+        if value is None or not re.fullmatch(r"-?[0-9]+", value):
+            raise ModelFileError(f"{where}: metadata {key} is {value!r}, an integer expected")
+    for key, choices in _CHOICE_KEYS.items():
+        if meta.get(key) not in choices:
+            raise ModelFileError(f"{where}: metadata {key} is {meta.get(key)!r}, one of {', '.join(choices)} expected")
+
+
 class OnnxSeq2Seq:
     """A loaded two-graph export. One instance may serve many threads at once: no result depends on earlier calls
     (small-batch greedy reuses per-thread buffers, see _BoundGreedy, but never carries anything over)."""
@@ -141,11 +171,16 @@ class OnnxSeq2Seq:
         decoder: ort.InferenceSession,
         meta: Mapping[str, str],
         greedy_graph: ort.InferenceSession | None = None,
+        where: str = contract.DECODER_FILE,
     ) -> None:
         self.encoder, self.decoder, self.meta = encoder, decoder, dict(meta)
         self.greedy_graph = greedy_graph  # greedy.onnx, None for exports older than it
+        _check_metadata(self.meta, where)
         self.source_vocab_size, self.target_vocab_size = contract.vocab_sizes(self.meta)
-        self.text = TextSpec.from_metadata(meta)  # None for a model that reads and writes ids
+        try:
+            self.text = TextSpec.from_metadata(meta)  # None for a model that reads and writes ids
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelFileError(f"{where}: its text metadata is damaged ({type(error).__name__}: {error})") from None
         self.pad_token, self.start_token = int(meta["pad_token"]), int(meta["start_token"])
         self.eos_token = int(meta["eos_token"]) if meta["eos_token"] else None
         self.min_token = int(meta["min_token"])
@@ -204,7 +239,7 @@ class OnnxSeq2Seq:
         for name, meta in metas[1:]:
             if meta.get("export_id") != enc_meta.get("export_id"):
                 raise ModelFileError(f"{root}: {contract.ENCODER_FILE} and {name} come from different exports")
-        model = cls(encoder, decoder, dec_meta, fused)
+        model = cls(encoder, decoder, dec_meta, fused, where=str(root / contract.DECODER_FILE))
         for session, io, name in (
             (encoder, contract.encoder_io(model.cell, model.attention), contract.ENCODER_FILE),
             (decoder, contract.decoder_io(model.cell, model.attention), contract.DECODER_FILE),
@@ -231,6 +266,11 @@ class OnnxSeq2Seq:
         if not isinstance(allow_untrained_lengths, (bool, np.bool_)):  # "no" would be truthy: an opt-in is meant
             raise TypeError(f"allow_untrained_lengths must be True or False, got {allow_untrained_lengths!r}")
         if isinstance(source, (list, tuple)):
+            rows = (r.tolist() if isinstance(r, np.ndarray) else r for r in source)
+            cells = (t for row in rows for t in (row if isinstance(row, (list, tuple)) else [row]))
+            odd = [t for t in cells if not is_integer(t) and not isinstance(t, (list, tuple))]
+            if odd:  # numpy would read True as 1, and None as a ragged row
+                raise TypeError(f"source must hold integer token ids, got {odd[0]!r} ({type(odd[0]).__name__})")
             try:
                 source = np.asarray(source)
             except ValueError:
@@ -492,8 +532,8 @@ class OnnxSeq2Seq:
             return [self.target_vocab_size if i is None else i for i in found]
 
         rows = [[ids(r) for r in refs] for refs in references]
-        width = max(len(r) for refs in rows for r in refs) + 1
-        out = np.full((len(rows), max(map(len, rows)), width), -1, dtype=np.int64)
+        width = max((len(r) for refs in rows for r in refs), default=0) + 1  # no references: an empty batch
+        out = np.full((len(rows), max(map(len, rows), default=0), width), -1, dtype=np.int64)
         for i, refs in enumerate(rows):
             for j, r in enumerate(refs):
                 out[i, j] = self.pad_token

@@ -327,12 +327,40 @@ def refused(result) -> str:
         ("2 3 9 4", "line 2: token 9 is out of range; tokens must be in [1, 8]"),
         ("2 0 3 4", "line 2: token 0 is out of range"),
         ("2 x 3 4", "line 2: '2 x 3 4' is not a list of space-separated integer token ids"),
+        ("2 1_3 3 4", "line 2: '2 1_3 3 4' is not a list of space-separated integer token ids"),  # int() reads 13
     ],
-    ids=["untrained length", "empty line", "only padding", "token out of range", "padding inside", "not ids"],
+    ids=["untrained length", "empty line", "only padding", "token out of range", "padding inside", "not ids", "1_3"],
 )
 def test_consumer_example_refuses_a_bad_source(line, message, exported):
     result = consumer(exported("lstm").model_dir, stdin=f"2 3 4 5\n{line}\n3 4 5 6\n")
     assert f"consumer_example.py: {message}" in refused(result)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"min_source_length": None}, "metadata min_source_length is None, an integer expected"),
+        ({"eos_token": "one"}, "metadata eos_token is 'one', an integer expected"),
+        ({"cell": "rnn"}, "metadata cell is 'rnn', one of lstm, gru expected"),
+    ],
+    ids=["missing", "not an integer", "unknown cell"],
+)
+def test_malformed_metadata_is_refused_naming_file_and_key(change, message, exported, tmp_path, capsys):
+    """A well-formed, hash-stamped export whose metadata an app got wrong: a ModelFileError naming the key, not a
+    KeyError or int() traceback (decode.mjs already said so)."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(exported("gru").model_dir, model_dir)
+    for name in FILES:
+        restamp(model_dir / name, **change)
+    with pytest.raises(ModelFileError) as info:
+        OnnxSeq2Seq.load(model_dir)
+    assert str(info.value) == f"{model_dir / contract.DECODER_FILE}: {message}"
+    code, out, err = cli_output(["decode", "--model_dir", model_dir, "2 3"], capsys)
+    assert (code, err) == (2, f"lit-seq2seq decode: error: {model_dir / contract.DECODER_FILE}: {message}\n")
+    if "cell" not in change:  # what the consumer reads: the token settings (the cell is the graphs' business)
+        result = consumer(model_dir, "2 3")
+        assert result.stderr == f"consumer_example.py: {model_dir / contract.ENCODER_FILE}: {message}\n"
+        assert result.returncode == 2
 
 
 def test_consumer_example_accepts_trailing_padding_as_decode_does(exported, capsys):
@@ -441,9 +469,13 @@ def test_consumer_example_decodes_text_as_the_runtime_does(spec, lines, exported
     assert model.text == spec
     rows = [spec.encode(line) for line in lines]
     expected = [spec.decode(row) for row in model.greedy(pad_rows(rows))]
+    # as decode prints them: adjacent SOURCE<TAB>REFERENCE lines of one source are one source, one line out
+    grouped = [e for i, e in enumerate(expected) if i == 0 or lines[i] != lines[i - 1]]
     for flags in ([], ["--two-graph"]):
         result = consumer(model_dir, *flags, stdin="".join(f"{line}\tignored\n" for line in lines))
         assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert result.stdout.splitlines() == grouped
+        result = consumer(model_dir, *flags, stdin="".join(f"{line}\n" for line in lines))  # no references
         assert result.stdout.splitlines() == expected
     assert unicodedata.normalize("NFC", "e\u0301a") == "éa"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import EXPORT_VARIANTS, REPO, pad_rows, strip_all
+from conftest import EXPORT_VARIANTS, REPO, cli_output, pad_rows, strip_all
 from test_runtime import DAMAGE, _damage, other_exports  # noqa: F401 - other_exports is a fixture used here
 
 from lit_seq2seq import contract
@@ -182,6 +182,8 @@ def test_node_decode_refuses_damaged_model_files(how, exported, other_exports, t
         ("2 3\n0 3\n", [], "line 2: source: empty sequence (starts with padding)"),
         ("2 3\n2 0 3\n", [], "line 2: source position 2: token after padding; pad only at the end"),
         ("2 3\n2 x\n", [], 'line 2: "2 x" is not a list of space-separated integer token ids'),
+        ("2 3\n2\ufeff3\n", [], 'line 2: "2\ufeff3" is not a list of space-separated integer token ids'),  # as Python
+        ("2 3\n1_3\n", [], 'line 2: "1_3" is not a list of space-separated integer token ids'),
         ("2 3\n2 99999999999999999999\n", [], "line 2: token 99999999999999999999 is out of range"),
         ("2 3\n2 3 4 5 6 7\n", [], "line 2: source: 6 tokens; this model was trained on sources of 1 to 5 tokens"),
         ("2 3\n2 3\t \n", [], "line 2: empty reference after the tab"),  # as Python's decode
@@ -189,7 +191,8 @@ def test_node_decode_refuses_damaged_model_files(how, exported, other_exports, t
         ("2 3\n", ["--beam"], "unknown option --beam"),
     ],
     ids=[
-        *["range", "end token", "negative", "empty", "leading pad", "gap", "not ids", "huge", "length", "no ref"],
+        *["range", "end token", "negative", "empty", "leading pad", "gap", "not ids", "U+FEFF", "1_3", "huge"],
+        *["length", "no ref"],
         *["flag", "opt"],
     ],
 )
@@ -439,6 +442,33 @@ def test_node_decode_translates_real_text_exports_as_the_python_runtime(name, te
         result = node_decode(model_dir, "".join(f"{w}\n" for w in words), *path)
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == expected
+
+
+def test_node_decode_scores_references_as_pythons_decode(text_exported, capsys):
+    """Several reference lines of one source (CMUdict's alternate pronunciations), adjacent or not, and references
+    with extra spaces: the same lines out and the same exact match as `lit-seq2seq decode` (it once scored each line
+    as a raw string: a source with two references could not reach 100%)."""
+    from conftest import text_pairs
+
+    model_dir = text_exported("trained").model_dir
+    pairs = text_pairs(30, seed=5)
+    lines = []
+    for i, (word, target) in enumerate(pairs):
+        if i % 3 == 0:
+            lines.append(f"{word}\tnot it")  # a wrong reference first: the right one follows on the next line
+        lines.append(f"{word}\t{target}  " if i % 2 else f"{word}\t{target}")
+    lines.append(f"{pairs[0][0]}\t{pairs[0][1]}")  # a source seen before, not adjacent: one more reference of it
+    stdin = "".join(f"{line}\n" for line in lines)
+    code, out, err = cli_output(["decode", "--model_dir", model_dir], capsys, stdin=stdin)
+    assert code == 0, err
+    python = re.match(r"exact match: (\d+)/(\d+) = ", err)
+    result = node_decode(model_dir, stdin)
+    assert result.returncode == 0, result.stderr
+    sources = [line.split("\t")[0] for line in lines]
+    runs = 1 + sum(a != b for a, b in zip(sources, sources[1:]))  # adjacent lines of one source: one line out
+    assert result.stdout.splitlines() == out.splitlines() and len(out.splitlines()) == runs
+    assert re.match(r"exact match: (\d+)/(\d+) = ", result.stderr).groups() == python.groups()
+    assert int(python[2]) == len(set(sources)) and int(python[1]) >= len(set(sources)) // 2  # trained: most right
 
 
 def test_node_module_takes_node_buffers_and_leaves_them_untouched(exported):

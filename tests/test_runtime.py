@@ -574,6 +574,21 @@ def test_strip_takes_one_row_and_says_so_for_a_batch(runtime_model):
         model.strip(np.array([[2, 1], [3, 1]]))
 
 
+@pytest.mark.parametrize("cell", [True, None, 5.0], ids=["bool", "None", "float"])
+def test_a_list_holding_a_non_integer_is_named(cell, runtime_model):
+    """numpy would read [True, 3] as [1, 3] and decode it; None made a ragged-rows message."""
+    model = runtime_model("gru")
+    for source in ([[2, cell]], [2, cell], [np.array([2, 3]), [2, cell]]):
+        with pytest.raises(TypeError, match=rf"^source must hold integer token ids, got {cell!r} \("):
+            model.greedy(source)
+    assert model.greedy([np.array([2, 3]), [2, 3]]).tolist() == model.greedy([[2, 3], [2, 3]]).tolist()
+
+
+def test_reference_ids_of_no_references_is_an_empty_batch(text_exported):
+    model = OnnxSeq2Seq.load(text_exported("trained").model_dir)
+    assert model.reference_ids([]).shape == (0, 0, 1)
+
+
 def test_a_token_beyond_int64_is_named_as_such(runtime_model):
     model = runtime_model("gru")
     for source in ([2**70, 3], [[2, 3], [2**64, 2]]):

@@ -191,7 +191,7 @@ export async function checkContentHash(bytes, name = "model") {
 // ---- text (format_version 2) --------------------------------------------------------------------------------------
 
 // Python's str.split() whitespace (str.isspace); JavaScript's \s differs (\x1c-\x1f, \x85 missing, \ufeff extra).
-const PY_SPACE = /[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+/u;
+export const PY_SPACE = /[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+/u;
 
 // C0 and C1 control characters, DEL and lone surrogates (with the u flag a surrogate pair is one code point and never
 // matches): a text holding one is refused, as by the Python runtime (a tab or newline would silently split it).
@@ -629,6 +629,15 @@ export class Seq2Seq {
       out.push(this.targetTokens[id]);
     }
     return out.join(this.meta.target_tokenizer === "char" ? "" : " ");
+  }
+
+  /**
+   * A reference text as a prediction is compared with it: normalised, cased and split as the target side, joined as
+   * decodeText joins tokens (so "W ER1  L D " reads as "W ER1 L D", as Python's decode scores it).
+   */
+  referenceText(text) {
+    const tokens = splitText(this._norm(text, this.meta.target_lowercase === "1"), this.meta.target_tokenizer);
+    return tokens.join(this.meta.target_tokenizer === "char" ? "" : " ");
   }
 
   /** Text (one string, or an array of lines) -> decoded text (greedy; options as greedy's). */

@@ -4,14 +4,23 @@
 //   node export/node/decode.mjs MODEL_DIR [--two-graph] [--allow-untrained-lengths] [--batch-size N] < lines
 //
 // One source per line: space-separated token ids, or text for a text model (format_version 2 with source_tokens).
-// "SOURCE<TAB>EXPECTED" lines (what `lit-seq2seq sample` prints) are scored too: exact match goes to stderr.
-// One decoded line out per line in, printed a batch at a time. Bad input (a bad line, a missing/altered/mixed model
+// "SOURCE<TAB>EXPECTED" lines (what `lit-seq2seq sample` prints) are scored too: exact match goes to stderr, counted
+// as `lit-seq2seq decode` counts it. One decoded line out per line in (for a text model, adjacent lines of one source
+// are one source, as several references), printed a batch at a time. Bad input (a bad line, a missing/altered/mixed model
 // file, a bad flag) -> one line on stderr and exit code 2, after every line before a bad line was printed;
 // never a stack trace.
 
 import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { DECODER_FILE, ENCODER_FILE, GREEDY_FILE, InputError, ModelFileError, loadModel } from "../js/lit_seq2seq.mjs";
+import {
+  DECODER_FILE,
+  ENCODER_FILE,
+  GREEDY_FILE,
+  InputError,
+  ModelFileError,
+  PY_SPACE,
+  loadModel,
+} from "../js/lit_seq2seq.mjs";
 
 const USAGE = "usage: node decode.mjs MODEL_DIR [--two-graph] [--allow-untrained-lengths] [--batch-size N] < lines";
 
@@ -88,7 +97,7 @@ async function* stdinLines() {
 }
 
 function parseIds(text, where) {
-  const parts = text.trim() === "" ? [] : text.trim().split(/\s+/);
+  const parts = text.split(PY_SPACE).filter(Boolean); // Python's whitespace and ASCII digits, as its decode reads ids
   if (!parts.every((p) => /^[+-]?\d+$/.test(p))) {
     throw new InputError(`${where}: ${JSON.stringify(text.trim())} is not a list of space-separated integer token ids`);
   }
@@ -133,24 +142,48 @@ async function main() {
   const model = await loadModel(ort, files, { folder: dir.replace(/\/+$/, ""), sessionOptions });
   const { twoGraph, allowUntrainedLengths } = options;
 
-  let sources = [];
-  let expected = [];
+  // As Python's decode: an id line is scored on its own (its reference cut at the end token); a text model's adjacent
+  // SOURCE<TAB>REFERENCE lines of one source are one source (one output line), and each distinct source is scored
+  // once, right when its prediction equals any reference of all its lines.
+  let batch = []; // {ids, text, references}
+  let pending = null; // the last source read: more reference lines of it may follow
+  const groups = new Map(); // text model: source ids -> {prediction, references}
   let scored = 0;
   let hits = 0;
+  const strip = (ids) => {
+    const end = model.eosToken === null ? -1 : ids.indexOf(model.eosToken);
+    const kept = end < 0 ? [...ids] : ids.slice(0, end);
+    while (kept.length && kept[kept.length - 1] === model.padToken) kept.pop();
+    return kept.join(" ");
+  };
   const decodeBatch = async () => {
-    if (sources.length === 0) return;
-    const width = Math.max(...sources.map((r) => r.length));
-    const batch = sources.map((r) => [...r, ...new Array(width - r.length).fill(model.padToken)]);
-    const rows = await model.greedy(ort, batch, { twoGraph, allowUntrainedLengths });
+    if (batch.length === 0) return;
+    const width = Math.max(...batch.map((s) => s.ids.length));
+    const rows = await model.greedy(
+      ort,
+      batch.map((s) => [...s.ids, ...new Array(width - s.ids.length).fill(model.padToken)]),
+      { twoGraph, allowUntrainedLengths },
+    );
     const out = rows.map((row) => (model.isText ? model.decodeText(row) : row.join(" ")));
     await write(out.map((line) => `${line}\n`).join(""));
-    out.forEach((line, i) => {
-      if (expected[i] === null) return;
-      scored++;
-      if (line === expected[i]) hits++;
+    batch.forEach((s, i) => {
+      if (s.references === null) return;
+      if (!model.isText) {
+        scored++;
+        if (out[i] === s.references[0]) hits++;
+        return;
+      }
+      const key = s.ids.join(" ");
+      if (!groups.has(key)) groups.set(key, { prediction: out[i], references: [] });
+      groups.get(key).references.push(...s.references.map((r) => model.referenceText(r)));
     });
-    sources = [];
-    expected = [];
+    batch = [];
+  };
+  const finishPending = async () => {
+    if (pending === null) return;
+    batch.push(pending);
+    pending = null;
+    if (batch.length === options.batchSize) await decodeBatch();
   };
 
   let number = 0;
@@ -169,32 +202,46 @@ async function main() {
       number++;
       const tab = line.indexOf("\t");
       const [sourceText, target] = tab < 0 ? [line, ""] : [line.slice(0, tab), line.slice(tab + 1)];
-      let source;
+      const same = model.isText && tab >= 0 && pending?.references && pending.text === sourceText;
+      let source = null;
       let reference = null;
       try {
-        source = model.isText ? model.encodeText(sourceText) : parseIds(sourceText, `line ${number}`);
-        if (source.length === 0) throw new InputError("source: empty sequence (source_len is 0)"); // as Python's decode
-        model.checkSource(source, { allowUntrainedLengths });
+        if (!same) {
+          source = model.isText ? model.encodeText(sourceText) : parseIds(sourceText, `line ${number}`);
+          if (source.length === 0) throw new InputError("source: empty sequence (source_len is 0)"); // as Python's
+          model.checkSource(source, { allowUntrainedLengths });
+        }
         if (tab >= 0) {
           // as Python's decode: a tab with nothing after it is a mistake, not a line without a reference
           if (target.trim() === "") throw new InputError("empty reference after the tab");
-          reference = model.isText ? target : parseIds(target, `line ${number} (expected)`).join(" ");
+          reference = model.isText ? target : strip(parseIds(target, `line ${number} (expected)`));
         }
       } catch (error) {
         throw error instanceof InputError && !error.message.startsWith("line ")
           ? new InputError(`line ${number}: ${error.message}`)
           : error;
       }
-      sources.push(source);
-      expected.push(reference);
+      if (same) {
+        pending.references.push(reference); // one more reference of the source just read
+        continue;
+      }
+      await finishPending();
+      pending = { ids: source, text: sourceText, references: reference === null ? null : [reference] };
       if (reference === null) unscored++;
-      if (sources.length === options.batchSize) await decodeBatch();
     }
   } catch (error) {
-    if (error instanceof InputError) await decodeBatch(); // every line before a bad one is printed, none after it
+    if (error instanceof InputError) {
+      await finishPending(); // every line before a bad one is printed, none after it
+      await decodeBatch();
+    }
     throw error;
   }
+  await finishPending();
   await decodeBatch();
+  for (const group of groups.values()) {
+    scored++;
+    if (group.references.includes(group.prediction)) hits++;
+  }
   if (scored) {
     const note = unscored ? `; ${unscored} line${unscored === 1 ? "" : "s"} without a reference not scored` : "";
     process.stderr.write(`exact match: ${hits}/${scored} = ${((100 * hits) / scored).toFixed(2)}%${note}\n`);
