@@ -81,10 +81,11 @@ META_KEYS = (
     "min_source_length",
     "max_target_length",  # decoder steps to run at most
     "hidden_size",
-    "num_layers",
+    "num_layers",  # layers of the state h (and c): the RNN layers, one more with context_rnn
     "cell",  # lstm | gru
     "bidirectional",  # 0 | 1
     "attention",  # 0 | 1
+    "context_rnn",  # 0 | 1 (absent before it existed): a second decoder RNN over attention's output
     "memory_dim",  # width of MEMORY, 0 without attention
     "inputs",  # comma-separated input names of this graph
     "outputs",  # comma-separated output names of this graph

@@ -58,7 +58,7 @@ class ExportVerificationError(RuntimeError):
 
 
 class EncoderGraph(nn.Module):
-    """encoder.onnx: `source` int64 (batch, source_len) -> `h` [, `c`] float32 (num_layers, batch, hidden)
+    """encoder.onnx: `source` int64 (batch, source_len) -> `h` [, `c`] float32 (state_layers, batch, hidden)
     [, `memory` float32 (batch, source_len, memory_dim), `memory_mask` bool (batch, source_len)].
     """
 
@@ -77,7 +77,7 @@ class EncoderGraph(nn.Module):
 
 class DecoderStepGraph(nn.Module):
     """decoder_step.onnx: `token` int64 (batch,) and the state named as the encoder's outputs ->
-    `logits` float32 (batch, vocab), `h_out` [, `c_out`] float32 (num_layers, batch, hidden).
+    `logits` float32 (batch, vocab), `h_out` [, `c_out`] float32 (state_layers, batch, hidden).
     """
 
     def __init__(self, net: Seq2Seq) -> None:
@@ -185,10 +185,11 @@ def metadata(
         "min_source_length": task.min_source_length,
         "max_target_length": net.config.max_target_length,
         "hidden_size": net.config.hidden_size,
-        "num_layers": net.config.num_layers,
+        "num_layers": net.config.state_layers,  # what a client sizes the state by
         "cell": net.config.cell,
         "bidirectional": int(net.config.bidirectional),
         "attention": int(net.config.attention),
+        "context_rnn": int(net.config.context_rnn),
         "memory_dim": net.config.memory_dim,
         "inputs": ",".join(inputs),
         "outputs": ",".join(outputs),

@@ -49,6 +49,9 @@ class NetConfig:
         cell: ``lstm`` or ``gru``.
         bidirectional: Bidirectional encoder; its final states are bridged to the decoder by a linear layer.
         attention: Luong (general) attention of the decoder over the encoder outputs.
+        context_rnn: A second decoder RNN (one layer, the same cell) over attention's output, added to it before the
+            output layer: its recurrence sees the attention context, which the first one's does not. Needs attention;
+            its state is one more layer of the decoder state (h and c carry num_layers + 1 layers).
         embedding_dim: Learned embedding width; null feeds one-hot vectors as in the Keras tutorial.
         dropout: Dropout between RNN layers, on the encoder outputs that attention reads, and before the output
             layer.
@@ -66,6 +69,7 @@ class NetConfig:
     cell: str = "lstm"
     bidirectional: bool = False
     attention: bool = False
+    context_rnn: bool = False
     embedding_dim: int | None = None
     dropout: float = 0.0
     embedding_dropout: float = 0.0
@@ -87,6 +91,8 @@ class NetConfig:
         for name in ("dropout", "embedding_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{flag}{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.context_rnn and not self.attention:
+            raise ValueError(f"{flag}context_rnn reads attention's output: it needs {flag}attention true")
         vocab = self.target_vocab_size
         if self.eos_token is not None and not 0 <= self.eos_token < vocab:
             raise ValueError(f"{flag}eos_token must be in [0, target_vocab_size={vocab}), got {self.eos_token}")
@@ -143,7 +149,7 @@ class NetConfig:
         target_width = self.embedding_dim or self.target_vocab_size
         encoder = source_length * ((2 if self.bidirectional else 1) * layers * per_layer + 2 * source_width)
         attention = 5 * self.memory_dim + 2 * source_length if self.attention else 0
-        step = layers * per_layer + 2 * target_width + 3 * hidden + attention + 4 * self.target_vocab_size
+        step = self.state_layers * per_layer + 2 * target_width + 3 * hidden + attention + 4 * self.target_vocab_size
         return 4 * batch * (encoder + self.max_target_length * step)
 
     def parameter_count(self) -> int:
@@ -166,7 +172,14 @@ class NetConfig:
         if self.attention:  # query Linear(H, M, no bias) and combine Linear(H + M, H)
             memory = self.memory_dim
             count += hidden * memory + (hidden + memory) * hidden + hidden
+        if self.context_rnn:  # one layer, H -> H
+            count += gates * hidden * (2 * hidden + 2)
         return count + hidden * self.target_vocab_size + self.target_vocab_size  # the output layer
+
+    @property
+    def state_layers(self) -> int:
+        """Layers of the decoder state h (and c): the decoder RNN's, and the context RNN's one."""
+        return self.num_layers + int(self.context_rnn)
 
     @property
     def memory_dim(self) -> int:
@@ -272,6 +285,8 @@ class Encoder(nn.Module):
                 final = final.view(config.num_layers, 2, *final.shape[1:])
                 final = self.bridge[name](torch.cat([final[:, 0], final[:, 1]], dim=-1))
                 final = torch.tanh(final) if name == contract.H else final
+            if config.context_rnn:  # the context RNN's layer starts from zeros: (L + 1, B, H)
+                final = torch.cat([final, torch.zeros_like(final[-1:])])
             state[name] = final
         if memory:
             state[contract.MEMORY], state[contract.MEMORY_MASK] = self.dropout(out), mask
@@ -283,7 +298,8 @@ class Decoder(nn.Module):
 
     Attention is Luong's "general" score applied to the RNN output (no input feeding): the recurrence does
     not depend on attention, so teacher forcing stays one parallel RNN call over T, and the step graph is a
-    plain RNN step plus one attention read.
+    plain RNN step plus one attention read. With `context_rnn` a second RNN runs over attention's output (again
+    one parallel call over T): a recurrence that sees the context, at the cost of input feeding's sequential loop.
     """
 
     def __init__(self, config: NetConfig) -> None:
@@ -295,25 +311,40 @@ class Decoder(nn.Module):
         if config.attention:
             self.query = nn.Linear(config.hidden_size, config.memory_dim, bias=False)
             self.combine = nn.Linear(config.hidden_size + config.memory_dim, config.hidden_size)
+        if config.context_rnn:
+            self.context = CELLS[config.cell](config.hidden_size, config.hidden_size, batch_first=True)
         self.dropout = nn.Dropout(config.dropout)
         self.output = nn.Linear(config.hidden_size, config.target_vocab_size)
 
     def forward(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
-        cell = self.config.cell
-        names = contract.state_names(cell, False)
-        hidden = tuple(state[n] for n in names)
+        config = self.config
+        names = contract.state_names(config.cell, False)
+        hidden = tuple(state[n] for n in names)  # (L, B, H) each; with context_rnn (L + 1, B, H), its layer last
+        if config.context_rnn:
+            hidden = tuple(h[: config.num_layers] for h in hidden)
         x = self.input_dropout(self.input(tokens))  # (B, T, D)
-        out, finals = self.rnn(x, hidden if cell == "lstm" else hidden[0])  # (B, T, H)
+        out, finals = self.rnn(x, _cell_state(config.cell, hidden))  # (B, T, H)
         finals = finals if isinstance(finals, tuple) else (finals,)
-        new_state = dict(state)
-        new_state.update(zip(names, finals))
-        if self.config.attention:
+        if config.attention:
             memory, mask = state[contract.MEMORY], state[contract.MEMORY_MASK]  # (B, S, M), (B, S)
             scores = self.query(out) @ memory.transpose(1, 2)  # (B, T, S)
             scores = scores.masked_fill(~mask[:, None, :], torch.finfo(scores.dtype).min)
             context = scores.softmax(-1) @ memory  # (B, T, M)
             out = torch.tanh(self.combine(torch.cat([out, context], dim=-1)))
+        if config.context_rnn:
+            previous = tuple(state[n][config.num_layers :] for n in names)  # (1, B, H) each
+            more, last = self.context(self.dropout(out), _cell_state(config.cell, previous))
+            last = last if isinstance(last, tuple) else (last,)
+            finals = tuple(torch.cat([f, m]) for f, m in zip(finals, last))
+            out = out + more  # residual: attention's output reaches the output layer as before
+        new_state = dict(state)
+        new_state.update(zip(names, finals))
         return self.output(self.dropout(out)), new_state
+
+
+def _cell_state(cell: str, state: tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
+    """(h, c) for an LSTM, h alone for a GRU: what nn.LSTM / nn.GRU take as their initial state."""
+    return state if cell == "lstm" else state[0]
 
 
 class Seq2Seq(nn.Module):

@@ -293,6 +293,10 @@ EXPORT_VARIANTS: dict[str, list[str]] = {
         *["--model.net.attention", "true"],
     ],
     "lstm_2layer": [*REVERSE_FIRST, *TINY, "--model.net.num_layers", "2"],
+    "lstm_bi_context": [
+        *[*REVERSE, *TINY, "--model.net.bidirectional", "true", "--model.net.attention", "true"],
+        *["--model.net.context_rnn", "true"],
+    ],
     # Learns copy in this one epoch (exact match 0.95-1.0 on fresh sources): it emits the end token where it should.
     "copy_trained": [
         *["--data.task", "copy", "--data.vocab_size", "6", "--data.source_length", "3"],
@@ -307,9 +311,10 @@ EXPORT_SPECS = {
     "lstm_attention": ("lstm", True, False, 1, "reverse"),
     "gru_bi_attention": ("gru", True, True, 1, "copy"),
     "lstm_2layer": ("lstm", False, False, 2, "reverse_first"),
+    "lstm_bi_context": ("lstm", True, True, 2, "reverse"),  # 2: the context RNN's state layer
     "copy_trained": ("lstm", True, False, 1, "copy"),
 }
-CONTRACT_VARIANTS = ["lstm", "gru", "lstm_attention", "gru_bi_attention", "lstm_2layer"]
+CONTRACT_VARIANTS = ["lstm", "gru", "lstm_attention", "gru_bi_attention", "lstm_2layer", "lstm_bi_context"]
 
 
 class Export(NamedTuple):

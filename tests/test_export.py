@@ -131,6 +131,7 @@ def test_metadata_holds_every_key_with_the_right_values(name, exported):
         "cell": cell,
         "bidirectional": str(int(bidirectional)),
         "attention": str(int(attention)),
+        "context_rnn": str(int("context" in name)),
         "memory_dim": str(16 * (2 if bidirectional else 1) if attention else 0),
     }
     if task == "reverse_first":  # --data.vocab_size 9 --data.source_length 4 --data.target_length 2

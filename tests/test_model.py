@@ -26,10 +26,17 @@ COMBOS = [
 ]
 
 
+# the context RNN (attention only): the G2P shape, and a GRU of 2 layers fed one-hot vectors
+COMBOS += [
+    dict(cell="lstm", num_layers=1, bidirectional=True, attention=True, embedding_dim=8, context_rnn=True),
+    dict(cell="gru", num_layers=2, bidirectional=False, attention=True, embedding_dim=None, context_rnn=True),
+]
+
+
 def _id(c: dict) -> str:
     return (
         f"{c['cell']}-L{c['num_layers']}{'-bi' if c['bidirectional'] else ''}{'-att' if c['attention'] else ''}"
-        f"-{'onehot' if c['embedding_dim'] is None else 'emb'}"
+        f"{'-ctx' if c.get('context_rnn') else ''}-{'onehot' if c['embedding_dim'] is None else 'emb'}"
     )
 
 
@@ -58,7 +65,8 @@ LENGTHS = [7, 3, 5, 1, 7, 2]
 def test_output_shapes(combo):
     net = make_net(**combo)
     source = padded_sources(LENGTHS)
-    b, layers = len(LENGTHS), combo["num_layers"]
+    b, layers = len(LENGTHS), combo["num_layers"] + combo.get("context_rnn", False)  # the context RNN's layer last
+    assert net.config.state_layers == layers
     decoder_input = torch.randint(0, V, (b, T))
     assert net(source, decoder_input).shape == (b, T, V)
 
@@ -367,6 +375,7 @@ BAD_NETS = [
     (dict(max_target_length=0), r"--model\.net\.max_target_length must be >= 1"),
     (dict(eos_token=V), r"--model\.net\.eos_token must be in \[0, target_vocab_size=9\)"),
     (dict(pad_token=V), r"--model\.net\.pad_token must be a token id of both vocabularies"),
+    (dict(context_rnn=True), r"--model\.net\.context_rnn reads attention's output: it needs --model\.net\.attention"),
 ]
 
 

@@ -108,7 +108,7 @@ async function open(files, where, folder = "") {
   const graphs = model.sessions.greedy ? "greedy.onnx + step graphs" : "step graphs only (no greedy.onnx)";
   $("model").textContent =
     `${where}: task ${m.task}, format_version ${m.format_version}, ${m.cell} ${m.hidden_size}x${m.num_layers}` +
-    `${m.attention === "1" ? " + attention" : ""}, sources of ${m.min_source_length}-${m.source_length} tokens, ` +
+    `${m.attention === "1" ? " + attention" : ""}${m.context_rnn === "1" ? " + context RNN" : ""}, sources of ${m.min_source_length}-${m.source_length} tokens, ` +
     `${graphs}, export_id ${m.export_id}`;
   // One throw-away decode, so that the time shown for the user's lines is not that of onnxruntime's first run.
   const warm = new Array(model.minSourceLength).fill(model.minToken);
