@@ -99,9 +99,11 @@ def _evaluate(o: argparse.Namespace) -> int:
     model = OnnxSeq2Seq.load(o.model_dir)
     if model.text is None:
         raise ValueError(f"--model_dir {o.model_dir}: an id model; this script scores text models")
-    sizes = ("hidden_size", "num_layers", "cell")
-    ours = [getattr(task, "text", None), *(str(getattr(net.config, k)) for k in sizes)]
-    theirs = [model.text, *(model.meta.get(k) for k in sizes)]
+    config = net.config  # the metadata's num_layers counts the state's layers (the context RNN's too)
+    ours = [getattr(task, "text", None), config.hidden_size, config.state_layers, config.cell, config.context_rnn]
+    theirs = [model.text, *(model.meta.get(k) for k in ("hidden_size", "num_layers", "cell", "context_rnn"))]
+    ours[1:] = [str(int(v)) if isinstance(v, bool) else str(v) for v in ours[1:]]
+    theirs[4] = theirs[4] or "0"  # exports made before the key
     if ours != theirs:  # scoring two different models side by side would report their disagreement as ONNX's
         raise ValueError(f"--ckpt_path {o.ckpt_path} and --model_dir {o.model_dir} hold different models (export it)")
     sources, references = by_source_ids(model, *read_references(o.file), o.file)  # each source as its ids

@@ -219,6 +219,7 @@ def _lightning_classes() -> dict[str, type]:
     imported only when they are."""
     import lightning as L
     from lightning.fabric.plugins import TorchCheckpointIO
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loops.fit_loop import _FitLoop
     from lightning.pytorch.loops.loop import _Loop
@@ -242,6 +243,8 @@ def _lightning_classes() -> dict[str, type]:
         def setup_data(self) -> None:
             try:
                 super().setup_data()
+            except MisconfigurationException as error:  # e.g. a limit_train_batches share of less than one batch
+                raise SettingError(" ".join(str(error).split())) from None
             except ValueError as error:
                 trainer, batches = self.trainer, self.max_batches
                 if not (isinstance(trainer.val_check_interval, int) and trainer.val_check_batch > batches):

@@ -141,6 +141,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
             ("test_size", test_size),
             ("predict_size", predict_size),
             ("num_workers", num_workers),
+            ("seed", seed),
         ):
             if value < 0:
                 raise ValueError(f"--data.{name} must be >= 0, got {value}")

@@ -226,8 +226,9 @@ class PairDataModule(L.LightningDataModule):
         for name, value in (*sizes, ("max_target_tokens", max_target_tokens)):
             if value is not None and value < 1:
                 raise ValueError(f"--data.{name} must be >= 1, got {value}")
-        if num_workers < 0:
-            raise ValueError(f"--data.num_workers must be >= 0, got {num_workers}")
+        for name, value in (("num_workers", num_workers), ("seed", seed)):
+            if value < 0:  # a negative seed failed inside numpy at the first batch
+                raise ValueError(f"--data.{name} must be >= 0, got {value}")
         self.save_hyperparameters()
         self.tokenizers = {}
         for side, kind, lowercase in (
@@ -417,8 +418,8 @@ class PairDataModule(L.LightningDataModule):
                     if unknown.any():
                         self.skipped_unknown[name] = int(unknown.sum())
                         pairs = _select(pairs, np.flatnonzero(~unknown))
-                    if len(pairs) == 0:
-                        continue
+                if len(pairs) == 0:  # all skipped: the split is absent, so a stage that needs it says so
+                    continue
             self._pending[name] = (pairs, *self._ids(pairs, spec))
         self._spec = spec
         for flag, what, skipped in (
@@ -500,6 +501,8 @@ class PairDataModule(L.LightningDataModule):
             raise ValueError(missing)
         if stage == "fit" and not self._has("val"):
             flag = "--data.split_fractions gives it none" if self.file else "--data.val_file is unset"
+            if self.files["val"] is not None:
+                flag = f"--data.val_file gives none{self._all_skipped('val')}"
             rank_zero_warn(f"fit without validation pairs ({flag}): no validation metrics and no best.ckpt")
 
     def _has(self, split: str) -> bool:
@@ -519,8 +522,14 @@ class PairDataModule(L.LightningDataModule):
                     flag = "--data.predict_file (or --data.test_file, its default)"
                 else:
                     flag = f"--data.{name}_file"
-                return f"{stage} needs {name} pairs: {flag} gives none"
+                return f"{stage} needs {name} pairs: {flag} gives none{self._all_skipped(name)}"
         return ""
+
+    def _all_skipped(self, split: str) -> str:
+        """How a split given lost all its pairs, or "" (it was not given, or is empty)."""
+        counts = {"--data.skip_long": self.skipped, "--data.skip_unknown_targets": self.skipped_unknown}
+        used = [flag for flag, skipped in counts.items() if skipped.get(split)]
+        return f" ({' and '.join(used)} skipped all its pairs)" if used else ""
 
     def _replicas(self) -> tuple[int, int]:
         trainer = self.trainer

@@ -377,6 +377,14 @@ class Seq2SeqCLI(LightningCLI):
             self.parser.error(f"--trainer.accumulate_grad_batches must be >= 1, got {trainer.accumulate_grad_batches}")
         if trainer.gradient_clip_val is not None and trainer.gradient_clip_val < 0:
             self.parser.error(f"--trainer.gradient_clip_val must be >= 0 or null, got {trainer.gradient_clip_val}")
+        # Modulo by zero inside the run (ours at the first step, Lightning's at the first epoch end).
+        for flag in ("log_every_n_steps", "check_val_every_n_epoch"):
+            value = trainer.get(flag)
+            if value is not None and value < 1:
+                null = " or null" * (flag == "check_val_every_n_epoch")
+                self.parser.error(f"--trainer.{flag} must be >= 1{null}, got {value}")
+        if self.subcommand == "fit" and trainer.get("limit_train_batches") == 0:  # Lightning: a fit that says nothing
+            self.parser.error("--trainer.limit_train_batches 0 trains on nothing: give a share of an epoch or a count")
         root = trainer.default_root_dir or "."
         if config.trainer.logger in (None, True):
             # CSV logs under <default_root_dir>/version_N: the report reads them; no TensorBoard needed.

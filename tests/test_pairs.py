@@ -106,6 +106,15 @@ def test_caps_and_skip_long(tmp_path, caplog):
         module(tmp_path, ["abcd\tA"], ["abcda\tA"]).load()
     with pytest.raises(ValueError, match=r"train\.tsv: --data.skip_long skipped all 2 training pairs: every one is"):
         module(tmp_path, train[:2], max_source_tokens=1, skip_long=True).load()
+    # a val split emptied by skip_long is absent, as one emptied by skip_unknown_targets: `validate` then says it has
+    # no pairs (it ran on nothing and exited 0), and a fit warns that it has no validation
+    emptied = module(tmp_path, ["ab\tA"], ["abcd\tA"], skip_long=True)
+    assert not emptied._has("val") and emptied.skipped == {"val": 1}
+    assert emptied.missing_split("validate") == (
+        "validate needs val pairs: --data.val_file gives none (--data.skip_long skipped all its pairs)"
+    )
+    with pytest.warns(UserWarning, match=r"fit without validation pairs \(--data.val_file gives none \(--data.skip_"):
+        emptied.setup("fit")
 
 
 def test_a_fit_without_validation_pairs_says_so(tmp_path):

@@ -161,6 +161,15 @@ def test_a_validation_interval_beyond_an_epoch_is_named_in_one_line_exit_2(in_tm
     assert run_cli(["fit", *FIT, "--trainer.val_check_interval", "20", *root_args(in_tmp)]) == 0
 
 
+def test_a_share_of_an_epoch_under_one_batch_is_one_line_exit_2(in_tmp, capsys):
+    """Lightning's check, from inside the run, raised a MisconfigurationException traceback."""
+    code, err = cli_exit(["fit", *FIT, "--trainer.limit_train_batches", "0.01", *root_args(in_tmp)], capsys)
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert err.startswith("lit-seq2seq fit: error: You requested to check 0.01 of the `train_dataloader` but 0.01 * 20")
+    assert "limit_train_batches" in err
+    assert not list(in_tmp.rglob("*.ckpt")) and not list(in_tmp.glob("version_*"))
+
+
 def test_a_diverging_learning_rate_exits_1_from_the_shell(tmp_path):
     # no injection: SGD with lr 1e38 overflows within a few steps
     args = [*FIT, "--model.optimizer", "SGD", "--model.optimizer.lr", "1e38", "--checkpoint.every_n_train_steps", "1"]

@@ -160,6 +160,11 @@ WRONG_TYPES = [
     (["--trainer.devices", "x"], "--trainer.* flags: `devices` selected with `CPUAccelerator` should be an int > 0."),
     (["--trainer.accumulate_grad_batches", "0"], "--trainer.accumulate_grad_batches must be >= 1, got 0"),
     (["--trainer.gradient_clip_val", "-1"], "--trainer.gradient_clip_val must be >= 0 or null, got -1.0"),
+    (["--trainer.log_every_n_steps", "0"], "--trainer.log_every_n_steps must be >= 1, got 0"),  # a modulo by zero
+    (["--trainer.check_val_every_n_epoch", "0"], "--trainer.check_val_every_n_epoch must be >= 1 or null, got 0"),
+    (["--trainer.limit_train_batches", "0"], "--trainer.limit_train_batches 0 trains on nothing: give a share"),
+    (["--data.seed", "-1"], "--data.seed must be >= 0, got -1"),  # numpy's error at the first batch
+    ([*PAIRS, "--data.seed", "-1"], "--data.seed must be >= 0, got -1"),
 ]
 
 
