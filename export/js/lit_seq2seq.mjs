@@ -619,6 +619,11 @@ export class Seq2Seq {
 
   /** Decoded ids (a row as greedy returns it) -> text. */
   decodeText(ids) {
+    return this.decodeTokens(ids).join(this.meta.target_tokenizer === "char" ? "" : " ");
+  }
+
+  /** Decoded ids (a row as greedy returns it) -> its target tokens, up to the end token. */
+  decodeTokens(ids) {
     if (!this.isText) throw new InputError("this model writes token ids, not text (no target_tokens in its metadata)");
     const out = [];
     for (const id of this.strip(ids)) {
@@ -628,16 +633,15 @@ export class Seq2Seq {
       }
       out.push(this.targetTokens[id]);
     }
-    return out.join(this.meta.target_tokenizer === "char" ? "" : " ");
+    return out;
   }
 
   /**
-   * A reference text as a prediction is compared with it: normalised, cased and split as the target side, joined as
-   * decodeText joins tokens (so "W ER1  L D " reads as "W ER1 L D", as Python's decode scores it).
+   * A reference text as a prediction is compared with it: normalised, cased and split as the target side (so
+   * "W ER1  L D " is the tokens W ER1 L D, as Python's decode scores it).
    */
-  referenceText(text) {
-    const tokens = splitText(this._norm(text, this.meta.target_lowercase === "1"), this.meta.target_tokenizer);
-    return tokens.join(this.meta.target_tokenizer === "char" ? "" : " ");
+  referenceTokens(text) {
+    return splitText(this._norm(text, this.meta.target_lowercase === "1"), this.meta.target_tokenizer);
   }
 
   /** Text (one string, or an array of lines) -> decoded text (greedy; options as greedy's). */

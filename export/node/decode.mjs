@@ -4,11 +4,11 @@
 //   node export/node/decode.mjs MODEL_DIR [--two-graph] [--allow-untrained-lengths] [--batch-size N] < lines
 //
 // One source per line: space-separated token ids, or text for a text model (format_version 2 with source_tokens).
-// "SOURCE<TAB>EXPECTED" lines (what `lit-seq2seq sample` prints) are scored too: exact match goes to stderr, counted
-// as `lit-seq2seq decode` counts it. One decoded line out per line in (for a text model, adjacent lines of one source
-// are one source, as several references), printed a batch at a time. Bad input (a bad line, a missing/altered/mixed model
-// file, a bad flag) -> one line on stderr and exit code 2, after every line before a bad line was printed;
-// never a stack trace.
+// "SOURCE<TAB>EXPECTED" lines (what `lit-seq2seq sample` prints) are scored too: exact match (and a text model's token
+// error rate) goes to stderr, counted and printed as `lit-seq2seq decode` does. One decoded line out per line in (for
+// a text model, adjacent lines of one source are one source, as several references), printed a batch at a time. Bad
+// input (a bad line, a missing/altered/mixed model file, a bad flag) -> one line on stderr and exit code 2, after every
+// line before a bad line was printed; never a stack trace.
 
 import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
@@ -96,6 +96,19 @@ async function* stdinLines() {
   if (pending.length) yield decode(Buffer.concat(pending));
 }
 
+// Levenshtein distance between two token arrays (insertions, deletions and substitutions cost 1).
+function editDistance(a, b) {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      current.push(Math.min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1)));
+    }
+    previous = current;
+  }
+  return previous[b.length];
+}
+
 function parseIds(text, where) {
   const parts = text.split(PY_SPACE).filter(Boolean); // Python's whitespace and ASCII digits, as its decode reads ids
   if (!parts.every((p) => /^[+-]?\d+$/.test(p))) {
@@ -147,7 +160,7 @@ async function main() {
   // once, right when its prediction equals any reference of all its lines.
   let batch = []; // {ids, text, references}
   let pending = null; // the last source read: more reference lines of it may follow
-  const groups = new Map(); // text model: source ids -> {prediction, references}
+  const groups = new Map(); // text model: source ids -> {prediction, references}, as token arrays
   let scored = 0;
   let hits = 0;
   const strip = (ids) => {
@@ -164,7 +177,8 @@ async function main() {
       batch.map((s) => [...s.ids, ...new Array(width - s.ids.length).fill(model.padToken)]),
       { twoGraph, allowUntrainedLengths },
     );
-    const out = rows.map((row) => (model.isText ? model.decodeText(row) : row.join(" ")));
+    const tokens = model.isText ? rows.map((row) => model.decodeTokens(row)) : null;
+    const out = model.isText ? rows.map((row) => model.decodeText(row)) : rows.map((row) => row.join(" "));
     await write(out.map((line) => `${line}\n`).join(""));
     batch.forEach((s, i) => {
       if (s.references === null) return;
@@ -174,8 +188,8 @@ async function main() {
         return;
       }
       const key = s.ids.join(" ");
-      if (!groups.has(key)) groups.set(key, { prediction: out[i], references: [] });
-      groups.get(key).references.push(...s.references.map((r) => model.referenceText(r)));
+      if (!groups.has(key)) groups.set(key, { prediction: tokens[i], references: [] });
+      groups.get(key).references.push(...s.references.map((r) => model.referenceTokens(r)));
     });
     batch = [];
   };
@@ -238,13 +252,27 @@ async function main() {
   }
   await finishPending();
   await decodeBatch();
+  // Token error rate as Python's metrics.score: the edit distance to the closest reference (the first of the fewest
+  // errors) over that reference's length, summed over the sources.
+  let errors = 0;
+  let length = 0;
   for (const group of groups.values()) {
+    const distances = group.references.map((reference) => editDistance(group.prediction, reference));
+    const best = distances.indexOf(Math.min(...distances));
     scored++;
-    if (group.references.includes(group.prediction)) hits++;
+    if (distances[best] === 0) hits++;
+    errors += distances[best];
+    length += group.references[best].length;
   }
   if (scored) {
+    const pct = (x) => `${(100 * x).toFixed(2)}%`;
     const note = unscored ? `; ${unscored} line${unscored === 1 ? "" : "s"} without a reference not scored` : "";
-    process.stderr.write(`exact match: ${hits}/${scored} = ${((100 * hits) / scored).toFixed(2)}%${note}\n`);
+    const text = !model.isText
+      ? ""
+      : ` (WER ${pct(1 - hits / scored)}); token error rate: ${
+          length ? `${errors}/${length} = ${pct(errors / length)}` : "n/a (references without tokens)"
+        }`;
+    process.stderr.write(`exact match: ${hits}/${scored} = ${pct(hits / scored)}${text}${note}\n`);
   }
 }
 

@@ -134,7 +134,10 @@ function parseLine(line, options) {
   // Ids: what is not an integer stays a string, so that checkSource names it ("x" is not an integer token id).
   const ids = model.isText
     ? encodeLine(line)
-    : line.trim().split(/\s+/).map((piece) => (/^-?\d+$/.test(piece) ? Number(piece) : piece));
+    : line
+        .split(lit.PY_SPACE) // Python's whitespace, as lit-seq2seq decode reads a line of ids
+        .filter(Boolean)
+        .map((piece) => (/^-?\d+$/.test(piece) ? Number(piece) : piece));
   try {
     model.checkSource(ids, options);
   } catch (err) {
