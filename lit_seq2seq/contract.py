@@ -97,11 +97,15 @@ FORMAT_VERSION = "2"
 READABLE_VERSIONS = ("1", "2")  # 2 = 1 with two vocabulary sizes and the text keys
 
 
+def vocab_keys(meta: dict[str, str]) -> tuple[str, str]:
+    """The metadata keys of (source_vocab_size, target_vocab_size), of either readable format."""
+    return ("vocab_size",) * 2 if meta.get("format_version") == "1" else ("source_vocab_size", "target_vocab_size")
+
+
 def vocab_sizes(meta: dict[str, str]) -> tuple[int, int]:
     """(source_vocab_size, target_vocab_size) of a graph's metadata, of either readable format."""
-    if meta.get("format_version") == "1":
-        return int(meta["vocab_size"]), int(meta["vocab_size"])
-    return int(meta["source_vocab_size"]), int(meta["target_vocab_size"])
+    source, target = vocab_keys(meta)
+    return int(meta[source]), int(meta[target])
 
 
 # "content_sha256" holds the sha256 (lowercase hex) of the file's bytes as written with that value replaced by this

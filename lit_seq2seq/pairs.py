@@ -500,8 +500,11 @@ class PairDataModule(L.LightningDataModule):
         if missing:
             raise ValueError(missing)
         if stage == "fit" and not self._has("val"):
-            flag = "--data.split_fractions gives it none" if self.file else "--data.val_file is unset"
-            if self.files["val"] is not None:
+            if self.file:
+                flag = "--data.split_fractions gives it none"
+            elif self.files["val"] is None:
+                flag = "--data.val_file is unset"
+            else:
                 flag = f"--data.val_file gives none{self._all_skipped('val')}"
             rank_zero_warn(f"fit without validation pairs ({flag}): no validation metrics and no best.ckpt")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,33 +132,24 @@ class _BoundGreedy:
         return greedy_search(step, 0, batch_size=len(source), max_len=max_len, **self.tokens)
 
 
-_INT_KEYS = (
-    "pad_token",
-    "start_token",
-    "min_token",
-    "source_length",
-    "min_source_length",
-    "max_target_length",
-    "hidden_size",
-    "num_layers",
-    "memory_dim",
-)
-_CHOICE_KEYS = {"cell": ("lstm", "gru"), "attention": ("0", "1")}
+def _meta_value(meta: Mapping[str, str], key: str, where: str, choices: Sequence[str] = ()) -> Any:
+    """The metadata value the runtime needs, an int (or one of `choices`), or a ModelFileError naming the file and key
+    when it is missing or malformed (an app that wrote or edited the graphs itself): not a KeyError or int() error."""
+    value = meta.get(key)
+    if choices:
+        if value not in choices:
+            raise ModelFileError(f"{where}: metadata {key} is {value!r}, one of {', '.join(choices)} expected")
+        return value
+    if value is None or not re.fullmatch(r"-?[0-9]+", value):
+        raise ModelFileError(f"{where}: metadata {key} is {value!r}, an integer expected")
+    return int(value)
 
 
-def _check_metadata(meta: Mapping[str, str], where: str) -> None:
-    """ModelFileError naming the file and key for a metadata value the runtime needs that is missing or malformed
-    (an app that wrote or edited the graphs itself), not a KeyError or int() error later."""
-    vocab = ("vocab_size",) if meta.get("format_version") == "1" else ("source_vocab_size", "target_vocab_size")
-    for key in (*vocab, *_INT_KEYS, "eos_token"):
-        value = meta.get(key)
-        if key == "eos_token" and value == "":  # no end token: fixed-length targets
-            continue
-        if value is None or not re.fullmatch(r"-?[0-9]+", value):
-            raise ModelFileError(f"{where}: metadata {key} is {value!r}, an integer expected")
-    for key, choices in _CHOICE_KEYS.items():
-        if meta.get(key) not in choices:
-            raise ModelFileError(f"{where}: metadata {key} is {meta.get(key)!r}, one of {', '.join(choices)} expected")
+def _cells(rows: Sequence[Any]) -> Iterator[Any]:
+    """The cells of a source given as rows (lists, tuples or arrays), or as one row of cells."""
+    for row in rows:
+        row = row.tolist() if isinstance(row, np.ndarray) else row
+        yield from row if isinstance(row, (list, tuple)) else [row]
 
 
 class OnnxSeq2Seq:
@@ -175,20 +166,24 @@ class OnnxSeq2Seq:
     ) -> None:
         self.encoder, self.decoder, self.meta = encoder, decoder, dict(meta)
         self.greedy_graph = greedy_graph  # greedy.onnx, None for exports older than it
-        _check_metadata(self.meta, where)
-        self.source_vocab_size, self.target_vocab_size = contract.vocab_sizes(self.meta)
+        meta = self.meta
+
+        def value(key: str, choices: Sequence[str] = ()) -> Any:
+            return _meta_value(meta, key, where, choices)
+
+        self.source_vocab_size, self.target_vocab_size = map(value, contract.vocab_keys(meta))
         try:
             self.text = TextSpec.from_metadata(meta)  # None for a model that reads and writes ids
         except (KeyError, TypeError, ValueError) as error:
             raise ModelFileError(f"{where}: its text metadata is damaged ({type(error).__name__}: {error})") from None
-        self.pad_token, self.start_token = int(meta["pad_token"]), int(meta["start_token"])
-        self.eos_token = int(meta["eos_token"]) if meta["eos_token"] else None
-        self.min_token = int(meta["min_token"])
-        self.max_target_length = int(meta["max_target_length"])
-        self.min_source_length, self.source_length = int(meta["min_source_length"]), int(meta["source_length"])
-        self.num_layers, self.hidden_size = int(meta["num_layers"]), int(meta["hidden_size"])
-        self.memory_dim = int(meta["memory_dim"])
-        self.cell, self.attention = meta["cell"], meta["attention"] == "1"
+        self.pad_token, self.start_token = value("pad_token"), value("start_token")
+        self.eos_token = None if meta.get("eos_token") == "" else value("eos_token")  # "": fixed-length targets
+        self.min_token = value("min_token")
+        self.max_target_length = value("max_target_length")
+        self.min_source_length, self.source_length = value("min_source_length"), value("source_length")
+        self.num_layers, self.hidden_size = value("num_layers"), value("hidden_size")
+        self.memory_dim = value("memory_dim")
+        self.cell, self.attention = value("cell", ("lstm", "gru")), value("attention", ("0", "1")) == "1"
         self.tokens = {"start_token": self.start_token, "eos_token": self.eos_token, "pad_token": self.pad_token}
         self.state_names = contract.state_names(self.cell, self.attention)
         self.recurrent = [n for n in self.state_names if n in contract.RECURRENT]
@@ -266,9 +261,7 @@ class OnnxSeq2Seq:
         if not isinstance(allow_untrained_lengths, (bool, np.bool_)):  # "no" would be truthy: an opt-in is meant
             raise TypeError(f"allow_untrained_lengths must be True or False, got {allow_untrained_lengths!r}")
         if isinstance(source, (list, tuple)):
-            rows = (r.tolist() if isinstance(r, np.ndarray) else r for r in source)
-            cells = (t for row in rows for t in (row if isinstance(row, (list, tuple)) else [row]))
-            odd = [t for t in cells if not is_integer(t) and not isinstance(t, (list, tuple))]
+            odd = [t for t in _cells(source) if not is_integer(t) and not isinstance(t, (list, tuple))]
             if odd:  # numpy would read True as 1, and None as a ragged row
                 raise TypeError(f"source must hold integer token ids, got {odd[0]!r} ({type(odd[0]).__name__})")
             try:
@@ -280,8 +273,7 @@ class OnnxSeq2Seq:
         if not isinstance(source, np.ndarray):
             raise TypeError(f"source must be a numpy array or a list of token ids, got {type(source).__name__}")
         if source.dtype == object:  # ragged rows, or an integer beyond int64 (numpy keeps it a Python int)
-            cells = [t for row in source.tolist() for t in (row if isinstance(row, (list, tuple)) else [row])]
-            huge = [t for t in cells if isinstance(t, int) and not -(2**63) <= t < 2**63]
+            huge = [t for t in _cells(source.tolist()) if isinstance(t, int) and not -(2**63) <= t < 2**63]
             if huge:
                 raise ValueError(f"source: token {huge[0]} is out of range (beyond int64)")
             raise ValueError("source: rows have different lengths; right-pad them with the pad token")

@@ -371,14 +371,11 @@ class Seq2SeqCLI(LightningCLI):
                 self.parser.error(f"--torch_threads must be >= 1, got {config.torch_threads}")
             torch.set_num_threads(config.torch_threads)
         trainer = config.trainer
-        # Values Lightning takes without a check: a modulo by zero inside the run; a negative clip value turns clipping
-        # off without a word.
-        if trainer.accumulate_grad_batches < 1:
-            self.parser.error(f"--trainer.accumulate_grad_batches must be >= 1, got {trainer.accumulate_grad_batches}")
+        # Values Lightning takes without a check: a negative clip value turns clipping off without a word.
         if trainer.gradient_clip_val is not None and trainer.gradient_clip_val < 0:
             self.parser.error(f"--trainer.gradient_clip_val must be >= 0 or null, got {trainer.gradient_clip_val}")
-        # Modulo by zero inside the run (ours at the first step, Lightning's at the first epoch end).
-        for flag in ("log_every_n_steps", "check_val_every_n_epoch"):
+        # Each a modulo by zero inside the run (ours at the first step, Lightning's at an epoch end).
+        for flag in ("accumulate_grad_batches", "log_every_n_steps", "check_val_every_n_epoch"):
             value = trainer.get(flag)
             if value is not None and value < 1:
                 null = " or null" * (flag == "check_val_every_n_epoch")

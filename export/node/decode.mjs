@@ -163,12 +163,6 @@ async function main() {
   const groups = new Map(); // text model: source ids -> {prediction, references}, as token arrays
   let scored = 0;
   let hits = 0;
-  const strip = (ids) => {
-    const end = model.eosToken === null ? -1 : ids.indexOf(model.eosToken);
-    const kept = end < 0 ? [...ids] : ids.slice(0, end);
-    while (kept.length && kept[kept.length - 1] === model.padToken) kept.pop();
-    return kept.join(" ");
-  };
   const decodeBatch = async () => {
     if (batch.length === 0) return;
     const width = Math.max(...batch.map((s) => s.ids.length));
@@ -228,7 +222,7 @@ async function main() {
         if (tab >= 0) {
           // as Python's decode: a tab with nothing after it is a mistake, not a line without a reference
           if (target.trim() === "") throw new InputError("empty reference after the tab");
-          reference = model.isText ? target : strip(parseIds(target, `line ${number} (expected)`));
+          reference = model.isText ? target : model.strip(parseIds(target, `line ${number} (expected)`)).join(" ");
         }
       } catch (error) {
         throw error instanceof InputError && !error.message.startsWith("line ")
