@@ -56,6 +56,10 @@ class NetConfig:
         dropout: Dropout between RNN layers, on the encoder outputs that attention reads, and before the output
             layer.
         embedding_dropout: Dropout on the token vectors entering the encoder and the decoder.
+        variational_dropout: One dropout mask per sequence, shared by all its time steps (variational dropout, Gal &
+            Ghahramani 2016), for dropout and embedding_dropout, instead of one per element: a recurrent net's
+            regulariser, and ~9x fewer random numbers (torch's CPU generator took ~15% of a G2P step). The dropout
+            inside a stacked RNN (num_layers > 1) stays per element. Training only: the exported graphs are the same.
         pad_token: Padding id in sources and targets.
         start_token: First decoder input.
     """
@@ -73,6 +77,7 @@ class NetConfig:
     embedding_dim: int | None = None
     dropout: float = 0.0
     embedding_dropout: float = 0.0
+    variational_dropout: bool = False
     pad_token: int = 0
     start_token: int = 0
 
@@ -93,6 +98,10 @@ class NetConfig:
                 raise ValueError(f"{flag}{name} must be in [0, 1), got {getattr(self, name)}")
         if self.context_rnn and not self.attention:
             raise ValueError(f"{flag}context_rnn reads attention's output: it needs {flag}attention true")
+        if self.variational_dropout and not (self.dropout or self.embedding_dropout):
+            raise ValueError(
+                f"{flag}variational_dropout shapes dropout masks: it needs {flag}dropout or {flag}embedding_dropout > 0"
+            )
         vocab = self.target_vocab_size
         if self.eos_token is not None and not 0 <= self.eos_token < vocab:
             raise ValueError(f"{flag}eos_token must be in [0, target_vocab_size={vocab}), got {self.eos_token}")
@@ -213,6 +222,21 @@ def upgrade_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
     return {"net": net, **flat}
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout; with `variational`, over (B, T, D) one mask (B, 1, D) per sequence, shared by its T steps."""
+
+    def __init__(self, p: float, variational: bool) -> None:
+        super().__init__(p)
+        self.variational = variational
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.variational and self.training and self.p > 0):
+            return super().forward(x)
+        keep = 1.0 - self.p
+        mask = x.new_empty(x.shape[0], 1, x.shape[-1]).bernoulli_(keep)  # (B, 1, D)
+        return x * mask.div_(keep)
+
+
 class TokenInput(nn.Module):
     """Token ids (...,) -> vectors (..., D): one-hot as in the tutorial (D = vocab), or a learned embedding."""
 
@@ -252,9 +276,9 @@ class Encoder(nn.Module):
         super().__init__()
         self.config = config
         self.input = TokenInput(config.source_vocab_size, config.embedding_dim)
-        self.input_dropout = nn.Dropout(config.embedding_dropout)
+        self.input_dropout = Dropout(config.embedding_dropout, config.variational_dropout)
         self.rnn = _rnn(config, self.input.dim, config.bidirectional)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout, config.variational_dropout)
         if config.bidirectional:
             # Bridge: both directions' final states of a layer -> that layer's decoder initial state.
             hidden = config.hidden_size
@@ -306,14 +330,14 @@ class Decoder(nn.Module):
         super().__init__()
         self.config = config
         self.input = TokenInput(config.target_vocab_size, config.embedding_dim)
-        self.input_dropout = nn.Dropout(config.embedding_dropout)
+        self.input_dropout = Dropout(config.embedding_dropout, config.variational_dropout)
         self.rnn = _rnn(config, self.input.dim, bidirectional=False)
         if config.attention:
             self.query = nn.Linear(config.hidden_size, config.memory_dim, bias=False)
             self.combine = nn.Linear(config.hidden_size + config.memory_dim, config.hidden_size)
         if config.context_rnn:
             self.context = CELLS[config.cell](config.hidden_size, config.hidden_size, batch_first=True)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout, config.variational_dropout)
         self.output = nn.Linear(config.hidden_size, config.target_vocab_size)
 
     def forward(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:

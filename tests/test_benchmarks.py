@@ -20,7 +20,15 @@ from conftest import REPO, REVERSE_YAML, text_pairs
 if str(REPO) not in sys.path:  # `python -m pytest` from the repo root has it; a bare `pytest` puts only tests/ there
     sys.path.insert(0, str(REPO))
 
-from benchmarks import ddp_speed, fit_memory, g2p_baselines, g2p_eval, train_speed, unknown_letter  # noqa: E402
+from benchmarks import (  # noqa: E402
+    ddp_speed,
+    dropout_speed,
+    fit_memory,
+    g2p_baselines,
+    g2p_eval,
+    train_speed,
+    unknown_letter,
+)
 
 
 def test_trainer_fit_does_exactly_the_plain_loops_work():
@@ -155,6 +163,41 @@ def test_ddp_speed_times_one_process_against_ddp_on_a_config(tmp_path, capsys):
     assert "  one process, " in out and "  DDP, 2 processes x 1 thread  " in out
     ratio = float(out.split("DDP trains ")[1].split("x")[0])
     assert ratio > 0
+
+
+def test_dropout_speed_times_per_element_variational_and_no_dropout_on_the_same_batches(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    assert dropout_speed.main(["--config", str(pair_config(tmp_path)), "--batches", "6", "--warmup", "1"]) == 0
+    assert torch.get_num_threads() == threads
+    out = capsys.readouterr().out
+    assert "dropout 0.3, embedding_dropout 0.0 (the config's variational_dropout: false); 1 thread(s)" in out
+    assert "training step, median over 6 steps" in out
+    rows = {line.strip().split("  ")[0]: line.split() for line in out.splitlines() if line.endswith("x")}
+    assert set(rows) == {"per element", "variational", "none"} and rows["variational"][-1] == "1.00x"
+    assert all(float(row[-3]) > 0 for row in rows.values())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batches", "0"], "--batches must be >= 1, got 0"),
+        (["--warmup", "40"], "--warmup 40 must be below the"),
+        (["--config", "absent.yaml"], "--config absent.yaml: cannot read it"),
+    ],
+)
+def test_bad_dropout_speed_flags_are_named(tmp_path, args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        dropout_speed.main(["--config", str(pair_config(tmp_path)), *args])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_dropout_speed_needs_a_net_with_dropout(tmp_path, capsys):
+    config = yaml.safe_load(pair_config(tmp_path).read_text())
+    config["model"]["net"]["dropout"] = 0.0
+    (tmp_path / "none.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as exit_:
+        dropout_speed.main(["--config", str(tmp_path / "none.yaml")])
+    assert exit_.value.code == 2 and "its net has no dropout to compare" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

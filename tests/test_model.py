@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from conftest import manual_greedy, net_config, padded_sources, run_python
 
 from lit_seq2seq import tasks
-from lit_seq2seq.model import NetConfig, Seq2Seq, TokenInput, shift_right
+from lit_seq2seq.model import Dropout, NetConfig, Seq2Seq, TokenInput, shift_right
 
 V, H, S, T = 9, 16, 7, 5  # vocab, hidden, longest source, decoder steps
 EOS = 1
@@ -358,6 +358,28 @@ def test_dropout_drops_embeddings_and_memory_in_training_only():
     assert not torch.equal(net.decoder(tokens, state)[0], net.decoder(tokens, state)[0])  # the decoder's inputs too
 
 
+def test_variational_dropout_drops_a_feature_at_every_step_or_none():
+    """One mask per sequence and feature, shared by the time steps, scaled by 1 / keep; per element without the flag;
+    eval mode (what decoding and export use) is the identity."""
+    x = torch.ones(64, 6, 10)  # (B, T, D)
+    for variational in (True, False):
+        torch.manual_seed(0)
+        y = Dropout(0.5, variational).train()(x)
+        assert set(y.unique().tolist()) == {0.0, 2.0}
+        assert torch.equal(y, y[:, :1].expand_as(y)) == variational
+        assert torch.equal(Dropout(0.5, variational).eval()(x), x)
+    torch.manual_seed(0)
+    net = make_net(attention=True, bidirectional=True, embedding_dim=8, dropout=0.5, variational_dropout=True).train()
+    memory = net.encode(padded_sources([S, S, S]))["memory"]  # (B, S, 2H), no padding: every step's output is nonzero
+    dropped = memory == 0
+    assert dropped.any() and torch.equal(dropped, dropped[:, :1].expand_as(dropped))
+    torch.manual_seed(0)
+    net = make_net(attention=True, embedding_dim=8, embedding_dropout=0.5, variational_dropout=True).train()
+    vectors = net.encoder.input_dropout(net.encoder.input(padded_sources([S, S])))  # (B, S, D)
+    dropped = vectors == 0
+    assert dropped.any() and torch.equal(dropped, dropped[:, :1].expand_as(dropped))
+
+
 # ------------------------------------------------------------------------------------------------- validation
 
 BAD_NETS = [
@@ -376,6 +398,11 @@ BAD_NETS = [
     (dict(eos_token=V), r"--model\.net\.eos_token must be in \[0, target_vocab_size=9\)"),
     (dict(pad_token=V), r"--model\.net\.pad_token must be a token id of both vocabularies"),
     (dict(context_rnn=True), r"--model\.net\.context_rnn reads attention's output: it needs --model\.net\.attention"),
+    (
+        dict(variational_dropout=True),
+        r"--model\.net\.variational_dropout shapes dropout masks: it needs --model\.net\.dropout or "
+        r"--model\.net\.embedding_dropout > 0",
+    ),
 ]
 
 
