@@ -113,6 +113,11 @@ class Seq2SeqModule(L.LightningModule):
                 )
         if not 0.0 <= teacher_forcing_ratio <= 1.0:
             raise ValueError(f"--model.teacher_forcing_ratio must be in [0, 1], got {teacher_forcing_ratio}")
+        if teacher_forcing_ratio < 1.0 and net.variational_dropout:  # a mask drawn per step is not one per sequence
+            raise ValueError(
+                "--model.teacher_forcing_ratio < 1 steps the decoder one token at a time, so --model.net."
+                "variational_dropout cannot share its masks across the steps: set one or the other"
+            )
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"--model.label_smoothing must be in [0, 1), got {label_smoothing}")
         # Only primitives go into hparams, so checkpoints load with torch.load(weights_only=True).

@@ -69,6 +69,14 @@ def test_bad_teacher_forcing_ratio_names_the_flag(ratio):
         Seq2SeqModule(net_config(V, hidden_size=H), teacher_forcing_ratio=ratio)
 
 
+def test_scheduled_sampling_refuses_variational_dropout():
+    """Stepping the decoder would draw a new mask each step: not one per sequence."""
+    net = net_config(V, hidden_size=H, dropout=0.2, variational_dropout=True)
+    with pytest.raises(ValueError, match=r"--model\.teacher_forcing_ratio < 1 steps the decoder .* --model\.net\."):
+        Seq2SeqModule(net, teacher_forcing_ratio=0.5)
+    Seq2SeqModule(net, teacher_forcing_ratio=1.0)  # teacher forcing: one parallel call, one mask per sequence
+
+
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 1.0])
 def test_teacher_forcing_ratio_bounds_are_accepted(ratio):
     assert Seq2SeqModule(net_config(V, hidden_size=H), teacher_forcing_ratio=ratio).teacher_forcing_ratio == ratio
