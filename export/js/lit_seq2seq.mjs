@@ -619,7 +619,12 @@ export class Seq2Seq {
 
   /** Decoded ids (a row as greedy returns it) -> text. */
   decodeText(ids) {
-    return this.decodeTokens(ids).join(this.meta.target_tokenizer === "char" ? "" : " ");
+    return this.joinTokens(this.decodeTokens(ids));
+  }
+
+  /** Target tokens -> text, joined as the target tokenizer splits (char: nothing between, space: one space). */
+  joinTokens(tokens) {
+    return tokens.join(this.meta.target_tokenizer === "char" ? "" : " ");
   }
 
   /** Decoded ids (a row as greedy returns it) -> its target tokens, up to the end token. */

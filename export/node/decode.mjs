@@ -172,7 +172,7 @@ async function main() {
       { twoGraph, allowUntrainedLengths },
     );
     const tokens = model.isText ? rows.map((row) => model.decodeTokens(row)) : null;
-    const out = model.isText ? rows.map((row) => model.decodeText(row)) : rows.map((row) => row.join(" "));
+    const out = model.isText ? tokens.map((row) => model.joinTokens(row)) : rows.map((row) => row.join(" "));
     await write(out.map((line) => `${line}\n`).join(""));
     batch.forEach((s, i) => {
       if (s.references === null) return;
