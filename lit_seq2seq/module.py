@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -85,8 +85,11 @@ class Seq2SeqModule(L.LightningModule):
         teacher_forcing_ratio: Probability of feeding the true previous token while training; below 1 the
             model's own prediction is fed otherwise (scheduled sampling, decoded step by step).
         optimizer: Optimizer, e.g. ``--model.optimizer Adam --model.optimizer.lr 0.003``.
-        lr_scheduler: Optional learning-rate scheduler, stepped every epoch; ReduceLROnPlateau after each
-            validation, on ``val/loss`` or the ``monitor`` of ``lightning.pytorch.cli.ReduceLROnPlateau``.
+        lr_scheduler: Optional learning-rate scheduler, stepped every epoch (or every optimizer step, see
+            ``lr_scheduler_interval``); ReduceLROnPlateau after each validation, on ``val/loss`` or the ``monitor`` of
+            ``lightning.pytorch.cli.ReduceLROnPlateau``.
+        lr_scheduler_interval: When the scheduler steps: ``epoch``, or ``step`` for schedules counted in optimizer
+            steps (``LinearLR``, ``OneCycleLR``, ``CosineAnnealingLR`` with ``total_iters``/``T_max`` in steps).
         label_smoothing: Label smoothing of the training loss (validation and test losses stay plain cross-entropy).
     """
 
@@ -96,6 +99,7 @@ class Seq2SeqModule(L.LightningModule):
         teacher_forcing_ratio: float = 1.0,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
@@ -111,6 +115,8 @@ class Seq2SeqModule(L.LightningModule):
                 raise TypeError(
                     f"--model.{flag} must be a class or callable taking {takes}, such as {example}, got {value!r}"
                 )
+        if lr_scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"--model.lr_scheduler_interval must be epoch or step, got {lr_scheduler_interval!r}")
         if not 0.0 <= teacher_forcing_ratio <= 1.0:
             raise ValueError(f"--model.teacher_forcing_ratio must be in [0, 1], got {teacher_forcing_ratio}")
         if teacher_forcing_ratio < 1.0 and net.variational_dropout:  # a mask drawn per step is not one per sequence
@@ -125,7 +131,7 @@ class Seq2SeqModule(L.LightningModule):
             {"net": net.to_dict(), "teacher_forcing_ratio": teacher_forcing_ratio, "label_smoothing": label_smoothing}
         )
         self.net = Seq2Seq(net)
-        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        self.optimizer, self.lr_scheduler, self.lr_scheduler_interval = optimizer, lr_scheduler, lr_scheduler_interval
         self.teacher_forcing_ratio, self.label_smoothing = teacher_forcing_ratio, label_smoothing
         self.metrics = torch.nn.ModuleDict({s: Seq2SeqMetrics(net.max_target_length) for s in ("val", "test")})
 
@@ -263,6 +269,13 @@ class Seq2SeqModule(L.LightningModule):
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             # Lightning steps it with a logged metric after each validation: lightning.pytorch.cli's subclass names
             # it (`monitor`); torch's own watches the validation loss.
+            if self.lr_scheduler_interval == "step":  # it waits for a metric that exists after validation only
+                raise ValueError(
+                    "ReduceLROnPlateau steps on a validation metric: leave --model.lr_scheduler_interval at epoch"
+                )
             monitor = getattr(scheduler, "monitor", None) or "val/loss"
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": monitor}}
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.lr_scheduler_interval},
+        }

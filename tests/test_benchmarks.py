@@ -152,6 +152,7 @@ def test_bad_benchmark_flags_are_named(args, message, capsys):
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a 2-process DDP launch, ~15 s; its flag checks stay in the default suite
 def test_ddp_speed_times_one_process_against_ddp_on_a_config(tmp_path, capsys):
     ema = {"class_path": "lit_seq2seq.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.9}}
     config = yaml.safe_load(pair_config(tmp_path, {"callbacks": [ema]}).read_text())

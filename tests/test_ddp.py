@@ -122,6 +122,7 @@ def test_ddp_nan_loss_on_one_rank_stops_every_rank_with_exit_1(tmp_path):
     assert last["global_step"] == 4 and all(torch.isfinite(v).all() for v in last["state_dict"].values())
 
 
+@pytest.mark.slow  # two processes, ~9 s; tests/test_callbacks.py covers the average in one process
 def test_ddp_with_the_weights_moving_average(tmp_path):
     """The average's deepcopy of the module used to fail under DDP ("cannot pickle '_thread.lock' object"); the
     epoch metrics are already reduced over the ranks, so Lightning's sync_dist advice is not printed."""
@@ -132,7 +133,8 @@ def test_ddp_with_the_weights_moving_average(tmp_path):
     assert last["global_step"] == 16 and any(not torch.equal(trained[k], average[k]) for k in average)
 
 
-@pytest.mark.parametrize("rank", [0, 1])
+# rank 1 getting the signal: ~17 s more of two processes; in the default suite rank 0, the usual target of `kill`
+@pytest.mark.parametrize("rank", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_ddp_sigterm_to_one_rank_stops_both_at_one_batch_then_resumes(rank, tmp_path):
     """`kill` of the fit's process: Lightning's handler broadcast from inside the signal handler and killed rank 1,
     which died of a gloo error (or both hung); now both stop after the same batch, with last.ckpt written there, and

@@ -471,6 +471,7 @@ def test_exit_137_mid_epoch_twice_then_resume_last(matrix_reference, tmp_path):
     assert_same_as(tmp_path, matrix_reference)
 
 
+@pytest.mark.slow  # two processes, ~9 s; the in-process matrix covers the same point (KILL_POINTS, step 19)
 def test_exit_137_right_after_an_epoch_end_checkpoint_then_resume_last(matrix_reference, tmp_path):
     # the case: with max_steps set, this resumed into batch 20/19 and ended with other weights
     _fit_killed(tmp_path, [], 19, "epoch")

@@ -170,6 +170,7 @@ def test_a_share_of_an_epoch_under_one_batch_is_one_line_exit_2(in_tmp, capsys):
     assert not list(in_tmp.rglob("*.ckpt")) and not list(in_tmp.glob("version_*"))
 
 
+@pytest.mark.slow  # a process of its own, ~6 s; the in-process NaN tests cover the stop and its message
 def test_a_diverging_learning_rate_exits_1_from_the_shell(tmp_path):
     # no injection: SGD with lr 1e38 overflows within a few steps
     args = [*FIT, "--model.optimizer", "SGD", "--model.optimizer.lr", "1e38", "--checkpoint.every_n_train_steps", "1"]

@@ -105,6 +105,11 @@ BAD_FLAGS = [
     (["--trainer.devices", "0"], "`Trainer(devices='0')` value is not a valid input using cpu accelerator"),
     (["--trainer.max_epochs", "-5"], "`max_epochs` must be a non-negative integer or -1"),
     (["--trainer.max_time", "garbage"], "`Timer(duration='garbage')` is not a valid duration"),
+    (["--model.lr_scheduler_interval", "batch"], "--model.lr_scheduler_interval"),
+    (
+        ["--model.lr_scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau", "--model.lr_scheduler_interval", "step"],
+        "ReduceLROnPlateau steps on a validation metric: leave --model.lr_scheduler_interval at epoch",
+    ),
     # reverse.yaml's Adam is fused: Lightning would refuse the clipping at the first step.
     (
         ["--trainer.precision", "bf16-mixed", "--trainer.gradient_clip_val", "1.0"],
@@ -549,3 +554,20 @@ def test_reduce_lr_on_plateau_steps_on_the_validation_metric(tmp_path, scheduler
     logged = [float(r[metric]) for r in read_metrics(tmp_path / "version_0") if r.get(metric)]
     assert len(logged) == 3 and len(set(logged)) > 1 and state["best"] == pytest.approx(best(logged[:2]))
     assert state["factor"] == 0.5 and state["last_epoch"] == 2
+
+
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+def test_lr_scheduler_interval_steps_the_schedule_per_epoch_or_per_optimizer_step(tmp_path, interval):
+    """A schedule counted in steps (LinearLR over 6 steps) reaches its end within the first epoch with `step`; with
+    `epoch` it has stepped once per epoch. The state is in last.ckpt, so a resume continues it."""
+    flags = [*QUICK_FIT, "--trainer.max_epochs", "2", "--model.lr_scheduler", "torch.optim.lr_scheduler.LinearLR"]
+    flags += ["--model.lr_scheduler.start_factor", "1", "--model.lr_scheduler.end_factor", "0.1"]
+    flags += ["--model.lr_scheduler.total_iters", "6"]
+    fit_in(tmp_path, *flags, "--model.lr_scheduler_interval", interval)
+    last = torch.load(tmp_path / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    state, steps = last["lr_schedulers"][0], last["global_step"]
+    assert steps > 6
+    assert state["last_epoch"] == (steps if interval == "step" else 2)
+    lr = last["optimizer_states"][0]["param_groups"][0]["lr"]
+    base = state["base_lrs"][0]
+    assert lr == pytest.approx(base * 0.1 if interval == "step" else base * (1 - 0.9 * 2 / 6))
