@@ -69,11 +69,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         loops[name] = work.plain("plain+same")
         steps[name], rng[name] = loops[name].steps(), loops[name].rng_state
     work.net = base
-    for line in work.describe():  # train_speed's sides are "ours", "plain" and "plain+same"; each side here is the last
-        if line.startswith("ours and plain+same: "):
-            line = "every side: " + line.split(": ", 1)[1].split("; plain: ")[0] + "; " + line.split("; all three: ")[1]
-        if not line.startswith("batches: "):  # all sides here get theirs before timing
-            print(line)
+    optimizer, recipe = work.recipe()
+    print(*work.data_and_net(), f"every side: {optimizer}; {recipe}", *work.not_reproduced(), sep="\n")
     print(
         f"dropout {base.dropout}, embedding_dropout {base.embedding_dropout} (the config's variational_dropout: "
         f"{str(base.variational_dropout).lower()}); {args.threads} thread(s)"

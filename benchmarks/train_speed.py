@@ -142,8 +142,9 @@ def make_trainer(
 class PlainLoop:
     """What a careful PyTorch user writes: per epoch, over its batches, teacher-forced forward, cross-entropy over the
     non-pad tokens (label-smoothed if asked), backward, gradient clipping by norm (if `clip`), optimizer step; the
-    scheduler steps per epoch. With `bf16`, forward and loss run under torch.autocast("cpu", torch.bfloat16) without
-    its weight cache, as Lightning's "bf16-mixed" runs a training step (with the cache, weights differ after a step)."""
+    scheduler steps per epoch, or per optimizer step with `per_step`. With `bf16`, forward and loss run under
+    torch.autocast("cpu", torch.bfloat16) without its weight cache, as Lightning's "bf16-mixed" runs a training step
+    (with the cache, weights differ after a step)."""
 
     def __init__(
         self,
@@ -153,11 +154,12 @@ class PlainLoop:
         limit_batches: int | None = None,
         clip: float | None = None,
         scheduler: Any = None,
+        per_step: bool = False,
         label_smoothing: float = 0.0,
         bf16: bool = False,
     ) -> None:
         self.net, self.optimizer, self.epoch_batches = net, optimizer, epoch_batches
-        self.limit_batches, self.clip, self.scheduler = limit_batches, clip, scheduler
+        self.limit_batches, self.clip, self.scheduler, self.per_step = limit_batches, clip, scheduler, per_step
         self.label_smoothing, self.bf16 = label_smoothing, bf16
         self.rng_state = torch.get_rng_state()  # where its dropout masks start: after the seeded construction
 
@@ -182,8 +184,10 @@ class PlainLoop:
                 if clip is not None:
                     torch.nn.utils.clip_grad_norm_(params, clip)
                 optimizer.step()
+                if self.scheduler is not None and self.per_step:
+                    self.scheduler.step()
                 yield
-            if self.scheduler is not None:
+            if self.scheduler is not None and not self.per_step:
                 self.scheduler.step()
 
 
@@ -251,7 +255,7 @@ class PairTask:
         data, model, trainer = (config.get(key) or {} for key in ("data", "model", "trainer"))
         if not str(data.get("class_path", "")).endswith("PairDataModule"):
             raise ValueError(f"{flag}: data.class_path must be lit_seq2seq.pairs.PairDataModule, got {data}")
-        unknown = set(model) - {"net", "optimizer", "lr_scheduler", "label_smoothing"}
+        unknown = set(model) - {"net", "optimizer", "lr_scheduler", "lr_scheduler_interval", "label_smoothing"}
         if unknown or trainer.get("gradient_clip_algorithm", "norm") != "norm":
             raise ValueError(f"{flag}: this benchmark does not reproduce model.{unknown or 'gradient_clip_algorithm'}")
         self.precision = None if trainer.get("precision") is None else str(trainer["precision"])
@@ -274,6 +278,7 @@ class PairTask:
         schedule = model.get("lr_scheduler")
         self.scheduler_class = _class(schedule["class_path"], f"{flag}: model.lr_scheduler") if schedule else None
         self.scheduler_args = dict((schedule or {}).get("init_args") or {})
+        self.interval = model.get("lr_scheduler_interval", "epoch")
         self.clip = trainer.get("gradient_clip_val")
         # one process on every side, without the config's callbacks (the weights' moving average): the same work
         self.left_out = [f"trainer.{k}: {trainer[k]}" for k in ("strategy", "devices") if k in trainer]
@@ -289,12 +294,10 @@ class PairTask:
         loader.sampler.set_epoch(epoch)  # as Lightning's fit loop does before each epoch
         return list(itertools.islice(loader, self.limit_batches))
 
-    def describe(self) -> list[str]:
+    def data_and_net(self) -> list[str]:
+        """The train file, its batches and the net: one line each."""
         data, net = self.data, self.net
         sizes = [len(s) for s, _ in self.epochs[0]]
-        clip = f", gradient clipping at norm {self.clip}" if self.clip else ""
-        schedule = f", {self.scheduler_class.__name__}({self.scheduler_args}) per epoch" if self.scheduler_class else ""
-        work = f"precision {self.precision or '32-true'}, label smoothing {self.label_smoothing}"
         widths = [s.shape[1] for s, _ in self.epochs[0]]
         return [
             f"{self.config_path}: {data.files['train']}, {len(data.datasets['train'])} pairs, batch {data.batch_size}"
@@ -304,11 +307,32 @@ class PairTask:
             f"{' + attention' if net.attention else ''}, embedding {net.embedding_dim}, vocabularies "
             f"{net.source_vocab_size}/{net.target_vocab_size}, {net.max_target_length} target steps, "
             f"{net.parameter_count():,} weights",
-            f"ours and plain+same: {self.optimizer_class.__name__}({self.optimizer_args}){schedule}{clip}; "
-            f"plain: Adam({{'lr': {self.lr}}}); all three: {work}",
+        ]
+
+    def recipe(self) -> tuple[str, str]:
+        """The config's optimizer with its schedule and clipping; the precision and label smoothing."""
+        clip = f", gradient clipping at norm {self.clip}" if self.clip else ""
+        schedule = (
+            f", {self.scheduler_class.__name__}({self.scheduler_args}) per {self.interval}"
+            if self.scheduler_class
+            else ""
+        )
+        optimizer = f"{self.optimizer_class.__name__}({self.optimizer_args}){schedule}{clip}"
+        return optimizer, f"precision {self.precision or '32-true'}, label smoothing {self.label_smoothing}"
+
+    def describe(self) -> list[str]:
+        optimizer, work = self.recipe()
+        return [
+            *self.data_and_net(),
+            f"ours and plain+same: {optimizer}; plain: Adam({{'lr': {self.lr}}}); all three: {work}",
             f"batches: taken from the data module's train_dataloader before timing ({self.fetch_seconds:.2f} s, "
             "which ours spends inside its timed epoch and the plain loops do not)",
-        ] + ([f"not reproduced on any side (one process each): {', '.join(self.left_out)}"] if self.left_out else [])
+            *self.not_reproduced(),
+        ]
+
+    def not_reproduced(self) -> list[str]:
+        """The config's settings no side reproduces (one process each): one line, or none."""
+        return [f"not reproduced on any side (one process each): {', '.join(self.left_out)}"] if self.left_out else []
 
     def _optimizer(self, params: Iterable[Tensor]) -> torch.optim.Optimizer:
         return self.optimizer_class(params, **self.optimizer_args)
@@ -320,7 +344,11 @@ class PairTask:
         torch.manual_seed(self.seed)
         schedule = self._scheduler if self.scheduler_class else None
         module = Seq2SeqModule(
-            self.net, optimizer=self._optimizer, lr_scheduler=schedule, label_smoothing=self.label_smoothing
+            self.net,
+            optimizer=self._optimizer,
+            lr_scheduler=schedule,
+            lr_scheduler_interval=self.interval,
+            label_smoothing=self.label_smoothing,
         )
         return make_trainer(callbacks, self.limit_batches, self.clip, self.precision), module, self.data
 
@@ -332,7 +360,8 @@ class PairTask:
             return PlainLoop(net, torch.optim.Adam(net.parameters(), lr=self.lr), self.epochs.__getitem__, **work)
         optimizer = self._optimizer(net.parameters())
         scheduler = self._scheduler(optimizer) if self.scheduler_class else None
-        return PlainLoop(net, optimizer, self.epochs.__getitem__, clip=self.clip, scheduler=scheduler, **work)
+        work |= {"clip": self.clip, "scheduler": scheduler, "per_step": self.interval == "step"}
+        return PlainLoop(net, optimizer, self.epochs.__getitem__, **work)
 
     test = None  # the weight checks prove the work; decoding after part of an epoch would say little
 

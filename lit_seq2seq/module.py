@@ -261,6 +261,25 @@ class Seq2SeqModule(L.LightningModule):
                     f"NetConfig from the data module's sizes (NetConfig({name}=data.{name}, ...))"
                 )
 
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: Any = None,
+    ) -> None:
+        # Lightning's mixed-precision plugin refuses to clip for an optimizer that unscales its gradients itself (a
+        # fused one), even under bf16-mixed, which has no grad scaler: the gradients are the true ones, so clip
+        # them as Lightning's fp32 path does (torch.nn.utils over the optimizer's parameters).
+        fused = any(group.get("fused") for group in optimizer.param_groups)
+        if not (gradient_clip_val and fused and self.trainer.precision == "bf16-mixed"):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if str(gradient_clip_algorithm or "norm").lower() == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer(self.parameters())
         if self.lr_scheduler is None:

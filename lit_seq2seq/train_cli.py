@@ -624,8 +624,9 @@ def _check_writable(root: str | os.PathLike, parser: LightningArgumentParser) ->
 
 
 def _check_fused_clipping(config: Namespace, parser: LightningArgumentParser) -> None:
-    """Lightning's mixed-precision plugin refuses, at the first step, to clip the gradients of a fused optimizer
-    (even under bf16, which has no grad scaler); say so before anything starts, naming the flags."""
+    """Lightning's fp16 mixed-precision plugin cannot clip the gradients of a fused optimizer, which unscales them
+    inside its step, and refuses at the first step; say so before anything starts, naming the flags. (Under
+    bf16-mixed, which has no grad scaler, Seq2SeqModule.configure_gradient_clipping clips them.)"""
     optimizer = config.model.get("optimizer")
     init_args = optimizer.get("init_args") if isinstance(optimizer, Namespace) else None
     precision = str(config.trainer.get("precision"))
@@ -633,10 +634,10 @@ def _check_fused_clipping(config: Namespace, parser: LightningArgumentParser) ->
         isinstance(init_args, Namespace)
         and init_args.get("fused")
         and config.trainer.get("gradient_clip_val")
-        and precision in ("16", "bf16", "16-mixed", "bf16-mixed")
+        and precision in ("16", "16-mixed")
     ):
         parser.error(
             f"--trainer.gradient_clip_val {config.trainer.gradient_clip_val} cannot be combined with a fused optimizer "
-            f"(--model.optimizer.fused true) under --trainer.precision {precision}: Lightning does not clip gradients "
-            "that the optimizer unscales itself. Pass --model.optimizer.fused false, or drop the clipping."
+            f"(--model.optimizer.fused true) under --trainer.precision {precision}: the optimizer unscales the "
+            "gradients inside its step, after the clipping. Pass --model.optimizer.fused false, or drop the clipping."
         )

@@ -106,6 +106,20 @@ def test_pair_mode_trains_every_side_on_the_data_modules_batches(tmp_path):
     assert all(s > 0 for s in seconds.values())
 
 
+def test_pair_mode_steps_a_per_step_schedule_on_every_side(tmp_path):
+    """model.lr_scheduler_interval step: ours and plain+same halve the rate after every optimizer step (gamma 0.5),
+    so they end with the same weights, and not those of the per-epoch schedule."""
+    nets = {}
+    for interval in ("epoch", "step"):
+        work = train_speed.PairTask(
+            str(pair_config(tmp_path, model={"lr_scheduler_interval": interval})), limit_batches=4
+        )
+        assert f"ExponentialLR({{'gamma': 0.5}}) per {interval}" in "\n".join(work.describe())
+        _, nets[interval] = train_speed.run_interleaved(work)
+        assert train_speed.max_weight_diff(nets[interval]["ours"], nets[interval]["plain+same"]) == 0.0
+    assert train_speed.max_weight_diff(nets["step"]["ours"], nets["epoch"]["ours"]) > 0.0
+
+
 def test_pair_mode_reproduces_bf16_mixed_precision_and_label_smoothing(tmp_path):
     """A config's trainer.precision bf16-mixed and model.label_smoothing are part of the work every side does: ours
     (Lightning's autocast) and plain+same (torch.autocast around forward and loss) still end bit-identical."""

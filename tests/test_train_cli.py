@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any, ClassVar
 
+import lightning as L
 import onnx
 import pytest
 import torch
@@ -110,9 +112,9 @@ BAD_FLAGS = [
         ["--model.lr_scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau", "--model.lr_scheduler_interval", "step"],
         "ReduceLROnPlateau steps on a validation metric: leave --model.lr_scheduler_interval at epoch",
     ),
-    # reverse.yaml's Adam is fused: Lightning would refuse the clipping at the first step.
+    # reverse.yaml's Adam is fused: under fp16 it unscales the gradients inside its step, after any clipping
     (
-        ["--trainer.precision", "bf16-mixed", "--trainer.gradient_clip_val", "1.0"],
+        ["--trainer.precision", "16-mixed", "--trainer.gradient_clip_val", "1.0"],
         "--trainer.gradient_clip_val 1.0 cannot be combined with a fused optimizer (--model.optimizer.fused true)",
     ),
 ]
@@ -127,10 +129,29 @@ def test_bad_flags_exit_2_naming_the_flag(flags, message, in_tmp, capsys):
     assert not (in_tmp / "runs").exists()  # refused before the trainer started
 
 
-def test_clipping_under_mixed_precision_runs_with_fused_off(in_tmp):
-    flags = ["--model.optimizer.fused", "false", "--trainer.precision", "bf16-mixed"]
-    flags += ["--trainer.gradient_clip_val", "1"]
-    run_cli(["fit", "--config", REVERSE_YAML, *flags, "--trainer.fast_dev_run", "2", *root_args(in_tmp / "runs")])
+class GradNorms(L.Callback):
+    """The gradients' total norm after each optimizer step: what the step was given, clipped or not."""
+
+    seen: ClassVar[list[float]] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        GradNorms.seen.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+
+@pytest.mark.parametrize("fused", ["true", "false"])
+def test_clipping_under_bf16_mixed_precision_with_and_without_a_fused_optimizer(fused, in_tmp):
+    """Lightning's bf16-mixed plugin refuses to clip for a fused optimizer (it has no grad scaler to unscale with,
+    so the gradients are the true ones): the module clips them itself, as it does for an unfused one."""
+    flags = ["--model.optimizer.fused", fused, "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "3"]
+    flags += ["--data.train_size", "256", "--data.val_size", "32", "--trainer.callbacks+=test_train_cli.GradNorms"]
+    norms = {}
+    for clip in ("null", "0.05"):
+        GradNorms.seen.clear()
+        run_cli(["fit", "--config", REVERSE_YAML, *flags, "--trainer.gradient_clip_val", clip, *root_args(in_tmp)])
+        norms[clip] = list(GradNorms.seen)
+    assert len(norms["0.05"]) == 3 and min(norms["null"]) > 0.1  # unclipped, well above the clip
+    assert all(n == pytest.approx(0.05, rel=1e-3) for n in norms["0.05"])
 
 
 @pytest.mark.parametrize("flags", [["--data.nope", "1"], ["--model.nope", "1"], ["--trainer.nope", "1"]])
