@@ -275,7 +275,8 @@ class Seq2SeqModule(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        if str(gradient_clip_algorithm or "norm").lower() == "value":
+        if gradient_clip_algorithm is not None and gradient_clip_algorithm == "value":  # a str enum: its str() is
+            # "GradClipAlgorithmType.VALUE"; its == compares the value
             torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
         else:
             torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)

@@ -17,7 +17,20 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from lit_seq2seq.data import ResumableSampler, ShardSampler, _already_batched, train_position
 from lit_seq2seq.pairfiles import PairFile, Side, header_line, pad_rows, read_pairs, rows_with_unknown, to_vocab_ids
 from lit_seq2seq.tasks import check_memory
-from lit_seq2seq.text import EOS_ID, TEXT_KEY, UNK_ID, TextSpec, Tokenizer, Vocab, read_text_entry, show_token
+from lit_seq2seq.text import (
+    EOS_ID,
+    EOS_STR,
+    PAD_STR,
+    RESERVED,
+    TEXT_KEY,
+    UNK_ID,
+    UNK_STR,
+    TextSpec,
+    Tokenizer,
+    Vocab,
+    read_text_entry,
+    show_token,
+)
 
 SPLITS = ("train", "val", "test", "predict")
 ABSENT = -1  # a reference slot a source does not use
@@ -346,8 +359,8 @@ class PairDataModule(L.LightningDataModule):
                 f"{self._train_flag()}: --data.skip_long skipped all {self.skipped['train']} training pairs: every one "
                 "is longer than --data.max_source_tokens/--data.max_target_tokens; raise them"
             )
-        source_vocab = _vocab(train.source, self.unknown_source == "unk", train.where(0))
-        target_vocab = _vocab(train.target, False, train.where(0))
+        source_vocab = _vocab(train, "source", self.unknown_source == "unk")
+        target_vocab = _vocab(train, "target", False)
         spec = TextSpec(self.tokenizers["source"], self.tokenizers["target"], source_vocab, target_vocab)
         lengths = train.source.lengths
         self._lengths = {
@@ -634,12 +647,22 @@ def checkpoint_text(path: str) -> tuple[TextSpec, dict[str, int]]:
     return spec, {"source": longest, "min_source": shortest, "target": steps - 1}  # the decoder's steps less the end
 
 
-def _vocab(side: Side, unk: bool, where: str) -> Vocab:
-    used = np.unique(side.ids)
-    try:
-        return Vocab.build((str(t) for t in side.table[used]), unk=unk)
-    except ValueError as error:
-        raise ValueError(f"{where.rsplit(':', 1)[0]}: {error}") from None
+def _vocab(pairs: PairFile, side: str, unk: bool) -> Vocab:
+    """The vocabulary of one side of the training pairs; a reserved token in them is a ValueError naming its line."""
+    tokens: Side = getattr(pairs, side)
+    used = np.unique(tokens.ids)
+    table = tokens.table[used]
+    for token in (*RESERVED, UNK_STR) if unk else RESERVED:
+        hits = np.flatnonzero(table == token)
+        if len(hits):
+            position = np.flatnonzero(tokens.ids == used[hits[0]])[0]
+            row = int(np.searchsorted(tokens.offsets, position, side="right")) - 1
+            role = {PAD_STR: "padding", EOS_STR: "end", UNK_STR: "unknown-token (--data.unknown_source unk)"}[token]
+            raise ValueError(
+                f"{pairs.where(row)}: the {side} holds {token!r}, the vocabulary's reserved {role} token; it cannot "
+                "be told from the reserved id"
+            )
+    return Vocab.build((str(t) for t in table), unk=unk)
 
 
 def _select(pairs: PairFile, rows: np.ndarray) -> PairFile:

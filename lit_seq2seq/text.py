@@ -98,7 +98,7 @@ class Vocab:
         """The vocabulary of `tokens` (any iterable of token strings, repeats allowed)."""
         head = (*RESERVED, UNK_STR) if unk else RESERVED
         seen = set(tokens)
-        clash = sorted(seen & {PAD_STR, EOS_STR, UNK_STR})
+        clash = sorted(seen & set(head))  # without unk, "<unk>" is a token like any other
         if clash:
             raise ValueError(f"the data holds the reserved token {clash[0]!r}; it cannot be told from the reserved id")
         return cls((*head, *sorted(seen)), unk)

@@ -108,6 +108,14 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
             expected, key, value = optional.groups()
             message = f"--data.{key} must be {_expected(expected)} or null, got {value.strip(chr(39))}"
         prog = self.settled or self.prog.replace(" [options]", "")
+        # An unknown key in a --config file: the top parser says so about the subcommand, after its ~90-line usage.
+        unknown_key = self.exit_on_error and re.fullmatch(r"Subcommand '(\w+)' does not accept option '(.+)'", message)
+        if unknown_key:
+            command, key = unknown_key.groups()
+            prog = f"{prog.split()[0]} {command}"
+            message = (
+                f"no option {key} (a key of a --config file, or of a dict given to a flag; {prog} --help lists them)"
+            )
         if self.exit_on_error and prog.split()[-1] in LIGHTNING_COMMANDS:  # a subcommand's usage is ~90 lines
             help_hint = "" if self.settled or "help" in message else f" ({prog} --help lists the options)"
             print(f"{prog}: error: {message}{help_hint}", file=sys.stderr, flush=True)

@@ -71,6 +71,31 @@ def test_vocabularies_and_lengths_come_from_the_training_split_only(tmp_path):
     assert val.target.tolist() == [[4, 2, 3, 1], [2, 1, 0, 0]]
 
 
+@pytest.mark.parametrize(
+    ("train", "unknown_source", "message"),
+    [
+        (["a b\tA", "a </s>\tB"], "error", ":2: the source holds '</s>', the vocabulary's reserved end token"),
+        (["a b\tA <pad>", "a\tB"], "error", ":1: the target holds '<pad>', the vocabulary's reserved padding token"),
+        (["a\tA", "b <unk>\tB"], "unk", ":2: the source holds '<unk>', the vocabulary's reserved unknown-token"),
+    ],
+)
+def test_a_reserved_token_in_the_training_pairs_is_refused_naming_its_line(tmp_path, train, unknown_source, message):
+    data = module(tmp_path, train, source_tokenizer="space", unknown_source=unknown_source)
+    with pytest.raises(ValueError) as info:
+        data.load()
+    assert str(info.value).startswith(f"--data.train_file {tmp_path / 'train.tsv'}{message}")
+
+
+def test_a_literal_unk_is_an_ordinary_token_where_the_vocabulary_has_no_unk_id(tmp_path):
+    """The reserved ids are 0 <pad>, 1 </s> and, with --data.unknown_source unk, 2 <unk> in the source vocabulary: a
+    target (or a source without unk) may hold the text "<unk>" like any other token."""
+    data = module(tmp_path, ["a <unk>\tA <unk>", "b\tB"], source_tokenizer="space")
+    data.load()
+    assert data.text_spec.source_vocab.tokens == ("<pad>", "</s>", "<unk>", "a", "b")
+    assert not data.text_spec.source_vocab.has_unk
+    assert data.text_spec.target_vocab.tokens == ("<pad>", "</s>", "<unk>", "A", "B")
+
+
 def test_val_pairs_whose_target_the_model_cannot_produce_are_an_error_or_skipped_and_counted(tmp_path, caplog):
     train, val = ["abc\tA B C", "ba\tB A"], ["ca\tC X", "ab\tA B", "ab\tA X Y", "cb\tC B"]
     with pytest.raises(ValueError) as info:

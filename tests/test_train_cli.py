@@ -130,28 +130,34 @@ def test_bad_flags_exit_2_naming_the_flag(flags, message, in_tmp, capsys):
 
 
 class GradNorms(L.Callback):
-    """The gradients' total norm after each optimizer step: what the step was given, clipped or not."""
+    """The gradients' total norm and largest magnitude after each optimizer step: what the step was given."""
 
-    seen: ClassVar[list[float]] = []
+    seen: ClassVar[list[tuple[float, float]]] = []
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
-        GradNorms.seen.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        grads = torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
+        GradNorms.seen.append((float(grads.norm()), float(grads.abs().max())))
 
 
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
 @pytest.mark.parametrize("fused", ["true", "false"])
-def test_clipping_under_bf16_mixed_precision_with_and_without_a_fused_optimizer(fused, in_tmp):
+def test_clipping_under_bf16_mixed_precision_with_and_without_a_fused_optimizer(fused, algorithm, in_tmp):
     """Lightning's bf16-mixed plugin refuses to clip for a fused optimizer (it has no grad scaler to unscale with,
-    so the gradients are the true ones): the module clips them itself, as it does for an unfused one."""
+    so the gradients are the true ones): the module clips them itself, as it does for an unfused one, by the norm or
+    by the value --trainer.gradient_clip_algorithm names."""
     flags = ["--model.optimizer.fused", fused, "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "3"]
     flags += ["--data.train_size", "256", "--data.val_size", "32", "--trainer.callbacks+=test_train_cli.GradNorms"]
-    norms = {}
-    for clip in ("null", "0.05"):
+    flags += ["--trainer.gradient_clip_algorithm", algorithm]
+    seen = {}
+    for clip in ("null", "0.002"):
         GradNorms.seen.clear()
         run_cli(["fit", "--config", REVERSE_YAML, *flags, "--trainer.gradient_clip_val", clip, *root_args(in_tmp)])
-        norms[clip] = list(GradNorms.seen)
-    assert len(norms["0.05"]) == 3 and min(norms["null"]) > 0.1  # unclipped, well above the clip
-    assert all(n == pytest.approx(0.05, rel=1e-3) for n in norms["0.05"])
+        seen[clip] = list(GradNorms.seen)
+    assert len(seen["0.002"]) == 3 and min(largest for _, largest in seen["null"]) > 0.02  # unclipped: well above
+    if algorithm == "norm":
+        assert all(norm == pytest.approx(0.002, rel=1e-3) for norm, _ in seen["0.002"])
+    else:  # every gradient value within +-0.002, some at the bound, the norm above 0.002
+        assert all(largest == pytest.approx(0.002) and norm > 0.004 for norm, largest in seen["0.002"])
 
 
 @pytest.mark.parametrize("flags", [["--data.nope", "1"], ["--model.nope", "1"], ["--trainer.nope", "1"]])
@@ -165,6 +171,11 @@ def test_unknown_key_in_yaml_exits_2(in_tmp, capsys):
     config.write_text(REVERSE_YAML.read_text() + "  nope: 1\n")  # lands under model:
     code, err = cli_exit(["fit", "--config", config, *root_args(in_tmp)], capsys)
     assert code == 2 and "nope" in err
+    # one line, not the subcommand's ~90 lines of usage first
+    assert err.strip() == (
+        "lit-seq2seq fit: error: no option model.nope (a key of a --config file, or of a dict given to a flag; "
+        "lit-seq2seq fit --help lists them)"
+    )
 
 
 PAIRS = ["--data", "PairDataModule", "--data.train_file", "train.tsv"]
