@@ -13,7 +13,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from torchmetrics import Metric
 
-from lit_seq2seq.checkpoint import NonFiniteError
+from lit_seq2seq.checkpoint import NonFiniteError, SettingError
 from lit_seq2seq.metrics import Scores, score
 from lit_seq2seq.model import NetConfig, Seq2Seq, shift_right
 from lit_seq2seq.search import to_width
@@ -128,7 +128,12 @@ class Seq2SeqModule(L.LightningModule):
             raise ValueError(f"--model.label_smoothing must be in [0, 1), got {label_smoothing}")
         # Only primitives go into hparams, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters(
-            {"net": net.to_dict(), "teacher_forcing_ratio": teacher_forcing_ratio, "label_smoothing": label_smoothing}
+            {
+                "net": net.to_dict(),
+                "teacher_forcing_ratio": teacher_forcing_ratio,
+                "label_smoothing": label_smoothing,
+                "lr_scheduler_interval": lr_scheduler_interval,  # a resume must keep it (the CLI checks)
+            }
         )
         self.net = Seq2Seq(net)
         self.optimizer, self.lr_scheduler, self.lr_scheduler_interval = optimizer, lr_scheduler, lr_scheduler_interval
@@ -295,7 +300,32 @@ class Seq2SeqModule(L.LightningModule):
                 )
             monitor = getattr(scheduler, "monitor", None) or "val/loss"
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": monitor}}
+        self._check_schedule_length(scheduler)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.lr_scheduler_interval},
         }
+
+    def _check_schedule_length(self, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+        """OneCycleLR raises when stepped past its total_steps: mid-fit, after hours maybe. Refuse the fit at its start
+        when it plans more steps (or epochs, stepped per epoch) than the schedule has."""
+        total = getattr(scheduler, "total_steps", None)
+        if total is None:
+            return
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached: the CLI's early check of the flags, before any fit
+            return
+        if self.lr_scheduler_interval == "step":
+            planned, unit, stop = trainer.estimated_stepping_batches, "optimizer steps", "--trainer.max_steps"
+        else:
+            planned, unit, stop = trainer.max_epochs, "epochs", "--trainer.max_epochs"
+            planned = math.inf if planned is None or planned < 0 else planned
+        if planned > total:
+            planned = "unbounded" if math.isinf(planned) else int(planned)
+            raise SettingError(
+                f"--model.lr_scheduler {type(scheduler).__name__} has {total} steps (total_steps, or epochs x "
+                f"steps_per_epoch) and fails when stepped past them, but this fit plans {planned} {unit} "
+                f"(--model.lr_scheduler_interval {self.lr_scheduler_interval}): raise them, or stop the fit there "
+                f"with {stop} {total}"
+            )

@@ -490,6 +490,7 @@ class Seq2SeqCLI(LightningCLI):
         for key, value in saved_model.items():
             if key not in ("net", "_instantiator") and ours_model.get(key, value) != value:
                 differ.append(f"--model.{key} {ours_model[key]} (checkpoint: {value})")
+        differ += _optimizer_differences(self.model, checkpoint)
         if differ:
             self.parser.error(
                 f"--ckpt_path {ckpt_path}: a resumed fit must keep the settings it was trained with, but "
@@ -629,6 +630,66 @@ def _check_writable(root: str | os.PathLike, parser: LightningArgumentParser) ->
     if not os.access(existing, os.W_OK | os.X_OK):
         why = "read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY else "permission denied"
         parser.error(f"--trainer.default_root_dir {root}: cannot write into {existing} ({why}); pass a writable folder")
+
+
+# A scheduler's progress, not its settings (and what torch derives from them).
+SCHEDULER_STATE = {"base_lrs", "last_epoch", "_step_count", "_is_initial", "_get_lr_called_within_step", "_last_lr"}
+SCHEDULER_STATE |= {"best", "num_bad_epochs", "cooldown_counter", "mode_worse", "_schedule_phases", "verbose"}
+
+
+def _optimizer_differences(model: Seq2SeqModule, checkpoint: dict[str, Any]) -> list[str]:
+    """The optimizer and scheduler flags of a resumed fit that differ from those its checkpoint trained with.
+
+    Lightning loads the checkpoint's optimizer and scheduler state over the new ones: a changed learning rate was
+    dropped without a word, a changed or removed schedule went on from a state it never had. Compared: the
+    optimizer's constructor settings (its param group), the scheduler's settings (its state_dict less its progress)
+    and the initial learning rate; the interval is a hyperparameter, compared with the others."""
+    saved_optimizers, saved_schedulers = checkpoint.get("optimizer_states") or [], checkpoint.get("lr_schedulers")
+    if len(saved_optimizers) != 1 or saved_schedulers is None:  # not a checkpoint of our fit's layout
+        return []
+    configured = model.configure_optimizers()
+    optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
+    scheduler = configured["lr_scheduler"]["scheduler"] if isinstance(configured, dict) else None
+    saved, ours = saved_optimizers[0]["param_groups"][0], optimizer.param_groups[0]
+    name = type(scheduler).__name__ if scheduler is not None else "null"
+    if bool(saved_schedulers) != (scheduler is not None):
+        return [f"--model.lr_scheduler {name} (checkpoint: {'a schedule' if saved_schedulers else 'none'})"]
+    if not set(optimizer.defaults) <= set(saved):
+        return [f"--model.optimizer {type(optimizer).__name__} (checkpoint: another optimizer)"]
+    # a schedule moves the rate (OneCycleLR the momentum too): its starting point, initial_lr, is the setting then
+    moved = {"lr", "betas", "momentum"} if getattr(scheduler, "cycle_momentum", False) else {"lr"}
+    differ = [
+        f"--model.optimizer.{key} {ours[key]} (checkpoint: {saved[key]})"
+        for key in optimizer.defaults
+        if key not in moved and not _same(ours[key], saved[key])
+    ]
+    if scheduler is None and not _same(ours["lr"], saved["lr"]):
+        differ.append(f"--model.optimizer.lr {ours['lr']} (checkpoint: {saved['lr']})")
+    for key in sorted(set(ours) - set(optimizer.defaults) - {"params"}):  # what the schedule set: initial_lr, max_lr
+        if key in saved and not _same(ours[key], saved[key]):
+            flag = (
+                "--model.optimizer.lr"
+                if key == "initial_lr" and "max_lr" not in ours
+                else f"--model.lr_scheduler.{key}"
+            )
+            differ.append(f"{flag} {ours[key]} (checkpoint: {saved[key]})")
+    if scheduler is not None:
+        state, saved_state = scheduler.state_dict(), saved_schedulers[0]
+        if set(state) != set(saved_state):
+            return [*differ, f"--model.lr_scheduler {name} (checkpoint: another schedule)"]
+        differ += [
+            f"--model.lr_scheduler.{key} {state[key]} (checkpoint: {saved_state[key]})"
+            for key in sorted(set(state) - SCHEDULER_STATE)
+            if not _same(state[key], saved_state[key])
+        ]
+    return differ
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal settings, a tuple and the list a checkpoint may hold it as alike."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 def _check_fused_clipping(config: Namespace, parser: LightningArgumentParser) -> None:

@@ -43,7 +43,7 @@ def test_module_builds_the_net_from_primitive_hparams():
     assert (config.source_vocab_size, config.max_target_length, config.eos_token) == (V, T, EOS)
     assert config.cell == "gru" and config.num_layers == 2 and config.hidden_size == H
     assert "optimizer" not in module.hparams and "lr_scheduler" not in module.hparams
-    assert set(module.hparams) == {"net", "teacher_forcing_ratio", "label_smoothing"}
+    assert set(module.hparams) == {"net", "teacher_forcing_ratio", "label_smoothing", "lr_scheduler_interval"}
     assert all(isinstance(v, (int, float, str, bool, type(None))) for v in module.hparams["net"].values())
     assert NetConfig.from_hparams(module.hparams) == config
 

@@ -603,3 +603,55 @@ def test_lr_scheduler_interval_steps_the_schedule_per_epoch_or_per_optimizer_ste
     lr = last["optimizer_states"][0]["param_groups"][0]["lr"]
     base = state["base_lrs"][0]
     assert lr == pytest.approx(base * 0.1 if interval == "step" else base * (1 - 0.9 * 2 / 6))
+
+
+@pytest.mark.parametrize(
+    ("interval", "total", "message"),
+    [
+        ("step", "10", "has 10 steps (total_steps, or epochs x steps_per_epoch) and fails when stepped past them, but "
+         "this fit plans 12 optimizer steps (--model.lr_scheduler_interval step): raise them, or stop the fit there "
+         "with --trainer.max_steps 10"),
+        ("epoch", "2", "but this fit plans 3 epochs (--model.lr_scheduler_interval epoch): raise them, or stop the fit "
+         "there with --trainer.max_epochs 2"),
+    ],
+)  # fmt: skip
+def test_a_one_cycle_schedule_shorter_than_the_fit_is_refused_before_training(interval, total, message, in_tmp, capsys):
+    """OneCycleLR raised "Tried to step 11 times" with a traceback after the steps it had, mid-fit."""
+    flags = [*QUICK_FIT, "--trainer.max_epochs", "3", "--model.lr_scheduler", "torch.optim.lr_scheduler.OneCycleLR"]
+    flags += ["--model.lr_scheduler.max_lr", "0.01", "--model.lr_scheduler_interval", interval]
+    code, err = cli_exit(["fit", *flags, "--model.lr_scheduler.total_steps", total, *root_args(in_tmp)], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("lit-seq2seq fit: error: --model.lr_scheduler OneCycleLR has ") and message in err
+    assert not list(in_tmp.rglob("*.ckpt"))
+    enough = {"step": "12", "epoch": "3"}[interval]
+    fit_in(in_tmp / "ok", *flags, "--model.lr_scheduler.total_steps", enough)
+    last = torch.load(in_tmp / "ok" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["lr_schedulers"][0]["last_epoch"] == int(enough)
+
+
+SCHEDULED = [*TINY_FIT, "--model.lr_scheduler", "torch.optim.lr_scheduler.ExponentialLR"]
+SCHEDULED += ["--model.lr_scheduler.gamma", "0.5", "--trainer.max_epochs", "1"]
+CHANGED_RECIPES = [
+    (["--model.optimizer.lr", "0.02"], "--model.optimizer.lr 0.02 (checkpoint: 0.01)"),
+    (["--model.optimizer.weight_decay", "0.1"], "--model.optimizer.weight_decay 0.1 (checkpoint: 0.0)"),
+    (["--model.optimizer", "SGD", "--model.optimizer.lr", "0.01"], "--model.optimizer SGD (checkpoint: another opt"),
+    (["--model.lr_scheduler.gamma", "0.7"], "--model.lr_scheduler.gamma 0.7 (checkpoint: 0.5)"),
+    (["--model.lr_scheduler_interval", "step"], "--model.lr_scheduler_interval step (checkpoint: epoch)"),
+    (["--model.lr_scheduler", "null"], "--model.lr_scheduler null (checkpoint: a schedule)"),
+    (["--model.lr_scheduler", "LinearLR"], "--model.lr_scheduler LinearLR (checkpoint: another schedule)"),
+]
+
+
+@pytest.mark.parametrize(("flags", "differ"), CHANGED_RECIPES, ids=[" ".join(f) for f, _ in CHANGED_RECIPES])
+def test_a_resume_with_another_optimizer_or_schedule_exits_2_naming_it(tmp_path, flags, differ, capsys):
+    """Lightning loads the checkpoint's optimizer and scheduler state over the new ones: a changed learning rate was
+    dropped silently, a changed schedule went on from a state it never had. The same flags resume."""
+    root = fit_in(tmp_path / "runs", *SCHEDULED)
+    ckpt = root / "version_0" / "checkpoints" / "last.ckpt"
+    resume = [*SCHEDULED, "--trainer.max_epochs", "2", "--ckpt_path", ckpt, *root_args(root)]
+    code, err = cli_exit(["fit", *resume, *flags], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"a resumed fit must keep the settings it was trained with, but {differ}" in err
+    assert run_cli(["fit", *resume]) == 0
+    steps = [torch.load(v / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] for v in version_dirs(root)]
+    assert steps[-1] == 2 * steps[0] > 0
