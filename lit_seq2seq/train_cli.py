@@ -656,8 +656,10 @@ def _optimizer_differences(model: Seq2SeqModule, checkpoint: dict[str, Any]) -> 
         return [f"--model.lr_scheduler {name} (checkpoint: {'a schedule' if saved_schedulers else 'none'})"]
     if not set(optimizer.defaults) <= set(saved):
         return [f"--model.optimizer {type(optimizer).__name__} (checkpoint: another optimizer)"]
-    # a schedule moves the rate (OneCycleLR the momentum too): its starting point, initial_lr, is the setting then
+    # a schedule moves the rate (OneCycleLR the momentum too): its starting point, initial_lr, is the setting then;
+    # how the step runs (one fused kernel or per tensor) may change, the update rule is the same
     moved = {"lr", "betas", "momentum"} if getattr(scheduler, "cycle_momentum", False) else {"lr"}
+    moved |= {"foreach", "fused", "capturable", "differentiable"}
     differ = [
         f"--model.optimizer.{key} {ours[key]} (checkpoint: {saved[key]})"
         for key in optimizer.defaults

@@ -652,6 +652,6 @@ def test_a_resume_with_another_optimizer_or_schedule_exits_2_naming_it(tmp_path,
     code, err = cli_exit(["fit", *resume, *flags], capsys)
     assert code == 2 and "Traceback" not in err
     assert f"a resumed fit must keep the settings it was trained with, but {differ}" in err
-    assert run_cli(["fit", *resume]) == 0
+    assert run_cli(["fit", *resume, "--model.optimizer.fused", "true"]) == 0  # how the step runs may change
     steps = [torch.load(v / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] for v in version_dirs(root)]
     assert steps[-1] == 2 * steps[0] > 0
