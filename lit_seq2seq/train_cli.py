@@ -667,14 +667,13 @@ def _optimizer_differences(model: Seq2SeqModule, checkpoint: dict[str, Any]) -> 
     ]
     if scheduler is None and not _same(ours["lr"], saved["lr"]):
         differ.append(f"--model.optimizer.lr {ours['lr']} (checkpoint: {saved['lr']})")
-    for key in sorted(set(ours) - set(optimizer.defaults) - {"params"}):  # what the schedule set: initial_lr, max_lr
-        if key in saved and not _same(ours[key], saved[key]):
-            flag = (
-                "--model.optimizer.lr"
-                if key == "initial_lr" and "max_lr" not in ours
-                else f"--model.lr_scheduler.{key}"
-            )
-            differ.append(f"{flag} {ours[key]} (checkpoint: {saved[key]})")
+    added = sorted(set(ours) - set(optimizer.defaults) - {"params"})  # what the schedule set: initial_lr, max_lr
+    changed = [key for key in added if key in saved and not _same(ours[key], saved[key])]
+    if "max_lr" in changed:  # OneCycleLR derives its first and last rates from it
+        changed = [key for key in changed if key not in ("initial_lr", "min_lr")]
+    for key in changed:
+        flag = "--model.optimizer.lr" if key == "initial_lr" and "max_lr" not in ours else f"--model.lr_scheduler.{key}"
+        differ.append(f"{flag} {ours[key]} (checkpoint: {saved[key]})")
     if scheduler is not None:
         state, saved_state = scheduler.state_dict(), saved_schedulers[0]
         if set(state) != set(saved_state):

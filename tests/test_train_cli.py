@@ -655,3 +655,12 @@ def test_a_resume_with_another_optimizer_or_schedule_exits_2_naming_it(tmp_path,
     assert run_cli(["fit", *resume, "--model.optimizer.fused", "true"]) == 0  # how the step runs may change
     steps = [torch.load(v / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] for v in version_dirs(root)]
     assert steps[-1] == 2 * steps[0] > 0
+
+
+def test_a_resume_with_another_one_cycle_peak_names_it_not_the_rates_torch_derives(tmp_path, capsys):
+    flags = [*TINY_FIT, "--model.lr_scheduler", "OneCycleLR", "--model.lr_scheduler.total_steps", "200"]
+    flags += ["--model.lr_scheduler_interval", "step"]
+    root = fit_in(tmp_path, *flags, "--model.lr_scheduler.max_lr", "0.01", "--trainer.max_epochs", "1")
+    resume = [*flags, "--trainer.max_epochs", "2", "--ckpt_path", root / "version_0" / "checkpoints" / "last.ckpt"]
+    code, err = cli_exit(["fit", *resume, "--model.lr_scheduler.max_lr", "0.02", *root_args(root)], capsys)
+    assert code == 2 and "but --model.lr_scheduler.max_lr 0.02 (checkpoint: 0.01); pass" in err
