@@ -10,6 +10,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import Tensor
 from torchmetrics import Metric
 
@@ -274,17 +276,14 @@ class Seq2SeqModule(L.LightningModule):
     ) -> None:
         # Lightning's mixed-precision plugin refuses to clip for an optimizer that unscales its gradients itself (a
         # fused one), even under bf16-mixed, which has no grad scaler: the gradients are the true ones, so clip
-        # them as Lightning's fp32 path does (torch.nn.utils over the optimizer's parameters).
+        # them as Lightning's fp32 path does.
         fused = any(group.get("fused") for group in optimizer.param_groups)
         if not (gradient_clip_val and fused and self.trainer.precision == "bf16-mixed"):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        if gradient_clip_algorithm is not None and gradient_clip_algorithm == "value":  # a str enum: its str() is
-            # "GradClipAlgorithmType.VALUE"; its == compares the value
-            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
-        else:
-            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+        # the plugin's base class: Lightning's own clipping by norm or value, less the subclass's refusal
+        algorithm = gradient_clip_algorithm or GradClipAlgorithmType.NORM
+        Precision.clip_gradients(self.trainer.precision_plugin, optimizer, gradient_clip_val, algorithm)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer(self.parameters())
