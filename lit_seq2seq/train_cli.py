@@ -411,15 +411,16 @@ class Seq2SeqCLI(LightningCLI):
         why = missing(self.subcommand) if self.subcommand is not None and missing is not None else ""
         if why:
             self.parser.error(why)  # now, before a run folder exists, not from inside the run
+        configured = None
         if self.subcommand == "fit":
             self._check_fit_memory()
             try:  # a bad optimizer or scheduler value, named now: the fit would raise it inside its run folder
-                self.model.configure_optimizers()
+                configured = self.model.configure_optimizers()
             except (ValueError, TypeError) as error:
                 self.parser.error(f"--model.optimizer / --model.lr_scheduler: {error}")
         if self._checkpoint is not None:
             if self.subcommand == "fit" and not self._fine_tune:
-                self._check_same_settings(self._checkpoint)
+                self._check_same_settings(self._checkpoint, configured)
                 self._resumed_at = self._checkpoint.get("global_step")
             elif hasattr(self.datamodule, "text_differences"):  # the ids must mean the tokens the model learned
                 self._check_same_text(self._checkpoint)
@@ -455,9 +456,10 @@ class Seq2SeqCLI(LightningCLI):
         except ValueError as error:
             self.parser.error(str(error))
 
-    def _check_same_settings(self, checkpoint: dict[str, Any]) -> None:
+    def _check_same_settings(self, checkpoint: dict[str, Any], configured: Any) -> None:
         """Exit 2 if a resumed fit's data or model flags differ from those its checkpoint was trained with: it would
-        continue another fit than the one it claims to (other samples, sizes or net), without a word."""
+        continue another fit than the one it claims to (other samples, sizes or net), without a word. `configured`:
+        what the model's configure_optimizers returned."""
         ckpt_path = self.config[self.subcommand].ckpt_path
         differ = []
         saved_data = checkpoint.get("datamodule_hyper_parameters") or {}
@@ -490,7 +492,7 @@ class Seq2SeqCLI(LightningCLI):
         for key, value in saved_model.items():
             if key not in ("net", "_instantiator") and ours_model.get(key, value) != value:
                 differ.append(f"--model.{key} {ours_model[key]} (checkpoint: {value})")
-        differ += _optimizer_differences(self.model, checkpoint)
+        differ += _optimizer_differences(configured, checkpoint)
         if differ:
             self.parser.error(
                 f"--ckpt_path {ckpt_path}: a resumed fit must keep the settings it was trained with, but "
@@ -637,8 +639,9 @@ SCHEDULER_STATE = {"base_lrs", "last_epoch", "_step_count", "_is_initial", "_get
 SCHEDULER_STATE |= {"best", "num_bad_epochs", "cooldown_counter", "mode_worse", "_schedule_phases", "verbose"}
 
 
-def _optimizer_differences(model: Seq2SeqModule, checkpoint: dict[str, Any]) -> list[str]:
-    """The optimizer and scheduler flags of a resumed fit that differ from those its checkpoint trained with.
+def _optimizer_differences(configured: Any, checkpoint: dict[str, Any]) -> list[str]:
+    """The optimizer and scheduler flags of a resumed fit (`configured`: what its configure_optimizers returned) that
+    differ from those its checkpoint trained with.
 
     Lightning loads the checkpoint's optimizer and scheduler state over the new ones: a changed learning rate was
     dropped without a word, a changed or removed schedule went on from a state it never had. Compared: the
@@ -647,7 +650,6 @@ def _optimizer_differences(model: Seq2SeqModule, checkpoint: dict[str, Any]) -> 
     saved_optimizers, saved_schedulers = checkpoint.get("optimizer_states") or [], checkpoint.get("lr_schedulers")
     if len(saved_optimizers) != 1 or saved_schedulers is None:  # not a checkpoint of our fit's layout
         return []
-    configured = model.configure_optimizers()
     optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
     scheduler = configured["lr_scheduler"]["scheduler"] if isinstance(configured, dict) else None
     saved, ours = saved_optimizers[0]["param_groups"][0], optimizer.param_groups[0]
