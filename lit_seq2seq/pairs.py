@@ -21,7 +21,6 @@ from lit_seq2seq.text import (
     EOS_ID,
     EOS_STR,
     PAD_STR,
-    RESERVED,
     TEXT_KEY,
     UNK_ID,
     UNK_STR,
@@ -652,7 +651,7 @@ def _vocab(pairs: PairFile, side: str, unk: bool) -> Vocab:
     tokens: Side = getattr(pairs, side)
     used = np.unique(tokens.ids)
     table = tokens.table[used]
-    for token in (*RESERVED, UNK_STR) if unk else RESERVED:
+    for token in Vocab.head(unk):
         hits = np.flatnonzero(table == token)
         if len(hits):
             position = np.flatnonzero(tokens.ids == used[hits[0]])[0]

@@ -85,8 +85,13 @@ class Vocab:
     tokens: tuple[str, ...]
     has_unk: bool = False
 
+    @staticmethod
+    def head(unk: bool) -> tuple[str, ...]:
+        """The reserved tokens a vocabulary starts with: <pad>, </s> and, with `unk`, <unk>."""
+        return (*RESERVED, UNK_STR) if unk else RESERVED
+
     def __post_init__(self) -> None:
-        head = (*RESERVED, UNK_STR) if self.has_unk else RESERVED
+        head = self.head(self.has_unk)
         if self.tokens[: len(head)] != head:
             raise ValueError(f"a vocabulary must start with {', '.join(head)}, got {list(self.tokens[: len(head)])}")
         if len(set(self.tokens)) != len(self.tokens):
@@ -96,7 +101,7 @@ class Vocab:
     @classmethod
     def build(cls, tokens: Iterable[str], unk: bool = False) -> Vocab:
         """The vocabulary of `tokens` (any iterable of token strings, repeats allowed)."""
-        head = (*RESERVED, UNK_STR) if unk else RESERVED
+        head = cls.head(unk)
         seen = set(tokens)
         clash = sorted(seen & set(head))  # without unk, "<unk>" is a token like any other
         if clash:
