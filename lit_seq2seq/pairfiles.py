@@ -111,13 +111,20 @@ def header_line(path: str | os.PathLike) -> str | None:
 
 
 def read_pairs(
-    path: str | os.PathLike, source: Tokenizer, target: Tokenizer, flag: str = "--data.file", cache: bool = True
+    path: str | os.PathLike,
+    source: Tokenizer,
+    target: Tokenizer,
+    flag: str = "--data.file",
+    cache: bool = True,
+    sources_alone: bool = False,
 ) -> PairFile:
     """Read, check and tokenize one pair file (from its cache when the file and settings are unchanged).
 
     Every problem is a ValueError naming `flag`, the file and, for a bad line, its number: a missing or empty file,
     a line without a tab (or with more than one), an empty side, invalid UTF-8, bad JSON, a missing key. Lines that
     are empty (blank lines, a trailing newline) are skipped; `\\r\\n` line ends and a leading BOM are accepted.
+    With `sources_alone` (files to predict), a line may also be a source alone: no tab, or no "target" key; its
+    target has no tokens (a target that is given must still have some).
     """
     path = Path(path)
     where = f"{flag} {path}"
@@ -126,28 +133,28 @@ def read_pairs(
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
     sha = _read(path, where, _sha256)
-    key = _cache_key(sha, source, target)
+    key = _cache_key(sha, source, target, sources_alone)
     cached = _load_cache(path, key) if cache else None
     if cached is not None:
         lines, src, tgt = cached
         return PairFile(path, flag, lines, src, tgt, sha)
     raw = _read(path, where, lambda p: p.read_bytes())
     sha = hashlib.sha256(raw).hexdigest()  # of what is tokenized, should the file have changed meanwhile
-    key = _cache_key(sha, source, target)
+    key = _cache_key(sha, source, target, sources_alone)
     if kind == "tsv":
         cps = _code_points(unicodedata.normalize(NORMALIZATION, _decode(raw, where, kind)))
         del raw  # the text and bytes go: a large file is held once, as code points
-        lines, source_cps, target_cps = _tsv_sides(cps, where)
+        lines, source_cps, target_cps, alone = _tsv_sides(cps, where, sources_alone)
     else:
         text = _decode(raw, where, kind)
         del raw
-        lines, source_cps, target_cps = _jsonl_sides(text, where)
+        lines, source_cps, target_cps, alone = _jsonl_sides(text, where, sources_alone)
         del text
     for side, cps in (("source", source_cps), ("target", target_cps)):
         _check_printable(cps, lines, where, side)
     src = _tokenize_side(source_cps, source, len(lines), lines, where, "source")
     del source_cps
-    tgt = _tokenize_side(target_cps, target, len(lines), lines, where, "target")
+    tgt = _tokenize_side(target_cps, target, len(lines), lines, where, "target", alone)
     del target_cps
     if cache:
         _write_cache(path, key, sha, lines, src, tgt)
@@ -205,9 +212,12 @@ def _expected(kind: str) -> str:
     return "source<TAB>target" if kind == "tsv" else '{"source": ..., "target": ...}'
 
 
-def _tsv_sides(cps: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Line numbers and the two sides' code points (each field followed by one '\\n'), from NFC text's code points;
-    all in numpy. NFC of the whole text equals NFC per field: tab and newline are starters that compose with nothing.
+def _tsv_sides(
+    cps: np.ndarray, where: str, sources_alone: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Line numbers, the two sides' code points (each field followed by one '\\n') and which lines are a source alone
+    (`sources_alone`: no tab), from NFC text's code points; all in numpy. NFC of the whole text equals NFC per field:
+    tab and newline are starters that compose with nothing.
     """
     if cps[-1] != _NEWLINE:
         cps = np.append(cps, np.array(_NEWLINE, cps.dtype))
@@ -223,7 +233,8 @@ def _tsv_sides(cps: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray, np.
     tabs = np.flatnonzero(cps == _TAB)
     first = np.searchsorted(tabs, starts)
     count = np.searchsorted(tabs, stops) - first
-    bad = np.flatnonzero(count != 1)
+    alone = (count == 0) if sources_alone else np.zeros(len(count), bool)
+    bad = np.flatnonzero((count != 1) & ~alone)
     if len(bad):
         i = bad[0]
         what = "no tab" if count[i] == 0 else f"{count[i]} tabs"
@@ -231,12 +242,14 @@ def _tsv_sides(cps: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray, np.
         if (cps[starts[i] : stops[i]] == _CR).any():  # old Mac files: one line, its pairs split by CRs
             fix = "its lines end with a lone carriage return (CR): save the file with LF or CRLF line ends"
         raise ValueError(f"{where}:{line_numbers[i]}: {what}; {fix}")
-    tab = tabs[first]
-    for side, empty in (("source", tab == starts), ("target", tab + 1 == stops)):
+    # A source alone ends at its line's end, and its target is that one character: both become a field's '\n'.
+    tab = np.where(alone, stops, tabs[np.minimum(first, len(tabs) - 1)] if len(tabs) else stops)
+    target_starts = np.where(alone, stops, tab + 1)
+    for side, empty in (("source", tab == starts), ("target", (target_starts == stops) & ~alone)):
         if empty.any():
             raise ValueError(f"{where}:{line_numbers[np.argmax(empty)]}: empty {side}")
     # The tab ends a source, the line end ('\n' or '\r') a target: each becomes that field's '\n'.
-    return line_numbers, _fields(cps, starts, tab), _fields(cps, tab + 1, stops)
+    return line_numbers, _fields(cps, starts, tab), _fields(cps, target_starts, stops), alone
 
 
 def _check_printable(cps: np.ndarray, lines: np.ndarray, where: str, side: str) -> None:
@@ -300,9 +313,12 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
-def _jsonl_sides(text: str, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Line numbers and the two sides' NFC texts of JSON Lines (a Python loop: json.loads per line)."""
-    lines, sources, targets = [], [], []
+def _jsonl_sides(
+    text: str, where: str, sources_alone: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Line numbers, the two sides' NFC texts of JSON Lines (a Python loop: json.loads per line) and which lines are a
+    source alone (`sources_alone`: no "target" key)."""
+    lines, sources, targets, alone = [], [], [], []
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
@@ -318,7 +334,8 @@ def _jsonl_sides(text: str, where: str) -> tuple[np.ndarray, np.ndarray, np.ndar
             raise ValueError(f'{where}:{number}: the key "{error}" appears twice in one object') from None
         if not isinstance(row, dict):
             raise ValueError(f'{where}:{number}: expected a JSON object {{"source": ..., "target": ...}}')
-        for key in SIDES:
+        alone.append(sources_alone and "target" not in row)
+        for key in ("source",) if alone[-1] else SIDES:
             if key not in row:
                 raise ValueError(f'{where}:{number}: missing key "{key}"')
             value = row[key]
@@ -336,12 +353,12 @@ def _jsonl_sides(text: str, where: str) -> tuple[np.ndarray, np.ndarray, np.ndar
                 )
         lines.append(number)
         sources.append(row["source"])
-        targets.append(row["target"])
+        targets.append(row.get("target", ""))
     if not lines:
         raise ValueError(f"{where}: the file holds no pairs")
     source = unicodedata.normalize(NORMALIZATION, "\n".join(sources) + "\n")
     target = unicodedata.normalize(NORMALIZATION, "\n".join(targets) + "\n")
-    return np.asarray(lines, np.int64), _code_points(source), _code_points(target)
+    return np.asarray(lines, np.int64), _code_points(source), _code_points(target), np.asarray(alone, bool)
 
 
 def _is_space(cps: np.ndarray) -> np.ndarray:
@@ -352,8 +369,17 @@ def _is_space(cps: np.ndarray) -> np.ndarray:
     return _whitespace[cps] if cps.dtype == np.uint8 else _whitespace[np.minimum(cps, _LAST_SPACE + 1)]
 
 
-def _tokenize_side(cps: np.ndarray, tokenizer: Tokenizer, rows: int, lines: np.ndarray, where: str, side: str) -> Side:
-    """Tokenize NFC fields (code points, each field ended by '\\n') the way `tokenizer.split` does each field."""
+def _tokenize_side(
+    cps: np.ndarray,
+    tokenizer: Tokenizer,
+    rows: int,
+    lines: np.ndarray,
+    where: str,
+    side: str,
+    absent: np.ndarray | None = None,
+) -> Side:
+    """Tokenize NFC fields (code points, each field ended by '\\n') the way `tokenizer.split` does each field; a
+    field without tokens is an error unless `absent` marks its row (a source alone)."""
     if tokenizer.lowercase:
         # context rules (final sigma) stop at the newline that separates the fields
         cps = _code_points(_text(cps).lower())
@@ -368,7 +394,7 @@ def _tokenize_side(cps: np.ndarray, tokenizer: Tokenizer, rows: int, lines: np.n
         table = np.array([chr(c) for c in codes.tolist()], dtype=str) if len(codes) else np.zeros(0, "<U1")
     else:
         ids, table, counts = _word_ids(cps, newlines)
-    empty = np.flatnonzero(counts == 0)
+    empty = np.flatnonzero((counts == 0) if absent is None else (counts == 0) & ~absent)
     if len(empty):
         raise ValueError(f"{where}:{lines[empty[0]]}: empty {side} (no tokens)")
     offsets = np.zeros(rows + 1, np.int64)
@@ -474,8 +500,10 @@ def cache_dir(path: Path) -> Path:
     return path.parent / f".{path.name}.lit-seq2seq-cache"
 
 
-def _cache_key(sha: str, source: Tokenizer, target: Tokenizer) -> str:
+def _cache_key(sha: str, source: Tokenizer, target: Tokenizer, sources_alone: bool) -> str:
     settings = f"{CACHE_FORMAT}|{NORMALIZATION}|{source.kind}|{source.lowercase}|{target.kind}|{target.lowercase}"
+    if sources_alone:  # read otherwise: a line that is a source alone is an error (keys of other files unchanged)
+        settings += "|sources alone"
     return f"{sha[:32]}-{hashlib.sha256(settings.encode()).hexdigest()[:16]}"
 
 

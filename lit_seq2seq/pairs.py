@@ -150,7 +150,8 @@ class PairDataModule(L.LightningDataModule):
         train_file: Training pairs (every reference of a source is a pair of its own).
         val_file: Validation pairs (several lines of one source = several references of it).
         test_file: Test pairs.
-        predict_file: Pairs for ``predict`` (default: the test split).
+        predict_file: Sources for ``predict`` (default: the test split): pairs, or sources alone (a line without a
+            tab; JSON Lines without "target"), whose target column in predictions.tsv stays empty.
         file: One file holding every pair instead of train/val/test files, split by ``split_fractions``.
         split_fractions: Train, validation and test fractions for ``file``; a hash of each source decides its split,
             so every pair of one source lands in one split, the same on every run and machine.
@@ -315,7 +316,8 @@ class PairDataModule(L.LightningDataModule):
         return self._read_file(name, f"--data.{split}_file")
 
     def _read_file(self, name: str, flag: str) -> PairFile:
-        pairs = read_pairs(name, self.tokenizers["source"], self.tokenizers["target"], flag, self.cache)
+        tokenizers = self.tokenizers["source"], self.tokenizers["target"]
+        pairs = read_pairs(name, *tokenizers, flag, self.cache, sources_alone=flag == "--data.predict_file")
         header = header_line(name)
         if header is not None:
             rank_zero_warn(

@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import warnings
@@ -69,6 +70,31 @@ def test_vectorised_tokens_equal_per_line_tokenizer_split(tmp_path, source_kind,
     source, target = Tokenizer(source_kind, lowercase), Tokenizer("char", not lowercase)
     pairs = read_pairs(write(tmp_path / "t.tsv", text), source, target, cache=False)
     assert rows(pairs) == [(source.split(s), target.split(s[::-1] + "x")) for s in lines]
+
+
+def test_files_to_predict_may_hold_sources_alone_and_other_files_may_not(tmp_path):
+    path = write(tmp_path / "p.tsv", "cat\nhello\tHH AH0 L OW1\r\ndog\r\n")
+    pairs = read_pairs(path, CHAR, SPACE, flag="--data.predict_file", sources_alone=True)
+    assert rows(pairs) == [(list("cat"), []), (list("hello"), ["HH", "AH0", "L", "OW1"]), (list("dog"), [])]
+    assert pairs.lines.tolist() == [1, 2, 3]
+    with pytest.raises(ValueError, match=rf"--data.test_file {re.escape(str(path))}:1: no tab"):
+        read_pairs(path, CHAR, SPACE, flag="--data.test_file")  # not from the cache the first read wrote
+    assert rows(read_pairs(path, CHAR, SPACE, sources_alone=True)) == rows(pairs)  # from that cache
+    jsonl = write(tmp_path / "p.jsonl", '{"source": "cat"}\n{"source": "dog", "target": "D AO1 G"}\n')
+    assert rows(read_pairs(jsonl, CHAR, SPACE, sources_alone=True)) == [
+        (list("cat"), []),
+        (list("dog"), ["D", "AO1", "G"]),
+    ]
+    with pytest.raises(ValueError, match=r'p.jsonl:1: missing key "target"'):
+        read_pairs(jsonl, CHAR, SPACE, cache=False)
+    # a target that is given must still have tokens; more than one tab is still refused
+    for text, error in (
+        ("cat\t\n", "empty target"),
+        ("cat\t  \n", r"empty target \(no tokens\)"),
+        ("a\tb\tc\n", "2 tabs"),
+    ):
+        with pytest.raises(ValueError, match=rf"q.tsv:1: {error}"):
+            read_pairs(write(tmp_path / "q.tsv", text), CHAR, SPACE, cache=False, sources_alone=True)
 
 
 def test_jsonl_reads_the_same_pairs_as_tsv(tmp_path):
@@ -191,7 +217,7 @@ def test_cache_hit_then_miss_on_a_changed_file_or_setting(tmp_path, monkeypatch)
     changed = read_pairs(path, CHAR, SPACE)
     assert calls == [1, 1] and rows(changed)[1] == (["d"], ["D"])
     assert [p.name for p in cache_dir(path).glob("*.npz")] == [
-        pairfiles._cache_key(changed.sha256, CHAR, SPACE) + ".npz"
+        pairfiles._cache_key(changed.sha256, CHAR, SPACE, False) + ".npz"
     ]
 
 

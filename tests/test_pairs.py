@@ -4,6 +4,7 @@ the CLI: a tiny model learns, a resume is exact mid-epoch and refuses a changed 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -504,3 +505,14 @@ def test_predict_writes_the_text_of_each_source_reference_and_prediction(tmp_pat
     assert all((source, target) in references for source, target, _ in cells)  # the first reference, as text
     right = sum((source, prediction) in references for source, _, prediction in cells)
     assert right >= 0.4 * len(cells)  # text predictions (15 of 30 right after these 6 epochs)
+    # A file of sources alone (a word list; JSON Lines without "target"): the same predictions, the target empty.
+    words = [source for source, _, _ in cells]
+    for name, text in (
+        ("words.txt", "".join(f"{word}\n" for word in words)),
+        ("words.jsonl", "".join(json.dumps({"source": word}) + "\n" for word in words)),
+    ):
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        given = ["--data.predict_file", str(tmp_path / name), "--ckpt_path", "last", *root_args(root)]
+        assert run_cli(["predict", *TINY_FIT, *given]) == 0
+        alone = (version_dirs(root)[-1] / "predictions.tsv").read_text(encoding="utf-8").splitlines()
+        assert alone == [rows[0]] + [f"{source}\t\t{prediction}" for source, _, prediction in cells]
