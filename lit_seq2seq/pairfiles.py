@@ -242,13 +242,14 @@ def _tsv_sides(
         if (cps[starts[i] : stops[i]] == _CR).any():  # old Mac files: one line, its pairs split by CRs
             fix = "its lines end with a lone carriage return (CR): save the file with LF or CRLF line ends"
         raise ValueError(f"{where}:{line_numbers[i]}: {what}; {fix}")
-    # A source alone ends at its line's end, and its target is that one character: both become a field's '\n'.
-    tab = np.where(alone, stops, tabs[np.minimum(first, len(tabs) - 1)] if len(tabs) else stops)
+    # The tab ends a source, the line end ('\n' or '\r') a target: each becomes that field's '\n'. A source alone
+    # ends at the line end, and its (empty) target is that one character.
+    tab = stops.copy()
+    tab[~alone] = tabs[first[~alone]]
     target_starts = np.where(alone, stops, tab + 1)
     for side, empty in (("source", tab == starts), ("target", (target_starts == stops) & ~alone)):
         if empty.any():
             raise ValueError(f"{where}:{line_numbers[np.argmax(empty)]}: empty {side}")
-    # The tab ends a source, the line end ('\n' or '\r') a target: each becomes that field's '\n'.
     return line_numbers, _fields(cps, starts, tab), _fields(cps, target_starts, stops), alone
 
 
