@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 import shutil
@@ -219,6 +220,16 @@ def _flatten_default_data(text: str) -> str:
     return text
 
 
+class _NoCloudTips(logging.Filter):
+    """Drops Lightning's "💡 Tip:" lines, which advertise its cloud logging and model registry at every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoCloudTips())
+
+
 class Seq2SeqCLI(LightningCLI):
     """LightningCLI with the data sizes linked into the model, best/last checkpoints and CI-friendly logging.
 
@@ -247,6 +258,8 @@ class Seq2SeqCLI(LightningCLI):
                 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
                 # strategy.all_gather (of the losses: Seq2SeqModule.training_step) calls a deprecated torch API.
                 warnings.filterwarnings("ignore", message=r"torch.distributed.nn.functional.all_gather is deprecated")
+                # Mixed precision keeps the weights in float32, so the summary's 32-bit size is the true one.
+                warnings.filterwarnings("ignore", message=r"Precision bf16-mixed is not supported by the model summary")
                 super().__init__(
                     Seq2SeqModule,
                     L.LightningDataModule,
