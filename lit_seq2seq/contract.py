@@ -95,6 +95,17 @@ META_KEYS = (
 )
 FORMAT_VERSION = "2"
 READABLE_VERSIONS = ("1", "2")  # 2 = 1 with two vocabulary sizes and the text keys
+OPTIONAL_KEYS = ("context_rnn",)  # absent in exports made before it (then 0)
+
+
+def required_keys(format_version: str) -> tuple[str, ...]:
+    """The metadata keys every graph file of a readable `format_version` holds; a file without one is refused."""
+    if format_version == "1":
+        sizes = ("source_vocab_size", "target_vocab_size")
+        keys = [key for key in META_KEYS if key not in TEXT_KEYS and key not in sizes] + ["vocab_size"]
+    else:
+        keys = list(META_KEYS)
+    return tuple(key for key in keys if key not in OPTIONAL_KEYS)
 
 
 def vocab_keys(meta: dict[str, str]) -> tuple[str, str]:

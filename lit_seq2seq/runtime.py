@@ -176,6 +176,16 @@ class OnnxSeq2Seq:
             self.text = TextSpec.from_metadata(meta)  # None for a model that reads and writes ids
         except (KeyError, TypeError, ValueError) as error:
             raise ModelFileError(f"{where}: its text metadata is damaged ({type(error).__name__}: {error})") from None
+        if self.text is not None:
+            for side, vocab, size in (
+                ("source", self.text.source_vocab, self.source_vocab_size),
+                ("target", self.text.target_vocab, self.target_vocab_size),
+            ):
+                if len(vocab) != size:  # ids without a token, or tokens without an id: text in or out would be wrong
+                    raise ModelFileError(
+                        f"{where}: its text metadata is damaged ({side}_tokens holds {len(vocab)} tokens, "
+                        f"{side}_vocab_size is {size})"
+                    )
         self.pad_token, self.start_token = value("pad_token"), value("start_token")
         self.eos_token = None if meta.get("eos_token") == "" else value("eos_token")  # "": fixed-length targets
         self.min_token = value("min_token")
@@ -230,6 +240,12 @@ class OnnxSeq2Seq:
                 raise ModelFileError(
                     f"{root / name}: contract format_version {meta.get('format_version')!r}; this runtime reads "
                     f"{' and '.join(map(repr, contract.READABLE_VERSIONS))}"
+                )
+            missing = [key for key in contract.required_keys(meta["format_version"]) if key not in meta]
+            if missing:  # export_id above all: without it in each file, a mixed export would pass as one
+                raise ModelFileError(
+                    f"{root / name}: no metadata {', '.join(missing)} (damaged, or not written by lit-seq2seq); "
+                    "export it again"
                 )
         for name, meta in metas[1:]:
             if meta.get("export_id") != enc_meta.get("export_id"):

@@ -127,6 +127,25 @@ sys.meta_path.insert(0, _Blocked())
 """
 
 
+def restamp(path: Path, out: Path | None = None, **changes: str | None) -> None:
+    """Rewrite a graph's metadata (None removes a key) and stamp its hash again, into `out` or in place: a valid file
+    whose only difference is the change."""
+    import onnx
+
+    from lit_seq2seq import contract
+
+    model = onnx.load(str(path))
+    meta = {p.key: p.value for p in model.metadata_props} | changes
+    meta[contract.CONTENT_HASH_KEY] = contract.HASH_PLACEHOLDER
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        if value is not None:
+            model.metadata_props.add(key=key, value=value)
+    data = contract.stamp_content_hash(model.SerializeToString())
+    contract.check_content_hash(data, str(path))
+    (out or path).write_bytes(data)
+
+
 def fit_in(root: Path, *flags: Any) -> Path:
     """`lit-seq2seq fit FLAGS` run from `root` with `root` as its default_root_dir; returns `root`."""
     root.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import unicodedata
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import BLOCK_IMPORTS, REPO, cli_output, flip_bit, pad_rows, run_python
+from conftest import BLOCK_IMPORTS, REPO, cli_output, flip_bit, pad_rows, restamp, run_python
 
 from lit_seq2seq import bundled, contract
 from lit_seq2seq.contract import ModelFileError, check_content_hash, stamp_content_hash
@@ -247,21 +247,6 @@ def sample_lines(model_dir, capsys, n: int = 40) -> str:
     return out
 
 
-def restamp(path, **changes: str | None) -> None:
-    """Rewrite a graph's metadata (None removes a key) and stamp its hash again: a valid file of other metadata."""
-    model = onnx.load(str(path))
-    meta = (
-        {p.key: p.value for p in model.metadata_props}
-        | changes
-        | {contract.CONTENT_HASH_KEY: contract.HASH_PLACEHOLDER}
-    )
-    del model.metadata_props[:]
-    for key, value in meta.items():
-        if value is not None:
-            model.metadata_props.add(key=key, value=value)
-    path.write_bytes(stamp_content_hash(model.SerializeToString()))
-
-
 def test_consumer_example_imports_only_the_standard_library_numpy_and_onnxruntime():
     text = CONSUMER.read_text()
     assert text.startswith('"""')
@@ -336,6 +321,9 @@ def test_consumer_example_refuses_a_bad_source(line, message, exported):
     assert f"consumer_example.py: {message}" in refused(result)
 
 
+MISSING = "no metadata min_source_length (damaged, or not written by lit-seq2seq); export it again"
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -347,16 +335,19 @@ def test_consumer_example_refuses_a_bad_source(line, message, exported):
 )
 def test_malformed_metadata_is_refused_naming_file_and_key(change, message, exported, tmp_path, capsys):
     """A well-formed, hash-stamped export whose metadata an app got wrong: a ModelFileError naming the key, not a
-    KeyError or int() traceback (decode.mjs already said so)."""
+    KeyError or int() traceback (decode.mjs already said so). The runtime checks that every listed key is there
+    before it reads one."""
     model_dir = tmp_path / "model"
     shutil.copytree(exported("gru").model_dir, model_dir)
     for name in FILES:
         restamp(model_dir / name, **change)
     with pytest.raises(ModelFileError) as info:
         OnnxSeq2Seq.load(model_dir)
-    assert str(info.value) == f"{model_dir / contract.DECODER_FILE}: {message}"
+    expected = f"{model_dir / contract.ENCODER_FILE}: {MISSING}" if None in change.values() else None
+    expected = expected or f"{model_dir / contract.DECODER_FILE}: {message}"
+    assert str(info.value) == expected
     code, out, err = cli_output(["decode", "--model_dir", model_dir, "2 3"], capsys)
-    assert (code, err) == (2, f"lit-seq2seq decode: error: {model_dir / contract.DECODER_FILE}: {message}\n")
+    assert (code, err) == (2, f"lit-seq2seq decode: error: {expected}\n")
     if "cell" not in change:  # what the consumer reads: the token settings (the cell is the graphs' business)
         result = consumer(model_dir, "2 3")
         assert result.stderr == f"consumer_example.py: {model_dir / contract.ENCODER_FILE}: {message}\n"

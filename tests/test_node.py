@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import EXPORT_VARIANTS, REPO, cli_output, pad_rows, strip_all
+from conftest import EXPORT_VARIANTS, REPO, cli_output, pad_rows, restamp, strip_all
 from test_runtime import DAMAGE, _damage, other_exports  # noqa: F401 - other_exports is a fixture used here
 
 from lit_seq2seq import contract
-from lit_seq2seq.contract import check_content_hash, stamp_content_hash
 
 NODE_DIR = REPO / "export" / "node"
 DECODE = NODE_DIR / "decode.mjs"
@@ -68,22 +67,6 @@ def node_script(code: str, *args: str) -> subprocess.CompletedProcess:
     )
     assert result.returncode == 0, result.stderr
     return result
-
-
-def restamp(path: Path, change: dict[str, str | None], out: Path | None = None) -> None:
-    """Change metadata values (None removes the key) and store a valid content hash: a well-formed file whose only
-    difference is the change."""
-    model = onnx.load(str(path))
-    props = {p.key: p.value for p in model.metadata_props}
-    props.update(change)
-    props[contract.CONTENT_HASH_KEY] = contract.HASH_PLACEHOLDER
-    del model.metadata_props[:]
-    for key, value in props.items():
-        if value is not None:
-            model.metadata_props.add(key=key, value=value)
-    data = stamp_content_hash(model.SerializeToString())
-    check_content_hash(data, str(path))
-    (out or path).write_bytes(data)
 
 
 def sources(model, count: int, seed: int = 0) -> list[list[int]]:
@@ -162,6 +145,12 @@ def assert_refused(result: subprocess.CompletedProcess, message: str) -> None:
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert "    at " not in result.stderr
+
+
+def test_node_module_requires_the_metadata_keys_the_python_runtime_requires():
+    result = node_script("console.log(JSON.stringify(lit.REQUIRED_KEYS));")
+    keys = {version: sorted(names) for version, names in json.loads(result.stdout).items()}
+    assert keys == {version: sorted(contract.required_keys(version)) for version in contract.READABLE_VERSIONS}
 
 
 @pytest.mark.parametrize("how", list(DAMAGE))
@@ -244,7 +233,7 @@ def test_node_decode_refuses_a_missing_folder_and_nonfinite_logits(exported, tmp
     values[3] = np.nan
     bias.CopyFrom(onnx.numpy_helper.from_array(values, bias.name))
     onnx.save(decoder, str(model_dir / contract.DECODER_FILE))
-    restamp(model_dir / contract.DECODER_FILE, {})
+    restamp(model_dir / contract.DECODER_FILE)
     message = "decoder_step.onnx: non-finite logits (NaN) at step 0, row 0; the model is damaged"
     assert_refused(node_decode(model_dir, "2 3\n", "--two-graph"), message)
 
@@ -309,7 +298,7 @@ def test_node_module_integrity_rule_corner_cases(exported, tmp_path):
     model = onnx.load(str(source))
     model.metadata_props.add(key=contract.CONTENT_HASH_KEY, value=stored)
     (tmp_path / "two.onnx").write_bytes(model.SerializeToString())
-    restamp(source, {}, tmp_path / "restamped.onnx")  # stays valid
+    restamp(source, tmp_path / "restamped.onnx")  # stays valid
     (tmp_path / "none.onnx").write_bytes(data.replace(b"content_sha256", b"content_sha999"))
     code = """
 const dir = process.argv[1];
@@ -391,7 +380,7 @@ def as_text_model(model_dir: Path, spec: dict, out: Path) -> Path:
     change |= {k: spec[k] if isinstance(spec[k], str) else json.dumps(spec[k]) for k in list(spec)[:5]}
     change |= {"target_lowercase": "0", "normalization": "NFC", "unk_token": ""}
     for name in (contract.ENCODER_FILE, contract.DECODER_FILE, contract.GREEDY_FILE):
-        restamp(out / name, change)
+        restamp(out / name, **change)
     return out
 
 
@@ -418,7 +407,7 @@ def test_node_decode_reads_format_version_2_text_models(kind, exported, runtime_
     done = node_decode(model_dir, f"{spec['lines'][0]}\n\n\n")  # empty lines at the end: dropped, as decode does
     assert (done.returncode, done.stdout.splitlines()) == (0, expected[:1]), done.stderr
     for name in (contract.ENCODER_FILE, contract.DECODER_FILE, contract.GREEDY_FILE):
-        restamp(model_dir / name, {"source_tokenizer": "bpe"})
+        restamp(model_dir / name, source_tokenizer="bpe")
     assert_refused(
         node_decode(model_dir, "x\n"), 'metadata source_tokenizer "bpe"; this reader knows "char" and "space"'
     )

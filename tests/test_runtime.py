@@ -6,7 +6,7 @@ Models are the session's tiny exports (conftest.exported).
 
 from __future__ import annotations
 
-import hashlib
+import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import BLOCK_IMPORTS, cli_exit, cli_output, flip_bit, run_python
+from conftest import BLOCK_IMPORTS, cli_exit, cli_output, flip_bit, restamp, run_python
 
 from lit_seq2seq import contract
 from lit_seq2seq.runtime import ModelFileError, OnnxSeq2Seq
@@ -273,16 +273,6 @@ def _stored_hash_offset(path: Path) -> int:
     return data.find(value.encode()) + 10
 
 
-def _rehashed_with(path: Path, key: str, value: str) -> None:
-    """Change one metadata value and store a valid content hash: a well-formed file from another contract."""
-    model = onnx.load(str(path))
-    for prop in model.metadata_props:
-        prop.value = value if prop.key == key else prop.value
-        prop.value = contract.HASH_PLACEHOLDER if prop.key == contract.CONTENT_HASH_KEY else prop.value
-    data = model.SerializeToString()
-    path.write_bytes(data.replace(contract.HASH_PLACEHOLDER.encode(), hashlib.sha256(data).hexdigest().encode(), 1))
-
-
 def _damage(how: str, model_dir: Path, other_dirs: dict[str, Path]) -> None:
     enc, dec = model_dir / contract.ENCODER_FILE, model_dir / contract.DECODER_FILE
     if how == "truncated encoder":
@@ -300,7 +290,7 @@ def _damage(how: str, model_dir: Path, other_dirs: dict[str, Path]) -> None:
     elif how == "missing decoder":
         dec.unlink()
     elif how == "unknown format_version":
-        _rehashed_with(dec, "format_version", "99")
+        restamp(dec, format_version="99")
     elif how == "missing folder":
         shutil.rmtree(model_dir)
     elif how == "a file, e.g. a checkpoint":
@@ -311,7 +301,13 @@ def _damage(how: str, model_dir: Path, other_dirs: dict[str, Path]) -> None:
     elif how == "greedy.onnx of another export of the same checkpoint":
         shutil.copy(other_dirs["again"] / contract.GREEDY_FILE, model_dir / contract.GREEDY_FILE)
     elif how == "unknown format_version of greedy.onnx":
-        _rehashed_with(model_dir / contract.GREEDY_FILE, "format_version", "99")
+        restamp(model_dir / contract.GREEDY_FILE, format_version="99")
+    elif how == "a listed metadata key removed (task)":
+        restamp(dec, task=None)
+    elif how == "export_id removed from every file, the encoder another export's":
+        shutil.copy(other_dirs["again"] / contract.ENCODER_FILE, enc)
+        for name in contract.GRAPH_FILES:
+            restamp(model_dir / name, export_id=None)
 
 
 DAMAGE = {
@@ -328,6 +324,8 @@ DAMAGE = {
     "flipped byte in the middle of greedy.onnx": "greedy.onnx: content hash mismatch",
     "greedy.onnx of another export of the same checkpoint": "encoder.onnx and greedy.onnx come from different exports",
     "unknown format_version of greedy.onnx": "greedy.onnx: contract format_version '99'",
+    "a listed metadata key removed (task)": "decoder_step.onnx: no metadata task (damaged, or not written by",
+    "export_id removed from every file, the encoder another export's": "encoder.onnx: no metadata export_id",
 }
 
 
@@ -346,7 +344,7 @@ def test_damaged_model_files_raise_model_file_error_and_decode_exits_2(how, expo
     model_dir = tmp_path / "model"
     shutil.copytree(exported("gru").model_dir, model_dir)
     _damage(how, model_dir, other_exports)
-    with pytest.raises(ModelFileError, match=DAMAGE[how]) as info:
+    with pytest.raises(ModelFileError, match=re.escape(DAMAGE[how])) as info:
         OnnxSeq2Seq.load(model_dir)
     assert isinstance(info.value, ValueError)
     code, err = cli_exit(["decode", "--model_dir", model_dir, "2 3"], capsys)
@@ -360,18 +358,25 @@ def test_pristine_copy_loads(exported, tmp_path):
 
 def _as_format_1(path: Path) -> None:
     """Rewrite one graph's metadata as lit-seq2seq 0.2 wrote it: format 1, one vocab_size, no text keys."""
-    model = onnx.load(str(path))
-    meta = {p.key: p.value for p in model.metadata_props}
-    meta = {k: v for k, v in meta.items() if k not in (*contract.TEXT_KEYS, "source_vocab_size", "target_vocab_size")}
-    meta |= {"format_version": "1", "vocab_size": meta_value(model, "target_vocab_size"), "content_sha256": "0" * 64}
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, meta)
-    data = model.SerializeToString()
-    path.write_bytes(data.replace(contract.HASH_PLACEHOLDER.encode(), hashlib.sha256(data).hexdigest().encode(), 1))
+    size = meta_value(onnx.load(str(path)), "target_vocab_size")
+    gone = dict.fromkeys((*contract.TEXT_KEYS, "source_vocab_size", "target_vocab_size", "context_rnn"))
+    restamp(path, **gone, format_version="1", vocab_size=size)
 
 
 def meta_value(model: onnx.ModelProto, key: str) -> str:
     return next(p.value for p in model.metadata_props if p.key == key)
+
+
+def test_context_rnn_is_the_one_metadata_key_an_export_may_lack(exported, tmp_path):
+    """Exports made before context_rnn existed lack it (no context RNN); every other listed key is required."""
+    assert contract.OPTIONAL_KEYS == ("context_rnn",)
+    shutil.copytree(exported("gru").model_dir, tmp_path / "model")
+    for name in contract.GRAPH_FILES:
+        restamp(tmp_path / "model" / name, context_rnn=None)
+    source = np.array([[2, 3, 4], [5, 0, 0]])
+    old, new = OnnxSeq2Seq.load(tmp_path / "model"), OnnxSeq2Seq.load(exported("gru").model_dir)
+    assert "context_rnn" not in old.meta
+    np.testing.assert_array_equal(old.greedy(source), new.greedy(source))
 
 
 def test_format_1_exports_still_load_and_decode_alike(exported, tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+import shutil
 import subprocess
 
 import numpy as np
@@ -20,6 +22,7 @@ from conftest import (
     cli_exit,
     cli_output,
     pad_rows,
+    restamp,
     run_python,
     text_checkpoint,
     text_pairs,
@@ -28,7 +31,7 @@ from conftest import (
 
 from lit_seq2seq import contract
 from lit_seq2seq.export import TEXT_TASK, export_checkpoint, load_checkpoint
-from lit_seq2seq.runtime import OnnxSeq2Seq
+from lit_seq2seq.runtime import ModelFileError, OnnxSeq2Seq
 from lit_seq2seq.text import TEXT_KEY, TextSpec
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*LeafSpec"), pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -84,6 +87,19 @@ def test_every_graph_carries_the_checkpoints_text_spec(name, text_exported):
     own = {"inputs", "outputs", contract.CONTENT_HASH_KEY}
     assert all({k: v for k, v in m.items() if k not in own} == {k: v for k, v in metas[0].items() if k not in own}
                for m in metas)  # fmt: skip
+
+
+@pytest.mark.parametrize("side", ["source", "target"])
+def test_a_vocabulary_size_that_differs_from_its_tokens_is_refused(side, text_exported, tmp_path):
+    """Ids without a token (or tokens without an id) would turn text into wrong ids or ids into wrong text."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(text_exported("trained").model_dir, model_dir)
+    size = OnnxSeq2Seq.load(model_dir).meta[f"{side}_vocab_size"]
+    for name in FILES:
+        restamp(model_dir / name, **{f"{side}_vocab_size": str(int(size) - 1)})
+    message = f"its text metadata is damaged ({side}_tokens holds {size} tokens, {side}_vocab_size is {int(size) - 1})"
+    with pytest.raises(ModelFileError, match=re.escape(message)):
+        OnnxSeq2Seq.load(model_dir)
 
 
 def test_different_source_and_target_vocabularies(text_model):

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, flip_bit, pad_rows, strip_all
-from test_node import TEXT_MODELS, as_text_model, restamp, sources
+from conftest import REPO, flip_bit, pad_rows, restamp, strip_all
+from test_node import TEXT_MODELS, as_text_model, sources
 
 from lit_seq2seq import contract
 from lit_seq2seq.runtime import OnnxSeq2Seq
@@ -108,7 +108,7 @@ DAMAGE = {
     "missing encoder": (lambda d, o: (d / contract.ENCODER_FILE).unlink(), ("encoder.onnx: missing",)),
     "decoder of another export": (_mixed, ("encoder.onnx and", "decoder_step.onnx come from different exports")),
     "unknown format_version": (
-        lambda d, o: restamp(d / contract.GREEDY_FILE, {"format_version": "99"}),
+        lambda d, o: restamp(d / contract.GREEDY_FILE, format_version="99"),
         ("greedy.onnx: contract format_version", "99"),
     ),
 }

@@ -6,7 +6,8 @@
 //
 // What it refuses, always with an Error whose message names the file or the source row:
 // - a missing encoder.onnx / decoder_step.onnx, a file that is truncated or altered (content_sha256), a contract
-//   format_version other than "1" and "2", files from two different exports (export_id);
+//   format_version other than "1" and "2", a file without a metadata key its version lists, files from two different
+//   exports (export_id);
 // - sources the Python runtime refuses (OnnxSeq2Seq.check_source): an empty batch or row, non-integer or
 //   out-of-range ids, padding before a token, row lengths outside the trained range (unless allowUntrainedLengths).
 //   These are checked before onnxruntime runs: its LSTM kernel aborts the whole process on a batch of 0 rows;
@@ -17,6 +18,18 @@ export const ENCODER_FILE = "encoder.onnx";
 export const DECODER_FILE = "decoder_step.onnx";
 export const GREEDY_FILE = "greedy.onnx";
 export const FORMAT_VERSIONS = ["1", "2"];
+// The metadata every file of a format_version holds (export/README.md, "Metadata keys"; context_rnn, absent in exports
+// made before it, is the one that may be missing). A file without one is refused: without export_id in each file, a
+// mixed folder would pass as one export.
+const TEXT_KEYS = ["source_tokens", "target_tokens", "source_tokenizer", "target_tokenizer", "source_lowercase",
+  "target_lowercase", "normalization", "unk_token"];
+const COMMON_KEYS = ["format_version", "producer_version", "task", "pad_token", "start_token", "eos_token", "min_token",
+  "source_length", "min_source_length", "max_target_length", "hidden_size", "num_layers", "cell", "bidirectional",
+  "attention", "memory_dim", "inputs", "outputs", "export_id", "content_sha256"];
+export const REQUIRED_KEYS = {
+  1: [...COMMON_KEYS, "vocab_size"],
+  2: [...COMMON_KEYS, "source_vocab_size", "target_vocab_size", ...TEXT_KEYS],
+};
 const OUT_SUFFIX = "_out";
 const MAX_STEPS = 4096; // the Python runtime's limit for max_len
 
@@ -280,6 +293,12 @@ export async function loadModel(ort, files, { folder = "", sessionOptions = {}, 
       const known = FORMAT_VERSIONS.map((v) => `'${v}'`).join(" and ");
       throw new ModelFileError(
         `${label[part]}: contract format_version ${version === undefined ? "(none)" : `'${version}'`}; this reader knows ${known}`,
+      );
+    }
+    const missing = REQUIRED_KEYS[version].filter((key) => !(key in metas[part]));
+    if (missing.length) {
+      throw new ModelFileError(
+        `${label[part]}: no metadata ${missing.join(", ")} (damaged, or not written by lit-seq2seq); export it again`,
       );
     }
   }
