@@ -30,6 +30,18 @@ CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # C0, DEL, C1 and lo
 # metadata this reader turns into numbers (eos_token may also be "": no end token)
 INT_KEYS = ("pad_token", "start_token", "min_token", "source_length", "min_source_length", "max_target_length")
 BATCH = 256  # sources per call, as `lit-seq2seq decode` batches them (the same batches give the same bits)
+# the metadata keys every file holds (CONTRACT.md, "Metadata keys"; context_rnn may be absent): a file without one is
+# refused, above all without export_id, which tells a mixed folder from one export
+COMMON = (
+    "format_version producer_version task pad_token start_token eos_token min_token source_length min_source_length "
+    "max_target_length hidden_size num_layers cell bidirectional attention memory_dim inputs outputs export_id "
+    "content_sha256"
+).split()
+TEXT = "source_tokens target_tokens source_tokenizer target_tokenizer source_lowercase target_lowercase".split()
+REQUIRED = {
+    "1": (*COMMON, "vocab_size"),
+    "2": (*COMMON, "source_vocab_size", "target_vocab_size", *TEXT, "normalization", "unk_token"),
+}
 
 
 class Refused(Exception):
@@ -107,6 +119,9 @@ def load(path: Path) -> tuple[ort.InferenceSession, dict[str, str]]:
         meta = metadata_props(data)
         if meta.get("format_version") not in VERSIONS:
             raise Refused(f"contract format_version {meta.get('format_version')!r}; this reader knows 1 and 2")
+        missing = [key for key in REQUIRED[meta["format_version"]] if key not in meta]
+        if missing:
+            raise Refused(f"no metadata {', '.join(missing)} (damaged, or not written by lit-seq2seq)")
         vocab = ("vocab_size",) if meta["format_version"] == "1" else ("source_vocab_size", "target_vocab_size")
         for key in (*vocab, *INT_KEYS, "eos_token"):
             if not re.fullmatch(r"-?[0-9]+", meta.get(key, "")) and not (key == "eos_token" and meta.get(key) == ""):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.util
 import re
 import runpy
 import shutil
@@ -247,6 +248,15 @@ def sample_lines(model_dir, capsys, n: int = 40) -> str:
     return out
 
 
+def test_consumer_example_requires_the_metadata_keys_the_runtime_requires():
+    spec = importlib.util.spec_from_file_location("consumer_example", REPO / "export" / "consumer_example.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert {v: sorted(keys) for v, keys in example.REQUIRED.items()} == {
+        v: sorted(contract.required_keys(v)) for v in contract.READABLE_VERSIONS
+    }
+
+
 def test_consumer_example_imports_only_the_standard_library_numpy_and_onnxruntime():
     text = CONSUMER.read_text()
     assert text.startswith('"""')
@@ -321,7 +331,7 @@ def test_consumer_example_refuses_a_bad_source(line, message, exported):
     assert f"consumer_example.py: {message}" in refused(result)
 
 
-MISSING = "no metadata min_source_length (damaged, or not written by lit-seq2seq); export it again"
+MISSING = "no metadata min_source_length (damaged, or not written by lit-seq2seq)"
 
 
 @pytest.mark.parametrize(
@@ -343,14 +353,16 @@ def test_malformed_metadata_is_refused_naming_file_and_key(change, message, expo
         restamp(model_dir / name, **change)
     with pytest.raises(ModelFileError) as info:
         OnnxSeq2Seq.load(model_dir)
-    expected = f"{model_dir / contract.ENCODER_FILE}: {MISSING}" if None in change.values() else None
+    missing = None in change.values()  # found before any value is read, in the first file
+    expected = f"{model_dir / contract.ENCODER_FILE}: {MISSING}; export it again" if missing else None
     expected = expected or f"{model_dir / contract.DECODER_FILE}: {message}"
     assert str(info.value) == expected
     code, out, err = cli_output(["decode", "--model_dir", model_dir, "2 3"], capsys)
     assert (code, err) == (2, f"lit-seq2seq decode: error: {expected}\n")
     if "cell" not in change:  # what the consumer reads: the token settings (the cell is the graphs' business)
         result = consumer(model_dir, "2 3")
-        assert result.stderr == f"consumer_example.py: {model_dir / contract.ENCODER_FILE}: {message}\n"
+        said = MISSING if missing else message
+        assert result.stderr == f"consumer_example.py: {model_dir / contract.ENCODER_FILE}: {said}\n"
         assert result.returncode == 2
 
 
