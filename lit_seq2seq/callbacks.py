@@ -76,7 +76,8 @@ def _result_label(trainer: L.Trainer) -> str:
 
 
 class PredictionWriter(L.Callback):
-    """Writes `predict` results to <log dir>/predictions.tsv: source, target and prediction per line.
+    """Writes `predict` results to <log dir>/predictions.tsv: source, target and prediction per row; for file data
+    (a row per line of the file, in its order) the line's number first.
 
     Under DDP every rank predicts a shard (rows rank, rank + world_size, ...: the data module's ShardSampler);
     rank 0 gathers them and writes the rows in the split's order.
@@ -108,11 +109,16 @@ class PredictionWriter(L.Callback):
             return
         path = Path(log_dir or trainer.default_root_dir) / "predictions.tsv"
         path.parent.mkdir(parents=True, exist_ok=True)
-        spec = getattr(getattr(trainer, "datamodule", None), "text_spec", None)
+        data = getattr(trainer, "datamodule", None)
+        spec = getattr(data, "text_spec", None)
         config = getattr(getattr(pl_module, "net", None), "config", None)
         with path.open("w", encoding="utf-8") as f:
-            f.write("source\ttarget\tprediction\n")
-            for s, t, p in zip(rows["source"], rows["target"], rows["prediction"]):
+            if spec is None:
+                f.write("source\ttarget\tprediction\n")
+            else:  # file data: each row's line in the file (its source here is normalised, maybe lowercased)
+                f.write("line\tsource\ttarget\tprediction\n")
+                lines = data.predict_lines.tolist()
+            for i, (s, t, p) in enumerate(zip(rows["source"], rows["target"], rows["prediction"])):
                 if spec is None:
                     if config is not None:  # as `sample` and `decode` write ids: no padding, no end token
                         eos, pad = config.eos_token, config.pad_token
@@ -120,7 +126,7 @@ class PredictionWriter(L.Callback):
                     f.write("\t".join(" ".join(map(str, x)) for x in (s, t, p)) + "\n")
                 else:  # a text model: its text, up to the padding and end tokens
                     source = spec.source.join(spec.source_vocab.decode(s))
-                    f.write(f"{source}\t{spec.decode(t)}\t{spec.decode(p)}\n")
+                    f.write(f"{lines[i]}\t{source}\t{spec.decode(t)}\t{spec.decode(p)}\n")
         print(f"predictions written to {path}", file=sys.stderr)
 
 

@@ -332,14 +332,27 @@ class _Scores:
         self.model = model
         self.groups: dict[tuple[int, ...], int] = {}  # source ids -> index into predictions and references
         self.predictions: list[list[int]] = []  # each distinct source's decoded tokens
-        self.references: list[list[str]] = []
+        # each distinct source's distinct references, in order (a repeat changes no score: a common word given
+        # 40,000 times over held 40,000 references, and its arrays grew with their square)
+        self.references: list[dict[str, None]] = []
 
     def add(self, ids: list[int], tokens: list[int], references: list[str]) -> None:
         group = self.groups.setdefault(tuple(ids), len(self.groups))
         if group == len(self.predictions):
             self.predictions.append(tokens)
-            self.references.append([])
-        self.references[group].extend(references)
+            self.references.append({})
+        self.references[group].update(dict.fromkeys(references))
+
+    def _chunks(self) -> Iterator[slice]:
+        """Slices of the sources whose reference arrays (sources x their most references x tokens) stay small."""
+        start = most = 0
+        for i, references in enumerate(self.references):
+            most = max(most, len(references))
+            if i > start and ((i - start + 1) * most > 1 << 16 or i - start == 4096):
+                yield slice(start, i)
+                start, most = i, len(references)
+        if start < len(self.references):
+            yield slice(start, len(self.references))
 
     def summary(self) -> str | None:
         """'exact match: ...; token error rate: ...', or None when no line had a reference."""
@@ -349,16 +362,12 @@ class _Scores:
         from lit_seq2seq.runtime import pad_batch
 
         exact = errors = length = 0
-        for start in range(0, len(self.predictions), 4096):  # bounded temporaries, whatever the input's size
+        for part in self._chunks():  # bounded temporaries, whatever the input's size
             # each row ended by the end token, so no batch is zero wide when every prediction is empty
             eos = self.model.eos_token
-            tokens = pad_batch([row + [eos] for row in self.predictions[start : start + 4096]], eos)
-            result = score(
-                tokens,
-                self.model.reference_ids(self.references[start : start + 4096]),
-                self.model.eos_token,
-                self.model.pad_token,
-            )
+            tokens = pad_batch([row + [eos] for row in self.predictions[part]], eos)
+            references = self.model.reference_ids([list(refs) for refs in self.references[part]])
+            result = score(tokens, references, self.model.eos_token, self.model.pad_token)
             exact += int(np.sum(result.exact))
             errors += int(np.sum(result.errors))
             length += int(np.sum(result.length))

@@ -79,23 +79,31 @@ class PairRows(Dataset):
 
 
 class ReferenceRows(Dataset):
-    """Evaluation rows (source, target, references): one per distinct source, every reference of it (absent slots -1).
-    Targets keep their full width (the metrics count per target position); sources are cut per batch."""
+    """Evaluation rows (source, target, references (R, T)): the references of row i are references[offsets[i]:
+    offsets[i + 1]] (group_references), padded per batch to its most references with -1 rows, so that one source
+    with many references widens its batch, not every batch. Targets keep their full width (the metrics count per
+    target position); sources are cut per batch."""
 
-    def __init__(self, source: Tensor, target: Tensor, references: Tensor) -> None:
-        self.source, self.target, self.references = source, target, references
+    def __init__(self, source: Tensor, target: Tensor, references: Tensor, offsets: Tensor) -> None:
+        self.source, self.target, self.references, self.offsets = source, target, references, offsets
         self.source_lengths = _lengths(source)
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
-        return self.source[i].long(), self.target[i].long(), self.references[i].long()
+        references = self.references[int(self.offsets[i]) : int(self.offsets[i + 1])]
+        return self.source[i].long(), self.target[i].long(), references.long()
 
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor, Tensor]:
         idx = torch.as_tensor(indices)
         s = int(self.source_lengths[idx].max())
-        return self.source[idx, :s].long(), self.target[idx].long(), self.references[idx].long()
+        starts, counts = self.offsets[idx], self.offsets[idx + 1] - self.offsets[idx]
+        references = torch.full((len(idx), int(counts.max()), self.references.shape[1]), ABSENT, dtype=torch.long)
+        row = torch.repeat_interleave(torch.arange(len(idx)), counts)
+        slot = torch.arange(len(row)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        references[row, slot] = self.references[torch.repeat_interleave(starts, counts) + slot].long()
+        return self.source[idx, :s].long(), self.target[idx].long(), references
 
 
 class BucketSampler(ResumableSampler):
@@ -168,7 +176,8 @@ class PairDataModule(L.LightningDataModule):
             initialised (benchmarks/unknown_letter.py measures both). Default: 0.01 with unknown_source unk.
         max_source_tokens: Cap on source length in tokens (default: the longest training source).
         max_target_tokens: Cap on target length in tokens, end token excluded (default: the longest training target).
-        skip_long: Skip and count pairs longer than the caps (or, in val/test, than the longest training pair)
+        skip_long: Skip and count pairs outside the trained lengths (longer than the caps; in val/test/predict, also
+            longer than the longest training pair, or with a source shorter than the shortest training source)
             instead of stopping with an error naming file:line.
         skip_unknown_targets: Skip and count val/test/predict pairs whose target holds a token the training targets
             lack (the model can never produce it), instead of stopping with an error naming file:line.
@@ -269,6 +278,7 @@ class PairDataModule(L.LightningDataModule):
         self._train_source_lengths: np.ndarray | None = None
         self._resume: dict[str, int] = {}
         self._train_sampler: ResumableSampler | None = None
+        self.predict_lines: np.ndarray | None = None  # the file's line number of each predict row
 
     # --- what the model and the export need (linked into --model.net.* by the CLI) ----------------------------------
 
@@ -364,10 +374,10 @@ class PairDataModule(L.LightningDataModule):
         target_vocab = _vocab(train, "target", False)
         spec = TextSpec(self.tokenizers["source"], self.tokenizers["target"], source_vocab, target_vocab)
         lengths = train.source.lengths
-        self._lengths = {
-            "source": self.caps["source"] or int(lengths.max()),
+        self._lengths = {  # the data's (within the caps: a cap above the data widens no trained length)
+            "source": int(lengths.max()),
             "min_source": int(lengths.min()),
-            "target": self.caps["target"] or int(train.target.lengths.max()),
+            "target": int(train.target.lengths.max()),
         }
         self._train_source_lengths = lengths
         self._check_lengths(train, spec, splits)
@@ -418,14 +428,20 @@ class PairDataModule(L.LightningDataModule):
             rank_zero_info(f"--data.text_from reads the files as the model was trained ({used}); not {not_flags}")
 
     def _make_datasets(self, splits: dict[str, PairFile | None], spec: TextSpec) -> None:
-        """The ids of every split given, with `spec` and the trained lengths (val/test/predict rows longer than those
-        are capped, `_cap`), checked now; padded into `datasets` on first use, so that `fit` can refuse lengths whose
-        training step cannot fit in memory before their arrays are made."""
+        """The ids of every split given, with `spec` and the trained lengths (val/test/predict rows outside those are
+        an error or skipped, `_cap`), checked now; padded into `datasets` on first use, so that `fit` can refuse
+        lengths whose training step cannot fit in memory before their arrays are made."""
+        done: dict[int, tuple[PairFile, np.ndarray, np.ndarray] | None] = {}  # predict is the test split by default
         for name, pairs in splits.items():
             if pairs is None or len(pairs) == 0:
                 continue
+            if id(pairs) in done:  # checked, counted and mapped once
+                if done[id(pairs)] is not None:
+                    self._pending[name] = done[id(pairs)]
+                continue
+            key, done[id(pairs)] = id(pairs), None
             if name != "train":
-                pairs = self._cap(pairs, name, "source", self._lengths["source"])
+                pairs = self._cap(pairs, name, "source", self._lengths["source"], self._lengths["min_source"])
                 pairs = self._cap(pairs, name, "target", self._lengths["target"])
                 if self.skip_unknown_targets:
                     unknown = rows_with_unknown(pairs.target, spec.target_vocab)
@@ -434,32 +450,39 @@ class PairDataModule(L.LightningDataModule):
                         pairs = _select(pairs, np.flatnonzero(~unknown))
                 if len(pairs) == 0:  # all skipped: the split is absent, so a stage that needs it says so
                     continue
-            self._pending[name] = (pairs, *self._ids(pairs, spec))
+            self._pending[name] = done[key] = (pairs, *self._ids(pairs, spec))
         self._spec = spec
         for flag, what, skipped in (
             ("skip_unknown_targets", "pairs whose target the model cannot produce", self.skipped_unknown),
-            ("skip_long", "pairs longer than the lengths trained on", self.skipped),
+            ("skip_long", "pairs outside the lengths trained on", self.skipped),
         ):
             if skipped:  # say how many, once (rank 0)
                 counts = ", ".join(f"{n} {split}" for split, n in skipped.items())
                 rank_zero_info(f"--data.{flag}: skipped {what}: {counts}")
 
-    def _cap(self, pairs: PairFile, split: str, side: str, cap: int | None) -> PairFile:
-        """Pairs whose `side` fits `cap` tokens; longer ones are an error naming file:line unless --data.skip_long."""
+    def _cap(self, pairs: PairFile, split: str, side: str, cap: int | None, least: int = 0) -> PairFile:
+        """Pairs whose `side` has `least` to `cap` tokens; others are an error naming file:line unless --data.skip_long.
+        (A source shorter than any trained is untrained, as the runtime and decode refuse it.)"""
         if cap is None:
             return pairs
-        long = getattr(pairs, side).lengths > cap
-        if not long.any():
+        lengths = getattr(pairs, side).lengths
+        outside = (lengths > cap) | (lengths < least)
+        if not outside.any():
             return pairs
         if not self.skip_long:
-            row = int(np.argmax(long))
-            limit = f"--data.max_{side}_tokens {cap}" if self.caps[side] else f"the longest training {side} ({cap})"
+            row = int(np.argmax(outside))
+            if lengths[row] < least:
+                limit = f"fewer than the shortest training {side} ({least})"
+            elif self.caps[side] == cap:
+                limit = f"more than --data.max_{side}_tokens {cap}"
+            else:
+                limit = f"more than the longest training {side} ({cap})"
             raise ValueError(
-                f"{pairs.where(row)}: the {side} has {getattr(pairs, side).lengths[row]} tokens, more than {limit}; "
-                "pass --data.skip_long true to skip (and count) such pairs"
+                f"{pairs.where(row)}: the {side} has {lengths[row]} tokens, {limit}; pass --data.skip_long true to "
+                "skip (and count) pairs outside the trained lengths"
             )
-        self.skipped[split] = self.skipped.get(split, 0) + int(long.sum())
-        return _select(pairs, np.flatnonzero(~long))
+        self.skipped[split] = self.skipped.get(split, 0) + int(outside.sum())
+        return _select(pairs, np.flatnonzero(~outside))
 
     @property
     def datasets(self) -> dict[str, Dataset]:
@@ -470,6 +493,10 @@ class PairDataModule(L.LightningDataModule):
             if name == "train":
                 rows = (torch.from_numpy(source), torch.from_numpy(target))
                 self._datasets[name] = PairRows(*rows, self.unk_rate, self.seed)  # unk_rate > 0: the vocab has <unk>
+            elif name == "predict":  # a row per line, in file order: predictions.tsv names each line's number
+                arrays = (source, target, target, np.arange(len(source) + 1))
+                self._datasets[name] = ReferenceRows(*(torch.from_numpy(a) for a in arrays))
+                self.predict_lines = pairs.lines
             else:
                 self._datasets[name] = ReferenceRows(*(torch.from_numpy(a) for a in group_references(source, target)))
         self._pending.clear()
@@ -624,6 +651,17 @@ class PairDataModule(L.LightningDataModule):
         changed = [key for key in ours if text.get(key) != ours[key]]
         return [f"{self._train_flag()} gives other {', '.join(changed)} than the checkpoint's"] if changed else []
 
+    def split_differences(self, checkpoint: dict[str, Any]) -> list[str]:
+        """Why this data's val/test pairs would hold pairs the checkpoint's model trained on (empty: they would not):
+        --data.file split by other fractions, which move sources between the splits."""
+        trained = (checkpoint.get("datamodule_hyper_parameters") or {}).get("split_fractions")
+        if self.file is None or trained is None or tuple(map(float, trained)) == self.fractions:
+            return []
+        return [
+            f"--data.split_fractions {list(self.fractions)} splits --data.file otherwise than the checkpoint's fit "
+            f"({list(trained)}): pairs it trained on would be scored as unseen ones"
+        ]
+
     def _train_flag(self) -> str:
         if self.text_from is not None:
             return f"--data.text_from {self.text_from}"
@@ -708,25 +746,24 @@ def split_by_source(side: Side, fractions: tuple[float, float, float]) -> list[n
     return [np.flatnonzero(which == i) for i in range(3)]
 
 
-def group_references(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One row per distinct source (in order of first appearance): the source, its first target, and every target of
-    it as references (rows, R, T), absent slots -1."""
+def group_references(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One row per distinct source (in order of first appearance): its source, its first target, and its distinct
+    targets as references, flat: row i's are references[offsets[i]:offsets[i + 1]], in order of first appearance. A
+    repeated reference changes no score (a match, or the fewest edits, the first among equals), so a source given N
+    times over holds one reference, not N."""
     _, first, group = np.unique(source, axis=0, return_index=True, return_inverse=True)
     group = group.reshape(-1)
     order = np.argsort(first, kind="stable")  # groups in file order
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     group = rank[group]
-    rows = len(order)
-    counts = np.bincount(group, minlength=rows)
-    slot = np.zeros(len(group), np.int64)
-    by_group = np.argsort(group, kind="stable")
-    starts = np.cumsum(counts) - counts
-    slot[by_group] = np.arange(len(group)) - np.repeat(starts, counts)
-    references = np.full((rows, int(counts.max(initial=1)), target.shape[1]), ABSENT, target.dtype)
-    references[group, slot] = target
+    keyed = np.column_stack([group, target.astype(np.int64)])  # (group, reference) pairs
+    _, kept = np.unique(keyed, axis=0, return_index=True)
+    kept = kept[np.lexsort((kept, group[kept]))]  # by group, then file order
+    offsets = np.zeros(len(order) + 1, np.int64)
+    np.cumsum(np.bincount(group[kept], minlength=len(order)), out=offsets[1:])
     firsts = first[order]
-    return source[firsts], target[firsts], references
+    return source[firsts], target[firsts], target[kept], offsets
 
 
 def describe(data: PairDataModule) -> str:

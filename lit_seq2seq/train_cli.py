@@ -515,12 +515,13 @@ class Seq2SeqCLI(LightningCLI):
 
     def _check_same_text(self, checkpoint: dict[str, Any]) -> None:
         """Exit 2 if the vocabularies built from the training file now differ from the checkpoint's (test, validate,
-        predict, fine-tune): the same ids would stand for other tokens, and every figure would be wrong."""
-        differ = self.datamodule.text_differences(checkpoint)
+        predict, fine-tune): the same ids would stand for other tokens, and every figure would be wrong; or if
+        --data.file is split otherwise: the model's training pairs would be scored as unseen."""
+        differ = self.datamodule.text_differences(checkpoint) + self.datamodule.split_differences(checkpoint)
         if differ:
             self.parser.error(
                 f"--ckpt_path {self.config[self.subcommand].ckpt_path}: {'; '.join(differ)}; pass the training file "
-                "and tokenizer flags the model was trained with"
+                "and the tokenizer and split flags the model was trained with"
             )
 
     def _check_model_matches(self, checkpoint: dict[str, Any]) -> None:

@@ -447,6 +447,7 @@ def test_node_decode_scores_references_as_pythons_decode(text_exported, capsys):
             lines.append(f"{word}\tnot it")  # a wrong reference first: the right one follows on the next line
         lines.append(f"{word}\t{target}  " if i % 2 else f"{word}\t{target}")
     lines.append(f"{pairs[0][0]}\t{pairs[0][1]}")  # a source seen before, not adjacent: one more reference of it
+    lines += [lines[-1]] * 3  # and the same reference again: held once
     stdin = "".join(f"{line}\n" for line in lines)
     code, out, err = cli_output(["decode", "--model_dir", model_dir], capsys, stdin=stdin)
     assert code == 0, err

@@ -124,12 +124,25 @@ def test_caps_and_skip_long(tmp_path, caplog):
     )
     assert "--data.skip_long true" in str(info.value)
     data = module(tmp_path, train, ["abcd\tA", "a\tA B B B", "b\tB"], max_target_tokens=3, skip_long=True)
-    assert (data.source_length, data.max_target_length) == (4, 4)  # the cap + the end token
+    # the longest training pair left (targets of 2 tokens) + the end token: the cap only skipped pairs
+    assert (data.source_length, data.max_target_length) == (4, 3)
     assert len(data.datasets["train"]) == 2 and len(data.datasets["val"]) == 2
     assert data.skipped == {"train": 1, "val": 1}
-    assert "--data.skip_long: skipped pairs longer than the lengths trained on: 1 train, 1 val" in caplog.text
+    assert "--data.skip_long: skipped pairs outside the lengths trained on: 1 train, 1 val" in caplog.text
     with pytest.raises(ValueError, match=r"val\.tsv:1: the source has 5 tokens, more than the longest training source"):
         module(tmp_path, ["abcd\tA"], ["abcda\tA"]).load()
+    # caps above the data widen no trained length: the runtime would otherwise answer untrained lengths
+    roomy = module(tmp_path, train, max_source_tokens=50, max_target_tokens=80)
+    assert (roomy.source_length, roomy.min_source_length, roomy.max_target_length) == (4, 1, 6)
+    # a val/test/predict source shorter than any training source is untrained too, as the runtime and decode say
+    with pytest.raises(ValueError) as info:
+        module(tmp_path, ["ab\tA", "abc\tA"], ["ab\tA", "a\tA"]).load()
+    assert str(info.value) == (
+        f"--data.val_file {tmp_path / 'val.tsv'}:2: the source has 1 tokens, fewer than the shortest training source "
+        "(2); pass --data.skip_long true to skip (and count) pairs outside the trained lengths"
+    )
+    short = module(tmp_path, ["ab\tA", "abc\tA"], ["ab\tA", "a\tA"], skip_long=True)
+    assert len(short.datasets["val"]) == 1 and short.skipped == {"val": 1}
     with pytest.raises(ValueError, match=r"train\.tsv: --data.skip_long skipped all 2 training pairs: every one is"):
         module(tmp_path, train[:2], max_source_tokens=1, skip_long=True).load()
     # a val split emptied by skip_long is absent, as one emptied by skip_unknown_targets: `validate` then says it has
@@ -205,24 +218,36 @@ GOLDEN_SPLIT = [["aardvark", "zebra", "ba", "été"], ["world", "naïve", "café
 
 def test_val_batches_hold_one_row_per_source_with_every_reference(tmp_path):
     train = ["ab\tA B", "ba\tB A", "a\tA", "b\tB"]
-    val = ["ab\tA B", "ba\tB A", "ab\tA A", "a\tA", "ab\tB", "ba\tA"]
+    val = ["ab\tA B", "ba\tB A", "ab\tA A", "a\tA", "ab\tB", "ba\tA", "ab\tA B"]  # ab's "A B" twice: kept once
     data = module(tmp_path, train, val, batch_size=2)
     data.setup("validate")
     batches = list(data.val_dataloader())
     assert [len(b) for b in batches] == [3, 3] and [len(b[0]) for b in batches] == [2, 1]
     source = [row for b in batches for row in b[0].tolist()]  # sources cut per batch to its longest
-    target = torch.cat([b[1] for b in batches])
-    references = torch.cat([b[2] for b in batches])
     assert source == [[2, 3], [3, 2], [2]]  # ab, ba, a: in the order of first appearance
-    assert references.shape == (3, 3, 3) and references.dtype == torch.int64
     A, B, END, ABSENT = 2, 3, 1, -1
-    assert references.tolist() == [
-        [[A, B, END], [A, A, END], [B, END, 0]],
-        [[B, A, END], [A, END, 0], [ABSENT] * 3],
-        [[A, END, 0], [ABSENT] * 3, [ABSENT] * 3],
+    # references padded per batch to its most (3, then 1), absent slots -1
+    assert [b[2].dtype for b in batches] == [torch.int64] * 2
+    assert [b[2].tolist() for b in batches] == [
+        [[[A, B, END], [A, A, END], [B, END, 0]], [[B, A, END], [A, END, 0], [ABSENT] * 3]],
+        [[[A, END, 0]]],
     ]
-    assert torch.equal(target, references[:, 0])  # the first reference: the loss's target
+    assert all(torch.equal(b[1], b[2][:, 0]) for b in batches)  # the first reference: the loss's target
     assert group_references(np.zeros((0, 2), np.int32), np.zeros((0, 3), np.int32))[2].shape[0] == 0
+
+
+def test_a_source_given_many_times_holds_its_distinct_references_once():
+    """A word list with a common word 50,000 times among 50,000 others: references padded to the most of any source
+    asked for 50,001 x 50,000 x T cells (65 GiB); each distinct reference is kept once, so 50,002 rows."""
+    rows = np.arange(2, 50_002, dtype=np.int32)[:, None].repeat(2, axis=1)
+    source = np.concatenate([rows, np.full((50_000, 2), 1, np.int32)])  # (1 is no other row's)
+    target = np.concatenate([rows + 1, np.full((50_000, 2), 9, np.int32)])
+    target[-1] = 8  # one other reference of the common source, last
+    src, first, references, offsets = group_references(source, target)
+    assert len(src) == 50_001 and len(references) == 50_002 and offsets[-1] == 50_002
+    assert src[-1].tolist() == [1, 1]  # in order of first appearance
+    assert references[offsets[-2] :].tolist() == [[9, 9], [8, 8]]  # in order of appearance
+    assert (first == references[offsets[:-1]]).all()
 
 
 def test_predict_defaults_to_the_test_split(tmp_path):
@@ -378,6 +403,31 @@ def test_a_resumed_fit_refuses_a_changed_training_file(tmp_path, capsys):
     assert code == 2 and "the checkpoint was trained with --data.bucketing" in err
 
 
+def test_test_with_other_split_fractions_of_the_file_than_the_fit_exits_2(tmp_path, capsys):
+    """Other fractions move sources between the splits of --data.file: test would score training pairs as unseen."""
+    flags = [
+        *TINY_FIT,
+        "--data.train_file",
+        "null",
+        "--data.file",
+        TINY_TRAIN,
+        "--data.split_fractions",
+        "[0.8, 0.1, 0.1]",
+    ]
+    root = fit_in(tmp_path / "runs", *flags, "--trainer.max_epochs", "1")
+    test = ["test", *flags, "--data.skip_long", "true", "--ckpt_path", "last", *root_args(root)]
+    code, err = cli_exit([*test, "--data.split_fractions", "[0.1, 0.1, 0.8]"], capsys)
+    assert (
+        code == 2
+        and (
+            "--data.split_fractions [0.1, 0.1, 0.8] splits --data.file otherwise than the checkpoint's fit ([0.8, 0.1, "
+            "0.1]): pairs it trained on would be scored as unseen ones"
+        )
+        in err
+    )
+    assert run_cli(test) == 0
+
+
 def test_validate_test_and_predict_without_the_training_file_read_the_checkpoints_vocabularies(
     tmp_path, capsys, caplog
 ):
@@ -396,7 +446,7 @@ def test_validate_test_and_predict_without_the_training_file_read_the_checkpoint
     assert metrics["checkpoint", "validate"] == metrics["train file", "validate"]
     assert run_cli(["predict", *no_train, *given]) == 0
     rows = (version_dirs(root)[-1] / "predictions.tsv").read_text(encoding="utf-8").splitlines()
-    assert rows[0] == "source\ttarget\tprediction" and len(rows) > 1
+    assert rows[0] == "line\tsource\ttarget\tprediction" and len(rows) > 1
     # tokenizer flags other than the checkpoint's: read as trained (the only tokens the model knows), and said so
     caplog.set_level(logging.INFO, logger="lightning.pytorch")
     other = ["--data.source_tokenizer", "space", "--data.source_lowercase", "true"]
@@ -492,27 +542,31 @@ def test_ddp_two_ranks_shard_the_file_data(tmp_path):
     assert last["global_step"] == 13
 
 
-def test_predict_writes_the_text_of_each_source_reference_and_prediction(tmp_path):
-    """predictions.tsv of a text model holds text (batches of file data differ in width: rows are joined one by one)."""
+def test_predict_writes_the_text_of_each_line_its_reference_and_prediction(tmp_path):
+    """predictions.tsv of a text model holds a row per line of the file, in its order, with the line's number and
+    text (batches of file data differ in width: rows are joined one by one)."""
     root = fit_in(tmp_path / "runs", *TINY_FIT, "--trainer.max_epochs", "6")
     run_cli(["predict", *TINY_FIT, "--data.test_file", TINY_TEST, "--ckpt_path", "last", *root_args(root)])
     rows = (version_dirs(root)[-1] / "predictions.tsv").read_text(encoding="utf-8").splitlines()
-    sources = {line.split("\t")[0] for line in TINY_TEST.read_text(encoding="utf-8").splitlines() if line}
-    assert rows[0] == "source\ttarget\tprediction" and len(rows) - 1 == len(sources)
+    lines = TINY_TEST.read_text(encoding="utf-8").splitlines()
+    assert rows[0] == "line\tsource\ttarget\tprediction" and len(rows) - 1 == len(lines)
     cells = [row.split("\t") for row in rows[1:]]
-    assert {source for source, _, _ in cells} == sources
-    references = {tuple(line.split("\t")) for line in TINY_TEST.read_text(encoding="utf-8").splitlines() if line}
-    assert all((source, target) in references for source, target, _ in cells)  # the first reference, as text
-    right = sum((source, prediction) in references for source, _, prediction in cells)
-    assert right >= 0.4 * len(cells)  # text predictions (15 of 30 right after these 6 epochs)
-    # A file of sources alone (a word list; JSON Lines without "target"): the same predictions, the target empty.
-    words = [source for source, _, _ in cells]
+    assert [(number, f"{source}\t{target}") for number, source, target, _ in cells] == [
+        (str(i), line) for i, line in enumerate(lines, 1)
+    ]
+    references = {tuple(line.split("\t")) for line in lines}
+    right = sum((source, prediction) in references for _, source, _, prediction in cells)
+    assert right >= 0.4 * len(cells)  # text predictions (17 of 32 lines right after these 6 epochs)
+    # A file of sources alone (a word list; JSON Lines without "target"), a blank line in it: the same predictions,
+    # the target empty, the numbers the file's.
+    words = [source for _, source, _, _ in cells]
     for name, text in (
-        ("words.txt", "".join(f"{word}\n" for word in words)),
-        ("words.jsonl", "".join(json.dumps({"source": word}) + "\n" for word in words)),
+        ("words.txt", "\n" + "".join(f"{word}\n" for word in words)),
+        ("words.jsonl", "\n" + "".join(json.dumps({"source": word}) + "\n" for word in words)),
     ):
         (tmp_path / name).write_text(text, encoding="utf-8")
         given = ["--data.predict_file", str(tmp_path / name), "--ckpt_path", "last", *root_args(root)]
         assert run_cli(["predict", *TINY_FIT, *given]) == 0
         alone = (version_dirs(root)[-1] / "predictions.tsv").read_text(encoding="utf-8").splitlines()
-        assert alone == [rows[0]] + [f"{source}\t\t{prediction}" for source, _, prediction in cells]
+        expected = [f"{int(number) + 1}\t{source}\t\t{prediction}" for number, source, _, prediction in cells]
+        assert alone == [rows[0], *expected]

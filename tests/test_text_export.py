@@ -287,6 +287,28 @@ def test_decode_scores_references_grouped_by_source(text_exported, capsys):
     assert err == "exact match: 2/4 = 50.00% (WER 50.00%); token error rate: 2/8 = 25.00%\n"
 
 
+def test_decode_holds_a_repeated_reference_once(text_exported, capsys):
+    """A common word given thousands of times over (a word list, a corpus's pairs): the same lines out and the same
+    figures as with its reference given once; held once (its arrays grew with the square of the repeats)."""
+    from lit_seq2seq.cli import _Scores
+
+    lines = "abé\tAH BE É\nab\tAH\nab\tBE BE BE\nж\tЖ Э\na\tAH Q\n"
+    repeated = lines + "ab\tAH\n" * 20_000 + "ж\tЖ Э\n" + "ab\tAH\n" * 3
+    args = ["decode", "--model_dir", text_exported("trained").model_dir]
+    once, again = cli_output(args, capsys, lines), cli_output(args, capsys, repeated)
+    assert again[0] == 0 and again[2] == once[2]  # exact match 2/4, token error rate 2/8 (worked above)
+    assert again[1] == once[1] + "AH BE\nЖ Э\nAH BE\n"  # a line per run of adjacent lines of one source
+    scores = _Scores(None)
+    scores.add([2, 3], [4], ["AH"] * 20_000 + ["BE", "AH"])
+    assert scores.references == [{"AH": None, "BE": None}]
+    # the reference arrays are built for slices of the sources: sources x their most references stay bounded
+    for i in range(9_000):
+        scores.add([i + 5], [4], [str(j) for j in range(300 if i == 7_000 else 1)])
+    parts = list(scores._chunks())
+    assert [(p.start, p.stop) for p in parts][:3] == [(0, 4096), (4096, 7001), (7001, 7219)]  # 218 x 300 refs
+    assert parts[-1].stop == 9_001 and all(p.stop == q.start for p, q in zip(parts, parts[1:]))
+
+
 def test_decode_says_how_many_lines_had_no_reference(text_exported, capsys):
     model_dir = text_exported("trained").model_dir
     code, out, err = cli_output(["decode", "--model_dir", model_dir], capsys, "abé\tAH BE É\nж\nab\n")

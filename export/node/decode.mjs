@@ -160,7 +160,9 @@ async function main() {
   // once, right when its prediction equals any reference of all its lines.
   let batch = []; // {ids, text, references}
   let pending = null; // the last source read: more reference lines of it may follow
-  const groups = new Map(); // text model: source ids -> {prediction, references}, as token arrays
+  // text model: source ids -> {prediction, references: reference text -> its tokens}; each distinct reference once
+  // (a repeat changes no score, and a common word given 50,000 times over would hold 50,000)
+  const groups = new Map();
   let scored = 0;
   let hits = 0;
   const decodeBatch = async () => {
@@ -182,8 +184,9 @@ async function main() {
         return;
       }
       const key = s.ids.join(" ");
-      if (!groups.has(key)) groups.set(key, { prediction: tokens[i], references: [] });
-      groups.get(key).references.push(...s.references.map((r) => model.referenceTokens(r)));
+      if (!groups.has(key)) groups.set(key, { prediction: tokens[i], references: new Map() });
+      const references = groups.get(key).references;
+      for (const r of s.references) if (!references.has(r)) references.set(r, model.referenceTokens(r));
     });
     batch = [];
   };
@@ -251,12 +254,16 @@ async function main() {
   let errors = 0;
   let length = 0;
   for (const group of groups.values()) {
-    const distances = group.references.map((reference) => editDistance(group.prediction, reference));
-    const best = distances.indexOf(Math.min(...distances));
+    let best = null;
+    let fewest = Infinity;
+    for (const reference of group.references.values()) {
+      const distance = editDistance(group.prediction, reference);
+      if (distance < fewest) [best, fewest] = [reference, distance];
+    }
     scored++;
-    if (distances[best] === 0) hits++;
-    errors += distances[best];
-    length += group.references[best].length;
+    if (fewest === 0) hits++;
+    errors += fewest;
+    length += best.length;
   }
   if (scored) {
     const pct = (x) => `${(100 * x).toFixed(2)}%`;
