@@ -435,11 +435,12 @@ class PairDataModule(L.LightningDataModule):
         for name, pairs in splits.items():
             if pairs is None or len(pairs) == 0:
                 continue
-            if id(pairs) in done:  # checked, counted and mapped once
-                if done[id(pairs)] is not None:
-                    self._pending[name] = done[id(pairs)]
+            key = id(pairs)
+            if key in done:  # checked, counted and mapped once
+                if done[key] is not None:
+                    self._pending[name] = done[key]
                 continue
-            key, done[id(pairs)] = id(pairs), None
+            done[key] = None  # until its ids are made: a split emptied by skipping stays absent for both
             if name != "train":
                 pairs = self._cap(pairs, name, "source", self._lengths["source"], self._lengths["min_source"])
                 pairs = self._cap(pairs, name, "target", self._lengths["target"])
