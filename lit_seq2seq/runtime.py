@@ -340,11 +340,11 @@ class OnnxSeq2Seq:
                 raise ValueError(self._untrained_length(where(row), int(lengths[row]), "token"))
         return source.astype(np.int64, copy=False), single
 
-    def _untrained_length(self, where: str, length: int, unit: str) -> str:
+    def _untrained_length(self, where: str, length: int, unit: str, read: str = "") -> str:
         low, high = self.min_source_length, self.source_length
         trained_on = f"exactly {low}" if low == high else f"{low} to {high}"
         return (
-            f"{where}: {length} {unit}{'s' * (length != 1)}; this model was trained on sources of {trained_on} "
+            f"{where}: {length} {unit}{'s' * (length != 1)}{read}; this model was trained on sources of {trained_on} "
             f"{unit}{'s' * (high != 1)} (pass allow_untrained_lengths=True / --allow_untrained_lengths to decode "
             "anyway)"
         )
@@ -513,7 +513,7 @@ class OnnxSeq2Seq:
             raise ValueError(f"{where}: no tokens (only whitespace; the {spec.source.kind} tokenizer splits on it)")
         if not allow_untrained_lengths and not self.min_source_length <= len(ids) <= self.source_length:
             unit = "character" if spec.source.kind == "char" else "token"
-            raise ValueError(self._untrained_length(where, len(ids), unit))
+            raise ValueError(self._untrained_length(where, len(ids), unit, spec.as_read(text)))
         return ids
 
     def encode_texts(self, texts: Sequence[str], *, allow_untrained_lengths: bool = False) -> np.ndarray:

@@ -153,8 +153,22 @@ class TextSpec:
     target_vocab: Vocab
 
     def encode(self, text: str, where: str = "") -> list[int]:
-        """Source ids of one text (not padded); errors name `where`."""
-        return self.source_vocab.encode(self.source.split(text), where)
+        """Source ids of one text (not padded); errors name `where`, and the text the model reads where it differs
+        from `text` (the position counts in it)."""
+        try:
+            return self.source_vocab.encode(self.source.split(text), where)
+        except ValueError as error:
+            raise ValueError(f"{error}{self.as_read(text)}") from None
+
+    def as_read(self, text: str) -> str:
+        """ "" when the model reads `text` as given; else " of 'TEXT', the text as the model reads it (how)": errors
+        count positions and lengths in that text (a user who typed "Z" sees why the message names "z")."""
+        normal = unicodedata.normalize(NORMALIZATION, text)
+        read = self.source.normalize(text)
+        if read == text:
+            return ""
+        how = " and ".join(h for h, changed in (("NFC", normal != text), ("lowercased", read != normal)) if changed)
+        return f" of {read!r}, the text as the model reads it ({how})"
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of one row of target ids (stops at the end token)."""

@@ -186,6 +186,11 @@ def test_encode_texts_and_decode_ids(text_model):
         ("trained", ["ab", "aaaaaa"], r"text 1: 6 characters; this model was trained on sources of 1 to 5 characters "
                                       r"\(pass allow_untrained_lengths=True / --allow_untrained_lengths"),
         ("space_source", ["a a a a a a"], r"text 0: 6 tokens; this model was trained on sources of 1 to 5 tokens"),
+        # the model lowercases: a message counts in the text it reads, and shows it
+        ("trained", ["AXB"], r"text 0: unknown token 'x' at position 2 of 'axb', the text as the model reads it "
+                             r"\(lowercased\)$"),
+        ("trained", ["ABE\u0301ABA"], r"text 0: 6 characters of 'abéaba', the text as the model reads it \(NFC and "
+                                     r"lowercased\); this model was trained on sources of 1 to 5"),
         ("space_source", ["a " + "∆" * 5000], rf"text 0: unknown token '{'∆' * 40}'\.\.\. \(5,000 characters\) at "),
     ],
 )  # fmt: skip
