@@ -558,6 +558,10 @@ class Seq2SeqCLI(LightningCLI):
             if not _raised_in_lightning(error):
                 raise
             self.parser.error(f"--trainer.* flags: {error}")
+        except MisconfigurationException as error:  # e.g. "No supported gpu backend found!": name what was asked
+            given = self.config[self.subcommand].trainer
+            flags = ", ".join(f"--trainer.{k} {given.get(k)}" for k in ("accelerator", "devices", "strategy"))
+            self.parser.error(f"{flags}: {error}")
         trainer.callbacks.append(checkpoint.StopOnSigterm())  # after the checkpoint callbacks it asks to write
         return trainer
 

@@ -7,7 +7,18 @@ import logging
 import pytest
 import torch
 import yaml
-from conftest import REPO, REVERSE_YAML, TINY_TASK, last_metric, net_config, root_args, run_cli, tiny_run, version_dirs
+from conftest import (
+    REPO,
+    REVERSE_YAML,
+    TINY_TASK,
+    cli_exit,
+    last_metric,
+    net_config,
+    root_args,
+    run_cli,
+    tiny_run,
+    version_dirs,
+)
 
 from lit_seq2seq.model import Seq2Seq
 
@@ -67,3 +78,14 @@ def test_greedy_on_gpu_matches_cpu():
     expected = net.greedy(source)
     got = net.cuda().greedy(source.cuda())
     assert got.is_cuda and torch.equal(got.cpu(), expected)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU")
+def test_a_gpu_asked_for_on_a_machine_without_one_names_the_flags(tmp_path, capsys):
+    code, err = cli_exit(
+        ["fit", "--config", REVERSE_YAML, "--trainer.accelerator", "gpu", *root_args(tmp_path)], capsys
+    )
+    assert code == 2 and err.endswith(
+        "error: --trainer.accelerator gpu, --trainer.devices auto, --trainer.strategy auto: No supported gpu backend "
+        "found!\n"
+    )
