@@ -220,6 +220,15 @@ def _flatten_default_data(text: str) -> str:
     return text
 
 
+CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
+
+
+def _is_run_logger(logger: Any) -> bool:
+    """Whether `logger` (a config value) is the one Seq2SeqCLI sets: a CSVLogger of <save_dir>/version_N."""
+    init = getattr(logger, "init_args", None)
+    return getattr(logger, "class_path", None) == CSV_LOGGER and init is not None and init.get("name") == ""
+
+
 class _NoCloudTips(logging.Filter):
     """Drops Lightning's "💡 Tip:" lines, which advertise its cloud logging and model registry at every run."""
 
@@ -404,11 +413,10 @@ class Seq2SeqCLI(LightningCLI):
         if self.subcommand == "fit" and trainer.get("limit_train_batches") == 0:  # Lightning: a fit that says nothing
             self.parser.error("--trainer.limit_train_batches 0 trains on nothing: give a share of an epoch or a count")
         root = trainer.default_root_dir or "."
-        if config.trainer.logger in (None, True):
-            # CSV logs under <default_root_dir>/version_N: the report reads them; no TensorBoard needed.
-            config.trainer.logger = Namespace(
-                class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace(save_dir=root, name="")
-            )
+        if config.trainer.logger in (None, True) or _is_run_logger(config.trainer.logger):
+            # CSV logs under <default_root_dir>/version_N: the report reads them; no TensorBoard needed. A run's saved
+            # config.yaml holds this logger with its root: given again, it follows --trainer.default_root_dir.
+            config.trainer.logger = Namespace(class_path=CSV_LOGGER, init_args=Namespace(save_dir=root, name=""))
         _check_writable(root, self.parser)
         if self.subcommand == "fit":
             _check_fused_clipping(config, self.parser)

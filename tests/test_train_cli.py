@@ -664,3 +664,13 @@ def test_a_resume_with_another_one_cycle_peak_names_it_not_the_rates_torch_deriv
     resume = [*flags, "--trainer.max_epochs", "2", "--ckpt_path", root / "version_0" / "checkpoints" / "last.ckpt"]
     code, err = cli_exit(["fit", *resume, "--model.lr_scheduler.max_lr", "0.02", *root_args(root)], capsys)
     assert code == 2 and "but --model.lr_scheduler.max_lr 0.02 (checkpoint: 0.01); pass" in err
+
+
+def test_a_runs_saved_config_given_again_follows_a_new_default_root_dir(tmp_path):
+    """config.yaml of a run holds the logger the CLI set, with that run's root: reused with another
+    --trainer.default_root_dir, the new run goes there (it went beside the old one: --ckpt_path best missed it)."""
+    assert run_cli(["fit", "--config", REVERSE_YAML, *TINY_TASK, *tiny_run(), *root_args(tmp_path / "a")]) == 0
+    saved = version_dirs(tmp_path / "a")[-1] / "config.yaml"
+    assert run_cli(["fit", "--config", saved, *root_args(tmp_path / "b")]) == 0
+    assert [d.name for d in version_dirs(tmp_path / "b")] == ["version_0"] and len(version_dirs(tmp_path / "a")) == 1
+    assert (version_dirs(tmp_path / "b")[0] / "checkpoints" / "last.ckpt").exists()
