@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -20,6 +21,8 @@ from lit_seq2seq.metrics import Scores, score
 from lit_seq2seq.model import NetConfig, Seq2Seq, shift_right
 from lit_seq2seq.search import to_width
 from lit_seq2seq.text import TEXT_KEY
+
+EPOCH_METRICS = ("loss", "token_acc", "exact_match", "token_error_rate")  # of val and test, every epoch
 
 
 class Seq2SeqMetrics(Metric):
@@ -221,9 +224,17 @@ class Seq2SeqModule(L.LightningModule):
     def _log_epoch(self, stage: str) -> None:
         values = self.metrics[stage].compute()
         self.metrics[stage].reset()
-        main = {"loss", "token_acc", "exact_match", "token_error_rate"}
         for name, value in values.items():
-            self.log(f"{stage}/{name}", value, prog_bar=name in main, sync_dist=False)
+            self.log(f"{stage}/{name}", value, prog_bar=name in EPOCH_METRICS, sync_dist=False)
+
+    @staticmethod
+    def logs(name: str) -> bool:
+        """Whether a fit logs `name`, which a checkpoint, early stopping or ReduceLROnPlateau may then watch:
+        train/loss, val/<EPOCH_METRICS>, val/position_<i>_acc (generated tasks), and Lightning's epoch and step."""
+        stage, _, metric = name.partition("/")
+        if name in ("train/loss", "epoch", "step"):
+            return True
+        return stage == "val" and (metric in EPOCH_METRICS or re.fullmatch(r"position_\d+_acc", metric) is not None)
 
     def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         self._evaluate(batch, "val")

@@ -24,6 +24,7 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_seq2seq import checkpoint, install_hint
@@ -32,7 +33,7 @@ from lit_seq2seq.checkpoint import NonFiniteError, Seq2SeqCheckpoint, Seq2SeqChe
 from lit_seq2seq.cli import LIGHTNING_COMMANDS
 from lit_seq2seq.data import Seq2SeqDataModule
 from lit_seq2seq.model import TYPE_WORDS, upgrade_hparams
-from lit_seq2seq.module import Seq2SeqModule
+from lit_seq2seq.module import EPOCH_METRICS, Seq2SeqModule
 from lit_seq2seq.pairs import FIT_TEXT_FROM, PairDataModule
 from lit_seq2seq.runs import RESUMED_FROM
 from lit_seq2seq.tasks import check_memory
@@ -439,6 +440,7 @@ class Seq2SeqCLI(LightningCLI):
                 configured = self.model.configure_optimizers()
             except (ValueError, TypeError) as error:
                 self.parser.error(f"--model.optimizer / --model.lr_scheduler: {error}")
+            self._check_monitors(configured)
         if self._checkpoint is not None:
             if self.subcommand == "fit" and not self._fine_tune:
                 self._check_same_settings(self._checkpoint, configured)
@@ -450,6 +452,26 @@ class Seq2SeqCLI(LightningCLI):
                 self.model.load_state_dict(self._checkpoint["state_dict"])
                 self.config_init[self.subcommand]["ckpt_path"] = None
             self._checkpoint = None  # the trainer's checkpoint IO holds it until the restore
+
+    def _check_monitors(self, configured: Any) -> None:
+        """Exit 2 for a checkpoint, early stopping or ReduceLROnPlateau watching a metric the fit never logs:
+        Lightning raises that at the first validation's end, a traceback after an epoch of training."""
+        watched = [
+            (f"--trainer.callbacks {type(c).__name__} monitor" if not isinstance(c, Seq2SeqCheckpoint) else
+             "--checkpoint.monitor", c.monitor)
+            for c in self.trainer.callbacks
+            if isinstance(c, (ModelCheckpoint, EarlyStopping)) and c.monitor is not None
+        ]  # fmt: skip
+        schedule = configured.get("lr_scheduler") if isinstance(configured, dict) else None
+        if isinstance(schedule, dict) and schedule.get("monitor"):
+            watched.append(("--model.lr_scheduler ReduceLROnPlateau monitor", schedule["monitor"]))
+        for flag, name in watched:
+            if not Seq2SeqModule.logs(name):
+                known = ", ".join(f"val/{m}" for m in EPOCH_METRICS)
+                self.parser.error(
+                    f"{flag} {name}: the fit logs no such metric; it logs {known} (each validation), train/loss, and "
+                    "val/position_<i>_acc for generated tasks"
+                )
 
     def _check_fit_memory(self) -> None:
         """Exit 2 when this machine's memory cannot hold a training step of the longest batch (a CPU fit): its

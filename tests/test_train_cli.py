@@ -674,3 +674,34 @@ def test_a_runs_saved_config_given_again_follows_a_new_default_root_dir(tmp_path
     assert run_cli(["fit", "--config", saved, *root_args(tmp_path / "b")]) == 0
     assert [d.name for d in version_dirs(tmp_path / "b")] == ["version_0"] and len(version_dirs(tmp_path / "a")) == 1
     assert (version_dirs(tmp_path / "b")[0] / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--checkpoint.monitor", "val/acc"], "--checkpoint.monitor val/acc: the fit logs no such metric; it logs "),
+        (["--model.lr_scheduler", "lightning.pytorch.cli.ReduceLROnPlateau", "--model.lr_scheduler.monitor", "val/acc"],
+         "--model.lr_scheduler ReduceLROnPlateau monitor val/acc: the fit logs no such metric"),
+        ("early stopping on val_loss", "--trainer.callbacks EarlyStopping monitor val_loss: the fit logs no such"),
+    ],
+    ids=["checkpoint", "plateau", "early stopping"],
+)  # fmt: skip
+def test_a_monitor_of_a_metric_the_fit_never_logs_exits_2_before_training(flags, message, tmp_path, capsys):
+    """Lightning raised it after the first epoch's validation, with a traceback and exit 1, the epoch lost."""
+    if isinstance(flags, str):
+        overlay = tmp_path / "early.yaml"
+        callback = {"class_path": "lightning.pytorch.callbacks.EarlyStopping", "init_args": {"monitor": "val_loss"}}
+        overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": [callback]}}))
+        flags = ["--config", overlay]
+    code, err = cli_exit(
+        ["fit", "--config", REVERSE_YAML, *TINY_TASK, *tiny_run(), *flags, *root_args(tmp_path)], capsys
+    )
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not version_dirs(tmp_path)  # no run folder: nothing started
+    watched = [
+        "--checkpoint.monitor",
+        "val/position_0_acc",
+        "--model.lr_scheduler",
+        "torch.optim.lr_scheduler.ReduceLROnPlateau",
+    ]
+    assert run_cli(["fit", "--config", REVERSE_YAML, *TINY_TASK, *tiny_run(), *watched, *root_args(tmp_path)]) == 0
