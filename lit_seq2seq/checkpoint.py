@@ -137,6 +137,21 @@ def read_checkpoint(path: str | os.PathLike, flag: str = "--ckpt_path") -> dict[
     return checkpoint
 
 
+def _none_found(name: str, root: Path, hint: str) -> ValueError:
+    """No <name>.ckpt where fits write it; a checkpoint elsewhere under `root` is named (a fit with its own
+    --checkpoint.filename or logger name ran: best|last cannot know its files)."""
+    ours = {f"{n}.ckpt" for n in NAMES}
+    found = (p for p in root.rglob("*.ckpt") if p.name not in ours or p.parent.parent.parent != root)
+    other = next(found, None) if root.is_dir() else None
+    if other is None:
+        return ValueError(f"--ckpt_path {name}: no {name}.ckpt under {root}/*/checkpoints; {hint} or pass a file path")
+    return ValueError(
+        f"--ckpt_path {name}: no {name}.ckpt under {root}/*/checkpoints, where best|last look, but {root} holds "
+        f"other checkpoints (written with another --checkpoint.filename, dirpath or logger name?), e.g. {other}: "
+        "pass the file as --ckpt_path"
+    )
+
+
 def resolve(name: str, root: str | os.PathLike, subcommand: str) -> Path:
     """`--ckpt_path best|last` in a new process: <name>.ckpt of the newest run under <root>.
 
@@ -152,7 +167,7 @@ def resolve(name: str, root: str | os.PathLike, subcommand: str) -> Path:
     hint = "drop --ckpt_path to start a new fit" if subcommand == "fit" else "run fit first"
     runs = _runs(root)
     if not runs:
-        raise ValueError(f"--ckpt_path {name}: no {name}.ckpt under {root}/*/checkpoints; {hint} or pass a file path")
+        raise _none_found(name, root, hint)
     by_real_path = {run.resolve(): run for run in runs}
     newest, folder, seen = runs[-1], runs[-1], set()
     while folder not in seen:
@@ -170,7 +185,7 @@ def resolve(name: str, root: str | os.PathLike, subcommand: str) -> Path:
             break
     others = [run / f"{name}.ckpt" for run in runs if (run / f"{name}.ckpt").is_file()]
     if not others:
-        raise ValueError(f"--ckpt_path {name}: no {name}.ckpt under {root}/*/checkpoints; {hint} or pass a file path")
+        raise _none_found(name, root, hint)
     why = "it stopped before writing one" if name != "best" else "it validated nothing: stopped before, or no val pairs"
     raise ValueError(
         f"--ckpt_path {name}: the newest run, {newest.parent}, has no {name}.ckpt ({why}); "

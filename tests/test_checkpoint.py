@@ -230,6 +230,23 @@ def test_best_and_last_resolve_to_the_newest_run_not_the_newest_file(tmp_path):
     assert resolve("last", tmp_path, "fit") == newest_last
 
 
+def test_best_and_last_name_a_checkpoint_a_fit_wrote_elsewhere_under_the_root(tmp_path):
+    """A fit with its own --checkpoint.filename (or logger name) wrote no best.ckpt where best|last look: the error
+    names a file it did write, not "run fit first"."""
+    with pytest.raises(ValueError, match="no best.ckpt under .*; run fit first or pass a file path"):
+        resolve("best", tmp_path, "test")
+    mine = tmp_path / "myexp" / "version_0" / "checkpoints" / "epoch=4.ckpt"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"")
+    with pytest.raises(ValueError) as info:
+        resolve("best", tmp_path, "test")
+    assert str(info.value) == (
+        f"--ckpt_path best: no best.ckpt under {tmp_path}/*/checkpoints, where best|last look, but {tmp_path} holds "
+        f"other checkpoints (written with another --checkpoint.filename, dirpath or logger name?), e.g. {mine}: pass "
+        "the file as --ckpt_path"
+    )
+
+
 def test_a_resumed_run_resolves_within_the_run_it_continues(tmp_path):
     best, last = _touch(tmp_path, 0, "best"), _touch(tmp_path, 0, "last")
     _run_folder(tmp_path, 1, resumed_from=last)  # resumed, never beat the best, then wrote its own last.ckpt
