@@ -401,6 +401,10 @@ class Seq2SeqCLI(LightningCLI):
             if config.torch_threads < 1:
                 self.parser.error(f"--torch_threads must be >= 1, got {config.torch_threads}")
             torch.set_num_threads(config.torch_threads)
+        net = config.model.get("net")
+        if net is not None and not isinstance(net, Namespace):  # `net: 32` in a YAML: a traceback in Lightning's links
+            fields = "net: {hidden_size: 32, ...}, or --model.net.hidden_size 32"
+            self.parser.error(f"--model.net must be a mapping of its fields ({fields}), got {net!r}")
         trainer = config.trainer
         # Values Lightning takes without a check: a negative clip value turns clipping off without a word.
         if trainer.gradient_clip_val is not None and trainer.gradient_clip_val < 0:

@@ -178,6 +178,18 @@ def test_unknown_key_in_yaml_exits_2(in_tmp, capsys):
     )
 
 
+def test_a_scalar_where_the_net_mapping_belongs_exits_2(in_tmp, capsys):
+    """`model: {net: 32}`: a TypeError traceback inside Lightning's linking of the data's sizes into the net."""
+    overlay = in_tmp / "net.yaml"
+    overlay.write_text("model:\n  net: 32\n")
+    code, err = cli_exit(["fit", "--config", REVERSE_YAML, "--config", overlay, *root_args(in_tmp)], capsys)
+    assert (code, err.strip().splitlines()[-1]) == (
+        2,
+        "lit-seq2seq fit: error: --model.net must be a mapping of its fields (net: {hidden_size: 32, ...}, or "
+        "--model.net.hidden_size 32), got 32",
+    )
+
+
 PAIRS = ["--data", "PairDataModule", "--data.train_file", "train.tsv"]
 WRONG_TYPES = [
     (["--data.batch_size", "many"], "--data.batch_size must be an integer, got many"),
