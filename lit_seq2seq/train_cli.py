@@ -120,6 +120,9 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
             )
         if self.exit_on_error and prog.split()[-1] in LIGHTNING_COMMANDS:  # a subcommand's usage is ~90 lines
             help_hint = "" if self.settled or "help" in message else f" ({prog} --help lists the options)"
+            if help_hint and "--data." in message:  # --help lists the data module's class, not its options
+                modules = "PairDataModule, or Seq2SeqDataModule for generated tasks,"
+                help_hint = f" ({prog} --data.help {modules} lists them)"
             print(f"{prog}: error: {message}{help_hint}", file=sys.stderr, flush=True)
             sys.exit(2)
         super().error(message, *args, **kwargs)
