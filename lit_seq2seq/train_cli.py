@@ -109,6 +109,14 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
         if optional and message.startswith('Parser key "data"'):
             expected, key, value = optional.groups()
             message = f"--data.{key} must be {_expected(expected)} or null, got {value.strip(chr(39))}"
+        # A size linked from the data, given as a flag: jsonargparse names a --data.* key that does not exist.
+        linked = self.exit_on_error and re.search(r'Linked "model\.net\.(\w+)" must be given via', message)
+        if linked:
+            message = (
+                f"--model.net.{linked.group(1)} comes from the data, not a flag: for generated tasks from "
+                "--data.vocab_size, --data.target_length and --data.task, for pair files from their vocabularies and "
+                "lengths"
+            )
         prog = self.settled or self.prog.replace(" [options]", "")
         # An unknown key in a --config file: the top parser says so about the subcommand, after its ~90-line usage.
         unknown_key = self.exit_on_error and re.fullmatch(r"Subcommand '(\w+)' does not accept option '(.+)'", message)
@@ -571,12 +579,15 @@ class Seq2SeqCLI(LightningCLI):
         theirs = upgrade_hparams(checkpoint["hyper_parameters"])["net"]
         ours = self.model.hparams["net"]
         differ = [
-            f"net.{k}={theirs[k]!r} (flags: {ours[k]!r})" for k in sorted(theirs) if theirs[k] != ours.get(k, theirs[k])
+            f"net.{k}={theirs[k]!r} ({'the data gives' if k in DATA_TO_NET else 'flags:'} {ours[k]!r})"
+            for k in sorted(theirs)
+            if theirs[k] != ours.get(k, theirs[k])
         ]
         detail = ", ".join(differ) if differ else f"weights {sorted(set(saved) ^ set(built)) or 'shapes'} differ"
         self.parser.error(
             f"--ckpt_path {ckpt_path}: the checkpoint holds a model of other sizes than the flags describe: "
-            f"{detail}; pass the --config/--model.*/--data.* flags it was trained with"
+            f"{detail}; pass the --config/--model.*/--data.* flags it was trained with (the data decides "
+            f"{', '.join(DATA_TO_NET)}: for generated tasks --data.vocab_size and --data.target_length)"
         )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:

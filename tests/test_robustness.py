@@ -216,7 +216,7 @@ def test_damaged_checkpoint_is_refused_with_exit_2_naming_the_file(command, kind
     "command,message",
     [
         # test takes the --model.* sizes from the checkpoint; the data's vocabulary is linked in afterwards
-        ("test", "vocab_size=11 (flags: 13)"),
+        ("test", "vocab_size=11 (the data gives 13)"),
         # a fit resumes: every data and model flag must be the checkpoint's
         ("fit", "--data.vocab_size 13 (checkpoint: 11)"),
     ],

@@ -194,6 +194,10 @@ PAIRS = ["--data", "PairDataModule", "--data.train_file", "train.tsv"]
 WRONG_TYPES = [
     (["--data.batch_size", "many"], "--data.batch_size must be an integer, got many"),
     (["--model.net.hidden_size", "big"], "--model.net.hidden_size must be an integer, got big"),
+    (
+        ["--model.net.source_vocab_size", "12"],
+        "--model.net.source_vocab_size comes from the data, not a flag: for generated tasks from --data.vocab_size",
+    ),
     ([*PAIRS, "--data.source_tokenizer", "chars"], "--data.source_tokenizer must be one of char, space, got chars"),
     ([*PAIRS, "--data.bucketing", "maybe"], "--data.bucketing must be true or false, got maybe"),
     ([*PAIRS, "--data.unk_rate", "lots"], "--data.unk_rate must be a number or null, got lots"),
@@ -493,7 +497,11 @@ def test_a_checkpoint_of_other_data_sizes_than_the_flags_exits_2_naming_them(tra
     code, err = cli_exit(["test", *flags], capsys)
     assert code == 2 and "Traceback" not in err
     assert "the checkpoint holds a model of other sizes than the flags describe" in err
-    assert "net.source_vocab_size=11 (flags: 13), net.target_vocab_size=11 (flags: 13)" in err
+    assert "net.source_vocab_size=11 (the data gives 13), net.target_vocab_size=11 (the data gives 13)" in err
+    assert (
+        "the data decides source_vocab_size, target_vocab_size, max_target_length, eos_token: for generated tasks "
+        "--data.vocab_size" in err
+    )
 
 
 # ------------------------------------------------------------------------------------- resume or fine-tune
