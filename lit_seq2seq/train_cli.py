@@ -233,6 +233,17 @@ def _flatten_default_data(text: str) -> str:
 
 
 CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
+LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
+
+
+def _counts_before_shares(parser: LightningArgumentParser) -> None:
+    """--trainer.limit_*_batches 1 is one batch. The Trainer types them float | int | None and jsonargparse takes the
+    first type that accepts a value, so "1" became 1.0: the whole epoch (an int counts batches, a float is a
+    share). Read as int | float | None, an integer stays an int and "1.0" or "0.5" a share. (jsonargparse's
+    ActionTypeHint keeps the type in `_typehint`; without it, Lightning's reading stands.)"""
+    for action in parser._actions:
+        if action.dest.removeprefix("trainer.") in LIMITS and hasattr(action, "_typehint"):
+            action._typehint = int | float | None
 
 
 def _is_run_logger(logger: Any) -> bool:
@@ -321,6 +332,7 @@ class Seq2SeqCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for name in DATA_TO_NET:  # properties of the instantiated data module
             parser.link_arguments(f"data.{name}", f"model.net.{name}", apply_on="instantiate")
+        _counts_before_shares(parser)
         parser.add_argument(
             "--torch_threads",
             type=int | None,

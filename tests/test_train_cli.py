@@ -727,3 +727,13 @@ def test_a_monitor_of_a_metric_the_fit_never_logs_exits_2_before_training(flags,
         "torch.optim.lr_scheduler.ReduceLROnPlateau",
     ]
     assert run_cli(["fit", "--config", REVERSE_YAML, *TINY_TASK, *tiny_run(), *watched, *root_args(tmp_path)]) == 0
+
+
+def test_limit_batches_of_1_is_one_batch_and_of_a_float_a_share(tmp_path):
+    """The Trainer types them float | int: jsonargparse read "1" as 1.0, the whole epoch (the usual smoke test)."""
+    flags = ["--config", REVERSE_YAML, *TINY_TASK, *tiny_run(train=512, epochs=1), "--data.batch_size", "32"]
+    for limit, steps in (("1", 1), ("0.25", 4), ("1.0", 16)):
+        root = tmp_path / limit
+        assert run_cli(["fit", *flags, "--trainer.limit_train_batches", limit, *root_args(root)]) == 0
+        last = torch.load(version_dirs(root)[-1] / "checkpoints" / "last.ckpt", weights_only=True)
+        assert last["global_step"] == steps
