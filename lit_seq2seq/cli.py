@@ -108,14 +108,41 @@ def _require_train_extra(command: str, args: Sequence[str]) -> None:
 
 def _resolve_configs(args: Sequence[str]) -> list[str]:
     """args with each --config/-c value that names a bundled config (`--config reverse_fast`, `--config
-    trainer/gpu`) replaced by its file; an existing path wins over a name (bundled.resolve_config)."""
-    resolved = list(args)
-    for i, arg in enumerate(resolved):
-        if arg in ("-c", "--config") and i + 1 < len(resolved):
-            resolved[i + 1] = resolve_config(resolved[i + 1])
+    trainer/gpu`) replaced by its file; an existing path wins over a name (bundled.resolve_config). A file that
+    holds no settings (empty, or all commented out) is dropped; one that is not YAML is a ValueError naming it."""
+    resolved: list[str] = []
+    for arg in args:
+        if resolved and resolved[-1] in ("-c", "--config"):
+            flag, path = resolved.pop(), resolve_config(arg)
         elif arg.startswith("--config="):
-            resolved[i] = "--config=" + resolve_config(arg.removeprefix("--config="))
+            flag, path = "--config", resolve_config(arg.removeprefix("--config="))
+        else:
+            resolved.append(arg)
+            continue
+        if _has_settings(path):
+            resolved += [flag, path]
     return resolved
+
+
+def _has_settings(path: str) -> bool:
+    """Whether the --config file `path` holds settings; ValueError naming it when it is not YAML (jsonargparse named
+    "<unicode string>", and printed an all-comments file whole as an "Unexpected config"). A value that is no file
+    (inline YAML) is left to jsonargparse."""
+    if not os.path.isfile(path):
+        return True
+    import yaml  # the train extra's (jsonargparse needs it)
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            settings = yaml.safe_load(f)
+    except UnicodeDecodeError:
+        raise ValueError(f"--config {path}: not UTF-8 text") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ValueError(f"--config {path}: not valid YAML{where}: {problem}") from None
+    return settings is not None
 
 
 def _parser(command: str) -> argparse.ArgumentParser:

@@ -464,6 +464,34 @@ def test_config_unknown_name_exits_2_listing_the_bundled_ones(in_tmp: Path, caps
     assert "reverse_fast, " in err and "trainer/gpu)" in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "trainer:\n  max_epochs: 1\n   bad: x\n",
+            "not valid YAML at line 3, column 7: mapping values are not allowed here",
+        ),
+        (
+            "trainer:\n\tmax_epochs: 1\n",
+            "not valid YAML at line 2, column 1: found character '\\t' that cannot start any token",
+        ),
+    ],
+    ids=["indent", "tab"],
+)
+def test_a_config_that_is_not_yaml_exits_2_naming_the_file_and_line(text, message, in_tmp: Path, capsys) -> None:
+    """jsonargparse named '"<unicode string>", line 3' over several lines: not which of the --config files."""
+    (in_tmp / "bad.yaml").write_text(text)
+    code, err = cli_exit(["fit", "--config", "reverse", "--config", "bad.yaml"], capsys)
+    assert (code, err) == (2, f"lit-seq2seq fit: error: --config bad.yaml: {message}\n")
+
+
+def test_a_config_of_comments_alone_adds_nothing(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file whose every line is commented out: jsonargparse refused it, printing it as an "Unexpected config"."""
+    (in_tmp / "off.yaml").write_text("# trainer:\n#   max_epochs: 1\n")
+    (in_tmp / "empty.yaml").write_text("")
+    assert print_config(capsys, "reverse", "off.yaml", "empty.yaml") == print_config(capsys, "reverse")
+
+
 def test_fit_help_lists_the_bundled_configs(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = cli_output(["fit", "--help"], capsys)
     assert code == 0
