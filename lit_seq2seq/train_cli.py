@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import inspect
 import logging
 import os
 import re
@@ -62,8 +64,11 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
         return _flatten_default_data(super().dump(*args, **kwargs))
 
     settled = ""  # once the command line has parsed: "lit-seq2seq SUBCOMMAND", and errors are about settings or data
+    command = ""  # the subcommand the arguments name (Seq2SeqCLI sets it), for the top parser's messages
 
     def error(self, message: str, *args: Any, **kwargs: Any) -> NoReturn:
+        optimizer = _optimizer_message(message)
+        message = optimizer or message
         # jsonargparse words an unknown --data.* key as "Parser key "data": Does not validate against any of the Union
         # subtypes ..." with the key only in a nested line; name the flag first, as for any other unknown flag.
         unknown = message.startswith('Parser key "data"') and re.search(
@@ -117,6 +122,8 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
                 "--data.vocab_size, --data.target_length and --data.task, for pair files from their vocabularies and "
                 "lengths"
             )
+        optimizer = optimizer or _optimizer_message(message)  # (a wrong type: its words are composed above)
+        message = optimizer or message
         prog = self.settled or self.prog.replace(" [options]", "")
         # An unknown key in a --config file: the top parser says so about the subcommand, after its ~90-line usage.
         unknown_key = self.exit_on_error and re.fullmatch(r"Subcommand '(\w+)' does not accept option '(.+)'", message)
@@ -126,6 +133,10 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
             message = (
                 f"no option {key} (a key of a --config file, or of a dict given to a flag; {prog} --help lists them)"
             )
+        if optimizer and self.exit_on_error and prog.split()[-1] not in LIGHTNING_COMMANDS:  # the top parser's
+            prog = f"{prog.split()[0]} {self.command}".strip()
+            print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+            sys.exit(2)
         if self.exit_on_error and prog.split()[-1] in LIGHTNING_COMMANDS:  # a subcommand's usage is ~90 lines
             help_hint = "" if self.settled or "help" in message else f" ({prog} --help lists the options)"
             if help_hint and "--data." in message:  # --help lists the data module's class, not its options
@@ -134,6 +145,41 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
             print(f"{prog}: error: {message}{help_hint}", file=sys.stderr, flush=True)
             sys.exit(2)
         super().error(message, *args, **kwargs)
+
+
+def _optimizer_message(message: str) -> str | None:
+    """A --model.optimizer / --model.lr_scheduler error in jsonargparse's words (the class's whole Namespace, the
+    Callable type, the setting's key left out) -> one line naming the setting, or None for any other error."""
+    group = re.search(r'(?:--|Parser key ")model\.(optimizer|lr_scheduler)\b', message)
+    if group is None:
+        return None
+    flag = f"--model.{group.group(1)}"
+    given = re.search(r"Namespace\(class_path='([\w.]+)', init_args=Namespace\((.*?)\)\)", message)
+    loose = re.search(r"NestedArg\(key='(\w+)', val='(.*?)'\)", message)
+    if loose:
+        key, value = loose.groups()
+        return f"{flag}.{key} {value}: no {flag} class is chosen to take it; give {flag} CLASS first"
+    unknown = re.search(r"Option '(\w+)' is not accepted", message)
+    if unknown and given:
+        return f"{flag}.{unknown.group(1)}: {given.group(1)} has no such option"
+    wrong = re.search(r"must be (.+?), got (.+?)\. Got value:", message)
+    if wrong and given:
+        expected, value = wrong.groups()
+        key = re.search(rf"(\w+)={re.escape(repr(value))}", given.group(2))
+        if key:
+            return f"{flag}.{key.group(1)} must be {expected}, got {value} ({given.group(1)})"
+    if given:  # a required argument left out: jsonargparse fills it with None and refuses the class
+        try:
+            module, _, name = given.group(1).rpartition(".")
+            parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+        except (ImportError, AttributeError, ValueError):
+            return None
+        missing = [k for k in re.findall(r"(\w+)=None", given.group(2)) if parameters.get(k) is not None
+                   and parameters[k].default is inspect.Parameter.empty]  # fmt: skip
+        if missing:
+            needed = ", ".join(f"{flag}.{k}" for k in missing)
+            return f"{flag} {given.group(1)} needs {needed} (no default)"
+    return None
 
 
 def _expected(jsonargparse_type: str) -> str:
@@ -275,6 +321,8 @@ class Seq2SeqCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         interactive = sys.stderr.isatty()
+        given = sys.argv[1:] if args is None else args
+        Seq2SeqArgumentParser.command = next((a for a in given if a in LIGHTNING_COMMANDS), "")
         self._checkpoint: dict[str, Any] | None = None  # the --ckpt_path file, read once
         self._resumed_at: int | None = None  # the global step a resumed fit starts from
         self._fine_tune = False

@@ -194,6 +194,20 @@ PAIRS = ["--data", "PairDataModule", "--data.train_file", "train.tsv"]
 WRONG_TYPES = [
     (["--data.batch_size", "many"], "--data.batch_size must be an integer, got many"),
     (["--model.net.hidden_size", "big"], "--model.net.hidden_size must be an integer, got big"),
+    (["--model.optimizer.lr", "abc"], "--model.optimizer.lr must be a number or Tensor, got abc (torch.optim.Adam)"),
+    (
+        ["--model.optimizer", "SGD", "--model.optimizer.lr", "0.1", "--model.optimizer.momentun", "0.9"],
+        "--model.optimizer.momentun: torch.optim.SGD has no such option",
+    ),
+    (
+        ["--model.lr_scheduler", "StepLR"],
+        "--model.lr_scheduler torch.optim.lr_scheduler.StepLR needs --model.lr_scheduler.step_size (no default)",
+    ),
+    (
+        ["--model.lr_scheduler.gamma", "0.5"],
+        "--model.lr_scheduler.gamma 0.5: no --model.lr_scheduler class is chosen to take it; give --model.lr_scheduler "
+        "CLASS first",
+    ),
     (
         ["--model.net.source_vocab_size", "12"],
         "--model.net.source_vocab_size comes from the data, not a flag: for generated tasks from --data.vocab_size",
