@@ -16,10 +16,10 @@ from lit_seq2seq import install_hint
 from lit_seq2seq.atomic import remove_dead_temporaries, replacing
 from lit_seq2seq.runs import resume_record
 
-CURVES = (
-    ("loss", ("train/loss", "val/loss")),
-    ("token accuracy", ("val/token_acc",)),
-    ("exact match", ("val/exact_match",)),
+CURVES = (  # (a test run's folder holds test/* alone)
+    ("loss", ("train/loss", "val/loss", "test/loss")),
+    ("token accuracy", ("val/token_acc", "test/token_acc")),
+    ("exact match", ("val/exact_match", "test/exact_match")),
 )
 _POSITION = re.compile(r"^(val|test)/position_(\d+)_acc$")
 
@@ -201,6 +201,8 @@ def _figure(
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend()
+        for step, _ in resumes:
+            ax.axvline(step, color="grey", linestyle=":", linewidth=1)
     resumed = "; ".join(f"{run.name} to step {int(step)}" for step, run in resumes)
     fig.suptitle(f"lit-seq2seq training report: {log_dir}" + (f" (resumed: {resumed}, dotted)" if resumed else ""))
     return fig

@@ -77,6 +77,8 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
         if unknown:
             name, key = unknown.groups()
             message = f"--data.{key}: {name} has no such option (its options: lit-seq2seq fit --data.help {name})"
+            if key == "class_path":  # a class's arguments beside its class_path, not under init_args
+                message = "data: the arguments of a class_path go under init_args (class_path: ..., init_args: {...})"
         # Our data module's own checks (a ValueError naming the flags) come wrapped the same way, under the subtypes
         # it tried and the whole Namespace; the check's message is the one a user needs.
         ours = re.search(r"Errors:\n\s*- (.+?)\n\s*- Expected a <class 'NoneType'>", message)

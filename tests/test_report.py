@@ -170,6 +170,25 @@ def test_without_per_position_accuracy_the_last_panel_plots_the_token_error_rate
     assert titles["last"] == ("token error rate", ["val/token_error_rate"])
 
 
+def test_the_report_of_a_test_run_plots_its_test_metrics(tmp_path, monkeypatch):
+    """A `test` run's folder holds test/* metrics alone: each panel plots its own (only the last one did)."""
+    from lit_seq2seq import report
+
+    header = "epoch,step,test/loss,test/token_acc,test/exact_match,test/token_error_rate\n"
+    (tmp_path / "metrics.csv").write_text(header + "0,0,0.5,0.9,0.6,0.1\n")
+    panels = []
+    real = report._figure
+
+    def spy(plt, curves, positions, log_dir, resumes):
+        figure = real(plt, curves, positions, log_dir, resumes)
+        panels.extend([line.get_label() for line in ax.lines] for ax in figure.axes)
+        return figure
+
+    monkeypatch.setattr(report, "_figure", spy)
+    assert run_cli(["report", "--log_dir", tmp_path]) == 0
+    assert panels == [["test/loss"], ["test/token_acc"], ["test/exact_match"], ["test/token_error_rate"]]
+
+
 # ----------------------------------------------------------------------------- resumed fits: the curves before
 
 RESUMED = "epoch,step,train/loss,val/loss,val/exact_match\n"

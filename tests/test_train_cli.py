@@ -178,6 +178,14 @@ def test_unknown_key_in_yaml_exits_2(in_tmp, capsys):
     )
 
 
+def test_data_arguments_beside_the_class_path_exit_2_saying_they_go_under_init_args(in_tmp, capsys):
+    (in_tmp / "flat.yaml").write_text("data:\n  class_path: lit_seq2seq.pairs.PairDataModule\n  train_file: x.tsv\n")
+    code, err = cli_exit(["fit", "--config", in_tmp / "flat.yaml"], capsys)
+    assert code == 2 and err.startswith(
+        "lit-seq2seq fit: error: data: the arguments of a class_path go under init_args (class_path: ..., init_args: "
+    )
+
+
 def test_a_scalar_where_the_net_mapping_belongs_exits_2(in_tmp, capsys):
     """`model: {net: 32}`: a TypeError traceback inside Lightning's linking of the data's sizes into the net."""
     overlay = in_tmp / "net.yaml"
