@@ -176,8 +176,8 @@ def _optimizer_message(message: str) -> str | None:
             parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
         except (ImportError, AttributeError, ValueError):
             return None
-        missing = [k for k in re.findall(r"(\w+)=None", given.group(2)) if parameters.get(k) is not None
-                   and parameters[k].default is inspect.Parameter.empty]  # fmt: skip
+        required = {k for k, parameter in parameters.items() if parameter.default is inspect.Parameter.empty}
+        missing = [k for k in re.findall(r"(\w+)=None", given.group(2)) if k in required]
         if missing:
             needed = ", ".join(f"{flag}.{k}" for k in missing)
             return f"{flag} {given.group(1)} needs {needed} (no default)"
@@ -533,12 +533,12 @@ class Seq2SeqCLI(LightningCLI):
     def _check_monitors(self, configured: Any) -> None:
         """Exit 2 for a checkpoint, early stopping or ReduceLROnPlateau watching a metric the fit never logs:
         Lightning raises that at the first validation's end, a traceback after an epoch of training."""
-        watched = [
-            (f"--trainer.callbacks {type(c).__name__} monitor" if not isinstance(c, Seq2SeqCheckpoint) else
-             "--checkpoint.monitor", c.monitor)
-            for c in self.trainer.callbacks
-            if isinstance(c, (ModelCheckpoint, EarlyStopping)) and c.monitor is not None
-        ]  # fmt: skip
+        watched = []
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, (ModelCheckpoint, EarlyStopping)) and callback.monitor is not None:
+                ours = isinstance(callback, Seq2SeqCheckpoint)
+                flag = "--checkpoint.monitor" if ours else f"--trainer.callbacks {type(callback).__name__} monitor"
+                watched.append((flag, callback.monitor))
         schedule = configured.get("lr_scheduler") if isinstance(configured, dict) else None
         if isinstance(schedule, dict) and schedule.get("monitor"):
             watched.append(("--model.lr_scheduler ReduceLROnPlateau monitor", schedule["monitor"]))
