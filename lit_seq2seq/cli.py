@@ -20,6 +20,8 @@ from lit_seq2seq.text import input_lines
 
 OWN_COMMANDS = ("export", "decode", "sample", "report")
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+# The net's sizes the data decides (linked from the data module's properties into --model.net.*).
+DATA_TO_NET = ("source_vocab_size", "target_vocab_size", "max_target_length", "eos_token")
 # What the `train` extra brings that fit/validate/test/predict and export import (pyproject.toml).
 TRAIN_MODULES = ("torch", "lightning", "jsonargparse", "torchmetrics", "onnx")
 TRAIN_EXTRA = install_hint("train")
@@ -124,10 +126,19 @@ def _resolve_configs(args: Sequence[str]) -> list[str]:
     return resolved
 
 
+def linked_setting(key: str) -> str:
+    """Why model.net.`key` (one of DATA_TO_NET) is no setting of its own."""
+    return (
+        f"model.net.{key} comes from the data, not a setting: for generated tasks from --data.vocab_size, "
+        "--data.target_length and --data.task, for pair files from their vocabularies and lengths"
+    )
+
+
 def _has_settings(path: str) -> bool:
     """Whether the --config file `path` holds settings; ValueError naming it when it is not YAML (jsonargparse named
-    "<unicode string>", and printed an all-comments file whole as an "Unexpected config"). A value that is no file
-    (inline YAML) is left to jsonargparse."""
+    "<unicode string>", and printed an all-comments file whole as an "Unexpected config"), or when it sets a size
+    the data decides (jsonargparse dropped it without a word). A value that is no file (inline YAML) is left to
+    jsonargparse."""
     if not os.path.isfile(path):
         return True
     import yaml  # the train extra's (jsonargparse needs it)
@@ -142,6 +153,11 @@ def _has_settings(path: str) -> bool:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or str(error)
         raise ValueError(f"--config {path}: not valid YAML{where}: {problem}") from None
+    model = settings.get("model") if isinstance(settings, dict) else None
+    net = model.get("net") if isinstance(model, dict) else None
+    linked = [key for key in DATA_TO_NET if isinstance(net, dict) and key in net]
+    if linked:
+        raise ValueError(f"--config {path}: {linked_setting(linked[0])}; remove it")
     return settings is not None
 
 

@@ -32,7 +32,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lit_seq2seq import checkpoint, install_hint
 from lit_seq2seq.callbacks import LogProgress, PredictionWriter
 from lit_seq2seq.checkpoint import NonFiniteError, Seq2SeqCheckpoint, Seq2SeqCheckpointIO, read_checkpoint
-from lit_seq2seq.cli import LIGHTNING_COMMANDS
+from lit_seq2seq.cli import DATA_TO_NET, LIGHTNING_COMMANDS, linked_setting
 from lit_seq2seq.data import Seq2SeqDataModule
 from lit_seq2seq.model import TYPE_WORDS, upgrade_hparams
 from lit_seq2seq.module import EPOCH_METRICS, Seq2SeqModule
@@ -42,7 +42,6 @@ from lit_seq2seq.tasks import check_memory
 from lit_seq2seq.text import TEXT_KEY
 
 # The sizes the data decides, linked into the net's config: a YAML never states them twice.
-DATA_TO_NET = ("source_vocab_size", "target_vocab_size", "max_target_length", "eos_token")
 # The data module of a config without a class_path (generated tasks); lit_seq2seq.pairs.PairDataModule reads files.
 DEFAULT_DATA = f"{Seq2SeqDataModule.__module__}.{Seq2SeqDataModule.__qualname__}"
 # --ckpt_path values Lightning resolves itself (not files).
@@ -119,11 +118,7 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
         # A size linked from the data, given as a flag: jsonargparse names a --data.* key that does not exist.
         linked = self.exit_on_error and re.search(r'Linked "model\.net\.(\w+)" must be given via', message)
         if linked:
-            message = (
-                f"--model.net.{linked.group(1)} comes from the data, not a flag: for generated tasks from "
-                "--data.vocab_size, --data.target_length and --data.task, for pair files from their vocabularies and "
-                "lengths"
-            )
+            message = f"--{linked_setting(linked.group(1))}"
         optimizer = optimizer or _optimizer_message(message)  # (a wrong type: its words are composed above)
         message = optimizer or message
         prog = self.settled or self.prog.replace(" [options]", "")

@@ -485,6 +485,18 @@ def test_a_config_that_is_not_yaml_exits_2_naming_the_file_and_line(text, messag
     assert (code, err) == (2, f"lit-seq2seq fit: error: --config bad.yaml: {message}\n")
 
 
+def test_a_config_that_sets_a_size_the_data_decides_exits_2(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """jsonargparse dropped model.net.source_vocab_size from a --config without a word (the data's value won)."""
+    (in_tmp / "sizes.yaml").write_text("model:\n  net:\n    hidden_size: 32\n    source_vocab_size: 5\n")
+    code, err = cli_exit(["fit", "--config", "reverse", "--config", "sizes.yaml"], capsys)
+    assert (code, err) == (
+        2,
+        "lit-seq2seq fit: error: --config sizes.yaml: model.net.source_vocab_size comes from the data, not a setting: "
+        "for generated tasks from --data.vocab_size, --data.target_length and --data.task, for pair files from "
+        "their vocabularies and lengths; remove it\n",
+    )
+
+
 def test_a_config_of_comments_alone_adds_nothing(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A file whose every line is commented out: jsonargparse refused it, printing it as an "Unexpected config"."""
     (in_tmp / "off.yaml").write_text("# trainer:\n#   max_epochs: 1\n")

@@ -218,7 +218,7 @@ WRONG_TYPES = [
     ),
     (
         ["--model.net.source_vocab_size", "12"],
-        "--model.net.source_vocab_size comes from the data, not a flag: for generated tasks from --data.vocab_size",
+        "--model.net.source_vocab_size comes from the data, not a setting: for generated tasks from --data.vocab_size",
     ),
     ([*PAIRS, "--data.source_tokenizer", "chars"], "--data.source_tokenizer must be one of char, space, got chars"),
     ([*PAIRS, "--data.bucketing", "maybe"], "--data.bucketing must be true or false, got maybe"),
