@@ -354,9 +354,7 @@ def _run_decode(o: argparse.Namespace) -> int:
     decode_batch()
     if scored:
         print(f"exact match: {hits}/{scored} = {hits / scored:.2%}{_unscored(unscored, label)}", file=sys.stderr)
-    if bad:
-        print(f"skipped {len(bad)} bad {label}(s) of {number}; the first: {bad[0]}", file=sys.stderr)
-    return 0
+    return _skipped(bad, number, label)
 
 
 class _Source:
@@ -489,6 +487,14 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
     summary = scores.summary()
     if summary:
         print(summary + _unscored(unscored, label), file=sys.stderr)
+    return _skipped(bad, number, label)
+
+
+def _skipped(bad: list[str], number: int, label: str) -> int:
+    """decode's exit code after --skip_bad_lines: 0, saying how many it skipped, or an InputError when every one was
+    bad (nothing decoded: a script reading the output would take an empty answer for a result)."""
+    if bad and len(bad) == number:
+        raise InputError(f"every {label} was bad ({number} skipped), nothing decoded; the first: {bad[0]}")
     if bad:
         print(f"skipped {len(bad)} bad {label}(s) of {number}; the first: {bad[0]}", file=sys.stderr)
     return 0

@@ -179,6 +179,12 @@ def test_skip_bad_lines_decodes_the_rest_and_counts_the_skipped(exported, runtim
     assert out.splitlines() == expected  # nothing printed for the three bad lines
     assert "exact match: 1/1 = 100.00%" in err
     assert "skipped 3 bad line(s) of 5; the first: line 2: '2 x' is not a list" in err
+    # every line bad: nothing decoded is an error, not an empty answer with exit 0
+    code, out, err = cli_output(args, capsys, "2 x\n2 9\n")
+    assert (code, out) == (2, "")
+    assert err.startswith(
+        "lit-seq2seq decode: error: every line was bad (2 skipped), nothing decoded; the first: line 1"
+    )
 
 
 @pytest.mark.parametrize("flag", ["--beam_size", "--batch_size", "--threads"])
