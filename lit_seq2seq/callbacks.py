@@ -126,7 +126,7 @@ class PredictionWriter(L.Callback):
                     f.write("\t".join(" ".join(map(str, x)) for x in (s, t, p)) + "\n")
                 else:  # a text model: its text, up to the padding and end tokens
                     source = spec.source.join(spec.source_vocab.decode(s))
-                    f.write(f"{lines[i]}\t{source}\t{spec.decode(t)}\t{spec.decode(p)}\n")
+                    f.write(f"{lines[i]}\t{source}\t{data.predict_target(i)}\t{spec.decode(p)}\n")
         print(f"predictions written to {path}", file=sys.stderr)
 
 

@@ -159,7 +159,8 @@ class PairDataModule(L.LightningDataModule):
         val_file: Validation pairs (several lines of one source = several references of it).
         test_file: Test pairs.
         predict_file: Sources for ``predict`` (default: the test split): pairs, or sources alone (a line without a
-            tab; JSON Lines without "target"), whose target column in predictions.tsv stays empty.
+            tab; JSON Lines without "target"), whose target column in predictions.tsv stays empty. Its targets are
+            echoed there, never checked (tokens the model lacks, any length).
         file: One file holding every pair instead of train/val/test files, split by ``split_fractions``.
         split_fractions: Train, validation and test fractions for ``file``; a hash of each source decides its split,
             so every pair of one source lands in one split, the same on every run and machine.
@@ -179,7 +180,7 @@ class PairDataModule(L.LightningDataModule):
         skip_long: Skip and count pairs outside the trained lengths (longer than the caps; in val/test/predict, also
             longer than the longest training pair, or with a source shorter than the shortest training source)
             instead of stopping with an error naming file:line.
-        skip_unknown_targets: Skip and count val/test/predict pairs whose target holds a token the training targets
+        skip_unknown_targets: Skip and count val/test pairs whose target holds a token the training targets
             lack (the model can never produce it), instead of stopping with an error naming file:line.
         batch_size: Pairs per training batch, distinct sources per val/test batch (per device under DDP).
         seed: Seed of the training order (shuffle and buckets), the same in every process and rank.
@@ -278,7 +279,7 @@ class PairDataModule(L.LightningDataModule):
         self._train_source_lengths: np.ndarray | None = None
         self._resume: dict[str, int] = {}
         self._train_sampler: ResumableSampler | None = None
-        self.predict_lines: np.ndarray | None = None  # the file's line number of each predict row
+        self._predict_pairs: PairFile | None = None  # the rows of the predict dataset, as read
 
     # --- what the model and the export need (linked into --model.net.* by the CLI) ----------------------------------
 
@@ -441,6 +442,11 @@ class PairDataModule(L.LightningDataModule):
                     self._pending[name] = done[key]
                 continue
             done[key] = None  # until its ids are made: a split emptied by skipping stays absent for both
+            if name == "predict":  # predict reads the sources; a target in its file is only echoed, never checked
+                pairs = self._cap(pairs, name, "source", self._lengths["source"], self._lengths["min_source"])
+                if len(pairs):
+                    self._pending[name] = done[key] = (pairs, self._ids(pairs, spec, targets=False)[0], None)
+                continue
             if name != "train":
                 pairs = self._cap(pairs, name, "source", self._lengths["source"], self._lengths["min_source"])
                 pairs = self._cap(pairs, name, "target", self._lengths["target"])
@@ -497,14 +503,15 @@ class PairDataModule(L.LightningDataModule):
             elif name == "predict":  # a row per line, in file order: predictions.tsv names each line's number
                 arrays = (source, target, target, np.arange(len(source) + 1))
                 self._datasets[name] = ReferenceRows(*(torch.from_numpy(a) for a in arrays))
-                self.predict_lines = pairs.lines
+                self._predict_pairs = pairs
             else:
                 self._datasets[name] = ReferenceRows(*(torch.from_numpy(a) for a in group_references(source, target)))
         self._pending.clear()
         return self._datasets
 
-    def _ids(self, pairs: PairFile, spec: TextSpec) -> tuple[np.ndarray, np.ndarray]:
-        """The vocabulary ids of every token (flat); an unknown one is an error naming its file, line and position."""
+    def _ids(self, pairs: PairFile, spec: TextSpec, targets: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """The vocabulary ids of every token (flat; the targets' None unless `targets`); an unknown one is an error
+        naming its file, line and position."""
 
         def unknown(side: str, hint: str) -> Callable[[int, int, str], str]:
             return lambda row, pos, token: (
@@ -519,17 +526,35 @@ class PairDataModule(L.LightningDataModule):
         else:
             hint = " (--data.unknown_source unk maps such tokens to <unk>)"
         source_ids = to_vocab_ids(pairs.source, spec.source_vocab, unknown("source", hint))
+        if not targets:
+            return source_ids, None
         skip = " (--data.skip_unknown_targets true skips and counts such pairs: the model can never produce them)"
         target_ids = to_vocab_ids(pairs.target, spec.target_vocab, unknown("target", skip))
         return source_ids, target_ids
 
-    def _pad(self, pairs: PairFile, source_ids: np.ndarray, target_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _pad(
+        self, pairs: PairFile, source_ids: np.ndarray, target_ids: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Padded id arrays (int16, or int32 past 32767 ids): sources (rows, source_length), targets (rows,
-        max_target_length) with the end token."""
+        max_target_length) with the end token (the end token alone where the targets were not read)."""
         dtype = _id_dtype(self.text_spec)
         source = pad_rows(pairs.source, source_ids, self._lengths["source"], None, dtype)
-        target = pad_rows(pairs.target, target_ids, self._lengths["target"] + 1, EOS_ID, dtype)
+        if target_ids is None:
+            target = np.zeros((len(pairs), self._lengths["target"] + 1), dtype)
+            target[:, 0] = EOS_ID
+        else:
+            target = pad_rows(pairs.target, target_ids, self._lengths["target"] + 1, EOS_ID, dtype)
         return source, target
+
+    @property
+    def predict_lines(self) -> np.ndarray:
+        """The file's line number of each predict row."""
+        return self._predict_pairs.lines
+
+    def predict_target(self, row: int) -> str:
+        """Predict row `row`'s target as its file gives it (tokenized as the model reads targets; "" for a source
+        alone): predictions.tsv echoes it, whatever tokens or length it has."""
+        return self.tokenizers["target"].join(self._predict_pairs.target.tokens(row))
 
     # --- Lightning hooks ------------------------------------------------------------------------------------------
 

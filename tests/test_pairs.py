@@ -570,3 +570,9 @@ def test_predict_writes_the_text_of_each_line_its_reference_and_prediction(tmp_p
         alone = (version_dirs(root)[-1] / "predictions.tsv").read_text(encoding="utf-8").splitlines()
         expected = [f"{int(number) + 1}\t{source}\t\t{prediction}" for number, source, _, prediction in cells]
         assert alone == [rows[0], *expected]
+    # targets in a predict file are echoed, never checked: tokens the model lacks, longer than any trained
+    odd = ["Q Z", " ".join(["A"] * 50)]
+    (tmp_path / "odd.tsv").write_text("".join(f"{w}\t{t}\n" for w, t in zip(words, odd)), encoding="utf-8")
+    assert run_cli(["predict", *TINY_FIT, "--data.predict_file", tmp_path / "odd.tsv", *given[2:]]) == 0
+    echoed = (version_dirs(root)[-1] / "predictions.tsv").read_text(encoding="utf-8").splitlines()
+    assert echoed[1:] == [f"{i}\t{w}\t{t}\t{p}" for i, (w, t, (_, _, _, p)) in enumerate(zip(words, odd, cells), 1)]
