@@ -62,6 +62,7 @@ def _multiset(rows: torch.Tensor) -> list[tuple[int, ...]]:
     return sorted(map(tuple, rows.tolist()))
 
 
+@pytest.mark.slow  # two processes, ~30 s; the default suite's DDP fits: SIGTERM to rank 0, a NaN on one rank
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")
 def test_ddp_two_ranks_shard_train_reduce_metrics_and_write_once(tmp_path, monkeypatch):
     root = tmp_path / "runs"
