@@ -749,6 +749,10 @@ def test_a_monitor_of_a_metric_the_fit_never_logs_exits_2_before_training(flags,
         "torch.optim.lr_scheduler.ReduceLROnPlateau",
     ]
     assert run_cli(["fit", "--config", REVERSE_YAML, *TINY_TASK, *tiny_run(), *watched, *root_args(tmp_path)]) == 0
+    # the names the check accepts are the ones the module writes (Seq2SeqModule.logs mirrors Seq2SeqMetrics.compute)
+    logged = set(read_metrics(version_dirs(tmp_path)[-1])[0]) - {"epoch", "step"}
+    assert {"val/exact_match", "val/position_0_acc"} <= logged  # (train/loss: every 50 steps, none in this fit)
+    assert all(Seq2SeqModule.logs(name) for name in logged), sorted(logged)
 
 
 def test_limit_batches_of_1_is_one_batch_and_of_a_float_a_share(tmp_path):
