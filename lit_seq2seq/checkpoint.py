@@ -407,6 +407,20 @@ def _lightning_classes() -> dict[str, type]:
         def state_dict(self) -> dict[str, Any]:
             return super().state_dict() | {"best_tie_score": self._best_tie_score}
 
+        def _format_checkpoint_name(
+            self,
+            filename: str | None,
+            metrics: dict[str, torch.Tensor],
+            prefix: str | None = None,
+            auto_insert_metric_name: bool = True,
+        ) -> str:
+            # Lightning writes "{val/loss:.2f}" as "val/loss=0.31": a folder "val" best|last never look in. The
+            # inserted name reads val_loss; the value is still the metric's.
+            filename = filename or "{epoch}" + self.CHECKPOINT_JOIN_CHAR + "{step}"  # Lightning's default
+            if auto_insert_metric_name:
+                filename = re.sub(r"\{([^{}:]+)([:}])", lambda m: f"{m[1].replace('/', '_')}={{{m[1]}{m[2]}", filename)
+            return super()._format_checkpoint_name(filename, metrics, prefix, False)
+
         @property
         def state_key(self) -> str:
             # Saved under ModelCheckpoint's key, so checkpoints stay interchangeable with a plain ModelCheckpoint.

@@ -304,3 +304,24 @@ def test_temporary_files_of_dead_writers_are_removed_and_of_live_ones_kept(tmp_p
         path.write_bytes(b"PK half a checkpoint")
     assert remove_dead_temporaries([a, b, a], "*.ckpt") == litter
     assert not any(p.exists() for p in litter) and all(p.exists() for p in kept)
+
+
+@pytest.mark.parametrize(
+    ("filename", "auto", "name"),
+    [
+        ("{epoch}-{val/loss:.2f}", True, "epoch=3-val_loss=0.31.ckpt"),  # Lightning's: epoch=3-val/loss=0.31.ckpt
+        ("{val/exact_match:.3f}", True, "val_exact_match=0.688.ckpt"),
+        ("{epoch}-{val/loss:.2f}", False, "3-0.31.ckpt"),
+        (None, True, "epoch=3-step=10.ckpt"),  # Lightning's default name
+        ("best", True, "best.ckpt"),
+    ],
+)
+def test_a_checkpoint_filename_with_a_metric_stays_one_file_name(filename, auto, name):
+    """Lightning inserts a metric's name before its value, and val/loss holds a slash: the file landed in a folder
+    "val" (checkpoints/epoch=3-val/loss=0.31.ckpt), which best|last and a user's ls never look in."""
+    from lit_seq2seq.checkpoint import Seq2SeqCheckpoint
+
+    metrics = {"epoch": torch.tensor(3), "step": torch.tensor(10), "val/loss": torch.tensor(0.3141)}
+    metrics["val/exact_match"] = torch.tensor(0.6875)
+    callback = Seq2SeqCheckpoint(filename=filename, auto_insert_metric_name=auto)
+    assert callback.format_checkpoint_name(metrics) == name
