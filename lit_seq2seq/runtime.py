@@ -50,6 +50,12 @@ def _session(path: Path, options: ort.SessionOptions, providers: Sequence[str], 
     return session, dict(session.get_modelmeta().custom_metadata_map)
 
 
+RAGGED = (
+    "source: rows have different lengths; right-pad them with the pad token "
+    "(lit_seq2seq.runtime.pad_batch(rows, model.pad_token))"
+)
+
+
 def pad_batch(rows: Sequence[Sequence[int]], pad_token: int) -> np.ndarray:
     """Rows of ids of any lengths -> (batch, longest) int64, right-padded with `pad_token`."""
     out = np.full((len(rows), max(map(len, rows))), pad_token, dtype=np.int64)
@@ -283,7 +289,7 @@ class OnnxSeq2Seq:
             try:
                 source = np.asarray(source)
             except ValueError:
-                raise ValueError("source: rows have different lengths; right-pad them with the pad token") from None
+                raise ValueError(RAGGED) from None
             if source.size == 0:  # numpy makes [] and [[]] float64: name the real problem
                 raise ValueError(f"source: empty {'batch' if source.ndim == 1 else 'sequence'} (shape {source.shape})")
         if not isinstance(source, np.ndarray):
@@ -292,7 +298,7 @@ class OnnxSeq2Seq:
             huge = [t for t in _cells(source.tolist()) if isinstance(t, int) and not -(2**63) <= t < 2**63]
             if huge:
                 raise ValueError(f"source: token {huge[0]} is out of range (beyond int64)")
-            raise ValueError("source: rows have different lengths; right-pad them with the pad token")
+            raise ValueError(RAGGED)
         if source.dtype.kind not in "iu":
             raise TypeError(f"source must hold integer token ids, got dtype {source.dtype}")
         single = source.ndim == 1
