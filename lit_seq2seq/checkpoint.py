@@ -16,7 +16,7 @@ import re
 import sys
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -141,7 +141,7 @@ def _none_found(name: str, root: Path, hint: str) -> ValueError:
     """No <name>.ckpt where fits write it; a checkpoint elsewhere under `root` is named (a fit with its own
     --checkpoint.filename or logger name ran: best|last cannot know its files)."""
     ours = {f"{n}.ckpt" for n in NAMES}
-    found = (p for p in root.rglob("*.ckpt") if p.name not in ours or p.parent.parent.parent != root)
+    found = (p for p in _checkpoint_files(root) if p.name not in ours or p.parent.parent.parent != root)
     other = next(found, None) if root.is_dir() else None
     if other is None:
         return ValueError(f"--ckpt_path {name}: no {name}.ckpt under {root}/*/checkpoints; {hint} or pass a file path")
@@ -150,6 +150,15 @@ def _none_found(name: str, root: Path, hint: str) -> ValueError:
         f"other checkpoints (written with another --checkpoint.filename, dirpath or logger name?), e.g. {other}: "
         "pass the file as --ckpt_path"
     )
+
+
+def _checkpoint_files(root: Path, depth: int = 4) -> Iterator[Path]:
+    """*.ckpt files at most `depth` folders below root (Lightning's deepest layout:
+    <root>/<name>/version_N/checkpoints/x.ckpt), hidden folders left out: the root may be "." in a home folder."""
+    for folder, subfolders, files in os.walk(root):
+        level = len(Path(folder).relative_to(root).parts)
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".")) if level < depth - 1 else []
+        yield from (Path(folder) / f for f in sorted(files) if f.endswith(".ckpt"))
 
 
 def resolve(name: str, root: str | os.PathLike, subcommand: str) -> Path:

@@ -325,3 +325,19 @@ def test_a_checkpoint_filename_with_a_metric_stays_one_file_name(filename, auto,
     metrics["val/exact_match"] = torch.tensor(0.6875)
     callback = Seq2SeqCheckpoint(filename=filename, auto_insert_metric_name=auto)
     assert callback.format_checkpoint_name(metrics) == name
+
+
+def test_best_and_last_look_for_other_checkpoints_near_the_root_only(tmp_path):
+    """The hint's search stays within Lightning's layouts (at most <root>/<name>/version_N/checkpoints/x.ckpt) and
+    out of hidden folders: the root may be "." in a home folder, where a whole-tree walk takes minutes."""
+    deep = tmp_path / "a" / "b" / "c" / "d" / "x.ckpt"
+    hidden = tmp_path / ".cache" / "x.ckpt"
+    for path in (deep, hidden):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"")
+    with pytest.raises(ValueError, match="no best.ckpt under .*; run fit first or pass a file path"):
+        resolve("best", tmp_path, "test")
+    near = tmp_path / "a" / "b" / "c" / "y.ckpt"
+    near.write_bytes(b"")
+    with pytest.raises(ValueError, match=f"e.g. {near}: pass the file"):
+        resolve("best", tmp_path, "test")
