@@ -25,22 +25,31 @@ from lit_seq2seq.metrics import answer_tokens
 from lit_seq2seq.search import beam_search, check_beam_settings, check_max_len, greedy_search, is_integer
 from lit_seq2seq.text import TextSpec, check_printable
 
-__all__ = ["ModelFileError", "OnnxSeq2Seq"]
+__all__ = ["ModelFileError", "OnnxSeq2Seq", "pad_batch"]
 
 State = dict[str, np.ndarray]
 _PY_RANGE_CHECK_MAX = 64  # sources up to this many tokens are range-checked in Python, larger ones with numpy
 _BOUND_MAX_BATCH = 16  # greedy batches up to this size decode through pre-bound buffers (_BoundGreedy), one per
 # batch size and thread; larger batches are compute-bound and take session.run
+# Larger batches run in length-sorted chunks of this many rows, each cut to its longest row. onnxruntime's LSTM
+# computes every step's input projection up front, (source_len, batch, 4 x hidden) floats per direction, and a batch
+# pads to its longest row: 6,247 G2P words in one call took 1.7 GB and 6.0 s, 100,000 aborted the process at 16.7 GB;
+# in chunks of 256 sorted by length, 155 MB and 2.0 s, the same tokens (benchmarks/translate_batch.py; chunks of 64
+# to 2,048 rows: 2.1-2.9 s).
+CHUNK_ROWS = 256
 
 
 def _session(path: Path, options: ort.SessionOptions, providers: Sequence[str], verify: bool):
     try:
         data = path.read_bytes()
     except FileNotFoundError:
+        link = " (a link to a missing file)" if path.is_symlink() else ""
         raise ModelFileError(
-            f"{path}: missing; a model folder holds {contract.ENCODER_FILE} and {contract.DECODER_FILE} "
+            f"{path}: missing{link}; a model folder holds {contract.ENCODER_FILE} and {contract.DECODER_FILE} "
             "written by `lit-seq2seq export`"
         ) from None
+    except IsADirectoryError:
+        raise ModelFileError(f"{path}: a folder, not a graph file; export the model again") from None
     if verify:
         check_content_hash(data, str(path))
     try:
@@ -56,8 +65,18 @@ RAGGED = (
 )
 
 
+def _check_texts(texts: Any) -> None:
+    """A list (or other ordered sequence) of texts: one str, None or a set is refused by name."""
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of str, got one str: wrap it in a list")
+    if not isinstance(texts, (Sequence, np.ndarray)):  # a set or a dict has no order to match the answers to
+        raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
+
+
 def pad_batch(rows: Sequence[Sequence[int]], pad_token: int) -> np.ndarray:
     """Rows of ids of any lengths -> (batch, longest) int64, right-padded with `pad_token`."""
+    if len(rows) == 0:
+        raise ValueError("pad_batch: no rows")
     out = np.full((len(rows), max(map(len, rows))), pad_token, dtype=np.int64)
     for i, row in enumerate(rows):
         out[i, : len(row)] = row
@@ -226,8 +245,22 @@ class OnnxSeq2Seq:
                 f"model_dir {root}: a file, not an export folder; `lit-seq2seq export --ckpt_path CKPT --output_dir "
                 "DIR` writes one from a checkpoint"
             )
+        if not str(model_dir):  # Path("") is the current folder
+            raise ValueError("model_dir is empty: pass the folder `lit-seq2seq export` wrote")
         if not root.is_dir():
             raise ModelFileError(f"model_dir {root}: no such folder")
+        # names, or (name, options) pairs as onnxruntime takes them
+        names = (
+            []
+            if isinstance(providers, str)
+            else [p[0] if isinstance(p, tuple) and len(p) == 2 else p for p in providers]
+        )
+        if not names or not all(isinstance(n, str) for n in names):
+            raise TypeError(f"providers must be a non-empty list of provider names, got {providers!r}")
+        available = ort.get_available_providers()
+        unknown = [n for n in names if n not in available]
+        if unknown:  # onnxruntime would print a banner and fall back to the CPU
+            raise ValueError(f"providers: {unknown[0]} is not in this onnxruntime; it has {', '.join(available)}")
         for name, threads in (("intra_op_threads", intra_op_threads), ("inter_op_threads", inter_op_threads)):
             if not is_integer(threads) or threads < 0:
                 raise ValueError(f"{name} must be an integer >= 0 (0: onnxruntime's default), got {threads!r}")
@@ -238,7 +271,7 @@ class OnnxSeq2Seq:
         decoder, dec_meta = _session(root / contract.DECODER_FILE, options, providers, verify_hash)
         metas = [(contract.ENCODER_FILE, enc_meta), (contract.DECODER_FILE, dec_meta)]
         fused = None
-        if (root / contract.GREEDY_FILE).exists():
+        if os.path.lexists(root / contract.GREEDY_FILE):  # a dangling link is a damaged export, not an older one
             fused, fused_meta = _session(root / contract.GREEDY_FILE, options, providers, verify_hash)
             metas.append((contract.GREEDY_FILE, fused_meta))
         for name, meta in metas:
@@ -443,11 +476,28 @@ class OnnxSeq2Seq:
         """
         source, single = self.check_source(source, allow_untrained_lengths=allow_untrained_lengths)
         max_len = self._max_len(max_len, allow_untrained_lengths)
-        if self.greedy_graph is not None:
-            tokens = self._greedy_graph(source, max_len)
-        else:
-            tokens = self._greedy_steps(source, max_len)
+        run = self._greedy_graph if self.greedy_graph is not None else self._greedy_steps
+        (tokens,) = self._in_chunks(source, lambda rows: (run(rows, max_len),))
         return tokens[0] if single else tokens
+
+    def _in_chunks(self, source: np.ndarray, run: Any) -> tuple[np.ndarray, ...]:
+        """`run(rows)` -> (tokens (n, steps), ...further (n,) arrays) over a validated source: in one call up to
+        CHUNK_ROWS rows, else over length-sorted chunks, each cut to its longest row, with the results put back in
+        the caller's order and the tokens padded to the longest chunk's steps. Rows decode independently, so the
+        tokens are those of one call."""
+        if len(source) <= CHUNK_ROWS:
+            return run(source)
+        lengths = (source != self.pad_token).sum(1)  # rows are right-padded (check_source)
+        order = np.argsort(lengths, kind="stable")
+        chunks = [order[i : i + CHUNK_ROWS] for i in range(0, len(order), CHUNK_ROWS)]
+        parts = [run(source[rows, : lengths[rows].max()]) for rows in chunks]
+        tokens = np.full((len(source), max(p[0].shape[1] for p in parts)), self.pad_token, dtype=np.int64)
+        rest = [np.empty(len(source), dtype=a.dtype) for a in parts[0][1:]]
+        for rows, (part, *more) in zip(chunks, parts):
+            tokens[rows, : part.shape[1]] = part
+            for out, values in zip(rest, more):
+                out[rows] = values
+        return (tokens, *rest)
 
     def _greedy_graph(self, source: np.ndarray, max_len: int) -> np.ndarray:
         """greedy.onnx, one call. The source was validated (batch and length >= 1: onnxruntime's LSTM aborts the
@@ -482,15 +532,19 @@ class OnnxSeq2Seq:
         source, single = self.check_source(source, allow_untrained_lengths=allow_untrained_lengths)
         beam_size, length_penalty = check_beam_settings(beam_size, length_penalty)  # before the encoder runs
         max_len = self._max_len(max_len, allow_untrained_lengths)
-        tokens, scores = beam_search(
-            self._step,
-            self._encode(source),
-            batch_size=len(source),
-            max_len=max_len,
-            beam_size=beam_size,
-            length_penalty=length_penalty,
-            **self.tokens,
-        )
+
+        def run(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return beam_search(
+                self._step,
+                self._encode(rows),
+                batch_size=len(rows),
+                max_len=max_len,
+                beam_size=beam_size,
+                length_penalty=length_penalty,
+                **self.tokens,
+            )
+
+        tokens, scores = self._in_chunks(source, run)
         return (tokens[0], scores[0]) if single else (tokens, scores)
 
     # ---- text ---------------------------------------------------------------------------------------------------
@@ -522,11 +576,12 @@ class OnnxSeq2Seq:
             raise ValueError(self._untrained_length(where, len(ids), unit, spec.as_read(text)))
         return ids
 
-    def encode_texts(self, texts: Sequence[str], *, allow_untrained_lengths: bool = False) -> np.ndarray:
+    def encode_texts(
+        self, texts: Sequence[str], *, allow_untrained_lengths: bool = False, what: str = "encode_texts"
+    ) -> np.ndarray:
         """Texts -> source ids (batch, longest) int64, right-padded; errors name the text's index (see encode_text)."""
-        if isinstance(texts, str):
-            raise TypeError("texts must be a list of str, got one str: wrap it in a list")
-        self._require_text("encode_texts")
+        _check_texts(texts)
+        self._require_text(what)
         rows = [
             self.encode_text(t, where=f"text {i}", allow_untrained_lengths=allow_untrained_lengths)
             for i, t in enumerate(texts)
@@ -554,11 +609,14 @@ class OnnxSeq2Seq:
                 out[i, j, : len(r) + 1] = [*r, self.eos_token]
         return out
 
-    def decode_ids(self, rows: Any) -> list[str]:
+    def decode_ids(self, rows: Any) -> list[str] | str:
         """Target ids (batch, steps), as greedy() / beam_search() return them -> one text per row (each up to its end
-        token). Ids outside the target vocabulary are a ValueError, never a wrong token."""
+        token); one row (steps,), as they return for a single source -> its text. Ids outside the target vocabulary
+        are a ValueError, never a wrong token."""
         spec = self._require_text("decode_ids")
         rows = np.asarray(rows)
+        if rows.ndim == 1 and rows.size and rows.dtype.kind in "iu":
+            return self.decode_ids(rows[None])[0]
         if rows.ndim != 2 or rows.dtype.kind not in "iu":
             raise ValueError(f"decode_ids takes integer ids of shape [batch, steps], got {rows.dtype} {rows.shape}")
         bad = (rows < 0) | (rows >= len(spec.target_vocab))
@@ -574,21 +632,28 @@ class OnnxSeq2Seq:
         self,
         texts: Sequence[str],
         beam_size: int | None = None,
-        length_penalty: float = 1.0,
+        length_penalty: float | None = None,
         max_len: int | None = None,
         *,
         allow_untrained_lengths: bool = False,
     ) -> list[str]:
         """Texts in, texts out, batched: greedy (beam_size None or 1; greedy.onnx when the export has it) or beam
-        search. Every text is checked before anything is decoded (see encode_text); no texts, no answers."""
-        if not isinstance(texts, str) and isinstance(texts, Sequence) and len(texts) == 0:
-            self._require_text("translate")
+        search (length_penalty: beam search only; None is 1.0). Every text and setting is checked before anything
+        is decoded (see encode_text); no texts, no answers."""
+        _check_texts(texts)
+        self._require_text("translate")
+        if beam_size is not None:
+            beam_size, _ = check_beam_settings(beam_size, 1.0)
+        if length_penalty is not None and (beam_size or 1) == 1:  # greedy ranks nothing: it would change nothing
+            raise ValueError("length_penalty applies to beam search only: pass beam_size > 1")
+        if len(texts) == 0:
             return []
-        source = self.encode_texts(texts, allow_untrained_lengths=allow_untrained_lengths)
+        source = self.encode_texts(texts, allow_untrained_lengths=allow_untrained_lengths, what="translate")
         if beam_size is None or beam_size == 1:
             tokens = self.greedy(source, max_len, allow_untrained_lengths=True)  # lengths were checked as text
         else:
-            tokens = self.beam_search(source, beam_size, length_penalty, max_len, allow_untrained_lengths=True)[0]
+            penalty = 1.0 if length_penalty is None else length_penalty
+            tokens = self.beam_search(source, beam_size, penalty, max_len, allow_untrained_lengths=True)[0]
         return self.decode_ids(tokens)
 
     def strip(self, tokens: np.ndarray | Sequence[int]) -> list[int]:

@@ -27,6 +27,7 @@ from benchmarks import (  # noqa: E402
     g2p_baselines,
     g2p_eval,
     train_speed,
+    translate_batch,
     unknown_letter,
 )
 
@@ -346,3 +347,15 @@ def test_unknown_letter_replaces_one_letter_of_each_word_alike_for_every_model(t
     no_unk = str(text_exported("trained").model_dir)
     assert unknown_letter.main(["--model_dir", no_unk, *args]) == 2
     assert "not a text model with <unk> (--data.unknown_source unk)" in capsys.readouterr().err
+
+
+def test_translate_batch_times_chunks_against_one_call_with_the_same_texts(tmp_path, text_exported, capsys):
+    pairs = text_pairs(900, seed=4)
+    (tmp_path / "words.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in pairs), encoding="utf-8")
+    args = ["--model_dir", str(text_exported("trained").model_dir), "--file", str(tmp_path / "words.tsv")]
+    assert translate_batch.main([*args, "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    texts = len({s for s, _ in pairs})
+    assert texts > 256  # more than one chunk
+    assert f"translate() of {texts} texts, greedy, 1 thread, median of 1 processes each; same texts" in out
+    assert re.search(r"chunks vs one call: [\d.]+x faster, [\d.]+x less peak memory", out)

@@ -607,3 +607,54 @@ def test_thread_counts_are_checked_before_onnxruntime_sees_them(value, exported)
     for name in ("intra_op_threads", "inter_op_threads"):
         with pytest.raises(ValueError, match=f"^{name} must be an integer >= 0 \\(0: onnxruntime's default\\), got"):
             OnnxSeq2Seq.load(exported("gru").model_dir, **{name: value})
+
+
+def test_load_names_a_bad_model_dir_or_provider(exported, tmp_path):
+    """onnxruntime fell back to the CPU after three banners for an unknown provider; "" loaded the current folder;
+    a folder or a dangling link in place of a graph file got IsADirectoryError or loaded without greedy.onnx."""
+    source = exported("lstm").model_dir
+    with pytest.raises(ValueError, match=r"^providers: Nope is not in this onnxruntime; it has .*CPUExecutionProvider"):
+        OnnxSeq2Seq.load(source, providers=["Nope"])
+    for providers in ("CPUExecutionProvider", [], [3]):
+        with pytest.raises(TypeError, match="^providers must be a non-empty list of provider names, got"):
+            OnnxSeq2Seq.load(source, providers=providers)
+    assert OnnxSeq2Seq.load(source, providers=[("CPUExecutionProvider", {})]).greedy([3, 4, 5, 6]).ndim == 1
+    with pytest.raises(ValueError, match="^model_dir is empty: pass the folder `lit-seq2seq export` wrote$"):
+        OnnxSeq2Seq.load("")
+    for file in (contract.ENCODER_FILE, contract.GREEDY_FILE):
+        damaged = tmp_path / file
+        shutil.copytree(source, damaged)
+        (damaged / file).unlink()
+        (damaged / file).mkdir()
+        with pytest.raises(ModelFileError, match=f"{file}: a folder, not a graph file; export the model again$"):
+            OnnxSeq2Seq.load(damaged)
+    linked = tmp_path / "link"
+    shutil.copytree(source, linked)
+    (linked / contract.GREEDY_FILE).unlink()
+    (linked / contract.GREEDY_FILE).symlink_to(tmp_path / "gone.onnx")
+    with pytest.raises(ModelFileError, match=f"{contract.GREEDY_FILE}: missing \\(a link to a missing file\\)"):
+        OnnxSeq2Seq.load(linked)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_chunks_of_a_large_id_batch_decode_as_one_batch(name, runtime_model, monkeypatch):
+    """Rows of mixed lengths over several chunks (CHUNK_ROWS 4): the tokens and beam scores of one call, in order."""
+    import lit_seq2seq.runtime as runtime
+    from lit_seq2seq.runtime import pad_batch
+
+    model = runtime_model(name)
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, model.source_length + 3, 19)  # untrained lengths too: the chunks' widths differ
+    rows = [rng.integers(model.min_token, model.source_vocab_size, n).tolist() for n in lengths]
+    source, allow = pad_batch(rows, model.pad_token), {"allow_untrained_lengths": True}
+
+    def run() -> tuple[np.ndarray, ...]:
+        return model.greedy(source, **allow), *model.beam_search(source, beam_size=3, **allow)
+
+    whole = run()
+    monkeypatch.setattr(runtime, "CHUNK_ROWS", 4)
+    chunked = run()
+    assert chunked[0].tolist() == whole[0].tolist() and chunked[1].tolist() == whole[1].tolist()
+    np.testing.assert_allclose(chunked[2], whole[2], rtol=1e-5)
+    with pytest.raises(ValueError, match="^pad_batch: no rows$"):
+        pad_batch([], model.pad_token)

@@ -232,6 +232,46 @@ def test_wrong_types_are_refused(text_model):
         model.translate(["ab"], beam_size=0)
 
 
+@pytest.mark.parametrize("chunk", [3, 256])
+def test_large_batches_decode_in_length_sorted_chunks_with_the_tokens_of_one_batch(chunk, text_model, monkeypatch):
+    """Past CHUNK_ROWS rows, greedy and beam search run over chunks of rows of similar lengths (onnxruntime's LSTM
+    holds every step's input projection for the whole batch at its longest row: 100,000 G2P words in one call
+    aborted the process at 16.7 GB): the answers are PyTorch's, in the caller's order."""
+    import lit_seq2seq.runtime as runtime
+
+    monkeypatch.setattr(runtime, "CHUNK_ROWS", chunk)
+    model, net, spec = text_model("trained")
+    texts = words(spec, 20 if chunk == 3 else 600, seed=8)
+    assert len({len(t) for t in texts}) == 5  # every trained length, mixed: chunks reorder and cut the padding
+    assert model.translate(texts) == torch_translate(net, spec, texts)
+    assert model.translate(texts[:40], beam_size=3) == torch_translate(net, spec, texts[:40], beam_size=3)
+    source = model.encode_texts(texts[:40])
+    tokens, scores = model.beam_search(source, beam_size=3)
+    monkeypatch.setattr(runtime, "CHUNK_ROWS", 10_000)
+    whole_tokens, whole_scores = model.beam_search(source, beam_size=3)
+    assert tokens.tolist() == whole_tokens.tolist()
+    np.testing.assert_allclose(scores, whole_scores, rtol=1e-5)
+
+
+def test_translate_refuses_what_beam_search_refuses(text_model):
+    """beam_size=True decoded greedily, and a length_penalty without beam search was ignored; None and a set
+    (no order to match the answers to) failed inside."""
+    model, _, _ = text_model("trained")
+    with pytest.raises(ValueError, match="^beam_size must be a positive int, got True$"):
+        model.translate(["ab"], beam_size=True)
+    with pytest.raises(ValueError, match="^beam_size must be a positive int, got 2.0$"):
+        model.translate(["ab"], beam_size=2.0)
+    with pytest.raises(ValueError, match="^length_penalty applies to beam search only: pass beam_size > 1$"):
+        model.translate(["ab"], length_penalty=0.5)
+    with pytest.raises(TypeError, match="^length_penalty must be a finite number, got 'x'$"):
+        model.translate(["ab"], beam_size=2, length_penalty="x")
+    for texts, kind in ((None, "NoneType"), ({"ab"}, "set"), ({"ab": 1}, "dict")):
+        with pytest.raises(TypeError, match=f"^texts must be a list of str, got {kind}$"):
+            model.translate(texts)
+    assert model.translate(np.array(["ab", "b"])) == model.translate(("ab", "b"))
+    assert model.decode_ids(model.greedy(model.encode_texts(["ab"])[0])) == model.translate(["ab"])[0]
+
+
 def test_an_id_model_says_it_reads_ids(runtime_model):
     model = runtime_model("lstm")
     for call in (lambda: model.translate(["ab"]), lambda: model.encode_texts(["ab"]), lambda: model.decode_ids([[2]])):
