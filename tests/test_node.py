@@ -127,6 +127,22 @@ console.log(JSON.stringify(out));
         assert out[f"single {two_graph}"] == model.strip(model.greedy(wide[0]))
 
 
+def test_node_module_decodes_a_large_batch_in_chunks_with_the_rows_order(exported, runtime_model):
+    """More than 256 rows of mixed lengths (CHUNK_ROWS, as in Python): length-sorted chunks, the answers in order."""
+    model = runtime_model("copy_trained")  # 1 to 3 tokens
+    batch = pad_rows(sources(model, 600, seed=5))
+    code = """
+const m = await load(process.argv[1]);
+const src = JSON.parse(process.argv[2]);
+console.log(JSON.stringify([await m.greedy(ort, src), await m.greedy(ort, src, { twoGraph: true })]));
+"""
+    fused, loop = json.loads(
+        node_script(code, str(exported("copy_trained").model_dir), json.dumps(batch.tolist())).stdout
+    )
+    assert fused == loop == [model.strip(row) for row in model.greedy(batch)]
+    assert len({len(row) for row in fused}) == 3  # answers of every length, so a reordering would show
+
+
 def test_node_decode_without_greedy_onnx_uses_the_two_graphs(exported, runtime_model, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(exported("gru_bi_attention").model_dir, old)

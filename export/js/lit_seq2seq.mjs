@@ -32,6 +32,10 @@ export const REQUIRED_KEYS = {
 };
 const OUT_SUFFIX = "_out";
 const MAX_STEPS = 4096; // the Python runtime's limit for max_len
+// Larger batches decode in chunks of this many rows of similar length, each cut to its longest row, as the Python
+// runtime does: onnxruntime's LSTM holds every step's input projection of the whole batch, padded to its longest row
+// (export/README.md, "Large batches").
+const CHUNK_ROWS = 256;
 
 /** A model file that is missing, damaged, altered, of an unknown version or not from the same export. */
 export class ModelFileError extends Error {
@@ -479,7 +483,7 @@ export class Seq2Seq {
         );
       }
     }
-    return { rows, single, batch: rows.length, width };
+    return { rows, single, batch: rows.length, width, lengths };
   }
 
   /** A decoded row as a plain array: the tokens before the end token (as OnnxSeq2Seq.strip). */
@@ -522,14 +526,32 @@ export class Seq2Seq {
    * default; on a model without an end token, a maxLen past max_target_length (untrained steps) is refused unless
    * `allowUntrainedLengths`. greedy.onnx in one call where the export has it, unless `twoGraph` (or the export has
    * none, or maxLen exceeds max_target_length): then the contract's loop over encoder.onnx + decoder_step.onnx. Both
-   * give identical tokens.
+   * give identical tokens. More than CHUNK_ROWS rows run as length-sorted chunks; the answers keep the rows' order.
    */
   async greedy(ort, source, { twoGraph = false, allowUntrainedLengths = false, maxLen } = {}) {
-    const { rows, single, batch, width } = this.checkSource(source, { allowUntrainedLengths });
+    const { rows, single, batch, width, lengths } = this.checkSource(source, { allowUntrainedLengths });
     const steps = this._maxLen(maxLen, allowUntrainedLengths);
-    const src = this._sourceTensor(ort, rows, batch, width);
     const loop = twoGraph || !this.sessions.greedy || steps > this.maxTargetLength;
-    const out = loop ? await this._loop(ort, src, batch, steps) : await this._fused(ort, src, batch, steps);
+    const run = (part, w) => {
+      const src = this._sourceTensor(ort, part, part.length, w);
+      return loop ? this._loop(ort, src, part.length, steps) : this._fused(ort, src, part.length, steps);
+    };
+    let out = new Array(batch);
+    if (batch <= CHUNK_ROWS) {
+      out = await run(rows, width);
+    } else {
+      const order = [...rows.keys()].sort((a, b) => lengths[a] - lengths[b]); // stable: ties keep their order
+      for (let i = 0; i < batch; i += CHUNK_ROWS) {
+        const chunk = order.slice(i, i + CHUNK_ROWS);
+        const decoded = await run(
+          chunk.map((r) => rows[r]),
+          Math.max(...chunk.map((r) => lengths[r])),
+        );
+        chunk.forEach((r, k) => {
+          out[r] = decoded[k];
+        });
+      }
+    }
     const stripped = out.map((row) => this.strip(row));
     return single ? stripped[0] : stripped;
   }
