@@ -299,6 +299,11 @@ def _run_decode(o: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise ValueError(f"--{error}") from None  # its messages start with the setting's name
+    for number, argument in enumerate(o.sequences or (), 1):  # a tab would make the rest a reference, scored
+        if "\t" in argument:
+            raise InputError(
+                f"argument {number}: holds a tab; arguments are sources alone (SOURCE<TAB>REFERENCE lines go on stdin)"
+            )
     model = OnnxSeq2Seq.load(o.model_dir, intra_op_threads=o.threads)
     if model.text is not None:
         return _decode_text(o, model)

@@ -289,6 +289,24 @@ def _counts_before_shares(parser: LightningArgumentParser) -> None:
             action._typehint = int | float | None
 
 
+def _device_flags(trainer: Namespace) -> str:
+    return ", ".join(f"--trainer.{k} {trainer.get(k)}" for k in ("accelerator", "devices", "strategy"))
+
+
+def _flags_named_in(message: str, config: Namespace) -> str:
+    """The --trainer.* / --checkpoint.* flags a Lightning message names by their argument (`max_epochs`,
+    limit_train_batches, Timer(duration=...) for max_time), with their values; "" when it names none."""
+    words = set(re.findall(r"\b\w+\b", message)) | ({"max_time"} if "Timer(duration=" in message else set())
+    flags = [
+        f"--{group}.{key} {config[group].get(key)}"
+        for group in ("trainer", "checkpoint")
+        if isinstance(config.get(group), Namespace)
+        for key in vars(config[group])
+        if (key in words and "_" in key) or f"`{key}`" in message  # a lone word ("mode") only where quoted
+    ]
+    return ", ".join(flags)
+
+
 def _is_run_logger(logger: Any) -> bool:
     """Whether `logger` (a config value) is the one Seq2SeqCLI sets: a CSVLogger of <save_dir>/version_N."""
     init = getattr(logger, "init_args", None)
@@ -500,7 +518,8 @@ class Seq2SeqCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, MisconfigurationException) as error:  # our checks, the Trainer's: like any bad flag
-            self.parser.error(str(error))
+            flags = "" if "--" in str(error) else _flags_named_in(str(error), self.config[self.subcommand])
+            self.parser.error(f"{flags}: {error}" if flags else str(error))
         missing = getattr(self.datamodule, "missing_split", None)  # a data split the subcommand needs and lacks
         why = missing(self.subcommand) if self.subcommand is not None and missing is not None else ""
         if why:
@@ -664,9 +683,8 @@ class Seq2SeqCLI(LightningCLI):
                 raise
             self.parser.error(f"--trainer.* flags: {error}")
         except MisconfigurationException as error:  # e.g. "No supported gpu backend found!": name what was asked
-            given = self.config[self.subcommand].trainer
-            flags = ", ".join(f"--trainer.{k} {given.get(k)}" for k in ("accelerator", "devices", "strategy"))
-            self.parser.error(f"{flags}: {error}")
+            given = self.config[self.subcommand]
+            self.parser.error(f"{_flags_named_in(str(error), given) or _device_flags(given.trainer)}: {error}")
         trainer.callbacks.append(checkpoint.StopOnSigterm())  # after the checkpoint callbacks it asks to write
         return trainer
 

@@ -89,3 +89,19 @@ def test_a_gpu_asked_for_on_a_machine_without_one_names_the_flags(tmp_path, caps
         "error: --trainer.accelerator gpu, --trainer.devices auto, --trainer.strategy auto: No supported gpu backend "
         "found!\n"
     )
+
+
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("trainer.max_epochs", "-5", "`max_epochs` must be a non-negative integer or -1. You passed in -5."),
+        ("trainer.limit_train_batches", "-1", "You have passed invalid value -1 for limit_train_batches"),
+        ("trainer.max_time", "bogus", "`Timer(duration='bogus')` is not a valid duration."),
+        ("checkpoint.mode", "maximum", "`mode` can be min, max but got maximum"),
+    ],
+)
+def test_a_value_lightning_refuses_is_named_by_its_own_flag(flag, value, message, tmp_path, capsys):
+    """These named --trainer.accelerator/devices/strategy (the Trainer's refusals), or no flag at all (the checkpoint
+    callback's)."""
+    code, err = cli_exit(["fit", "--config", REVERSE_YAML, f"--{flag}", value, *root_args(tmp_path)], capsys)
+    assert code == 2 and f"lit-seq2seq fit: error: --{flag} {value}: {message}" in err
