@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import traceback
 import warnings
@@ -761,7 +762,8 @@ def _leave_process_group() -> None:
 def _check_writable(root: str | os.PathLike, parser: LightningArgumentParser) -> None:
     """Every command writes its run folder under --trainer.default_root_dir: refuse an unwritable one (read-only file
     system, no permission, a file in the way) before anything starts, naming the path, instead of a traceback from
-    the logger's first mkdir. Nothing is created: the nearest existing folder on the way is asked."""
+    the logger's first mkdir. Nothing is left behind: the nearest existing folder on the way is asked, then tried
+    with an empty folder made and removed (os.access says yes to root in /proc and /sys, where mkdir fails)."""
     root = str(root)  # a str or a Path, as the Trainer takes it
     if "://" in root:  # remote storage (s3://...): fsspec's business
         return
@@ -773,6 +775,13 @@ def _check_writable(root: str | os.PathLike, parser: LightningArgumentParser) ->
     if not os.access(existing, os.W_OK | os.X_OK):
         why = "read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY else "permission denied"
         parser.error(f"--trainer.default_root_dir {root}: cannot write into {existing} ({why}); pass a writable folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".lit-seq2seq-probe-", dir=existing))
+    except OSError as error:
+        why = error.strerror or type(error).__name__
+        parser.error(
+            f"--trainer.default_root_dir {root}: cannot make a folder in {existing} ({why}); pass a writable folder"
+        )
 
 
 # A scheduler's progress, not its settings (and what torch derives from them).

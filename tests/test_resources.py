@@ -346,6 +346,17 @@ def test_an_unwritable_root_dir_is_refused_before_anything_starts(command, unwri
     assert not (folder / "runs").exists()
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_root_dir_where_no_folder_can_be_made_is_refused(in_tmp, capsys):
+    """/proc passes os.access for root, but mkdir fails there: a traceback from the logger's mkdir before."""
+    code, _, err = cli_output(["fit", *TINY_TASK, *TINY, *root_args("/proc/lit-seq2seq-runs")], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        "lit-seq2seq fit: error: --trainer.default_root_dir /proc/lit-seq2seq-runs: cannot make a folder in /proc (No "
+        "such file or directory); pass a writable folder"
+    )
+
+
 def test_a_file_as_root_dir_is_refused(in_tmp, capsys):
     (in_tmp / "runs").write_text("not a folder\n")
     code, _, err = cli_output(["fit", *TINY_TASK, *TINY, *root_args(in_tmp / "runs" / "x")], capsys)
