@@ -228,8 +228,9 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "sequences",
         nargs="*",
-        help="source sequences as 'TOKEN TOKEN ...' (a text model: texts); none: read stdin, decoding and printing "
-        "each batch of --batch_size lines as it is read (constant memory)",
+        help="source sequences as 'TOKEN TOKEN ...' (a text model: texts), each read as a line of stdin is, so "
+        "'SOURCE<TAB>REFERENCE' is scored; none: read stdin, decoding and printing each batch of --batch_size lines "
+        "as it is read (constant memory)",
     )
     p.add_argument("--beam_size", type=int, default=1, help="1: greedy (default); more: beam search")
     p.add_argument(
@@ -299,11 +300,6 @@ def _run_decode(o: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise ValueError(f"--{error}") from None  # its messages start with the setting's name
-    for number, argument in enumerate(o.sequences or (), 1):  # a tab would make the rest a reference, scored
-        if "\t" in argument:
-            raise InputError(
-                f"argument {number}: holds a tab; arguments are sources alone (SOURCE<TAB>REFERENCE lines go on stdin)"
-            )
     model = OnnxSeq2Seq.load(o.model_dir, intra_op_threads=o.threads)
     if model.text is not None:
         return _decode_text(o, model)

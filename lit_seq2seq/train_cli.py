@@ -122,6 +122,7 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
             message = f"--{linked_setting(linked.group(1))}"
         optimizer = optimizer or _optimizer_message(message)  # (a wrong type: its words are composed above)
         message = optimizer or message
+        message += _ambiguous_hint(message)
         prog = self.settled or self.prog.replace(" [options]", "")
         # An unknown key in a --config file: the top parser says so about the subcommand, after its ~90-line usage.
         unknown_key = self.exit_on_error and re.fullmatch(r"Subcommand '(\w+)' does not accept option '(.+)'", message)
@@ -229,6 +230,28 @@ def _raised_in_lightning(error: BaseException) -> bool:
     """Whether `error` was raised by Lightning's own code (its check of a flag's value), not by ours."""
     frames = traceback.extract_tb(error.__traceback__)
     return bool(frames) and f"{os.sep}lightning{os.sep}" in frames[-1].filename
+
+
+def _ambiguous_hint(message: str) -> str:
+    """For "..., got NAME" where NAME is a bare class name that several loaded classes share (ReduceLROnPlateau:
+    torch's and Lightning's; EMAWeightAveraging: Lightning's and ours), which jsonargparse refuses as a wrong type:
+    the full paths to choose from."""
+    got = re.search(r", got (\w+)$", message)
+    if got is None:
+        return ""
+    seen, stack, paths = set(), [object], set()
+    while stack:  # every loaded class: this runs once, on the way out with an error
+        cls = stack.pop()
+        for sub in type.__subclasses__(cls):
+            if sub not in seen:
+                seen.add(sub)
+                stack.append(sub)
+                public = not any(part.startswith("_") for part in f"{sub.__module__}.{sub.__qualname__}".split("."))
+                if sub.__name__ == got.group(1) and public:
+                    paths.add(f"{sub.__module__}.{sub.__qualname__}")
+    if len(paths) < 2:
+        return ""
+    return f" ({got.group(1)} names {len(paths)} classes: give the full path, {' or '.join(sorted(paths))})"
 
 
 def _union_expected(subtypes: str) -> str:

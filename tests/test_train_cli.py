@@ -763,3 +763,25 @@ def test_limit_batches_of_1_is_one_batch_and_of_a_float_a_share(tmp_path):
         assert run_cli(["fit", *flags, "--trainer.limit_train_batches", limit, *root_args(root)]) == 0
         last = torch.load(version_dirs(root)[-1] / "checkpoints" / "last.ckpt", weights_only=True)
         assert last["global_step"] == steps
+
+
+@pytest.mark.parametrize(
+    "flags,paths",
+    [
+        (
+            ["--model.lr_scheduler", "ReduceLROnPlateau"],
+            "lightning.pytorch.cli.ReduceLROnPlateau or torch.optim.lr_scheduler.ReduceLROnPlateau",
+        ),
+        (
+            ["--trainer.callbacks+", "EMAWeightAveraging"],
+            "lightning.pytorch.callbacks.weight_averaging.EMAWeightAveraging or "
+            "lit_seq2seq.callbacks.EMAWeightAveraging",
+        ),
+    ],
+)
+def test_a_short_class_name_two_classes_share_is_named_with_both_paths(flags, paths, tmp_path, capsys):
+    """jsonargparse refuses such a name as a wrong type ("must be Callable[...], got ReduceLROnPlateau"), while
+    StepLR or ExponentialLR work: the error now says why and what to give."""
+    code, err = cli_exit(["fit", "--config", REVERSE_YAML, *flags, *root_args(tmp_path)], capsys)
+    name = flags[1]
+    assert code == 2 and f"got {name} ({name} names 2 classes: give the full path, {paths})" in err
