@@ -36,8 +36,11 @@ def main(args: Sequence[str] | None = None) -> int:
     from_argv = args is None
     args = list(sys.argv[1:] if from_argv else args)
     command = args[0] if args and not args[0].startswith("-") else ""
+    known = ", ".join(repr(c) for c in (*LIGHTNING_COMMANDS, *OWN_COMMANDS))
+    if not args:  # LightningCLI's own message lists its four commands only
+        print(f"lit-seq2seq: error: no command (choose from {known}; lit-seq2seq --help)", file=sys.stderr)
+        sys.exit(2)
     if command and command not in LIGHTNING_COMMANDS and command not in OWN_COMMANDS:
-        known = ", ".join(repr(c) for c in (*LIGHTNING_COMMANDS, *OWN_COMMANDS))
         print(f"lit-seq2seq: error: unknown command {command!r} (choose from {known})", file=sys.stderr)
         sys.exit(2)
     if command in LIGHTNING_COMMANDS or command == "export" or command not in OWN_COMMANDS:

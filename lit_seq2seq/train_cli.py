@@ -468,6 +468,13 @@ class Seq2SeqCLI(LightningCLI):
         self._fine_tune = bool(config.get("fine_tune"))
         if self._fine_tune and (subcommand != "fit" or ckpt_path is None):
             self.parser.error("--fine_tune true needs fit and a --ckpt_path to take the weights from")
+        if ckpt_path is None and subcommand != "fit" and os.environ.get("LOCAL_RANK", "0") == "0":
+            # Lightning runs them on the model as built: a fresh, untrained one, unless that is what was meant
+            print(
+                f"lit-seq2seq {subcommand}: no --ckpt_path: the model's initial weights (untrained) are used; pass "
+                "--ckpt_path best, last or a file for a trained one",
+                file=sys.stderr,
+            )
         if ckpt_path is None or str(ckpt_path) in LIGHTNING_CKPT_NAMES or str(ckpt_path).startswith("registry:"):
             return
         try:

@@ -133,6 +133,17 @@ def test_an_unknown_command_lists_every_command(capsys):
         "lit-seq2seq: error: unknown command 'decod' (choose from 'fit', 'validate', 'test', 'predict', 'export', "
         "'decode', 'sample', 'report')\n"
     )
+    code, err = cli_exit([], capsys)  # LightningCLI's own message named its four commands only
+    assert code == 2 and err == (
+        "lit-seq2seq: error: no command (choose from 'fit', 'validate', 'test', 'predict', 'export', 'decode', "
+        "'sample', 'report'; lit-seq2seq --help)\n"
+    )
+
+
+def test_python_dash_m_names_the_program_lit_seq2seq():
+    """`python -m lit_seq2seq fit --help` said "usage: __main__.py ..."."""
+    done = subprocess.run([sys.executable, "-m", "lit_seq2seq", "fit", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "usage: lit-seq2seq [options] fit" in done.stdout
 
 
 # ------------------------------------------------------------------------------------------ decode refusals
