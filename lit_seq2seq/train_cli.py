@@ -468,13 +468,6 @@ class Seq2SeqCLI(LightningCLI):
         self._fine_tune = bool(config.get("fine_tune"))
         if self._fine_tune and (subcommand != "fit" or ckpt_path is None):
             self.parser.error("--fine_tune true needs fit and a --ckpt_path to take the weights from")
-        if ckpt_path is None and subcommand != "fit" and os.environ.get("LOCAL_RANK", "0") == "0":
-            # Lightning runs them on the model as built: a fresh, untrained one, unless that is what was meant
-            print(
-                f"lit-seq2seq {subcommand}: no --ckpt_path: the model's initial weights (untrained) are used; pass "
-                "--ckpt_path best, last or a file for a trained one",
-                file=sys.stderr,
-            )
         if ckpt_path is None or str(ckpt_path) in LIGHTNING_CKPT_NAMES or str(ckpt_path).startswith("registry:"):
             return
         try:
@@ -718,6 +711,18 @@ class Seq2SeqCLI(LightningCLI):
             self.parser.error(f"{_flags_named_in(str(error), given) or _device_flags(given.trainer)}: {error}")
         trainer.callbacks.append(checkpoint.StopOnSigterm())  # after the checkpoint callbacks it asks to write
         return trainer
+
+    def _say_untrained(self) -> None:
+        """validate/test/predict without --ckpt_path run on the model as built: fresh weights. Said as the run starts
+        (not at parsing, which may still fail), once."""
+        if self.config_init[self.subcommand].get("ckpt_path") is None and self.trainer.is_global_zero:
+            print(
+                f"lit-seq2seq {self.subcommand}: no --ckpt_path: the model's initial weights (untrained) are used; "
+                "pass --ckpt_path best, last or a file for a trained one",
+                file=sys.stderr,
+            )
+
+    before_validate = before_test = before_predict = _say_untrained
 
     def after_fit(self) -> None:
         """Write the training report of this run (LightningCLI calls after_<subcommand> once it returns)."""

@@ -785,3 +785,16 @@ def test_a_short_class_name_two_classes_share_is_named_with_both_paths(flags, pa
     code, err = cli_exit(["fit", "--config", REVERSE_YAML, *flags, *root_args(tmp_path)], capsys)
     name = flags[1]
     assert code == 2 and f"got {name} ({name} names 2 classes: give the full path, {paths})" in err
+
+
+def test_test_without_a_checkpoint_says_it_uses_the_initial_weights(in_tmp, capsys):
+    from conftest import cli_output
+
+    notice = "lit-seq2seq test: no --ckpt_path: the model's initial weights (untrained) are used; pass --ckpt_path"
+    code, _, err = cli_output(["test", *TASK, *root_args(in_tmp)], capsys)
+    assert code == 0 and err.count(notice) == 1
+    assert run_cli(["fit", *TINY_TASK, *tiny_run(), *root_args(in_tmp / "runs")]) == 0
+    code, _, err = cli_output(
+        ["test", *TINY_TASK, *tiny_run(), "--ckpt_path", "last", *root_args(in_tmp / "runs")], capsys
+    )
+    assert code == 0 and "no --ckpt_path" not in err
