@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -194,6 +195,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
         for name in splits[stage]:
             self.split(name)
+        if stage == "fit" and self.sizes["val"] == 0:  # as PairDataModule says of a fit without val pairs
+            rank_zero_warn("fit without validation pairs (--data.val_size 0): no validation metrics and no best.ckpt")
 
     def _replicas(self) -> tuple[int, int]:
         trainer = self.trainer

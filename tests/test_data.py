@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -226,7 +227,8 @@ def test_data_is_refused_exactly_above_what_is_available(monkeypatch):
 
 def test_empty_eval_splits_are_allowed():
     dm = Seq2SeqDataModule(train_size=10, val_size=0, test_size=0, predict_size=0, batch_size=4)
-    dm.setup("fit")
+    with pytest.warns(UserWarning, match="fit without validation pairs"):
+        dm.setup("fit")
     assert len(dm.split("val")) == 0 and _batches(dm.val_dataloader()) == []
 
 
@@ -251,3 +253,15 @@ def test_arguments_of_the_wrong_type_are_named(arguments, message):
     """From a script of one's own: "32" failed inside a comparison, 1.5 inside numpy at setup."""
     with pytest.raises(TypeError, match=f"^{message}$"):
         Seq2SeqDataModule(**arguments)
+
+
+def test_a_fit_without_validation_samples_says_so():
+    """As PairDataModule says of a fit without val pairs: the fit runs, with no metrics to pick best.ckpt by."""
+    dm = Seq2SeqDataModule(train_size=10, val_size=0, test_size=0, predict_size=0, batch_size=4)
+    with pytest.warns(
+        UserWarning, match=r"^fit without validation pairs \(--data\.val_size 0\): no validation metrics"
+    ):
+        dm.setup("fit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Seq2SeqDataModule(**SMALL).setup("fit")
