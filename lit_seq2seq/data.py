@@ -32,6 +32,11 @@ class TensorPairs(Dataset):
         return self.source[idx], self.target[idx]
 
 
+def warn_no_validation(why: str) -> None:
+    """A fit without validation pairs runs (either data module), with no metrics to pick best.ckpt by: said once."""
+    rank_zero_warn(f"fit without validation pairs ({why}): no validation metrics and no best.ckpt")
+
+
 def _already_batched(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     return batch
 
@@ -195,8 +200,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
         for name in splits[stage]:
             self.split(name)
-        if stage == "fit" and self.sizes["val"] == 0:  # as PairDataModule says of a fit without val pairs
-            rank_zero_warn("fit without validation pairs (--data.val_size 0): no validation metrics and no best.ckpt")
+        if stage == "fit" and self.sizes["val"] == 0:
+            warn_no_validation("--data.val_size 0")
 
     def _replicas(self) -> tuple[int, int]:
         trainer = self.trainer

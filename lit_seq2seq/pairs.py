@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lit_seq2seq.data import ResumableSampler, ShardSampler, _already_batched, train_position
+from lit_seq2seq.data import ResumableSampler, ShardSampler, _already_batched, train_position, warn_no_validation
 from lit_seq2seq.pairfiles import PairFile, Side, header_line, pad_rows, read_pairs, rows_with_unknown, to_vocab_ids
 from lit_seq2seq.tasks import check_memory
 from lit_seq2seq.text import (
@@ -573,7 +573,7 @@ class PairDataModule(L.LightningDataModule):
                 flag = "--data.val_file is unset"
             else:
                 flag = f"--data.val_file gives none{self._all_skipped('val')}"
-            rank_zero_warn(f"fit without validation pairs ({flag}): no validation metrics and no best.ckpt")
+            warn_no_validation(flag)
 
     def _has(self, split: str) -> bool:
         """Whether `split` has pairs (without padding them)."""

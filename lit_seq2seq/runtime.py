@@ -576,12 +576,10 @@ class OnnxSeq2Seq:
             raise ValueError(self._untrained_length(where, len(ids), unit, spec.as_read(text)))
         return ids
 
-    def encode_texts(
-        self, texts: Sequence[str], *, allow_untrained_lengths: bool = False, what: str = "encode_texts"
-    ) -> np.ndarray:
+    def encode_texts(self, texts: Sequence[str], *, allow_untrained_lengths: bool = False) -> np.ndarray:
         """Texts -> source ids (batch, longest) int64, right-padded; errors name the text's index (see encode_text)."""
         _check_texts(texts)
-        self._require_text(what)
+        self._require_text("encode_texts")
         rows = [
             self.encode_text(t, where=f"text {i}", allow_untrained_lengths=allow_untrained_lengths)
             for i, t in enumerate(texts)
@@ -648,7 +646,7 @@ class OnnxSeq2Seq:
             raise ValueError("length_penalty applies to beam search only: pass beam_size > 1")
         if len(texts) == 0:
             return []
-        source = self.encode_texts(texts, allow_untrained_lengths=allow_untrained_lengths, what="translate")
+        source = self.encode_texts(texts, allow_untrained_lengths=allow_untrained_lengths)
         if beam_size is None or beam_size == 1:
             tokens = self.greedy(source, max_len, allow_untrained_lengths=True)  # lengths were checked as text
         else:
