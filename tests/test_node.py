@@ -143,6 +143,92 @@ console.log(JSON.stringify([await m.greedy(ort, src), await m.greedy(ort, src, {
     assert len({len(row) for row in fused}) == 3  # answers of every length, so a reordering would show
 
 
+BEAM_SETTINGS = [(1, 1.0), (3, 1.0), (3, 0.0), (3, -0.5), (8, 2.0)]  # K = 8 > the vocabulary of copy: -inf beams
+
+
+@pytest.mark.parametrize("name", list(EXPORT_VARIANTS))
+def test_node_module_beam_search_gives_the_tokens_and_scores_of_onnxseq2seq(name, exported, runtime_model):
+    """The contract's beam search in JavaScript (two step graphs, rows repeated and reordered along each state's batch
+    axis): per row the tokens of OnnxSeq2Seq.beam_search and its score to 1e-9, for beam sizes 1 to 8 and length
+    penalties 1, 0, -0.5 and 2, on a padded batch and on one flat sequence."""
+    model = runtime_model(name)
+    batch = pad_rows(sources(model, 40, seed=11))
+    code = """
+const m = await load(process.argv[1]);
+const src = JSON.parse(process.argv[2]);
+const out = [];
+for (const [beamSize, lengthPenalty] of JSON.parse(process.argv[3])) {
+  out.push(await m.beamSearch(ort, src, { beamSize, lengthPenalty }));
+}
+out.push(await m.beamSearch(ort, src[0]));
+console.log(JSON.stringify(out));
+"""
+    args = str(exported(name).model_dir), json.dumps(batch.tolist()), json.dumps(BEAM_SETTINGS)
+    *out, single = json.loads(node_script(code, *args).stdout)
+    for (k, penalty), got in zip(BEAM_SETTINGS, out, strict=True):
+        tokens, scores = model.beam_search(batch, beam_size=k, length_penalty=penalty)
+        assert got["tokens"] == [model.strip(row) for row in tokens], (k, penalty)
+        np.testing.assert_allclose(got["scores"], scores, rtol=1e-9, atol=1e-12)
+    tokens, score = model.beam_search(batch[0])  # the defaults: beam 4, length penalty 1
+    assert single["tokens"] == model.strip(tokens)
+    np.testing.assert_allclose(single["scores"], score, rtol=1e-9)
+    if name == "copy_trained":  # a model that learned its task: beam 3 answers right where greedy does
+        assert out[1]["tokens"] == [model.strip(row) for row in model.greedy(batch)]
+
+
+def test_node_beam_search_in_chunks_and_through_decode_mjs(exported, runtime_model):
+    """600 rows (length-sorted chunks of 256 sources x K beams, the answers in order), and `decode.mjs --beam-size`
+    printing the lines of `lit-seq2seq decode --beam_size` (its --length-penalty too)."""
+    model = runtime_model("copy_trained")
+    rows = sources(model, 600, seed=5)
+    stdin = "".join(" ".join(map(str, row)) + "\n" for row in rows)
+    model_dir = exported("copy_trained").model_dir
+    for flags in (["--beam-size", "3"], ["--beam_size", "2", "--length_penalty", "0"]):
+        result = node_decode(model_dir, stdin, *flags)
+        assert result.returncode == 0, result.stderr
+        penalty = 0.0 if "0" in flags else 1.0
+        expected = model.beam_search(pad_rows(rows), beam_size=int(flags[1]), length_penalty=penalty)[0]
+        assert result.stdout.splitlines() == strip_all(model, expected)
+    assert len({len(line.split()) for line in result.stdout.splitlines()}) == 3  # a reordering would show
+
+
+def test_node_beam_search_refuses_bad_settings_as_the_python_runtime(exported):
+    model_dir = exported("copy_trained").model_dir
+    for flags, message in [
+        (["--beam-size", "0"], '--beam-size must be an integer in [1, 1024], got "0"'),
+        (["--beam-size", "1025"], '--beam-size must be an integer in [1, 1024], got "1025"'),
+        (["--beam-size", "2.5"], '--beam-size must be an integer in [1, 1024], got "2.5"'),
+        (["--beam-size"], "--beam-size must be an integer in [1, 1024], got null"),
+        (["--length-penalty", "2"], "--length-penalty applies to beam search only: add --beam-size K (K > 1)"),
+        (["--beam-size", "2", "--length-penalty", "nan"], "--length-penalty must be a number in [-10, 10], got"),
+        (["--beam-size", "2", "--length-penalty", "10.5"], "--length-penalty must be a number in [-10, 10], got"),
+    ]:
+        assert_refused(node_decode(model_dir, "2 3\n", *flags), message)
+    code = """
+const m = await load(process.argv[1]);
+const out = [];
+for (const options of [{ beamSize: 0 }, { beamSize: true }, { beamSize: 2.5 }, { beamSize: 1025 },
+  { lengthPenalty: "1" }, { lengthPenalty: NaN }, { lengthPenalty: -11 }]) {
+  out.push(await message(() => m.beamSearch(ort, [[2, 3]], options)));
+}
+out.push(await message(() => m.beamSearch(ort, [[2, 9]])));  // the source is checked as greedy checks it
+console.log(JSON.stringify(out));
+"""
+    out = json.loads(node_script(code, str(model_dir)).stdout)
+    assert out == [
+        "InputError: beamSize must be a positive integer, got 0",
+        "InputError: beamSize must be a positive integer, got true",
+        "InputError: beamSize must be a positive integer, got 2.5",
+        "InputError: beamSize must be <= 1024, got 1025",
+        'InputError: lengthPenalty must be a finite number, got "1"',
+        "InputError: lengthPenalty must be a finite number, got null",
+        "InputError: lengthPenalty must be in [-10, 10] (scores are log-probability / length ** lengthPenalty), "
+        "got -11",
+        "InputError: source row 0, position 1: token 9 is out of range; tokens must be in [2, 5], or 0 (padding) at "
+        "the end",
+    ]
+
+
 def test_node_decode_without_greedy_onnx_uses_the_two_graphs(exported, runtime_model, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(exported("gru_bi_attention").model_dir, old)
@@ -432,7 +518,8 @@ def test_node_decode_reads_format_version_2_text_models(kind, exported, runtime_
 @pytest.mark.parametrize("name", ["trained", "unk_char", "space_source"])
 def test_node_decode_translates_real_text_exports_as_the_python_runtime(name, text_exported):
     """Exports of text models written by `lit-seq2seq export` (format 2, own source and target vocabularies): the
-    Node consumer turns the same texts into the same text as OnnxSeq2Seq.translate, NFC and lowercasing included."""
+    Node consumer turns the same texts into the same text as OnnxSeq2Seq.translate, greedy and beam, NFC and
+    lowercasing included."""
     from conftest import text_pairs
 
     from lit_seq2seq.runtime import OnnxSeq2Seq
@@ -442,11 +529,19 @@ def test_node_decode_translates_real_text_exports_as_the_python_runtime(name, te
     words = [word for word, _ in text_pairs(60, seed=3)] + ["ÉA", "Ab", "e\u0301a"]  # upper case, decomposed é
     if name == "space_source":  # letters as space-separated tokens, each composed first
         words = [" ".join(unicodedata.normalize("NFC", word)) for word in words]
-    expected = model.translate(words)
-    for path in ([], ["--two-graph"]):
+    greedy, beam = model.translate(words), model.translate(words, beam_size=3)
+    for path, expected in (([], greedy), (["--two-graph"], greedy), (["--beam-size", "3"], beam)):
         result = node_decode(model_dir, "".join(f"{w}\n" for w in words), *path)
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == expected
+    code = """
+const m = await load(process.argv[1]);
+const words = JSON.parse(process.argv[2]);
+const beam = (text) => m.beamText(ort, text, { beamSize: 3 });
+console.log(JSON.stringify([await beam(words), await beam(words[0])]));
+"""
+    texts, single = json.loads(node_script(code, str(model_dir), json.dumps(words)).stdout)
+    assert texts == beam and single == beam[0]
 
 
 def test_node_decode_scores_references_as_pythons_decode(text_exported, capsys):

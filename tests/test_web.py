@@ -56,11 +56,23 @@ def bad_lines(model: Any) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("name", "steps"),
-    [("copy_trained", False), ("copy_trained", True), ("gru_bi_attention", False), ("lstm_2layer", True)],
-    ids=["copy_trained-greedy.onnx", "copy_trained-loop", "gru_bi_attention-greedy.onnx", "lstm_2layer-loop"],
+    ("name", "path"),
+    [
+        ("copy_trained", "auto"),
+        ("copy_trained", "steps"),
+        ("gru_bi_attention", "auto"),
+        ("lstm_2layer", "steps"),
+        ("lstm_bi_context", "beam"),
+    ],
+    ids=[
+        "copy_trained-greedy.onnx",
+        "copy_trained-loop",
+        "gru_bi_attention-greedy.onnx",
+        "lstm_2layer-loop",
+        "lstm_bi_context-beam",
+    ],
 )
-def test_page_decodes_as_the_runtime_and_refuses_bad_lines(browser, name, steps, exported, runtime_model):
+def test_page_decodes_as_the_runtime_and_refuses_bad_lines(browser, name, path, exported, runtime_model):
     need_browser()
     model = runtime_model(name)
     rows = sources(model, 24)
@@ -69,13 +81,14 @@ def test_page_decodes_as_the_runtime_and_refuses_bad_lines(browser, name, steps,
     at = [3, 9, 10, 17, 20]  # bad lines in between good ones: they must not shift or spoil their neighbours
     for where, line in zip(at, bad):
         lines.insert(where, line)
-    report = browser.run(exported(name).model_dir, lines, steps=steps)
+    report = browser.run(exported(name).model_dir, lines, path=path)
     assert report["error"] is None
-    assert report["path"] == ("steps" if steps else "greedy")
+    assert report["path"] == {"auto": "greedy"}.get(path, path)
     results = report["results"]
     assert [r["input"] for r in results] == lines
     decoded = [" ".join(map(str, r["tokens"])) for r in results if r["error"] is None]
-    assert decoded == strip_all(model, model.greedy(pad_rows(rows)))  # one batch, as the page decodes the good lines
+    expected = model.beam_search(pad_rows(rows), beam_size=4)[0] if path == "beam" else model.greedy(pad_rows(rows))
+    assert decoded == strip_all(model, expected)  # one batch, as the page decodes the good lines
     refused = {r["input"]: r["error"] for r in results if r["error"] is not None}
     assert list(refused) == list(bad)
     for line, words in bad.items():
@@ -190,7 +203,7 @@ def test_serve_refuses_bad_flags_in_one_line(exported, tmp_path, capsys):
         (["--model_dir", str(tmp_path / "nope")], "no such folder"),
         (["--model_dir", str(tmp_path)], "no encoder.onnx there"),
         (["--model_dir", model_dir, "--port", "99999"], "--port must be in [0, 65535], got 99999"),
-        (["--model_dir", model_dir, "--steps"], "--steps goes with --check"),
+        (["--model_dir", model_dir, "--path", "steps"], "--path goes with --check"),
         (["--model_dir", model_dir, "--screenshot", str(tmp_path / "no" / "x.png")], "no folder"),
         (["--model_dir", model_dir, "--port", str(taken.getsockname()[1])], "Address already in use"),
     ]

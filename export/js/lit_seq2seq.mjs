@@ -11,8 +11,8 @@
 // - sources the Python runtime refuses (OnnxSeq2Seq.check_source): an empty batch or row, non-integer or
 //   out-of-range ids, padding before a token, row lengths outside the trained range (unless allowUntrainedLengths).
 //   These are checked before onnxruntime runs: its LSTM kernel aborts the whole process on a batch of 0 rows;
-// - non-finite logits in the two-graph loop (NaN would make argmax meaningless: an error, never a silent answer).
-//   greedy.onnx does its argmax inside the graph and cannot report them.
+// - non-finite logits in the two-graph loop and beam search (NaN would make argmax meaningless: an error, never a
+//   silent answer). greedy.onnx does its argmax inside the graph and cannot report them.
 
 export const ENCODER_FILE = "encoder.onnx";
 export const DECODER_FILE = "decoder_step.onnx";
@@ -36,6 +36,11 @@ const MAX_STEPS = 4096; // the Python runtime's limit for max_len
 // runtime does: onnxruntime's LSTM holds every step's input projection of the whole batch, padded to its longest row
 // (export/README.md, "Large batches").
 const CHUNK_ROWS = 256;
+// Beam search (export/README.md, "Beam search (normative)"): the Python runtime's bounds, and the axis of each state
+// tensor that runs over the batch (rows are repeated and reordered along it).
+const MAX_BEAM_SIZE = 1024;
+const MAX_LENGTH_PENALTY = 10;
+const BATCH_AXIS = { h: 1, c: 1, memory: 0, memory_mask: 0 };
 
 /** A model file that is missing, damaged, altered, of an unknown version or not from the same export. */
 export class ModelFileError extends Error {
@@ -529,31 +534,64 @@ export class Seq2Seq {
    * give identical tokens. More than CHUNK_ROWS rows run as length-sorted chunks; the answers keep the rows' order.
    */
   async greedy(ort, source, { twoGraph = false, allowUntrainedLengths = false, maxLen } = {}) {
-    const { rows, single, batch, width, lengths } = this.checkSource(source, { allowUntrainedLengths });
+    const checked = this.checkSource(source, { allowUntrainedLengths });
     const steps = this._maxLen(maxLen, allowUntrainedLengths);
     const loop = twoGraph || !this.sessions.greedy || steps > this.maxTargetLength;
-    const run = (part, w) => {
-      const src = this._sourceTensor(ort, part, part.length, w);
-      return loop ? this._loop(ort, src, part.length, steps) : this._fused(ort, src, part.length, steps);
-    };
-    let out = new Array(batch);
-    if (batch <= CHUNK_ROWS) {
-      out = await run(rows, width);
-    } else {
-      const order = [...rows.keys()].sort((a, b) => lengths[a] - lengths[b]); // stable: ties keep their order
-      for (let i = 0; i < batch; i += CHUNK_ROWS) {
-        const chunk = order.slice(i, i + CHUNK_ROWS);
-        const decoded = await run(
-          chunk.map((r) => rows[r]),
-          Math.max(...chunk.map((r) => lengths[r])),
-        );
-        chunk.forEach((r, k) => {
-          out[r] = decoded[k];
-        });
-      }
-    }
+    const out = await this._inChunks(ort, checked, (src, batch) =>
+      loop ? this._loop(ort, src, batch, steps) : this._fused(ort, src, batch, steps),
+    );
     const stripped = out.map((row) => this.strip(row));
-    return single ? stripped[0] : stripped;
+    return checked.single ? stripped[0] : stripped;
+  }
+
+  /**
+   * Beam search of a batch of id rows (see checkSource), exactly the contract's "Beam search (normative)" over
+   * encoder.onnx + decoder_step.onnx -> {tokens, scores}: per row the best beam's ids before the end token and its
+   * score, log-probability / length ** lengthPenalty (for a single sequence one array and one number). `beamSize`
+   * 1..1024 (default 4), `lengthPenalty` in [-10, 10] (default 1; 0 ranks by total log-probability); `maxLen` and
+   * `allowUntrainedLengths` as in greedy. The tokens are the Python runtime's, except where two candidates differ only
+   * by float64 rounding; the scores agree to ~1e-12.
+   */
+  async beamSearch(ort, source, { beamSize = 4, lengthPenalty = 1, allowUntrainedLengths = false, maxLen } = {}) {
+    const checked = this.checkSource(source, { allowUntrainedLengths });
+    if (!Number.isInteger(beamSize) || beamSize < 1) {
+      throw new InputError(`beamSize must be a positive integer, got ${JSON.stringify(beamSize)}`);
+    }
+    if (beamSize > MAX_BEAM_SIZE) throw new InputError(`beamSize must be <= ${MAX_BEAM_SIZE}, got ${beamSize}`);
+    if (typeof lengthPenalty !== "number" || !Number.isFinite(lengthPenalty)) {
+      throw new InputError(`lengthPenalty must be a finite number, got ${JSON.stringify(lengthPenalty)}`);
+    }
+    if (Math.abs(lengthPenalty) > MAX_LENGTH_PENALTY) {
+      throw new InputError(
+        `lengthPenalty must be in [-${MAX_LENGTH_PENALTY}, ${MAX_LENGTH_PENALTY}] (scores are log-probability / ` +
+          `length ** lengthPenalty), got ${lengthPenalty}`,
+      );
+    }
+    const steps = this._maxLen(maxLen, allowUntrainedLengths);
+    const out = await this._inChunks(ort, checked, (src, batch) =>
+      this._beam(ort, src, batch, steps, beamSize, lengthPenalty),
+    );
+    const tokens = out.map((best) => this.strip(best.tokens));
+    const scores = out.map((best) => best.score);
+    return checked.single ? { tokens: tokens[0], scores: scores[0] } : { tokens, scores };
+  }
+
+  // `run(sourceTensor, batch)` -> one answer per row, over a checked source: in one call up to CHUNK_ROWS rows, else
+  // over chunks of rows sorted by length, each cut to its longest row; the answers come back in the rows' order.
+  async _inChunks(ort, { rows, batch, width, lengths }, run) {
+    if (batch <= CHUNK_ROWS) return run(this._sourceTensor(ort, rows, batch, width), batch);
+    const out = new Array(batch);
+    const order = [...rows.keys()].sort((a, b) => lengths[a] - lengths[b]); // stable: ties keep their order
+    for (let i = 0; i < batch; i += CHUNK_ROWS) {
+      const chunk = order.slice(i, i + CHUNK_ROWS);
+      const part = chunk.map((r) => rows[r]);
+      const w = Math.max(...chunk.map((r) => lengths[r]));
+      const answers = await run(this._sourceTensor(ort, part, part.length, w), part.length);
+      chunk.forEach((r, k) => {
+        out[r] = answers[k];
+      });
+    }
+    return out;
   }
 
   async _fused(ort, src, batch, steps) {
@@ -568,45 +606,53 @@ export class Seq2Seq {
     return rows;
   }
 
-  // The contract's greedy loop ("Greedy decoding"): argmax takes the first maximum, finished rows emit padding,
-  // it stops early once every row has emitted the end token.
-  async _loop(ort, src, batch, steps) {
+  // The encoder's outputs: the decoder state, by name.
+  async _encode(src) {
     const encoded = await this.sessions.encoder.run({ source: src });
     const state = {};
     for (const name of this.encoderIO.outputs) state[name] = encoded[name];
+    return state;
+  }
+
+  // One decoder_step.onnx call for `batch` rows (the contract's step rule: X_out becomes X, in `state` in place) ->
+  // the logits (batch x targetVocabSize, row-major). Non-finite logits are a damaged model, never a silent answer.
+  async _step(ort, token, state, batch, step) {
+    const feeds = { token: new ort.Tensor("int64", token.slice(), [batch]) };
+    for (const name of this.decoderIO.inputs.slice(1)) feeds[name] = state[name];
+    const out = await this.sessions.decoder.run(feeds);
+    for (const name of this.decoderIO.outputs) {
+      if (name.endsWith(OUT_SUFFIX)) state[name.slice(0, -OUT_SUFFIX.length)] = out[name]; // X_out -> X
+    }
+    const width = out.logits.dims[1];
+    if (width !== this.targetVocabSize) {
+      throw new ModelFileError(
+        `${this.label.decoder}: logits of width ${width}, its metadata says ${this.targetVocabSize} target ids`,
+      );
+    }
+    const data = out.logits.data;
+    const bad = data.findIndex((x) => !Number.isFinite(x));
+    if (bad >= 0) {
+      throw new ModelFileError(
+        `${this.label.decoder}: non-finite logits (${data[bad]}) at step ${step}, row ${Math.floor(bad / width)}; ` +
+          "the model is damaged",
+      );
+    }
+    return data;
+  }
+
+  // The contract's greedy loop ("Greedy decoding"): argmax takes the first maximum, finished rows emit padding,
+  // it stops early once every row has emitted the end token.
+  async _loop(ort, src, batch, steps) {
+    const state = await this._encode(src);
+    const width = this.targetVocabSize;
     const token = new BigInt64Array(batch).fill(BigInt(this.startToken));
     const done = new Array(batch).fill(false);
     const rows = Array.from({ length: batch }, () => []);
     for (let step = 0; step < steps; step++) {
-      const feeds = { token: new ort.Tensor("int64", token.slice(), [batch]) };
-      for (const name of this.decoderIO.inputs.slice(1)) feeds[name] = state[name];
-      const out = await this.sessions.decoder.run(feeds);
-      for (const name of this.decoderIO.outputs) {
-        if (name.endsWith(OUT_SUFFIX)) state[name.slice(0, -OUT_SUFFIX.length)] = out[name]; // X_out -> X
-      }
-      const logits = out.logits;
-      const width = logits.dims[1];
-      if (width !== this.targetVocabSize) {
-        throw new ModelFileError(
-          `${this.label.decoder}: logits of width ${width}, its metadata says ${this.targetVocabSize} target ids`,
-        );
-      }
-      const data = logits.data;
+      const data = await this._step(ort, token, state, batch, step);
       for (let r = 0; r < batch; r++) {
         let best = 0;
-        let top = data[r * width];
-        for (let v = 0; v < width; v++) {
-          const x = data[r * width + v];
-          if (!Number.isFinite(x)) {
-            throw new ModelFileError(
-              `${this.label.decoder}: non-finite logits (${x}) at step ${step}, row ${r}; the model is damaged`,
-            );
-          }
-          if (x > top) {
-            top = x;
-            best = v;
-          }
-        }
+        for (let v = 1; v < width; v++) if (data[r * width + v] > data[r * width + best]) best = v;
         if (done[r]) best = this.padToken;
         token[r] = BigInt(best);
         rows[r].push(best);
@@ -615,6 +661,74 @@ export class Seq2Seq {
       if (this.eosToken !== null && done.every(Boolean)) break;
     }
     return rows;
+  }
+
+  // The contract's beam search ("Beam search (normative)") over `batch` source rows with K beams each: row b*K + j of
+  // the decoder state is beam j of source b. -> per source row {tokens (the steps run, padding after the end token),
+  // score}.
+  async _beam(ort, src, batch, steps, K, lengthPenalty) {
+    const V = this.targetVocabSize;
+    const pad = this.padToken;
+    let state = gatherRows(ort, await this._encode(src), Array.from({ length: batch * K }, (_, i) => Math.floor(i / K)));
+    const token = new BigInt64Array(batch * K).fill(BigInt(this.startToken));
+    let score = Array.from({ length: batch * K }, (_, i) => (i % K === 0 ? 0 : -Infinity)); // beams start equal
+    let length = new Array(batch * K).fill(0);
+    let done = new Array(batch * K).fill(false);
+    let history = Array.from({ length: batch * K }, () => []);
+    const logp = new Float64Array(V);
+    const cand = new Float64Array(K * V); // candidate i = j * V + token
+    for (let step = 0; step < steps; step++) {
+      const data = await this._step(ort, token, state, batch * K, step);
+      const rows = new Array(batch * K); // row of the state each new beam continues
+      const next = { score: [], length: [], done: [], history: [] };
+      for (let b = 0; b < batch; b++) {
+        for (let j = 0; j < K; j++) {
+          const row = b * K + j;
+          if (done[row]) {
+            logp.fill(-Infinity);
+            logp[pad] = 0; // a finished beam extends with padding only, its score unchanged
+          } else {
+            // log_softmax in float64, as the contract writes it
+            let top = -Infinity;
+            for (let v = 0; v < V; v++) top = Math.max(top, data[row * V + v]);
+            let sum = 0;
+            for (let v = 0; v < V; v++) sum += Math.exp(data[row * V + v] - top);
+            const log = Math.log(sum);
+            for (let v = 0; v < V; v++) logp[v] = data[row * V + v] - top - log;
+          }
+          for (let v = 0; v < V; v++) cand[j * V + v] = score[row] + logp[v];
+        }
+        topK(cand, K).forEach((i, j) => {
+          const parent = b * K + Math.floor(i / V);
+          const t = i % V;
+          const row = b * K + j;
+          rows[row] = parent;
+          next.score[row] = cand[i];
+          next.done[row] = done[parent] || (this.eosToken !== null && t === this.eosToken);
+          next.length[row] = length[parent] + (done[parent] ? 0 : 1); // the end token counts, padding after it not
+          next.history[row] = [...history[parent], t];
+          token[row] = BigInt(t);
+        });
+      }
+      ({ score, length, done, history } = next);
+      state = gatherRows(ort, state, rows);
+      if (done.every(Boolean)) break;
+    }
+    const answers = [];
+    for (let b = 0; b < batch; b++) {
+      let pick = -1;
+      let bestFinal = -Infinity;
+      for (let j = 0; j < K; j++) {
+        const row = b * K + j;
+        const final = lengthPenalty ? score[row] / Math.max(length[row], 1) ** lengthPenalty : score[row];
+        if (pick < 0 || final > bestFinal) {
+          pick = j;
+          bestFinal = final;
+        }
+      }
+      answers.push({ tokens: history[b * K + pick], score: bestFinal });
+    }
+    return answers;
   }
 
   // ---- text in, text out (format_version 2 text models) ----
@@ -695,4 +809,51 @@ export class Seq2Seq {
     const rows = await this.greedy(ort, this.encodeText(lines), options);
     return typeof lines === "string" ? this.decodeText(rows) : rows.map((row) => this.decodeText(row));
   }
+
+  /** Text (one string, or an array of lines) -> decoded text by beam search (options as beamSearch's). */
+  async beamText(ort, lines, options = {}) {
+    const { tokens } = await this.beamSearch(ort, this.encodeText(lines), options);
+    return typeof lines === "string" ? this.decodeText(tokens) : tokens.map((row) => this.decodeText(row));
+  }
+}
+
+// Indices of the K largest values, largest first; equal values in index order (a stable descending sort's first K),
+// as the contract ranks beam candidates. One pass with a sorted list of K: no sort of all K * V candidates.
+function topK(values, K) {
+  const top = [];
+  for (let i = 0; i < values.length; i++) {
+    const x = values[i];
+    if (top.length === K && !(x > values[top[K - 1]])) continue; // a tie with the K-th keeps the earlier index
+    let lo = 0;
+    let hi = top.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (values[top[mid]] >= x) lo = mid + 1;
+      else hi = mid;
+    }
+    top.splice(lo, 0, i);
+    if (top.length > K) top.pop();
+  }
+  return top;
+}
+
+// Rows `rows` of every state tensor along its batch axis (BATCH_AXIS): beam search repeats and reorders beams with it.
+function gatherRows(ort, state, rows) {
+  const out = {};
+  for (const [name, tensor] of Object.entries(state)) {
+    const axis = BATCH_AXIS[name];
+    const dims = tensor.dims;
+    const outer = dims.slice(0, axis).reduce((a, b) => a * b, 1);
+    const inner = dims.slice(axis + 1).reduce((a, b) => a * b, 1);
+    const n = dims[axis];
+    const data = new tensor.data.constructor(outer * rows.length * inner); // 'bool' comes as a Uint8Array
+    for (let o = 0; o < outer; o++) {
+      rows.forEach((r, i) => {
+        const from = (o * n + r) * inner;
+        data.set(tensor.data.subarray(from, from + inner), (o * rows.length + i) * inner);
+      });
+    }
+    out[name] = new ort.Tensor(tensor.type, data, [...dims.slice(0, axis), rows.length, ...dims.slice(axis + 1)]);
+  }
+  return out;
 }

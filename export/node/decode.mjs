@@ -1,8 +1,11 @@
 #!/usr/bin/env node
 // decode.mjs: greedy-decode stdin lines with a lit-seq2seq export on onnxruntime-node (the contract's Node consumer).
 //
-//   node export/node/decode.mjs MODEL_DIR [--two-graph] [--allow-untrained-lengths] [--batch-size N] < lines
+//   node export/node/decode.mjs MODEL_DIR [--two-graph] [--allow-untrained-lengths] [--batch-size N]
+//                                [--beam-size K [--length-penalty X]] < lines
 //
+// --beam-size K (K > 1) decodes by beam search over the two step graphs (the contract's "Beam search"), with the Python
+// runtime's tokens; 1 (the default) is greedy.
 // One source per line: space-separated token ids, or text for a text model (format_version 2 with source_tokens).
 // "SOURCE<TAB>EXPECTED" lines (what `lit-seq2seq sample` prints) are scored too: exact match (and a text model's token
 // error rate) goes to stderr, counted and printed as `lit-seq2seq decode` does. One decoded line out per line in (for
@@ -22,12 +25,21 @@ import {
   loadModel,
 } from "../js/lit_seq2seq.mjs";
 
-const USAGE = "usage: node decode.mjs MODEL_DIR [--two-graph] [--allow-untrained-lengths] [--batch-size N] < lines";
+const USAGE =
+  "usage: node decode.mjs MODEL_DIR [--two-graph] [--allow-untrained-lengths] [--batch-size N] [--beam-size K " +
+  "[--length-penalty X]] < lines";
 
 class UsageError extends Error {}
 
 function parseArgs(argv) {
-  const options = { modelDir: null, twoGraph: false, allowUntrainedLengths: false, batchSize: 256 };
+  const options = {
+    modelDir: null,
+    twoGraph: false,
+    allowUntrainedLengths: false,
+    batchSize: 256,
+    beamSize: 1,
+    lengthPenalty: null,
+  };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === "--two-graph") options.twoGraph = true;
@@ -39,6 +51,19 @@ function parseArgs(argv) {
         throw new UsageError(`--batch-size must be an integer >= 1, got ${JSON.stringify(value ?? null)}`);
       }
       options.batchSize = Number(value);
+    } else if (arg === "--beam-size" || arg === "--beam_size") {
+      const value = argv[++i];
+      if (!/^\d+$/.test(value ?? "") || Number(value) < 1 || Number(value) > 1024) {
+        throw new UsageError(`--beam-size must be an integer in [1, 1024], got ${JSON.stringify(value ?? null)}`);
+      }
+      options.beamSize = Number(value);
+    } else if (arg === "--length-penalty" || arg === "--length_penalty") {
+      const value = argv[++i];
+      const number = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(value ?? "") ? Number(value) : NaN;
+      if (!(Math.abs(number) <= 10)) {
+        throw new UsageError(`--length-penalty must be a number in [-10, 10], got ${JSON.stringify(value ?? null)}`);
+      }
+      options.lengthPenalty = number;
     } else if (arg === "-h" || arg === "--help") {
       process.stdout.write(`${USAGE}\n`);
       process.exit(0);
@@ -47,6 +72,10 @@ function parseArgs(argv) {
     else throw new UsageError(`one MODEL_DIR expected, got also ${JSON.stringify(arg)}; ${USAGE}`);
   }
   if (options.modelDir === null) throw new UsageError(`MODEL_DIR missing; ${USAGE}`);
+  if (options.lengthPenalty !== null && options.beamSize === 1) {
+    // greedy has no scores to rank: the flag would change nothing
+    throw new UsageError("--length-penalty applies to beam search only: add --beam-size K (K > 1)");
+  }
   return options;
 }
 
@@ -168,11 +197,13 @@ async function main() {
   const decodeBatch = async () => {
     if (batch.length === 0) return;
     const width = Math.max(...batch.map((s) => s.ids.length));
-    const rows = await model.greedy(
-      ort,
-      batch.map((s) => [...s.ids, ...new Array(width - s.ids.length).fill(model.padToken)]),
-      { twoGraph, allowUntrainedLengths },
-    );
+    const source = batch.map((s) => [...s.ids, ...new Array(width - s.ids.length).fill(model.padToken)]);
+    const { beamSize, lengthPenalty } = options;
+    const rows =
+      beamSize === 1
+        ? await model.greedy(ort, source, { twoGraph, allowUntrainedLengths })
+        : (await model.beamSearch(ort, source, { beamSize, lengthPenalty: lengthPenalty ?? 1, allowUntrainedLengths }))
+            .tokens;
     const tokens = model.isText ? rows.map((row) => model.decodeTokens(row)) : null;
     const out = model.isText ? tokens.map((row) => model.joinTokens(row)) : rows.map((row) => row.join(" "));
     await write(out.map((line) => `${line}\n`).join(""));

@@ -149,6 +149,13 @@ function parseLine(line, options) {
   return ids;
 }
 
+const BEAM_SIZE = 4;
+const PATH_NAMES = {
+  greedy: "greedy.onnx",
+  steps: "encoder.onnx + decoder_step.onnx loop",
+  beam: `beam search, ${BEAM_SIZE} beams, encoder.onnx + decoder_step.onnx`,
+};
+
 /** Decode every line of the text box (a final newline adds none); returns one result per line, tokens or an error.
  * The good lines are decoded as one batch, right-padded, as OnnxSeq2Seq.greedy decodes a batch. */
 async function decodeAll() {
@@ -166,12 +173,16 @@ async function decodeAll() {
       result.error = `line ${result.line}: ${err.message}`;
     }
   }
-  const path = $("path").value === "steps" || !model.sessions.greedy ? "steps" : "greedy";
+  const picked = $("path").value;
+  const path = picked === "beam" ? "beam" : picked === "steps" || !model.sessions.greedy ? "steps" : "greedy";
   const start = performance.now();
   if (rows.length) {
     const width = Math.max(...rows.map((row) => row.length));
     const batch = rows.map((row) => [...row, ...new Array(width - row.length).fill(model.padToken)]);
-    const decoded = await model.greedy(ort, batch, { ...options, twoGraph: path === "steps" });
+    const decoded =
+      path === "beam"
+        ? (await model.beamSearch(ort, batch, { ...options, beamSize: BEAM_SIZE })).tokens
+        : await model.greedy(ort, batch, { ...options, twoGraph: path === "steps" });
     decoded.forEach((tokens, i) => {
       good[i].tokens = tokens;
       if (model.isText) good[i].text = model.decodeText(tokens);
@@ -201,7 +212,7 @@ function render({ results, path, ms }) {
   const bad = results.filter((r) => r.error).length;
   $("timing").textContent =
     `${results.length - bad} decoded${bad ? `, ${bad} refused` : ""} in ${ms.toFixed(1)} ms ` +
-    `(${path === "greedy" ? "greedy.onnx" : "encoder.onnx + decoder_step.onnx loop"}, onnxruntime-web wasm, 1 thread)`;
+    `(${PATH_NAMES[path]}, onnxruntime-web wasm, 1 thread)`;
 }
 
 // ------------------------------------------------------------------------------------------------- wiring
@@ -216,8 +227,9 @@ async function guarded(work) {
 }
 
 // URL parameters, for a served export and for automation (tests, the screenshot):
-//   model=URL of an export folder, input=the text box's lines, path=steps (two-graph loop), untrained=1,
-//   auto=1 (decode as soon as a model is open, served or picked), report=URL (POST the outcome there as JSON).
+//   model=URL of an export folder, input=the text box's lines, path=steps (two-graph loop) or beam (beam search),
+//   untrained=1, auto=1 (decode as soon as a model is open, served or picked), report=URL (POST the outcome there as
+//   JSON).
 // body[data-state]: "ready" while the page waits for a model, "done" once an automatic run is over.
 
 /** Open a model from `getFiles`; with auto=1 then decode the text box and report the outcome (or the error). */
@@ -264,7 +276,7 @@ drop.addEventListener("drop", (event) => {
 });
 
 if (params.has("input")) $("input").value = params.get("input");
-if (params.get("path") === "steps") $("path").value = "steps";
+if (["steps", "beam"].includes(params.get("path"))) $("path").value = params.get("path");
 if (params.get("untrained") === "1") $("untrained").checked = true;
 if (params.has("model")) openThenMaybeDecode(() => fetchFolder(params.get("model")));
 else document.body.dataset.state = "ready";

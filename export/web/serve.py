@@ -103,15 +103,18 @@ def serving(model_dir: Path, port: int = 0) -> Iterator[tuple[str, type[_Handler
         server.server_close()
 
 
+PATHS = ("auto", "steps", "beam")  # the page's "decode with": greedy.onnx, the two-graph loop, beam search (4 beams)
+
+
 def page_url(
-    base: str, lines: Sequence[str], *, steps: bool = False, untrained: bool = False, served: bool = True
+    base: str, lines: Sequence[str], *, path: str = "auto", untrained: bool = False, served: bool = True
 ) -> str:
     """The page decoding `lines` as soon as a model is open and reporting to /report: the served model, or (not
-    `served`) the files a user picks; optionally by the two-graph loop and allowing untrained source lengths."""
+    `served`) the files a user picks; by `path` (one of PATHS), optionally allowing untrained source lengths."""
     query = {"model": "/model/"} if served else {}
     query |= {"input": "\n".join(lines), "auto": "1", "report": "/report"}
-    if steps:
-        query["path"] = "steps"
+    if path != "auto":
+        query["path"] = path
     if untrained:
         query["untrained"] = "1"
     return f"{base}/web/index.html?{urllib.parse.urlencode(query, quote_via=urllib.parse.quote)}"
@@ -264,7 +267,7 @@ class Headless:
         model_dir: Path,
         lines: Sequence[str],
         *,
-        steps: bool = False,
+        path: str = "auto",
         untrained: bool = False,
         pick: Sequence[Path] | None = None,
         screenshot: Path | None = None,
@@ -279,7 +282,7 @@ class Headless:
         self.handler.reports.clear()
         self.handler.reported.clear()
         deadline = time.monotonic() + timeout
-        url = page_url(self.base, lines, steps=steps, untrained=untrained, served=pick is None)
+        url = page_url(self.base, lines, path=path, untrained=untrained, served=pick is None)
         self.page.call("Page.navigate", self.page.session(), url=url)
         if pick is not None:
             self.page.pick(pick, deadline)
@@ -300,7 +303,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model_dir", type=Path, required=True, help="an export folder (encoder.onnx, ...)")
     parser.add_argument("--port", type=int, default=8000, help="serving: the port on 127.0.0.1 (default 8000)")
     parser.add_argument("--check", action="store_true", help="headless: print the page's results for LINES as JSON")
-    parser.add_argument("--steps", action="store_true", help="with --check: decode by the two-graph loop")
+    parser.add_argument(
+        "--path",
+        choices=PATHS,
+        default="auto",
+        help="with --check: decode by greedy.onnx (auto, the default), the two-graph loop (steps) or beam search",
+    )
     parser.add_argument("--screenshot", type=Path, help="headless: write a PNG of the page decoding LINES")
     parser.add_argument("lines", nargs="*", help="sources for --check / --screenshot, one per argument")
     args = parser.parse_args(argv)
@@ -310,13 +318,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--model_dir {args.model_dir}: no encoder.onnx there (give an export folder)")
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be in [0, 65535], got {args.port}")
-    if args.steps and not args.check:
-        parser.error("--steps goes with --check")
+    if args.path != "auto" and not args.check:
+        parser.error("--path goes with --check")
     if args.screenshot and not args.screenshot.resolve().parent.is_dir():
         parser.error(f"--screenshot {args.screenshot}: no folder {args.screenshot.parent} to write it in")
     try:
         if args.check:  # exit code 1 when the page reports an error: a script can tell
-            report = run_page(args.model_dir, args.lines, steps=args.steps)
+            report = run_page(args.model_dir, args.lines, path=args.path)
             print(json.dumps(report, indent=1))
             return 1 if report.get("error") else 0
         if args.screenshot:
