@@ -103,6 +103,12 @@ def check_weights(checkpoint: Mapping[str, Any], source: str) -> None:
         )
 
 
+def _legacy_torch_save(path: Path) -> bool:
+    """Whether the file starts as torch.save's legacy format does: a pickle (protocol 2+) of its magic number."""
+    with path.open("rb") as file:
+        return file.read(2) in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
 def read_checkpoint(path: str | os.PathLike, flag: str = "--ckpt_path") -> dict[str, Any]:
     """torch.load(weights_only=True) with clear errors for a missing, unreadable, foreign or altered file."""
     path = Path(path)
@@ -112,16 +118,19 @@ def read_checkpoint(path: str | os.PathLike, flag: str = "--ckpt_path") -> dict[
         raise ValueError(f"{flag} {path}: a folder; give a checkpoint file{hint}")
     if not path.is_file():
         raise ValueError(f"{flag} {path}: no such file")
-    # torch.load skips the zip CRCs, and the weights hash does not cover optimizer or loop state.
-    try:
-        with zipfile.ZipFile(path) as archive:
-            broken = archive.testzip()
-    # BadZipFile, OSError, and for damaged headers also UnicodeDecodeError (a file name that is no longer UTF-8),
-    # struct.error, NotImplementedError (an unknown compression method), ...: whatever it is, the file is bad.
-    except Exception as error:  # noqa: BLE001
-        raise ValueError(f"{flag} {path}: cannot be read as a checkpoint (truncated or damaged?): {error}") from None
-    if broken is not None:
-        raise ValueError(f"{flag} {path}: damaged ({broken} fails its CRC check)")
+    unreadable = f"{flag} {path}: cannot be read as a checkpoint (truncated or damaged?)"
+    # torch.load skips the zip CRCs, and the weights hash does not cover optimizer or loop state. A file re-saved in
+    # torch.save's legacy format (a bare pickle stream, _use_new_zipfile_serialization=False) has no CRCs to check.
+    if not _legacy_torch_save(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                broken = archive.testzip()
+        # BadZipFile, OSError, and for damaged headers also UnicodeDecodeError (a file name that is no longer UTF-8),
+        # struct.error, NotImplementedError (an unknown compression method), ...: whatever it is, the file is bad.
+        except Exception as error:  # noqa: BLE001
+            raise ValueError(f"{unreadable}: {error}") from None
+        if broken is not None:
+            raise ValueError(f"{flag} {path}: damaged ({broken} fails its CRC check)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - zip and unpickling errors vary; what matters is the file is bad
@@ -130,7 +139,7 @@ def read_checkpoint(path: str | os.PathLike, flag: str = "--ckpt_path") -> dict[
                 f"{flag} {path}: not a lit-seq2seq checkpoint: it holds Python objects beyond tensors and plain "
                 "values (another program's?), which are not loaded: loading them runs code from the file"
             ) from None
-        raise ValueError(f"{flag} {path}: cannot be read as a checkpoint (truncated or damaged?): {error}") from None
+        raise ValueError(f"{unreadable}: {error}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise ValueError(f"{flag} {path}: not a lit-seq2seq checkpoint (no state_dict or hyper_parameters)")
     check_weights(checkpoint, f"{flag} {path}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,26 @@ def test_read_checkpoint_refuses_naming_the_flag_and_the_file(kind, message, goo
     path = tmp_path / "missing.ckpt" if kind == "missing" else damaged_checkpoint(good, kind, tmp_path)
     with pytest.raises(ValueError, match=f"^--weights {path}: {message}"):
         read_checkpoint(path, flag="--weights")
+
+
+def test_a_checkpoint_resaved_in_torchs_legacy_format_loads_and_is_still_checked(good, tmp_path):
+    """torch.save(..., _use_new_zipfile_serialization=False) writes no zip (so no CRCs): the file loads as it is, its
+    weights hash still checked, and cut in half it is refused in one line."""
+    checkpoint = torch.load(good, weights_only=True)
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save(checkpoint, legacy, _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(legacy)
+    loaded = read_checkpoint(legacy)
+    assert loaded["state_dict"].keys() == checkpoint["state_dict"].keys()
+    assert all(torch.equal(loaded["state_dict"][k], v) for k, v in checkpoint["state_dict"].items())
+    checkpoint["state_dict"]["net.decoder.output.bias"] += 1  # altered, its hash left as it was
+    torch.save(checkpoint, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match="the weights do not match their saved"):
+        read_checkpoint(legacy)
+    data = legacy.read_bytes()
+    legacy.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"legacy\.ckpt: cannot be read as a checkpoint \(truncated or damaged\?\)"):
+        read_checkpoint(legacy)
 
 
 class _Foreign:  # an object of another program's, pickled into its checkpoint
