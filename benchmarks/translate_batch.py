@@ -1,8 +1,9 @@
-"""Large translate() batches: the runtime's length-sorted chunks of CHUNK_ROWS rows against one onnxruntime call.
+"""Large translate() batches: the runtime's length-sorted chunks of CHUNK_ROWS rows (beam search: BEAM_CHUNK_ROWS source
+rows x beams) against one onnxruntime call.
 
 Each side runs in a fresh process (peak memory is per process), alternately, `--rounds` times: the texts of a TSV's
 first column (distinct, sorted, the first `--words`), `OnnxSeq2Seq.translate` greedy (or `--beam_size K`), one
-intra-op thread. "one call" is the same runtime with CHUNK_ROWS past the batch, so the graphs see the whole batch,
+intra-op thread. "one call" is the same runtime with the chunk sizes past the batch, so the graphs see the whole batch,
 padded to its longest row. Both must give the same texts (checked). Prints median seconds and peak RSS, and ratios.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/translate_batch.py --model_dir DIR --file data/cmudict/test.tsv
@@ -21,7 +22,7 @@ import hashlib, json, resource, sys, time
 import lit_seq2seq.runtime as runtime
 model_dir, file, words, beam_size, whole = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 if whole == "1":
-    runtime.CHUNK_ROWS = 10**9
+    runtime.CHUNK_ROWS = runtime.BEAM_CHUNK_ROWS = 10**9
 model = runtime.OnnxSeq2Seq.load(model_dir, intra_op_threads=1)
 with open(file, encoding="utf-8") as f:
     texts = sorted({line.split("\\t")[0] for line in f if line.strip()})[:words]

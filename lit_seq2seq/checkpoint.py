@@ -154,10 +154,13 @@ def _none_found(name: str, root: Path, hint: str) -> ValueError:
     other = next(found, None) if root.is_dir() else None
     if other is None:
         return ValueError(f"--ckpt_path {name}: no {name}.ckpt under {root}/*/checkpoints; {hint} or pass a file path")
+    if other.parent == root / "checkpoints":  # no version_N folders: every such fit writes there (-v1... after one)
+        why = "a fit with --trainer.logger false"
+    else:
+        why = "a fit with another --checkpoint.filename, dirpath or logger name"
     return ValueError(
         f"--ckpt_path {name}: no {name}.ckpt under {root}/*/checkpoints, where best|last look, but {root} holds "
-        f"other checkpoints (written with another --checkpoint.filename, dirpath or logger name?), e.g. {other}: "
-        "pass the file as --ckpt_path"
+        f"other checkpoints (written by {why}?), e.g. {other}: pass the file as --ckpt_path"
     )
 
 

@@ -37,6 +37,10 @@ _BOUND_MAX_BATCH = 16  # greedy batches up to this size decode through pre-bound
 # in chunks of 256 sorted by length, 155 MB and 2.0 s, the same tokens (benchmarks/translate_batch.py; chunks of 64
 # to 2,048 rows: 2.1-2.9 s).
 CHUNK_ROWS = 256
+# Beam search holds K rows of state per source row (the attention memory is repeated per beam): its chunks hold at most
+# this many source rows x beams, so CHUNK_ROWS sources at beam size 4 and one at 1,024 (32 G2P words at beam 1,024 in
+# one call: 2,971 MB and 37.8 s; so, 200 MB and 15.5 s: benchmarks/translate_batch.py --beam_size 1024 --words 32).
+BEAM_CHUNK_ROWS = 1024
 
 
 def _session(path: Path, options: ort.SessionOptions, providers: Sequence[str], verify: bool):
@@ -480,16 +484,17 @@ class OnnxSeq2Seq:
         (tokens,) = self._in_chunks(source, lambda rows: (run(rows, max_len),))
         return tokens[0] if single else tokens
 
-    def _in_chunks(self, source: np.ndarray, run: Any) -> tuple[np.ndarray, ...]:
+    def _in_chunks(self, source: np.ndarray, run: Any, size: int | None = None) -> tuple[np.ndarray, ...]:
         """`run(rows)` -> (tokens (n, steps), ...further (n,) arrays) over a validated source: in one call up to
-        CHUNK_ROWS rows, else over length-sorted chunks, each cut to its longest row, with the results put back in
-        the caller's order and the tokens padded to the longest chunk's steps. Rows decode independently, so the
-        tokens are those of one call."""
-        if len(source) <= CHUNK_ROWS:
+        `size` (default CHUNK_ROWS) rows, else over length-sorted chunks, each cut to its longest row, with the results
+        put back in the caller's order and the tokens padded to the longest chunk's steps. Rows decode independently,
+        so the tokens are those of one call."""
+        size = size or CHUNK_ROWS
+        if len(source) <= size:
             return run(source)
         lengths = (source != self.pad_token).sum(1)  # rows are right-padded (check_source)
         order = np.argsort(lengths, kind="stable")
-        chunks = [order[i : i + CHUNK_ROWS] for i in range(0, len(order), CHUNK_ROWS)]
+        chunks = [order[i : i + size] for i in range(0, len(order), size)]
         parts = [run(source[rows, : lengths[rows].max()]) for rows in chunks]
         tokens = np.full((len(source), max(p[0].shape[1] for p in parts)), self.pad_token, dtype=np.int64)
         rest = [np.empty(len(source), dtype=a.dtype) for a in parts[0][1:]]
@@ -544,7 +549,7 @@ class OnnxSeq2Seq:
                 **self.tokens,
             )
 
-        tokens, scores = self._in_chunks(source, run)
+        tokens, scores = self._in_chunks(source, run, max(1, min(CHUNK_ROWS, BEAM_CHUNK_ROWS // beam_size)))
         return (tokens[0], scores[0]) if single else (tokens, scores)
 
     # ---- text ---------------------------------------------------------------------------------------------------

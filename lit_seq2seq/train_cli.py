@@ -7,6 +7,7 @@ import importlib.util
 import inspect
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -27,8 +28,9 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import DeviceStatsMonitor, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.strategies import StrategyRegistry
 
 from lit_seq2seq import checkpoint, install_hint
 from lit_seq2seq.callbacks import LogProgress, PredictionWriter
@@ -331,6 +333,24 @@ def _flags_named_in(message: str, config: Namespace) -> str:
     return ", ".join(flags)
 
 
+SEED_RANGE = (0, 2**32 - 1)  # numpy's: Lightning's seed_everything raises a traceback outside it
+HALF_WEIGHTS = ("16-true", "bf16-true")  # precisions that store the weights themselves in 16 bits
+
+
+def _spawning(strategy: Any) -> str | None:
+    """The start method of a DDP strategy that starts its processes from this one (spawn, fork): None for others.
+    Lightning hands such a fit's weights back to this process through a temporary file of bare weights, which the
+    checkpoint IO (hashed, checked checkpoints) does not take."""
+    if isinstance(strategy, str):
+        found = dict.get(StrategyRegistry, strategy, {})  # (the registry's own get() builds the strategy)
+        start = found.get("init_params", {}).get("start_method")
+    elif isinstance(strategy, Namespace) and str(strategy.get("class_path", "")).endswith("DDPStrategy"):
+        start = (strategy.get("init_args") or Namespace()).get("start_method")
+    else:
+        start = None
+    return start if start in ("spawn", "fork", "forkserver") else None
+
+
 def _is_run_logger(logger: Any) -> bool:
     """Whether `logger` (a config value) is the one Seq2SeqCLI sets: a CSVLogger of <save_dir>/version_N."""
     init = getattr(logger, "init_args", None)
@@ -415,6 +435,21 @@ class Seq2SeqCLI(LightningCLI):
             print(f"lit-seq2seq {self.subcommand}: error: {failure}", file=sys.stderr, flush=True)
             sys.exit(1)
         _leave_process_group()
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        config = self.config.get(self.config.get("subcommand") or "") or self.config
+        seed = config.get("seed_everything")
+        if seed is True:
+            # Lightning 2.6 seeds `true` with 0 ("No seed found"), where --help promises a random seed. A DDP process
+            # that Lightning started takes the seed its parent drew (PL_GLOBAL_SEED, set by the parent's seeding).
+            child = os.environ.get("LOCAL_RANK", "0") != "0" and "PL_GLOBAL_SEED" in os.environ
+            config.seed_everything = (
+                int(os.environ["PL_GLOBAL_SEED"]) if child else random.SystemRandom().randint(*SEED_RANGE)
+            )
+        elif seed is not False and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+            parser.settled = f"lit-seq2seq {self.config.get('subcommand')}"  # parsed: one line, as _parse_ckpt_path
+            parser.error(f"--seed_everything must be in [0, {SEED_RANGE[1]}] (or true for a random seed), got {seed}")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for name in DATA_TO_NET:  # properties of the instantiated data module
@@ -527,6 +562,32 @@ class Seq2SeqCLI(LightningCLI):
                 self.parser.error(f"--trainer.{flag} must be >= 1{null}, got {value}")
         if self.subcommand == "fit" and trainer.get("limit_train_batches") == 0:  # Lightning: a fit that says nothing
             self.parser.error("--trainer.limit_train_batches 0 trains on nothing: give a share of an epoch or a count")
+        interval = trainer.get("val_check_interval")
+        if interval is not None and interval <= 0:  # 0: a modulo by zero after the first batch; 0.0: every batch
+            self.parser.error(
+                f"--trainer.val_check_interval must be > 0: a count of training batches, or a share of an epoch in "
+                f"(0, 1], got {interval}"
+            )
+        if str(trainer.get("precision")) in HALF_WEIGHTS:
+            self.parser.error(
+                f"--trainer.precision {trainer.precision}: the weights themselves would be 16-bit, and so validation's "
+                "decoding, which picks best.ckpt, while the exported graphs decode in float32; use "
+                f"{str(trainer.precision).replace('true', 'mixed')} (16-bit math over float32 weights)"
+            )
+        start = _spawning(trainer.get("strategy"))
+        if start is not None:
+            self.parser.error(
+                f"--trainer.strategy {trainer.strategy if isinstance(trainer.strategy, str) else 'DDPStrategy'}: "
+                f"processes started by {start} are not supported "
+                "(they hand the trained weights back through a file of bare weights, which lit-seq2seq's checked "
+                "checkpoints refuse); use --trainer.strategy ddp, the same training with processes started as commands"
+            )
+        if self.subcommand == "fit" and trainer.get("enable_checkpointing") is False:
+            self.parser.error(
+                "--trainer.enable_checkpointing false: lit-seq2seq's fit always has its checkpoint callback (best.ckpt "
+                "and last.ckpt, what --ckpt_path best|last and export read); to write no checkpoint files pass "
+                "--checkpoint.save_top_k 0 --checkpoint.save_last false"
+            )
         root = trainer.default_root_dir or "."
         if config.trainer.logger in (None, True) or _is_run_logger(config.trainer.logger):
             # CSV logs under <default_root_dir>/version_N: the report reads them; no TensorBoard needed. A run's saved
@@ -709,6 +770,14 @@ class Seq2SeqCLI(LightningCLI):
         except MisconfigurationException as error:  # e.g. "No supported gpu backend found!": name what was asked
             given = self.config[self.subcommand]
             self.parser.error(f"{_flags_named_in(str(error), given) or _device_flags(given.trainer)}: {error}")
+        if not trainer.loggers:  # else Lightning raises it when the fit starts, inside its run folder
+            for callback in trainer.callbacks:
+                if isinstance(callback, (LearningRateMonitor, DeviceStatsMonitor)):
+                    name = type(callback).__name__
+                    self.parser.error(
+                        f"--trainer.callbacks {name} writes to the logger, and --trainer.logger false turns it off: "
+                        f"drop one of them"
+                    )
         trainer.callbacks.append(checkpoint.StopOnSigterm())  # after the checkpoint callbacks it asks to write
         return trainer
 

@@ -263,9 +263,15 @@ def test_best_and_last_name_a_checkpoint_a_fit_wrote_elsewhere_under_the_root(tm
         resolve("best", tmp_path, "test")
     assert str(info.value) == (
         f"--ckpt_path best: no best.ckpt under {tmp_path}/*/checkpoints, where best|last look, but {tmp_path} holds "
-        f"other checkpoints (written with another --checkpoint.filename, dirpath or logger name?), e.g. {mine}: pass "
-        "the file as --ckpt_path"
+        f"other checkpoints (written by a fit with another --checkpoint.filename, dirpath or logger name?), e.g. "
+        f"{mine}: pass the file as --ckpt_path"
     )
+    mine.unlink()
+    loggerless = tmp_path / "checkpoints" / "best.ckpt"  # --trainer.logger false: no version_N folder
+    loggerless.parent.mkdir()
+    loggerless.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"\(written by a fit with --trainer.logger false\?\), e.g. .*/checkpoints/"):
+        resolve("best", tmp_path, "test")
 
 
 def test_a_resumed_run_resolves_within_the_run_it_continues(tmp_path):

@@ -221,12 +221,71 @@ console.log(JSON.stringify(out));
         "InputError: beamSize must be a positive integer, got 2.5",
         "InputError: beamSize must be <= 1024, got 1025",
         'InputError: lengthPenalty must be a finite number, got "1"',
-        "InputError: lengthPenalty must be a finite number, got null",
+        "InputError: lengthPenalty must be a finite number, got NaN",
         "InputError: lengthPenalty must be in [-10, 10] (scores are log-probability / length ** lengthPenalty), "
         "got -11",
         "InputError: source row 0, position 1: token 9 is out of range; tokens must be in [2, 5], or 0 (padding) at "
         "the end",
     ]
+
+
+def test_node_module_refuses_an_apps_mistakes_naming_them(exported):
+    """What an app gets wrong calling the module: a Python-style or misspelt option name (it was ignored: the defaults
+    ran), options that are not an object, a forgotten `ort`, file paths or other non-bytes for the files, odd values
+    (NaN, a BigInt, a string maxLen, a non-boolean twoGraph). An ArrayBuffer, what fetch() gives, is taken."""
+    model_dir = exported("copy_trained").model_dir
+    code = """
+const dir = process.argv[1];
+const m = await load(dir);
+const src = [[2, 3]];
+const out = {};
+const calls = {
+  max_len: () => m.beamSearch(ort, src, { max_len: 2 }),
+  beam_size: () => m.beamSearch(ort, src, { beam_size: 4 }),
+  greedyBeam: () => m.greedy(ort, src, { beamSize: 4 }),
+  textBeam: () => m.greedyText(ort, ["ab"], { lengthPenalty: 1 }),
+  nullOptions: () => m.beamSearch(ort, src, null),
+  numberOptions: () => m.greedy(ort, src, 4),
+  noOrt: () => m.beamSearch(src, { beamSize: 4 }),
+  noOrtLoad: () => lit.loadModel({}, {}),
+  paths: () => lit.loadModel(ort, { encoder: `${dir}/encoder.onnx`, decoder: `${dir}/decoder_step.onnx` }),
+  bigint: () => m.beamSearch(ort, src, { beamSize: 4n }),
+  maxLenString: () => m.greedy(ort, src, { maxLen: "3" }),
+  twoGraph: () => m.greedy(ort, src, { twoGraph: "yes" }),
+  loadOption: () => load(dir, { verify: false }),
+};
+for (const [name, call] of Object.entries(calls)) out[name] = await message(call);
+const buffer = (file) => read(`${dir}/${file}`).buffer; // read() copies into an ArrayBuffer of its own
+const fromBuffers = await lit.loadModel(ort, { encoder: buffer("encoder.onnx"), decoder: buffer("decoder_step.onnx") });
+out.arrayBuffer = JSON.stringify(await fromBuffers.greedy(ort, src)) === JSON.stringify(await m.greedy(ort, src));
+console.log(JSON.stringify(out));
+"""
+    out = json.loads(node_script(code, str(model_dir)).stdout)
+    beam_options = "the options are beamSize, lengthPenalty, allowUntrainedLengths, maxLen"
+    assert out == {
+        "max_len": f"InputError: beamSearch: unknown option max_len; {beam_options}",
+        "beam_size": f"InputError: beamSearch: unknown option beam_size; {beam_options}",
+        "greedyBeam": "InputError: greedy: unknown option beamSize; the options are twoGraph, allowUntrainedLengths, "
+        "maxLen",
+        "textBeam": "InputError: greedyText: unknown option lengthPenalty; the options are twoGraph, "
+        "allowUntrainedLengths, maxLen",
+        "nullOptions": "TypeError: beamSearch: options must be an object ({beamSize, lengthPenalty, "
+        "allowUntrainedLengths, maxLen}), got null",
+        "numberOptions": "TypeError: greedy: options must be an object ({twoGraph, allowUntrainedLengths, maxLen}), "
+        "got 4",
+        "noOrt": 'TypeError: ort: pass the onnxruntime module first (import ort from "onnxruntime-node", or '
+        "onnxruntime-web's), got [[2,3]]",
+        "noOrtLoad": 'TypeError: ort: pass the onnxruntime module first (import ort from "onnxruntime-node", or '
+        "onnxruntime-web's), got {}",
+        "paths": "TypeError: files.encoder (encoder.onnx): the file's bytes are expected (a Uint8Array, as "
+        "readFileSync gives, or an ArrayBuffer), got a string: read the file first",
+        "bigint": "InputError: beamSize must be a positive integer, got 4n",
+        "maxLenString": 'InputError: maxLen must be an integer in [1, 4096], got "3"',
+        "twoGraph": 'TypeError: twoGraph must be true or false, got "yes"',
+        "loadOption": "InputError: loadModel: unknown option verify; the options are folder, sessionOptions, "
+        "verifyHash",
+        "arrayBuffer": True,
+    }
 
 
 def test_node_decode_without_greedy_onnx_uses_the_two_graphs(exported, runtime_model, tmp_path):
@@ -505,7 +564,7 @@ def test_node_decode_reads_format_version_2_text_models(kind, exported, runtime_
     for case in [case for case in ("unknown", "control", "long") if case in spec]:
         line, message = spec[case]
         assert_refused(node_decode(model_dir, f"{line}\n"), message)
-    assert_refused(node_decode(model_dir, "\n\nx\n"), "line 1: source: empty sequence (source_len is 0)")
+    assert_refused(node_decode(model_dir, "\n\nx\n"), "line 1: empty text")  # as Python's decode words it
     done = node_decode(model_dir, f"{spec['lines'][0]}\n\n\n")  # empty lines at the end: dropped, as decode does
     assert (done.returncode, done.stdout.splitlines()) == (0, expected[:1]), done.stderr
     for name in (contract.ENCODER_FILE, contract.DECODER_FILE, contract.GREEDY_FILE):
@@ -542,6 +601,23 @@ console.log(JSON.stringify([await beam(words), await beam(words[0])]));
 """
     texts, single = json.loads(node_script(code, str(model_dir), json.dumps(words)).stdout)
     assert texts == beam and single == beam[0]
+
+
+def test_node_decode_refuses_empty_and_long_texts_as_pythons_decode(text_exported, capsys):
+    """An empty line of a text model is "empty text" and a text of an untrained length counts characters (a char
+    model), as `lit-seq2seq decode` words them (they were "source: empty sequence" and "N tokens"); --flag=value
+    is read as argparse reads it."""
+    from conftest import text_pairs
+
+    model_dir = text_exported("trained").model_dir
+    word = text_pairs(1, seed=2)[0][0]
+    for stdin in (f"{word}\n\n{word}\n", f"{word * 20}\n"):
+        node = node_decode(model_dir, stdin, "--beam-size=2")
+        code, out, err = cli_output(["decode", "--model_dir", model_dir, "--beam_size=2"], capsys, stdin=stdin)
+        assert code == 2 and node.stdout == out, (node.stdout, out)
+        python = err.split("error: ", 1)[1].split(" (pass", 1)[0]  # line N: ...; the flags named differ
+        line, rest = python.split(": ", 1)
+        assert_refused(node, f"{line}: {'source: ' * ('characters' in rest)}{rest}")
 
 
 def test_node_decode_scores_references_as_pythons_decode(text_exported, capsys):

@@ -638,7 +638,8 @@ def test_load_names_a_bad_model_dir_or_provider(exported, tmp_path):
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])
 def test_chunks_of_a_large_id_batch_decode_as_one_batch(name, runtime_model, monkeypatch):
-    """Rows of mixed lengths over several chunks (CHUNK_ROWS 4): the tokens and beam scores of one call, in order."""
+    """Rows of mixed lengths over several chunks (CHUNK_ROWS 4; beam search's BEAM_CHUNK_ROWS, sources x beams, 7): the
+    tokens and beam scores of one call, in order."""
     import lit_seq2seq.runtime as runtime
     from lit_seq2seq.runtime import pad_batch
 
@@ -656,5 +657,10 @@ def test_chunks_of_a_large_id_batch_decode_as_one_batch(name, runtime_model, mon
     chunked = run()
     assert chunked[0].tolist() == whole[0].tolist() and chunked[1].tolist() == whole[1].tolist()
     np.testing.assert_allclose(chunked[2], whole[2], rtol=1e-5)
+    monkeypatch.setattr(runtime, "CHUNK_ROWS", 256)
+    monkeypatch.setattr(runtime, "BEAM_CHUNK_ROWS", 7)  # beam 3: chunks of 2 sources (6 rows of state)
+    beam = model.beam_search(source, beam_size=3, **allow)
+    assert beam[0].tolist() == whole[1].tolist()
+    np.testing.assert_allclose(beam[1], whole[2], rtol=1e-5)
     with pytest.raises(ValueError, match="^pad_batch: no rows$"):
         pad_batch([], model.pad_token)

@@ -239,18 +239,51 @@ WRONG_TYPES = [
     (["--trainer.check_val_every_n_epoch", "0"], "--trainer.check_val_every_n_epoch must be >= 1 or null, got 0"),
     (["--trainer.limit_train_batches", "0"], "--trainer.limit_train_batches 0 trains on nothing: give a share"),
     (["--data.seed", "-1"], "--data.seed must be >= 0, got -1"),  # numpy's error at the first batch
+    # Lightning's tracebacks: a modulo by zero after the first batch, numpy's seed range, the weights handed back by
+    # spawned processes refused by the checkpoint IO, LearningRateMonitor's check when the fit starts
+    (["--trainer.val_check_interval", "0"], "--trainer.val_check_interval must be > 0: a count of training batches"),
+    (["--trainer.val_check_interval", "0.0"], "--trainer.val_check_interval must be > 0: a count of training"),
+    (["--seed_everything", "-1"], "--seed_everything must be in [0, 4294967295] (or true for a random seed), got -1"),
+    (["--seed_everything", "4294967296"], "--seed_everything must be in [0, 4294967295] (or true for a random seed)"),
+    (["--trainer.strategy", "ddp_spawn"], "--trainer.strategy ddp_spawn: processes started by spawn are not"),
+    (["--trainer.strategy", "ddp_fork_find_unused_parameters_true"], "--trainer.strategy ddp_fork_find_unused_para"),
+    (
+        ["--trainer.strategy", "DDPStrategy", "--trainer.strategy.start_method", "spawn"],
+        "--trainer.strategy DDPStrategy: processes started by spawn are not supported",
+    ),
+    (["--trainer.precision", "bf16-true"], "--trainer.precision bf16-true: the weights themselves would be 16-bit"),
+    (["--trainer.precision", "16-true"], "--trainer.precision 16-true: the weights themselves would be 16-bit, and so"),
+    (["--trainer.enable_checkpointing", "false"], "--trainer.enable_checkpointing false: lit-seq2seq's fit always"),
+    (
+        ["--trainer.logger", "false", "--trainer.callbacks", "LearningRateMonitor"],
+        "--trainer.callbacks LearningRateMonitor writes to the logger, and --trainer.logger false turns it off",
+    ),
     ([*PAIRS, "--data.seed", "-1"], "--data.seed must be >= 0, got -1"),
 ]
 
 
-@pytest.mark.parametrize("flags, message", WRONG_TYPES, ids=[f[-2] for f, _ in WRONG_TYPES])
+@pytest.mark.parametrize("flags, message", WRONG_TYPES, ids=[" ".join(f[-2:]) for f, _ in WRONG_TYPES])
 def test_a_value_of_the_wrong_type_is_one_line_naming_the_flag(flags, message, in_tmp, capsys):
     """jsonargparse printed ~90 lines of usage, then the flag's key nested in its Union-of-classes wording; a prefix
-    of a flag (max_epoch) was taken for the flag."""
-    code, err = cli_exit(["fit", "--config", REVERSE_YAML, *flags, *root_args(in_tmp)], capsys)
+    of a flag (max_epoch) was taken for the flag. Nothing is written."""
+    code, err = cli_exit(["fit", "--config", REVERSE_YAML, *flags, *root_args(in_tmp / "runs")], capsys)
     assert code == 2 and err.startswith(f"lit-seq2seq fit: error: {message}") and err.count("\n") == 1, err
+    assert not (in_tmp / "runs").exists()
     if message.startswith("--data."):  # fit --help names the data module, not its options: --data.help lists them
         assert "fit --help" not in err
+
+
+def test_seed_everything_true_draws_a_random_seed_and_records_it(in_tmp, monkeypatch):
+    """Lightning 2.6 seeds `true` with 0 ("No seed found, seed set to 0"), where --help says a random seed; a seed
+    left in the environment by an earlier fit in the process is not reused either."""
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "42")
+    seeds = []
+    for _ in range(2):
+        assert run_cli(["fit", *QUICK_FIT, "--seed_everything", "true", *root_args(in_tmp)]) == 0
+        config = yaml.safe_load(sorted(version_dirs(in_tmp))[-1].joinpath("config.yaml").read_text())
+        seeds.append(config["seed_everything"])
+    assert all(isinstance(s, int) and s not in (0, 42) for s in seeds) and seeds[0] != seeds[1], seeds
 
 
 @pytest.mark.parametrize("command", ["test", "validate", "predict"])

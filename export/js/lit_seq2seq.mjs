@@ -36,6 +36,9 @@ const MAX_STEPS = 4096; // the Python runtime's limit for max_len
 // runtime does: onnxruntime's LSTM holds every step's input projection of the whole batch, padded to its longest row
 // (export/README.md, "Large batches").
 const CHUNK_ROWS = 256;
+// Beam search holds K rows of state per source row (the attention memory repeated per beam): its chunks are of at most
+// this many source rows x beams (256 source rows at beam size 4, 1 at 1024), as in the Python runtime.
+const BEAM_CHUNK_ROWS = 1024;
 // Beam search (export/README.md, "Beam search (normative)"): the Python runtime's bounds, and the axis of each state
 // tensor that runs over the batch (rows are repeated and reordered along it).
 const MAX_BEAM_SIZE = 1024;
@@ -57,6 +60,51 @@ export class InputError extends Error {
     this.name = "InputError";
   }
 }
+
+// ---- arguments: an app's mistake is an error naming it, never a silently ignored option -------------------------
+
+/** A value as a message shows it: strings quoted, NaN, Infinity and BigInts as written. */
+function describe(value) {
+  if (typeof value === "bigint") return `${value}n`;
+  if (typeof value === "number" || value === undefined || typeof value === "function") return String(value);
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}
+
+/** `options` as an object whose keys are all `allowed` (undefined: {}); else TypeError / InputError naming it. */
+function checkOptions(options, allowed, what) {
+  if (options === undefined) return {};
+  if (options === null || typeof options !== "object" || Array.isArray(options)) {
+    throw new TypeError(`${what}: options must be an object ({${allowed.join(", ")}}), got ${describe(options)}`);
+  }
+  const unknown = Object.keys(options).find((key) => !allowed.includes(key));
+  if (unknown !== undefined) {
+    throw new InputError(`${what}: unknown option ${unknown}; the options are ${allowed.join(", ")}`);
+  }
+  return options;
+}
+
+function checkFlag(value, name) {
+  if (typeof value !== "boolean") throw new TypeError(`${name} must be true or false, got ${describe(value)}`);
+}
+
+// The onnxruntime namespace the caller passes first: a call that forgot it would otherwise blame its other arguments.
+function checkOrt(ort) {
+  if (typeof ort?.Tensor !== "function" || typeof ort?.InferenceSession?.create !== "function") {
+    throw new TypeError(
+      "ort: pass the onnxruntime module first (import ort from \"onnxruntime-node\", or onnxruntime-web's), got " +
+        describe(ort),
+    );
+  }
+}
+
+const LOAD_OPTIONS = ["folder", "sessionOptions", "verifyHash"];
+const GREEDY_OPTIONS = ["twoGraph", "allowUntrainedLengths", "maxLen"];
+const BEAM_OPTIONS = ["beamSize", "lengthPenalty", "allowUntrainedLengths", "maxLen"];
+const SOURCE_OPTIONS = ["allowUntrainedLengths"];
 
 // ---- protobuf: just enough to read ModelProto.metadata_props -----------------------------------------------------
 
@@ -279,7 +327,9 @@ function intMeta(meta, key, name) {
  * made before greedy.onnx existed). `folder` (e.g. the export folder's path or URL) prefixes the file names in
  * messages; `sessionOptions` go to ort.InferenceSession.create. Resolves to a Seq2Seq.
  */
-export async function loadModel(ort, files, { folder = "", sessionOptions = {}, verifyHash = true } = {}) {
+export async function loadModel(ort, files, options) {
+  checkOrt(ort);
+  const { folder = "", sessionOptions = {}, verifyHash = true } = checkOptions(options, LOAD_OPTIONS, "loadModel");
   const file = { encoder: ENCODER_FILE, decoder: DECODER_FILE, greedy: GREEDY_FILE };
   const label = Object.fromEntries(Object.entries(file).map(([k, f]) => [k, folder ? `${folder}/${f}` : f]));
   for (const part of ["encoder", "decoder"]) {
@@ -288,6 +338,19 @@ export async function loadModel(ort, files, { folder = "", sessionOptions = {}, 
         `${label[part]}: missing; a model folder holds ${ENCODER_FILE} and ${DECODER_FILE} written by \`lit-seq2seq export\``,
       );
     }
+  }
+  files = { ...files }; // bytes as Uint8Array: fetch() gives an ArrayBuffer
+  for (const part of Object.keys(file)) {
+    const bytes = files[part];
+    if (bytes === undefined || bytes instanceof Uint8Array) continue;
+    if (bytes instanceof ArrayBuffer) {
+      files[part] = new Uint8Array(bytes);
+      continue;
+    }
+    throw new TypeError(
+      `files.${part} (${label[part]}): the file's bytes are expected (a Uint8Array, as readFileSync gives, or an ` +
+        `ArrayBuffer), got ${typeof bytes === "string" ? "a string: read the file first" : describe(bytes)}`,
+    );
   }
   const parts = ["encoder", "decoder", ...(files.greedy ? ["greedy"] : [])];
   const metas = {};
@@ -428,10 +491,9 @@ export class Seq2Seq {
    * Validate a batch of sources (an array of equal-length arrays of integer ids, right-padded with the pad token; or
    * one flat array of ids) as OnnxSeq2Seq.check_source does, with its messages. Returns {rows, single, batch, width}.
    */
-  checkSource(source, { allowUntrainedLengths = false } = {}) {
-    if (typeof allowUntrainedLengths !== "boolean") {
-      throw new TypeError(`allowUntrainedLengths must be true or false, got ${JSON.stringify(allowUntrainedLengths)}`);
-    }
+  checkSource(source, options) {
+    const { allowUntrainedLengths = false } = checkOptions(options, SOURCE_OPTIONS, "checkSource");
+    checkFlag(allowUntrainedLengths, "allowUntrainedLengths");
     if (!Array.isArray(source) && !ArrayBuffer.isView(source))
       throw new TypeError("source must be an array of token ids or of rows of them");
     if (source.length === 0) throw new InputError("source: empty batch");
@@ -478,17 +540,20 @@ export class Seq2Seq {
       return n;
     });
     if (!allowUntrainedLengths) {
-      const [low, high] = [this.minSourceLength, this.sourceLength];
-      const r = lengths.findIndex((n) => n < low || n > high);
-      if (r >= 0) {
-        const trainedOn = low === high ? `exactly ${low}` : `${low} to ${high}`;
-        throw new InputError(
-          `${where(r)}: ${lengths[r]} token${lengths[r] === 1 ? "" : "s"}; this model was trained on sources of ${trainedOn} tokens ` +
-            "(pass allowUntrainedLengths: true / --allow-untrained-lengths to decode anyway)",
-        );
-      }
+      const r = lengths.findIndex((n) => n < this.minSourceLength || n > this.sourceLength);
+      if (r >= 0) throw new InputError(this._untrainedLength(where(r), lengths[r], "token"));
     }
     return { rows, single, batch: rows.length, width, lengths };
+  }
+
+  // As the Python runtime words it; `read`: how the model read a text, when not as typed.
+  _untrainedLength(where, length, unit, read = "") {
+    const [low, high] = [this.minSourceLength, this.sourceLength];
+    const trainedOn = low === high ? `exactly ${low}` : `${low} to ${high}`;
+    return (
+      `${where}: ${length} ${unit}${length === 1 ? "" : "s"}${read}; this model was trained on sources of ${trainedOn} ` +
+      `${unit}${high === 1 ? "" : "s"} (pass allowUntrainedLengths: true / --allow-untrained-lengths to decode anyway)`
+    );
   }
 
   /** A decoded row as a plain array: the tokens before the end token (as OnnxSeq2Seq.strip). */
@@ -512,7 +577,7 @@ export class Seq2Seq {
   _maxLen(maxLen, allowUntrainedLengths) {
     if (maxLen === undefined || maxLen === null) return this.maxTargetLength;
     if (!Number.isInteger(maxLen) || maxLen < 1 || maxLen > MAX_STEPS) {
-      throw new InputError(`maxLen must be an integer in [1, ${MAX_STEPS}], got ${maxLen}`);
+      throw new InputError(`maxLen must be an integer in [1, ${MAX_STEPS}], got ${describe(maxLen)}`);
     }
     if (this.eosToken === null && maxLen > this.maxTargetLength && !allowUntrainedLengths) {
       // without an end token every answer runs maxLen steps: the ones past the trained length are noise
@@ -533,7 +598,10 @@ export class Seq2Seq {
    * none, or maxLen exceeds max_target_length): then the contract's loop over encoder.onnx + decoder_step.onnx. Both
    * give identical tokens. More than CHUNK_ROWS rows run as length-sorted chunks; the answers keep the rows' order.
    */
-  async greedy(ort, source, { twoGraph = false, allowUntrainedLengths = false, maxLen } = {}) {
+  async greedy(ort, source, options) {
+    checkOrt(ort);
+    const { twoGraph = false, allowUntrainedLengths = false, maxLen } = checkOptions(options, GREEDY_OPTIONS, "greedy");
+    checkFlag(twoGraph, "twoGraph");
     const checked = this.checkSource(source, { allowUntrainedLengths });
     const steps = this._maxLen(maxLen, allowUntrainedLengths);
     const loop = twoGraph || !this.sessions.greedy || steps > this.maxTargetLength;
@@ -552,14 +620,21 @@ export class Seq2Seq {
    * `allowUntrainedLengths` as in greedy. The tokens are the Python runtime's, except where two candidates differ only
    * by float64 rounding; the scores agree to ~1e-12.
    */
-  async beamSearch(ort, source, { beamSize = 4, lengthPenalty = 1, allowUntrainedLengths = false, maxLen } = {}) {
+  async beamSearch(ort, source, options) {
+    checkOrt(ort);
+    const {
+      beamSize = 4,
+      lengthPenalty = 1,
+      allowUntrainedLengths = false,
+      maxLen,
+    } = checkOptions(options, BEAM_OPTIONS, "beamSearch");
     const checked = this.checkSource(source, { allowUntrainedLengths });
     if (!Number.isInteger(beamSize) || beamSize < 1) {
-      throw new InputError(`beamSize must be a positive integer, got ${JSON.stringify(beamSize)}`);
+      throw new InputError(`beamSize must be a positive integer, got ${describe(beamSize)}`);
     }
     if (beamSize > MAX_BEAM_SIZE) throw new InputError(`beamSize must be <= ${MAX_BEAM_SIZE}, got ${beamSize}`);
     if (typeof lengthPenalty !== "number" || !Number.isFinite(lengthPenalty)) {
-      throw new InputError(`lengthPenalty must be a finite number, got ${JSON.stringify(lengthPenalty)}`);
+      throw new InputError(`lengthPenalty must be a finite number, got ${describe(lengthPenalty)}`);
     }
     if (Math.abs(lengthPenalty) > MAX_LENGTH_PENALTY) {
       throw new InputError(
@@ -568,22 +643,26 @@ export class Seq2Seq {
       );
     }
     const steps = this._maxLen(maxLen, allowUntrainedLengths);
-    const out = await this._inChunks(ort, checked, (src, batch) =>
-      this._beam(ort, src, batch, steps, beamSize, lengthPenalty),
+    const chunkRows = Math.max(1, Math.min(CHUNK_ROWS, Math.floor(BEAM_CHUNK_ROWS / beamSize)));
+    const out = await this._inChunks(
+      ort,
+      checked,
+      (src, batch) => this._beam(ort, src, batch, steps, beamSize, lengthPenalty),
+      chunkRows,
     );
     const tokens = out.map((best) => this.strip(best.tokens));
     const scores = out.map((best) => best.score);
     return checked.single ? { tokens: tokens[0], scores: scores[0] } : { tokens, scores };
   }
 
-  // `run(sourceTensor, batch)` -> one answer per row, over a checked source: in one call up to CHUNK_ROWS rows, else
-  // over chunks of rows sorted by length, each cut to its longest row; the answers come back in the rows' order.
-  async _inChunks(ort, { rows, batch, width, lengths }, run) {
-    if (batch <= CHUNK_ROWS) return run(this._sourceTensor(ort, rows, batch, width), batch);
+  // `run(sourceTensor, batch)` -> one answer per row, over a checked source: in one call up to `chunkRows` rows,
+  // else over chunks of rows sorted by length, each cut to its longest row; the answers come back in the rows' order.
+  async _inChunks(ort, { rows, batch, width, lengths }, run, chunkRows = CHUNK_ROWS) {
+    if (batch <= chunkRows) return run(this._sourceTensor(ort, rows, batch, width), batch);
     const out = new Array(batch);
     const order = [...rows.keys()].sort((a, b) => lengths[a] - lengths[b]); // stable: ties keep their order
-    for (let i = 0; i < batch; i += CHUNK_ROWS) {
-      const chunk = order.slice(i, i + CHUNK_ROWS);
+    for (let i = 0; i < batch; i += chunkRows) {
+      const chunk = order.slice(i, i + chunkRows);
       const part = chunk.map((r) => rows[r]);
       const w = Math.max(...chunk.map((r) => lengths[r]));
       const answers = await run(this._sourceTensor(ort, part, part.length, w), part.length);
@@ -742,9 +821,12 @@ export class Seq2Seq {
 
   /**
    * Text -> source ids per the export's normalisation, case and tokenizer: one string gives one row (named "source"
-   * in messages), an array of strings right-padded rows (named "source row i").
+   * in messages), an array of strings right-padded rows (named "source row i"). A text whose token count lies outside
+   * the trained source lengths is refused unless `allowUntrainedLengths`.
    */
-  encodeText(text) {
+  encodeText(text, options) {
+    const { allowUntrainedLengths = false } = checkOptions(options, SOURCE_OPTIONS, "encodeText");
+    checkFlag(allowUntrainedLengths, "allowUntrainedLengths");
     if (!this.isText) throw new InputError("this model reads token ids, not text (no source_tokens in its metadata)");
     const single = typeof text === "string";
     if (!single && !Array.isArray(text)) {
@@ -756,9 +838,10 @@ export class Seq2Seq {
       if (typeof line !== "string") throw new TypeError(`${where}: texts must be strings, got ${typeof line}`);
       if (line === "") throw new InputError(`${where}: empty text`);
       checkPrintable(line, where);
-      const tokens = splitText(this._norm(line, this.meta.source_lowercase === "1"), this.meta.source_tokenizer);
+      const read = this._norm(line, this.meta.source_lowercase === "1");
+      const tokens = splitText(read, this.meta.source_tokenizer);
       if (tokens.length === 0) throw new InputError(`${where}: no tokens (only whitespace)`);
-      return tokens.map((tok, j) => {
+      const ids = tokens.map((tok, j) => {
         const id = this.sourceIds.get(tok);
         if (id !== undefined && id >= this.minToken) return id; // reserved ids (<pad>, </s>) are not typed in
         if (this.unkToken !== null) return this.unkToken;
@@ -766,10 +849,23 @@ export class Seq2Seq {
           `${where}: unknown token ${shown(tok)} at position ${j + 1} (not in the model's vocabulary)`,
         );
       });
+      if (!allowUntrainedLengths && (ids.length < this.minSourceLength || ids.length > this.sourceLength)) {
+        const unit = this.meta.source_tokenizer === "char" ? "character" : "token";
+        throw new InputError(this._untrainedLength(where, ids.length, unit, this._asRead(line, read)));
+      }
+      return ids;
     });
     if (single) return rows[0];
     const width = Math.max(0, ...rows.map((r) => r.length));
     return rows.map((r) => [...r, ...new Array(width - r.length).fill(this.padToken)]);
+  }
+
+  // "" when the model reads `text` as typed; else which text it read and why (as the Python runtime's TextSpec.as_read).
+  _asRead(text, read) {
+    if (read === text) return "";
+    const normal = this.meta.normalization === "NFC" ? text.normalize("NFC") : text;
+    const how = [normal !== text && "NFC", read !== normal && "lowercased"].filter(Boolean).join(" and ");
+    return ` of ${JSON.stringify(read)}, the text as the model reads it (${how})`;
   }
 
   /** Decoded ids (a row as greedy returns it) -> text. */
@@ -805,14 +901,16 @@ export class Seq2Seq {
   }
 
   /** Text (one string, or an array of lines) -> decoded text (greedy; options as greedy's). */
-  async greedyText(ort, lines, options = {}) {
-    const rows = await this.greedy(ort, this.encodeText(lines), options);
+  async greedyText(ort, lines, options) {
+    const { allowUntrainedLengths = false } = checkOptions(options, GREEDY_OPTIONS, "greedyText");
+    const rows = await this.greedy(ort, this.encodeText(lines, { allowUntrainedLengths }), options);
     return typeof lines === "string" ? this.decodeText(rows) : rows.map((row) => this.decodeText(row));
   }
 
   /** Text (one string, or an array of lines) -> decoded text by beam search (options as beamSearch's). */
-  async beamText(ort, lines, options = {}) {
-    const { tokens } = await this.beamSearch(ort, this.encodeText(lines), options);
+  async beamText(ort, lines, options) {
+    const { allowUntrainedLengths = false } = checkOptions(options, BEAM_OPTIONS, "beamText");
+    const { tokens } = await this.beamSearch(ort, this.encodeText(lines, { allowUntrainedLengths }), options);
     return typeof lines === "string" ? this.decodeText(tokens) : tokens.map((row) => this.decodeText(row));
   }
 }

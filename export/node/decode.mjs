@@ -31,7 +31,12 @@ const USAGE =
 
 class UsageError extends Error {}
 
-function parseArgs(argv) {
+function parseArgs(args) {
+  // --flag=value is --flag value, as Python's argparse reads it
+  const argv = args.flatMap((arg) => {
+    const eq = arg.indexOf("=");
+    return arg.startsWith("--") && eq > 2 ? [arg.slice(0, eq), arg.slice(eq + 1)] : [arg];
+  });
   const options = {
     modelDir: null,
     twoGraph: false,
@@ -239,7 +244,9 @@ async function main() {
       }
       if (blank > 0) {
         number++;
-        throw new InputError(`line ${number}: source: empty sequence (source_len is 0)`);
+        // as Python's decode: a text model's empty line is an empty text, an id model's an empty sequence
+        const empty = model.isText ? "empty text" : "source: empty sequence (source_len is 0)";
+        throw new InputError(`line ${number}: ${empty}`);
       }
       number++;
       const tab = line.indexOf("\t");
@@ -249,7 +256,9 @@ async function main() {
       let reference = null;
       try {
         if (!same) {
-          source = model.isText ? model.encodeText(sourceText) : parseIds(sourceText, `line ${number}`);
+          source = model.isText
+            ? model.encodeText(sourceText, { allowUntrainedLengths })
+            : parseIds(sourceText, `line ${number}`);
           if (source.length === 0) throw new InputError("source: empty sequence (source_len is 0)"); // as Python's
           model.checkSource(source, { allowUntrainedLengths });
         }

@@ -119,9 +119,9 @@ async function open(files, where, folder = "") {
 }
 
 /** A text model's line -> ids; the message names the line, not row 0 of a one-row batch. */
-function encodeLine(line) {
+function encodeLine(line, options) {
   try {
-    return model.encodeText([line])[0];
+    return model.encodeText([line], options)[0];
   } catch (err) {
     err.message = err.message.replace(/^source row 0\b/, "source");
     throw err;
@@ -131,22 +131,22 @@ function encodeLine(line) {
 /** One line of the text box -> its source ids, checked as the runtime checks them (InputError naming the problem). */
 function parseLine(line, options) {
   if (line.trim() === "") throw new lit.InputError("empty source (a blank line)");
-  // Ids: what is not an integer stays a string, so that checkSource names it ("x" is not an integer token id).
-  const ids = model.isText
-    ? encodeLine(line)
-    : line
-        .split(lit.PY_SPACE) // Python's whitespace, as lit-seq2seq decode reads a line of ids
-        .filter(Boolean)
-        .map((piece) => (/^-?\d+$/.test(piece) ? Number(piece) : piece));
   try {
+    // Ids: what is not an integer stays a string, so that checkSource names it ("x" is not an integer token id).
+    const ids = model.isText
+      ? encodeLine(line, options)
+      : line
+          .split(lit.PY_SPACE) // Python's whitespace, as lit-seq2seq decode reads a line of ids
+          .filter(Boolean)
+          .map((piece) => (/^-?\d+$/.test(piece) ? Number(piece) : piece));
     model.checkSource(ids, options);
+    return ids;
   } catch (err) {
     // The shared module names its API's option; on the page the option is the checkbox.
     const checkbox = "(tick “allow untrained lengths” to decode anyway)";
     err.message = err.message.replace(/\(pass allowUntrainedLengths[^)]*\)/, checkbox);
     throw err;
   }
-  return ids;
 }
 
 const BEAM_SIZE = 4;
