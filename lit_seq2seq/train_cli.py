@@ -71,6 +71,7 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
     def error(self, message: str, *args: Any, **kwargs: Any) -> NoReturn:
         optimizer = _optimizer_message(message)
         message = optimizer or message
+        built = ""  # a class flag's own problem (_class_problem), named in one line
         # jsonargparse words an unknown --data.* key as "Parser key "data": Does not validate against any of the Union
         # subtypes ..." with the key only in a nested line; name the flag first, as for any other unknown flag.
         unknown = message.startswith('Parser key "data"') and re.search(
@@ -101,7 +102,11 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
         )
         if other and not data:
             key, subtypes, value = other.groups()
-            message = f"--{key} must be {_union_expected(subtypes)}, got {value}"
+            built = _class_problem(key, message)
+            message = built or f"--{key} must be {_union_expected(subtypes)}, got {value}"
+        elif union and parser_key is None and re.search(r"class_path '[\w.]*\.loggers\.", message):
+            built = _class_problem("trainer.logger", message)  # raised building it, after parsing
+            message = built or message
         # A value of the wrong type: "Parser key "K":\n Expected a <class 'int'>. Got value: V", for --data.* nested
         # in the Union text above, and printed after ~90 lines of usage. One line naming the flag instead.
         wrong = self.exit_on_error and re.search(
@@ -134,7 +139,7 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
             message = (
                 f"no option {key} (a key of a --config file, or of a dict given to a flag; {prog} --help lists them)"
             )
-        if optimizer and self.exit_on_error and prog.split()[-1] not in LIGHTNING_COMMANDS:  # the top parser's
+        if (optimizer or built) and self.exit_on_error and prog.split()[-1] not in LIGHTNING_COMMANDS:  # the top's
             prog = f"{prog.split()[0]} {self.command}".strip()
             print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
             sys.exit(2)
@@ -333,6 +338,34 @@ def _flags_named_in(message: str, config: Namespace) -> str:
     return ", ".join(flags)
 
 
+# Lightning's loggers whose package is an install of its own (their classes refuse to start without it, and
+# jsonargparse reports that as a value of the wrong type): class name -> (module, pip package)
+LOGGER_PACKAGES = {
+    "TensorBoardLogger": ("tensorboard", "tensorboard"),
+    "WandbLogger": ("wandb", "wandb"),
+    "MLFlowLogger": ("mlflow", "mlflow"),
+    "CometLogger": ("comet_ml", "comet-ml"),
+    "NeptuneLogger": ("neptune", "neptune"),
+}
+
+
+def _class_problem(key: str, message: str) -> str:
+    """A flag given a class that jsonargparse could not build (--trainer.logger TensorBoardLogger: its save_dir is
+    required, or its package is not installed), reported among a Union's subtypes: one line with the reason, or ""."""
+    found = re.search(r"Problem with given class_path '[\w.]*?(\w+)':\s*\n\s*(.+)", message)
+    if found is None:
+        return ""
+    name, reason = found.groups()
+    module, package = LOGGER_PACKAGES.get(name, (None, None))
+    missing = module is not None and importlib.util.find_spec(module) is None
+    if missing and not (module == "tensorboard" and importlib.util.find_spec("tensorboardX")):  # Lightning takes either
+        reason = f"needs the {package} package: pip install {package}"
+    elif "arguments are required: " in reason:
+        first = reason.split("arguments are required: ", 1)[1].split(",")[0].strip()
+        reason = f"{reason} (--{key}.{first} VALUE)"
+    return f"--{key} {name}: {reason}"
+
+
 SEED_RANGE = (0, 2**32 - 1)  # numpy's: Lightning's seed_everything raises a traceback outside it
 HALF_WEIGHTS = ("16-true", "bf16-true")  # precisions that store the weights themselves in 16 bits
 
@@ -379,7 +412,7 @@ class Seq2SeqCLI(LightningCLI):
     """
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
-        interactive = sys.stderr.isatty()
+        interactive = self._interactive = sys.stderr.isatty()
         given = sys.argv[1:] if args is None else args
         Seq2SeqArgumentParser.command = next((a for a in given if a in LIGHTNING_COMMANDS), "")
         self._checkpoint: dict[str, Any] | None = None  # the --ckpt_path file, read once
@@ -409,8 +442,7 @@ class Seq2SeqCLI(LightningCLI):
                     seed_everything_default=42,
                     save_config_kwargs={"overwrite": True},
                     auto_configure_optimizers=False,
-                    trainer_defaults={
-                        "enable_progress_bar": interactive,
+                    trainer_defaults={  # the progress bar: see instantiate_trainer
                         "callbacks": [PredictionWriter()] + ([] if interactive else [LogProgress()]),
                     },
                 )
@@ -594,6 +626,12 @@ class Seq2SeqCLI(LightningCLI):
             # config.yaml holds this logger with its root: given again, it follows --trainer.default_root_dir.
             config.trainer.logger = Namespace(class_path=CSV_LOGGER, init_args=Namespace(save_dir=root, name=""))
         _check_writable(root, self.parser)
+        if config.trainer.logger is False and (Path(root) / "config.yaml").exists():  # SaveConfigCallback overwrites
+            self.parser.error(
+                f"--trainer.logger false: this run's config.yaml would go into {root} itself, which holds an earlier "
+                "run's config.yaml; pass another --trainer.default_root_dir (with a logger, every run has a version_N "
+                "folder of its own)"
+            )
         if self.subcommand == "fit":
             _check_fused_clipping(config, self.parser)
             if _pair_data(config.data) and config.data.init_args.get("text_from") is not None:
@@ -761,6 +799,10 @@ class Seq2SeqCLI(LightningCLI):
                     io.preload(self.config[self.subcommand].ckpt_path, self._checkpoint)
                 plugins.append(io)
             kwargs["plugins"] = plugins
+        if self.config_init[str(self.subcommand)]["trainer"].get("enable_progress_bar") is None:
+            # A bar on a terminal, LogProgress lines in a log. Decided here, not as a default: a default is written
+            # into config.yaml, and that config given again on a terminal would turn the bar off.
+            kwargs["enable_progress_bar"] = self._interactive
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (TypeError, ImportError) as error:  # --trainer.devices x, --trainer.accelerator tpu without torch_xla

@@ -273,6 +273,38 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_the_flag(flags, message, i
         assert "fit --help" not in err
 
 
+def test_a_second_run_without_a_logger_does_not_overwrite_the_first_ones_config(in_tmp, capsys):
+    """--trainer.logger false writes config.yaml into the root itself: a second run there replaced the first's."""
+    args = ["fit", *QUICK_FIT, "--trainer.logger", "false", *root_args(in_tmp)]
+    assert run_cli(args) == 0
+    first = (in_tmp / "config.yaml").read_text()
+    code, err = cli_exit([*args, "--model.net.hidden_size", "16"], capsys)
+    assert code == 2 and f"--trainer.logger false: this run's config.yaml would go into {in_tmp} itself" in err
+    assert (in_tmp / "config.yaml").read_text() == first
+    assert sorted(p.name for p in (in_tmp / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_a_configs_progress_bar_follows_the_terminal_it_runs_in(in_tmp):
+    """The bar (on a terminal) or LogProgress lines (in a log) were a default written into config.yaml as
+    enable_progress_bar false or true, so the config given again elsewhere kept the other one's choice."""
+    assert run_cli(["fit", *QUICK_FIT, *root_args(in_tmp)]) == 0
+    assert yaml.safe_load((in_tmp / "version_0" / "config.yaml").read_text())["trainer"]["enable_progress_bar"] is None
+
+
+@pytest.mark.parametrize("logger, module", [("TensorBoardLogger", "tensorboard"), ("WandbLogger", "wandb")])
+def test_a_logger_whose_package_is_missing_says_so_in_one_line(logger, module, in_tmp, capsys):
+    """It was "--trainer.logger must be Logger, Iterable[Logger], ... got Namespace(...)" after the usage, or
+    jsonargparse's Union listing."""
+    import importlib.util
+
+    code, err = cli_exit(["fit", *QUICK_FIT, "--trainer.logger", logger, *root_args(in_tmp)], capsys)
+    expected = f"lit-seq2seq fit: error: --trainer.logger {logger}: "
+    if importlib.util.find_spec(module) is None:  # (installed: what it still lacks is named)
+        expected += f"needs the {module} package: pip install {module}"
+    assert code == 2 and err.splitlines()[-1].startswith(expected) and "Namespace(" not in err, err
+    assert "usage:" not in err
+
+
 def test_seed_everything_true_draws_a_random_seed_and_records_it(in_tmp, monkeypatch):
     """Lightning 2.6 seeds `true` with 0 ("No seed found, seed set to 0"), where --help says a random seed; a seed
     left in the environment by an earlier fit in the process is not reused either."""
