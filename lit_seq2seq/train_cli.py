@@ -153,6 +153,12 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
         super().error(message, *args, **kwargs)
 
 
+OPTIMIZER_CLASSES = {  # what the two flags take by a short name
+    "--model.optimizer": "a class of torch.optim, e.g. Adam or AdamW",
+    "--model.lr_scheduler": "a class of torch.optim.lr_scheduler, e.g. StepLR or OneCycleLR",
+}
+
+
 def _optimizer_message(message: str) -> str | None:
     """A --model.optimizer / --model.lr_scheduler error in jsonargparse's words (the class's whole Namespace, the
     Callable type, the setting's key left out) -> one line naming the setting, or None for any other error."""
@@ -185,6 +191,10 @@ def _optimizer_message(message: str) -> str | None:
         if missing:
             needed = ", ".join(f"{flag}.{k}" for k in missing)
             return f"{flag} {given.group(1)} needs {needed} (no default)"
+    # a class name that resolves to nothing: jsonargparse lists its failed readings (a path, an import path)
+    nowhere = re.search(r"Expected a path but ([\w.]+) either not accessible or invalid", message)
+    if nowhere and not given:
+        return f"{flag} {nowhere.group(1)}: no such class ({OPTIMIZER_CLASSES[flag]}, or an import path)"
     return None
 
 

@@ -208,6 +208,14 @@ WRONG_TYPES = [
         "--model.optimizer.momentun: torch.optim.SGD has no such option",
     ),
     (
+        ["--model.optimizer", "Foo"],
+        "--model.optimizer Foo: no such class (a class of torch.optim, e.g. Adam or AdamW, or an import path)",
+    ),
+    (
+        ["--model.lr_scheduler", "torch.optim.lr_scheduler.Nope"],
+        "--model.lr_scheduler torch.optim.lr_scheduler.Nope: no",
+    ),
+    (
         ["--model.lr_scheduler", "StepLR"],
         "--model.lr_scheduler torch.optim.lr_scheduler.StepLR needs --model.lr_scheduler.step_size (no default)",
     ),
