@@ -194,7 +194,11 @@ def _optimizer_message(message: str) -> str | None:
     # a class name that resolves to nothing: jsonargparse lists its failed readings (a path, an import path)
     nowhere = re.search(r"Expected a path but ([\w.]+) either not accessible or invalid", message)
     if nowhere and not given:
-        return f"{flag} {nowhere.group(1)}: no such class ({OPTIMIZER_CLASSES[flag]}, or an import path)"
+        name = nowhere.group(1)
+        shared = _ambiguous_hint(f", got {name}")  # a short name two loaded classes share (ReduceLROnPlateau)
+        if shared:
+            return f"{flag} must be one class, got {name}{shared}"
+        return f"{flag} {name}: no such class ({OPTIMIZER_CLASSES[flag]}, or an import path)"
     return None
 
 
@@ -394,6 +398,48 @@ def _spawning(strategy: Any) -> str | None:
     return start if start in ("spawn", "fork", "forkserver") else None
 
 
+def _check_trainer(trainer: Namespace, subcommand: str | None, error: Any) -> None:
+    """`error(message)` for --trainer.* values that Lightning takes without a word or fails on inside the run (a
+    traceback, a modulo by zero, files half written), or that lit-seq2seq cannot honour."""
+    # Values Lightning takes without a check: a negative clip value turns clipping off without a word.
+    if trainer.gradient_clip_val is not None and trainer.gradient_clip_val < 0:
+        error(f"--trainer.gradient_clip_val must be >= 0 or null, got {trainer.gradient_clip_val}")
+    # Each a modulo by zero inside the run (ours at the first step, Lightning's at an epoch end).
+    for flag in ("accumulate_grad_batches", "log_every_n_steps", "check_val_every_n_epoch"):
+        value = trainer.get(flag)
+        if value is not None and value < 1:
+            null = " or null" * (flag == "check_val_every_n_epoch")
+            error(f"--trainer.{flag} must be >= 1{null}, got {value}")
+    if subcommand == "fit" and trainer.get("limit_train_batches") == 0:  # Lightning: a fit that says nothing
+        error("--trainer.limit_train_batches 0 trains on nothing: give a share of an epoch or a count")
+    interval = trainer.get("val_check_interval")
+    if interval is not None and interval <= 0:  # 0: a modulo by zero after the first batch; 0.0: every batch
+        error(
+            f"--trainer.val_check_interval must be > 0: a count of training batches, or a share of an epoch in "
+            f"(0, 1], got {interval}"
+        )
+    if str(trainer.get("precision")) in HALF_WEIGHTS:
+        error(
+            f"--trainer.precision {trainer.precision}: the weights themselves would be 16-bit, and so validation's "
+            "decoding, which picks best.ckpt, while the exported graphs decode in float32; use "
+            f"{str(trainer.precision).replace('true', 'mixed')} (16-bit math over float32 weights)"
+        )
+    start = _spawning(trainer.get("strategy"))
+    if start is not None:
+        error(
+            f"--trainer.strategy {trainer.strategy if isinstance(trainer.strategy, str) else 'DDPStrategy'}: "
+            f"processes started by {start} are not supported "
+            "(they hand the trained weights back through a file of bare weights, which lit-seq2seq's checked "
+            "checkpoints refuse); use --trainer.strategy ddp, the same training with processes started as commands"
+        )
+    if subcommand == "fit" and trainer.get("enable_checkpointing") is False:
+        error(
+            "--trainer.enable_checkpointing false: lit-seq2seq's fit always has its checkpoint callback (best.ckpt "
+            "and last.ckpt, what --ckpt_path best|last and export read); to write no checkpoint files pass "
+            "--checkpoint.save_top_k 0 --checkpoint.save_last false"
+        )
+
+
 def _is_run_logger(logger: Any) -> bool:
     """Whether `logger` (a config value) is the one Seq2SeqCLI sets: a CSVLogger of <save_dir>/version_N."""
     init = getattr(logger, "init_args", None)
@@ -489,7 +535,7 @@ class Seq2SeqCLI(LightningCLI):
             config.seed_everything = (
                 int(os.environ["PL_GLOBAL_SEED"]) if child else random.SystemRandom().randint(*SEED_RANGE)
             )
-        elif seed is not False and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        elif isinstance(seed, int) and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
             parser.settled = f"lit-seq2seq {self.config.get('subcommand')}"  # parsed: one line, as _parse_ckpt_path
             parser.error(f"--seed_everything must be in [0, {SEED_RANGE[1]}] (or true for a random seed), got {seed}")
 
@@ -593,43 +639,7 @@ class Seq2SeqCLI(LightningCLI):
             fields = "net: {hidden_size: 32, ...}, or --model.net.hidden_size 32"
             self.parser.error(f"--model.net must be a mapping of its fields ({fields}), got {net!r}")
         trainer = config.trainer
-        # Values Lightning takes without a check: a negative clip value turns clipping off without a word.
-        if trainer.gradient_clip_val is not None and trainer.gradient_clip_val < 0:
-            self.parser.error(f"--trainer.gradient_clip_val must be >= 0 or null, got {trainer.gradient_clip_val}")
-        # Each a modulo by zero inside the run (ours at the first step, Lightning's at an epoch end).
-        for flag in ("accumulate_grad_batches", "log_every_n_steps", "check_val_every_n_epoch"):
-            value = trainer.get(flag)
-            if value is not None and value < 1:
-                null = " or null" * (flag == "check_val_every_n_epoch")
-                self.parser.error(f"--trainer.{flag} must be >= 1{null}, got {value}")
-        if self.subcommand == "fit" and trainer.get("limit_train_batches") == 0:  # Lightning: a fit that says nothing
-            self.parser.error("--trainer.limit_train_batches 0 trains on nothing: give a share of an epoch or a count")
-        interval = trainer.get("val_check_interval")
-        if interval is not None and interval <= 0:  # 0: a modulo by zero after the first batch; 0.0: every batch
-            self.parser.error(
-                f"--trainer.val_check_interval must be > 0: a count of training batches, or a share of an epoch in "
-                f"(0, 1], got {interval}"
-            )
-        if str(trainer.get("precision")) in HALF_WEIGHTS:
-            self.parser.error(
-                f"--trainer.precision {trainer.precision}: the weights themselves would be 16-bit, and so validation's "
-                "decoding, which picks best.ckpt, while the exported graphs decode in float32; use "
-                f"{str(trainer.precision).replace('true', 'mixed')} (16-bit math over float32 weights)"
-            )
-        start = _spawning(trainer.get("strategy"))
-        if start is not None:
-            self.parser.error(
-                f"--trainer.strategy {trainer.strategy if isinstance(trainer.strategy, str) else 'DDPStrategy'}: "
-                f"processes started by {start} are not supported "
-                "(they hand the trained weights back through a file of bare weights, which lit-seq2seq's checked "
-                "checkpoints refuse); use --trainer.strategy ddp, the same training with processes started as commands"
-            )
-        if self.subcommand == "fit" and trainer.get("enable_checkpointing") is False:
-            self.parser.error(
-                "--trainer.enable_checkpointing false: lit-seq2seq's fit always has its checkpoint callback (best.ckpt "
-                "and last.ckpt, what --ckpt_path best|last and export read); to write no checkpoint files pass "
-                "--checkpoint.save_top_k 0 --checkpoint.save_last false"
-            )
+        _check_trainer(trainer, self.subcommand, self.parser.error)
         root = trainer.default_root_dir or "."
         if config.trainer.logger in (None, True) or _is_run_logger(config.trainer.logger):
             # CSV logs under <default_root_dir>/version_N: the report reads them; no TensorBoard needed. A run's saved
