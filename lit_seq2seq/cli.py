@@ -55,11 +55,11 @@ def main(args: Sequence[str] | None = None) -> int:
 
         try:
             return options.run(options)
-        except (InputError, ModelFileError) as error:  # the data is wrong, not the command line: exit code 2
+        # Bad data or a bad flag's value: one line naming it and exit code 2, as parser.error exits (in-process
+        # callers see the same SystemExit(2)); its usage block is for a command line argparse cannot read.
+        except (InputError, ModelFileError, ValueError, TypeError) as error:
             print(f"{parser.prog}: error: {error}", file=sys.stderr)
-            sys.exit(2)  # as parser.error does, so in-process callers see the same SystemExit(2)
-        except (ValueError, TypeError) as error:  # bad flags: usage and exit code 2
-            parser.error(str(error))
+            sys.exit(2)
         except BrokenPipeError:  # `... | head`: the reader left; not an error
             sys.stderr.close()
             return 0
@@ -241,7 +241,12 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
         type=float,
         help="beam search only (--beam_size > 1): score / length ** this, in [-10, 10] (default 1)",
     )
-    p.add_argument("--batch_size", type=int, default=256, help="sequences decoded together (default 256)")
+    p.add_argument(
+        "--batch_size",
+        type=int,
+        default=2048,
+        help="lines read, decoded and printed together (default 2048; decoded in length-sorted chunks of 256)",
+    )
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     p.add_argument(
         "--skip_bad_lines",

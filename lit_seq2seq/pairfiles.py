@@ -341,7 +341,7 @@ def _jsonl_sides(
                 raise ValueError(f'{where}:{number}: missing key "{key}"')
             value = row[key]
             if not isinstance(value, str):
-                raise ValueError(f'{where}:{number}: "{key}" must be a string, got {type(value).__name__}')
+                raise ValueError(f'{where}:{number}: "{key}" must be a string, got {json.dumps(value)[:40]}')
             if not value:
                 raise ValueError(f"{where}:{number}: empty {key}")
             if "\n" in value or "\r" in value:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import importlib.util
 import inspect
@@ -80,6 +81,9 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
         if unknown:
             name, key = unknown.groups()
             message = f"--data.{key}: {name} has no such option (its options: lit-seq2seq fit --data.help {name})"
+            if name.endswith("Seq2SeqDataModule") and key in inspect.signature(PairDataModule).parameters:
+                # `--data.test_file F --data PairDataModule`: jsonargparse reads the flags in order
+                message += "; it is a PairDataModule option: give --data PairDataModule before the --data.* flags"
             if key == "class_path":  # a class's arguments beside its class_path, not under init_args
                 message = "data: the arguments of a class_path go under init_args (class_path: ..., init_args: {...})"
         # Our data module's own checks (a ValueError naming the flags) come wrapped the same way, under the subtypes
@@ -258,7 +262,7 @@ def _ambiguous_hint(message: str) -> str:
     torch's and Lightning's; EMAWeightAveraging: Lightning's and ours), which jsonargparse refuses as a wrong type:
     the full paths to choose from."""
     got = re.search(r", got (\w+)$", message)
-    if got is None:
+    if got is None or got.group(1) in vars(builtins) or got.group(1) == "NoneType":  # a value's type, not a class
         return ""
     seen, stack, paths = set(), [object], set()
     while stack:  # every loaded class: this runs once, on the way out with an error

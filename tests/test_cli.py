@@ -201,7 +201,13 @@ def test_skip_bad_lines_decodes_the_rest_and_counts_the_skipped(exported, runtim
 @pytest.mark.parametrize("flag", ["--beam_size", "--batch_size", "--threads"])
 def test_bad_decode_flags_exit_2(flag, exported, capsys):
     code, err = cli_exit(["decode", "--model_dir", exported("gru").model_dir, flag, "0", "2 3"], capsys)
-    assert code == 2 and f"{flag} must be >= 1" in err
+    assert code == 2 and err == f"lit-seq2seq decode: error: {flag} must be >= 1, got 0\n"
+
+
+def test_a_bad_export_flag_value_is_one_line_without_the_usage(tmp_path, capsys):
+    """The value of a flag argparse read fine: one line naming it, as decode's (export printed its usage first)."""
+    code, err = cli_exit(["export", "--ckpt_path", tmp_path / "nope.ckpt", "--output_dir", tmp_path / "out"], capsys)
+    assert (code, err) == (2, f"lit-seq2seq export: error: --ckpt_path {tmp_path / 'nope.ckpt'}: no such file\n")
 
 
 class _UnreadStdin:

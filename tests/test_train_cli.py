@@ -234,6 +234,12 @@ WRONG_TYPES = [
     ([*PAIRS, "--data.max_source_tokens", "ten"], "--data.max_source_tokens must be an integer or null, got ten"),
     ([*PAIRS, "--data.split_fractions", "[0.9, 0.1]"], "--data.split_fractions must be a tuple with 3 elements, got"),
     ([*PAIRS, "--data.nosuch", "3"], "--data.nosuch: lit_seq2seq.pairs.PairDataModule has no such option (its opt"),
+    (
+        ["--data.train_file", "train.tsv", "--data", "PairDataModule"],  # read in order: the option came first
+        "--data.train_file: lit_seq2seq.data.Seq2SeqDataModule has no such option (its options: lit-seq2seq fit "
+        "--data.help lit_seq2seq.data.Seq2SeqDataModule); it is a PairDataModule option: give --data PairDataModule "
+        "before the --data.* flags",
+    ),
     (["--trainer.max_epoch", "3"], "unrecognized arguments: --trainer.max_epoch 3 (lit-seq2seq fit --help lists"),
     # Union-typed trainer flags: the data module's unwrapping took the first subtype's complaint, without the flag
     (["--trainer.max_epochs", "x"], "--trainer.max_epochs must be an integer or null, got x"),

@@ -41,7 +41,7 @@ function parseArgs(args) {
     modelDir: null,
     twoGraph: false,
     allowUntrainedLengths: false,
-    batchSize: 256,
+    batchSize: 2048, // lines read, decoded (in length-sorted chunks) and printed together, as Python's decode
     beamSize: 1,
     lengthPenalty: null,
   };
