@@ -416,6 +416,9 @@ def _check_trainer(trainer: Namespace, subcommand: str | None, error: Any) -> No
             error(f"--trainer.{flag} must be >= 1{null}, got {value}")
     if subcommand == "fit" and trainer.get("limit_train_batches") == 0:  # Lightning: a fit that says nothing
         error("--trainer.limit_train_batches 0 trains on nothing: give a share of an epoch or a count")
+    for flag in ("max_steps", "max_epochs"):  # a fit of nothing, leaving an empty run folder
+        if subcommand == "fit" and trainer.get(flag) == 0:
+            error(f"--trainer.{flag} 0 trains nothing: give a count, or -1 for no limit")
     interval = trainer.get("val_check_interval")
     if interval is not None and interval <= 0:  # 0: a modulo by zero after the first batch; 0.0: every batch
         error(

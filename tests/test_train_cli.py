@@ -256,6 +256,8 @@ WRONG_TYPES = [
     # Lightning's tracebacks: a modulo by zero after the first batch, numpy's seed range, the weights handed back by
     # spawned processes refused by the checkpoint IO, LearningRateMonitor's check when the fit starts
     (["--trainer.val_check_interval", "0"], "--trainer.val_check_interval must be > 0: a count of training batches"),
+    (["--trainer.max_steps", "0"], "--trainer.max_steps 0 trains nothing: give a count, or -1 for no limit"),
+    (["--trainer.max_epochs", "0"], "--trainer.max_epochs 0 trains nothing: give a count, or -1 for no limit"),
     (["--trainer.val_check_interval", "0.0"], "--trainer.val_check_interval must be > 0: a count of training"),
     (["--seed_everything", "-1"], "--seed_everything must be in [0, 4294967295] (or true for a random seed), got -1"),
     (["--seed_everything", "4294967296"], "--seed_everything must be in [0, 4294967295] (or true for a random seed)"),
