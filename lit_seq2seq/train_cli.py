@@ -17,7 +17,7 @@ import tempfile
 import threading
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -402,7 +402,7 @@ def _spawning(strategy: Any) -> str | None:
     return start if start in ("spawn", "fork", "forkserver") else None
 
 
-def _check_trainer(trainer: Namespace, subcommand: str | None, error: Any) -> None:
+def _check_trainer(trainer: Namespace, subcommand: str | None, error: Callable[[str], NoReturn]) -> None:
     """`error(message)` for --trainer.* values that Lightning takes without a word or fails on inside the run (a
     traceback, a modulo by zero, files half written), or that lit-seq2seq cannot honour."""
     # Values Lightning takes without a check: a negative clip value turns clipping off without a word.
@@ -533,7 +533,10 @@ class Seq2SeqCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
-        config = self.config.get(self.config.get("subcommand") or "") or self.config
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            parser.settled = f"lit-seq2seq {subcommand}"  # parsed: what fails from here on is named in one line
+        config = self.config.get(subcommand or "") or self.config
         seed = config.get("seed_everything")
         if seed is True:
             # Lightning 2.6 seeds `true` with 0 ("No seed found"), where --help promises a random seed. A DDP process
@@ -543,7 +546,6 @@ class Seq2SeqCLI(LightningCLI):
                 int(os.environ["PL_GLOBAL_SEED"]) if child else random.SystemRandom().randint(*SEED_RANGE)
             )
         elif isinstance(seed, int) and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
-            parser.settled = f"lit-seq2seq {self.config.get('subcommand')}"  # parsed: one line, as _parse_ckpt_path
             parser.error(f"--seed_everything must be in [0, {SEED_RANGE[1]}] (or true for a random seed), got {seed}")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -592,7 +594,6 @@ class Seq2SeqCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
-        self.parser.settled = f"lit-seq2seq {subcommand}"  # parsed: what fails from here on is named in one line
         config = self.config[subcommand]
         ckpt_path = config.get("ckpt_path")
         self._fine_tune = bool(config.get("fine_tune"))
