@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from lit_seq2seq import install_hint
 from lit_seq2seq.bundled import config_names, resolve_config
 from lit_seq2seq.contract import CONTRACT_FILE, DECODER_FILE, ENCODER_FILE, GREEDY_FILE
+from lit_seq2seq.runs import DEFAULT_ROOT_DIR
 from lit_seq2seq.text import input_lines
 
 OWN_COMMANDS = ("export", "decode", "sample", "report")
@@ -179,9 +180,9 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--root_dir",
-        default=".",
+        default=DEFAULT_ROOT_DIR,
         help="with --ckpt_path best|last: the fit's --trainer.default_root_dir, holding its version_N folders "
-        "(default: .)",
+        f"(default: {DEFAULT_ROOT_DIR}, where a fit without one writes)",
     )
     p.add_argument(
         "--output_dir",

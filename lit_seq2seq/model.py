@@ -125,10 +125,10 @@ class NetConfig:
         1e9 vocabulary would ask for 4e18 bytes). Counted: the float32 one-hot tables and weights; a fit needs about
         4x the weights (gradients, Adam's two moments) and activations on top."""
         source, target = self.source_vocab_size, self.target_vocab_size
-        if source == target:  # always so from the CLI, where the vocabulary is one flag
-            vocab = f"--data.vocab_size {source}"
-        else:
-            vocab = f"{self.FLAG}source_vocab_size {source}, {self.FLAG}target_vocab_size {target}"
+        # No flag named: the sizes come from --data.vocab_size (generated tasks) or from the pair files' vocabularies
+        vocab = f"vocabulary sizes {source} (source), {target} (target)"
+        if source == target:
+            vocab = f"vocabulary size {source}"
         one_hot = 0 if self.embedding_dim is not None else 4 * (source**2 + target**2)
         if one_hot:
             tasks.check_memory(

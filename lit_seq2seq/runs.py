@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# Where a run goes without --trainer.default_root_dir (Lightning's own default folder, not the current one: repeated
+# fits there would scatter version_N folders and their config.yaml among the user's files)
+DEFAULT_ROOT_DIR = "lightning_logs"
+
 # Written by a resumed fit into its checkpoints folder: the checkpoint it continues, then `global_step N` (how
 # `resolve` follows a run across the version folders of its resumes, and the report the curves before the resume).
 RESUMED_FROM = "resumed_from"

@@ -41,7 +41,7 @@ from lit_seq2seq.data import Seq2SeqDataModule
 from lit_seq2seq.model import TYPE_WORDS, upgrade_hparams
 from lit_seq2seq.module import EPOCH_METRICS, Seq2SeqModule
 from lit_seq2seq.pairs import FIT_TEXT_FROM, PairDataModule
-from lit_seq2seq.runs import RESUMED_FROM
+from lit_seq2seq.runs import DEFAULT_ROOT_DIR, RESUMED_FROM
 from lit_seq2seq.tasks import check_memory
 from lit_seq2seq.text import TEXT_KEY
 
@@ -537,6 +537,8 @@ class Seq2SeqCLI(LightningCLI):
         if subcommand:
             parser.settled = f"lit-seq2seq {subcommand}"  # parsed: what fails from here on is named in one line
         config = self.config.get(subcommand or "") or self.config
+        if config.get("trainer") is not None and not config.trainer.get("default_root_dir"):
+            config.trainer.default_root_dir = DEFAULT_ROOT_DIR  # before best|last are looked for, the logger is made
         seed = config.get("seed_everything")
         if seed is True:
             # Lightning 2.6 seeds `true` with 0 ("No seed found"), where --help promises a random seed. A DDP process
@@ -603,7 +605,7 @@ class Seq2SeqCLI(LightningCLI):
             return
         try:
             if ckpt_path in checkpoint.NAMES:
-                root = config.trainer.default_root_dir or "."
+                root = config.trainer.default_root_dir
                 config.ckpt_path = ckpt_path = str(checkpoint.resolve(ckpt_path, root, subcommand))
             # Lightning's own errors for a bad file are long tracebacks, and a checkpoint whose weights were altered
             # would load as a different model.
@@ -648,7 +650,7 @@ class Seq2SeqCLI(LightningCLI):
             self.parser.error(f"--model.net must be a mapping of its fields ({fields}), got {net!r}")
         trainer = config.trainer
         _check_trainer(trainer, self.subcommand, self.parser.error)
-        root = trainer.default_root_dir or "."
+        root = trainer.default_root_dir
         if config.trainer.logger in (None, True) or _is_run_logger(config.trainer.logger):
             # CSV logs under <default_root_dir>/version_N: the report reads them; no TensorBoard needed. A run's saved
             # config.yaml holds this logger with its root: given again, it follows --trainer.default_root_dir.

@@ -437,14 +437,14 @@ def test_a_one_hot_table_that_cannot_fit_is_refused_before_allocating(monkeypatc
     """The issue's case: --data.vocab_size 1000000000 used to call torch.eye(1e9), asking for 4e18 bytes."""
     message = _refused(monkeypatch, source_vocab_size=10**9, target_vocab_size=10**9)  # any machine: 8e18 bytes
     assert message.startswith(
-        "--data.vocab_size 1000000000 with one-hot inputs: the input tables alone (vocab^2 x 4 bytes, encoder and "
+        "vocabulary size 1000000000 with one-hot inputs: the input tables alone (vocab^2 x 4 bytes, encoder and "
         "decoder) need 8.0e18 bytes (6.9 EiB), more than the "
     )
     assert message.endswith(
         "; pass --model.net.embedding_dim (a learned embedding: vocab x dim) or a smaller vocabulary"
     )
     message = _refused(monkeypatch, source_vocab_size=9, target_vocab_size=10**9)
-    assert message.startswith("--model.net.source_vocab_size 9, --model.net.target_vocab_size 1000000000 with one-hot")
+    assert message.startswith("vocabulary sizes 9 (source), 1000000000 (target) with one-hot")
     assert "need 4.0e18 bytes (3.5 EiB)" in message
 
 
@@ -454,14 +454,14 @@ def test_a_one_hot_table_that_cannot_fit_is_refused_before_allocating(monkeypatc
         # A learned embedding instead: the embeddings and the output layer hold vocab x (64 + 64 + 128 + 1) weights.
         (
             dict(source_vocab_size=10**9, target_vocab_size=10**9, embedding_dim=64),
-            "--data.vocab_size 1000000000, --model.net.hidden_size 128, --model.net.num_layers 1, "
+            "vocabulary size 1000000000, --model.net.hidden_size 128, --model.net.num_layers 1, "
             "--model.net.embedding_dim 64: the net's 2.6e11 weights (x 4 bytes) need 1.0e12 bytes (957.4 GiB)",
             10**9 * (64 + 64 + 128 + 1) + 2 * 4 * 128 * (64 + 128 + 2),
         ),
         # Wide and deep: four LSTM layers of 100,000 units in the encoder and in the decoder.
         (
             dict(hidden_size=100_000, num_layers=4),
-            "--data.vocab_size 51, --model.net.hidden_size 100000, --model.net.num_layers 4: the net's 5.6e11 weights "
+            "vocabulary size 51, --model.net.hidden_size 100000, --model.net.num_layers 4: the net's 5.6e11 weights "
             "(x 4 bytes, and the one-hot tables) need 2.2e12 bytes (2.0 TiB)",
             2 * (4 * 10**5 * (51 + 10**5 + 2) + 3 * 4 * 10**5 * (2 * 10**5 + 2)) + 51 * 10**5 + 51,
         ),

@@ -460,8 +460,23 @@ def test_export_resolves_best_and_last_under_root_dir(name, trained, tmp_path, c
 def test_export_of_best_without_a_fit_names_root_dir(in_tmp, capsys):
     code, err = cli_exit(["export", "--ckpt_path", "best", "--output_dir", in_tmp / "onnx"], capsys)
     assert code == 2 and not (in_tmp / "onnx").exists()
-    assert "--ckpt_path best: no best.ckpt under ./*/checkpoints" in err
-    assert "(--root_dir .: the fit's --trainer.default_root_dir)" in err
+    assert "--ckpt_path best: no best.ckpt under lightning_logs" in err
+    assert "(--root_dir lightning_logs: the fit's --trainer.default_root_dir)" in err
+
+
+def test_a_fit_without_default_root_dir_goes_to_lightning_logs_where_best_finds_it(in_tmp, capsys):
+    """Lightning's default folder, not the current one, which got a version_N folder per run among the user's files."""
+    assert run_cli(["fit", *QUICK_FIT]) == 0
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["lightning_logs"]
+    assert (in_tmp / "lightning_logs" / "version_0" / "checkpoints" / "best.ckpt").is_file()
+    saved = yaml.safe_load((in_tmp / "lightning_logs" / "version_0" / "config.yaml").read_text())
+    assert saved["trainer"]["default_root_dir"] == "lightning_logs"
+    assert run_cli(["test", *TASK, "--ckpt_path", "best"]) == 0
+    assert sorted(p.name for p in (in_tmp / "lightning_logs").iterdir()) == ["version_0", "version_1"]
+    capsys.readouterr()
+    assert run_cli(["export", "--ckpt_path", "best", "--output_dir", "onnx", "--verify_samples", "8"]) == 0
+    best = Path("lightning_logs") / "version_0" / "checkpoints" / "best.ckpt"
+    assert f"--ckpt_path best: {best}" in capsys.readouterr().err
 
 
 def test_checkpoints_load_safely_and_rebuild_the_model(trained):
