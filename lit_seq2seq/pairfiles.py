@@ -27,11 +27,12 @@ from lit_seq2seq.text import CONTROL, CONTROL_RANGES, NORMALIZATION, UTF16_BOMS,
 
 TSV_SUFFIXES = (".tsv", ".txt")
 JSONL_SUFFIXES = (".jsonl", ".json")
-# bump when the cached arrays change meaning or a file's checks change (2: control characters, 3: JSON keys)
-CACHE_FORMAT = 3
+# bump when the cached arrays change meaning or a file's checks change (2: control characters, 3: JSON
+# keys, 4: byte order marks and a char side's whitespace edges)
+CACHE_FORMAT = 4
 SIDES = ("source", "target")
 T = TypeVar("T")
-_NEWLINE, _TAB, _CR = 10, 9, 13
+_NEWLINE, _TAB, _CR, _BOM = 10, 9, 13, 0xFEFF
 _warned_uncached: set[str] = set()  # folders already reported as uncacheable (once per process)
 _whitespace: np.ndarray | None = None  # str.isspace by code point, up to _LAST_SPACE + 1
 _LAST_SPACE = 0x3000  # IDEOGRAPHIC SPACE: no code point above it is whitespace (tests check every one)
@@ -150,8 +151,9 @@ def read_pairs(
         del raw
         lines, source_cps, target_cps, alone = _jsonl_sides(text, where, sources_alone)
         del text
-    for side, cps in (("source", source_cps), ("target", target_cps)):
+    for side, cps, tokenizer in (("source", source_cps, source), ("target", target_cps, target)):
         _check_printable(cps, lines, where, side)
+        _check_invisible(cps, lines, where, side, tokenizer)
     src = _tokenize_side(source_cps, source, len(lines), lines, where, "source")
     del source_cps
     tgt = _tokenize_side(target_cps, target, len(lines), lines, where, "target", alone)
@@ -269,6 +271,35 @@ def _check_printable(cps: np.ndarray, lines: np.ndarray, where: str, side: str) 
         f"{where}:{lines[row]}: {describe_control(chr(cps[at]))} in the {side} at character {at - start + 1}; "
         "texts must be printable"
     )
+
+
+def _check_invisible(cps: np.ndarray, lines: np.ndarray, where: str, side: str, tokenizer: Tokenizer) -> None:
+    """ValueError naming the line of the first field (code points, each ended by '\n') holding a byte order mark
+    (files joined with `cat` keep each one's), or, for the char tokenizer, starting or ending with whitespace (a
+    spreadsheet's stray space): either would be learned as a token no one types at decode time."""
+    rows = np.flatnonzero(cps == _NEWLINE)
+    bom = np.flatnonzero(cps == _BOM)
+    if len(bom):
+        row = int(np.searchsorted(rows, bom[0]))
+        start = int(rows[row - 1]) + 1 if row else 0
+        raise ValueError(
+            f"{where}:{lines[row]}: a byte order mark (U+FEFF) in the {side} at character {bom[0] - start + 1} (files "
+            "joined with cat keep each one's); remove it"
+        )
+    if tokenizer.kind != "char":  # split() drops whitespace at the edges
+        return
+    starts = np.concatenate(([0], rows[:-1] + 1))
+    filled = starts < rows  # a source alone's absent target is an empty field
+    first, last = _is_space(cps[starts[filled]]), _is_space(cps[rows[filled] - 1])
+    edge = first | last
+    if edge.any():
+        i = int(np.argmax(edge))
+        row, at = int(np.flatnonzero(filled)[i]), "start" if first[i] else "end"
+        char = cps[starts[row]] if first[i] else cps[rows[row] - 1]
+        raise ValueError(
+            f"{where}:{lines[row]}: whitespace (U+{int(char):04X}) at the {at} of the {side}; the char tokenizer would "
+            f"learn it as a token, which decoding would then expect typed: remove it"
+        )
 
 
 def _fields(cps: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:

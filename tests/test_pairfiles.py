@@ -65,11 +65,36 @@ def test_vectorised_tokens_equal_per_line_tokenizer_split(tmp_path, source_kind,
     rng = random.Random(3)
     alphabet = "".join(TRICKY) + "abc ABC éÉ\u0301\u0327"
     lines = [rng.choice(TRICKY) + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8))) for _ in range(300)]
-    lines = [line for line in lines if line.strip() and "\t" not in line]
+    lines = [line.strip() for line in lines if line.strip() and "\t" not in line]  # edges: refused for char sides
     text = "".join(f"{line}\t{line[::-1]}x\n" for line in lines)
     source, target = Tokenizer(source_kind, lowercase), Tokenizer("char", not lowercase)
     pairs = read_pairs(write(tmp_path / "t.tsv", text), source, target, cache=False)
     assert rows(pairs) == [(source.split(s), target.split(s[::-1] + "x")) for s in lines]
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("cat\tK AE1 T\nowl \tAW1 L\n", ":2: whitespace (U+0020) at the end of the source; the char tokenizer would"),
+        ("cat\tK AE1 T\n\u3000owl\tAW1 L\n", ":2: whitespace (U+3000) at the start of the source"),
+        ('{"source": "owl", "target": "AW1 L\\u00a0"}\n', ":1: whitespace (U+00A0) at the end of the target"),
+        # `cat a.tsv b.tsv` of two files saved with a BOM: the second one's is inside the text
+        ("cat\tK AE1 T\n\ufeffowl\tAW1 L\n", ":2: a byte order mark (U+FEFF) in the source at character 1 (files"),
+        ("cat\tK AE1 T\nowl\tAW1\ufeff L\n", ":2: a byte order mark (U+FEFF) in the target at character 4"),
+    ],
+    ids=["trailing-space", "leading-ideographic-space", "jsonl-target-nbsp", "bom-source", "bom-target"],
+)
+def test_invisible_characters_that_would_become_tokens_are_refused_naming_the_line(tmp_path, text, message):
+    """A char side's stray edge space, or a BOM anywhere, was learned as a token that no one types at decode time."""
+    target = CHAR if text.startswith("{") else SPACE  # the JSON case: a char target
+    path = write(tmp_path / ("p.jsonl" if text.startswith("{") else "p.tsv"), text)
+    with pytest.raises(ValueError, match=re.escape(f"--data.file {path}{message}")):
+        read_pairs(path, CHAR, target, cache=False)
+
+
+def test_spaces_inside_a_char_side_and_at_a_space_sides_edges_are_kept_as_before(tmp_path):
+    path = write(tmp_path / "p.tsv", "new york\t N UW1  Y AO1 R K \n")
+    assert rows(read_pairs(path, CHAR, SPACE, cache=False)) == [(list("new york"), "N UW1 Y AO1 R K".split())]
 
 
 def test_files_to_predict_may_hold_sources_alone_and_other_files_may_not(tmp_path):
