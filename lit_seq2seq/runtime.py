@@ -358,9 +358,9 @@ class OnnxSeq2Seq:
             return source.astype(np.int64, copy=False), single
         pad = source == self.pad_token
 
-        def where(row: int, col: int | None = None) -> str:
-            at = "" if col is None else f"position {col}"
-            return f"source {at}".rstrip() if single else f"source row {row}{', ' if at else ''}{at}"
+        def where(row: int, col: int | None = None) -> str:  # numpy's indices (0-based), as the caller holds them
+            index = ([] if single else [row]) + ([] if col is None else [col])
+            return f"source[{', '.join(map(str, index))}]" if index else "source"
 
         bad = ~pad & ((source < self.min_token) | (source >= self.source_vocab_size))
         if bad.any():
@@ -586,7 +586,7 @@ class OnnxSeq2Seq:
         _check_texts(texts)
         self._require_text("encode_texts")
         rows = [
-            self.encode_text(t, where=f"text {i}", allow_untrained_lengths=allow_untrained_lengths)
+            self.encode_text(t, where=f"texts[{i}]", allow_untrained_lengths=allow_untrained_lengths)
             for i, t in enumerate(texts)
         ]
         if not rows:
@@ -626,7 +626,7 @@ class OnnxSeq2Seq:
         if bad.any():
             row, col = map(int, np.argwhere(bad)[0])
             raise ValueError(
-                f"decode_ids row {row}, position {col}: id {rows[row, col]} is not in the target vocabulary "
+                f"decode_ids: rows[{row}, {col}] is {rows[row, col]}, not an id of the target vocabulary "
                 f"[0, {len(spec.target_vocab) - 1}]"
             )
         return [spec.decode(row) for row in rows.tolist()]

@@ -155,9 +155,9 @@ def test_python_dash_m_names_the_program_lit_seq2seq():
         ("2 3\t2 3\n2 x 4\t2 4\n", "line 2: '2 x 4' is not a list of space-separated integer token ids"),
         ("2 3\n4 5\t4 y\n", "line 2 (expected)"),
         ("2 3\n\n4 5\n", "line 2: source: empty sequence"),  # (empty lines at the end of the input are dropped)
-        ("2 3\n4 5\n2 9\n", "line 3: source position 1: token 9 is out of range"),
-        ("2 3\n2 0 3\n", "line 2: source position 2: token after padding"),
-        ("1 2\n", "line 1: source position 0: token 1 is out of range"),
+        ("2 3\n4 5\n2 9\n", "line 3: source[1]: token 9 is out of range"),
+        ("2 3\n2 0 3\n", "line 2: source[2]: token after padding"),
+        ("1 2\n", "line 1: source[0]: token 1 is out of range"),
         ("2 3\n4 5\t\n6\n", "line 2: empty reference after the tab"),  # fit refuses such a pair as well
         ("2 3\t \n", "line 1: empty reference after the tab"),
         # ids: ASCII digits between whitespace (U+FEFF is none), as decode.mjs and consumer_example.py read them

@@ -224,7 +224,7 @@ console.log(JSON.stringify(out));
         "InputError: lengthPenalty must be a finite number, got NaN",
         "InputError: lengthPenalty must be in [-10, 10] (scores are log-probability / length ** lengthPenalty), "
         "got -11",
-        "InputError: source row 0, position 1: token 9 is out of range; tokens must be in [2, 5], or 0 (padding) at "
+        "InputError: source[0, 1]: token 9 is out of range; tokens must be in [2, 5], or 0 (padding) at "
         "the end",
     ]
 
@@ -325,12 +325,12 @@ def test_node_decode_refuses_damaged_model_files(how, exported, other_exports, t
 @pytest.mark.parametrize(
     "stdin, flags, message",
     [
-        ("2 3\n9 2\n", [], "line 2: source position 0: token 9 is out of range; tokens must be in [2, 7]"),
-        ("2 3\n1 2\n", [], "line 2: source position 0: token 1 is out of range"),  # the end token is not a source
-        ("2 3\n-2 3\n", [], "line 2: source position 0: token -2 is out of range"),
+        ("2 3\n9 2\n", [], "line 2: source[0]: token 9 is out of range; tokens must be in [2, 7]"),
+        ("2 3\n1 2\n", [], "line 2: source[0]: token 1 is out of range"),  # the end token is not a source
+        ("2 3\n-2 3\n", [], "line 2: source[0]: token -2 is out of range"),
         ("2 3\n\n2\n", [], "line 2: source: empty sequence (source_len is 0)"),  # (at the end: dropped)
         ("2 3\n0 3\n", [], "line 2: source: empty sequence (starts with padding)"),
-        ("2 3\n2 0 3\n", [], "line 2: source position 2: token after padding; pad only at the end"),
+        ("2 3\n2 0 3\n", [], "line 2: source[2]: token after padding; pad only at the end"),
         ("2 3\n2 x\n", [], 'line 2: "2 x" is not a list of space-separated integer token ids'),
         ("2 3\n2\ufeff3\n", [], 'line 2: "2\ufeff3" is not a list of space-separated integer token ids'),  # as Python
         ("2 3\n1_3\n", [], 'line 2: "1_3" is not a list of space-separated integer token ids'),
@@ -418,10 +418,10 @@ console.log(JSON.stringify(out));
     expected = [
         "InputError: source: empty batch",
         "InputError: source: empty sequence (source_len is 0)",
-        "InputError: source row 0: empty sequence (starts with padding)",
+        "InputError: source[0]: empty sequence (starts with padding)",
         "InputError: source: rows have different lengths; right-pad them with the pad token",
-        'InputError: source row 0, position 1: "3.5" is not an integer token id',
-        'InputError: source row 0, position 0: "2" is not an integer token id',
+        'InputError: source[0, 1]: "3.5" is not an integer token id',
+        'InputError: source[0, 0]: "2" is not an integer token id',
     ]
     assert out[:6] == expected and out[6:12] == expected
     assert out[12] == 'TypeError: allowUntrainedLengths must be true or false, got "yes"'
@@ -511,8 +511,8 @@ TEXT_MODELS = {
         "source_lowercase": "1",
         "lines": ["aéc", "E\u0301", "DaF", "ffe"],
         "ids": [[2, 3, 4], [3], [5, 2, 7], [7, 7, 6]],
-        "unknown": ("ab", 'line 1: source: unknown token "b" at position 2 (not in the model\'s vocabulary)'),
-        "control": ("éa\x01c", "line 1: source: control character U+0001 at character 3; texts must be printable"),
+        "unknown": ("ab", 'line 1: text: unknown token "b" at position 2 (not in the model\'s vocabulary)'),
+        "control": ("éa\x01c", "line 1: text: control character U+0001 at character 3; texts must be printable"),
     },
     # space tokens split as Python's str.split() does (an ideographic space too); target characters joined by ""
     "space": {
@@ -523,12 +523,12 @@ TEXT_MODELS = {
         "source_lowercase": "0",
         "lines": ["one two", "  six\u3000five  ", "three"],
         "ids": [[2, 3], [7, 6], [4]],
-        "unknown": ("one One", 'line 1: source: unknown token "One" at position 2 (not in the model\'s vocabulary)'),
-        "control": ("one\x0btwo", "line 1: source: control character U+000B at character 4; texts must be printable"),
+        "unknown": ("one One", 'line 1: text: unknown token "One" at position 2 (not in the model\'s vocabulary)'),
+        "control": ("one\x0btwo", "line 1: text: control character U+000B at character 4; texts must be printable"),
         # a file without spaces is one token: its message shows 40 characters, as the Python runtime's does
         "long": (
             "one " + "ü" * 5000,
-            f'line 1: source: unknown token "{"ü" * 40}"... (5,000 characters) at position 2',
+            f'line 1: text: unknown token "{"ü" * 40}"... (5,000 characters) at position 2',
         ),
     },
 }
@@ -617,7 +617,7 @@ def test_node_decode_refuses_empty_and_long_texts_as_pythons_decode(text_exporte
         assert code == 2 and node.stdout == out, (node.stdout, out)
         python = err.split("error: ", 1)[1].split(" (pass", 1)[0]  # line N: ...; the flags named differ
         line, rest = python.split(": ", 1)
-        assert_refused(node, f"{line}: {'source: ' * ('characters' in rest)}{rest}")
+        assert_refused(node, f"{line}: {'text: ' * ('characters' in rest)}{rest}")
 
 
 def test_node_decode_scores_references_as_pythons_decode(text_exported, capsys):
@@ -683,11 +683,11 @@ console.log(JSON.stringify(out));
 """
     out = json.loads(node_script(code, str(text_exported("trained").model_dir)).stdout)
     assert out[:5] == [
-        "InputError: source: empty text",
-        'InputError: source: unknown token " " at position 1 (not in the model\'s vocabulary)',  # a char model
+        "InputError: text: empty text",
+        'InputError: text: unknown token " " at position 1 (not in the model\'s vocabulary)',  # a char model
         "TypeError: text must be a string or an array of strings, got number",
-        "TypeError: source row 1: texts must be strings, got number",
-        'InputError: source: unknown token "\\u{200B}" at position 1 (not in the model\'s vocabulary)',
+        "TypeError: texts[1]: texts must be strings, got number",
+        'InputError: text: unknown token "\\u{200B}" at position 1 (not in the model\'s vocabulary)',
     ]
     assert out[5] == "no error"
     assert out[6].startswith("InputError: decodeText: id 999 is not in the target vocabulary (0 to ")

@@ -166,32 +166,33 @@ def test_encode_texts_and_decode_ids(text_model):
     assert model.encode_texts(["ab"]).dtype == np.int64
     assert model.decode_ids([[2, 5, 6, 1, 3], [4, 0, 0, 0, 0]]) == ["AH Ж Э", "É"]
     for bad in ([[2, 7]], [[-1, 2]]):  # past the target vocabulary, and a negative id that would index from the end
-        with pytest.raises(ValueError, match=r"decode_ids row 0, position \d: id -?\d is not in the target vocab"):
+        with pytest.raises(ValueError, match=r"decode_ids: rows\[0, \d\] is -?\d, not an id of the target vocab"):
             model.decode_ids(bad)
 
 
 @pytest.mark.parametrize(
     "name,texts,message",
     [
-        ("trained", ["ab", "axb"], r"text 1: unknown token 'x' at position 2"),
-        ("trained", ["ab", "a", ""], r"text 2: empty text"),
-        ("space_source", ["a b", "   "], r"text 1: no tokens \(only whitespace; the space tokenizer splits on it\)"),
-        ("trained", ["a\tb"], r"text 0: control character U\+0009 at character 2"),
-        ("trained", ["ab", "a\nb"], r"text 1: control character U\+000A at character 2"),
-        ("trained", ["\x00"], r"text 0: control character U\+0000 at character 1"),
-        ("trained", ["ab\x7f"], r"text 0: control character U\+007F at character 3"),
-        ("trained", ["a\x85"], r"text 0: control character U\+0085 at character 2"),  # C1: NEL
-        ("trained", ["é\x9f"], r"text 0: control character U\+009F at character 2"),
-        ("trained", ["a\ud800"], r"text 0: lone surrogate U\+D800 at character 2"),
-        ("trained", ["ab", "aaaaaa"], r"text 1: 6 characters; this model was trained on sources of 1 to 5 characters "
+        ("trained", ["ab", "axb"], r"texts\[1\]: unknown token 'x' at position 2"),
+        ("trained", ["ab", "a", ""], r"texts\[2\]: empty text"),
+        ("space_source", ["a b", "   "], r"texts\[1\]: no tokens \(only whitespace; the space tokenizer splits on"),
+        ("trained", ["a\tb"], r"texts\[0\]: control character U\+0009 at character 2"),
+        ("trained", ["ab", "a\nb"], r"texts\[1\]: control character U\+000A at character 2"),
+        ("trained", ["\x00"], r"texts\[0\]: control character U\+0000 at character 1"),
+        ("trained", ["ab\x7f"], r"texts\[0\]: control character U\+007F at character 3"),
+        ("trained", ["a\x85"], r"texts\[0\]: control character U\+0085 at character 2"),  # C1: NEL
+        ("trained", ["é\x9f"], r"texts\[0\]: control character U\+009F at character 2"),
+        ("trained", ["a\ud800"], r"texts\[0\]: lone surrogate U\+D800 at character 2"),
+        ("trained", ["ab", "aaaaaa"], r"texts\[1\]: 6 characters; this model was trained on sources of 1 to 5 "
+                                      r"characters "
                                       r"\(pass allow_untrained_lengths=True / --allow_untrained_lengths"),
-        ("space_source", ["a a a a a a"], r"text 0: 6 tokens; this model was trained on sources of 1 to 5 tokens"),
+        ("space_source", ["a a a a a a"], r"texts\[0\]: 6 tokens; this model was trained on sources of 1 to 5 tokens"),
         # the model lowercases: a message counts in the text it reads, and shows it
-        ("trained", ["AXB"], r"text 0: unknown token 'x' at position 2 of 'axb', the text as the model reads it "
+        ("trained", ["AXB"], r"texts\[0\]: unknown token 'x' at position 2 of 'axb', the text as the model reads it "
                              r"\(lowercased\)$"),
-        ("trained", ["ABE\u0301ABA"], r"text 0: 6 characters of 'abéaba', the text as the model reads it \(NFC and "
+        ("trained", ["ABE\u0301ABA"], r"texts\[0\]: 6 characters of 'abéaba', the text as the model reads it \(NFC and "
                                      r"lowercased\); this model was trained on sources of 1 to 5"),
-        ("space_source", ["a " + "∆" * 5000], rf"text 0: unknown token '{'∆' * 40}'\.\.\. \(5,000 characters\) at "),
+        ("space_source", ["a " + "∆" * 5000], rf"texts\[0\]: unknown token '{'∆' * 40}'\.\.\. \(5,000 characters\)"),
     ],
 )  # fmt: skip
 def test_bad_texts_are_refused_naming_the_text_and_position(name, texts, message, text_model):
@@ -224,7 +225,7 @@ def test_wrong_types_are_refused(text_model):
     model, _, _ = text_model("trained")
     with pytest.raises(TypeError, match="texts must be a list of str, got one str: wrap it in a list"):
         model.translate("ab")
-    with pytest.raises(TypeError, match="text 1: texts must be str, got int"):
+    with pytest.raises(TypeError, match=r"texts\[1\]: texts must be str, got int"):
         model.translate(["ab", 3])
     with pytest.raises(TypeError, match="allow_untrained_lengths must be True or False, got 'no'"):
         model.translate(["ab"], allow_untrained_lengths="no")

@@ -509,9 +509,11 @@ export class Seq2Seq {
     }
     if (width === 0) throw new InputError("source: empty sequence (source_len is 0)");
     const { padToken: pad, minToken: lo, sourceVocabSize: vocab } = this;
-    const where = single
-      ? (r, c) => `source${c === undefined ? "" : ` position ${c}`}`
-      : (r, c) => `source row ${r}${c === undefined ? "" : `, position ${c}`}`;
+    // Indices (0-based) as the caller holds them: source[r, c], source[c] for a single sequence, as Python names them.
+    const where = (r, c) => {
+      const index = [...(single ? [] : [r]), ...(c === undefined ? [] : [c])];
+      return index.length ? `source[${index.join(", ")}]` : "source";
+    };
     // The checks run in the Python runtime's order, so that both name the same first problem.
     rows.forEach((row, r) => {
       for (let c = 0; c < width; c++) {
@@ -820,8 +822,8 @@ export class Seq2Seq {
   }
 
   /**
-   * Text -> source ids per the export's normalisation, case and tokenizer: one string gives one row (named "source"
-   * in messages), an array of strings right-padded rows (named "source row i"). A text whose token count lies outside
+   * Text -> source ids per the export's normalisation, case and tokenizer: one string gives one row (named "text"
+   * in messages), an array of strings right-padded rows (named "texts[i]"). A text whose token count lies outside
    * the trained source lengths is refused unless `allowUntrainedLengths`.
    */
   encodeText(text, options) {
@@ -834,7 +836,7 @@ export class Seq2Seq {
     }
     const lines = single ? [text] : text;
     const rows = lines.map((line, i) => {
-      const where = `source${single ? "" : ` row ${i}`}`;
+      const where = single ? "text" : `texts[${i}]`;
       if (typeof line !== "string") throw new TypeError(`${where}: texts must be strings, got ${typeof line}`);
       if (line === "") throw new InputError(`${where}: empty text`);
       checkPrintable(line, where);

@@ -118,23 +118,13 @@ async function open(files, where, folder = "") {
   document.querySelector("th.text").hidden = !model.isText;
 }
 
-/** A text model's line -> ids; the message names the line, not row 0 of a one-row batch. */
-function encodeLine(line, options) {
-  try {
-    return model.encodeText([line], options)[0];
-  } catch (err) {
-    err.message = err.message.replace(/^source row 0\b/, "source");
-    throw err;
-  }
-}
-
 /** One line of the text box -> its source ids, checked as the runtime checks them (InputError naming the problem). */
 function parseLine(line, options) {
   if (line.trim() === "") throw new lit.InputError("empty source (a blank line)");
   try {
     // Ids: what is not an integer stays a string, so that checkSource names it ("x" is not an integer token id).
     const ids = model.isText
-      ? encodeLine(line, options)
+      ? model.encodeText(line, options) // one string: one row, its errors named "text"
       : line
           .split(lit.PY_SPACE) // Python's whitespace, as lit-seq2seq decode reads a line of ids
           .filter(Boolean)
