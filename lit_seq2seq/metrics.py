@@ -78,9 +78,9 @@ def edit_distance(a: np.ndarray, a_length: np.ndarray, b: np.ndarray, b_length: 
 def score(predictions: np.ndarray, references: np.ndarray, eos_token: int | None, pad_token: int = 0) -> Scores:
     """Score predictions (B, T') against references (B, R, T), both int arrays.
 
-    A prediction's tokens are those before its first `eos_token` (the whole row if it has none; with no end token,
-    the fixed-length generated tasks, the row less trailing `pad_token`s). A reference's tokens are those before its
-    first end, pad or -1; slots of -1 are absent, and every row needs one present. The closest reference is the one
+    A prediction's tokens are its answer (`answer_tokens`, the contract's step 6): those before its first `eos_token`
+    or `pad_token`; with no end token, the fixed-length generated tasks, the whole row. A reference's tokens are those
+    before its first end, pad or -1; slots of -1 are absent, and every row needs one present. The closest reference is the one
     with the fewest errors; on a tie the first in order (its length is the denominator).
     """
     predictions, references = np.asarray(predictions), np.asarray(references)
@@ -89,10 +89,9 @@ def score(predictions: np.ndarray, references: np.ndarray, eos_token: int | None
             f"predictions (B, T') and references (B, R, T) expected, got {predictions.shape} and {references.shape}"
         )
     if eos_token is not None:
-        pred_length = lengths_before(predictions, (eos_token,))
+        pred_length = lengths_before(predictions, (eos_token, pad_token))
     else:
-        content = predictions != pad_token
-        pred_length = np.where(content.any(1), predictions.shape[1] - content[:, ::-1].argmax(1), 0)
+        pred_length = np.full(len(predictions), predictions.shape[1])
     stops = (pad_token, ABSENT) if eos_token is None else (eos_token, pad_token, ABSENT)
     ref_length = lengths_before(references, stops)  # (B, R)
     present = references[..., 0] != ABSENT

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import BLOCK_IMPORTS, run_python
 
-from lit_seq2seq.metrics import edit_distance, score
+from lit_seq2seq.metrics import answer_tokens, edit_distance, score
 
 EOS, PAD = 1, 0
 
@@ -46,17 +46,28 @@ def test_exact_cases(prediction: list[int], reference: list[int], errors: int) -
 
 
 def test_end_token_ends_the_prediction_and_padding_after_it_is_ignored() -> None:
-    reference = refs([[5, 6]], [[5, 6]], [[5, 6]], [[5, 6]])
+    reference = refs([[5, 6]], [[5, 6]], [[5, 6]], [[5, 6]], [[5, 6]])
     predictions = np.array(
         [
             [5, 6, 1, 0, 0],  # the end, then padding
             [5, 6, 1, 7, 7],  # anything after the end is not the prediction's
-            [5, 6, 0, 1, 0],  # a pad the model emitted before the end is a token: one insertion
+            [5, 6, 0, 1, 0],  # a pad the model emitted before the end ends the answer too (the contract's step 6)
+            [5, 0, 6, 1, 0],  # ... so here the answer is [5]: one deletion
             [5, 6, 6, 6, 6],  # never ended: every token counts
         ]
     )
     s = score(predictions, reference, EOS, PAD)
-    assert s.exact.tolist() == [True, True, False, False] and s.errors.tolist() == [0, 0, 1, 3]
+    assert s.exact.tolist() == [True, True, True, False, False] and s.errors.tolist() == [0, 0, 0, 1, 3]
+    # what decode prints and scores, and test / validate score: one answer
+    answers = [answer_tokens(row, EOS, PAD) for row in predictions.tolist()]
+    assert [len(a) for a in answers] == [2, 2, 2, 1, 5]
+
+
+def test_without_an_end_token_the_whole_row_is_the_answer() -> None:
+    """Fixed-length tasks: every decoded token counts, a 0 the model emitted at the end too (as decode prints it)."""
+    s = score(np.array([[5, 6, 0], [5, 0, 7]]), np.array([[[5, 6, 7]], [[5, 6, 7]]]), None, PAD)
+    assert s.exact.tolist() == [False, False] and s.errors.tolist() == [1, 1]
+    assert answer_tokens([5, 6, 0], None, PAD) == [5, 6, 0]
 
 
 def test_absent_reference_slots_and_ties() -> None:

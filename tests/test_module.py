@@ -30,8 +30,8 @@ def test_metrics_numbers():
     assert out["loss"].item() == pytest.approx(1.0)  # 7 / 7 non-pad tokens
     assert out["token_acc"].item() == pytest.approx(4 / 7)
     assert out["exact_match"].item() == pytest.approx(2 / 3)
-    # [2, 3, 0] never ends, so all three are its tokens: two insertions over 4 reference tokens
-    assert out["token_error_rate"].item() == pytest.approx(2 / 4)
+    # [2, 3, 0]'s pad ends its answer, [2, 3]: one insertion over 4 reference tokens
+    assert out["token_error_rate"].item() == pytest.approx(1 / 4)
     assert [out[f"position_{i}_acc"].item() for i in range(3)] == pytest.approx([1.0, 2 / 3, 1.0])
 
 
@@ -140,7 +140,7 @@ def test_two_tuple_figures_are_the_old_formulas(monkeypatch: pytest.MonkeyPatch)
         [
             [5, 6, 1, 0, 0],  # exact
             [5, 6, 7, 8, 1],  # the prediction never ends: its 2 is one insertion
-            [5, 1, 0, 0, 0],  # a pad emitted before the end is a token, not an end: one insertion
+            [5, 1, 0, 0, 0],  # a pad emitted before the end ends the answer, as decode reads it: exact
             [1, 0, 0, 0, 0],  # both empty: exact
             [5, 7, 1, 0, 0],  # one substitution
             [4, 4, 1, 0, 0],  # one deletion
@@ -150,10 +150,11 @@ def test_two_tuple_figures_are_the_old_formulas(monkeypatch: pytest.MonkeyPatch)
     with torch.no_grad():
         module.validation_step((padded_sources([S] * 6), target), 0)
     out = module.metrics["val"].compute()
-    hits = module.net.greedy(target) == target  # the old definition
-    assert out["exact_match"].item() == pytest.approx(hits.all(1).double().mean().item()) == pytest.approx(2 / 6)
+    hits = module.net.greedy(target) == target  # the old definition, token by token
+    assert hits.all(1).tolist() == [True, False, False, True, False, False]
+    assert out["exact_match"].item() == pytest.approx(3 / 6)  # and row 2, whose pad ends its answer
     assert [out[f"position_{i}_acc"].item() for i in range(T)] == pytest.approx(hits.double().mean(0).tolist())
-    assert out["token_error_rate"].item() == pytest.approx(4 / 11)  # 4 errors over 2 + 4 + 1 + 0 + 2 + 2 tokens
+    assert out["token_error_rate"].item() == pytest.approx(3 / 11)  # 3 errors over 2 + 4 + 1 + 0 + 2 + 2 tokens
 
 
 def test_metric_states_sum_across_ranks(monkeypatch: pytest.MonkeyPatch):
