@@ -17,7 +17,7 @@ from lit_seq2seq import install_hint
 from lit_seq2seq.bundled import config_names, resolve_config
 from lit_seq2seq.contract import CONTRACT_FILE, DECODER_FILE, ENCODER_FILE, GREEDY_FILE
 from lit_seq2seq.runs import DEFAULT_ROOT_DIR
-from lit_seq2seq.text import input_lines
+from lit_seq2seq.text import check_printable, input_lines
 
 OWN_COMMANDS = ("export", "decode", "sample", "report")
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -433,7 +433,7 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
     """decode for a text model: text lines in, one text per source out (adjacent lines of one source: one output);
     SOURCE<TAB>REFERENCE lines are scored at the end as `test` scores a file: exact match (1 - WER) and token error
     rate, each distinct source once, against the references of all its lines."""
-    from lit_seq2seq.runtime import check_printable, pad_batch
+    from lit_seq2seq.runtime import pad_batch
 
     allow = o.allow_untrained_lengths
     batch: list[_Source] = []
@@ -478,7 +478,6 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
                 _check_argument_bytes(line, number)
             if tab:
                 _check_reference(reference, f"{label} {number}")
-                check_printable(reference, f"{label} {number} (reference)")
             ids = [] if same else model.encode_text(text, where=f"{label} {number}", allow_untrained_lengths=allow)
         except ValueError as error:
             if not o.skip_bad_lines:
@@ -511,10 +510,15 @@ def _skipped(bad: list[str], number: int, label: str) -> int:
 
 
 def _check_reference(reference: str, where: str) -> None:
-    """InputError for a line with a tab and nothing after it: fit refuses that pair ("empty target"), and decode
-    would otherwise print it unscored, as if no reference had been meant."""
+    """InputError for a line with a tab and nothing after it (fit refuses that pair, "empty target", and decode would
+    otherwise print it unscored, as if no reference had been meant), or a reference holding a control character (a
+    second tab: a column the reference would silently take in)."""
     if not reference.strip():
         raise InputError(f"{where}: empty reference after the tab")
+    try:
+        check_printable(reference, f"{where} (reference)")
+    except ValueError as error:
+        raise InputError(str(error)) from None
 
 
 def _unscored(count: int, label: str) -> str:

@@ -80,8 +80,8 @@ def score(predictions: np.ndarray, references: np.ndarray, eos_token: int | None
 
     A prediction's tokens are its answer (`answer_tokens`, the contract's step 6): those before its first `eos_token`
     or `pad_token`; with no end token, the fixed-length generated tasks, the whole row. A reference's tokens are those
-    before its first end, pad or -1; slots of -1 are absent, and every row needs one present. The closest reference is the one
-    with the fewest errors; on a tie the first in order (its length is the denominator).
+    before its first end, pad or -1; slots of -1 are absent, and every row needs one present. The closest reference
+    is the one with the fewest errors; on a tie the first in order (its length is the denominator).
     """
     predictions, references = np.asarray(predictions), np.asarray(references)
     if predictions.ndim != 2 or references.ndim != 3 or len(predictions) != len(references):

@@ -160,13 +160,14 @@ def test_python_dash_m_names_the_program_lit_seq2seq():
         ("1 2\n", "line 1: source[0]: token 1 is out of range"),
         ("2 3\n4 5\t\n6\n", "line 2: empty reference after the tab"),  # fit refuses such a pair as well
         ("2 3\t \n", "line 1: empty reference after the tab"),
+        ("2 3\t2 3\t4\n", "line 1 (reference): control character U+0009 at character 4"),  # a second column
         # ids: ASCII digits between whitespace (U+FEFF is none), as decode.mjs and consumer_example.py read them
         ("2 3\n1_3 2\n", "line 2: '1_3 2' is not a list of space-separated integer token ids"),
         ("2 3\n\u0663 2\n", "line 2: '\u0663 2' is not a list of space-separated integer token ids"),
         ("2 3\n2\ufeff3\n", r"line 2: '2\ufeff3' is not a list of space-separated integer token ids"),  # repr
     ],
     ids=["not a number", "bad expected", "empty line", "token too large", "pad inside", "eos inside",
-         "tab, no reference", "tab, blank reference", "underscore", "arabic digit", "BOM inside"],
+         "tab, no reference", "tab, blank reference", "two tabs", "underscore", "arabic digit", "BOM inside"],
 )  # fmt: skip
 def test_bad_decode_line_exits_2_naming_the_line(stdin, message, exported, runtime_model, capsys):
     code, out, err = cli_output(["decode", "--model_dir", exported("gru").model_dir], capsys, stdin)

@@ -337,12 +337,13 @@ def test_node_decode_refuses_damaged_model_files(how, exported, other_exports, t
         ("2 3\n2 99999999999999999999\n", [], "line 2: token 99999999999999999999 is out of range"),
         ("2 3\n2 3 4 5 6 7\n", [], "line 2: source: 6 tokens; this model was trained on sources of 1 to 5 tokens"),
         ("2 3\n2 3\t \n", [], "line 2: empty reference after the tab"),  # as Python's decode
+        ("2 3\n2 3\t2 3\t4\n", [], "line 2 (reference): control character U+0009 at character 4"),
         ("2 3\n", ["--batch-size", "0"], "--batch-size must be an integer >= 1"),
         ("2 3\n", ["--beam"], "unknown option --beam"),
     ],
     ids=[
         *["range", "end token", "negative", "empty", "leading pad", "gap", "not ids", "U+FEFF", "1_3", "huge"],
-        *["length", "no ref"],
+        *["length", "no ref", "two tabs"],
         *["flag", "opt"],
     ],
 )
@@ -604,14 +605,14 @@ console.log(JSON.stringify([await beam(words), await beam(words[0])]));
 
 
 def test_node_decode_refuses_empty_and_long_texts_as_pythons_decode(text_exported, capsys):
-    """An empty line of a text model is "empty text" and a text of an untrained length counts characters (a char
-    model), as `lit-seq2seq decode` words them (they were "source: empty sequence" and "N tokens"); --flag=value
-    is read as argparse reads it."""
+    """An empty line of a text model is "empty text", a text of an untrained length counts characters (a char
+    model) and a reference with a second tab is refused, as `lit-seq2seq decode` does (they were "source: empty
+    sequence", "N tokens" and a reference that took the next column in); --flag=value is read as argparse reads it."""
     from conftest import text_pairs
 
     model_dir = text_exported("trained").model_dir
     word = text_pairs(1, seed=2)[0][0]
-    for stdin in (f"{word}\n\n{word}\n", f"{word * 20}\n"):
+    for stdin in (f"{word}\n\n{word}\n", f"{word * 20}\n", f"{word}\n{word}\tAH\tB\n"):  # a reference's tab
         node = node_decode(model_dir, stdin, "--beam-size=2")
         code, out, err = cli_output(["decode", "--model_dir", model_dir, "--beam_size=2"], capsys, stdin=stdin)
         assert code == 2 and node.stdout == out, (node.stdout, out)

@@ -267,7 +267,7 @@ export const PY_SPACE = /[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\
 // matches): a text holding one is refused, as by the Python runtime (a tab or newline would silently split it).
 const CONTROL = /[\u0000-\u001f\u007f-\u009f\ud800-\udfff]/u;
 
-function checkPrintable(text, where) {
+export function checkPrintable(text, where) {
   const bad = CONTROL.exec(text);
   if (!bad) return;
   const code = bad[0].codePointAt(0);

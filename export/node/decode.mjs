@@ -22,6 +22,7 @@ import {
   InputError,
   ModelFileError,
   PY_SPACE,
+  checkPrintable,
   loadModel,
 } from "../js/lit_seq2seq.mjs";
 
@@ -265,6 +266,7 @@ async function main() {
         if (tab >= 0) {
           // as Python's decode: a tab with nothing after it is a mistake, not a line without a reference
           if (target.trim() === "") throw new InputError("empty reference after the tab");
+          checkPrintable(target, `line ${number} (reference)`); // a second tab too: a column it would take in
           reference = model.isText ? target : model.strip(parseIds(target, `line ${number} (expected)`)).join(" ");
         }
       } catch (error) {
