@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lit_seq2seq.search import is_integer
+from lit_seq2seq.search import plain
 from lit_seq2seq.tasks import SAMPLE_PEAK, Task, check_memory, make_task, sample_bytes, split_rng
 
 
@@ -129,15 +129,24 @@ class Seq2SeqDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        # From a script of one's own, "32" or 1.5 failed inside a comparison or numpy (the CLI checks types itself)
-        optional = {"target_length": target_length, "min_source_length": min_source_length}
-        counts = dict(vocab_size=vocab_size, source_length=source_length, train_size=train_size, val_size=val_size)
-        counts |= dict(test_size=test_size, predict_size=predict_size, batch_size=batch_size, seed=seed)
-        for name, value in (counts | optional | {"num_workers": num_workers}).items():
-            if value is None and name in optional:
-                continue
-            if not is_integer(value):
-                raise TypeError(f"--data.{name} must be an integer{' or null' * (name in optional)}, got {value!r}")
+        # From a script of one's own, "32" or 1.5 failed inside a comparison or numpy (the CLI checks types itself),
+        # and numpy integers in the DataLoader or the checkpoint's hyperparameters (save_hyperparameters reads these)
+        vocab_size, source_length, train_size, val_size, test_size, predict_size, batch_size, seed, num_workers = (
+            plain(f"--data.{name}", value, "int")
+            for name, value in (
+                ("vocab_size", vocab_size),
+                ("source_length", source_length),
+                ("train_size", train_size),
+                ("val_size", val_size),
+                ("test_size", test_size),
+                ("predict_size", predict_size),
+                ("batch_size", batch_size),
+                ("seed", seed),
+                ("num_workers", num_workers),
+            )
+        )
+        target_length = plain("--data.target_length", target_length, "int", optional=True)
+        min_source_length = plain("--data.min_source_length", min_source_length, "int", optional=True)
         self.task: Task = make_task(task, vocab_size, source_length, target_length, min_source_length)
         for name, value in (("train_size", train_size), ("batch_size", batch_size)):
             if value < 1:

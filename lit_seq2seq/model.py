@@ -21,16 +21,9 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lit_seq2seq import contract, tasks
-from lit_seq2seq.search import beam_search, greedy_search, is_integer, is_number
+from lit_seq2seq.search import beam_search, greedy_search, plain
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
-TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}  # in messages
-_IS_KIND = {
-    "int": is_integer,
-    "float": is_number,
-    "bool": lambda v: isinstance(v, bool),
-    "str": lambda v: isinstance(v, str),
-}
 State = dict[str, Tensor]
 
 
@@ -111,14 +104,12 @@ class NetConfig:
         self._check_memory()
 
     def _check_types(self) -> None:
-        """TypeError naming the field: a string or a float size failed later, inside a comparison or torch."""
+        """TypeError naming the field: a string or a float size failed later, inside a comparison or torch. Numpy
+        numbers become Python's (torch's RNNs refuse np.int64 sizes; the checkpoint would not load)."""
         for field in dataclasses.fields(self):
-            value, kind = getattr(self, field.name), field.type.replace(" | None", "")
-            if value is None and "None" in field.type:
-                continue
-            if not _IS_KIND[kind](value):
-                null = " or null" if "None" in field.type else ""
-                raise TypeError(f"{self.FLAG}{field.name} must be {TYPE_WORDS[kind]}{null}, got {value!r}")
+            kind, optional = field.type.replace(" | None", ""), "None" in field.type
+            value = plain(f"{self.FLAG}{field.name}", getattr(self, field.name), kind, optional)
+            object.__setattr__(self, field.name, value)  # frozen
 
     def _check_memory(self) -> None:
         """Refuse sizes whose tensors cannot fit in this machine's memory, before any is allocated (torch.eye of a

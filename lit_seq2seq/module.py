@@ -19,7 +19,7 @@ from torchmetrics import Metric
 from lit_seq2seq.checkpoint import NonFiniteError, SettingError
 from lit_seq2seq.metrics import Scores, score
 from lit_seq2seq.model import NetConfig, Seq2Seq, shift_right
-from lit_seq2seq.search import to_width
+from lit_seq2seq.search import plain, to_width
 from lit_seq2seq.text import TEXT_KEY
 
 EPOCH_METRICS = ("loss", "token_acc", "exact_match", "token_error_rate")  # of val and test, every epoch
@@ -108,6 +108,8 @@ class Seq2SeqModule(L.LightningModule):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
+        teacher_forcing_ratio = plain("--model.teacher_forcing_ratio", teacher_forcing_ratio, "float")
+        label_smoothing = plain("--model.label_smoothing", label_smoothing, "float")
         if isinstance(net, Mapping):  # load_from_checkpoint passes the stored hparams back: a plain dict
             net = NetConfig(**net)
         if not isinstance(net, NetConfig):

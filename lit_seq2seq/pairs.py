@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning as L
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lit_seq2seq.data import ResumableSampler, ShardSampler, _already_batched, train_position, warn_no_validation
 from lit_seq2seq.pairfiles import PairFile, Side, header_line, pad_rows, read_pairs, rows_with_unknown, to_vocab_ids
+from lit_seq2seq.search import plain
 from lit_seq2seq.tasks import check_memory
 from lit_seq2seq.text import (
     EOS_ID,
@@ -148,6 +150,15 @@ FIT_TEXT_FROM = (
 )
 
 
+def _path(flag: str, value: Any) -> str | None:
+    """A file argument as a str (a pathlib.Path in the checkpoint's hyperparameters stops it from loading)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{flag} must be a file path or null, got {value!r}")
+
+
 class PairDataModule(L.LightningDataModule):
     """Sequence pairs read from files: TSV (``source<TAB>target`` lines) or JSON Lines (``{"source": ..,
     "target": ..}``), UTF-8, by suffix (.tsv/.txt, .jsonl/.json). Give train_file (+ val_file, test_file,
@@ -220,6 +231,40 @@ class PairDataModule(L.LightningDataModule):
         text_from: str | None = None,
     ) -> None:
         super().__init__()
+        # From a script of one's own: "no" was a true flag and "8" failed inside a comparison; Paths and numpy numbers
+        # in the checkpoint's hyperparameters (save_hyperparameters reads these) stop it from loading
+        train_file, val_file, test_file, predict_file, file, text_from = (
+            _path(f"--data.{name}", value)
+            for name, value in (
+                ("train_file", train_file),
+                ("val_file", val_file),
+                ("test_file", test_file),
+                ("predict_file", predict_file),
+                ("file", file),
+                ("text_from", text_from),
+            )
+        )
+        source_lowercase, target_lowercase, skip_long, skip_unknown_targets, bucketing, cache = (
+            plain(f"--data.{name}", value, "bool")
+            for name, value in (
+                ("source_lowercase", source_lowercase),
+                ("target_lowercase", target_lowercase),
+                ("skip_long", skip_long),
+                ("skip_unknown_targets", skip_unknown_targets),
+                ("bucketing", bucketing),
+                ("cache", cache),
+            )
+        )
+        batch_size, seed, num_workers = (
+            plain(f"--data.{name}", value, "int")
+            for name, value in (("batch_size", batch_size), ("seed", seed), ("num_workers", num_workers))
+        )
+        max_source_tokens = plain("--data.max_source_tokens", max_source_tokens, "int", optional=True)
+        max_target_tokens = plain("--data.max_target_tokens", max_target_tokens, "int", optional=True)
+        unk_rate = plain("--data.unk_rate", unk_rate, "float", optional=True)
+        if isinstance(split_fractions, (str, bytes)) or not isinstance(split_fractions, Sequence):
+            raise TypeError(f"--data.split_fractions must be 3 fractions (train, val, test), got {split_fractions!r}")
+        split_fractions = tuple(plain("--data.split_fractions", f, "float") for f in split_fractions)
         if text_from is not None and (file is not None or train_file is not None):
             raise ValueError(
                 "--data.text_from takes the vocabularies from a checkpoint instead of a training file: leave "
@@ -229,7 +274,7 @@ class PairDataModule(L.LightningDataModule):
             raise ValueError("give --data.train_file (with --data.val_file, ...) or --data.file, one of them")
         if file is not None and (val_file or test_file):
             raise ValueError("--data.file is split by --data.split_fractions; leave --data.val_file/test_file unset")
-        fractions = tuple(float(f) for f in split_fractions)
+        fractions = split_fractions
         if train_file is not None and fractions != SPLIT_FRACTIONS:
             raise ValueError(
                 "--data.split_fractions splits --data.file; with --data.train_file give the other splits as "

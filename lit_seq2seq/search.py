@@ -37,6 +37,28 @@ def is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}  # in messages
+_KINDS: dict[str, tuple[Callable[[Any], bool], type]] = {
+    "int": (is_integer, int),
+    "float": (is_number, float),
+    "bool": (lambda v: isinstance(v, (bool, np.bool_)), bool),
+    "str": (lambda v: isinstance(v, str), str),
+}
+
+
+def plain(flag: str, value: Any, kind: str, optional: bool = False) -> Any:
+    """`value` as the plain Python int, float, bool or str (`kind`) it stands for; numpy scalars too, which torch's
+    RNNs and DataLoader refuse and which a checkpoint's hyperparameters must not hold (torch.load(weights_only=True)
+    refuses them: the checkpoint would not load). TypeError naming `flag` for anything else ("32", 1.5 for an int);
+    None passes when `optional`."""
+    if value is None and optional:
+        return None
+    check, cast = _KINDS[kind]
+    if not check(value):
+        raise TypeError(f"{flag} must be {TYPE_WORDS[kind]}{' or null' if optional else ''}, got {value!r}")
+    return cast(value)
+
+
 def check_max_len(max_len: Any) -> int:
     """`max_len` as an int in [1, MAX_STEPS], or ValueError naming the bounds."""
     if not is_integer(max_len) or not 1 <= max_len <= MAX_STEPS:

@@ -38,10 +38,11 @@ from lit_seq2seq.callbacks import LogProgress, PredictionWriter
 from lit_seq2seq.checkpoint import NonFiniteError, Seq2SeqCheckpoint, Seq2SeqCheckpointIO, read_checkpoint
 from lit_seq2seq.cli import DATA_TO_NET, LIGHTNING_COMMANDS, linked_setting
 from lit_seq2seq.data import Seq2SeqDataModule
-from lit_seq2seq.model import TYPE_WORDS, upgrade_hparams
+from lit_seq2seq.model import upgrade_hparams
 from lit_seq2seq.module import EPOCH_METRICS, Seq2SeqModule
 from lit_seq2seq.pairs import FIT_TEXT_FROM, PairDataModule
 from lit_seq2seq.runs import DEFAULT_ROOT_DIR, RESUMED_FROM
+from lit_seq2seq.search import TYPE_WORDS
 from lit_seq2seq.tasks import check_memory
 from lit_seq2seq.text import TEXT_KEY
 

@@ -483,5 +483,5 @@ def test_a_net_is_refused_exactly_above_what_is_available(monkeypatch):
     monkeypatch.setattr(tasks, "available_memory", lambda: need)
     Seq2Seq(NetConfig(hidden_size=H))
     monkeypatch.setattr(tasks, "available_memory", lambda: need - 1)
-    with pytest.raises(ValueError, match=r"^--data\.vocab_size 51, --model\.net\.hidden_size 16, "):
+    with pytest.raises(ValueError, match=r"^vocabulary size 51, --model\.net\.hidden_size 16, "):
         NetConfig(hidden_size=H)

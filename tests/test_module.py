@@ -242,6 +242,41 @@ def test_net_config_names_a_field_of_the_wrong_type(fields, message):
         NetConfig(**fields)
 
 
+def test_numpy_numbers_are_taken_as_python_numbers_so_the_checkpoint_loads(tmp_path):
+    """From a notebook, np.int64 sizes failed inside torch's RNN ("hidden_size should be of type int") and the
+    DataLoader, and numpy numbers in the hyperparameters made the checkpoint refuse to load (weights_only)."""
+    import lightning as L
+    import numpy as np
+
+    from lit_seq2seq.checkpoint import read_checkpoint
+    from lit_seq2seq.data import Seq2SeqDataModule
+
+    data = Seq2SeqDataModule(
+        task="reverse", vocab_size=np.int64(V), source_length=np.int32(4), train_size=64, val_size=np.int64(16)
+    )
+    data = Seq2SeqDataModule(**data.hparams | {"batch_size": np.int64(16), "seed": np.uint8(3)})
+    config = NetConfig(
+        source_vocab_size=data.source_vocab_size,
+        target_vocab_size=data.target_vocab_size,
+        max_target_length=data.max_target_length,
+        eos_token=data.eos_token,
+        hidden_size=np.int64(H),
+        num_layers=np.int64(2),
+        dropout=np.float64(0.1),
+        bidirectional=np.True_,
+    )
+    assert [type(getattr(config, f)) for f in ("hidden_size", "dropout", "bidirectional")] == [int, float, bool]
+    module = Seq2SeqModule(net=config, label_smoothing=np.float32(0.1), teacher_forcing_ratio=np.float64(1))
+    trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    trainer.fit(module, data)
+    path = trainer.checkpoint_callback.best_model_path
+    checkpoint = read_checkpoint(path)  # torch.load(weights_only=True) inside
+    assert checkpoint["datamodule_hyper_parameters"]["batch_size"] == 16
+    assert Seq2SeqModule.load_from_checkpoint(path).net.config == config
+    with pytest.raises(TypeError, match=r"^--model.label_smoothing must be a number, got '0.1'$"):
+        Seq2SeqModule(label_smoothing="0.1")  # failed inside a comparison
+
+
 def test_module_arguments_of_the_wrong_kind_are_named():
     with pytest.raises(TypeError, match="--model.net must be a NetConfig .* got NoneType"):
         Seq2SeqModule(net=None)

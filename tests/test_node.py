@@ -224,8 +224,7 @@ console.log(JSON.stringify(out));
         "InputError: lengthPenalty must be a finite number, got NaN",
         "InputError: lengthPenalty must be in [-10, 10] (scores are log-probability / length ** lengthPenalty), "
         "got -11",
-        "InputError: source[0, 1]: token 9 is out of range; tokens must be in [2, 5], or 0 (padding) at "
-        "the end",
+        "InputError: source[0, 1]: token 9 is out of range; tokens must be in [2, 5], or 0 (padding) at the end",
     ]
 
 

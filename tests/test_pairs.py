@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -576,3 +577,28 @@ def test_predict_writes_the_text_of_each_line_its_reference_and_prediction(tmp_p
     assert run_cli(["predict", *TINY_FIT, "--data.predict_file", tmp_path / "odd.tsv", *given[2:]]) == 0
     echoed = (version_dirs(root)[-1] / "predictions.tsv").read_text(encoding="utf-8").splitlines()
     assert echoed[1:] == [f"{i}\t{w}\t{t}\t{p}" for i, (w, t, (_, _, _, p)) in enumerate(zip(words, odd, cells), 1)]
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"source_lowercase": "no"}, "--data.source_lowercase must be true or false, got 'no'"),  # was taken as true
+        ({"bucketing": "false"}, "--data.bucketing must be true or false, got 'false'"),
+        ({"batch_size": "8"}, "--data.batch_size must be an integer, got '8'"),
+        ({"max_source_tokens": 2.5}, "--data.max_source_tokens must be an integer or null, got 2.5"),
+        ({"unk_rate": "0.1", "unknown_source": "unk"}, "--data.unk_rate must be a number or null, got '0.1'"),
+        ({"split_fractions": "0.8"}, "--data.split_fractions must be 3 fractions (train, val, test), got '0.8'"),
+        ({"val_file": 3}, "--data.val_file must be a file path or null, got 3"),
+    ],
+)
+def test_pair_data_arguments_of_the_wrong_type_are_named(arguments, message):
+    """From a script of one's own: "no" was a true flag, "8" failed inside a comparison."""
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        PairDataModule(**{"train_file": "train.tsv"} | arguments)
+
+
+def test_pair_data_takes_paths_and_numpy_numbers_as_plain_values(tmp_path):
+    """A pathlib.Path or a numpy number in the checkpoint's hyperparameters stops it from loading (weights_only)."""
+    data = PairDataModule(file=tmp_path / "t.tsv", batch_size=np.int64(8), split_fractions=(1, 0, 0))
+    assert data.hparams["file"] == str(tmp_path / "t.tsv") and type(data.hparams["batch_size"]) is int
+    assert data.hparams["split_fractions"] == (1.0, 0.0, 0.0)
