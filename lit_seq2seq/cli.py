@@ -13,7 +13,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
-from lit_seq2seq import install_hint
+from lit_seq2seq import __version__, install_hint
 from lit_seq2seq.bundled import config_names, resolve_config
 from lit_seq2seq.contract import CONTRACT_FILE, DECODER_FILE, ENCODER_FILE, GREEDY_FILE
 from lit_seq2seq.runs import DEFAULT_ROOT_DIR
@@ -38,6 +38,9 @@ def main(args: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if from_argv else args)
     command = args[0] if args and not args[0].startswith("-") else ""
     known = ", ".join(repr(c) for c in (*LIGHTNING_COMMANDS, *OWN_COMMANDS))
+    if args == ["--version"]:
+        print(f"lit-seq2seq {__version__}")
+        return 0
     if not args:  # LightningCLI's own message lists its four commands only
         print(f"lit-seq2seq: error: no command (choose from {known}; lit-seq2seq --help)", file=sys.stderr)
         sys.exit(2)
@@ -106,9 +109,13 @@ def _require_train_extra(command: str, args: Sequence[str]) -> None:
     missing = [module for module in TRAIN_MODULES if not _installed(module)]
     if not missing:
         return
-    if not command and {"-h", "--help"} & set(args):
-        print("Commands of the base install: decode, sample (lit-seq2seq COMMAND --help)\n")
-    print(f"{_prog(command)}: needs the training extra (missing: {', '.join(missing)}): {TRAIN_EXTRA}", file=sys.stderr)
+    needs = f"needs the training extra (missing: {', '.join(missing)}): {TRAIN_EXTRA}"
+    if not command and {"-h", "--help"} & set(args):  # help asked for and given: exit 0, as packagers' checks expect
+        runtime = ", ".join(c for c in OWN_COMMANDS if c != "export")
+        print(f"Commands of the base install: {runtime} (lit-seq2seq COMMAND --help; report needs the report extra)")
+        print(f"{', '.join((*LIGHTNING_COMMANDS, 'export'))}: {needs}")
+        sys.exit(0)
+    print(f"{_prog(command)}: {needs}", file=sys.stderr)
     sys.exit(2)
 
 

@@ -30,6 +30,7 @@ from conftest import (
     version_dirs,
 )  # fmt: skip
 
+import lit_seq2seq
 from lit_seq2seq import export as export_module
 from lit_seq2seq.runtime import OnnxSeq2Seq
 
@@ -448,15 +449,29 @@ def test_sample_and_decode_into_a_closed_pipe_exit_0_quietly(exported, tmp_path)
 # --------------------------------------------------------------------- the base install and bundled configs
 
 
-@pytest.mark.parametrize("command", ["fit", "validate", "test", "predict", "export", "--help"])
+@pytest.mark.parametrize("command", ["fit", "validate", "test", "predict", "export"])
 def test_train_commands_without_the_train_extra_name_it_in_one_line(command: str) -> None:
     # As on a base install (numpy + onnxruntime): torch, Lightning and onnx cannot be imported.
     code = BLOCK_IMPORTS + "from lit_seq2seq.cli import main\nmain(sys.argv[2:])"
     done = run_python(code, "onnx", command, "--config", "reverse_fast")
     assert done.returncode == 2
-    prog = "lit-seq2seq" if command == "--help" else f"lit-seq2seq {command}"
     missing = "torch, lightning, torchmetrics, onnx"
-    assert done.stderr == f"{prog}: needs the training extra (missing: {missing}): {TRAIN_EXTRA_HINT}\n"
+    assert done.stderr == f"lit-seq2seq {command}: needs the training extra (missing: {missing}): {TRAIN_EXTRA_HINT}\n"
+
+
+def test_help_and_version_of_a_base_install_exit_0() -> None:
+    """Packagers smoke-test an install with `--help` and `--version`: on the base install `--help` exited 2."""
+    code = BLOCK_IMPORTS + "from lit_seq2seq.cli import main\nsys.exit(main(sys.argv[2:]))"
+    done = run_python(code, "onnx", "--help")
+    assert (done.returncode, done.stderr) == (0, "")
+    missing = "torch, lightning, torchmetrics, onnx"
+    assert done.stdout == (
+        "Commands of the base install: decode, sample, report (lit-seq2seq COMMAND --help; report needs the report "
+        f"extra)\nfit, validate, test, predict, export: needs the training extra (missing: {missing}): "
+        f"{TRAIN_EXTRA_HINT}\n"
+    )
+    done = run_python(code, "onnx", "--version")
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"lit-seq2seq {lit_seq2seq.__version__}\n", "")
 
 
 def print_config(capsys: pytest.CaptureFixture[str], *configs: str) -> str:

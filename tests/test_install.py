@@ -23,7 +23,7 @@ from conftest import PYTHON, REPO, TRAIN_EXTRA_HINT, pad_rows
 from lit_seq2seq.runtime import OnnxSeq2Seq
 
 # What the build reads: the package, the files it ships as package data, and the metadata.
-SOURCES = ("lit_seq2seq", "configs", "export", "pyproject.toml", "README.md")
+SOURCES = ("lit_seq2seq", "configs", "export", "pyproject.toml", "README.md", "LICENSE")
 JUNK = shutil.ignore_patterns("__pycache__", "*.pyc", "node_modules", "*.egg-info")
 
 
@@ -87,6 +87,8 @@ def test_wheel_ships_the_configs_and_the_contract(wheel: Path) -> None:
     configs = {p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml")}
     assert {f"lit_seq2seq/{c}" for c in configs} <= names and "lit_seq2seq/configs/trainer/gpu.yaml" in names
     assert zipfile.ZipFile(wheel).read("lit_seq2seq/contract_doc/README.md") == (REPO / "export/README.md").read_bytes()
+    assert "lit_seq2seq/py.typed" in names and any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert not [n for n in names if "/contract_doc/" in n and not n.endswith(("README.md", "consumer_example.py"))]
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     requires = [line for line in metadata.split("\n") if line.startswith("Requires-Dist:") and "extra ==" not in line]
     assert requires == ["Requires-Dist: numpy>=1.24", "Requires-Dist: onnxruntime>=1.17"]
