@@ -29,7 +29,7 @@ MARKER = HASH_KEY.encode() + b"\x12\x40"  # the key's bytes, then the value's ta
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # C0, DEL, C1 and lone surrogates: refused in texts
 # metadata this reader turns into numbers (eos_token may also be "": no end token)
 INT_KEYS = ("pad_token", "start_token", "min_token", "source_length", "min_source_length", "max_target_length")
-BATCH = 256  # sources per call, as `lit-seq2seq decode` batches them (the same batches give the same bits)
+BATCH = 256  # sources per call (any batching: logits within ~1e-7 of decode's chunks, as the contract says)
 # the metadata keys every file holds (CONTRACT.md, "Metadata keys"; context_rnn may be absent): a file without one is
 # refused, above all without export_id, which tells a mixed folder from one export
 COMMON = (

@@ -1,4 +1,4 @@
-"""`lit-seq2seq` entry point: fit/validate/test/predict through LightningCLI; export, decode and sample beside it.
+"""`lit-seq2seq` entry point: fit/validate/test/predict through LightningCLI; export, decode, sample, report beside it.
 
 decode and sample import neither torch nor lightning, so they answer in a fraction of a second and work with the base
 install (numpy + onnxruntime); the other commands need the `train` extra and say so when it is missing.
@@ -253,7 +253,8 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
         "--batch_size",
         type=int,
         default=2048,
-        help="lines read, decoded and printed together (default 2048; decoded in length-sorted chunks of 256)",
+        help="lines read, decoded and printed together (default 2048; decoded in length-sorted chunks of 256 sources, "
+        "of max(1, 1024 // K) at beam size K > 4)",
     )
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     p.add_argument(

@@ -1,4 +1,4 @@
-"""Export a checkpoint's nets to encoder.onnx + decoder_step.onnx, self-described by metadata, verified against PyTorch.
+"""Export a checkpoint's nets to encoder.onnx, decoder_step.onnx, greedy.onnx and CONTRACT.md, verified against PyTorch.
 
 Exporter: the TorchScript-based `torch.onnx.export(..., dynamo=False)`, chosen deliberately. It maps
 `pack_padded_sequence` onto the ONNX LSTM/GRU `sequence_lens` input (padding-exact encoders), keeps every axis

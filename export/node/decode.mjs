@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// decode.mjs: greedy-decode stdin lines with a lit-seq2seq export on onnxruntime-node (the contract's Node consumer).
+// decode.mjs: decode stdin lines (greedy or beam) with a lit-seq2seq export on onnxruntime-node (the Node consumer).
 //
 //   node export/node/decode.mjs MODEL_DIR [--two-graph] [--allow-untrained-lengths] [--batch-size N]
 //                                [--beam-size K [--length-penalty X]] < lines
