@@ -475,7 +475,7 @@ class OnnxSeq2Seq:
         A single (source_len,) sequence gives a (steps,) array. Rows of a length outside the trained range, and on a
         model without an end token a max_len past its answer length, are refused unless `allow_untrained_lengths`
         (see check_source). Runs greedy.onnx where the export has one (as fast
-        or faster at every batch size measured: 0.92x the two-graph loop's time at batch 1, 1.03x its throughput at
+        or faster at every batch size measured: 0.90x the two-graph loop's time at batch 1, 1.01x its throughput at
         1024, benchmarks/decode_speed.py), else the two-graph loop.
         """
         source, single = self.check_source(source, allow_untrained_lengths=allow_untrained_lengths)

@@ -620,7 +620,7 @@ export class Seq2Seq {
    * score, log-probability / length ** lengthPenalty (for a single sequence one array and one number). `beamSize`
    * 1..1024 (default 4), `lengthPenalty` in [-10, 10] (default 1; 0 ranks by total log-probability); `maxLen` and
    * `allowUntrainedLengths` as in greedy. The tokens are the Python runtime's, except where two candidates differ only
-   * by float64 rounding; the scores agree to ~1e-12.
+   * by float64 rounding; the scores agree to rounding (the contract: ~1e-15 of the score in batches padded alike).
    */
   async beamSearch(ort, source, options) {
     checkOrt(ort);
