@@ -411,7 +411,10 @@ class Seq2Seq(nn.Module):
 
     def check_source(self, source: Any) -> None:
         """ValueError/TypeError naming what is wrong with a source batch for `greedy`/`beam_search`: what torch would
-        otherwise report from inside the embedding or the packing (an index error, a dtype or size mismatch)."""
+        otherwise report from inside the embedding or the packing (an index error, a dtype or size mismatch), or decode
+        silently wrong (padding before a token: the packed length would read the row from the wrong positions). The
+        runtime's check_source also refuses ids the data never holds and untrained lengths, which the export knows
+        from the data (min_token, source lengths) and the net does not."""
         config = self.config
         if not isinstance(source, Tensor):
             kind = type(source).__name__
@@ -426,8 +429,13 @@ class Seq2Seq(nn.Module):
                 f"source: token {lo if lo < 0 else hi} is out of range; ids must be in [0, "
                 f"{config.source_vocab_size - 1}] (the net's source_vocab_size is {config.source_vocab_size})"
             )
-        if bool((source[:, 0] == config.pad_token).any()):
+        pad = source == config.pad_token
+        if bool(pad[:, 0].any()):
             raise ValueError(f"source: a row starts with the pad token {config.pad_token} (an empty sequence)")
+        gap = pad[:, :-1] & ~pad[:, 1:]
+        if bool(gap.any()):
+            row, col = (int(i) for i in gap.nonzero()[0])
+            raise ValueError(f"source[{row}, {col + 1}]: token after padding; pad only at the end")
 
     @torch.no_grad()
     def greedy(self, source: Tensor, max_len: int | None = None) -> Tensor:

@@ -324,6 +324,8 @@ def test_the_torch_path_refuses_bad_max_len_like_the_runtime(max_len):
         (torch.tensor([[3, 51]]), ValueError, "source: token 51 is out of range; ids must be in [0, 50] (the net's"),
         (torch.tensor([[3, -1]]), ValueError, "source: token -1 is out of range"),
         (torch.tensor([[3, 4], [0, 0]]), ValueError, "source: a row starts with the pad token 0 (an empty sequence)"),
+        # was decoded silently: the packed length counts 2 tokens, so the row read as [9, 0]
+        (torch.tensor([[3, 4, 5], [9, 0, 6]]), ValueError, "source[1, 2]: token after padding; pad only at the end"),
     ],
 )
 def test_the_torch_path_names_a_bad_source(source, error, message):

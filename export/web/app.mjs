@@ -128,7 +128,7 @@ function parseLine(line, options) {
       : line
           .split(lit.PY_SPACE) // Python's whitespace, as lit-seq2seq decode reads a line of ids
           .filter(Boolean)
-          .map((piece) => (/^-?\d+$/.test(piece) ? Number(piece) : piece));
+          .map((piece) => (/^[+-]?\d+$/.test(piece) ? Number(piece) : piece)); // "+5" is 5, as decode reads it
     model.checkSource(ids, options);
     return ids;
   } catch (err) {
