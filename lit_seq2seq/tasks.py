@@ -19,7 +19,6 @@ import numpy as np
 from lit_seq2seq.contract import vocab_sizes
 
 PAD = 0
-START = 0
 EOS = 1
 
 SPLITS = ("train", "val", "test", "predict")
