@@ -39,7 +39,7 @@ from lit_seq2seq.atomic import pid_alive
 from lit_seq2seq.checkpoint import read_checkpoint
 from lit_seq2seq.model import Seq2Seq
 from lit_seq2seq.runtime import OnnxSeq2Seq
-from lit_seq2seq.search import to_width
+from lit_seq2seq.search import plain, to_width
 from lit_seq2seq.tasks import Task, task_from_hparams
 from lit_seq2seq.text import EOS_ID, ID_ONLY_METADATA, TEXT_KEY, TextSpec, read_text_entry
 
@@ -49,6 +49,7 @@ except ImportError:  # Windows: no flock, so leftovers of killed exports are kep
     fcntl = None
 
 PARITY_TOL = 1e-4
+MAX_VERIFY_SAMPLES = 100_000  # sources decoded by PyTorch and onnxruntime each (the seed model: 20 s, 5 GB peak)
 _PACKED_SHAPE_NOTE = re.compile(r"shape inference of prim::(PackPadded|PadPacked) type is missing")
 _UNUSED = "unused_memory"  # traced-only encoder output, removed before saving
 
@@ -781,8 +782,12 @@ def export_checkpoint(
     even after a kill, `output_dir` holds the complete previous export or the complete new one. Failures raise
     ValueError (bad settings, refused folder), ExportVerificationError or ExportWriteError, with the folder unchanged.
     Leftovers of killed exports to the same folder are cleaned up first (one line on stderr)."""
-    if verify_samples < 1:
-        raise ValueError(f"--verify_samples must be >= 1, got {verify_samples}")
+    for flag, path in (("--ckpt_path", ckpt_path), ("--output_dir", output_dir)):
+        if not isinstance(path, (str, os.PathLike)):  # None failed inside pathlib
+            raise TypeError(f"{flag} must be a path, got {path!r}")
+    verify_samples, opset = plain("--verify_samples", verify_samples, "int"), plain("--opset", opset, "int")
+    if not 1 <= verify_samples <= MAX_VERIFY_SAMPLES:  # 1e9 asked for 45 GiB after half a minute of work
+        raise ValueError(f"--verify_samples must be in [1, {MAX_VERIFY_SAMPLES:,}], got {verify_samples}")
     if not 14 <= opset <= 20:
         raise ValueError(f"--opset must be in [14, 20], got {opset}")
     out = Path(output_dir)

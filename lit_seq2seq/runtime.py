@@ -243,6 +243,8 @@ class OnnxSeq2Seq:
     ) -> OnnxSeq2Seq:
         """Load `model_dir`/{encoder,decoder_step}.onnx, and greedy.onnx where the export has one (older exports do
         not); settings come from their metadata alone."""
+        if not isinstance(model_dir, (str, os.PathLike)):  # None failed inside pathlib
+            raise TypeError(f"model_dir must be a folder path, got {model_dir!r}")
         root = Path(model_dir)
         if root.is_file():
             raise ModelFileError(
@@ -598,6 +600,13 @@ class OnnxSeq2Seq:
         tokens, the end token, padding; -1 in absent slots. A token the target vocabulary lacks becomes an id no
         prediction can hold (target_vocab_size), so it always counts as an error."""
         spec = self._require_text("reference_ids")
+        if isinstance(references, str) or not isinstance(references, Sequence):
+            raise TypeError(f"references must be a list of lists of str, got {type(references).__name__}")
+        for i, refs in enumerate(references):
+            if isinstance(refs, str) or not isinstance(refs, Sequence):  # "hello" would be 5 references of a letter
+                raise TypeError(f"references[{i}] must be a list of str (a source's references), got {refs!r}")
+            if odd := [r for r in refs if not isinstance(r, str)]:
+                raise TypeError(f"references[{i}]: references must be str, got {odd[0]!r}")
 
         def ids(reference: str) -> list[int]:
             found = (spec.target_vocab.id(t) for t in spec.target.split(reference))

@@ -8,6 +8,7 @@ Models are the session's tiny exports (conftest.exported).
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -287,8 +288,9 @@ def test_damaged_checkpoint_exits_2_naming_the_flag(how, exported, tmp_path, cap
     "flags,message",
     [
         (["--ckpt_path", "missing.ckpt"], "--ckpt_path missing.ckpt: no such file"),
-        (["--verify_samples", "0"], "--verify_samples must be >= 1"),
-        (["--verify_samples", "-3"], "--verify_samples must be >= 1"),
+        (["--verify_samples", "0"], "--verify_samples must be in [1, 100,000], got 0"),
+        (["--verify_samples", "-3"], "--verify_samples must be in [1, 100,000]"),
+        (["--verify_samples", "1000000000"], "--verify_samples must be in [1, 100,000]"),  # asked for 45 GiB
         (["--opset", "9"], "--opset must be in"),
     ],
 )
@@ -297,6 +299,19 @@ def test_bad_export_flags_exit_2_naming_the_flag(flags, message, exported, in_tm
     code, err = cli_exit(args, capsys)
     assert code == 2 and message in err and "Traceback" not in err, err
     assert not (in_tmp / "m").exists()
+
+
+def test_export_from_python_names_arguments_of_the_wrong_type(exported, tmp_path):
+    """From a script of one's own: None failed inside pathlib, "5" inside a comparison."""
+    ckpt = exported("lstm").ckpt
+    for kwargs, message in (
+        ({"ckpt_path": None}, "--ckpt_path must be a path, got None"),
+        ({"verify_samples": "5"}, "--verify_samples must be an integer, got '5'"),
+        ({"opset": 17.0}, "--opset must be an integer, got 17.0"),
+    ):
+        with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+            export_module.export_checkpoint(**{"ckpt_path": ckpt, "output_dir": tmp_path / "m"} | kwargs)
+    assert not (tmp_path / "m").exists()
 
 
 def test_output_dir_that_is_a_file_exits_2(exported, tmp_path, capsys):

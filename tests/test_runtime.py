@@ -594,6 +594,21 @@ def test_reference_ids_of_no_references_is_an_empty_batch(text_exported):
     assert model.reference_ids([]).shape == (0, 0, 1)
 
 
+@pytest.mark.parametrize(
+    "references, message",
+    [
+        (["hello"], "references[0] must be a list of str (a source's references), got 'hello'"),  # was 5 references
+        ("hello", "references must be a list of lists of str, got str"),
+        ([["ab"], None], "references[1] must be a list of str (a source's references), got None"),
+        ([["ab", 3]], "references[0]: references must be str, got 3"),
+    ],
+)
+def test_reference_ids_refuses_what_is_not_a_list_of_lists_of_texts(references, message, text_exported):
+    model = OnnxSeq2Seq.load(text_exported("trained").model_dir)
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        model.reference_ids(references)
+
+
 def test_a_token_beyond_int64_is_named_as_such(runtime_model):
     model = runtime_model("gru")
     for source in ([2**70, 3], [[2, 3], [2**64, 2]]):
@@ -621,6 +636,8 @@ def test_load_names_a_bad_model_dir_or_provider(exported, tmp_path):
     assert OnnxSeq2Seq.load(source, providers=[("CPUExecutionProvider", {})]).greedy([3, 4, 5, 6]).ndim == 1
     with pytest.raises(ValueError, match="^model_dir is empty: pass the folder `lit-seq2seq export` wrote$"):
         OnnxSeq2Seq.load("")
+    with pytest.raises(TypeError, match="^model_dir must be a folder path, got None$"):  # failed inside pathlib
+        OnnxSeq2Seq.load(None)
     for file in (contract.ENCODER_FILE, contract.GREEDY_FILE):
         damaged = tmp_path / file
         shutil.copytree(source, damaged)
