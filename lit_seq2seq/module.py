@@ -146,6 +146,7 @@ class Seq2SeqModule(L.LightningModule):
         self.optimizer, self.lr_scheduler, self.lr_scheduler_interval = optimizer, lr_scheduler, lr_scheduler_interval
         self.teacher_forcing_ratio, self.label_smoothing = teacher_forcing_ratio, label_smoothing
         self.metrics = torch.nn.ModuleDict({s: Seq2SeqMetrics(net.max_target_length) for s in ("val", "test")})
+        self._trained_text: dict[str, Any] | None = None  # {TEXT_KEY: ...} of the checkpoint the weights came from
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets `_current_fx_name` twice around every hook it calls, ~44 times a training step, and
@@ -270,9 +271,18 @@ class Seq2SeqModule(L.LightningModule):
             lengths = {"source_length": data.source_length, "min_source_length": data.min_source_length}
             checkpoint[TEXT_KEY] = spec.to_dict() | lengths
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # load_from_checkpoint (before any trainer: checked at setup), or a trainer's ckpt_path (after setup: checked
+        # now; a resumed fit's training file's contents too). The CLI checks the same before its run folder exists.
+        self._trained_text = {TEXT_KEY: checkpoint.get(TEXT_KEY)}
+        if self._trainer is not None:
+            self._check_text(checkpoint, resume=self.trainer.state.fn == "fit")
+
     def setup(self, stage: str) -> None:
         """A data module whose sizes are not the net's: a clear error now, not an index error inside the embedding or a
-        shape mismatch in the loss (the CLI links them; a script of one's own copies them)."""
+        shape mismatch in the loss (the CLI links them; a script of one's own copies them). Weights loaded from a
+        text model's checkpoint need data of its vocabularies: other ones of the same sizes would give every id
+        another token, and every figure would be silently wrong."""
         data, config = getattr(self.trainer, "datamodule", None), self.net.config
         for name in ("source_vocab_size", "target_vocab_size", "max_target_length", "eos_token"):
             if data is not None and hasattr(type(data), name) and getattr(data, name) != getattr(config, name):
@@ -280,6 +290,23 @@ class Seq2SeqModule(L.LightningModule):
                     f"net {name} is {getattr(config, name)}, the data module's {getattr(data, name)}: build the "
                     f"NetConfig from the data module's sizes (NetConfig({name}=data.{name}, ...))"
                 )
+        if self._trained_text is not None:
+            self._check_text(self._trained_text)
+
+    def _check_text(self, checkpoint: dict[str, Any], resume: bool = False) -> None:
+        data = getattr(self.trainer, "datamodule", None)
+        if data is None:
+            return
+        if not hasattr(data, "text_differences"):
+            if checkpoint.get(TEXT_KEY) is not None:
+                raise ValueError("these weights were trained on text pairs: give them a PairDataModule of those files")
+            return
+        differ = data.resume_differences(checkpoint) if resume else data.text_differences(checkpoint)
+        if differ:
+            raise ValueError(
+                f"{'; '.join(differ)}: its ids would stand for other tokens than these weights learned; give the "
+                "training file and tokenizer settings they were trained with (or PairDataModule(text_from=CKPT))"
+            )
 
     def configure_gradient_clipping(
         self,

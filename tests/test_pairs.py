@@ -404,6 +404,42 @@ def test_a_resumed_fit_refuses_a_changed_training_file(tmp_path, capsys):
     assert code == 2 and "the checkpoint was trained with --data.bucketing" in err
 
 
+def test_from_python_weights_refuse_data_of_other_vocabularies_as_the_cli_does(tmp_path):
+    """A script of one's own: load_from_checkpoint + test, a Trainer's ckpt_path and a resume took data whose
+    vocabularies had the checkpoint's sizes but other tokens, and reported figures of ids meaning other tokens."""
+    from lit_seq2seq.model import NetConfig
+    from lit_seq2seq.module import Seq2SeqModule
+
+    train, other = tmp_path / "train.tsv", tmp_path / "other.tsv"
+    train.write_text("ab\tA B\nba\tB A\n" * 20)
+    other.write_text("ac\tA B\nca\tB A\n" * 20)  # as many tokens, c in place of b
+    test = tmp_path / "test.tsv"
+    test.write_text("aa\tA A\n")
+
+    def data(train_file: Path, **kwargs: Any) -> PairDataModule:
+        return PairDataModule(train_file=str(train_file), target_tokenizer="space", batch_size=8, **kwargs)
+
+    first = data(train, val_file=str(test))
+    first.setup("fit")
+    sizes = ("source_vocab_size", "target_vocab_size", "max_target_length", "eos_token")
+    net = NetConfig(**{k: getattr(first, k) for k in sizes}, hidden_size=8, embedding_dim=4)
+
+    def trainer(**kwargs: Any) -> L.Trainer:
+        quiet = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        return L.Trainer(**quiet | kwargs)
+
+    trainer(max_epochs=1).fit(Seq2SeqModule(net=net), first)
+    ckpt = str(tmp_path / "checkpoints" / "epoch=0-step=5.ckpt")
+    assert trainer().test(Seq2SeqModule.load_from_checkpoint(ckpt), data(train, test_file=str(test)), verbose=False)
+    message = f"--data.train_file {other} gives other source_tokens than the checkpoint's: its ids would stand for"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        trainer().test(Seq2SeqModule.load_from_checkpoint(ckpt), data(other, test_file=str(test)))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        trainer().test(Seq2SeqModule(net=net), data(other, test_file=str(test)), ckpt_path=ckpt)
+    with pytest.raises(ValueError, match=re.escape(f"--data.train_file {other} changed since the checkpoint")):
+        trainer(max_epochs=2).fit(Seq2SeqModule(net=net), data(other), ckpt_path=ckpt)
+
+
 def test_test_with_other_split_fractions_of_the_file_than_the_fit_exits_2(tmp_path, capsys):
     """Other fractions move sources between the splits of --data.file: test would score training pairs as unseen."""
     flags = [
