@@ -313,6 +313,16 @@ def test_node_module_requires_the_metadata_keys_the_python_runtime_requires():
     assert keys == {version: sorted(contract.required_keys(version)) for version in contract.READABLE_VERSIONS}
 
 
+def test_node_module_limits_are_the_python_runtimes():
+    """Copied by hand into the JS module (no shared file between the two languages): this keeps them equal."""
+    from lit_seq2seq import runtime, search
+
+    names = ["MAX_STEPS", "CHUNK_ROWS", "BEAM_CHUNK_ROWS", "MAX_BEAM_SIZE", "MAX_LENGTH_PENALTY", "BATCH_AXIS"]
+    result = node_script(f"console.log(JSON.stringify([{', '.join(f'lit.{n}' for n in names)}]));")
+    python = [search.MAX_STEPS, runtime.CHUNK_ROWS, runtime.BEAM_CHUNK_ROWS, search.MAX_BEAM_SIZE]
+    assert json.loads(result.stdout) == [*python, search.MAX_LENGTH_PENALTY, dict(contract.BATCH_AXIS)]
+
+
 @pytest.mark.parametrize("how", list(DAMAGE))
 def test_node_decode_refuses_damaged_model_files(how, exported, other_exports, tmp_path):  # noqa: F811
     model_dir = tmp_path / "model"

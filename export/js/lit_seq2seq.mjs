@@ -31,19 +31,19 @@ export const REQUIRED_KEYS = {
   2: [...COMMON_KEYS, "source_vocab_size", "target_vocab_size", ...TEXT_KEYS],
 };
 const OUT_SUFFIX = "_out";
-const MAX_STEPS = 4096; // the Python runtime's limit for max_len
+export const MAX_STEPS = 4096; // the Python runtime's limit for max_len
 // Larger batches decode in chunks of this many rows of similar length, each cut to its longest row, as the Python
 // runtime does: onnxruntime's LSTM holds every step's input projection of the whole batch, padded to its longest row
 // (export/README.md, "Large batches").
-const CHUNK_ROWS = 256;
+export const CHUNK_ROWS = 256;
 // Beam search holds K rows of state per source row (the attention memory repeated per beam): its chunks are of at most
 // this many source rows x beams (256 source rows at beam size 4, 1 at 1024), as in the Python runtime.
-const BEAM_CHUNK_ROWS = 1024;
+export const BEAM_CHUNK_ROWS = 1024;
 // Beam search (export/README.md, "Beam search (normative)"): the Python runtime's bounds, and the axis of each state
 // tensor that runs over the batch (rows are repeated and reordered along it).
-const MAX_BEAM_SIZE = 1024;
-const MAX_LENGTH_PENALTY = 10;
-const BATCH_AXIS = { h: 1, c: 1, memory: 0, memory_mask: 0 };
+export const MAX_BEAM_SIZE = 1024;
+export const MAX_LENGTH_PENALTY = 10;
+export const BATCH_AXIS = { h: 1, c: 1, memory: 0, memory_mask: 0 };
 
 /** A model file that is missing, damaged, altered, of an unknown version or not from the same export. */
 export class ModelFileError extends Error {

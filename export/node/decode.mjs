@@ -20,6 +20,8 @@ import {
   ENCODER_FILE,
   GREEDY_FILE,
   InputError,
+  MAX_BEAM_SIZE,
+  MAX_LENGTH_PENALTY,
   ModelFileError,
   PY_SPACE,
   checkPrintable,
@@ -59,15 +61,18 @@ function parseArgs(args) {
       options.batchSize = Number(value);
     } else if (arg === "--beam-size" || arg === "--beam_size") {
       const value = argv[++i];
-      if (!/^\d+$/.test(value ?? "") || Number(value) < 1 || Number(value) > 1024) {
-        throw new UsageError(`--beam-size must be an integer in [1, 1024], got ${JSON.stringify(value ?? null)}`);
+      if (!/^\d+$/.test(value ?? "") || Number(value) < 1 || Number(value) > MAX_BEAM_SIZE) {
+        throw new UsageError(
+          `--beam-size must be an integer in [1, ${MAX_BEAM_SIZE}], got ${JSON.stringify(value ?? null)}`,
+        );
       }
       options.beamSize = Number(value);
     } else if (arg === "--length-penalty" || arg === "--length_penalty") {
       const value = argv[++i];
       const number = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(value ?? "") ? Number(value) : NaN;
-      if (!(Math.abs(number) <= 10)) {
-        throw new UsageError(`--length-penalty must be a number in [-10, 10], got ${JSON.stringify(value ?? null)}`);
+      if (!(Math.abs(number) <= MAX_LENGTH_PENALTY)) {
+        const range = `[-${MAX_LENGTH_PENALTY}, ${MAX_LENGTH_PENALTY}]`;
+        throw new UsageError(`--length-penalty must be a number in ${range}, got ${JSON.stringify(value ?? null)}`);
       }
       options.lengthPenalty = number;
     } else if (arg === "-h" || arg === "--help") {
