@@ -27,6 +27,7 @@ import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.rank_zero import rank_zero_info
 from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import DeviceStatsMonitor, EarlyStopping, LearningRateMonitor, ModelCheckpoint
@@ -639,6 +640,13 @@ class Seq2SeqCLI(LightningCLI):
                         "null: the vocabularies then come from --ckpt_path"
                     )
 
+    def _set_seed(self) -> None:
+        # Lightning's says "Seed set to N" here, before any check of the data or flags: an error then came second,
+        # under it. Seeded silently now (parse_arguments made `true` a number), said once the checks have passed.
+        seed = self._get(self.config, "seed_everything")
+        if seed is not False:
+            L.seed_everything(seed, workers=True, verbose=False)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.torch_threads is not None:
@@ -697,6 +705,9 @@ class Seq2SeqCLI(LightningCLI):
                 self.model.load_state_dict(self._checkpoint["state_dict"])
                 self.config_init[self.subcommand]["ckpt_path"] = None
             self._checkpoint = None  # the trainer's checkpoint IO holds it until the restore
+        seed = self._get(self.config, "seed_everything")
+        if seed is not False:
+            rank_zero_info(f"Seed set to {seed}")  # what Lightning's seeding says, now that nothing was refused
 
     def _check_monitors(self, configured: Any) -> None:
         """Exit 2 for a checkpoint, early stopping or ReduceLROnPlateau watching a metric the fit never logs:

@@ -274,6 +274,10 @@ class ProbeCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         self.events.append(("_parse_ckpt_path", (subcommand, read(lambda: "ckpt_path" in self.config[subcommand]))))
 
+    def _set_seed(self) -> None:
+        # Seq2SeqCLI replaces Lightning's (no super()): seeds without its message, from self.config's seed.
+        self.events.append(("_set_seed", read(lambda: self._get(self.config, "seed_everything"))))
+
     def before_instantiate_classes(self) -> None:
         self.events.append(("before_instantiate_classes", None))
 
@@ -317,6 +321,19 @@ def test_cli_parse_ckpt_path(cli: dict[str, Any]) -> None:
         f"{CLI}._parse_ckpt_path (replaces Lightning's: reads --ckpt_path once, checks it, takes its hyperparameters)",
         "override parse_arguments: super().parse_arguments(parser, args), then the same checks and "
         "self.parser.parse_object({subcommand: {'model': hparams}}, self.config)",
+    )
+
+
+def test_cli_set_seed(cli: dict[str, Any]) -> None:
+    order = cli["order"]
+    steps = ["parse_arguments", "_set_seed", "before_instantiate_classes"]
+    in_order = [name for name in order if name in steps] == steps and cli["_set_seed"] is False
+    assert parameter_names(LightningCLI, "_set_seed") == [] and in_order, gone(
+        "LightningCLI._set_seed(), called from __init__ after parse_arguments and before before_instantiate_classes, "
+        f"with self._get(self.config, 'seed_everything') readable (calls seen: {order}; got "
+        f"{cli.get('_set_seed')!r}; the CLI raised {cli.get('escaped')!r})",
+        f"{CLI}._set_seed (seeds without Lightning's message, which came before any error of the flags or data)",
+        "seed in parse_arguments with seed_everything(seed, workers=True, verbose=False)",
     )
 
 

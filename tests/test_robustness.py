@@ -237,3 +237,10 @@ def test_named_checkpoint_that_is_damaged_is_refused(good, in_tmp, capsys):
     code, err = cli_exit(["test", *TASK, "--ckpt_path", "best", *root_args(runs)], capsys)
     assert code == 2 and str(target) in err
     assert version_dirs(runs) == [runs / "version_0"]
+
+
+def test_a_refused_fit_prints_its_error_alone_from_the_shell(tmp_path):
+    """Lightning's "Seed set to 42" came first, before any check of the data or flags: two lines, not one."""
+    cmd = [sys.executable, "-m", "lit_seq2seq", "fit", "--data", "PairDataModule", "--data.train_file", "nope.tsv"]
+    done = subprocess.run([*cmd, *root_args(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (2, "lit-seq2seq fit: error: --data.train_file nope.tsv: no such file\n")
