@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lit_seq2seq.search import plain
+from lit_seq2seq.search import plain, plain_values
 from lit_seq2seq.tasks import SAMPLE_PEAK, Task, check_memory, make_task, sample_bytes, split_rng
 
 
@@ -132,17 +132,18 @@ class Seq2SeqDataModule(L.LightningDataModule):
         # From a script of one's own, "32" or 1.5 failed inside a comparison or numpy (the CLI checks types itself),
         # and numpy integers in the DataLoader or the checkpoint's hyperparameters (save_hyperparameters reads these)
         vocab_size, source_length, train_size, val_size, test_size, predict_size, batch_size, seed, num_workers = (
-            plain(f"--data.{name}", value, "int")
-            for name, value in (
-                ("vocab_size", vocab_size),
-                ("source_length", source_length),
-                ("train_size", train_size),
-                ("val_size", val_size),
-                ("test_size", test_size),
-                ("predict_size", predict_size),
-                ("batch_size", batch_size),
-                ("seed", seed),
-                ("num_workers", num_workers),
+            plain_values(
+                "--data.",
+                "int",
+                vocab_size=vocab_size,
+                source_length=source_length,
+                train_size=train_size,
+                val_size=val_size,
+                test_size=test_size,
+                predict_size=predict_size,
+                batch_size=batch_size,
+                seed=seed,
+                num_workers=num_workers,
             )
         )
         target_length = plain("--data.target_length", target_length, "int", optional=True)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lit_seq2seq.data import ResumableSampler, ShardSampler, _already_batched, train_position, warn_no_validation
 from lit_seq2seq.pairfiles import PairFile, Side, header_line, pad_rows, read_pairs, rows_with_unknown, to_vocab_ids
-from lit_seq2seq.search import plain
+from lit_seq2seq.search import plain, plain_values
 from lit_seq2seq.tasks import check_memory
 from lit_seq2seq.text import (
     EOS_ID,
@@ -233,31 +233,23 @@ class PairDataModule(L.LightningDataModule):
         super().__init__()
         # From a script of one's own: "no" was a true flag and "8" failed inside a comparison; Paths and numpy numbers
         # in the checkpoint's hyperparameters (save_hyperparameters reads these) stop it from loading
+        files = dict(train_file=train_file, val_file=val_file, test_file=test_file, predict_file=predict_file)
+        files |= dict(file=file, text_from=text_from)
         train_file, val_file, test_file, predict_file, file, text_from = (
-            _path(f"--data.{name}", value)
-            for name, value in (
-                ("train_file", train_file),
-                ("val_file", val_file),
-                ("test_file", test_file),
-                ("predict_file", predict_file),
-                ("file", file),
-                ("text_from", text_from),
-            )
+            _path(f"--data.{name}", value) for name, value in files.items()
         )
-        source_lowercase, target_lowercase, skip_long, skip_unknown_targets, bucketing, cache = (
-            plain(f"--data.{name}", value, "bool")
-            for name, value in (
-                ("source_lowercase", source_lowercase),
-                ("target_lowercase", target_lowercase),
-                ("skip_long", skip_long),
-                ("skip_unknown_targets", skip_unknown_targets),
-                ("bucketing", bucketing),
-                ("cache", cache),
-            )
+        source_lowercase, target_lowercase, skip_long, skip_unknown_targets, bucketing, cache = plain_values(
+            "--data.",
+            "bool",
+            source_lowercase=source_lowercase,
+            target_lowercase=target_lowercase,
+            skip_long=skip_long,
+            skip_unknown_targets=skip_unknown_targets,
+            bucketing=bucketing,
+            cache=cache,
         )
-        batch_size, seed, num_workers = (
-            plain(f"--data.{name}", value, "int")
-            for name, value in (("batch_size", batch_size), ("seed", seed), ("num_workers", num_workers))
+        batch_size, seed, num_workers = plain_values(
+            "--data.", "int", batch_size=batch_size, seed=seed, num_workers=num_workers
         )
         max_source_tokens = plain("--data.max_source_tokens", max_source_tokens, "int", optional=True)
         max_target_tokens = plain("--data.max_target_tokens", max_target_tokens, "int", optional=True)

@@ -59,6 +59,11 @@ def plain(flag: str, value: Any, kind: str, optional: bool = False) -> Any:
     return cast(value)
 
 
+def plain_values(prefix: str, kind: str, **values: Any) -> list[Any]:
+    """plain() of each keyword argument, in their order: `a, b = plain_values("--data.", "int", a=a, b=b)`."""
+    return [plain(prefix + name, value, kind) for name, value in values.items()]
+
+
 def check_max_len(max_len: Any) -> int:
     """`max_len` as an int in [1, MAX_STEPS], or ValueError naming the bounds."""
     if not is_integer(max_len) or not 1 <= max_len <= MAX_STEPS:
