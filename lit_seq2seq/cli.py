@@ -12,6 +12,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from lit_seq2seq import __version__, install_hint
 from lit_seq2seq.bundled import config_names, resolve_config
@@ -70,6 +71,8 @@ def main(args: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:  # Ctrl-C: the user knows why; an export cleans up its staged folder on the way out
             print(f"{parser.prog}: interrupted", file=sys.stderr)
             sys.exit(130)
+    if from_argv:  # before Lightning's import: its log handler keeps the sys.stderr it finds then
+        sys.stdout, sys.stderr = _PipeSafe(sys.stdout), _PipeSafe(sys.stderr)
     from lit_seq2seq.train_cli import Seq2SeqCLI, stopped_by_sigterm
 
     if args and args[0] in ("-h", "--help"):
@@ -90,6 +93,36 @@ def main(args: Sequence[str] | None = None) -> int:
         print(f"{_prog(command)}: interrupted", file=sys.stderr)
         sys.exit(130)
     return 0
+
+
+class _PipeSafe:
+    """A run's stdout or stderr that may be a pipe whose reader leaves (`lit-seq2seq fit | head -1`): the run goes on,
+    its output from then on into /dev/null, instead of dying of BrokenPipeError in a progress line (a fit lost the
+    checkpoints it had not written yet)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_devnull()
+
+    def _to_devnull(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())  # what is still buffered goes there too, as does Python's exit flush
+        os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, ...: the stream's
+        return getattr(self._stream, name)
 
 
 def _prog(command: str) -> str:

@@ -244,3 +244,15 @@ def test_a_refused_fit_prints_its_error_alone_from_the_shell(tmp_path):
     cmd = [sys.executable, "-m", "lit_seq2seq", "fit", "--data", "PairDataModule", "--data.train_file", "nope.tsv"]
     done = subprocess.run([*cmd, *root_args(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stderr) == (2, "lit-seq2seq fit: error: --data.train_file nope.tsv: no such file\n")
+
+
+def test_a_fit_whose_output_pipes_close_trains_on_to_its_checkpoints(tmp_path):
+    """`lit-seq2seq fit ... 2>&1 | head -1`: the reader left and the next progress line killed the fit with a
+    BrokenPipeError traceback, before its first checkpoint."""
+    cmd = [sys.executable, "-m", "lit_seq2seq", "fit", *FIT, "--trainer.max_epochs", "1", *root_args(tmp_path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout.readline()  # the first line, then the reader goes
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 0
+    assert read_checkpoint(tmp_path / "version_0" / "checkpoints" / "last.ckpt")["global_step"] == 20
