@@ -18,7 +18,7 @@ from lit_seq2seq import __version__, install_hint
 from lit_seq2seq.bundled import config_names, resolve_config
 from lit_seq2seq.contract import CONTRACT_FILE, DECODER_FILE, ENCODER_FILE, GREEDY_FILE
 from lit_seq2seq.runs import DEFAULT_ROOT_DIR
-from lit_seq2seq.text import check_printable, input_lines
+from lit_seq2seq.text import SHOWN_CHARS, check_printable, input_lines, show_token
 
 OWN_COMMANDS = ("export", "decode", "sample", "report")
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -58,6 +58,9 @@ def main(args: Sequence[str] | None = None) -> int:
         options = parser.parse_args(args[1:])
         from lit_seq2seq.contract import ModelFileError
 
+        if sys.stdout is None and command in ("decode", "sample"):  # `>&-`: print() would fail on None
+            print(f"{parser.prog}: error: stdout is closed: nowhere to write the output", file=sys.stderr)
+            sys.exit(1)
         try:
             return options.run(options)
         # Bad data or a bad flag's value: one line naming it and exit code 2, as parser.error exits (in-process
@@ -68,6 +71,11 @@ def main(args: Sequence[str] | None = None) -> int:
         except BrokenPipeError:  # `... | head`: the reader left; not an error
             sys.stderr.close()
             return 0
+        except OSError as error:  # decode/sample's only writes: stdout (export reports its own failed writes)
+            if command not in ("decode", "sample"):
+                raise
+            print(f"{parser.prog}: error: cannot write the output to stdout: {error.strerror}", file=sys.stderr)
+            sys.exit(1)
         except KeyboardInterrupt:  # Ctrl-C: the user knows why; an export cleans up its staged folder on the way out
             print(f"{parser.prog}: interrupted", file=sys.stderr)
             sys.exit(130)
@@ -312,13 +320,14 @@ def _parse_tokens(text: str, where: str) -> list[int]:
     """A line of ids: integers of ASCII digits (int() alone would also read "1_3" and "١٣" as 13) separated by
     whitespace (str.split's), as export/node/decode.mjs and export/consumer_example.py read it."""
     parts = text.split()
-    if not all(_ID.fullmatch(t) for t in parts):
-        raise InputError(f"{where}: {text.strip()!r} is not a list of space-separated integer token ids")
-    tokens = [int(t) for t in parts]
-    huge = [t for t in tokens if not -(2**63) <= t < 2**63]
+    if not all(_ID.fullmatch(t) for t in parts):  # the line shown cut: a 50 MB line made a 50 MB "one line" error
+        raise InputError(f"{where}: {show_token(text.strip())} is not a list of space-separated integer token ids")
+    # int64's range, checked on the digits first: int() of thousands of them raises its own error (or takes long)
+    huge = [t for t in parts if len(t.lstrip("+-")) > 19 or not -(2**63) <= int(t) < 2**63]
     if huge:
-        raise InputError(f"{where}: token {huge[0]} is out of range")
-    return tokens
+        token = huge[0] if len(huge[0]) <= SHOWN_CHARS else show_token(huge[0])
+        raise InputError(f"{where}: token {token} is out of range")
+    return [int(t) for t in parts]
 
 
 def _stdin_lines(flush: Callable[[], None]) -> Iterator[str]:

@@ -461,6 +461,31 @@ def test_sample_and_decode_into_a_closed_pipe_exit_0_quietly(exported, tmp_path)
                 assert proc.wait(timeout=120) == 0 and proc.stderr.read() == ""
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="a device whose writes fail with ENOSPC (Linux)")
+def test_decode_into_a_full_or_closed_stdout_says_so_in_one_line(exported):
+    """It ended in a traceback: OSError from a write into /dev/full, AttributeError from print() with stdout `>&-`."""
+    cmd = [CLI, "decode", "--model_dir", str(exported("gru").model_dir), "2 3 4"]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    message = "lit-seq2seq decode: error: cannot write the output to stdout: No space left on device\n"
+    assert (done.returncode, done.stderr) == (1, message)
+    closed = subprocess.run(" ".join(cmd[:-1]) + " '2 3 4' >&-", shell=True, capture_output=True, text=True)
+    message = "lit-seq2seq decode: error: stdout is closed: nowhere to write the output\n"
+    assert (closed.returncode, closed.stderr) == (1, message)
+
+
+def test_a_bad_line_is_shown_cut_in_its_one_line_error(exported, capsys):
+    """A 50 MB line made a 50 MB "one line" error; a 5,000-digit id one of 5,000 digits (and int() refuses those)."""
+    model_dir = exported("gru").model_dir
+    for line, shown in (
+        ("x" * 1_000_000, f"{'x' * 40!r}... (1,000,000 characters) is not a list of space-separated integer token ids"),
+        ("2 " + "1" * 5000, f"token {'1' * 40!r}... (5,000 characters) is out of range"),
+        ("2 " + "9" * 20, f"token {'9' * 20} is out of range"),
+    ):
+        code, out, err = cli_output(["decode", "--model_dir", model_dir], capsys, stdin=f"2 3\n{line}\n")
+        assert (code, out.count("\n")) == (2, 1) and err == f"lit-seq2seq decode: error: line 2: {shown}\n", err
+
+
 # --------------------------------------------------------------------- the base install and bundled configs
 
 

@@ -341,7 +341,7 @@ def test_node_decode_refuses_damaged_model_files(how, exported, other_exports, t
         ("2 3\n0 3\n", [], "line 2: source: empty sequence (starts with padding)"),
         ("2 3\n2 0 3\n", [], "line 2: source[2]: token after padding; pad only at the end"),
         ("2 3\n2 x\n", [], 'line 2: "2 x" is not a list of space-separated integer token ids'),
-        ("2 3\n2\ufeff3\n", [], 'line 2: "2\ufeff3" is not a list of space-separated integer token ids'),  # as Python
+        ("2 3\n2\ufeff3\n", [], 'line 2: "2\\u{FEFF}3" is not a list of space-separated integer token ids'),  # shown
         ("2 3\n1_3\n", [], 'line 2: "1_3" is not a list of space-separated integer token ids'),
         ("2 3\n2 99999999999999999999\n", [], "line 2: token 99999999999999999999 is out of range"),
         ("2 3\n2 3 4 5 6 7\n", [], "line 2: source: 6 tokens; this model was trained on sources of 1 to 5 tokens"),

@@ -277,11 +277,11 @@ export function checkPrintable(text, where) {
   throw new InputError(`${where}: ${kind} U+${hex} at character ${at}; texts must be printable`);
 }
 
-const SHOWN_CHARS = 40; // an unknown token in a message is cut to this many characters, as in Python
+export const SHOWN_CHARS = 40; // an unknown token in a message is cut to this many characters, as in Python
 
 // A token as messages show it: quoted, with invisible characters (format, separators other than the space) escaped,
 // so that "\u{200B}a" does not read as "a"; a long one (a line without spaces is one token) cut.
-function shown(token) {
+export function shown(token) {
   const chars = Array.from(token);
   if (chars.length > SHOWN_CHARS) {
     const length = chars.length.toLocaleString("en-US");

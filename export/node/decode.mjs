@@ -24,8 +24,10 @@ import {
   MAX_LENGTH_PENALTY,
   ModelFileError,
   PY_SPACE,
+  SHOWN_CHARS,
   checkPrintable,
   loadModel,
+  shown,
 } from "../js/lit_seq2seq.mjs";
 
 const USAGE =
@@ -152,11 +154,15 @@ function editDistance(a, b) {
 function parseIds(text, where) {
   const parts = text.split(PY_SPACE).filter(Boolean); // Python's whitespace and ASCII digits, as its decode reads ids
   if (!parts.every((p) => /^[+-]?\d+$/.test(p))) {
-    throw new InputError(`${where}: ${JSON.stringify(text.trim())} is not a list of space-separated integer token ids`);
+    // the line shown cut, as in Python: a 50 MB line made a 50 MB "one line" error
+    throw new InputError(`${where}: ${shown(text.trim())} is not a list of space-separated integer token ids`);
   }
   const ids = parts.map(Number);
-  const huge = ids.find((t) => !Number.isSafeInteger(t));
-  if (huge !== undefined) throw new InputError(`${where}: token ${parts[ids.indexOf(huge)]} is out of range`);
+  const at = ids.findIndex((t) => !Number.isSafeInteger(t));
+  if (at >= 0) {
+    const token = parts[at].length <= SHOWN_CHARS ? parts[at] : shown(parts[at]);
+    throw new InputError(`${where}: token ${token} is out of range`);
+  }
   return ids;
 }
 
