@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch import callbacks
 from lightning.pytorch.trainer.states import TrainerFn
 
+from lit_seq2seq.atomic import replacing
 from lit_seq2seq.metrics import answer_tokens
 
 
@@ -112,7 +113,9 @@ class PredictionWriter(L.Callback):
         data = getattr(trainer, "datamodule", None)
         spec = getattr(data, "text_spec", None)
         config = getattr(getattr(pl_module, "net", None), "config", None)
-        with path.open("w", encoding="utf-8") as f:
+        # Through a temporary moved into place at the end: a Ctrl-C while writing left a predictions.tsv cut at a
+        # line's end, nothing telling it from a whole one.
+        with replacing(path, fsync=False) as (temporary,), temporary.open("w", encoding="utf-8") as f:
             if spec is None:
                 f.write("source\ttarget\tprediction\n")
             else:  # file data: each row's line in the file (its source here is normalised, maybe lowercased)

@@ -228,9 +228,10 @@ def stopped_by_sigterm(prog: str) -> Iterator[None]:
     code 143, as a shell reports a process that SIGTERM ended, in every process of a DDP run.
 
     During a fit, checkpoint.StopOnSigterm takes the signal and stops at a batch end with Lightning's
-    SIGTERMException (a SystemExit of code 0); validate/test/predict raise it from Lightning's own handler. Outside a
-    run the handler installed here stops at once: Lightning composes it into its own during a run, where it does
-    nothing.
+    SIGTERMException (a SystemExit of code 0); validate/test raise it from Lightning's own handler. Outside a run the
+    handler installed here stops at once. Lightning composes it into its own during a run, where it does nothing,
+    but in predict, whose loop never looks at Lightning's flag (the signal was ignored): it stops at once there too,
+    and predictions.tsv is not written (PredictionWriter writes it whole or not at all).
     """
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -239,7 +240,7 @@ def stopped_by_sigterm(prog: str) -> Iterator[None]:
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if signal.getsignal(signal.SIGTERM) is handler:  # not composed into Lightning's: no run is under way
+        if signal.getsignal(signal.SIGTERM) is handler or prog.endswith(" predict"):  # no run, or predict's
             raise _Terminated
 
     previous = signal.signal(signal.SIGTERM, handler)

@@ -3,6 +3,7 @@ checkpoints, test, predict, repeated runs and determinism. Every config's fit/te
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +28,7 @@ from conftest import (
 )
 
 from lit_seq2seq.data import Seq2SeqDataModule
+from lit_seq2seq.metrics import answer_tokens
 from lit_seq2seq.module import Seq2SeqModule
 
 pytestmark = [
@@ -515,6 +517,38 @@ def test_predict_writes_predictions_tsv(trained):
     assert all(len(s) == 4 and len(t) == 2 and len(p) == 2 for s, t, p in rows)
     assert all(t == s[:2][::-1] for s, t, _ in rows)
     assert sum(p == t for _, t, p in rows) / len(rows) > LEARNED
+
+
+def test_sigterm_or_ctrl_c_during_predict_leaves_no_predictions_tsv(trained, monkeypatch, capsys):
+    """SIGTERM was ignored by predict's loop (it ran to the end); a Ctrl-C while predictions.tsv was being written
+    left it cut at a line's end, nothing telling it from a whole one."""
+    from lit_seq2seq import callbacks
+
+    step = Seq2SeqModule.predict_step
+
+    def terminated_at_batch_1(self: Seq2SeqModule, batch: Any, batch_idx: int, *args: Any) -> Any:
+        if batch_idx == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` does: the handler runs before the next line
+        return step(self, batch, batch_idx, *args)
+
+    args = ["predict", *TASK, "--ckpt_path", "best", "--data.batch_size", "16", *root_args(trained)]
+    before = set(version_dirs(trained))
+    monkeypatch.setattr(Seq2SeqModule, "predict_step", terminated_at_batch_1)
+    code, err = cli_exit(args, capsys)
+    assert code == 143 and err.endswith("lit-seq2seq predict: stopped by SIGTERM\n") and "Traceback" not in err, err
+    monkeypatch.undo()
+    written = []
+
+    def interrupted_at_row_50(row: list[int], eos: int | None, pad: int) -> list[int]:
+        written.append(row)
+        if len(written) == 3 * 50:  # three columns a row
+            raise KeyboardInterrupt
+        return answer_tokens(row, eos, pad)
+
+    monkeypatch.setattr(callbacks, "answer_tokens", interrupted_at_row_50)
+    assert cli_exit(args, capsys)[0] != 0
+    runs = set(version_dirs(trained)) - before
+    assert len(runs) == 2 and not [p for run in runs for p in run.iterdir() if "predictions" in p.name]
 
 
 # --------------------------------------------------------------------------------- repeated runs, determinism
