@@ -699,6 +699,12 @@ class Seq2SeqCLI(LightningCLI):
             if self.subcommand == "fit" and not self._fine_tune:
                 self._check_same_settings(self._checkpoint, configured)
                 self._resumed_at = self._checkpoint.get("global_step")
+                epoch, last = self._checkpoint.get("epoch", 0), self.trainer.max_epochs
+                if last is not None and last != -1 and epoch > last:  # Lightning's traceback, in the run folder
+                    self.parser.error(
+                        f"--trainer.max_epochs {last}: the checkpoint is in epoch {epoch} (step {self._resumed_at}), "
+                        f"past that end: nothing to train; give --trainer.max_epochs {epoch + 1} or more to go on"
+                    )
             elif hasattr(self.datamodule, "text_differences"):  # the ids must mean the tokens the model learned
                 self._check_same_text(self._checkpoint)
             self._check_model_matches(self._checkpoint)

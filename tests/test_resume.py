@@ -359,6 +359,17 @@ def test_sigterm_stops_at_a_batch_end_writes_last_ckpt_and_resumes_bit_identical
     assert_same_as(in_tmp, matrix_reference)
 
 
+def test_a_resume_past_a_lowered_max_epochs_is_one_line_exit_2(matrix_reference, in_tmp, capsys):
+    """The matrix fit stops at step 50, mid-epoch 2; resumed with max_epochs 1 it raised Lightning's traceback from
+    inside a new, empty run folder."""
+    last = newest_last(matrix_reference)
+    args = ["fit", *MATRIX, "--trainer.max_epochs", "1", "--ckpt_path", last, *root_args(in_tmp)]
+    code, err = cli_exit(args, capsys)
+    message = "--trainer.max_epochs 1: the checkpoint is in epoch 2 (step 50), past that end: nothing to train; give "
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not list(in_tmp.glob("version_*"))
+
+
 def test_sigterm_amid_gradient_accumulation_stops_at_the_next_optimizer_step(tmp_path, capsys):
     """A stop after a batch that only accumulated would resume without its gradients."""
     accumulated = [*MATRIX, "--trainer.accumulate_grad_batches", "2"]
