@@ -977,6 +977,15 @@ def _check_writable(root: str | os.PathLike, parser: LightningArgumentParser) ->
         parser.error(
             f"--trainer.default_root_dir {root}: cannot make a folder in {existing} ({why}); pass a writable folder"
         )
+    # The logger numbers run folders past the version_N folders it sees, not files: one of those names a file
+    # (version_0, or version_11 beside version_10/) made its mkdir fail with a traceback
+    if os.path.isdir(root):
+        files = sorted(e.name for e in os.scandir(root) if re.fullmatch(r"version_\d+", e.name) and not e.is_dir())
+        if files:
+            parser.error(
+                f"--trainer.default_root_dir {root}: {files[0]} is a file, where run folders are numbered; move it "
+                "or pass another folder"
+            )
 
 
 # A scheduler's progress, not its settings (and what torch derives from them).

@@ -346,6 +346,18 @@ def test_an_unwritable_root_dir_is_refused_before_anything_starts(command, unwri
     assert not (folder / "runs").exists()
 
 
+@pytest.mark.parametrize("folders, file", [([], "version_0"), (["version_10"], "version_11")])
+def test_a_file_named_as_a_run_folder_is_refused_before_anything_starts(folders, file, in_tmp, capsys):
+    """The logger numbers runs past the version_N folders it sees: mkdir of the one a file holds failed, a traceback."""
+    for name in folders:
+        (in_tmp / name).mkdir()
+    (in_tmp / file).write_text("mine")
+    code, _, err = cli_output([*FIT, *root_args(in_tmp)], capsys)
+    message = f"lit-seq2seq fit: error: --trainer.default_root_dir {in_tmp}: {file} is a file, where run folders are"
+    assert code == 2 and err.startswith(message) and err.count("\n") == 1, err
+    assert sorted(p.name for p in in_tmp.iterdir()) == sorted([*folders, file])
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
 def test_a_root_dir_where_no_folder_can_be_made_is_refused(in_tmp, capsys):
     """/proc passes os.access for root, but mkdir fails there: a traceback from the logger's mkdir before."""
