@@ -48,6 +48,11 @@ def main(args: Sequence[str] | None = None) -> int:
     if command and command not in LIGHTNING_COMMANDS and command not in OWN_COMMANDS:
         print(f"lit-seq2seq: error: unknown command {command!r} (choose from {known})", file=sys.stderr)
         sys.exit(2)
+    try:
+        _check_flag_bytes(args)
+    except InputError as error:
+        print(f"{_prog(command)}: error: {error}", file=sys.stderr)
+        sys.exit(2)
     if command in LIGHTNING_COMMANDS or command == "export" or command not in OWN_COMMANDS:
         _require_train_extra(command, args)
         # OpenMP reads this once, when torch loads it: so before any torch import. Its default, spin-waiting, made a
@@ -391,6 +396,8 @@ def _run_decode(o: argparse.Namespace) -> int:
     for number, line in enumerate(o.sequences or _stdin_lines(decode_batch), 1):
         source_text, tab, target = line.partition("\t")
         try:
+            if o.sequences:
+                _check_argument_bytes(line, number)
             source = _parse_tokens(source_text, f"{label} {number}")
             try:
                 model.check_source(np.asarray(source, dtype=np.int64), allow_untrained_lengths=allow)
@@ -576,14 +583,33 @@ def _unscored(count: int, label: str) -> str:
     return f"; {count} {label}{'s' if count != 1 else ''} without a reference not scored" if count else ""
 
 
-def _check_argument_bytes(text: str, number: int) -> None:
-    """InputError for a command-line argument that was not UTF-8: Python hands its bytes over as lone surrogates
-    (U+DC80-U+DCFF), which the text checks would misname."""
+def _bad_bytes(text: str) -> str:
+    """ "invalid UTF-8 (byte 0xff at character 4)" for a command-line argument that was not UTF-8 (Python hands its
+    bytes over as lone surrogates, U+DC80-U+DCFF, which later checks would misname), else ""."""
     for position, char in enumerate(text, 1):
         if 0xDC80 <= ord(char) <= 0xDCFF:
-            raise InputError(
-                f"argument {number}: invalid UTF-8 (byte 0x{ord(char) - 0xDC00:02x} at character {position})"
-            )
+            return f"invalid UTF-8 (byte 0x{ord(char) - 0xDC00:02x} at character {position})"
+    return ""
+
+
+def _check_argument_bytes(text: str, number: int) -> None:
+    """InputError naming decode's argument `number` if it was not UTF-8."""
+    if bad := _bad_bytes(text):
+        raise InputError(f"argument {number}: {bad}")
+
+
+def _check_flag_bytes(args: Sequence[str]) -> None:
+    """InputError naming the first flag whose value was not UTF-8 (decode checks its texts itself, line by line): a
+    folder name that is not UTF-8 failed deep inside jsonargparse or torch's ONNX exporter, in tens of lines."""
+    for i, arg in enumerate(args):
+        if arg.startswith("--") and "=" in arg:
+            flag, value = arg.split("=", 1)
+        elif i and args[i - 1].startswith("-") and not arg.startswith("-"):
+            flag, value = args[i - 1], arg
+        else:
+            continue
+        if bad := _bad_bytes(value):
+            raise InputError(f"{flag}: {bad}; file and folder names must be UTF-8")
 
 
 def _hint_json(message: str, text: str) -> str:

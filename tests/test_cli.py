@@ -474,6 +474,27 @@ def test_decode_into_a_full_or_closed_stdout_says_so_in_one_line(exported):
     assert (closed.returncode, closed.stderr) == (1, message)
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["export", "--ckpt_path", "x.ckpt", "--output_dir", "bad\udcffname/out"], "export: error: --output_dir: "
+         "invalid UTF-8 (byte 0xff at character 4); file and folder names must be UTF-8"),
+        (["fit", "--trainer.default_root_dir=/tmp/bad\udcffname"], "fit: error: --trainer.default_root_dir: invalid "
+         "UTF-8 (byte 0xff at character 9); file and folder names must be UTF-8"),
+        (["decode", "--model_dir", "m", "13 28 \udcff"], "decode: error: argument 1: invalid UTF-8 (byte 0xff at "
+         "character 7)"),  # an id model's argument too; the model folder is checked later
+    ],
+    ids=["export", "fit", "decode"],
+)  # fmt: skip
+def test_arguments_that_are_not_utf8_are_named_in_one_line(args, message, exported, capsys):
+    """A folder named in bytes that are not UTF-8 failed in tens of lines: jsonargparse's Union report, or torch's
+    ONNX exporter printing its graph."""
+    if args[0] == "decode":
+        args[2] = str(exported("gru").model_dir)
+    code, err = cli_exit(args, capsys)
+    assert (code, err) == (2, f"lit-seq2seq {message}\n")
+
+
 def test_a_bad_line_is_shown_cut_in_its_one_line_error(exported, capsys):
     """A 50 MB line made a 50 MB "one line" error; a 5,000-digit id one of 5,000 digits (and int() refuses those)."""
     model_dir = exported("gru").model_dir
