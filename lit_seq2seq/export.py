@@ -710,14 +710,23 @@ def _staging(target: Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _swap_in(stage: Path, target: Path) -> None:
-    """Put the folder `stage` at `target` in one step; a previous folder at `target` ends up at `stage`'s name.
+def _swap_in(stage: Path, target: Path, shown: Path, overwrite: bool) -> None:
+    """Put the folder `stage` at `target` in one step; a previous folder at `target` ends up at `stage`'s name. Without
+    `overwrite`, an export another process wrote there meanwhile (none was there at the start) is kept: ValueError.
 
     Where RENAME_EXCHANGE is missing: two renames, the previous folder first moved aside (locked) to .NAME.old-PID-HEX.
     A process killed between the two leaves it there, and the next export restores it (`clean_leftovers`)."""
     if not os.path.lexists(target):
-        os.rename(stage, target)
-        return
+        try:
+            os.rename(stage, target)
+            return
+        except OSError as error:  # made meanwhile
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+    if not overwrite and any((target / name).exists() for name in EXPORT_FILES):
+        raise ValueError(
+            f"--output_dir {shown}: another export wrote it while this one ran; pass --overwrite to replace it"
+        )
     os.chmod(stage, stat.S_IMODE(target.stat().st_mode))  # the folder keeps its permissions
     if _rename_exchange(stage, target):
         return
@@ -743,8 +752,8 @@ def _fsync(path: Path) -> None:
 def _write_error(shown: Path, target: Path, error: OSError, previous: bool) -> ExportWriteError:
     """One line naming the folder, the cause and what to do."""
     name = os.fsdecode(error.filename) if error.filename else ""
-    if not name or name.startswith(str(target.parent / f".{target.name}.")):
-        name = str(target.parent)  # inside the staging folder: a path the user never sees
+    if not name or name.startswith(str(target.parent / f".{target.name}.")) or Path(name) == bundled.contract_path():
+        name = str(target.parent)  # inside the staging folder (a path the user never sees), or the contract's source
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         what = f"no space left on the device of {name}: free some space or choose another --output_dir"
     elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
@@ -813,7 +822,7 @@ def export_checkpoint(
             for path in stage.iterdir():  # on disk before the swap: a power cut cannot surface empty files
                 _fsync(path)
             _refuse_foreign(target, out, set(EXPORT_FILES) | set(os.listdir(stage)))  # anything added meanwhile
-            _swap_in(stage, target)
+            _swap_in(stage, target, out, overwrite)
         with contextlib.suppress(OSError):  # the rename on disk too; some systems cannot open or fsync a folder
             _fsync(target.parent)
     except OSError as error:

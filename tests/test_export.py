@@ -401,9 +401,10 @@ def test_a_wrong_greedy_graph_fails_verification_and_nothing_is_written(exported
         ])  # fmt: skip
         return model
 
+    ckpt = exported("gru").ckpt  # built before the patch (the fixture exports it on first use)
     monkeypatch.setattr(export_module, "greedy_model", off_by_one)
     with pytest.raises(ExportVerificationError, match="greedy tokens differ between onnxruntime \\(greedy.onnx\\)"):
-        export_checkpoint(exported("gru").ckpt, tmp_path / "fresh", verify_samples=8)
+        export_checkpoint(ckpt, tmp_path / "fresh", verify_samples=8)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -137,6 +137,40 @@ def test_a_fault_at_any_step_of_a_first_export_creates_nothing(step, exported, t
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_while_copying_the_contract_names_the_output_folder(exported, tmp_path, monkeypatch, capsys):
+    """The error named the contract's source (export/README.md in the package) as the full device."""
+    from lit_seq2seq import bundled
+
+    def full(source: Path, destination: Path) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(bundled.contract_path()))
+
+    ckpt = exported("gru").ckpt  # built before the patch
+    monkeypatch.setattr(export_module.shutil, "copyfile", full)
+    code, _, err = cli_output(export_args(ckpt, tmp_path / "model"), capsys)
+    assert code == 2 and f"no space left on the device of {tmp_path}: free some space" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_written_meanwhile_by_another_is_kept_without_overwrite(exported, tmp_path, monkeypatch, capsys):
+    """Two exports into one new folder at once: both succeeded, the second replacing the first without --overwrite."""
+    out, verify = tmp_path / "model", export_module.verify
+    other, ckpt = exported("lstm").model_dir, exported("gru").ckpt  # built before the patch
+
+    def another_export_finishes_meanwhile(*args: object) -> object:
+        report = verify(*args)
+        shutil.copytree(other, out)
+        return report
+
+    monkeypatch.setattr(export_module, "verify", another_export_finishes_meanwhile)
+    code, _, err = cli_output(export_args(ckpt, out), capsys)
+    message = f"--output_dir {out}: another export wrote it while this one ran; pass --overwrite to replace it\n"
+    assert code == 2 and err.endswith(message), err
+    assert snapshot(out) == snapshot(other) and siblings(out) == []
+    shutil.rmtree(out)  # the same race with --overwrite: this export replaces the other one
+    assert run_cli(export_args(ckpt, out, "--overwrite")) == 0
+    assert OnnxSeq2Seq.load(out).cell == "gru" and siblings(out) == []
+
+
 # ---------------------------------------------------------------------- a kill at each step, in a subprocess
 
 KILL = """
