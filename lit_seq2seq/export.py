@@ -37,9 +37,10 @@ from torch import Tensor, nn
 from lit_seq2seq import __version__, bundled, contract
 from lit_seq2seq.atomic import pid_alive
 from lit_seq2seq.checkpoint import read_checkpoint
+from lit_seq2seq.metrics import score
 from lit_seq2seq.model import Seq2Seq
 from lit_seq2seq.runtime import OnnxSeq2Seq
-from lit_seq2seq.search import plain, to_width
+from lit_seq2seq.search import plain
 from lit_seq2seq.tasks import Task, task_from_hparams
 from lit_seq2seq.text import EOS_ID, ID_ONLY_METADATA, TEXT_KEY, TextSpec, read_text_entry
 
@@ -568,8 +569,8 @@ def verify(net: Seq2Seq, task: Task, model_dir: Path, samples: int) -> ExportRep
         raise ExportVerificationError(f"beam-search tokens differ between onnxruntime and PyTorch ({beam_rows} rows)")
     text = getattr(task, "text", None)
     exact = None
-    if target is not None:
-        exact = float((to_width(got, target.shape[1], net.config.pad_token) == target).all(1).mean())
+    if target is not None:  # scored as test and decode score: each answer up to its end (metrics.score)
+        exact = score(got, target[:, None], net.config.eos_token, net.config.pad_token).exact_match
     return ExportReport(model_dir, enc_diff, dec_diff, samples, beam_rows, exact, text)
 
 

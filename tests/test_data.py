@@ -265,3 +265,16 @@ def test_a_fit_without_validation_samples_says_so():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Seq2SeqDataModule(**SMALL).setup("fit")
+
+
+@pytest.mark.parametrize("size, world", [(101, 2), (10, 3), (2, 4)])
+def test_shard_samplers_of_all_ranks_cover_the_split_once_in_order(size, world):
+    """Each val/test/predict row on exactly one rank, none repeated (DistributedSampler pads with repeats); a sampler
+    that gave every rank rank 0's rows was caught only by a slow DDP test's exact match of 0.0 against 0.0099."""
+    from lit_seq2seq.data import ShardSampler
+
+    shards = [list(ShardSampler(range(size), num_replicas=world, rank=rank)) for rank in range(world)]
+    assert sorted(i for shard in shards for i in shard) == list(range(size))
+    assert all(shard == sorted(shard) and len(shard) == len(ShardSampler(range(size), world, r)) for r, shard in
+               enumerate(shards))  # fmt: skip
+    assert shards[1][:2] == [1, 1 + world][: len(shards[1])]

@@ -408,6 +408,75 @@ def test_a_wrong_greedy_graph_fails_verification_and_nothing_is_written(exported
     assert list(tmp_path.iterdir()) == []
 
 
+def _diffs(message: str) -> tuple[float, float]:
+    """(encoder, decoder step) of verify's parity message."""
+    import re
+
+    found = re.search(r"encoder max abs diff (\S+), decoder step (\S+) ", message)
+    return float(found[1]), float(found[2])
+
+
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        # each check alone: a mutation that dropped one of them left every other test passing
+        ("step", "ONNX outputs differ from PyTorch"),
+        ("_greedy_steps", "greedy tokens differ between onnxruntime (the two-graph loop) and PyTorch on 8 of 8"),
+        ("beam_search", "beam-search tokens differ between onnxruntime and PyTorch (8 rows)"),
+        ("checker", "onnx.checker rejected encoder.onnx: "),
+    ],
+)
+def test_each_verification_check_alone_refuses_the_export(broken, message, exported, tmp_path, monkeypatch):
+    ckpt, out = exported("gru").ckpt, tmp_path / "fresh"  # built before the patch
+    methods = {name: getattr(OnnxSeq2Seq, name) for name in ("step", "_greedy_steps", "beam_search")}
+    if broken == "step":  # the decoder step's logits off by 1e-2, its encoder exact
+
+        def step(self: OnnxSeq2Seq, *args: object, **kwargs: object) -> object:
+            logits, state = methods["step"](self, *args, **kwargs)
+            return logits + 1e-2, state
+
+        monkeypatch.setattr(OnnxSeq2Seq, "step", step)
+    elif broken == "_greedy_steps":  # greedy.onnx stays right
+        monkeypatch.setattr(OnnxSeq2Seq, broken, lambda self, *a: methods[broken](self, *a) + 1)
+    elif broken == "beam_search":
+        monkeypatch.setattr(OnnxSeq2Seq, broken, lambda self, *a, **k: (methods[broken](self, *a, **k)[0] + 1, None))
+    else:
+
+        def reject(path: str, full_check: bool = False) -> None:
+            raise onnx.checker.ValidationError("a dangling input")
+
+        monkeypatch.setattr(export_module.onnx.checker, "check_model", reject)
+    with pytest.raises(ExportVerificationError) as error:
+        export_checkpoint(ckpt, out, verify_samples=8)
+    assert message in str(error.value), error.value
+    if broken == "step":
+        encoder, decoder = _diffs(str(error.value))
+        assert encoder <= export_module.PARITY_TOL < decoder  # the decoder alone fails it
+    assert not out.exists()
+
+
+def test_the_exported_models_exact_match_is_the_runtimes_scored_as_test_scores(exported, tmp_path):
+    """The figure export prints: it compared whole rows of the graph's output with the targets."""
+    from lit_seq2seq.metrics import score
+    from lit_seq2seq.search import to_width
+
+    report = export_checkpoint(exported("gru").ckpt, tmp_path / "m", verify_samples=64)
+    net, task = load_checkpoint(exported("gru").ckpt)
+    source, target = task.sample(64, np.random.default_rng(20261128))  # verify's own draw
+    tokens = OnnxSeq2Seq.load(tmp_path / "m").greedy(source)
+    expected = score(tokens, target[:, None], net.config.eos_token, net.config.pad_token).exact_match
+    some_token_right = float((to_width(tokens, target.shape[1], net.config.pad_token) == target).any(1).mean())
+    assert report.exact_match == expected < some_token_right  # an untrained net: a figure that tells them apart
+    assert f"exact match of the exported model on those sources: {expected:.2%}" in str(report)
+
+
+def test_a_text_models_verification_sources_hold_every_trained_length(text_exported):
+    net, task = load_checkpoint(text_exported("trained").ckpt)
+    source, target = export_module._verify_sources(net, task, 64, np.random.default_rng(0))
+    lengths = (source != net.config.pad_token).sum(1)
+    assert target is None and set(lengths) == set(range(task.min_source_length, task.source_length + 1))
+
+
 def test_a_net_with_dropout_exports_and_stays_in_eval_mode(tmp_path):
     """torch.onnx.export hands its module back in the mode it found it in, recursively: the graph wrappers, built in
     training mode, used to switch the net's dropout back on, and the verification then compared ONNX with a PyTorch

@@ -68,6 +68,8 @@ def test_without_an_end_token_the_whole_row_is_the_answer() -> None:
     s = score(np.array([[5, 6, 0], [5, 0, 7]]), np.array([[[5, 6, 7]], [[5, 6, 7]]]), None, PAD)
     assert s.exact.tolist() == [False, False] and s.errors.tolist() == [1, 1]
     assert answer_tokens([5, 6, 0], None, PAD) == [5, 6, 0]
+    s = score(np.array([[5, 6]]), np.array([[[5, 6, 0]]]), None, PAD)  # a reference's padding is not its tokens
+    assert s.exact.tolist() == [True] and s.length.tolist() == [2]
 
 
 def test_absent_reference_slots_and_ties() -> None:

@@ -701,3 +701,14 @@ console.log(JSON.stringify(out));
     ]
     assert out[5] == "no error"
     assert out[6].startswith("InputError: decodeText: id 999 is not in the target vocabulary (0 to ")
+
+
+@pytest.mark.parametrize("line", ["3 4", "3 4 5 6 7"], ids=["shorter", "longer"])
+def test_node_decode_refuses_untrained_lengths_on_both_sides_as_python(line, exported, capsys):
+    """A model trained on exactly 4 tokens: a mutation that dropped the lower bound passed every Node and web test."""
+    model_dir = exported("lstm").model_dir
+    code, _, err = cli_output(["decode", "--model_dir", model_dir, line], capsys)
+    python = err.split("error: ", 1)[1].split(" (pass", 1)[0]  # the flags named differ
+    assert code == 2 and "this model was trained on sources of exactly 4 tokens" in python
+    assert_refused(node_decode(model_dir, f"{line}\n"), python.replace("argument 1", "line 1"))
+    assert node_decode(model_dir, f"{line}\n", "--allow-untrained-lengths").returncode == 0

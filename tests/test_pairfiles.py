@@ -248,6 +248,26 @@ def test_cache_hit_then_miss_on_a_changed_file_or_setting(tmp_path, monkeypatch)
     ]
 
 
+@pytest.mark.parametrize(
+    "source, target",
+    [
+        (Tokenizer("space"), SPACE),  # each field of the key alone: dropping one from it left every test passing
+        (Tokenizer("char", lowercase=True), SPACE),
+        (CHAR, Tokenizer("char")),
+        (CHAR, Tokenizer("space", lowercase=True)),
+    ],
+    ids=["source kind", "source lowercase", "target kind", "target lowercase"],
+)
+def test_every_tokenizer_setting_has_a_cache_of_its_own(source, target, tmp_path, monkeypatch):
+    path = write(tmp_path / "a.tsv", "Ab Cd\tA b\n")
+    read_pairs(path, CHAR, SPACE)  # cached with the defaults
+    calls = []
+    tsv_sides = pairfiles._tsv_sides
+    monkeypatch.setattr(pairfiles, "_tsv_sides", lambda *a: calls.append(1) or tsv_sides(*a))
+    got = read_pairs(path, source, target)
+    assert calls == [1] and rows(got) == [(source.split("Ab Cd"), target.split("A b"))]
+
+
 def test_a_damaged_cache_is_rebuilt(tmp_path):
     path = write(tmp_path / "a.tsv", "ab\tA B\n")
     read_pairs(path, CHAR, SPACE)

@@ -589,6 +589,16 @@ def test_a_list_holding_a_non_integer_is_named(cell, runtime_model):
     assert model.greedy([np.array([2, 3]), [2, 3]]).tolist() == model.greedy([[2, 3], [2, 3]]).tolist()
 
 
+@pytest.mark.parametrize("token", [-1, 9])
+def test_a_large_batch_is_range_checked_too(token, runtime_model):
+    """Past _PY_RANGE_CHECK_MAX tokens numpy checks the range: a mutation that skipped it passed every small case."""
+    model = runtime_model("lstm")  # vocabulary 9, sources of exactly 4 tokens
+    source = np.full((17, 4), 3)
+    source[11, 2] = token
+    with pytest.raises(ValueError, match=rf"^source\[11, 2\]: token {token} is out of range"):
+        model.greedy(source)
+
+
 def test_reference_ids_of_no_references_is_an_empty_batch(text_exported):
     model = OnnxSeq2Seq.load(text_exported("trained").model_dir)
     assert model.reference_ids([]).shape == (0, 0, 1)
