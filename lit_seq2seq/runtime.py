@@ -14,7 +14,7 @@ import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import onnxruntime as ort
@@ -22,8 +22,8 @@ import onnxruntime as ort
 from lit_seq2seq import contract
 from lit_seq2seq.contract import ModelFileError, check_content_hash
 from lit_seq2seq.metrics import answer_tokens
-from lit_seq2seq.search import beam_search, check_beam_settings, check_max_len, greedy_search, is_integer
-from lit_seq2seq.text import TextSpec, check_printable
+from lit_seq2seq.search import MAX_STEPS, beam_search, check_beam_settings, check_max_len, greedy_search, is_integer
+from lit_seq2seq.text import EOS_ID, PAD_ID, TextSpec, check_printable
 
 __all__ = ["ModelFileError", "OnnxSeq2Seq", "pad_batch"]
 
@@ -36,6 +36,9 @@ _BOUND_MAX_BATCH = 16  # greedy batches up to this size decode through pre-bound
 # pads to its longest row: 6,247 G2P words in one call took 1.7 GB and 6.0 s, 100,000 aborted the process at 16.7 GB;
 # in chunks of 256 sorted by length, 155 MB and 2.0 s, the same tokens (benchmarks/translate_batch.py; chunks of 64
 # to 2,048 rows: 2.1-2.9 s).
+# Longest source decoded, allow_untrained_lengths or not (and the longest an export may declare trained): onnxruntime's
+# LSTM holds every step's input projection, ~3 KB a token for a small test model (a 20,000,000-character line: 22 GB)
+MAX_SOURCE_TOKENS = 100_000
 CHUNK_ROWS = 256
 # Beam search holds K rows of state per source row (the attention memory is repeated per beam): its chunks hold at most
 # this many source rows x beams, so CHUNK_ROWS sources at beam size 4 and one at 1,024 (32 G2P words at beam 1,024 in
@@ -227,10 +230,54 @@ class OnnxSeq2Seq:
         self.state_names = contract.state_names(self.cell, self.attention)
         self.recurrent = [n for n in self.state_names if n in contract.RECURRENT]
         self._step_outputs = contract.decoder_io(self.cell, self.attention)[1]
+        self._check_metadata(where)
         self._local = threading.local()  # per-thread _BoundGreedy cache
         self._bindable = all(
             s.get_providers() == ["CPUExecutionProvider"] for s in (encoder, decoder)
         )  # pre-bound CPU buffers would add copies on other providers
+
+    def _check_metadata(self, where: str) -> None:
+        """ModelFileError naming the key whose value an export cannot hold (metadata written or edited by hand, the
+        content hash stamped again): each was used unchecked, to loop a billion steps (max_target_length), decode with
+        an end token greedy.onnx does not know, or fail inside onnxruntime at the first call."""
+
+        def refuse(key: str, value: Any, expected: str) -> NoReturn:
+            raise ModelFileError(f"{where}: metadata {key} is {value!r}, {expected}")
+
+        for key in ("source_vocab_size", "target_vocab_size", "num_layers", "hidden_size", "min_source_length"):
+            if getattr(self, key) < 1:
+                refuse(key, getattr(self, key), "at least 1 expected")
+        if not 1 <= self.max_target_length <= MAX_STEPS:
+            refuse("max_target_length", self.max_target_length, f"1 to {MAX_STEPS} expected")
+        if not self.min_source_length <= self.source_length <= MAX_SOURCE_TOKENS:
+            refuse("source_length", self.source_length, f"min_source_length to {MAX_SOURCE_TOKENS:,} expected")
+        if (self.memory_dim > 0) != self.attention or self.memory_dim < 0:
+            refuse("memory_dim", self.memory_dim, "above 0 with attention, else 0, expected")
+        ids = {"pad_token": self.pad_token, "start_token": self.start_token, "eos_token": self.eos_token}
+        for key, token in ids.items():
+            if token is not None and not 0 <= token < self.target_vocab_size:
+                refuse(key, token, f"a target id (0 to {self.target_vocab_size - 1}) expected")
+        if not 0 <= self.min_token < self.source_vocab_size or self.min_token <= self.pad_token:
+            refuse("min_token", self.min_token, "above pad_token and below source_vocab_size expected")
+        if self.text is not None and (self.pad_token, self.eos_token) != (PAD_ID, EOS_ID):  # what the text code reads
+            refuse("pad_token, eos_token", (self.pad_token, self.eos_token), f"{PAD_ID}, {EOS_ID} for a text model")
+        # The sizes the graphs declare (what metadata copied from another export would contradict): h's width, the
+        # memory's, the logits'
+        declared = {
+            ("hidden_size", self.hidden_size): [(self.decoder, contract.H, 2), (self.encoder, contract.H, 2)],
+            ("target_vocab_size", self.target_vocab_size): [(self.decoder, contract.LOGITS, 1)],
+        }
+        if self.attention:
+            declared[("memory_dim", self.memory_dim)] = [
+                (self.decoder, contract.MEMORY, 2),
+                (self.encoder, contract.MEMORY, 2),
+            ]
+        for (key, size), places in declared.items():
+            for session, name, axis in places:
+                ios = {io.name: io.shape for io in (*session.get_inputs(), *session.get_outputs())}
+                dim = (ios.get(name) or [None] * (axis + 1))[axis]
+                if isinstance(dim, int) and dim != size:
+                    refuse(key, size, f"but the graphs' {name} has {dim} on axis {axis}")
 
     @classmethod
     def load(
@@ -272,7 +319,7 @@ class OnnxSeq2Seq:
                 raise ValueError(f"{name} must be an integer >= 0 (0: onnxruntime's default), got {threads!r}")
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = int(intra_op_threads), int(inter_op_threads)
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # fatal only: an app's stderr is its own; failures are raised, not printed
         encoder, enc_meta = _session(root / contract.ENCODER_FILE, options, providers, verify_hash)
         decoder, dec_meta = _session(root / contract.DECODER_FILE, options, providers, verify_hash)
         metas = [(contract.ENCODER_FILE, enc_meta), (contract.DECODER_FILE, dec_meta)]
@@ -348,6 +395,11 @@ class OnnxSeq2Seq:
             raise ValueError("source: empty batch")
         if source.shape[1] == 0:
             raise ValueError("source: empty sequence (source_len is 0)")
+        if source.shape[1] > MAX_SOURCE_TOKENS:  # allow_untrained_lengths or not: the memory it would take
+            raise ValueError(
+                f"source: {source.shape[1]:,} tokens wide; at most {MAX_SOURCE_TOKENS:,} are decoded (onnxruntime's "
+                "RNN holds every step's input projection)"
+            )
         # Fast accept, the common case: every token in range and no padding anywhere. Then none of the checks
         # below can fail; anything else takes them to find (and name) the first bad position.
         if source.size <= _PY_RANGE_CHECK_MAX:  # a Python min/max over a short list beats two numpy reductions
@@ -578,8 +630,10 @@ class OnnxSeq2Seq:
         ids = spec.encode(text, where)  # normalises, lowercases, splits; names an unknown token and its position
         if not ids:
             raise ValueError(f"{where}: no tokens (only whitespace; the {spec.source.kind} tokenizer splits on it)")
+        unit = "character" if spec.source.kind == "char" else "token"
+        if len(ids) > MAX_SOURCE_TOKENS:  # allow_untrained_lengths or not (a 20,000,000-character line took 22 GB)
+            raise ValueError(f"{where}: {len(ids):,} {unit}s; at most {MAX_SOURCE_TOKENS:,} are decoded")
         if not allow_untrained_lengths and not self.min_source_length <= len(ids) <= self.source_length:
-            unit = "character" if spec.source.kind == "char" else "token"
             raise ValueError(self._untrained_length(where, len(ids), unit, spec.as_read(text)))
         return ids
 

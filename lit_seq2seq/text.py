@@ -152,6 +152,19 @@ class TextSpec:
     source_vocab: Vocab
     target_vocab: Vocab
 
+    def __post_init__(self) -> None:
+        # What a tokenizer can make: an export whose metadata was written by hand (or edited) could hold a target
+        # token with a newline (one decoded line out became two) or one no source text can ever split into.
+        for side, tokenizer, vocab in (
+            ("source", self.source, self.source_vocab),
+            ("target", self.target, self.target_vocab),
+        ):
+            for token in vocab.tokens[len(vocab.head(vocab.has_unk)) :]:
+                if not isinstance(token, str) or not token or CONTROL.search(token):
+                    raise ValueError(f"{side}_tokens holds {token!r}: tokens are non-empty printable strings")
+                if tokenizer.split(token) != [token]:  # one code point (char), no whitespace (space); as normalised
+                    raise ValueError(f"{side}_tokens holds {token!r}, which the {tokenizer.kind} tokenizer never makes")
+
     def encode(self, text: str, where: str = "") -> list[int]:
         """Source ids of one text (not padded); errors name `where`, and the text the model reads where it differs
         from `text` (the position counts in it)."""
@@ -168,7 +181,7 @@ class TextSpec:
         if read == text:
             return ""
         how = " and ".join(h for h, changed in (("NFC", normal != text), ("lowercased", read != normal)) if changed)
-        return f" of {read!r}, the text as the model reads it ({how})"
+        return f" of {show_token(read)}, the text as the model reads it ({how})"  # cut: a message, not the input
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of one row of target ids (stops at the end token)."""
@@ -218,6 +231,9 @@ class TextSpec:
         unk = meta.get("unk_token", "")
         if unk not in ("", str(UNK_ID)):
             raise ValueError(f"unk_token must be empty or {UNK_ID}, got {unk!r}")
+        for key in ("source_lowercase", "target_lowercase"):
+            if meta.get(key) not in ("0", "1"):  # "2" or "yes" read as false
+                raise ValueError(f"{key} must be 0 or 1, got {meta.get(key)!r}")
         return cls(
             Tokenizer(meta["source_tokenizer"], meta["source_lowercase"] == "1"),
             Tokenizer(meta["target_tokenizer"], meta["target_lowercase"] == "1"),

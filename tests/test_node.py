@@ -317,9 +317,10 @@ def test_node_module_limits_are_the_python_runtimes():
     """Copied by hand into the JS module (no shared file between the two languages): this keeps them equal."""
     from lit_seq2seq import runtime, search
 
-    names = ["MAX_STEPS", "CHUNK_ROWS", "BEAM_CHUNK_ROWS", "MAX_BEAM_SIZE", "MAX_LENGTH_PENALTY", "BATCH_AXIS"]
-    result = node_script(f"console.log(JSON.stringify([{', '.join(f'lit.{n}' for n in names)}]));")
-    python = [search.MAX_STEPS, runtime.CHUNK_ROWS, runtime.BEAM_CHUNK_ROWS, search.MAX_BEAM_SIZE]
+    names = ["MAX_STEPS", "MAX_SOURCE_TOKENS", "CHUNK_ROWS", "BEAM_CHUNK_ROWS", "MAX_BEAM_SIZE", "MAX_LENGTH_PENALTY"]
+    result = node_script(f"console.log(JSON.stringify([{', '.join(f'lit.{n}' for n in [*names, 'BATCH_AXIS'])}]));")
+    python = [search.MAX_STEPS, runtime.MAX_SOURCE_TOKENS, runtime.CHUNK_ROWS, runtime.BEAM_CHUNK_ROWS]
+    python += [search.MAX_BEAM_SIZE]
     assert json.loads(result.stdout) == [*python, search.MAX_LENGTH_PENALTY, dict(contract.BATCH_AXIS)]
 
 

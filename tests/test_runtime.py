@@ -691,3 +691,56 @@ def test_chunks_of_a_large_id_batch_decode_as_one_batch(name, runtime_model, mon
     np.testing.assert_allclose(beam[1], whole[2], rtol=1e-5)
     with pytest.raises(ValueError, match="^pad_batch: no rows$"):
         pad_batch([], model.pad_token)
+
+
+# Metadata no exporter writes, the content hash stamped again (by hand, or by an app that edits exports): each was
+# used unchecked, to loop a billion steps, decode with an end token greedy.onnx does not know, print a target token
+# holding a newline as two lines, or fail inside onnxruntime at the first call.
+HOSTILE_METADATA = [
+    ("gru", {"max_target_length": "1000000000"}, "metadata max_target_length is 1000000000, 1 to 4096 expected"),
+    ("gru", {"max_target_length": "0"}, "metadata max_target_length is 0, 1 to 4096 expected"),
+    ("gru", {"source_length": "1000000000000"}, "source_length is 1000000000000, min_source_length to 100,000"),
+    ("gru", {"min_source_length": "9"}, "metadata source_length is 5, min_source_length to 100,000 expected"),
+    ("gru", {"pad_token": "99"}, "metadata pad_token is 99, a target id (0 to 7) expected"),
+    ("gru", {"start_token": "999"}, "metadata start_token is 999, a target id (0 to 7) expected"),
+    ("gru", {"min_token": "-100"}, "metadata min_token is -100, above pad_token and below source_vocab_size"),
+    ("gru", {"hidden_size": "64"}, "metadata hidden_size is 64, but the graphs' h has 16 on axis 2"),
+    ("gru", {"num_layers": "-3"}, "metadata num_layers is -3, at least 1 expected"),
+    ("lstm_attention", {"memory_dim": "7"}, "metadata memory_dim is 7, but the graphs' memory has 16 on axis 2"),
+    ("lstm_attention", {"memory_dim": "0"}, "metadata memory_dim is 0, above 0 with attention, else 0, expected"),
+    ("text", {"eos_token": "3"}, "metadata pad_token, eos_token is (0, 3), 0, 1 for a text model"),
+    ("text", {"source_lowercase": "2"}, "text metadata is damaged (ValueError: source_lowercase must be 0 or 1, got"),
+    ("text", {"target_tokens": '["<pad>", "</s>", "A\\nB", "AH"]', "target_vocab_size": "4"},
+     "(ValueError: target_tokens holds 'A\\nB': tokens are non-empty printable strings)"),
+    ("text", {"target_tokens": '["<pad>", "</s>", "A B", "AH"]', "target_vocab_size": "4"},
+     "(ValueError: target_tokens holds 'A B', which the space tokenizer never makes)"),
+    ("text", {"source_tokens": '["<pad>", "</s>", "ab", "c"]', "source_vocab_size": "4"},
+     "(ValueError: source_tokens holds 'ab', which the char tokenizer never makes)"),
+    ("text", {"target_tokens": '["<pad>", "</s>", null, "AH"]', "target_vocab_size": "4"},
+     "(ValueError: target_tokens holds None: tokens are non-empty printable strings)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name, changes, message", HOSTILE_METADATA, ids=[f"{n}-{next(iter(c))}" for n, c, _ in HOSTILE_METADATA]
+)
+def test_metadata_no_export_writes_is_refused_at_load_naming_the_key(
+    name, changes, message, exported, text_exported, tmp_path
+):
+    source = text_exported("trained").model_dir if name == "text" else exported(name).model_dir
+    model_dir = tmp_path / "m"
+    shutil.copytree(source, model_dir)
+    for graph in contract.GRAPH_FILES:
+        restamp(model_dir / graph, **changes)
+    with pytest.raises(ModelFileError, match=re.escape(message)):
+        OnnxSeq2Seq.load(model_dir)
+
+
+def test_a_source_past_the_longest_decoded_is_refused_even_when_untrained_lengths_are_allowed(runtime_model):
+    """A 20,000,000-character line with --allow_untrained_lengths took 22 GB; the limit holds for ids and texts."""
+    from lit_seq2seq.runtime import MAX_SOURCE_TOKENS
+
+    model = runtime_model("gru")
+    wide = np.full((1, MAX_SOURCE_TOKENS + 1), 3)
+    with pytest.raises(ValueError, match=r"^source: 100,001 tokens wide; at most 100,000 are decoded"):
+        model.greedy(wide, allow_untrained_lengths=True)

@@ -193,6 +193,10 @@ def test_encode_texts_and_decode_ids(text_model):
         ("trained", ["ABE\u0301ABA"], r"texts\[0\]: 6 characters of 'abéaba', the text as the model reads it \(NFC and "
                                      r"lowercased\); this model was trained on sources of 1 to 5"),
         ("space_source", ["a " + "∆" * 5000], rf"texts\[0\]: unknown token '{'∆' * 40}'\.\.\. \(5,000 characters\)"),
+        # the text as read, cut too: a million-character text made a million-character message
+        ("trained", ["AX" + "b" * 999_998], r"texts\[0\]: unknown token 'x' at position 2 of 'axbbbbbbbbbbbbbbbbbbbbbb"
+                                           r"bbbbbbbbbbbbbbbb'\.\.\. \(1,000,000 characters\), the text as the model "
+                                           r"reads it \(lowercased\)$"),
     ],
 )  # fmt: skip
 def test_bad_texts_are_refused_naming_the_text_and_position(name, texts, message, text_model):
@@ -480,3 +484,9 @@ def test_reserved_strings_in_text_are_unknown_tokens_not_padding_or_an_end():
             spec.encode(text)
     with_unk = TextSpec(Tokenizer("space"), Tokenizer("space"), Vocab.build(["ka"], unk=True), Vocab.build(["A"]))
     assert with_unk.encode("ka <pad> </s> <unk>") == [3, 2, 2, 2]
+
+
+def test_a_text_past_the_longest_decoded_is_refused_even_when_untrained_lengths_are_allowed(text_model):
+    model, _, _ = text_model("trained")
+    with pytest.raises(ValueError, match=r"^texts\[0\]: 100,001 characters; at most 100,000 are decoded$"):
+        model.translate(["a" * 100_001], allow_untrained_lengths=True)

@@ -32,6 +32,9 @@ export const REQUIRED_KEYS = {
 };
 const OUT_SUFFIX = "_out";
 export const MAX_STEPS = 4096; // the Python runtime's limit for max_len
+// The Python runtime's longest source, allowUntrainedLengths or not: onnxruntime's RNN holds every step's input
+// projection (a 20,000,000-character line took 22 GB).
+export const MAX_SOURCE_TOKENS = 100_000;
 // Larger batches decode in chunks of this many rows of similar length, each cut to its longest row, as the Python
 // runtime does: onnxruntime's LSTM holds every step's input projection of the whole batch, padded to its longest row
 // (export/README.md, "Large batches").
@@ -508,6 +511,11 @@ export class Seq2Seq {
         throw new InputError("source: rows have different lengths; right-pad them with the pad token");
     }
     if (width === 0) throw new InputError("source: empty sequence (source_len is 0)");
+    if (width > MAX_SOURCE_TOKENS) {
+      const wide = `${width.toLocaleString("en-US")} tokens wide`;
+      const most = MAX_SOURCE_TOKENS.toLocaleString("en-US");
+      throw new InputError(`source: ${wide}; at most ${most} are decoded (onnxruntime's RNN holds every step's input projection)`);
+    }
     const { padToken: pad, minToken: lo, sourceVocabSize: vocab } = this;
     // Indices (0-based) as the caller holds them: source[r, c], source[c] for a single sequence, as Python names them.
     const where = (r, c) => {
@@ -851,8 +859,12 @@ export class Seq2Seq {
           `${where}: unknown token ${shown(tok)} at position ${j + 1} (not in the model's vocabulary)`,
         );
       });
+      const unit = this.meta.source_tokenizer === "char" ? "character" : "token";
+      if (ids.length > MAX_SOURCE_TOKENS) {
+        const count = `${ids.length.toLocaleString("en-US")} ${unit}s`;
+        throw new InputError(`${where}: ${count}; at most ${MAX_SOURCE_TOKENS.toLocaleString("en-US")} are decoded`);
+      }
       if (!allowUntrainedLengths && (ids.length < this.minSourceLength || ids.length > this.sourceLength)) {
-        const unit = this.meta.source_tokenizer === "char" ? "character" : "token";
         throw new InputError(this._untrainedLength(where, ids.length, unit, this._asRead(line, read)));
       }
       return ids;
@@ -867,7 +879,7 @@ export class Seq2Seq {
     if (read === text) return "";
     const normal = this.meta.normalization === "NFC" ? text.normalize("NFC") : text;
     const how = [normal !== text && "NFC", read !== normal && "lowercased"].filter(Boolean).join(" and ");
-    return ` of ${JSON.stringify(read)}, the text as the model reads it (${how})`;
+    return ` of ${shown(read)}, the text as the model reads it (${how})`; // cut: a message, not the input
   }
 
   /** Decoded ids (a row as greedy returns it) -> text. */
