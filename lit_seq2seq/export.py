@@ -449,7 +449,10 @@ def load_checkpoint(ckpt_path: str | os.PathLike) -> tuple[Seq2Seq, Task]:
     """The pure net and task of a `lit-seq2seq fit` checkpoint, read once with the checks of `read_checkpoint`. For a
     text model (one with a `text` entry) the task is a TextTask: `task.text` holds its TextSpec."""
     ckpt = read_checkpoint(ckpt_path)
-    net = Seq2Seq.from_checkpoint(ckpt)
+    try:
+        net = Seq2Seq.from_checkpoint(ckpt)
+    except ValueError as error:
+        raise ValueError(f"--ckpt_path {ckpt_path}: {error}") from None
     if ckpt.get(TEXT_KEY) is not None:
         return net, text_task(ckpt[TEXT_KEY], net, f"--ckpt_path {ckpt_path}")
     data = ckpt.get("datamodule_hyper_parameters") or {}

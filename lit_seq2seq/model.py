@@ -382,7 +382,13 @@ class Seq2Seq(nn.Module):
         ckpt = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
         net = cls(NetConfig.from_hparams(ckpt["hyper_parameters"]))
         prefix = "net."
-        net.load_state_dict({k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+        try:
+            net.load_state_dict({k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+        except RuntimeError as error:  # the weights hash covers the weights, not the hyperparameters beside them
+            first = str(error).strip().splitlines()[-1].strip()  # torch lists every mismatch: one names it
+            raise ValueError(
+                f"its weights do not fit the net its hyper_parameters describe (edited?): {first}"
+            ) from None
         return net.eval()
 
     def encode(self, source: Tensor, pack: bool | None = None) -> State:

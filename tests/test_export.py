@@ -538,3 +538,19 @@ def test_a_checkpoint_without_a_task_or_vocabularies_is_refused_not_exported_as_
     with pytest.raises(ValueError, match=r"bare.ckpt: no task to describe the export with: the checkpoint has neither"):
         export_checkpoint(tmp_path / "bare.ckpt", tmp_path / "onnx")
     assert not (tmp_path / "onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "field, value", [("hidden_size", 32), ("cell", "lstm")], ids=["hidden_size", "cell"]
+)  # the gru export: 16 units
+def test_a_checkpoint_whose_hyperparameters_were_edited_is_refused_in_one_line(
+    field, value, exported, tmp_path, capsys
+):
+    """The weights hash covers the weights, not the hyperparameters: export raised torch's size-mismatch traceback."""
+    checkpoint = torch.load(exported("gru").ckpt, weights_only=True)
+    checkpoint["hyper_parameters"]["net"][field] = value
+    torch.save(checkpoint, tmp_path / "edited.ckpt")
+    code, err = cli_exit(["export", "--ckpt_path", tmp_path / "edited.ckpt", "--output_dir", tmp_path / "o"], capsys)
+    message = f"--ckpt_path {tmp_path / 'edited.ckpt'}: its weights do not fit the net its hyper_parameters describe"
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
