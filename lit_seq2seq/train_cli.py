@@ -535,6 +535,7 @@ class Seq2SeqCLI(LightningCLI):
         _leave_process_group()
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self._given = [str(a) for a in (sys.argv[1:] if args is None else args)]  # the command line, as typed
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand:
@@ -621,6 +622,7 @@ class Seq2SeqCLI(LightningCLI):
             self.parser.error(f"--ckpt_path {ckpt_path}: {error}")
         hparams.pop("_instantiator", None)
         if hparams and subcommand != "fit":
+            self._refuse_other_model_flags(subcommand, hparams, ckpt_path)
             # test/validate/predict take the model's settings from the checkpoint; a fit states them (a resume is
             # checked against the checkpoint's, a fine-tune builds what its flags say)
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
@@ -647,6 +649,26 @@ class Seq2SeqCLI(LightningCLI):
         seed = self._get(self.config, "seed_everything")
         if seed is not False:
             L.seed_everything(seed, workers=True, verbose=False)
+
+    def _refuse_other_model_flags(self, subcommand: str, hparams: dict[str, Any], ckpt_path: str) -> None:
+        """Exit 2 for a --model.* flag typed on the command line (not one from a --config file, often the fit's own)
+        whose value differs from the checkpoint's: test/validate/predict use the checkpoint's settings, and the flag
+        was silently ignored (--model.net.hidden_size 32 tested the 16-unit model it holds)."""
+        model = self.config[subcommand].model
+        for arg in self._given:
+            key = arg.split("=", 1)[0].removeprefix("--model.")
+            if not arg.startswith("--model.") or key.split(".")[0] not in hparams:
+                continue
+            theirs, ours = hparams, model
+            for part in key.split("."):
+                theirs = theirs.get(part) if isinstance(theirs, dict) else None
+                ours = ours.get(part) if isinstance(ours, Namespace) else None
+            ours = ours.as_dict() if isinstance(ours, Namespace) else ours  # --model.net '{...}'
+            if theirs is not None and ours != theirs:
+                self.parser.error(
+                    f"--model.{key} {ours}: the checkpoint's model has {theirs}, and {subcommand} uses the "
+                    f"model of --ckpt_path {ckpt_path} as it was trained; drop the flag"
+                )
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

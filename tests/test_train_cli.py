@@ -519,6 +519,20 @@ def test_predict_writes_predictions_tsv(trained):
     assert sum(p == t for _, t, p in rows) / len(rows) > LEARNED
 
 
+@pytest.mark.parametrize("command", ["test", "predict"])
+def test_a_model_flag_the_checkpoint_contradicts_is_refused_not_ignored(command, trained, capsys):
+    """test/predict use the checkpoint's model: --model.net.hidden_size 999 ran the 16-unit model, silently."""
+    ckpt = trained / "version_0" / "checkpoints" / "best.ckpt"
+    hidden = torch.load(ckpt, weights_only=True)["hyper_parameters"]["net"]["hidden_size"]
+    args = [command, *TASK, "--ckpt_path", ckpt, *root_args(trained)]
+    code, err = cli_exit([*args, "--model.net.hidden_size", "999"], capsys)
+    message = f"--model.net.hidden_size 999: the checkpoint's model has {hidden}, and {command} uses the model of"
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    code, err = cli_exit([*args, "--model.net.cell=gru"], capsys)
+    assert code == 2 and "--model.net.cell gru: the checkpoint's model has lstm" in err, err
+    assert run_cli([*args, f"--model.net.hidden_size={hidden}"]) == 0  # the same value: nothing to refuse
+
+
 def test_sigterm_or_ctrl_c_during_predict_leaves_no_predictions_tsv(trained, monkeypatch, capsys):
     """SIGTERM was ignored by predict's loop (it ran to the end); a Ctrl-C while predictions.tsv was being written
     left it cut at a line's end, nothing telling it from a whole one."""
