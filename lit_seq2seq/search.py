@@ -165,7 +165,7 @@ def beam_search(
     tokens = np.full(batch_size * k, start_token, dtype=np.int64)
     scores = np.full((batch_size, k), -np.inf)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
-    history = np.zeros((batch_size, k, 0), dtype=np.int64)
+    parents, picked = [], []  # per step (B, K): each beam's parent and token, followed back at the end
     lengths = np.zeros((batch_size, k), dtype=np.int64)
     done = np.zeros((batch_size, k), dtype=bool)
     for _ in range(max_len):
@@ -180,7 +180,8 @@ def beam_search(
         scores = np.take_along_axis(flat, best, axis=1)
         done = np.take_along_axis(done, parent, axis=1)
         lengths = np.take_along_axis(lengths, parent, axis=1) + ~done
-        history = np.concatenate([np.take_along_axis(history, parent[:, :, None], axis=1), token[:, :, None]], axis=2)
+        parents.append(parent)
+        picked.append(token)
         if eos_token is not None:
             done |= token == eos_token
         state = select_rows(state, (parent + np.arange(batch_size)[:, None] * k).ravel())
@@ -190,4 +191,10 @@ def beam_search(
     normed = scores / np.maximum(lengths, 1) ** length_penalty if length_penalty else scores
     pick = normed.argmax(axis=1)
     rows = np.arange(batch_size)
-    return history[rows, pick], normed[rows, pick]
+    # Back along the parents: linear in the steps (gathering whole histories every step was quadratic: 25 s for one
+    # source at beam 1,024 and 1,200 steps)
+    out, beam = np.empty((batch_size, len(picked)), dtype=np.int64), pick
+    for t in range(len(picked) - 1, -1, -1):
+        out[:, t] = picked[t][rows, beam]
+        beam = parents[t][rows, beam]
+    return out, normed[rows, pick]
