@@ -763,13 +763,14 @@ export class Seq2Seq {
     let score = Array.from({ length: batch * K }, (_, i) => (i % K === 0 ? 0 : -Infinity)); // beams start equal
     let length = new Array(batch * K).fill(0);
     let done = new Array(batch * K).fill(false);
-    let history = Array.from({ length: batch * K }, () => []);
+    const parents = []; // per step: each new beam's row of the step before, and its token (followed back at the end:
+    const picked = []; // copying whole histories every step was quadratic in the steps)
     const logp = new Float64Array(V);
     const cand = new Float64Array(K * V); // candidate i = j * V + token
     for (let step = 0; step < steps; step++) {
       const data = await this._step(ort, token, state, batch * K, step);
       const rows = new Array(batch * K); // row of the state each new beam continues
-      const next = { score: [], length: [], done: [], history: [] };
+      const next = { score: [], length: [], done: [] };
       for (let b = 0; b < batch; b++) {
         for (let j = 0; j < K; j++) {
           const row = b * K + j;
@@ -795,11 +796,12 @@ export class Seq2Seq {
           next.score[row] = cand[i];
           next.done[row] = done[parent] || (this.eosToken !== null && t === this.eosToken);
           next.length[row] = length[parent] + (done[parent] ? 0 : 1); // the end token counts, padding after it not
-          next.history[row] = [...history[parent], t];
           token[row] = BigInt(t);
         });
       }
-      ({ score, length, done, history } = next);
+      ({ score, length, done } = next);
+      parents.push(rows);
+      picked.push(Array.from(token, Number));
       state = gatherRows(ort, state, rows);
       if (done.every(Boolean)) break;
     }
@@ -815,7 +817,12 @@ export class Seq2Seq {
           bestFinal = final;
         }
       }
-      answers.push({ tokens: history[b * K + pick], score: bestFinal });
+      const tokens = new Array(picked.length);
+      for (let t = picked.length - 1, row = b * K + pick; t >= 0; t--) {
+        tokens[t] = picked[t][row];
+        row = parents[t][row];
+      }
+      answers.push({ tokens, score: bestFinal });
     }
     return answers;
   }
