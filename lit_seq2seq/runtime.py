@@ -208,6 +208,8 @@ class OnnxSeq2Seq:
             self.text = TextSpec.from_metadata(meta)  # None for a model that reads and writes ids
         except (KeyError, TypeError, ValueError) as error:
             raise ModelFileError(f"{where}: its text metadata is damaged ({type(error).__name__}: {error})") from None
+        if self.text is not None and meta.get("format_version") == "1":  # format 1 is ids only
+            raise ModelFileError(f"{where}: metadata format_version is '1', 2 for a text model (source_tokens is set)")
         if self.text is not None:
             for side, vocab, size in (
                 ("source", self.text.source_vocab, self.source_vocab_size),
@@ -380,11 +382,17 @@ class OnnxSeq2Seq:
                 raise ValueError(f"source: empty {'batch' if source.ndim == 1 else 'sequence'} (shape {source.shape})")
         if not isinstance(source, np.ndarray):
             raise TypeError(f"source must be a numpy array or a list of token ids, got {type(source).__name__}")
-        if source.dtype == object:  # ragged rows, or an integer beyond int64 (numpy keeps it a Python int)
+        if source.dtype == object:  # ragged rows, an integer beyond int64, or integers in an object array (pandas)
             huge = [t for t in _cells(source.tolist()) if isinstance(t, int) and not -(2**63) <= t < 2**63]
             if huge:
                 raise ValueError(f"source: token {huge[0]} is out of range (beyond int64)")
-            raise ValueError(RAGGED)
+            cells = source.ravel().tolist()
+            if any(isinstance(t, (list, tuple, np.ndarray)) for t in cells):
+                raise ValueError(RAGGED)
+            odd = [t for t in cells if not is_integer(t)]
+            if odd:
+                raise TypeError(f"source must hold integer token ids, got {odd[0]!r} ({type(odd[0]).__name__})")
+            source = source.astype(np.int64)
         if source.dtype.kind not in "iu":
             raise TypeError(f"source must hold integer token ids, got dtype {source.dtype}")
         single = source.ndim == 1

@@ -709,6 +709,7 @@ HOSTILE_METADATA = [
     ("lstm_attention", {"memory_dim": "7"}, "metadata memory_dim is 7, but the graphs' memory has 16 on axis 2"),
     ("lstm_attention", {"memory_dim": "0"}, "metadata memory_dim is 0, above 0 with attention, else 0, expected"),
     ("text", {"eos_token": "3"}, "metadata pad_token, eos_token is (0, 3), 0, 1 for a text model"),
+    ("text", {"format_version": "1", "vocab_size": "8"}, "metadata format_version is '1', 2 for a text model"),
     ("text", {"source_lowercase": "2"}, "text metadata is damaged (ValueError: source_lowercase must be 0 or 1, got"),
     ("text", {"target_tokens": '["<pad>", "</s>", "A\\nB", "AH"]', "target_vocab_size": "4"},
      "(ValueError: target_tokens holds 'A\\nB': tokens are non-empty printable strings)"),
@@ -744,3 +745,14 @@ def test_a_source_past_the_longest_decoded_is_refused_even_when_untrained_length
     wide = np.full((1, MAX_SOURCE_TOKENS + 1), 3)
     with pytest.raises(ValueError, match=r"^source: 100,001 tokens wide; at most 100,000 are decoded"):
         model.greedy(wide, allow_untrained_lengths=True)
+
+
+def test_integer_ids_in_an_object_array_are_read_as_ids(runtime_model):
+    """pandas' .values of an id column gives an object array: it was refused as "rows have different lengths"."""
+    model = runtime_model("gru")
+    ids = [[2, 3, 4], [5, 6, 7]]
+    assert model.greedy(np.array(ids, dtype=object)).tolist() == model.greedy(ids).tolist()
+    with pytest.raises(TypeError, match=r"^source must hold integer token ids, got 'x' \(str\)$"):
+        model.greedy(np.array([[2, "x"]], dtype=object))
+    with pytest.raises(ValueError, match="rows have different lengths"):
+        model.greedy(np.array([[2, 3], [4]], dtype=object))
