@@ -14,10 +14,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from lit_seq2seq.contract import TEXT_KEYS
+from lit_seq2seq.tasks import EOS, PAD
 
 PAD_STR, EOS_STR, UNK_STR = "<pad>", "</s>", "<unk>"
 RESERVED = (PAD_STR, EOS_STR)
-PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+PAD_ID, EOS_ID, UNK_ID = PAD, EOS, 2  # the generated tasks' reserved ids, and the unknown token after them
 TOKENIZERS = ("char", "space")
 NORMALIZATION = "NFC"
 TEXT_KEY = "text"  # checkpoint entry holding TextSpec.to_dict() of a text model
