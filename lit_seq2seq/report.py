@@ -28,8 +28,9 @@ class ReportError(ValueError):
     """metrics.csv holds a bad row, or the report could not be written; an existing report is left as it was."""
 
 
-def read_metrics(log_dir: Path) -> list[dict[str, float]]:
-    """Rows of <log_dir>/metrics.csv (Lightning's CSVLogger) with the empty cells dropped.
+def read_metrics(log_dir: Path, empty_ok: bool = False) -> list[dict[str, float]]:
+    """Rows of <log_dir>/metrics.csv (Lightning's CSVLogger) with the empty cells dropped; one without rows is a
+    ValueError unless `empty_ok`.
 
     A cell that is not a number is a data error naming file, line and column. Non-finite values (nan, inf: a run whose
     loss diverged logs them) are left out of the report, counted in one line on stderr: the finite points still show
@@ -67,7 +68,7 @@ def read_metrics(log_dir: Path) -> list[dict[str, float]]:
     if skipped:
         note = f"left out {len(skipped)} non-finite value(s) of {path} (not plotted); the first: {skipped[0]}"
         print(f"lit-seq2seq report: {note}", file=sys.stderr)
-    if not rows:
+    if not rows and not empty_ok:
         raise ValueError(f"--log_dir {log_dir}: metrics.csv holds no rows yet")
     return rows
 
@@ -85,7 +86,8 @@ def run_history(log_dir: Path) -> tuple[list[dict[str, float]], list[tuple[float
         if step is None or earlier.resolve() in seen or not (earlier / "metrics.csv").is_file():
             break
         seen.add(earlier.resolve())
-        rows = [row for row in read_metrics(earlier) if row.get("step", math.inf) <= step] + rows
+        # an earlier run killed before its first log has an empty metrics.csv: nothing of it to show, not an error
+        rows = [row for row in read_metrics(earlier, empty_ok=True) if row.get("step", math.inf) <= step] + rows
         resumes.append((float(step), earlier))
         folder = earlier
     return rows, resumes[::-1]

@@ -251,6 +251,16 @@ def test_a_resume_record_without_a_step_or_an_earlier_metrics_file_ends_the_hist
     assert run_history(tmp_path / "version_2") == ([{"epoch": 2.0, "step": 24.0, "train/loss": 0.8}], [])
 
 
+def test_an_earlier_run_killed_before_its_first_log_adds_nothing_to_the_history(tmp_path):
+    """Its metrics.csv holds the header alone: the resumed run's report failed ("holds no rows yet")."""
+    from lit_seq2seq.report import run_history
+
+    _run(tmp_path, 0, "0,4,2.0,,\n")
+    _run(tmp_path, 1, "", resumed_from=(0, 4))  # killed before it logged
+    rows, resumes = run_history(_run(tmp_path, 2, "2,24,0.8,,\n", resumed_from=(1, 4)))
+    assert [r["step"] for r in rows] == [4.0, 24.0] and [s for s, _ in resumes] == [4.0, 4.0]
+
+
 def test_a_log_dir_that_is_not_there_is_named_so(tmp_path, capsys):
     code, err = cli_exit(["report", "--log_dir", tmp_path / "nope"], capsys)
     assert code == 2 and f"--log_dir {tmp_path / 'nope'}: no such folder (pass a run folder such as" in err
