@@ -296,9 +296,12 @@ def _check_invisible(cps: np.ndarray, lines: np.ndarray, where: str, side: str, 
         i = int(np.argmax(edge))
         row, at = int(np.flatnonzero(filled)[i]), "start" if first[i] else "end"
         char = cps[starts[row]] if first[i] else cps[rows[row] - 1]
+        # all of them at once: a spreadsheet's export can hold hundreds, and fixing one a run is no way to find out
+        count, shown = int(edge.sum()), ", ".join(map(str, lines[np.flatnonzero(filled)[edge][:5]]))
+        more = f" (lines {shown}{', ...' if count > 5 else ''}: {count:,} in all)" if count > 1 else ""
         raise ValueError(
-            f"{where}:{lines[row]}: whitespace (U+{int(char):04X}) at the {at} of the {side}; the char tokenizer would "
-            f"learn it as a token, which decoding would then expect typed: remove it"
+            f"{where}:{lines[row]}: whitespace (U+{int(char):04X}) at the {at} of the {side}{more}; the char tokenizer "
+            "would learn it as a token of the text: remove it from the file (spaces inside a text are kept)"
         )
 
 

@@ -436,13 +436,17 @@ class PairDataModule(L.LightningDataModule):
         width = self._lengths["source"] + self._lengths["target"] + 1
         cell = np.dtype(_id_dtype(spec)).itemsize
         top = math.ceil(len(lengths) / 1000)  # the longest 0.1% of the pairs, at least one
-        rest = int(np.partition(lengths, len(lengths) - top - 1)[len(lengths) - top - 1]) if len(lengths) > top else 0
-        if rest and lengths[longest] > max(4 * rest, rest + 64):
+        usual = int(np.partition(lengths, len(lengths) - top - 1)[len(lengths) - top - 1]) if len(lengths) > top else 0
+        outlier = max(4 * usual, usual + 64)  # far beyond 99.9% of the pairs
+        if usual and lengths[longest] > outlier:
+            # the cap to suggest: the longest pair that is no outlier (the 99.9% mark would skip usual pairs too)
+            cap = int(lengths[lengths <= outlier].max())
             rank_zero_warn(
-                f"{where}, is {lengths[longest] / rest:.0f}x the longest of the other {len(lengths) - top} pairs "
-                f"({rest}): every row is stored padded to it (~{rows * width * cell / 2**20:.0f} MiB) and its batch "
-                f"runs that many steps; --data.max_{side}_tokens {rest} --data.skip_long true would skip the "
-                f"{int((lengths > rest).sum())} pair(s) above that"
+                f"{where}, is {lengths[longest] / cap:.0f}x the longest of the {int((lengths <= cap).sum())} other "
+                f"pairs up to {outlier} tokens ({cap}): every row is stored padded to it "
+                f"(~{rows * width * cell / 2**20:.0f} MiB) and its batch runs that many steps; "
+                f"--data.max_{side}_tokens {cap} --data.skip_long true would skip the {int((lengths > cap).sum())} "
+                "pair(s) above that"
             )
         check_memory(  # the padded ids, a second copy of the targets as references (val/test), a byte a cell counted
             rows * width * (2 * cell + 1),

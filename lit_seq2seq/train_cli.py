@@ -496,6 +496,8 @@ class Seq2SeqCLI(LightningCLI):
                 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
                 # strategy.all_gather (of the losses: Seq2SeqModule.training_step) calls a deprecated torch API.
                 warnings.filterwarnings("ignore", message=r"torch.distributed.nn.functional.all_gather is deprecated")
+                # test/predict of a --trainer.max_time fit: Lightning asks for its Timer, which only a fit uses
+                warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, .* \['Timer'\]\.$")
                 # Mixed precision keeps the weights in float32, so the summary's 32-bit size is the true one.
                 warnings.filterwarnings("ignore", message=r"Precision bf16-mixed is not supported by the model summary")
                 super().__init__(

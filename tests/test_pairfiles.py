@@ -76,13 +76,24 @@ def test_vectorised_tokens_equal_per_line_tokenizer_split(tmp_path, source_kind,
     "text,message",
     [
         ("cat\tK AE1 T\nowl \tAW1 L\n", ":2: whitespace (U+0020) at the end of the source; the char tokenizer would"),
+        (
+            "cat \tK AE1 T\nowl\tAW1 L\n" + "ox \tAA1 K S\n" * 6,
+            ":1: whitespace (U+0020) at the end of the source (lines 1, 3, 4, 5, 6, ...: 7 in all); the",
+        ),
         ("cat\tK AE1 T\n\u3000owl\tAW1 L\n", ":2: whitespace (U+3000) at the start of the source"),
         ('{"source": "owl", "target": "AW1 L\\u00a0"}\n', ":1: whitespace (U+00A0) at the end of the target"),
         # `cat a.tsv b.tsv` of two files saved with a BOM: the second one's is inside the text
         ("cat\tK AE1 T\n\ufeffowl\tAW1 L\n", ":2: a byte order mark (U+FEFF) in the source at character 1 (files"),
         ("cat\tK AE1 T\nowl\tAW1\ufeff L\n", ":2: a byte order mark (U+FEFF) in the target at character 4"),
     ],
-    ids=["trailing-space", "leading-ideographic-space", "jsonl-target-nbsp", "bom-source", "bom-target"],
+    ids=[
+        "trailing-space",
+        "all-lines-named",
+        "leading-ideographic-space",
+        "jsonl-target-nbsp",
+        "bom-source",
+        "bom-target",
+    ],
 )
 def test_invisible_characters_that_would_become_tokens_are_refused_naming_the_line(tmp_path, text, message):
     """A char side's stray edge space, or a BOM anywhere, was learned as a token that no one types at decode time."""

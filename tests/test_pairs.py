@@ -638,3 +638,14 @@ def test_pair_data_takes_paths_and_numpy_numbers_as_plain_values(tmp_path):
     data = PairDataModule(file=tmp_path / "t.tsv", batch_size=np.int64(8), split_fractions=(1, 0, 0))
     assert data.hparams["file"] == str(tmp_path / "t.tsv") and type(data.hparams["batch_size"]) is int
     assert data.hparams["split_fractions"] == (1.0, 0.0, 0.0)
+
+
+def test_the_long_line_warning_suggests_the_cap_that_skips_the_outlier_alone(tmp_path):
+    """It suggested the 99.9% mark (4 here), which would also have skipped the two usual 6-token pairs above it."""
+    lines = ["abab\tA B\n"] * 2000 + ["ababab\tA B\n"] * 2 + ["b" * 500 + "\tB\n"]
+    (tmp_path / "train.tsv").write_text("".join(lines), encoding="utf-8")
+    data = PairDataModule(train_file=str(tmp_path / "train.tsv"), target_tokenizer="space", cache=False)
+    with pytest.warns(UserWarning, match=r"is 83x the longest of the 2002 other pairs up to 68 tokens \(6\)") as w:
+        data.setup("fit")
+    message = str(next(x.message for x in w if "stored padded" in str(x.message)))
+    assert message.endswith("--data.max_source_tokens 6 --data.skip_long true would skip the 1 pair(s) above that")
