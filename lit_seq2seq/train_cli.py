@@ -644,6 +644,12 @@ class Seq2SeqCLI(LightningCLI):
                         f"--data.{flag} {args[flag]}: no such file; to {subcommand} without it, pass --data.{flag} "
                         "null: the vocabularies then come from --ckpt_path"
                     )
+            # The vocabularies are built again from the training file (or --data.file's split): with the tokenizers
+            # the model was trained with, unless typed (they had to be repeated, or the vocabularies differed)
+            trained = self._checkpoint[TEXT_KEY]
+            for name in ("source_tokenizer", "target_tokenizer", "source_lowercase", "target_lowercase"):
+                if name in trained and not any(a.split("=", 1)[0] == f"--data.{name}" for a in self._given):
+                    args[name] = trained[name]
 
     def _set_seed(self) -> None:
         # Lightning's says "Seed set to N" here, before any check of the data or flags: an error then came second,

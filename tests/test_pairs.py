@@ -463,6 +463,11 @@ def test_test_with_other_split_fractions_of_the_file_than_the_fit_exits_2(tmp_pa
         in err
     )
     assert run_cli(test) == 0
+    # the tokenizer flags left out: the checkpoint's are used (the default char target gave other vocabularies)
+    bare = [a for a in test if a not in ("--data.target_tokenizer", "space")]
+    assert run_cli(bare) == 0
+    code, err = cli_exit([*bare, "--data.target_tokenizer", "char"], capsys)  # typed: checked, as before
+    assert code == 2 and "gives other target_tokenizer, target_tokens than the checkpoint's" in err, err
 
 
 def test_validate_test_and_predict_without_the_training_file_read_the_checkpoints_vocabularies(
