@@ -371,8 +371,10 @@ def _jsonl_sides(
             raise ValueError(f'{where}:{number}: expected a JSON object {{"source": ..., "target": ...}}')
         alone.append(sources_alone and "target" not in row)
         for key in ("source",) if alone[-1] else SIDES:
-            if key not in row:
-                raise ValueError(f'{where}:{number}: missing key "{key}"')
+            if key not in row:  # the keys it has: "src"/"tgt" and the like are the usual cause
+                has = ", ".join(json.dumps(k) for k in list(row)[:6]) or "none"
+                keys = '"source", "target"'
+                raise ValueError(f'{where}:{number}: missing key "{key}" (it has {has}; the keys read are {keys})')
             value = row[key]
             if not isinstance(value, str):
                 raise ValueError(f'{where}:{number}: "{key}" must be a string, got {json.dumps(value)[:40]}')

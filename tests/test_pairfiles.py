@@ -158,6 +158,7 @@ def bad_file_cases() -> list[tuple[str, bytes, str]]:
         ("utf16.tsv", "a\tb\n".encode("utf-16"), ":1: invalid UTF-8 (byte 0xff) (a UTF-16 byte order mark); save the"),
         ("json.jsonl", b'{"source": "a", "target": "b"}\n{"source": "a",\n', ":2: bad JSON"),
         ("key.jsonl", b'{"source": "a"}\n', ':1: missing key "target"'),
+        ("keys.jsonl", b'{"src": "a", "tgt": "b"}\n', ':1: missing key "source" (it has "src", "tgt"; the keys'),
         (
             "array.json",
             b'[\n  {"source": "a", "target": "b"}\n]\n',
