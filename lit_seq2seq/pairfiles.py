@@ -118,6 +118,7 @@ def read_pairs(
     flag: str = "--data.file",
     cache: bool = True,
     sources_alone: bool = False,
+    header: bool = False,
 ) -> PairFile:
     """Read, check and tokenize one pair file (from its cache when the file and settings are unchanged).
 
@@ -125,7 +126,8 @@ def read_pairs(
     a line without a tab (or with more than one), an empty side, invalid UTF-8, bad JSON, a missing key. Lines that
     are empty (blank lines, a trailing newline) are skipped; `\\r\\n` line ends and a leading BOM are accepted.
     With `sources_alone` (files to predict), a line may also be a source alone: no tab, or no "target" key; its
-    target has no tokens (a target that is given must still have some).
+    target has no tokens (a target that is given must still have some). With `header`, line 1 is skipped (the
+    others keep their numbers).
     """
     path = Path(path)
     where = f"{flag} {path}"
@@ -134,21 +136,25 @@ def read_pairs(
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
     sha = _read(path, where, _sha256)
-    key = _cache_key(sha, source, target, sources_alone)
+    key = _cache_key(sha, source, target, sources_alone, header)
     cached = _load_cache(path, key) if cache else None
     if cached is not None:
         lines, src, tgt = cached
         return PairFile(path, flag, lines, src, tgt, sha)
     raw = _read(path, where, lambda p: p.read_bytes())
     sha = hashlib.sha256(raw).hexdigest()  # of what is tokenized, should the file have changed meanwhile
-    key = _cache_key(sha, source, target, sources_alone)
+    key = _cache_key(sha, source, target, sources_alone, header)
+    text = _decode(raw, where, kind)
+    del raw
+    if header:  # line 1 made blank, which is skipped: the other lines keep their numbers
+        text = text[text.index("\n") :] if "\n" in text else ""
+        if text.isspace() or not text:
+            raise ValueError(f"{where}: a header line alone (--data.header true skips line 1): no pairs")
     if kind == "tsv":
-        cps = _code_points(unicodedata.normalize(NORMALIZATION, _decode(raw, where, kind)))
-        del raw  # the text and bytes go: a large file is held once, as code points
+        cps = _code_points(unicodedata.normalize(NORMALIZATION, text))
+        del text  # a large file is held once, as code points
         lines, source_cps, target_cps, alone = _tsv_sides(cps, where, sources_alone)
     else:
-        text = _decode(raw, where, kind)
-        del raw
         lines, source_cps, target_cps, alone = _jsonl_sides(text, where, sources_alone)
         del text
     for side, cps, tokenizer in (("source", source_cps, source), ("target", target_cps, target)):
@@ -537,10 +543,12 @@ def cache_dir(path: Path) -> Path:
     return path.parent / f".{path.name}.lit-seq2seq-cache"
 
 
-def _cache_key(sha: str, source: Tokenizer, target: Tokenizer, sources_alone: bool) -> str:
+def _cache_key(sha: str, source: Tokenizer, target: Tokenizer, sources_alone: bool, header: bool = False) -> str:
     settings = f"{CACHE_FORMAT}|{NORMALIZATION}|{source.kind}|{source.lowercase}|{target.kind}|{target.lowercase}"
     if sources_alone:  # read otherwise: a line that is a source alone is an error (keys of other files unchanged)
         settings += "|sources alone"
+    if header:  # as sources_alone: other files' keys unchanged
+        settings += "|header"
     return f"{sha[:32]}-{hashlib.sha256(settings.encode()).hexdigest()[:16]}"
 
 

@@ -175,6 +175,8 @@ class PairDataModule(L.LightningDataModule):
         file: One file holding every pair instead of train/val/test files, split by ``split_fractions``.
         split_fractions: Train, validation and test fractions for ``file``; a hash of each source decides its split,
             so every pair of one source lands in one split, the same on every run and machine.
+        header: Skip line 1 of every pair file, a header such as ``word<TAB>pronunciation``. Without it, a line 1
+            that reads as one (``source<TAB>target`` and the like) is trained on, with a warning.
         source_tokenizer: ``char`` (each Unicode character a token, after NFC normalisation) or ``space``
             (whitespace-separated tokens).
         target_tokenizer: ``char`` or ``space``, as for the source.
@@ -213,6 +215,7 @@ class PairDataModule(L.LightningDataModule):
         predict_file: str | None = None,
         file: str | None = None,
         split_fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
+        header: bool = False,
         source_tokenizer: Literal["char", "space"] = "char",
         target_tokenizer: Literal["char", "space"] = "char",
         source_lowercase: bool = False,
@@ -238,9 +241,10 @@ class PairDataModule(L.LightningDataModule):
         train_file, val_file, test_file, predict_file, file, text_from = (
             _path(f"--data.{name}", value) for name, value in files.items()
         )
-        source_lowercase, target_lowercase, skip_long, skip_unknown_targets, bucketing, cache = plain_values(
+        header, source_lowercase, target_lowercase, skip_long, skip_unknown_targets, bucketing, cache = plain_values(
             "--data.",
             "bool",
+            header=header,
             source_lowercase=source_lowercase,
             target_lowercase=target_lowercase,
             skip_long=skip_long,
@@ -305,7 +309,7 @@ class PairDataModule(L.LightningDataModule):
         self.unk_rate = (UNK_RATE if unk_rate is None else unk_rate) if unknown_source == "unk" else 0.0
         self.caps = {"source": max_source_tokens, "target": max_target_tokens}
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
-        self.bucketing, self.cache = bucketing, cache
+        self.bucketing, self.cache, self.header = bucketing, cache, header
         self._datasets: dict[str, Dataset] = {}
         self._pending: dict[str, tuple[PairFile, np.ndarray, np.ndarray]] = {}  # split -> (pairs, ids): to pad
         self.skipped: dict[str, int] = {}  # over-long pairs skipped per split (skip_long)
@@ -365,11 +369,13 @@ class PairDataModule(L.LightningDataModule):
 
     def _read_file(self, name: str, flag: str) -> PairFile:
         tokenizers = self.tokenizers["source"], self.tokenizers["target"]
-        pairs = read_pairs(name, *tokenizers, flag, self.cache, sources_alone=flag == "--data.predict_file")
-        header = header_line(name)
+        alone = flag == "--data.predict_file"
+        pairs = read_pairs(name, *tokenizers, flag, self.cache, sources_alone=alone, header=self.header)
+        header = None if self.header else header_line(name)
         if header is not None:
             rank_zero_warn(
-                f"{flag} {name}:1: {header!r} looks like a header line; it is read as a pair (delete it if it is one)"
+                f"{flag} {name}:1: {header!r} looks like a header line; it is read as a pair (delete it, or pass "
+                "--data.header true to skip line 1 of every file)"
             )
         return pairs
 

@@ -366,6 +366,27 @@ def test_a_first_line_that_reads_as_a_header_is_named_in_a_warning(first, warned
     assert [m.startswith(expected) for m in messages] == ([True] if warned else [])
 
 
+@pytest.mark.parametrize("kind", ["tsv", "jsonl"])
+def test_header_true_skips_line_1_of_every_file_keeping_the_line_numbers(kind, tmp_path):
+    """A header the warning's word list does not know (question<TAB>answer) was trained on as a pair, silently."""
+    pair = '{"source": "%s", "target": "%s"}' if kind == "jsonl" else "%s\t%s"
+    head = "question\tanswer" if kind == "tsv" else "word,pronunciation"
+    path = write(tmp_path / f"p.{kind}", "\n".join([head, pair % ("ab", "A B"), pair % ("ba", "B A")]).encode())
+    got = read_pairs(path, CHAR, SPACE, header=True)
+    assert rows(got) == [(list("ab"), ["A", "B"]), (list("ba"), ["B", "A"])] and got.lines.tolist() == [2, 3]
+    assert len(list(cache_dir(path).glob("*.npz"))) == 1
+    if kind == "tsv":  # without it: line 1 is a pair (read from its own cache, not the header-less one)
+        assert rows(read_pairs(path, CHAR, SPACE))[0] == (list("question"), ["answer"])
+    dm = PairDataModule(train_file=str(path), target_tokenizer="space", header=True, cache=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no header warning either
+        dm.load()
+    assert dm.text_spec.target_vocab.tokens[2:] == ("A", "B")
+    alone = write(tmp_path / f"h.{kind}", f"{head}\n".encode())
+    with pytest.raises(ValueError, match="a header line alone"):
+        read_pairs(alone, CHAR, SPACE, header=True)
+
+
 def test_a_bad_tokenizer_in_a_script_names_its_side():
     with pytest.raises(ValueError, match=r"^--data.target_tokenizer must be one of char, space, got 'word'$"):
         PairDataModule(train_file="x.tsv", target_tokenizer="word")
