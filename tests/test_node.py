@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import EXPORT_VARIANTS, REPO, cli_output, pad_rows, restamp, strip_all
-from test_runtime import DAMAGE, _damage, other_exports  # noqa: F401 - other_exports is a fixture used here
+from test_runtime import DAMAGE, HOSTILE_METADATA, _damage, other_exports  # noqa: F401 - other_exports: a fixture
 
 from lit_seq2seq import contract
 
@@ -713,3 +713,27 @@ def test_node_decode_refuses_untrained_lengths_on_both_sides_as_python(line, exp
     assert code == 2 and "this model was trained on sources of exactly 4 tokens" in python
     assert_refused(node_decode(model_dir, f"{line}\n"), python.replace("argument 1", "line 1"))
     assert node_decode(model_dir, f"{line}\n", "--allow-untrained-lengths").returncode == 0
+
+
+def test_node_module_refuses_the_metadata_values_the_python_runtime_refuses(exported, text_exported, tmp_path):
+    """The value checks of OnnxSeq2Seq._check_metadata, in the JS module too (the graphs' declared shapes apart:
+    onnxruntime-node does not give them), each naming the key."""
+    import re
+
+    # the key Python names (metadata KEY is ...), or for its "text metadata is damaged" the key changed
+    cases = [
+        (n, c, (re.search(r"metadata ([\w, ]+) is", m) or [None, next(iter(c))])[1])
+        for n, c, m in HOSTILE_METADATA
+        if "the graphs'" not in m
+    ]
+    folders = []
+    for i, (name, changes, _) in enumerate(cases):
+        source = text_exported("trained").model_dir if name == "text" else exported(name).model_dir
+        shutil.copytree(source, tmp_path / str(i))
+        for graph in contract.GRAPH_FILES:
+            restamp(tmp_path / str(i) / graph, **changes)
+        folders.append(str(tmp_path / str(i)))
+    code = "const out = []; for (const dir of process.argv.slice(1)) out.push(await message(() => load(dir)));"
+    out = json.loads(node_script(code + "console.log(JSON.stringify(out));", *folders).stdout)
+    for (_, changes, key), got in zip(cases, out, strict=True):
+        assert got.startswith("ModelFileError: ") and f"metadata {key}" in got, (changes, got)

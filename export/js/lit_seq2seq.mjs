@@ -483,6 +483,65 @@ export class Seq2Seq {
     }
     this.sourceIds = this.sourceTokens && new Map(this.sourceTokens.map((t, i) => [t, i]));
     this.unkToken = m.unk_token ? intMeta(m, "unk_token", name) : null;
+    this._checkValues(name);
+  }
+
+  // Values no export holds (metadata written or edited by hand, its hash stamped again), refused as the Python
+  // runtime refuses them (OnnxSeq2Seq._check_metadata), naming the key: each was used unchecked, to loop a billion
+  // steps or print one decoded line as two.
+  _checkValues(name) {
+    const m = this.meta;
+    const refuse = (key, value, expected) => {
+      throw new ModelFileError(`${name}: metadata ${key} is ${value}, ${expected}`);
+    };
+    for (const [key, value] of [
+      ["source_vocab_size", this.sourceVocabSize],
+      ["target_vocab_size", this.targetVocabSize],
+      ["num_layers", intMeta(m, "num_layers", name)],
+      ["hidden_size", intMeta(m, "hidden_size", name)],
+      ["min_source_length", this.minSourceLength],
+    ]) {
+      if (value < 1) refuse(key, value, "at least 1 expected");
+    }
+    if (!(this.maxTargetLength >= 1 && this.maxTargetLength <= MAX_STEPS)) {
+      refuse("max_target_length", this.maxTargetLength, `1 to ${MAX_STEPS} expected`);
+    }
+    if (!(this.minSourceLength <= this.sourceLength && this.sourceLength <= MAX_SOURCE_TOKENS)) {
+      const most = MAX_SOURCE_TOKENS.toLocaleString("en-US");
+      refuse("source_length", this.sourceLength, `min_source_length to ${most} expected`);
+    }
+    const memoryDim = intMeta(m, "memory_dim", name);
+    if (memoryDim > 0 !== (m.attention === "1") || memoryDim < 0) {
+      refuse("memory_dim", memoryDim, "above 0 with attention, else 0, expected");
+    }
+    const ids = { pad_token: this.padToken, start_token: this.startToken, eos_token: this.eosToken };
+    for (const [key, id] of Object.entries(ids)) {
+      if (id !== null && !(id >= 0 && id < this.targetVocabSize)) {
+        refuse(key, id, `a target id (0 to ${this.targetVocabSize - 1}) expected`);
+      }
+    }
+    if (!(this.minToken >= 0 && this.minToken < this.sourceVocabSize) || this.minToken <= this.padToken) {
+      refuse("min_token", this.minToken, "above pad_token and below source_vocab_size expected");
+    }
+    if (!this.isText) return;
+    if (this.formatVersion === "1") refuse("format_version", '"1"', "2 for a text model (source_tokens is set)");
+    if (this.padToken !== 0 || this.eosToken !== 1) {
+      refuse("pad_token, eos_token", `(${this.padToken}, ${this.eosToken})`, "0, 1 for a text model");
+    }
+    for (const side of ["source", "target"]) {
+      const flag = m[`${side}_lowercase`];
+      if (flag !== "0" && flag !== "1") refuse(`${side}_lowercase`, JSON.stringify(flag), "0 or 1 expected");
+      const tokens = side === "source" ? this.sourceTokens : this.targetTokens;
+      const reserved = side === "source" && this.unkToken !== null ? 3 : 2; // <pad>, </s> and maybe <unk>
+      for (const token of tokens.slice(reserved)) {
+        // what the tokenizer makes: one code point (char), no whitespace (space); printable, not empty
+        const made = splitText(this._norm(token, flag === "1"), m[`${side}_tokenizer`]);
+        if (token === "" || CONTROL.test(token) || made.length !== 1 || made[0] !== token) {
+          const expected = `tokens its ${m[`${side}_tokenizer`]} tokenizer makes expected`;
+          refuse(`${side}_tokens`, `holding ${shown(token)}`, expected);
+        }
+      }
+    }
   }
 
   /** Whether the export maps text to ids and back (format_version 2 text keys present). */
@@ -514,7 +573,8 @@ export class Seq2Seq {
     if (width > MAX_SOURCE_TOKENS) {
       const wide = `${width.toLocaleString("en-US")} tokens wide`;
       const most = MAX_SOURCE_TOKENS.toLocaleString("en-US");
-      throw new InputError(`source: ${wide}; at most ${most} are decoded (onnxruntime's RNN holds every step's input projection)`);
+      const why = "onnxruntime's RNN holds every step's input projection";
+      throw new InputError(`source: ${wide}; at most ${most} are decoded (${why})`);
     }
     const { padToken: pad, minToken: lo, sourceVocabSize: vocab } = this;
     // Indices (0-based) as the caller holds them: source[r, c], source[c] for a single sequence, as Python names them.
