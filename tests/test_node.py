@@ -737,3 +737,19 @@ def test_node_module_refuses_the_metadata_values_the_python_runtime_refuses(expo
     out = json.loads(node_script(code + "console.log(JSON.stringify(out));", *folders).stdout)
     for (_, changes, key), got in zip(cases, out, strict=True):
         assert got.startswith("ModelFileError: ") and f"metadata {key}" in got, (changes, got)
+
+
+def test_node_decode_takes_texts_and_id_lines_as_arguments_as_python_decode(exported, text_exported, capsys):
+    """`lit-seq2seq decode --model_dir DIR "hello"` had no Node counterpart: decode.mjs read stdin only."""
+    from conftest import text_pairs
+
+    words = [w for w, _ in text_pairs(3, seed=5)]
+    for model_dir, args in (
+        (exported("gru").model_dir, ["2 3 4", "5 6\t5 6", "2 3 4 5 6"]),  # one with a reference: scored
+        (text_exported("trained").model_dir, words),
+    ):
+        node = node_decode(model_dir, "", *args)
+        code, out, err = cli_output(["decode", "--model_dir", model_dir, *args], capsys)
+        assert (node.returncode, node.stdout) == (code, out) == (0, out), (node.stderr, err)
+    bad = node_decode(exported("gru").model_dir, "", "2 3", "2 99")
+    assert_refused(bad, "argument 2: source[1]: token 99 is out of range")

@@ -32,7 +32,7 @@ import {
 
 const USAGE =
   "usage: node decode.mjs MODEL_DIR [--two-graph] [--allow-untrained-lengths] [--batch-size N] [--beam-size K " +
-  "[--length-penalty X]] < lines";
+  "[--length-penalty X]] [SEQUENCE ...] (no SEQUENCE: the lines of stdin)";
 
 class UsageError extends Error {}
 
@@ -49,6 +49,7 @@ function parseArgs(args) {
     batchSize: 2048, // lines read, decoded (in length-sorted chunks) and printed together, as Python's decode
     beamSize: 1,
     lengthPenalty: null,
+    sequences: [], // texts or id lines given as arguments, decoded instead of stdin (as Python's decode takes them)
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
@@ -82,7 +83,7 @@ function parseArgs(args) {
       process.exit(0);
     } else if (arg.startsWith("-")) throw new UsageError(`unknown option ${arg}; ${USAGE}`);
     else if (options.modelDir === null) options.modelDir = arg;
-    else throw new UsageError(`one MODEL_DIR expected, got also ${JSON.stringify(arg)}; ${USAGE}`);
+    else options.sequences.push(arg);
   }
   if (options.modelDir === null) throw new UsageError(`MODEL_DIR missing; ${USAGE}`);
   if (options.lengthPenalty !== null && options.beamSize === 1) {
@@ -136,6 +137,10 @@ async function* stdinLines() {
     if (start < chunk.length) pending.push(chunk.subarray(start));
   }
   if (pending.length) yield decode(Buffer.concat(pending));
+}
+
+async function* argumentLines(sequences) {
+  yield* sequences;
 }
 
 // Levenshtein distance between two token arrays (insertions, deletions and substitutions cost 1).
@@ -199,7 +204,8 @@ async function main() {
   };
   const sessionOptions = { intraOpNumThreads: 1, interOpNumThreads: 1 };
   const model = await loadModel(ort, files, { folder: dir.replace(/\/+$/, ""), sessionOptions });
-  const { twoGraph, allowUntrainedLengths } = options;
+  const { twoGraph, allowUntrainedLengths, sequences } = options;
+  const label = sequences.length ? "argument" : "line"; // what messages count, as in Python's decode
 
   // As Python's decode: an id line is scored on its own (its reference cut at the end token); a text model's adjacent
   // SOURCE<TAB>REFERENCE lines of one source are one source (one output line), and each distinct source is scored
@@ -249,7 +255,7 @@ async function main() {
   let unscored = 0;
   let blank = 0; // empty lines held back: at the end of the input they are dropped, as Python's decode drops them
   try {
-    for await (const line of stdinLines()) {
+    for await (const line of sequences.length ? argumentLines(sequences) : stdinLines()) {
       if (line === "") {
         blank++;
         continue;
@@ -258,7 +264,7 @@ async function main() {
         number++;
         // as Python's decode: a text model's empty line is an empty text, an id model's an empty sequence
         const empty = model.isText ? "empty text" : "source: empty sequence (source_len is 0)";
-        throw new InputError(`line ${number}: ${empty}`);
+        throw new InputError(`${label} ${number}: ${empty}`);
       }
       number++;
       const tab = line.indexOf("\t");
@@ -270,19 +276,19 @@ async function main() {
         if (!same) {
           source = model.isText
             ? model.encodeText(sourceText, { allowUntrainedLengths })
-            : parseIds(sourceText, `line ${number}`);
+            : parseIds(sourceText, `${label} ${number}`);
           if (source.length === 0) throw new InputError("source: empty sequence (source_len is 0)"); // as Python's
           model.checkSource(source, { allowUntrainedLengths });
         }
         if (tab >= 0) {
           // as Python's decode: a tab with nothing after it is a mistake, not a line without a reference
           if (target.trim() === "") throw new InputError("empty reference after the tab");
-          checkPrintable(target, `line ${number} (reference)`); // a second tab too: a column it would take in
-          reference = model.isText ? target : model.strip(parseIds(target, `line ${number} (expected)`)).join(" ");
+          checkPrintable(target, `${label} ${number} (reference)`); // a second tab too: a column it would take in
+          reference = model.isText ? target : model.strip(parseIds(target, `${label} ${number} (expected)`)).join(" ");
         }
       } catch (error) {
-        throw error instanceof InputError && !error.message.startsWith("line ")
-          ? new InputError(`line ${number}: ${error.message}`)
+        throw error instanceof InputError && !error.message.startsWith(`${label} `)
+          ? new InputError(`${label} ${number}: ${error.message}`)
           : error;
       }
       if (same) {
@@ -320,7 +326,7 @@ async function main() {
   }
   if (scored) {
     const pct = (x) => `${(100 * x).toFixed(2)}%`;
-    const note = unscored ? `; ${unscored} line${unscored === 1 ? "" : "s"} without a reference not scored` : "";
+    const note = unscored ? `; ${unscored} ${label}${unscored === 1 ? "" : "s"} without a reference not scored` : "";
     const text = !model.isText
       ? ""
       : ` (WER ${pct(1 - hits / scored)}); token error rate: ${
