@@ -405,6 +405,7 @@ class PairDataModule(L.LightningDataModule):
             splits = {name: self._read(name) for name in SPLITS}
             if splits["predict"] is None:
                 splits["predict"] = splits["test"]
+            self._warn_seen_sources(splits)
         train = splits["train"]
         self.train_sha256 = train.sha256 if self.file is None else hashlib.sha256(train.sha256.encode()).hexdigest()
         train = self._cap(train, "train", "source", self.caps["source"])
@@ -426,6 +427,23 @@ class PairDataModule(L.LightningDataModule):
         self._train_source_lengths = lengths
         self._check_lengths(train, spec, splits)
         self._make_datasets(splits, spec)
+
+    def _warn_seen_sources(self, splits: dict[str, PairFile | None]) -> None:
+        """Warn of val/test sources that are training sources too (files split by line, not by source: a word's
+        alternate pronunciations on both sides): their scores flatter the model. --data.file splits by source."""
+        trained = None
+        for name in ("val", "test"):
+            pairs = splits[name]
+            if pairs is None:
+                continue
+            trained = source_hashes(splits["train"].source) if trained is None else trained  # once, when needed
+            seen = np.isin(source_hashes(pairs.source), trained)
+            if seen.any():
+                rank_zero_warn(
+                    f"{pairs.where(int(np.argmax(seen)))}: {int(seen.sum()):,} of the file's {len(seen):,} pairs (this "
+                    "the first) have a source the training file holds too: their scores flatter the model; split by "
+                    "source (--data.file with --data.split_fractions does)"
+                )
 
     def _check_lengths(self, train: PairFile, spec: TextSpec, splits: dict[str, PairFile | None]) -> None:
         """Every row of every split is stored padded to the longest training source and target. Name an outlier that

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -654,3 +655,19 @@ def test_the_long_line_warning_suggests_the_cap_that_skips_the_outlier_alone(tmp
         data.setup("fit")
     message = str(next(x.message for x in w if "stored padded" in str(x.message)))
     assert message.endswith("--data.max_source_tokens 6 --data.skip_long true would skip the 1 pair(s) above that")
+
+
+def test_val_and_test_sources_that_are_training_sources_are_named_in_a_warning(tmp_path):
+    """Files split by line, not by source, put a word's alternate pronunciations on both sides: flattering scores."""
+    train = write(tmp_path / "train.tsv", ["ab\tA B", "ba\tB A", "aab\tA A B"])
+    test = write(tmp_path / "test.tsv", ["bb\tB B", "ba\tB B A", "aab\tA A B"])
+    val = write(tmp_path / "val.tsv", ["bab\tB A B"])
+    data = PairDataModule(train_file=train, val_file=val, test_file=test, target_tokenizer="space", cache=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data.load()
+    seen = [str(w.message) for w in caught if "training file holds too" in str(w.message)]
+    assert seen == [
+        f"--data.test_file {test}:2: 2 of the file's 3 pairs (this the first) have a source the training file holds "
+        "too: their scores flatter the model; split by source (--data.file with --data.split_fractions does)"
+    ]
