@@ -295,15 +295,15 @@ def _check_invisible(cps: np.ndarray, lines: np.ndarray, where: str, side: str, 
     if tokenizer.kind != "char":  # split() drops whitespace at the edges
         return
     starts = np.concatenate(([0], rows[:-1] + 1))
-    filled = starts < rows  # a source alone's absent target is an empty field
+    filled = np.flatnonzero(starts < rows)  # a source alone's absent target is an empty field
     first, last = _is_space(cps[starts[filled]]), _is_space(cps[rows[filled] - 1])
     edge = first | last
     if edge.any():
-        i = int(np.argmax(edge))
-        row, at = int(np.flatnonzero(filled)[i]), "start" if first[i] else "end"
-        char = cps[starts[row]] if first[i] else cps[rows[row] - 1]
+        bad = filled[edge]  # the fields with an edge, in file order
+        row, at_start = int(bad[0]), bool(first[edge][0])
+        at, char = ("start", cps[starts[row]]) if at_start else ("end", cps[rows[row] - 1])
         # all of them at once: a spreadsheet's export can hold hundreds, and fixing one a run is no way to find out
-        count, shown = int(edge.sum()), ", ".join(map(str, lines[np.flatnonzero(filled)[edge][:5]]))
+        count, shown = len(bad), ", ".join(map(str, lines[bad[:5]]))
         more = f" (lines {shown}{', ...' if count > 5 else ''}: {count:,} in all)" if count > 1 else ""
         raise ValueError(
             f"{where}:{lines[row]}: whitespace (U+{int(char):04X}) at the {at} of the {side}{more}; the char tokenizer "

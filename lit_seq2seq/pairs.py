@@ -270,12 +270,12 @@ class PairDataModule(L.LightningDataModule):
             raise ValueError("give --data.train_file (with --data.val_file, ...) or --data.file, one of them")
         if file is not None and (val_file or test_file):
             raise ValueError("--data.file is split by --data.split_fractions; leave --data.val_file/test_file unset")
-        fractions = split_fractions
-        if train_file is not None and fractions != SPLIT_FRACTIONS:
+        if train_file is not None and split_fractions != SPLIT_FRACTIONS:
             raise ValueError(
                 "--data.split_fractions splits --data.file; with --data.train_file give the other splits as "
                 "--data.val_file and --data.test_file"
             )
+        fractions = split_fractions
         if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0) or fractions[0] <= 0:
             raise ValueError(
                 f"--data.split_fractions must be 3 fractions >= 0 (train > 0) summing to 1, got {fractions}"
@@ -431,12 +431,9 @@ class PairDataModule(L.LightningDataModule):
     def _warn_seen_sources(self, splits: dict[str, PairFile | None]) -> None:
         """Warn of val/test sources that are training sources too (files split by line, not by source: a word's
         alternate pronunciations on both sides): their scores flatter the model. --data.file splits by source."""
-        trained = None
-        for name in ("val", "test"):
-            pairs = splits[name]
-            if pairs is None:
-                continue
-            trained = source_hashes(splits["train"].source) if trained is None else trained  # once, when needed
+        evaluated = [splits[name] for name in ("val", "test") if splits[name] is not None]
+        trained = source_hashes(splits["train"].source) if evaluated else None
+        for pairs in evaluated:
             seen = np.isin(source_hashes(pairs.source), trained)
             if seen.any():
                 rank_zero_warn(

@@ -274,10 +274,12 @@ class OnnxSeq2Seq:
                 (self.decoder, contract.MEMORY, 2),
                 (self.encoder, contract.MEMORY, 2),
             ]
+        shapes = {
+            s: {io.name: io.shape for io in (*s.get_inputs(), *s.get_outputs())} for s in (self.encoder, self.decoder)
+        }
         for (key, size), places in declared.items():
             for session, name, axis in places:
-                ios = {io.name: io.shape for io in (*session.get_inputs(), *session.get_outputs())}
-                dim = (ios.get(name) or [None] * (axis + 1))[axis]
+                dim = (shapes[session].get(name) or [None] * (axis + 1))[axis]
                 if isinstance(dim, int) and dim != size:
                     refuse(key, size, f"but the graphs' {name} has {dim} on axis {axis}")
 

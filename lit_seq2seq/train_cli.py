@@ -537,7 +537,8 @@ class Seq2SeqCLI(LightningCLI):
         _leave_process_group()
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        self._given = [str(a) for a in (sys.argv[1:] if args is None else args)]  # the command line, as typed
+        given = sys.argv[1:] if args is None else args
+        self._typed = {str(a).split("=", 1)[0] for a in given if str(a).startswith("--")}  # flags on the command line
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand:
@@ -648,7 +649,7 @@ class Seq2SeqCLI(LightningCLI):
             # the model was trained with, unless typed (they had to be repeated, or the vocabularies differed)
             trained = self._checkpoint[TEXT_KEY]
             for name in ("source_tokenizer", "target_tokenizer", "source_lowercase", "target_lowercase"):
-                if name in trained and not any(a.split("=", 1)[0] == f"--data.{name}" for a in self._given):
+                if name in trained and f"--data.{name}" not in self._typed:
                     args[name] = trained[name]
 
     def _set_seed(self) -> None:
@@ -663,9 +664,9 @@ class Seq2SeqCLI(LightningCLI):
         whose value differs from the checkpoint's: test/validate/predict use the checkpoint's settings, and the flag
         was silently ignored (--model.net.hidden_size 32 tested the 16-unit model it holds)."""
         model = self.config[subcommand].model
-        for arg in self._given:
-            key = arg.split("=", 1)[0].removeprefix("--model.")
-            if not arg.startswith("--model.") or key.split(".")[0] not in hparams:
+        for flag in sorted(self._typed):
+            key = flag.removeprefix("--model.")
+            if not flag.startswith("--model.") or key.split(".")[0] not in hparams:
                 continue
             theirs, ours = hparams, model
             for part in key.split("."):

@@ -139,10 +139,6 @@ async function* stdinLines() {
   if (pending.length) yield decode(Buffer.concat(pending));
 }
 
-async function* argumentLines(sequences) {
-  yield* sequences;
-}
-
 // Levenshtein distance between two token arrays (insertions, deletions and substitutions cost 1).
 function editDistance(a, b) {
   let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
@@ -255,7 +251,7 @@ async function main() {
   let unscored = 0;
   let blank = 0; // empty lines held back: at the end of the input they are dropped, as Python's decode drops them
   try {
-    for await (const line of sequences.length ? argumentLines(sequences) : stdinLines()) {
+    for await (const line of sequences.length ? sequences : stdinLines()) {
       if (line === "") {
         blank++;
         continue;
