@@ -9,6 +9,7 @@ State travels as a dict keyed by the ONNX contract names (h, c, memory, memory_m
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from lit_seq2seq import contract, tasks
 from lit_seq2seq.search import beam_search, greedy_search, plain
@@ -245,6 +246,34 @@ class TokenInput(nn.Module):
         return F.embedding(tokens, self.table)
 
 
+def cpu_native_bf16() -> bool:
+    """Whether this CPU does bfloat16 math in hardware (AVX512-BF16 or AMX); others emulate it, slower than float32."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+@functools.cache
+def _cpu_bf16_lstm() -> bool:
+    """Whether this CPU's oneDNN runs LSTMs in bfloat16 (AVX512 CPUs and later; not AVX2 ones)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def run_rnn(rnn: nn.RNNBase, x: Tensor | PackedSequence, state: Any = None) -> tuple[Any, Any]:
+    """rnn(x, state), except for an LSTM over a tensor under CPU bf16 autocast on a CPU without bf16 LSTMs: there
+    it runs in float32, outside autocast, as autocast already runs GRUs and packed sequences. (On AVX2 CPUs torch
+    sends that LSTM to oneDNN, which fails: "could not create a primitive descriptor for the LSTM forward".)"""
+    if (
+        isinstance(rnn, nn.LSTM)
+        and isinstance(x, Tensor)
+        and x.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and not _cpu_bf16_lstm()
+    ):
+        with torch.autocast("cpu", enabled=False):
+            return rnn(x.float(), None if state is None else tuple(s.float() for s in state))
+    return rnn(x, state)
+
+
 def _rnn(config: NetConfig, input_dim: int, bidirectional: bool) -> nn.RNNBase:
     return CELLS[config.cell](
         input_dim,
@@ -288,11 +317,11 @@ class Encoder(nn.Module):
         x = self.input_dropout(self.input(source))  # (B, S, D)
         if pack:
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            out, finals = self.rnn(packed)
+            out, finals = run_rnn(self.rnn, packed)
             if memory:  # unpacking is skipped when nobody reads the outputs
                 out = pad_packed_sequence(out, batch_first=True, total_length=source.shape[1])[0]
         else:
-            out, finals = self.rnn(x)  # (B, S, H * directions)
+            out, finals = run_rnn(self.rnn, x)  # (B, S, H * directions)
         finals = finals if isinstance(finals, tuple) else (finals,)
         state = {}
         for name, final in zip(contract.state_names(config.cell, False), finals):
@@ -338,7 +367,7 @@ class Decoder(nn.Module):
         if config.context_rnn:
             hidden = tuple(h[: config.num_layers] for h in hidden)
         x = self.input_dropout(self.input(tokens))  # (B, T, D)
-        out, finals = self.rnn(x, _cell_state(config.cell, hidden))  # (B, T, H)
+        out, finals = run_rnn(self.rnn, x, _cell_state(config.cell, hidden))  # (B, T, H)
         finals = finals if isinstance(finals, tuple) else (finals,)
         if config.attention:
             memory, mask = state[contract.MEMORY], state[contract.MEMORY_MASK]  # (B, S, M), (B, S)
@@ -348,7 +377,7 @@ class Decoder(nn.Module):
             out = torch.tanh(self.combine(torch.cat([out, context], dim=-1)))
         if config.context_rnn:
             previous = tuple(state[n][config.num_layers :] for n in names)  # (1, B, H) each
-            more, last = self.context(self.dropout(out), _cell_state(config.cell, previous))
+            more, last = run_rnn(self.context, self.dropout(out), _cell_state(config.cell, previous))
             last = last if isinstance(last, tuple) else (last,)
             finals = tuple(torch.cat([f, m]) for f, m in zip(finals, last))
             out = out + more  # residual: attention's output reaches the output layer as before

@@ -17,6 +17,8 @@ import torch
 import yaml
 from conftest import REPO, REVERSE_YAML, text_pairs
 
+from lit_seq2seq import model as model_lib
+
 if str(REPO) not in sys.path:  # `python -m pytest` from the repo root has it; a bare `pytest` puts only tests/ there
     sys.path.insert(0, str(REPO))
 
@@ -26,6 +28,7 @@ from benchmarks import (  # noqa: E402
     fit_memory,
     g2p_baselines,
     g2p_eval,
+    precision_speed,
     train_speed,
     translate_batch,
     unknown_letter,
@@ -359,3 +362,22 @@ def test_translate_batch_times_chunks_against_one_call_with_the_same_texts(tmp_p
     assert texts > 256  # more than one chunk
     assert f"translate() of {texts} texts, greedy, 1 thread, median of 1 processes each; same texts" in out
     assert re.search(r"chunks vs one call: [\d.]+x faster, [\d.]+x less peak memory", out)
+
+
+def test_precision_speed_times_bf16_mixed_against_32_true_on_the_same_batches(tmp_path, capsys):
+    net = {"hidden_size": 16, "cell": "lstm", "bidirectional": True, "attention": True, "dropout": 0.3}
+    lstm = pair_config(tmp_path, model={"net": net})
+    assert precision_speed.main(["--config", str(lstm), "--batches", "4", "--warmup", "1"]) == 0
+    out = capsys.readouterr().out
+    hardware = "yes" if model_lib.cpu_native_bf16() else "no"
+    assert f"bfloat16 hardware (AVX512-BF16 or AMX): {hardware}; oneDNN bf16 LSTM: " in out
+    assert "training step, median over 4 steps" in out and "net: lstm 16 bidirectional" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.endswith("x")}
+    assert set(rows) == {"32-true", "bf16-mixed"} and rows["32-true"][-1] == "1.00x"
+    assert all(float(row[1]) > 0 for row in rows.values())
+
+
+def test_bad_precision_speed_flags_are_named(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        precision_speed.main(["--config", str(pair_config(tmp_path)), "--batches", "40"])
+    assert exit_.value.code == 2 and "--batches + --warmup must be <= the" in capsys.readouterr().err

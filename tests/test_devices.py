@@ -20,6 +20,7 @@ from conftest import (
     version_dirs,
 )
 
+from lit_seq2seq import module as module_lib
 from lit_seq2seq.model import Seq2Seq
 
 # Learns well past chance (0.01) in seconds.
@@ -105,3 +106,14 @@ def test_a_value_lightning_refuses_is_named_by_its_own_flag(flag, value, message
     callback's)."""
     code, err = cli_exit(["fit", "--config", REVERSE_YAML, f"--{flag}", value, *root_args(tmp_path)], capsys)
     assert code == 2 and f"lit-seq2seq fit: error: --{flag} {value}: {message}" in err
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_mixed_on_a_cpu_without_bf16_hardware_says_to_use_32_true(native, tmp_path, monkeypatch, recwarn):
+    """Without AVX512-BF16 or AMX torch emulates bfloat16 math: slower than float32 (3.9x a G2P step on AVX2)."""
+    monkeypatch.setattr(module_lib, "cpu_native_bf16", lambda: native)
+    flags = ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.precision", "bf16-mixed"]
+    run_cli(["fit", "--config", REVERSE_YAML, *TINY_TASK, *flags, *root_args(tmp_path)])
+    said = [str(w.message) for w in recwarn if "without bfloat16 hardware" in str(w.message)]
+    assert len(said) == (0 if native else 1)
+    assert all("bf16-mixed (--trainer.precision)" in m and "pass --trainer.precision 32-true" in m for m in said)
