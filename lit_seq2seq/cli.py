@@ -315,6 +315,14 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
         help="decode sources shorter or longer than any the model was trained on (its metadata's min_source_length "
         "to source_length); by default such a line is a bad line: the model answers it with confident garbage",
     )
+    p.add_argument(
+        "--jsonl",
+        action="store_true",
+        help='read each line (and argument) as one JSON object {"source": SOURCE, "target": REFERENCE}, "target" '
+        "optional, as training reads .jsonl pair files (other keys ignored): decoded, printed and scored as the line "
+        "SOURCE<TAB>REFERENCE (SOURCE without one) is; an id model's source and target are strings of space-separated "
+        "ids",
+    )
     p.set_defaults(run=_run_decode)
 
 
@@ -394,11 +402,14 @@ def _run_decode(o: argparse.Namespace) -> int:
 
     label = "argument" if o.sequences else "line"
     for number, line in enumerate(o.sequences or _stdin_lines(decode_batch), 1):
-        source_text, tab, target = line.partition("\t")
         try:
             if o.sequences:
                 _check_argument_bytes(line, number)
-            source = _parse_tokens(source_text, f"{label} {number}")
+            source_text, tab, target = _fields(line, f"{label} {number}", o.jsonl)
+            try:
+                source = _parse_tokens(source_text, f"{label} {number}")
+            except InputError as error:
+                raise InputError(_hint_json(str(error), line, o.jsonl)) from None
             try:
                 model.check_source(np.asarray(source, dtype=np.int64), allow_untrained_lengths=allow)
             except ValueError as error:
@@ -528,18 +539,18 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
         decode_batch()
 
     for number, line in enumerate(o.sequences or _stdin_lines(flush), 1):
-        text, tab, reference = line.partition("\t")
-        same = bool(tab) and pending is not None and bool(pending.references) and pending.text == text
         try:
             if o.sequences:
                 _check_argument_bytes(line, number)
+            text, tab, reference = _fields(line, f"{label} {number}", o.jsonl)
+            same = bool(tab) and pending is not None and bool(pending.references) and pending.text == text
             if tab:
                 _check_reference(reference, f"{label} {number}")
             ids = [] if same else model.encode_text(text, where=f"{label} {number}", allow_untrained_lengths=allow)
         except ValueError as error:
             if not o.skip_bad_lines:
                 flush()  # every line before the bad one is printed, none after it
-                raise InputError(_hint_json(str(error), text)) from None
+                raise InputError(_hint_json(str(error), line, o.jsonl)) from None
             bad.append(str(error))
             continue
         if same:
@@ -612,11 +623,38 @@ def _check_flag_bytes(args: Sequence[str]) -> None:
             raise InputError(f"{flag}: {bad}; file and folder names must be UTF-8")
 
 
-def _hint_json(message: str, text: str) -> str:
-    """`message`, with a hint when the line looks like JSON Lines (decode reads SOURCE[<TAB>REFERENCE] lines)."""
-    if text.lstrip().startswith("{") and "unknown token" in message:
-        return f"{message} (decode reads SOURCE or SOURCE<TAB>REFERENCE lines, not JSON Lines)"
+def _hint_json(message: str, line: str, jsonl: bool) -> str:
+    """`message`, with a hint when the line looks like JSON Lines and --jsonl is not given (decode reads
+    SOURCE[<TAB>REFERENCE] lines unless told otherwise)."""
+    unreadable = "unknown token" in message or "is not a list of space-separated" in message
+    if not jsonl and line.lstrip().startswith("{") and unreadable:
+        return f"{message} (decode reads SOURCE or SOURCE<TAB>REFERENCE lines; for JSON Lines add --jsonl)"
     return message
+
+
+_JSONL_HINT = "; --jsonl reads one JSON object per line (SOURCE<TAB>REFERENCE lines: leave --jsonl out)"
+
+
+def _fields(line: str, where: str, jsonl: bool) -> tuple[str, str, str]:
+    """A decode line as (source, tab, reference), what line.partition("\\t") gives: tab "" for a line without a
+    reference. With --jsonl the line is a JSON object read as training reads a .jsonl line (pairfiles.
+    parse_jsonl_line: its checks and messages, "target" optional), given as the line SOURCE<TAB>TARGET (or SOURCE),
+    which is exact: neither text may hold a tab or a line break. InputError naming `where` for a bad line."""
+    if not jsonl:
+        return line.partition("\t")
+    if not line:
+        raise InputError(f"{where}: empty line{_JSONL_HINT}")
+    from lit_seq2seq.pairfiles import parse_jsonl_line  # numpy and the standard library only (no torch)
+
+    try:
+        source, target = parse_jsonl_line(line, where, sources_alone=True, hint=_JSONL_HINT)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    if target is None:
+        return source, "", ""
+    if not target.strip():  # as a tab with only spaces after it ("empty reference after the tab")
+        raise InputError(f"{where}: empty target (no tokens)")
+    return source, "\t", target
 
 
 def _sample_args(p: argparse.ArgumentParser) -> None:
@@ -691,7 +729,8 @@ _COMMANDS = {
         "references of all its lines, as `test` scores a file; adjacent lines of one source print one output). Lines "
         "are decoded and printed a batch at a time as they are read; a bad line (not "
         "token ids or text of the model, a length the model was not trained on, or a tab with no reference after "
-        "it) stops decode with exit code 2 after every line before it was printed.",
+        "it) stops decode with exit code 2 after every line before it was printed. --jsonl reads JSON Lines "
+        '({"source": ..., "target": ...}, as training does) instead.',
         _decode_args,
     ),
     "sample": ("Print fresh 'SOURCE<TAB>TARGET' lines of an exported model's task.", _sample_args),

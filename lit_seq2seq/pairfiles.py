@@ -354,49 +354,64 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+# a bad JSON line of a pair file: what the file's suffix made it (decode --jsonl gives its own hint)
+FILE_JSON_HINT = "; .jsonl and .json files are read as JSON Lines (source<TAB>target lines: .tsv or .txt)"
+
+
+def parse_jsonl_line(
+    line: str, where: str, sources_alone: bool = False, hint: str = FILE_JSON_HINT
+) -> tuple[str, str | None]:
+    """One line of JSON Lines pairs, checked: (source, target), target None for a source alone (`sources_alone`: an
+    object without "target"). Anything else is a ValueError starting with `where` (e.g. "--data.file F:3", or decode's
+    "line 3"): bad JSON (with `hint`, or a JSON array's), a key given twice, not an object, a missing key, a value that
+    is not a string, empty, or holds a line break or a control character. Other keys are ignored. The texts are as
+    given (not NFC). What training reads of a .jsonl line and `lit-seq2seq decode --jsonl` of each line."""
+    try:
+        row = json.loads(line, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as error:
+        if line.lstrip().startswith("["):
+            hint = "; JSON Lines: one object per line, not a JSON array"
+        raise ValueError(f"{where}: bad JSON ({error.msg} at column {error.colno}){hint}") from None
+    except _DuplicateKey as error:  # json keeps the last of them silently: which one was meant?
+        raise ValueError(f'{where}: the key "{error}" appears twice in one object') from None
+    if not isinstance(row, dict):
+        raise ValueError(f'{where}: expected a JSON object {{"source": ..., "target": ...}}')
+    alone = sources_alone and "target" not in row
+    for key in ("source",) if alone else SIDES:
+        if key not in row:  # the keys it has: "src"/"tgt" and the like are the usual cause
+            has = ", ".join(json.dumps(k) for k in list(row)[:6]) or "none"
+            keys = '"source", "target"'
+            raise ValueError(f'{where}: missing key "{key}" (it has {has}; the keys read are {keys})')
+        value = row[key]
+        if not isinstance(value, str):
+            raise ValueError(f'{where}: "{key}" must be a string, got {json.dumps(value)[:40]}')
+        if not value:
+            raise ValueError(f"{where}: empty {key}")
+        if "\n" in value or "\r" in value:
+            raise ValueError(f"{where}: the {key} holds a line break; a pair is one line of text")
+        bad = CONTROL.search(value)  # a lone surrogate too: a JSON escape can write one
+        if bad:
+            raise ValueError(
+                f"{where}: {describe_control(bad.group())} in the {key} at character {bad.start() + 1}; "
+                "texts must be printable"
+            )
+    return row["source"], None if alone else row["target"]
+
+
 def _jsonl_sides(
     text: str, where: str, sources_alone: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Line numbers, the two sides' NFC texts of JSON Lines (a Python loop: json.loads per line) and which lines are a
-    source alone (`sources_alone`: no "target" key)."""
+    """Line numbers, the two sides' NFC texts of JSON Lines (a Python loop: parse_jsonl_line per line) and which lines
+    are a source alone (`sources_alone`: no "target" key)."""
     lines, sources, targets, alone = [], [], [], []
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line, object_pairs_hook=_unique_keys)
-        except json.JSONDecodeError as error:
-            if line.lstrip().startswith("["):
-                hint = "; JSON Lines: one object per line, not a JSON array"
-            else:
-                hint = "; .jsonl and .json files are read as JSON Lines (source<TAB>target lines: .tsv or .txt)"
-            raise ValueError(f"{where}:{number}: bad JSON ({error.msg} at column {error.colno}){hint}") from None
-        except _DuplicateKey as error:  # json keeps the last of them silently: which one was meant?
-            raise ValueError(f'{where}:{number}: the key "{error}" appears twice in one object') from None
-        if not isinstance(row, dict):
-            raise ValueError(f'{where}:{number}: expected a JSON object {{"source": ..., "target": ...}}')
-        alone.append(sources_alone and "target" not in row)
-        for key in ("source",) if alone[-1] else SIDES:
-            if key not in row:  # the keys it has: "src"/"tgt" and the like are the usual cause
-                has = ", ".join(json.dumps(k) for k in list(row)[:6]) or "none"
-                keys = '"source", "target"'
-                raise ValueError(f'{where}:{number}: missing key "{key}" (it has {has}; the keys read are {keys})')
-            value = row[key]
-            if not isinstance(value, str):
-                raise ValueError(f'{where}:{number}: "{key}" must be a string, got {json.dumps(value)[:40]}')
-            if not value:
-                raise ValueError(f"{where}:{number}: empty {key}")
-            if "\n" in value or "\r" in value:
-                raise ValueError(f"{where}:{number}: the {key} holds a line break; a pair is one line of text")
-            bad = CONTROL.search(value)  # a lone surrogate too: a JSON escape can write one
-            if bad:
-                raise ValueError(
-                    f"{where}:{number}: {describe_control(bad.group())} in the {key} at character {bad.start() + 1}; "
-                    "texts must be printable"
-                )
+        source, target = parse_jsonl_line(line, f"{where}:{number}", sources_alone)
         lines.append(number)
-        sources.append(row["source"])
-        targets.append(row.get("target", ""))
+        sources.append(source)
+        targets.append("" if target is None else target)
+        alone.append(target is None)
     if not lines:
         raise ValueError(f"{where}: the file holds no pairs")
     source = unicodedata.normalize(NORMALIZATION, "\n".join(sources) + "\n")

@@ -753,3 +753,77 @@ def test_node_decode_takes_texts_and_id_lines_as_arguments_as_python_decode(expo
         assert (node.returncode, node.stdout) == (code, out) == (0, out), (node.stderr, err)
     bad = node_decode(exported("gru").model_dir, "", "2 3", "2 99")
     assert_refused(bad, "argument 2: source[1]: token 99 is out of range")
+
+
+# ------------------------------------------------------------------------------------------ --jsonl
+
+
+def test_node_decode_jsonl_prints_and_scores_as_pythons_decode(exported, text_exported, capsys):
+    """decode.mjs --jsonl: the output and scores of `lit-seq2seq decode --jsonl` and of its own SOURCE<TAB>REFERENCE
+    lines, for a text model (several references per source, sources alone, non-ASCII escaped or not, other keys) and
+    an id model (ids as strings), from stdin and as arguments."""
+    from test_decode_jsonl import as_jsonl, as_tsv, text_rows
+
+    id_rows = [("2 3", "3 2"), ("4 5 6", None), ("5 6", "6 5 1 0"), ("2 3 4", "2 3 4"), (" 7  6 ", "7 6")]
+    for model_dir, rows in ((text_exported("trained").model_dir, text_rows()), (exported("gru").model_dir, id_rows)):
+        tsv = node_decode(model_dir, as_tsv(rows), "--batch-size", "3")
+        assert tsv.returncode == 0 and tsv.stderr.startswith("exact match: "), tsv.stderr
+        for stdin in (as_jsonl(rows), as_jsonl(rows, ascii_only=False).replace('"source"', '"id": 1, "source"')):
+            node = node_decode(model_dir, stdin, "--jsonl", "--batch-size", "3")
+            code, out, err = cli_output(["decode", "--model_dir", model_dir, "--jsonl"], capsys, stdin=stdin)
+            assert (node.returncode, node.stdout, node.stderr) == (code, out, err) == (0, tsv.stdout, tsv.stderr)
+        lines = as_jsonl(rows[:5]).splitlines()
+        node = node_decode(model_dir, "", "--jsonl", *lines)
+        code, out, err = cli_output(["decode", "--model_dir", model_dir, "--jsonl", *lines], capsys)
+        assert (node.returncode, node.stdout, node.stderr) == (code, out, err) and code == 0, node.stderr
+
+
+def _bad_jsonl_cases() -> list:
+    from test_decode_jsonl import BAD_IDS, BAD_LINES
+
+    return [pytest.param(line, id=name) for (line, _), name in zip(BAD_LINES, BAD_IDS, strict=True)]
+
+
+@pytest.mark.parametrize("line", _bad_jsonl_cases())
+def test_node_decode_jsonl_refuses_bad_lines_as_pythons_decode(line, text_exported, capsys):
+    """Each bad line of test_decode_jsonl.BAD_LINES: Python's message (the reason a line is not JSON worded by
+    JSON.parse instead; a text the model refuses as decode.mjs refuses it in a SOURCE line), after the line before it
+    was printed."""
+    model_dir = text_exported("trained").model_dir
+    stdin = f'{{"source": "abé"}}\n{line}\n{{"source": "ab", "target": "AH BE"}}\n'
+    node = node_decode(model_dir, stdin, "--jsonl")
+    code, out, err = cli_output(["decode", "--model_dir", model_dir, "--jsonl"], capsys, stdin=stdin)
+    assert (node.stdout, code, out) == ("AH BE É\n", 2, "AH BE É\n")
+    python = err.removeprefix("lit-seq2seq decode: error: ").rstrip("\n")
+    if "bad JSON (" in python:
+        before, after = python.split(" (", 1)[0], python.rsplit(")", 1)[1]
+        assert_refused(node, f"decode.mjs: {before} (")
+        assert node.stderr.rstrip("\n").endswith(f"){after}"), node.stderr
+    elif "unknown token" in python:
+        assert_refused(node, "decode.mjs: line 2: ")
+        source = json.loads(line)["source"]
+        assert node.stderr == node_decode(model_dir, f"abé\n{source}\nab\tAH BE\n").stderr
+    else:
+        assert_refused(node, f"decode.mjs: {python}")
+        assert node.stderr == f"decode.mjs: {python}\n"
+    if line:  # as arguments (an empty one: held back as an empty line of stdin, and at the end dropped)
+        args = node_decode(model_dir, "", "--jsonl", '{"source": "abé"}', line)
+        assert (args.returncode, args.stderr) == (2, node.stderr.replace("line 2", "argument 2"))
+
+
+def test_node_decode_jsonl_names_a_repeated_key_and_the_keys_as_python(text_exported, capsys):
+    """JSON.parse keeps the last of a repeated key silently: decode.mjs names it as Python's reader does (in nested
+    objects too, the first object to close first), and lists the keys in the line's order (JavaScript puts integer
+    keys first), escaped as Python's json.dumps escapes them."""
+    model_dir = text_exported("trained").model_dir
+    for line in (
+        '{"source": "ab", "x": {"k": 1, "k": 2}}',
+        '{"s": 1, "s": {"k": 1, "k": 2}}',
+        '[{"source": "ab", "source": "a"}]',
+        '{"b": 1, "2": 2, "é\\u00e9": 3, "\\ud83d\\ude00": 4}',
+        '{"source": {"ж": [1, true, null, "é"]}}',
+        '{"source": "ab", "target": "AH", "target": "BE"}',
+    ):
+        node = node_decode(model_dir, f"{line}\n", "--jsonl")
+        code, _, err = cli_output(["decode", "--model_dir", model_dir, "--jsonl"], capsys, stdin=f"{line}\n")
+        assert code == 2 and node.stderr == err.replace("lit-seq2seq decode: error: ", "decode.mjs: "), line

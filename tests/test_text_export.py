@@ -322,7 +322,7 @@ def test_decode_prints_text(text_exported, capsys):
         code, out, err = cli_output(["decode", "--model_dir", model_dir, "abé", bad], capsys)
         assert (code, out) == (2, "AH BE É\n") and err.startswith(f"lit-seq2seq decode: error: argument 2: {message}")
     code, _, err = cli_output(["decode", "--model_dir", model_dir], capsys, '{"source": "ab", "target": "AH BE"}\n')
-    assert code == 2 and "(decode reads SOURCE or SOURCE<TAB>REFERENCE lines, not JSON Lines)" in err
+    assert code == 2 and "(decode reads SOURCE or SOURCE<TAB>REFERENCE lines; for JSON Lines add --jsonl)" in err
     # an argument is read as a line is: SOURCE<TAB>REFERENCE is scored
     code, out, err = cli_output(["decode", "--model_dir", model_dir, "ab\tAH BE"], capsys)
     assert (code, out) == (0, "AH BE\n") and err.startswith("exact match: 1/1 = 100.00%")

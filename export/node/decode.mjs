@@ -2,16 +2,18 @@
 // decode.mjs: decode stdin lines (greedy or beam) with a lit-seq2seq export on onnxruntime-node (the Node consumer).
 //
 //   node export/node/decode.mjs MODEL_DIR [--two-graph] [--allow-untrained-lengths] [--batch-size N]
-//                                [--beam-size K [--length-penalty X]] < lines
+//                                [--beam-size K [--length-penalty X]] [--jsonl] < lines
 //
 // --beam-size K (K > 1) decodes by beam search over the two step graphs (the contract's "Beam search"), with the Python
 // runtime's tokens; 1 (the default) is greedy.
 // One source per line: space-separated token ids, or text for a text model (format_version 2 with source_tokens).
 // "SOURCE<TAB>EXPECTED" lines (what `lit-seq2seq sample` prints) are scored too: exact match (and a text model's token
 // error rate) goes to stderr, counted and printed as `lit-seq2seq decode` does. One decoded line out per line in (for
-// a text model, adjacent lines of one source are one source, as several references), printed a batch at a time. Bad
-// input (a bad line, a missing/altered/mixed model file, a bad flag) -> one line on stderr and exit code 2, after every
-// line before a bad line was printed; never a stack trace.
+// a text model, adjacent lines of one source are one source, as several references), printed a batch at a time.
+// --jsonl: each line is a JSON object {"source": ..., "target": ...} ("target" optional, other keys ignored), read as
+// the line SOURCE<TAB>TARGET, with the checks and messages of `lit-seq2seq decode --jsonl` (why a line is not JSON is
+// worded by JSON.parse, not by Python's json). Bad input (a bad line, a missing/altered/mixed model file, a bad flag) ->
+// one line on stderr and exit code 2, after every line before a bad line was printed; never a stack trace.
 
 import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
@@ -32,7 +34,7 @@ import {
 
 const USAGE =
   "usage: node decode.mjs MODEL_DIR [--two-graph] [--allow-untrained-lengths] [--batch-size N] [--beam-size K " +
-  "[--length-penalty X]] [SEQUENCE ...] (no SEQUENCE: the lines of stdin)";
+  "[--length-penalty X]] [--jsonl] [SEQUENCE ...] (no SEQUENCE: the lines of stdin)";
 
 class UsageError extends Error {}
 
@@ -50,10 +52,12 @@ function parseArgs(args) {
     beamSize: 1,
     lengthPenalty: null,
     sequences: [], // texts or id lines given as arguments, decoded instead of stdin (as Python's decode takes them)
+    jsonl: false, // each line one JSON object {"source": ..., "target": ...}, as Python's decode --jsonl
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === "--two-graph") options.twoGraph = true;
+    else if (arg === "--jsonl") options.jsonl = true;
     else if (arg === "--allow-untrained-lengths" || arg === "--allow_untrained_lengths")
       options.allowUntrainedLengths = true;
     else if (arg === "--batch-size" || arg === "--batch_size") {
@@ -167,6 +171,94 @@ function parseIds(text, where) {
   return ids;
 }
 
+// --jsonl: what Python's decode --jsonl reads of a line (lit_seq2seq/pairfiles.py parse_jsonl_line, the reader of
+// training's .jsonl files), with its messages: {source, reference}, reference null without "target".
+const JSONL_HINT = "; --jsonl reads one JSON object per line (SOURCE<TAB>REFERENCE lines: leave --jsonl out)";
+const LEADING_SPACE = new RegExp(`^(?:${PY_SPACE.source})`, "u"); // Python's str.lstrip()
+const ALL_SPACE = new RegExp(`^(?:${PY_SPACE.source})?$`, "u"); // Python's `not text.strip()`
+
+// A value as Python's json.dumps writes it (ASCII only, ", " and ": " between items), for messages. A number is
+// JavaScript's: 1.0 (Python's float) reads as 1.
+function pyDumps(value) {
+  if (typeof value === "string") {
+    const escape = (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`;
+    return JSON.stringify(value).replace(/[\u007f-\uffff]/g, escape); // surrogate pairs as two escapes, as Python
+  }
+  if (Array.isArray(value)) return `[${value.map(pyDumps).join(", ")}]`;
+  if (value !== null && typeof value === "object") {
+    return `{${Object.entries(value)
+      .map(([k, v]) => `${pyDumps(k)}: ${pyDumps(v)}`)
+      .join(", ")}}`;
+  }
+  return String(value); // null, true, false, a number
+}
+
+// The top-level keys of valid JSON text, in order. JSON.parse keeps the last of a repeated key silently; Python's
+// reader refuses it, naming, in the first object to close that has one, its first repeated key.
+function objectKeys(text, where) {
+  const stack = []; // per open container: its keys (an object) or null (an array)
+  let top = [];
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === '"') {
+      let end = i + 1;
+      while (text[end] !== '"') end += text[end] === "\\" ? 2 : 1;
+      const keys = stack.at(-1);
+      if (keys) {
+        let next = end + 1; // a string in an object is a key when a colon follows it
+        while (text[next] === " " || text[next] === "\t" || text[next] === "\n" || text[next] === "\r") next++;
+        if (text[next] === ":") keys.push(JSON.parse(text.slice(i, end + 1)));
+      }
+      i = end;
+    } else if (c === "{" || c === "[") stack.push(c === "{" ? [] : null);
+    else if (c === "}" || c === "]") {
+      const keys = stack.pop();
+      const twice = keys?.find((key) => keys.indexOf(key) !== keys.lastIndexOf(key));
+      if (twice !== undefined) throw new InputError(`${where}: the key "${twice}" appears twice in one object`);
+      if (keys && stack.length === 0) top = keys;
+    }
+  }
+  return top;
+}
+
+function parseJsonlLine(line, where) {
+  let row;
+  try {
+    row = JSON.parse(line);
+  } catch (error) {
+    const hint = line.replace(LEADING_SPACE, "").startsWith("[")
+      ? "; JSON Lines: one object per line, not a JSON array"
+      : JSONL_HINT;
+    throw new InputError(`${where}: bad JSON (${error.message})${hint}`);
+  }
+  const keys = objectKeys(line, where);
+  if (row === null || typeof row !== "object" || Array.isArray(row)) {
+    throw new InputError(`${where}: expected a JSON object {"source": ..., "target": ...}`);
+  }
+  const alone = !Object.hasOwn(row, "target");
+  for (const key of alone ? ["source"] : ["source", "target"]) {
+    if (!Object.hasOwn(row, key)) {
+      const has = keys.slice(0, 6).map(pyDumps).join(", ") || "none";
+      throw new InputError(`${where}: missing key "${key}" (it has ${has}; the keys read are "source", "target")`);
+    }
+    const value = row[key];
+    if (typeof value !== "string") {
+      throw new InputError(`${where}: "${key}" must be a string, got ${pyDumps(value).slice(0, 40)}`);
+    }
+    if (value === "") throw new InputError(`${where}: empty ${key}`);
+    if (value.includes("\n") || value.includes("\r")) {
+      throw new InputError(`${where}: the ${key} holds a line break; a pair is one line of text`);
+    }
+    try {
+      checkPrintable(value, "");
+    } catch (error) {
+      throw new InputError(`${where}${error.message.replace(" at character ", ` in the ${key} at character `)}`);
+    }
+  }
+  if (!alone && ALL_SPACE.test(row.target)) throw new InputError(`${where}: empty target (no tokens)`);
+  return { source: row.source, reference: alone ? null : row.target };
+}
+
 // Resolves once stdout took the text (or its reader left: `| head` ends quietly, exit code 0).
 function write(text) {
   return new Promise((resolve) => {
@@ -259,12 +351,21 @@ async function main() {
       if (blank > 0) {
         number++;
         // as Python's decode: a text model's empty line is an empty text, an id model's an empty sequence
-        const empty = model.isText ? "empty text" : "source: empty sequence (source_len is 0)";
+        const empty = options.jsonl
+          ? `empty line${JSONL_HINT}`
+          : model.isText
+            ? "empty text"
+            : "source: empty sequence (source_len is 0)";
         throw new InputError(`${label} ${number}: ${empty}`);
       }
       number++;
-      const tab = line.indexOf("\t");
-      const [sourceText, target] = tab < 0 ? [line, ""] : [line.slice(0, tab), line.slice(tab + 1)];
+      let tab = line.indexOf("\t");
+      let [sourceText, target] = tab < 0 ? [line, ""] : [line.slice(0, tab), line.slice(tab + 1)];
+      if (options.jsonl) {
+        // the line SOURCE<TAB>TARGET (or SOURCE): exact, as neither text may hold a tab or a line break
+        const row = parseJsonlLine(line, `${label} ${number}`);
+        [sourceText, target, tab] = [row.source, row.reference ?? "", row.reference === null ? -1 : row.source.length];
+      }
       const same = model.isText && tab >= 0 && pending?.references && pending.text === sourceText;
       let source = null;
       let reference = null;
