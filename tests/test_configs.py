@@ -37,12 +37,12 @@ def test_every_config_fits_tests_and_exports(config, in_tmp, capsys, monkeypatch
     pairs = "class_path" in settings["data"]  # pair files, named relative to the repository root
     flags = ["--config", config, *(SIZES[-2:] if pairs else SIZES)]
     if pairs:
-        flags += [f"--trainer.limit_{split}_batches={n}" for split, n in (("train", 8), ("val", 2), ("test", 2))]
+        flags += [f"--trainer.limit_{split}_batches={n}" for split, n in (("train", 2), ("val", 2), ("test", 2))]
         use_config_data(settings, in_tmp, monkeypatch)
         flags += ["--trainer.max_time", "null"]
     if settings["trainer"].get("strategy") == "ddp":  # in this process (test_ddp.py covers DDP)
         flags += ["--trainer.strategy", "auto", "--trainer.devices", "1"]
-    if isinstance(settings["trainer"].get("val_check_interval"), float):  # a fraction of 8 batches: validate once
+    if isinstance(settings["trainer"].get("val_check_interval"), float):  # a fraction of 2 batches: validate once
         flags += ["--trainer.val_check_interval", "1.0"]
     root = in_tmp / "runs"
 
