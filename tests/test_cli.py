@@ -483,8 +483,11 @@ def test_decode_into_a_full_or_closed_stdout_says_so_in_one_line(exported):
          "UTF-8 (byte 0xff at character 9); file and folder names must be UTF-8"),
         (["decode", "--model_dir", "m", "13 28 \udcff"], "decode: error: argument 1: invalid UTF-8 (byte 0xff at "
          "character 7)"),  # an id model's argument too; the model folder is checked later
+        (["decode", "--model_dir", "m", "--skip_bad_lines", "13 28 \udcff"], "decode: error: every argument was "
+         "bad (1 skipped), nothing decoded; the first: argument 1: invalid UTF-8 (byte 0xff at character 7)"),
+        # ^ the word after a switch is no value of it (it was named as --skip_bad_lines's)
     ],
-    ids=["export", "fit", "decode"],
+    ids=["export", "fit", "decode", "decode-switch"],
 )  # fmt: skip
 def test_arguments_that_are_not_utf8_are_named_in_one_line(args, message, exported, capsys):
     """A folder named in bytes that are not UTF-8 failed in tens of lines: jsonargparse's Union report, or torch's
