@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BLOCK_IMPORTS, PYTHON, REPO, TRAIN_EXTRA_HINT, pad_rows, run_python
+from conftest import PYTHON, REPO, TRAIN_EXTRA_HINT, pad_rows
 
 from lit_seq2seq.runtime import OnnxSeq2Seq
 
@@ -139,29 +139,3 @@ def test_runtime_venv_finds_the_bundled_files(runtime_venv: Path) -> None:
     )
     assert Path(contract).read_bytes() == (REPO / "export/README.md").read_bytes()
     assert int(count) == len(list((REPO / "configs").rglob("*.yaml")))
-
-
-def test_the_package_names_its_classes_and_loads_each_module_only_when_asked():
-    """`from lit_seq2seq import Seq2SeqModule` as in other libraries; the runtime's class still loads no torch, and on
-    a base install a training class names the extra it needs."""
-    import lit_seq2seq
-    from lit_seq2seq import callbacks, data, export, model, module, pairs, runtime
-
-    homes = {runtime: ["OnnxSeq2Seq"], model: ["NetConfig", "Seq2Seq"], module: ["Seq2SeqModule"]}
-    homes |= {data: ["Seq2SeqDataModule"], pairs: ["PairDataModule"], callbacks: ["EMAWeightAveraging"]}
-    homes |= {export: ["export_checkpoint"]}
-    assert sorted(lit_seq2seq.__all__) == sorted(["__version__", *(n for names in homes.values() for n in names)])
-    assert all(getattr(lit_seq2seq, n) is getattr(m, n) for m, names in homes.items() for n in names)
-    assert set(lit_seq2seq.__all__) <= set(dir(lit_seq2seq))
-    with pytest.raises(AttributeError, match="module 'lit_seq2seq' has no attribute 'Trainer'"):
-        lit_seq2seq.Trainer  # noqa: B018
-    code = BLOCK_IMPORTS + (
-        "from lit_seq2seq import OnnxSeq2Seq\nprint(OnnxSeq2Seq.__module__, 'torch' in sys.modules)\n"
-        "from lit_seq2seq import Seq2SeqModule"
-    )
-    done = run_python(code, "onnx")
-    assert done.stdout == "lit_seq2seq.runtime False\n"
-    assert done.stderr.splitlines()[-1] == (
-        "ImportError: lit_seq2seq.Seq2SeqModule needs the training extra (lightning is not installed here): "
-        + TRAIN_EXTRA_HINT
-    )
