@@ -407,6 +407,7 @@ class PairDataModule(L.LightningDataModule):
                 splits["predict"] = splits["test"]
             self._warn_seen_sources(splits)
         train = splits["train"]
+        _warn_repeated_pairs(train)
         self.train_sha256 = train.sha256 if self.file is None else hashlib.sha256(train.sha256.encode()).hexdigest()
         train = self._cap(train, "train", "source", self.caps["source"])
         splits["train"] = train = self._cap(train, "train", "target", self.caps["target"])
@@ -813,6 +814,23 @@ def source_hashes(side: Side) -> np.ndarray:
     sums = np.zeros(len(lengths), np.uint64)
     np.add.at(sums, row, mixed)  # wraps modulo 2**64
     return _mix(sums ^ lengths.astype(np.uint64))
+
+
+def _warn_repeated_pairs(pairs: PairFile) -> None:
+    """Warn of training pairs that repeat an earlier line's source and target (files concatenated or scraped twice):
+    each copy weighs once more in the loss, which a user rarely means."""
+    pair = _mix(source_hashes(pairs.source) ^ (source_hashes(pairs.target) * np.uint64(0x9E3779B97F4A7C15)))
+    order = np.argsort(pair, kind="stable")  # equal hashes in row order: the first of each is the original
+    again = np.flatnonzero(pair[order][1:] == pair[order][:-1]) + 1
+    if not len(again):
+        return
+    first = int(order[again].min())  # the earliest row that repeats one before it
+    original = int(order[np.searchsorted(pair[order], pair[first])])
+    rank_zero_warn(
+        f"{pairs.where(first)}: {len(again):,} of the file's {len(pairs):,} training pairs repeat an earlier line's "
+        f"source and target (this the first; it repeats line {int(pairs.lines[original])}): each copy weighs once more "
+        "in training; remove the repeats if that is not meant (awk '!seen[$0]++' keeps the first of each)"
+    )
 
 
 def _mix(x: np.ndarray) -> np.ndarray:

@@ -657,6 +657,27 @@ def test_the_long_line_warning_suggests_the_cap_that_skips_the_outlier_alone(tmp
     assert message.endswith("--data.max_source_tokens 6 --data.skip_long true would skip the 1 pair(s) above that")
 
 
+def test_training_pairs_that_repeat_an_earlier_line_are_counted_in_a_warning(tmp_path):
+    """A file concatenated twice trained each pair twice without a word. The same source with another target is an
+    alternate reference (CMUdict's pronunciations), not a repeat; nor is a target under another source."""
+    lines = ["ab\tA B", "ba\tB A", "ab\tA A", "aab\tA B", "ba\tB A", "ab\tA B", "ba\tB A"]
+    data = PairDataModule(train_file=write(tmp_path / "train.tsv", lines), target_tokenizer="space", cache=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data.load()
+    said = [str(w.message) for w in caught if "repeat an earlier line" in str(w.message)]
+    assert said == [
+        f"--data.train_file {tmp_path / 'train.tsv'}:5: 3 of the file's 7 training pairs repeat an earlier line's "
+        "source and target (this the first; it repeats line 2): each copy weighs once more in training; remove the "
+        "repeats if that is not meant (awk '!seen[$0]++' keeps the first of each)"
+    ]
+    unique = PairDataModule(train_file=write(tmp_path / "u.tsv", lines[:4]), target_tokenizer="space", cache=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        unique.load()
+    assert not [w for w in caught if "repeat an earlier line" in str(w.message)]
+
+
 def test_val_and_test_sources_that_are_training_sources_are_named_in_a_warning(tmp_path):
     """Files split by line, not by source, put a word's alternate pronunciations on both sides: flattering scores."""
     train = write(tmp_path / "train.tsv", ["ab\tA B", "ba\tB A", "aab\tA A B"])
