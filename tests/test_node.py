@@ -716,16 +716,16 @@ def test_node_decode_refuses_untrained_lengths_on_both_sides_as_python(line, exp
 
 
 def test_node_module_refuses_the_metadata_values_the_python_runtime_refuses(exported, text_exported, tmp_path):
-    """The value checks of OnnxSeq2Seq._check_metadata, in the JS module too (the graphs' declared shapes apart:
-    onnxruntime-node does not give them), each naming the key."""
+    """The value checks of OnnxSeq2Seq._check_metadata, in the JS module too, each naming the key; the graphs'
+    declared shapes (read from onnxruntime-node's inputMetadata/outputMetadata) with Python's very message."""
     import re
 
     # the key Python names (metadata KEY is ...), or for its "text metadata is damaged" the key changed
     cases = [
-        (n, c, (re.search(r"metadata ([\w, ]+) is", m) or [None, next(iter(c))])[1])
-        for n, c, m in HOSTILE_METADATA
-        if "the graphs'" not in m
+        (n, c, (re.search(r"metadata ([\w, ]+) is", m) or [None, next(iter(c))])[1]) for n, c, m in HOSTILE_METADATA
     ]
+    shape_messages = {i: m for i, (_, _, m) in enumerate(HOSTILE_METADATA) if "the graphs'" in m}
+    assert len(shape_messages) == 2  # hidden_size (h) and memory_dim (memory)
     folders = []
     for i, (name, changes, _) in enumerate(cases):
         source = text_exported("trained").model_dir if name == "text" else exported(name).model_dir
@@ -735,8 +735,10 @@ def test_node_module_refuses_the_metadata_values_the_python_runtime_refuses(expo
         folders.append(str(tmp_path / str(i)))
     code = "const out = []; for (const dir of process.argv.slice(1)) out.push(await message(() => load(dir)));"
     out = json.loads(node_script(code + "console.log(JSON.stringify(out));", *folders).stdout)
-    for (_, changes, key), got in zip(cases, out, strict=True):
+    for i, ((_, changes, key), got) in enumerate(zip(cases, out, strict=True)):
         assert got.startswith("ModelFileError: ") and f"metadata {key}" in got, (changes, got)
+        if i in shape_messages:
+            assert got.endswith(shape_messages[i]), got
 
 
 def test_node_decode_takes_texts_and_id_lines_as_arguments_as_python_decode(exported, text_exported, capsys):

@@ -484,6 +484,32 @@ export class Seq2Seq {
     this.sourceIds = this.sourceTokens && new Map(this.sourceTokens.map((t, i) => [t, i]));
     this.unkToken = m.unk_token ? intMeta(m, "unk_token", name) : null;
     this._checkValues(name);
+    this._checkShapes(name);
+  }
+
+  // The sizes the graphs declare (what metadata copied from another export would contradict): h's width, the
+  // memory's, the logits', as OnnxSeq2Seq._check_metadata. A runtime that lists no shapes (older onnxruntime
+  // releases have no inputMetadata) or a symbolic axis leaves nothing to compare.
+  _checkShapes(name) {
+    const m = this.meta;
+    const declared = [
+      ["hidden_size", intMeta(m, "hidden_size", name), [["decoder", "h", 2], ["encoder", "h", 2]]],
+      ["target_vocab_size", this.targetVocabSize, [["decoder", "logits", 1]]],
+    ];
+    if (m.attention === "1") {
+      const places = [["decoder", "memory", 2], ["encoder", "memory", 2]];
+      declared.push(["memory_dim", intMeta(m, "memory_dim", name), places]);
+    }
+    for (const [key, size, places] of declared) {
+      for (const [part, io, axis] of places) {
+        const s = this.sessions[part];
+        const value = [...(s.inputMetadata ?? []), ...(s.outputMetadata ?? [])].find((v) => v.name === io);
+        const dim = value?.shape?.[axis];
+        if (Number.isInteger(dim) && dim !== size) {
+          throw new ModelFileError(`${name}: metadata ${key} is ${size}, but the graphs' ${io} has ${dim} on axis ${axis}`);
+        }
+      }
+    }
   }
 
   // Values no export holds (metadata written or edited by hand, its hash stamped again), refused as the Python
