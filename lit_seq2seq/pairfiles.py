@@ -346,6 +346,14 @@ class _DuplicateKey(Exception):
     pass
 
 
+class _NotJson(Exception):
+    pass
+
+
+def _no_constant(name: str) -> None:  # Python's json reads NaN and Infinity, which are not JSON (JSON.parse refuses)
+    raise _NotJson(name)
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     keys = [key for key, _ in pairs]
     for key in keys:
@@ -363,11 +371,14 @@ def parse_jsonl_line(
 ) -> tuple[str, str | None]:
     """One line of JSON Lines pairs, checked: (source, target), target None for a source alone (`sources_alone`: an
     object without "target"). Anything else is a ValueError starting with `where` (e.g. "--data.file F:3", or decode's
-    "line 3"): bad JSON (with `hint`, or a JSON array's), a key given twice, not an object, a missing key, a value that
-    is not a string, empty, or holds a line break or a control character. Other keys are ignored. The texts are as
-    given (not NFC). What training reads of a .jsonl line and `lit-seq2seq decode --jsonl` of each line."""
+    "line 3"): bad JSON (with `hint`, or a JSON array's; NaN and Infinity too), a key given twice, not an object, a
+    missing key, a value that is not a string, empty, or holds a line break or a control character. Other keys are
+    ignored. The texts are as given (not NFC). What training reads of a .jsonl line and `lit-seq2seq decode --jsonl`
+    of each line."""
     try:
-        row = json.loads(line, object_pairs_hook=_unique_keys)
+        row = json.loads(line, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except _NotJson as error:
+        raise ValueError(f"{where}: bad JSON ({error} is not a JSON value){hint}") from None
     except json.JSONDecodeError as error:
         if line.lstrip().startswith("["):
             hint = "; JSON Lines: one object per line, not a JSON array"

@@ -108,12 +108,14 @@ BAD_LINES = [
     ('{"source": "a\\nb"}', "the source holds a line break; a pair is one line of text"),
     ('{"source": "ab", "target": "AH\\tBE"}', "control character U+0009 in the target at character 3; texts must"),
     ('{"source": "a\\ud800"}', "lone surrogate U+D800 in the source at character 2; texts must be printable"),
+    ('{"source": "ab", "score": NaN}', f"bad JSON (NaN is not a JSON value){JSONL_HINT}"),  # Python's json took it
+    ('{"source": "ab", "score": -Infinity}', f"bad JSON (-Infinity is not a JSON value){JSONL_HINT}"),
     ("", f"empty line{JSONL_HINT}"),  # one before another line (empty lines at the end are dropped)
     ('{"source": "ax"}', "unknown token 'x' at position 2"),  # the model's own refusal, as for the TSV line
 ]
 BAD_IDS = ["unclosed", "a TSV line", "blank", "array", "string", "array cut", "other keys", "no keys", "number",
            "null", "list", "empty source", "empty target", "blank target", "twice", "line break", "tab", "surrogate",
-           "empty line", "unknown token"]  # fmt: skip
+           "NaN", "-Infinity", "empty line", "unknown token"]  # fmt: skip
 
 
 @pytest.mark.parametrize("line,message", BAD_LINES, ids=BAD_IDS)
