@@ -11,6 +11,7 @@ torch and onnxruntime are imported only by the functions that use them, so a tor
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import statistics
@@ -24,6 +25,30 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SEED_CONFIG = ROOT / "configs" / "reverse.yaml"
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}  # cpu: this thread's CPU time, blind to descheduling
+
+
+# ---- arguments ------------------------------------------------------------------------------------------------------
+def step_parser(doc: str, batches: int, warmup: int) -> argparse.ArgumentParser:
+    """The flags of a benchmark timing a pair config's training steps (precision_speed, dropout_speed), its
+    description the first paragraph of `doc`; `checked_steps` checks what it parsed."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/g2p_cmudict_15min.yaml", help="a PairDataModule config")
+    parser.add_argument("--train_file", help="instead of the config's train file")
+    parser.add_argument("--batches", type=int, default=batches, help="timed steps of each side")
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed steps of each side first")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    return parser
+
+
+def checked_steps(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """`step_parser`'s flags parsed, counts out of range refused naming the flag (exit code 2)."""
+    args = parser.parse_args(argv)
+    for flag in ("batches", "threads"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    return args
 
 
 # ---- timing ---------------------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ steps of each side.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -45,18 +44,8 @@ def _stepper(loop: train_speed.PlainLoop) -> Callable[[], None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/g2p_cmudict_15min.yaml", help="a PairDataModule config")
-    parser.add_argument("--train_file", help="instead of the config's train file")
-    parser.add_argument("--batches", type=int, default=100, help="timed steps of each side")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps of each side first")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    args = parser.parse_args(argv)
-    for flag in ("batches", "threads"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    if args.warmup < 0:
-        parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    parser = harness.step_parser(__doc__, batches=100, warmup=5)
+    args = harness.checked_steps(parser, argv)
     with harness.threads_pinned(args.threads):
         try:
             work = train_speed.PairTask(args.config, args.train_file, limit_batches=args.batches + args.warmup)

@@ -657,25 +657,26 @@ def test_the_long_line_warning_suggests_the_cap_that_skips_the_outlier_alone(tmp
     assert message.endswith("--data.max_source_tokens 6 --data.skip_long true would skip the 1 pair(s) above that")
 
 
+def load_warnings(data: PairDataModule, phrase: str) -> list[str]:
+    """The messages of the warnings `data.load()` gave that hold `phrase`."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data.load()
+    return [str(w.message) for w in caught if phrase in str(w.message)]
+
+
 def test_training_pairs_that_repeat_an_earlier_line_are_counted_in_a_warning(tmp_path):
     """A file concatenated twice trained each pair twice without a word. The same source with another target is an
     alternate reference (CMUdict's pronunciations), not a repeat; nor is a target under another source."""
     lines = ["ab\tA B", "ba\tB A", "ab\tA A", "aab\tA B", "ba\tB A", "ab\tA B", "ba\tB A"]
     data = PairDataModule(train_file=write(tmp_path / "train.tsv", lines), target_tokenizer="space", cache=False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        data.load()
-    said = [str(w.message) for w in caught if "repeat an earlier line" in str(w.message)]
-    assert said == [
+    assert load_warnings(data, "repeat an earlier line") == [
         f"--data.train_file {tmp_path / 'train.tsv'}:5: 3 of the file's 7 training pairs repeat an earlier line's "
         "source and target (this the first; it repeats line 2): each copy weighs once more in training; remove the "
         "repeats if that is not meant (awk '!seen[$0]++' keeps the first of each)"
     ]
     unique = PairDataModule(train_file=write(tmp_path / "u.tsv", lines[:4]), target_tokenizer="space", cache=False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        unique.load()
-    assert not [w for w in caught if "repeat an earlier line" in str(w.message)]
+    assert load_warnings(unique, "repeat an earlier line") == []
 
 
 def test_val_and_test_sources_that_are_training_sources_are_named_in_a_warning(tmp_path):
@@ -684,11 +685,7 @@ def test_val_and_test_sources_that_are_training_sources_are_named_in_a_warning(t
     test = write(tmp_path / "test.tsv", ["bb\tB B", "ba\tB B A", "aab\tA A B"])
     val = write(tmp_path / "val.tsv", ["bab\tB A B"])
     data = PairDataModule(train_file=train, val_file=val, test_file=test, target_tokenizer="space", cache=False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        data.load()
-    seen = [str(w.message) for w in caught if "training file holds too" in str(w.message)]
-    assert seen == [
+    assert load_warnings(data, "training file holds too") == [
         f"--data.test_file {test}:2: 2 of the file's 3 pairs (this the first) have a source the training file holds "
         "too: their scores flatter the model; split by source (--data.file with --data.split_fractions does)"
     ]
