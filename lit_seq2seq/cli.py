@@ -219,7 +219,10 @@ def _has_settings(path: str) -> bool:
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"lit-seq2seq {command}", description=_COMMANDS[command][0])
+    # no abbreviations (--skip for --skip_bad_lines): decode.mjs takes none, and a prefix's value went unchecked
+    parser = argparse.ArgumentParser(
+        prog=f"lit-seq2seq {command}", description=_COMMANDS[command][0], allow_abbrev=False
+    )
     _COMMANDS[command][1](parser)
     return parser
 
@@ -612,16 +615,19 @@ def _check_argument_bytes(text: str, number: int) -> None:
 def _check_flag_bytes(args: Sequence[str]) -> None:
     """InputError naming the first flag whose value was not UTF-8 (decode checks its texts itself, line by line): a
     folder name that is not UTF-8 failed deep inside jsonargparse or torch's ONNX exporter, in tens of lines. The
-    word after an own command's switch (decode --skip_bad_lines TEXT) is no value of it."""
-    switches = set()
+    word after an own command's switch (decode --skip_bad_lines TEXT) or unknown flag (argparse names it) is no value
+    of it."""
+    valued = None  # an own command's flags that take a value; LightningCLI's: every flag
     if args and args[0] in OWN_COMMANDS:
-        switches = {flag for action in _parser(args[0])._actions if action.nargs == 0 for flag in action.option_strings}
+        valued = {flag for action in _parser(args[0])._actions if action.nargs != 0 for flag in action.option_strings}
     for i, arg in enumerate(args):
         if arg.startswith("--") and "=" in arg:
             flag, value = arg.split("=", 1)
-        elif i and args[i - 1].startswith("-") and args[i - 1] not in switches and not arg.startswith("-"):
+        elif i and args[i - 1].startswith("-") and not arg.startswith("-"):
             flag, value = args[i - 1], arg
         else:
+            continue
+        if valued is not None and flag not in valued:
             continue
         if bad := _bad_bytes(value):
             raise InputError(f"{flag}: {bad}; file and folder names must be UTF-8")

@@ -297,7 +297,7 @@ class Seq2SeqModule(L.LightningModule):
         if stage == "fit" and trainer.precision == "bf16-mixed" and cpu and not cpu_native_bf16():
             rank_zero_warn(
                 "precision bf16-mixed (--trainer.precision) on a CPU without bfloat16 hardware (AVX512-BF16 or AMX): "
-                "torch emulates its 16-bit math, and G2P training steps took 3.9x as long as under 32-true on an "
+                "torch emulates its 16-bit math, and G2P training steps took 4.3x as long as under 32-true on an "
                 "AVX2 CPU; pass --trainer.precision 32-true (Trainer(precision='32-true'))"
             )
 

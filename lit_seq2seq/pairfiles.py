@@ -8,6 +8,7 @@ beside the file (keyed by the file's sha256 and the tokenizer settings) and mapp
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
@@ -355,11 +356,16 @@ def _no_constant(name: str) -> None:  # Python's json reads NaN and Infinity, wh
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    for key in keys:
-        if keys.count(key) > 1:
-            raise _DuplicateKey(key)
-    return dict(pairs)
+    row = dict(pairs)
+    if len(row) < len(pairs):  # the first key, in order, that appears twice (a count per key: 50,000 keys took 23 s)
+        counts = collections.Counter(key for key, _ in pairs)
+        raise _DuplicateKey(next(key for key, _ in pairs if counts[key] > 1))
+    return row
+
+
+def _json_int(text: str) -> int | float:
+    # past Python's 4,300-digit limit int() raises a ValueError naming no line; as JSON.parse, read it as a float
+    return int(text) if len(text) <= 4300 else float(text)
 
 
 # a bad JSON line of a pair file: what the file's suffix made it (decode --jsonl gives its own hint)
@@ -371,17 +377,19 @@ def parse_jsonl_line(
 ) -> tuple[str, str | None]:
     """One line of JSON Lines pairs, checked: (source, target), target None for a source alone (`sources_alone`: an
     object without "target"). Anything else is a ValueError starting with `where` (e.g. "--data.file F:3", or decode's
-    "line 3"): bad JSON (with `hint`, or a JSON array's; NaN and Infinity too), a key given twice, not an object, a
-    missing key, a value that is not a string, empty, or holds a line break or a control character. Other keys are
-    ignored. The texts are as given (not NFC). What training reads of a .jsonl line and `lit-seq2seq decode --jsonl`
-    of each line."""
+    "line 3"): bad JSON (with `hint`, or a JSON array's; NaN, Infinity and deep nesting too), a key given twice, not
+    an object, a missing key, a value that is not a string, empty, or holds a line break or a control character.
+    Other keys are ignored. The texts are as given (not NFC). What training reads of a .jsonl line and `lit-seq2seq
+    decode --jsonl` of each line."""
+    if line.lstrip().startswith("["):
+        hint = "; JSON Lines: one object per line, not a JSON array"
     try:
-        row = json.loads(line, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        row = json.loads(line, object_pairs_hook=_unique_keys, parse_constant=_no_constant, parse_int=_json_int)
     except _NotJson as error:
         raise ValueError(f"{where}: bad JSON ({error} is not a JSON value){hint}") from None
+    except RecursionError:  # a line of 100,000 "[" ended in a traceback
+        raise ValueError(f"{where}: bad JSON (nested too deeply){hint}") from None
     except json.JSONDecodeError as error:
-        if line.lstrip().startswith("["):
-            hint = "; JSON Lines: one object per line, not a JSON array"
         raise ValueError(f"{where}: bad JSON ({error.msg} at column {error.colno}){hint}") from None
     except _DuplicateKey as error:  # json keeps the last of them silently: which one was meant?
         raise ValueError(f'{where}: the key "{error}" appears twice in one object') from None

@@ -16,7 +16,16 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lit_seq2seq.data import ResumableSampler, ShardSampler, _already_batched, train_position, warn_no_validation
-from lit_seq2seq.pairfiles import PairFile, Side, header_line, pad_rows, read_pairs, rows_with_unknown, to_vocab_ids
+from lit_seq2seq.pairfiles import (
+    PairFile,
+    Side,
+    file_format,
+    header_line,
+    pad_rows,
+    read_pairs,
+    rows_with_unknown,
+    to_vocab_ids,
+)
 from lit_seq2seq.search import plain, plain_values
 from lit_seq2seq.tasks import check_memory
 from lit_seq2seq.text import (
@@ -826,10 +835,13 @@ def _warn_repeated_pairs(pairs: PairFile) -> None:
         return
     first = int(order[again].min())  # the earliest row that repeats one before it
     original = int(order[np.searchsorted(pair[order], pair[first])])
+    # compared as tokenized (lowercasing, runs of spaces, JSON key order aside): a line-wise tool may keep some
+    tsv = file_format(pairs.path) == "tsv"
+    tool = " (for identical lines, awk '!seen[$0]++' keeps the first of each)" if tsv else ""
     rank_zero_warn(
-        f"{pairs.where(first)}: {len(again):,} of the file's {len(pairs):,} training pairs repeat an earlier line's "
-        f"source and target (this the first; it repeats line {int(pairs.lines[original])}): each copy weighs once more "
-        "in training; remove the repeats if that is not meant (awk '!seen[$0]++' keeps the first of each)"
+        f"{pairs.where(first)}: {len(again):,} of the {len(pairs):,} training pairs repeat an earlier line's source "
+        f"and target as tokenized (this the first; it repeats line {int(pairs.lines[original])}): each copy weighs "
+        f"once more in training; remove the repeats if that is not meant{tool}"
     )
 
 

@@ -110,12 +110,14 @@ BAD_LINES = [
     ('{"source": "a\\ud800"}', "lone surrogate U+D800 in the source at character 2; texts must be printable"),
     ('{"source": "ab", "score": NaN}', f"bad JSON (NaN is not a JSON value){JSONL_HINT}"),  # Python's json took it
     ('{"source": "ab", "score": -Infinity}', f"bad JSON (-Infinity is not a JSON value){JSONL_HINT}"),
+    ("[" * 5000, "bad JSON (nested too deeply); JSON Lines: one object per line, not a JSON array"),  # a traceback
+    ('{"source": ' + "1" * 5000 + "}", '"source" must be a string, got Infinity'),  # past int()'s 4,300 digits
     ("", f"empty line{JSONL_HINT}"),  # one before another line (empty lines at the end are dropped)
     ('{"source": "ax"}', "unknown token 'x' at position 2"),  # the model's own refusal, as for the TSV line
 ]
 BAD_IDS = ["unclosed", "a TSV line", "blank", "array", "string", "array cut", "other keys", "no keys", "number",
            "null", "list", "empty source", "empty target", "blank target", "twice", "line break", "tab", "surrogate",
-           "NaN", "-Infinity", "empty line", "unknown token"]  # fmt: skip
+           "NaN", "-Infinity", "deep", "5000 digits", "empty line", "unknown token"]  # fmt: skip
 
 
 @pytest.mark.parametrize("line,message", BAD_LINES, ids=BAD_IDS)

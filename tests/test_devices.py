@@ -110,7 +110,7 @@ def test_a_value_lightning_refuses_is_named_by_its_own_flag(flag, value, message
 
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_mixed_on_a_cpu_without_bf16_hardware_says_to_use_32_true(native, tmp_path, monkeypatch, recwarn):
-    """Without AVX512-BF16 or AMX torch emulates bfloat16 math: slower than float32 (3.9x a G2P step on AVX2)."""
+    """Without AVX512-BF16 or AMX torch emulates bfloat16 math: slower than float32 (4.3x a G2P step on AVX2)."""
     monkeypatch.setattr(module_lib, "cpu_native_bf16", lambda: native)
     flags = ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.precision", "bf16-mixed"]
     run_cli(["fit", "--config", REVERSE_YAML, *TINY_TASK, *flags, *root_args(tmp_path)])

@@ -499,12 +499,16 @@ def test_lstm_nets_train_under_cpu_bf16_autocast_where_onednn_has_no_bf16_lstm(m
     config = net_config(12, max_target_length=4, eos_token=1, hidden_size=8, attention=True)
     net = Seq2Seq(dataclasses.replace(config, bidirectional=True, context_rnn=True, embedding_dim=6))
     source, target = torch.randint(2, 12, (3, 5)), torch.randint(2, 12, (3, 4))  # unpadded: the unpacked LSTM path
+    ran = []  # the output dtype of each LSTM call (the net's own calls: on a CPU with bf16 LSTMs, finite bf16 too)
+    for lstm in (m for m in net.modules() if isinstance(m, torch.nn.LSTM)):
+        lstm.register_forward_hook(lambda module, args, out: ran.append(out[0].dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = net(source, shift_right(target, 0))
         x = torch.randn(3, 5, 6).bfloat16()
         out = model_lib.run_rnn(net.encoder.rnn, x)[0]
     F.cross_entropy(logits.float().flatten(0, 1), target.flatten()).backward()
     assert logits.shape == (3, 4, 12) and torch.isfinite(logits).all()
+    assert ran == [torch.float32] * 4  # encoder, decoder, context RNN, then run_rnn's own call: each in float32
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)
     assert out.dtype == torch.float32 and torch.equal(out, net.encoder.rnn(x.float())[0])  # float32's numbers
 

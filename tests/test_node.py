@@ -780,6 +780,30 @@ def test_node_decode_jsonl_prints_and_scores_as_pythons_decode(exported, text_ex
         assert (node.returncode, node.stdout, node.stderr) == (code, out, err) and code == 0, node.stderr
 
 
+def test_node_decode_names_jsonl_for_a_json_line_read_without_it(exported, text_exported):
+    """Python's decode hints at --jsonl for a JSON object read as a SOURCE line; decode.mjs said only "unknown token"
+    (a text model) or "not a list of space-separated integer token ids" (an id model)."""
+    hint = "(decode reads SOURCE or SOURCE<TAB>REFERENCE lines; for JSON Lines add --jsonl)"
+    line = ' {"source": "ab", "target": "AH BE"}'
+    for model_dir in (text_exported("trained").model_dir, exported("gru").model_dir):
+        for got in (node_decode(model_dir, f"{line}\n"), node_decode(model_dir, "", line)):
+            assert_refused(got, hint)
+            assert got.stderr.endswith(f"{hint}\n") and got.stderr.startswith("decode.mjs: "), got.stderr
+        assert "add --jsonl" not in node_decode(model_dir, "", "ab{").stderr  # a brace inside: no JSON line
+    assert node_decode(text_exported("trained").model_dir, f"{line}\n", "--jsonl").returncode == 0
+
+
+def test_node_decode_refuses_a_command_line_onnxruntime_node_would_crash_on(exported):
+    """onnxruntime-node 1.30 ended with a segmentation fault (exit code -11, nothing said) when the command line passed
+    ~28 KB: a 30,000-character argument is refused, naming stdin; the same text on stdin decodes."""
+    model_dir = exported("gru").model_dir
+    long = " ".join(["2 3 4 5 6"] * 3000)  # 29,999 characters
+    assert_refused(node_decode(model_dir, "", long), "give long or many sequences on stdin")
+    assert node_decode(model_dir, "", *["2 3 4 5 6"] * 100).returncode == 0  # 1 KB: decoded
+    piped = node_decode(model_dir, f"{long}\n", "--allow-untrained-lengths")
+    assert piped.returncode == 0 and piped.stdout.count("\n") == 1, piped.stderr
+
+
 def _bad_jsonl_cases() -> list:
     from test_decode_jsonl import BAD_IDS, BAD_LINES
 
@@ -808,9 +832,9 @@ def test_node_decode_jsonl_refuses_bad_lines_as_pythons_decode(line, text_export
     else:
         assert_refused(node, f"decode.mjs: {python}")
         assert node.stderr == f"decode.mjs: {python}\n"
-    if line:  # as arguments (an empty one: held back as an empty line of stdin, and at the end dropped)
-        args = node_decode(model_dir, "", "--jsonl", '{"source": "abé"}', line)
-        assert (args.returncode, args.stderr) == (2, node.stderr.replace("line 2", "argument 2"))
+    # as arguments, the bad one last (an empty one was held back as an empty line of stdin, then dropped)
+    args = node_decode(model_dir, "", "--jsonl", '{"source": "abé"}', line)
+    assert (args.returncode, args.stderr) == (2, node.stderr.replace("line 2", "argument 2"))
 
 
 def test_node_decode_jsonl_names_a_repeated_key_and_the_keys_as_python(text_exported, capsys):

@@ -671,9 +671,9 @@ def test_training_pairs_that_repeat_an_earlier_line_are_counted_in_a_warning(tmp
     lines = ["ab\tA B", "ba\tB A", "ab\tA A", "aab\tA B", "ba\tB A", "ab\tA B", "ba\tB A"]
     data = PairDataModule(train_file=write(tmp_path / "train.tsv", lines), target_tokenizer="space", cache=False)
     assert load_warnings(data, "repeat an earlier line") == [
-        f"--data.train_file {tmp_path / 'train.tsv'}:5: 3 of the file's 7 training pairs repeat an earlier line's "
-        "source and target (this the first; it repeats line 2): each copy weighs once more in training; remove the "
-        "repeats if that is not meant (awk '!seen[$0]++' keeps the first of each)"
+        f"--data.train_file {tmp_path / 'train.tsv'}:5: 3 of the 7 training pairs repeat an earlier line's source "
+        "and target as tokenized (this the first; it repeats line 2): each copy weighs once more in training; remove "
+        "the repeats if that is not meant (for identical lines, awk '!seen[$0]++' keeps the first of each)"
     ]
     unique = PairDataModule(train_file=write(tmp_path / "u.tsv", lines[:4]), target_tokenizer="space", cache=False)
     assert load_warnings(unique, "repeat an earlier line") == []

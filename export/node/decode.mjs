@@ -193,6 +193,20 @@ function pyDumps(value) {
   return String(value); // null, true, false, a number
 }
 
+// A line that looks like JSON Lines, read without --jsonl, says so (as Python's decode: cli._hint_json).
+function hintJson(message, line, jsonl) {
+  const unreadable = message.includes("unknown token") || message.includes("is not a list of space-separated");
+  if (jsonl || !unreadable || !line.replace(LEADING_SPACE, "").startsWith("{")) return message;
+  return `${message} (decode reads SOURCE or SOURCE<TAB>REFERENCE lines; for JSON Lines add --jsonl)`;
+}
+
+// The first key, in order, that appears more than once (a count per key: indexOf per key took 4.9 s on 50,000 keys).
+function firstRepeated(keys) {
+  const counts = new Map();
+  for (const key of keys) counts.set(key, (counts.get(key) ?? 0) + 1);
+  return keys.find((key) => counts.get(key) > 1);
+}
+
 // The top-level keys of valid JSON text, in order. JSON.parse keeps the last of a repeated key silently; Python's
 // reader refuses it, naming, in the first object to close that has one, its first repeated key.
 function objectKeys(text, where) {
@@ -213,7 +227,7 @@ function objectKeys(text, where) {
     } else if (c === "{" || c === "[") stack.push(c === "{" ? [] : null);
     else if (c === "}" || c === "]") {
       const keys = stack.pop();
-      const twice = keys?.find((key) => keys.indexOf(key) !== keys.lastIndexOf(key));
+      const twice = keys ? firstRepeated(keys) : undefined; // keys: null for an array
       if (twice !== undefined) throw new InputError(`${where}: the key "${twice}" appears twice in one object`);
       if (keys && stack.length === 0) top = keys;
     }
@@ -267,8 +281,20 @@ function write(text) {
   });
 }
 
+// onnxruntime-node 1.30 crashes (a segmentation fault inside InferenceSession.create) once the process's command line
+// passes ~28 KB, measured here: a long argument list is refused before it loads, naming stdin.
+const MAX_ARGV_BYTES = 16384;
+
 async function main() {
   const options = parseArgs(process.argv.slice(2));
+  const argvBytes = process.argv.reduce((n, arg) => n + Buffer.byteLength(arg) + 1, 0);
+  if (argvBytes > MAX_ARGV_BYTES) {
+    const size = argvBytes.toLocaleString("en-US");
+    throw new UsageError(
+      `the command line holds ${size} bytes, over the ${MAX_ARGV_BYTES.toLocaleString("en-US")} that are safe ` +
+        "(onnxruntime-node crashes past ~28 KB): give long or many sequences on stdin",
+    );
+  }
   let ort;
   try {
     ort = (await import("onnxruntime-node")).default;
@@ -341,14 +367,15 @@ async function main() {
 
   let number = 0;
   let unscored = 0;
-  let blank = 0; // empty lines held back: at the end of the input they are dropped, as Python's decode drops them
+  let blank = 0; // empty lines of stdin held back: at its end they are dropped, as Python's decode drops them
   try {
     for await (const line of sequences.length ? sequences : stdinLines()) {
-      if (line === "") {
+      if (line === "" && !sequences.length) {
         blank++;
         continue;
       }
-      if (blank > 0) {
+      if (blank > 0 || line === "") {
+        // an empty argument is refused where it stands, as Python's decode refuses it (even the last one)
         number++;
         // as Python's decode: a text model's empty line is an empty text, an id model's an empty sequence
         const empty = options.jsonl
@@ -384,9 +411,9 @@ async function main() {
           reference = model.isText ? target : model.strip(parseIds(target, `${label} ${number} (expected)`)).join(" ");
         }
       } catch (error) {
-        throw error instanceof InputError && !error.message.startsWith(`${label} `)
-          ? new InputError(`${label} ${number}: ${error.message}`)
-          : error;
+        if (!(error instanceof InputError)) throw error;
+        const where = error.message.startsWith(`${label} `) ? "" : `${label} ${number}: `;
+        throw new InputError(hintJson(where + error.message, line, options.jsonl));
       }
       if (same) {
         pending.references.push(reference); // one more reference of the source just read
