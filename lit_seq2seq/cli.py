@@ -18,7 +18,7 @@ from lit_seq2seq import __version__, install_hint
 from lit_seq2seq.bundled import config_names, resolve_config
 from lit_seq2seq.contract import CONTRACT_FILE, DECODER_FILE, ENCODER_FILE, GREEDY_FILE
 from lit_seq2seq.runs import DEFAULT_ROOT_DIR
-from lit_seq2seq.text import SHOWN_CHARS, check_printable, input_lines, show_token
+from lit_seq2seq.text import SHOWN_CHARS, UNK_ID, UNK_STR, check_printable, input_lines, show_token
 
 OWN_COMMANDS = ("export", "decode", "sample", "report")
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -376,6 +376,7 @@ def _run_decode(o: argparse.Namespace) -> int:
     except ValueError as error:
         raise ValueError(f"--{error}") from None  # its messages start with the setting's name
     model = OnnxSeq2Seq.load(o.model_dir, intra_op_threads=o.threads)
+    _note_file_arguments(o.sequences)
     if model.text is not None:
         return _decode_text(o, model)
     allow = o.allow_untrained_lengths
@@ -500,6 +501,19 @@ class _Scores:
         return f"exact match: {exact}/{n} = {exact / n:.2%} (WER {1 - exact / n:.2%}); token error rate: {ter}"
 
 
+def _note_file_arguments(sequences: list[str]) -> None:
+    """A note on stderr when an argument names a file (`decode --model_dir M words.tsv`): it is decoded as a text, not
+    read; a model with <unk> printed an answer for the file name without a word."""
+    named = next((i for i, arg in enumerate(sequences, 1) if os.path.isfile(arg)), None)
+    if named is not None:
+        arg = sequences[named - 1]
+        print(
+            f"note: argument {named} is the name of a file, {show_token(arg)}, decoded as a text; decode reads a "
+            f"file's lines from stdin: lit-seq2seq decode --model_dir DIR < {arg}",
+            file=sys.stderr,
+        )
+
+
 def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq2Seq, imported lazily
     """decode for a text model: text lines in, one text per source out (adjacent lines of one source: one output);
     SOURCE<TAB>REFERENCE lines are scored at the end as `test` scores a file: exact match (1 - WER) and token error
@@ -513,6 +527,10 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
     bad: list[str] = []
     number = unscored = 0
     label = "argument" if o.sequences else "line"
+    unknown: list[
+        str
+    ] = []  # the sources holding a token read as <unk> (a model trained with --data.unknown_source unk)
+    has_unk = model.text.source_vocab.has_unk
 
     def decode_batch() -> None:
         if not batch:
@@ -562,11 +580,19 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
         finish_pending()
         pending = _Source(text, ids, [reference] if tab else None)
         unscored += not tab
+        if has_unk and UNK_ID in ids:
+            unknown.append(f"{label} {number}")
     finish_pending()
     decode_batch()
     summary = scores.summary()
     if summary:
         print(summary + _unscored(unscored, label), file=sys.stderr)
+    if unknown:  # decoded, but from a text the model read in part as <unk>: said, not silent
+        print(
+            f"{len(unknown)} source(s) held tokens the model does not know, each read as {UNK_STR} (the first: "
+            f"{unknown[0]})",
+            file=sys.stderr,
+        )
     return _skipped(bad, number, label)
 
 

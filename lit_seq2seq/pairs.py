@@ -26,7 +26,7 @@ from lit_seq2seq.pairfiles import (
     rows_with_unknown,
     to_vocab_ids,
 )
-from lit_seq2seq.search import plain, plain_values
+from lit_seq2seq.search import MAX_STEPS, plain, plain_values
 from lit_seq2seq.tasks import check_memory
 from lit_seq2seq.text import (
     EOS_ID,
@@ -435,6 +435,13 @@ class PairDataModule(L.LightningDataModule):
             "target": int(train.target.lengths.max()),
         }
         self._train_source_lengths = lengths
+        if self._lengths["target"] + 1 > MAX_STEPS:  # the decode loop's bound; the fit failed at its first validation
+            longest = int(np.argmax(train.target.lengths))
+            raise ValueError(
+                f"{train.where(longest)}: its target of {self._lengths['target']:,} tokens is longer than the "
+                f"{MAX_STEPS - 1:,} (and end token) a model decodes; --data.max_target_tokens {MAX_STEPS - 1} with "
+                "--data.skip_long true skips (and counts) longer pairs"
+            )
         self._check_lengths(train, spec, splits)
         self._make_datasets(splits, spec)
 

@@ -54,6 +54,7 @@ DEFAULT_DATA = f"{Seq2SeqDataModule.__module__}.{Seq2SeqDataModule.__qualname__}
 LIGHTNING_CKPT_NAMES = ("hpc", "registry")
 # Data settings a fit may change when it resumes: fit does not use them, or they do not change what it trains on.
 RESUMABLE_DATA_CHANGES = ("test_size", "predict_size", "num_workers", "test_file", "predict_file", "cache")
+PATH_FLAGS = ("file", "train_file", "val_file")  # the pair files a resumed fit keeps (its --data.* flags)
 
 
 class Seq2SeqArgumentParser(LightningArgumentParser):
@@ -804,11 +805,18 @@ class Seq2SeqCLI(LightningCLI):
         foreign = sorted(k for k in saved_data if not k.startswith("_") and k not in data.hparams)
         if foreign:  # trained with another data module (generated tasks vs pair files)
             differ.append(f"--data {type(data).__name__} (the checkpoint was trained with --data.{foreign[0]} ...)")
+        position = checkpoint.get(type(data).__qualname__) or {}
+        # the training file's contents are compared below (resume_differences) where the checkpoint has their hash:
+        # its path may be written otherwise (relative, a copy); other files are the same when their paths resolve so
+        by_contents = ("train_file", "file") if position.get("train_sha256") else ()
         for key, value in saved_data.items():
             ours = data.hparams.get(key, value)
-            if not key.startswith("_") and key not in RESUMABLE_DATA_CHANGES and ours != value:
-                differ.append(f"--data.{key} {ours} (checkpoint: {value})")
-        position = checkpoint.get(type(data).__qualname__) or {}
+            if key.startswith("_") or key in RESUMABLE_DATA_CHANGES or key in by_contents or ours == value:
+                continue
+            if key in PATH_FLAGS and all(isinstance(v, str) for v in (ours, value)):
+                if os.path.realpath(ours) == os.path.realpath(value):
+                    continue
+            differ.append(f"--data.{key} {ours} (checkpoint: {value})")
         processes = self.trainer.num_devices * self.trainer.num_nodes
         mid_epoch = 0 < position.get("batches", 0) < position.get("epoch_batches", float("inf"))
         if mid_epoch and position.get("processes", processes) != processes:

@@ -804,6 +804,24 @@ def test_node_decode_refuses_a_command_line_onnxruntime_node_would_crash_on(expo
     assert piped.returncode == 0 and piped.stdout.count("\n") == 1, piped.stderr
 
 
+def test_node_decode_says_what_it_read_as_unk_and_names_a_file_argument_as_pythons_decode(
+    text_exported, tmp_path, monkeypatch, capsys
+):
+    """decode.mjs printed answers for texts of unknown letters (a model with <unk>) and for a file's name given as an
+    argument, without a word; now Python's lines (its quotes around the name aside)."""
+    model_dir = text_exported("unk_char").model_dir
+    stdin = "ab\nxb\tAB\nzz\nab\tAB\n"
+    node = node_decode(model_dir, stdin)
+    code, out, err = cli_output(["decode", "--model_dir", model_dir], capsys, stdin=stdin)
+    assert (node.returncode, node.stdout, node.stderr) == (code, out, err) and "2 source(s) held tokens" in err
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w.tsv").write_text("ab\tAB\n")
+    node = node_decode(model_dir, "", "ab", "w.tsv")
+    code, out, err = cli_output(["decode", "--model_dir", model_dir, "ab", "w.tsv"], capsys)
+    assert (node.returncode, node.stdout) == (code, out) == (0, out)
+    assert node.stderr == err.replace("'w.tsv'", '"w.tsv"') and err.startswith("note: argument 2 is the name of a file")
+
+
 def _bad_jsonl_cases() -> list:
     from test_decode_jsonl import BAD_IDS, BAD_LINES
 

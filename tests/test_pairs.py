@@ -405,6 +405,27 @@ def test_a_resumed_fit_refuses_a_changed_training_file(tmp_path, capsys):
     assert code == 2 and "the checkpoint was trained with --data.bucketing" in err
 
 
+def test_a_resumed_fit_takes_its_files_by_another_path_or_a_byte_identical_copy(tmp_path, monkeypatch, capsys):
+    """The paths were compared as strings: the same training file written relative was refused, as was a copy; the
+    training file's contents decide (their hash is in the checkpoint), a validation file's resolved path."""
+    train, val = tmp_path / "train.tsv", tmp_path / "val.tsv"
+    train.write_text("ab\tA B\nba\tB A\naab\tA A B\n" * 20)
+    val.write_text("ab\tA B\n")
+    flags = [*TINY_FIT, "--trainer.max_epochs", "1"]
+    fit_in(tmp_path / "runs", *flags, "--data.train_file", train, "--data.val_file", val)
+    ckpt = tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt"
+    copy = tmp_path / "copy.tsv"
+    copy.write_bytes(train.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    more = ["--trainer.max_epochs", "2", "--ckpt_path", ckpt, *root_args(tmp_path / "runs")]
+    for path in ("train.tsv", copy, f"./runs/../{train.name}"):
+        run_cli(["fit", *flags, "--data.train_file", path, "--data.val_file", "val.tsv", *more])
+    other_val = tmp_path / "other.tsv"
+    other_val.write_text("ab\tA B\n")
+    code, err = cli_exit(["fit", *flags, "--data.train_file", train, "--data.val_file", other_val, *more], capsys)
+    assert code == 2 and f"--data.val_file {other_val} (checkpoint: {val})" in err
+
+
 def test_from_python_weights_refuse_data_of_other_vocabularies_as_the_cli_does(tmp_path):
     """A script of one's own: load_from_checkpoint + test, a Trainer's ckpt_path and a resume took data whose
     vocabularies had the checkpoint's sizes but other tokens, and reported figures of ids meaning other tokens."""
@@ -655,6 +676,31 @@ def test_the_long_line_warning_suggests_the_cap_that_skips_the_outlier_alone(tmp
         data.setup("fit")
     message = str(next(x.message for x in w if "stored padded" in str(x.message)))
     assert message.endswith("--data.max_source_tokens 6 --data.skip_long true would skip the 1 pair(s) above that")
+
+
+def test_a_training_target_longer_than_a_model_decodes_is_refused_naming_the_line_and_the_cap(tmp_path):
+    """A 4,200-token target passed the checks and failed at the first validation (max_len must be an int in [1, 4096])
+    in a traceback; with validation off, the fit ended and export refused the metadata it wrote."""
+    lines = ["ab\tA B", "ba\tB A", "aab\t" + " ".join(["A"] * 4096), "bb\tB"]
+    data = PairDataModule(train_file=write(tmp_path / "train.tsv", lines), target_tokenizer="space", cache=False)
+    with pytest.raises(ValueError) as caught:
+        data.load()
+    assert str(caught.value) == (
+        f"--data.train_file {tmp_path / 'train.tsv'}:3: its target of 4,096 tokens is longer than the 4,095 (and end "
+        "token) a model decodes; --data.max_target_tokens 4095 with --data.skip_long true skips (and counts) longer "
+        "pairs"
+    )
+    capped = PairDataModule(
+        train_file=tmp_path / "train.tsv", target_tokenizer="space", cache=False, max_target_tokens=4095, skip_long=True
+    )
+    capped.load()
+    assert (capped.max_target_length, capped.skipped["train"]) == (3, 1)
+    lines[2] = "aab\t" + " ".join(["A"] * 4095)  # the longest a model decodes, with its end token
+    edge = PairDataModule(train_file=write(tmp_path / "edge.tsv", lines), target_tokenizer="space", cache=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the outlier warning
+        edge.load()
+    assert edge.max_target_length == 4096
 
 
 def load_warnings(data: PairDataModule, phrase: str) -> list[str]:

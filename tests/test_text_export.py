@@ -490,3 +490,28 @@ def test_a_text_past_the_longest_decoded_is_refused_even_when_untrained_lengths_
     model, _, _ = text_model("trained")
     with pytest.raises(ValueError, match=r"^texts\[0\]: 100,001 characters; at most 100,000 are decoded$"):
         model.translate(["a" * 100_001], allow_untrained_lengths=True)
+
+
+def test_decode_says_how_many_sources_it_read_in_part_as_unk_and_when_an_argument_names_a_file(
+    text_exported, tmp_path, monkeypatch, capsys
+):
+    """A model trained with --data.unknown_source unk decoded texts of unknown letters, and a file name given as an
+    argument (`decode --model_dir M words.tsv`), without a word: an answer for the name, not the file's lines."""
+    model_dir = text_exported("unk_char").model_dir
+    code, out, err = cli_output(["decode", "--model_dir", model_dir], capsys, "ab\nxb\tAB\nzz\nab\tAB\n")
+    assert code == 0 and out.count("\n") == 4
+    assert (
+        err.splitlines()[-1]
+        == "2 source(s) held tokens the model does not know, each read as <unk> (the first: line 2)"
+    )
+    code, out, err = cli_output(["decode", "--model_dir", model_dir, "ab", "ba"], capsys)
+    assert (code, err) == (0, "")  # known letters: nothing said
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w.tsv").write_text("ab\tAB\n")  # a name of 5 characters: a length the model was trained on
+    code, out, err = cli_output(["decode", "--model_dir", model_dir, "ab", "w.tsv"], capsys)
+    assert code == 0 and out.count("\n") == 2
+    assert err.splitlines() == [
+        "note: argument 2 is the name of a file, 'w.tsv', decoded as a text; decode reads a file's lines from "
+        "stdin: lit-seq2seq decode --model_dir DIR < w.tsv",
+        "1 source(s) held tokens the model does not know, each read as <unk> (the first: argument 2)",
+    ]

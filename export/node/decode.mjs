@@ -15,6 +15,7 @@
 // worded by JSON.parse, not by Python's json). Bad input (a bad line, a missing/altered/mixed model file, a bad flag) ->
 // one line on stderr and exit code 2, after every line before a bad line was printed; never a stack trace.
 
+import { statSync } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import {
@@ -319,6 +320,22 @@ async function main() {
   const sessionOptions = { intraOpNumThreads: 1, interOpNumThreads: 1 };
   const model = await loadModel(ort, files, { folder: dir.replace(/\/+$/, ""), sessionOptions });
   const { twoGraph, allowUntrainedLengths, sequences } = options;
+  // as Python's decode: an argument naming a file is decoded as a text, and said (a model with <unk> answered it)
+  const isFile = (arg) => {
+    try {
+      return statSync(arg).isFile();
+    } catch {
+      return false; // as Python's os.path.isfile: no such file, a name too long, a NUL in it
+    }
+  };
+  const named = sequences.findIndex(isFile);
+  if (named >= 0) {
+    const arg = sequences[named];
+    process.stderr.write(
+      `note: argument ${named + 1} is the name of a file, ${shown(arg)}, decoded as a text; decode reads a file's ` +
+        `lines from stdin: lit-seq2seq decode --model_dir DIR < ${arg}\n`,
+    );
+  }
   const label = sequences.length ? "argument" : "line"; // what messages count, as in Python's decode
 
   // As Python's decode: an id line is scored on its own (its reference cut at the end token); a text model's adjacent
@@ -367,6 +384,7 @@ async function main() {
 
   let number = 0;
   let unscored = 0;
+  const unknown = []; // sources with a token read as <unk> (a model trained with --data.unknown_source unk)
   let blank = 0; // empty lines of stdin held back: at its end they are dropped, as Python's decode drops them
   try {
     for await (const line of sequences.length ? sequences : stdinLines()) {
@@ -422,6 +440,9 @@ async function main() {
       await finishPending();
       pending = { ids: source, text: sourceText, references: reference === null ? null : [reference] };
       if (reference === null) unscored++;
+      if (model.isText && model.unkToken !== null && source.some((id) => Number(id) === model.unkToken)) {
+        unknown.push(`${label} ${number}`);
+      }
     }
   } catch (error) {
     if (error instanceof InputError) {
@@ -457,6 +478,10 @@ async function main() {
           length ? `${errors}/${length} = ${pct(errors / length)}` : "n/a (references without tokens)"
         }`;
     process.stderr.write(`exact match: ${hits}/${scored} = ${pct(hits / scored)}${text}${note}\n`);
+  }
+  if (unknown.length) {
+    const first = `(the first: ${unknown[0]})`;
+    process.stderr.write(`${unknown.length} source(s) held tokens the model does not know, each read as <unk> ${first}\n`);
   }
 }
 
