@@ -55,6 +55,10 @@ LIGHTNING_CKPT_NAMES = ("hpc", "registry")
 # Data settings a fit may change when it resumes: fit does not use them, or they do not change what it trains on.
 RESUMABLE_DATA_CHANGES = ("test_size", "predict_size", "num_workers", "test_file", "predict_file", "cache")
 PATH_FLAGS = ("file", "train_file", "val_file")  # the pair files a resumed fit keeps (its --data.* flags)
+_TEXT_DEFAULTS = {  # PairDataModule's, read from its signature
+    name: inspect.signature(PairDataModule).parameters[name].default
+    for name in ("source_tokenizer", "target_tokenizer", "source_lowercase", "target_lowercase")
+}
 
 
 class Seq2SeqArgumentParser(LightningArgumentParser):
@@ -649,9 +653,22 @@ class Seq2SeqCLI(LightningCLI):
             # The vocabularies are built again from the training file (or --data.file's split): with the tokenizers
             # the model was trained with, unless typed (they had to be repeated, or the vocabularies differed)
             trained = self._checkpoint[TEXT_KEY]
+            ignored = []  # typed at the default value, which the data module's own note cannot tell from not typed
             for name in ("source_tokenizer", "target_tokenizer", "source_lowercase", "target_lowercase"):
-                if name in trained and f"--data.{name}" not in self._typed:
+                if name not in trained:
+                    continue
+                if f"--data.{name}" not in self._typed:
                     args[name] = trained[name]
+                elif args.get("text_from") is not None and args[name] == _TEXT_DEFAULTS[name] != trained[name]:
+                    ignored.append(f"--data.{name} {str(args[name]).lower()}")
+            if ignored:
+                used = ", ".join(
+                    f"{side} {trained[f'{side}_tokenizer']}{' lowercased' if trained[f'{side}_lowercase'] else ''}"
+                    for side in ("source", "target")
+                )
+                rank_zero_info(
+                    f"--data.text_from reads the files as the model was trained ({used}); not {', '.join(ignored)}"
+                )
 
     def _set_seed(self) -> None:
         # Lightning's says "Seed set to N" here, before any check of the data or flags: an error then came second,

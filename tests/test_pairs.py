@@ -518,8 +518,11 @@ def test_validate_test_and_predict_without_the_training_file_read_the_checkpoint
     assert last_metric(version_dirs(root)[-1], "test/token_error_rate") == metrics["train file", "test"]
     said = "--data.text_from reads the files as the model was trained (source char, target space); not "
     assert said + "--data.source_tokenizer space, --data.source_lowercase true" in caplog.text
-    caplog.clear()  # flags at their defaults (char, not lowercased) are not named: the user did not say otherwise
+    caplog.clear()  # typed at its default (char): named too (it went unsaid: the data module cannot tell it typed)
     assert run_cli(["test", *no_train, "--data.target_tokenizer", "char", *given]) == 0
+    assert said + "--data.target_tokenizer char\n" in caplog.text
+    caplog.clear()  # the checkpoint's own settings (no_train types target_tokenizer space): nothing said
+    assert run_cli(["test", *no_train, *given]) == 0
     assert "--data.text_from reads" not in caplog.text
     # explicit, with a training file too, in a fit, from a model without text: each refused, naming the flag
     bad = [
