@@ -394,7 +394,8 @@ def parse_jsonl_line(
     except _DuplicateKey as error:  # json keeps the last of them silently: which one was meant?
         raise ValueError(f'{where}: the key "{error}" appears twice in one object') from None
     if not isinstance(row, dict):
-        raise ValueError(f'{where}: expected a JSON object {{"source": ..., "target": ...}}')
+        array = "; JSON Lines: one object per line, not a JSON array" if isinstance(row, list) else ""
+        raise ValueError(f'{where}: expected a JSON object {{"source": ..., "target": ...}}{array}')
     alone = sources_alone and "target" not in row
     for key in ("source",) if alone else SIDES:
         if key not in row:  # the keys it has: "src"/"tgt" and the like are the usual cause
@@ -403,7 +404,12 @@ def parse_jsonl_line(
             raise ValueError(f'{where}: missing key "{key}" (it has {has}; the keys read are {keys})')
         value = row[key]
         if not isinstance(value, str):
-            raise ValueError(f'{where}: "{key}" must be a string, got {json.dumps(value)[:40]}')
+            listed = (
+                f'; one string ("2 3", "AH BE"); several {key}s go on lines of their own'
+                if isinstance(value, list)
+                else ""
+            )
+            raise ValueError(f'{where}: "{key}" must be a string, got {json.dumps(value)[:40]}{listed}')
         if not value:
             raise ValueError(f"{where}: empty {key}")
         if "\n" in value or "\r" in value:

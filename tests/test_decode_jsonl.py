@@ -68,7 +68,10 @@ def test_jsonl_of_an_id_model_holds_ids_as_strings(exported, capsys):
     # a list of ids is not the string of them: refused by name (training reads strings too)
     code, out, err = decode(capsys, model_dir, '{"source": "2 3"}\n{"source": [2, 3]}\n', "--jsonl")
     assert (code, out) == (2, tsv[1].splitlines()[0] + "\n")
-    assert err == 'lit-seq2seq decode: error: line 2: "source" must be a string, got [2, 3]\n'
+    assert err == (
+        'lit-seq2seq decode: error: line 2: "source" must be a string, got [2, 3]; one string ("2 3", "AH BE"); '
+        "several sources go on lines of their own\n"
+    )
 
 
 def test_jsonl_arguments_are_read_as_lines_and_other_keys_are_ignored(text_exported, capsys):
@@ -90,7 +93,10 @@ BAD_LINES = [
     ('{"source": "ab"', f"bad JSON (Expecting ',' delimiter at column 16){JSONL_HINT}"),
     ("ab\tAH BE", f"bad JSON (Expecting value at column 1){JSONL_HINT}"),  # a TSV line
     (" ", f"bad JSON (Expecting value at column 2){JSONL_HINT}"),
-    ('["ab", "AH BE"]', 'expected a JSON object {"source": ..., "target": ...}'),
+    (
+        '["ab", "AH BE"]',
+        'expected a JSON object {"source": ..., "target": ...}; JSON Lines: one object per line, not a JSON array',
+    ),
     ('"ab"', 'expected a JSON object {"source": ..., "target": ...}'),
     ("[1,", "bad JSON (Expecting value at column 4); JSON Lines: one object per line, not a JSON array"),
     (
@@ -100,7 +106,11 @@ BAD_LINES = [
     ("{}", 'missing key "source" (it has none; the keys read are "source", "target")'),
     ('{"source": 3}', '"source" must be a string, got 3'),
     ('{"source": "ab", "target": null}', '"target" must be a string, got null'),
-    ('{"source": "ab", "target": ["AH", "BE"]}', '"target" must be a string, got ["AH", "BE"]'),
+    (
+        '{"source": "ab", "target": ["AH", "BE"]}',
+        '"target" must be a string, got ["AH", "BE"]; one string ("2 3", "AH BE"); several targets go on lines of '
+        "their own",
+    ),
     ('{"source": ""}', "empty source"),
     ('{"source": "ab", "target": ""}', "empty target"),
     ('{"source": "ab", "target": "  "}', "empty target (no tokens)"),

@@ -248,7 +248,8 @@ function parseJsonlLine(line, where) {
   }
   const keys = objectKeys(line, where);
   if (row === null || typeof row !== "object" || Array.isArray(row)) {
-    throw new InputError(`${where}: expected a JSON object {"source": ..., "target": ...}`);
+    const array = Array.isArray(row) ? "; JSON Lines: one object per line, not a JSON array" : "";
+    throw new InputError(`${where}: expected a JSON object {"source": ..., "target": ...}${array}`);
   }
   const alone = !Object.hasOwn(row, "target");
   for (const key of alone ? ["source"] : ["source", "target"]) {
@@ -258,7 +259,8 @@ function parseJsonlLine(line, where) {
     }
     const value = row[key];
     if (typeof value !== "string") {
-      throw new InputError(`${where}: "${key}" must be a string, got ${pyDumps(value).slice(0, 40)}`);
+      const listed = Array.isArray(value) ? `; one string ("2 3", "AH BE"); several ${key}s go on lines of their own` : "";
+      throw new InputError(`${where}: "${key}" must be a string, got ${pyDumps(value).slice(0, 40)}${listed}`);
     }
     if (value === "") throw new InputError(`${where}: empty ${key}`);
     if (value.includes("\n") || value.includes("\r")) {
