@@ -100,12 +100,17 @@ HEADER_SOURCES = ("source", "src", "input", "in", "from", "x", "text", "word", "
 HEADER_TARGETS = ("target", "tgt", "output", "out", "to", "y", "label", "pronunciation", "phonemes", "translation")
 
 
+def first_line(path: str | os.PathLike) -> str:
+    """Line 1 of a file as shown in a message: its first 1,024 bytes at most, a BOM and CR dropped."""
+    with open(path, "rb") as f:
+        return f.read(1024).split(b"\n", 1)[0].decode("utf-8", "replace").removeprefix("\ufeff").rstrip("\r")
+
+
 def header_line(path: str | os.PathLike) -> str | None:
     """The first line of a TSV pair file when it reads as a header (source<TAB>target and the like), else None."""
     if file_format(path) != "tsv":
         return None
-    with open(path, "rb") as f:
-        first = f.read(1024).split(b"\n", 1)[0].decode("utf-8", "replace").removeprefix("\ufeff").rstrip("\r")
+    first = first_line(path)
     fields = first.lower().strip().split("\t")
     if len(fields) == 2 and fields[0].strip() in HEADER_SOURCES and fields[1].strip() in HEADER_TARGETS:
         return first

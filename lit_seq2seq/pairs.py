@@ -20,6 +20,7 @@ from lit_seq2seq.pairfiles import (
     PairFile,
     Side,
     file_format,
+    first_line,
     header_line,
     pad_rows,
     read_pairs,
@@ -380,12 +381,14 @@ class PairDataModule(L.LightningDataModule):
         tokenizers = self.tokenizers["source"], self.tokenizers["target"]
         alone = flag == "--data.predict_file"
         pairs = read_pairs(name, *tokenizers, flag, self.cache, sources_alone=alone, header=self.header)
-        header = None if self.header else header_line(name)
-        if header is not None:
+        header = header_line(name)
+        if header is not None and not self.header:
             rank_zero_warn(
                 f"{flag} {name}:1: {header!r} looks like a header line; it is read as a pair (delete it, or pass "
                 "--data.header true to skip line 1 of every file)"
             )
+        elif self.header and header is None:  # a file without one loses a pair, unsaid
+            rank_zero_info(f"{flag} {name}:1: {first_line(name)!r} skipped as a header (--data.header true)")
         return pairs
 
     def load(self) -> None:

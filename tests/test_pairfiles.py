@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import random
 import re
@@ -367,8 +368,9 @@ def test_a_first_line_that_reads_as_a_header_is_named_in_a_warning(first, warned
 
 
 @pytest.mark.parametrize("kind", ["tsv", "jsonl"])
-def test_header_true_skips_line_1_of_every_file_keeping_the_line_numbers(kind, tmp_path):
-    """A header the warning's word list does not know (question<TAB>answer) was trained on as a pair, silently."""
+def test_header_true_skips_line_1_of_every_file_keeping_the_line_numbers(kind, tmp_path, caplog):
+    """A header the warning's word list does not know (question<TAB>answer) was trained on as a pair, silently; the
+    line skipped is said (given to a file without a header, the flag dropped a pair unsaid)."""
     pair = '{"source": "%s", "target": "%s"}' if kind == "jsonl" else "%s\t%s"
     head = "question\tanswer" if kind == "tsv" else "word,pronunciation"
     path = write(tmp_path / f"p.{kind}", "\n".join([head, pair % ("ab", "A B"), pair % ("ba", "B A")]).encode())
@@ -378,10 +380,12 @@ def test_header_true_skips_line_1_of_every_file_keeping_the_line_numbers(kind, t
     if kind == "tsv":  # without it: line 1 is a pair (read from its own cache, not the header-less one)
         assert rows(read_pairs(path, CHAR, SPACE))[0] == (list("question"), ["answer"])
     dm = PairDataModule(train_file=str(path), target_tokenizer="space", header=True, cache=False)
+    caplog.set_level(logging.INFO, logger="lightning.pytorch")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no header warning either
         dm.load()
     assert dm.text_spec.target_vocab.tokens[2:] == ("A", "B")
+    assert f"--data.train_file {path}:1: {head!r} skipped as a header (--data.header true)" in caplog.text
     alone = write(tmp_path / f"h.{kind}", f"{head}\n".encode())
     with pytest.raises(ValueError, match="a header line alone"):
         read_pairs(alone, CHAR, SPACE, header=True)
