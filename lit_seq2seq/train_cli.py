@@ -75,6 +75,8 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
 
     settled = ""  # once the command line has parsed: "lit-seq2seq SUBCOMMAND", and errors are about settings or data
     command = ""  # the subcommand the arguments name (Seq2SeqCLI sets it), for the top parser's messages
+    configs: tuple[str, ...] = ()  # the --config files given (Seq2SeqCLI sets them): where an untyped key came from
+    typed: frozenset[str] = frozenset()  # the flags typed on the command line (Seq2SeqCLI sets them)
 
     def error(self, message: str, *args: Any, **kwargs: Any) -> NoReturn:
         optimizer = _optimizer_message(message)
@@ -88,6 +90,8 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
         if unknown:
             name, key = unknown.groups()
             message = f"--data.{key}: {name} has no such option (its options: lit-seq2seq fit --data.help {name})"
+            if f"--data.{key}" not in self.typed and self.configs:  # a misspelt key of a YAML file, not a flag
+                message = f"{', '.join(self.configs)}: the key {key} under data: " + message.split(": ", 1)[1]
             if name.endswith("Seq2SeqDataModule") and key in inspect.signature(PairDataModule).parameters:
                 # `--data.test_file F --data PairDataModule`: jsonargparse reads the flags in order
                 message += "; it is a PairDataModule option: give --data PairDataModule before the --data.* flags"
@@ -486,6 +490,12 @@ class Seq2SeqCLI(LightningCLI):
         interactive = self._interactive = sys.stderr.isatty()
         given = sys.argv[1:] if args is None else args
         Seq2SeqArgumentParser.command = next((a for a in given if a in LIGHTNING_COMMANDS), "")
+        words = [str(a) for a in given]
+        Seq2SeqArgumentParser.typed = frozenset(a.split("=", 1)[0] for a in words if a.startswith("--"))
+        Seq2SeqArgumentParser.configs = tuple(
+            [b for a, b in zip(words, words[1:], strict=False) if a == "--config"]
+            + [a.split("=", 1)[1] for a in words if a.startswith("--config=")]
+        )
         self._checkpoint: dict[str, Any] | None = None  # the --ckpt_path file, read once
         self._resumed_at: int | None = None  # the global step a resumed fit starts from
         self._fine_tune = False

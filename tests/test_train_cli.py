@@ -942,3 +942,19 @@ def test_test_without_a_checkpoint_says_it_uses_the_initial_weights(in_tmp, caps
         ["test", *TINY_TASK, *tiny_run(), "--ckpt_path", "last", *root_args(in_tmp / "runs")], capsys
     )
     assert code == 0 and "no --ckpt_path" not in err
+
+
+def test_a_misspelt_data_key_of_a_config_file_is_named_as_a_key_of_that_file(tmp_path, capsys):
+    """It was named as the flag --data.target_tokenizr, which the user never typed."""
+    config = tmp_path / "cfg.yaml"
+    config.write_text(
+        "data:\n  class_path: lit_seq2seq.pairs.PairDataModule\n  init_args:\n    train_file: train.tsv\n"
+        "    target_tokenizr: space\n"
+    )
+    code, err = cli_exit(["fit", "--config", config], capsys)
+    assert code == 2 and err.endswith(
+        f"fit: error: {config}: the key target_tokenizr under data: lit_seq2seq.pairs.PairDataModule has no such "
+        "option (its options: lit-seq2seq fit --data.help lit_seq2seq.pairs.PairDataModule)\n"
+    )
+    code, err = cli_exit(["fit", f"--config={config}", "--data.target_tokenizr", "x"], capsys)  # typed: the flag
+    assert code == 2 and "error: --data.target_tokenizr: lit_seq2seq.pairs.PairDataModule has no such option" in err
