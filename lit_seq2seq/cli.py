@@ -527,9 +527,7 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
     bad: list[str] = []
     number = unscored = 0
     label = "argument" if o.sequences else "line"
-    unknown: list[
-        str
-    ] = []  # the sources holding a token read as <unk> (a model trained with --data.unknown_source unk)
+    unknown: list[str] = []  # sources with a token read as <unk> (a model trained with --data.unknown_source unk)
     has_unk = model.text.source_vocab.has_unk
 
     def decode_batch() -> None:
