@@ -48,6 +48,8 @@ def main(args: Sequence[str] | None = None) -> int:
     if command and command not in LIGHTNING_COMMANDS and command not in OWN_COMMANDS:
         print(f"lit-seq2seq: error: unknown command {command!r} (choose from {known})", file=sys.stderr)
         sys.exit(2)
+    if command in OWN_COMMANDS:
+        args = [command, *_underscored(_parser(command), args[1:])]
     try:
         _check_flag_bytes(args)
     except InputError as error:
@@ -216,6 +218,21 @@ def _has_settings(path: str) -> bool:
     if linked:
         raise ValueError(f"--config {path}: {linked_setting(linked[0])}; remove it")
     return settings is not None
+
+
+def _underscored(parser: argparse.ArgumentParser, args: Sequence[str]) -> list[str]:
+    """`args` with each --dashed-flag of `parser`'s known as its --underscored_flag: decode.mjs's spellings
+    (--beam-size 4, --skip-bad-lines), so one script drives both."""
+    known = set(parser._option_string_actions)
+    out = []
+    for arg in args:
+        if isinstance(arg, str) and arg.startswith("--"):  # (a caller's Path values pass through)
+            name, sep, value = arg.partition("=")
+            underscored = "--" + name[2:].replace("-", "_")
+            if name not in known and underscored in known:
+                arg = underscored + sep + value
+        out.append(arg)
+    return out
 
 
 def _parser(command: str) -> argparse.ArgumentParser:

@@ -618,3 +618,18 @@ def test_fit_help_lists_the_bundled_configs(capsys: pytest.CaptureFixture[str]) 
     names = ", ".join(sorted(p.relative_to(REPO / "configs").with_suffix("").as_posix() for p in files))
     assert f"Bundled configs (--config NAME, or a file): {names}\n" in out
     assert "trainer/ddp_cpu" in names and "reverse_fast" in names
+
+
+def test_own_commands_take_decode_mjs_dashed_flag_spellings(exported, capsys):
+    """A script written for decode.mjs (--beam-size 4) failed with "unrecognized arguments" in Python's decode; the
+    dashed spellings of a command's own flags now read as its underscored ones, nothing else does."""
+    model_dir = str(exported("gru").model_dir)
+    plain = cli_output(
+        ["decode", "--model_dir", model_dir, "--beam_size", "3", "--length_penalty", "0.5", "2 3 4"], capsys
+    )
+    dashed = cli_output(
+        ["decode", "--model-dir", model_dir, "--beam-size", "3", "--length-penalty=0.5", "2 3 4"], capsys
+    )
+    assert dashed == plain and plain[0] == 0
+    code, err = cli_exit(["decode", "--model_dir", model_dir, "--beam-siz", "3", "2 3"], capsys)  # no prefixes either
+    assert code == 2 and err.endswith("error: unrecognized arguments: --beam-siz\n")
