@@ -822,6 +822,28 @@ def test_node_decode_says_what_it_read_as_unk_and_names_a_file_argument_as_pytho
     assert node.stderr == err.replace("'w.tsv'", '"w.tsv"') and err.startswith("note: argument 2 is the name of a file")
 
 
+def test_node_decode_skips_and_counts_bad_lines_as_pythons_decode(exported, text_exported, capsys):
+    """decode.mjs had no --skip-bad-lines: a file with one bad line could not be decoded past it. Now the output,
+    scores and counts of Python's --skip_bad_lines, for a text and an id model, empty lines inside included."""
+    cases = [
+        (text_exported("trained").model_dir, "ab\tAH BE\n\nax\n\nba\tBE AH\nab\t\nb\n\n"),
+        (exported("gru").model_dir, "2 3\t3 2\n\n2 x\n4 5 6\n2 99\n"),
+    ]  # the first bad line an empty one: its message is worded alike (an unknown token's is not)
+    for model_dir, stdin in cases:
+        node = node_decode(model_dir, stdin, "--skip-bad-lines")
+        code, out, err = cli_output(["decode", "--model_dir", model_dir, "--skip_bad_lines"], capsys, stdin=stdin)
+        assert (node.returncode, node.stdout, node.stderr) == (code, out, err) and code == 0, (node.stderr, err)
+        assert "skipped " in err and "bad line(s) of" in err
+        node = node_decode(model_dir, "", "--skip_bad_lines", *stdin.split("\n")[:2])  # as arguments, both spellings
+        code, out, err = cli_output(
+            ["decode", "--model_dir", model_dir, "--skip-bad-lines", *stdin.split("\n")[:2]], capsys
+        )
+        assert (node.returncode, node.stdout, node.stderr) == (code, out, err) and "bad argument(s) of 2" in err
+    every = node_decode(exported("gru").model_dir, "x\n\ny\n", "--skip-bad-lines")
+    assert_refused(every, "decode.mjs: every line was bad (3 skipped), nothing decoded; the first: line 1: ")
+    assert every.stdout == ""
+
+
 def _bad_jsonl_cases() -> list:
     from test_decode_jsonl import BAD_IDS, BAD_LINES
 

@@ -35,7 +35,7 @@ import {
 
 const USAGE =
   "usage: node decode.mjs MODEL_DIR [--two-graph] [--allow-untrained-lengths] [--batch-size N] [--beam-size K " +
-  "[--length-penalty X]] [--jsonl] [SEQUENCE ...] (no SEQUENCE: the lines of stdin)";
+  "[--length-penalty X]] [--jsonl] [--skip-bad-lines] [SEQUENCE ...] (no SEQUENCE: the lines of stdin)";
 
 class UsageError extends Error {}
 
@@ -54,11 +54,13 @@ function parseArgs(args) {
     lengthPenalty: null,
     sequences: [], // texts or id lines given as arguments, decoded instead of stdin (as Python's decode takes them)
     jsonl: false, // each line one JSON object {"source": ..., "target": ...}, as Python's decode --jsonl
+    skipBadLines: false, // bad lines skipped and counted, as Python's decode --skip_bad_lines
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === "--two-graph") options.twoGraph = true;
     else if (arg === "--jsonl") options.jsonl = true;
+    else if (arg === "--skip-bad-lines" || arg === "--skip_bad_lines") options.skipBadLines = true;
     else if (arg === "--allow-untrained-lengths" || arg === "--allow_untrained_lengths")
       options.allowUntrainedLengths = true;
     else if (arg === "--batch-size" || arg === "--batch_size") {
@@ -388,62 +390,32 @@ async function main() {
   let unscored = 0;
   const unknown = []; // sources with a token read as <unk> (a model trained with --data.unknown_source unk)
   let blank = 0; // empty lines of stdin held back: at its end they are dropped, as Python's decode drops them
+  const bad = []; // with --skip-bad-lines: the messages of the lines skipped
+  // as Python's decode: a text model's empty line is an empty text, an id model's an empty sequence
+  const empty = options.jsonl
+    ? `empty line${JSONL_HINT}`
+    : model.isText
+      ? "empty text"
+      : "source: empty sequence (source_len is 0)";
   try {
     for await (const line of sequences.length ? sequences : stdinLines()) {
       if (line === "" && !sequences.length) {
         blank++;
         continue;
       }
-      if (blank > 0 || line === "") {
-        // an empty argument is refused where it stands, as Python's decode refuses it (even the last one)
+      // the empty lines held back, then an empty argument (refused where it stands, even the last one): bad lines
+      for (blank += line === "" ? 1 : 0; blank > 0; blank--) {
         number++;
-        // as Python's decode: a text model's empty line is an empty text, an id model's an empty sequence
-        const empty = options.jsonl
-          ? `empty line${JSONL_HINT}`
-          : model.isText
-            ? "empty text"
-            : "source: empty sequence (source_len is 0)";
-        throw new InputError(`${label} ${number}: ${empty}`);
+        if (!options.skipBadLines) throw new InputError(`${label} ${number}: ${empty}`);
+        bad.push(`${label} ${number}: ${empty}`);
       }
+      if (line === "") continue;
       number++;
-      let tab = line.indexOf("\t");
-      let [sourceText, target] = tab < 0 ? [line, ""] : [line.slice(0, tab), line.slice(tab + 1)];
-      if (options.jsonl) {
-        // the line SOURCE<TAB>TARGET (or SOURCE): exact, as neither text may hold a tab or a line break
-        const row = parseJsonlLine(line, `${label} ${number}`);
-        [sourceText, target, tab] = [row.source, row.reference ?? "", row.reference === null ? -1 : row.source.length];
-      }
-      const same = model.isText && tab >= 0 && pending?.references && pending.text === sourceText;
-      let source = null;
-      let reference = null;
       try {
-        if (!same) {
-          source = model.isText
-            ? model.encodeText(sourceText, { allowUntrainedLengths })
-            : parseIds(sourceText, `${label} ${number}`);
-          if (source.length === 0) throw new InputError("source: empty sequence (source_len is 0)"); // as Python's
-          model.checkSource(source, { allowUntrainedLengths });
-        }
-        if (tab >= 0) {
-          // as Python's decode: a tab with nothing after it is a mistake, not a line without a reference
-          if (target.trim() === "") throw new InputError("empty reference after the tab");
-          checkPrintable(target, `${label} ${number} (reference)`); // a second tab too: a column it would take in
-          reference = model.isText ? target : model.strip(parseIds(target, `${label} ${number} (expected)`)).join(" ");
-        }
+        await readLine(line);
       } catch (error) {
-        if (!(error instanceof InputError)) throw error;
-        const where = error.message.startsWith(`${label} `) ? "" : `${label} ${number}: `;
-        throw new InputError(hintJson(where + error.message, line, options.jsonl));
-      }
-      if (same) {
-        pending.references.push(reference); // one more reference of the source just read
-        continue;
-      }
-      await finishPending();
-      pending = { ids: source, text: sourceText, references: reference === null ? null : [reference] };
-      if (reference === null) unscored++;
-      if (model.isText && model.unkToken !== null && source.some((id) => Number(id) === model.unkToken)) {
-        unknown.push(`${label} ${number}`);
+        if (!(error instanceof InputError) || !options.skipBadLines) throw error;
+        bad.push(error.message); // nothing printed for it, pending sources untouched
       }
     }
   } catch (error) {
@@ -452,6 +424,49 @@ async function main() {
       await decodeBatch();
     }
     throw error;
+  }
+
+  // One non-empty line: queued for decoding, or a reference more of the source before it; an InputError if bad.
+  async function readLine(line) {
+    let tab = line.indexOf("\t");
+    let [sourceText, target] = tab < 0 ? [line, ""] : [line.slice(0, tab), line.slice(tab + 1)];
+    if (options.jsonl) {
+      // the line SOURCE<TAB>TARGET (or SOURCE): exact, as neither text may hold a tab or a line break
+      const row = parseJsonlLine(line, `${label} ${number}`);
+      [sourceText, target, tab] = [row.source, row.reference ?? "", row.reference === null ? -1 : row.source.length];
+    }
+    const same = model.isText && tab >= 0 && pending?.references && pending.text === sourceText;
+    let source = null;
+    let reference = null;
+    try {
+      if (!same) {
+        source = model.isText
+          ? model.encodeText(sourceText, { allowUntrainedLengths })
+          : parseIds(sourceText, `${label} ${number}`);
+        if (source.length === 0) throw new InputError("source: empty sequence (source_len is 0)"); // as Python's
+        model.checkSource(source, { allowUntrainedLengths });
+      }
+      if (tab >= 0) {
+        // as Python's decode: a tab with nothing after it is a mistake, not a line without a reference
+        if (target.trim() === "") throw new InputError("empty reference after the tab");
+        checkPrintable(target, `${label} ${number} (reference)`); // a second tab too: a column it would take in
+        reference = model.isText ? target : model.strip(parseIds(target, `${label} ${number} (expected)`)).join(" ");
+      }
+    } catch (error) {
+      if (!(error instanceof InputError)) throw error;
+      const where = error.message.startsWith(`${label} `) ? "" : `${label} ${number}: `;
+      throw new InputError(hintJson(where + error.message, line, options.jsonl));
+    }
+    if (same) {
+      pending.references.push(reference); // one more reference of the source just read
+      return;
+    }
+    await finishPending();
+    pending = { ids: source, text: sourceText, references: reference === null ? null : [reference] };
+    if (reference === null) unscored++;
+    if (model.isText && model.unkToken !== null && source.some((id) => Number(id) === model.unkToken)) {
+      unknown.push(`${label} ${number}`);
+    }
   }
   await finishPending();
   await decodeBatch();
@@ -485,6 +500,11 @@ async function main() {
     const first = `(the first: ${unknown[0]})`;
     process.stderr.write(`${unknown.length} source(s) held tokens the model does not know, each read as <unk> ${first}\n`);
   }
+  if (bad.length && bad.length === number) {
+    // nothing decoded: a script reading the output would take an empty answer for a result (as Python's decode)
+    throw new InputError(`every ${label} was bad (${number} skipped), nothing decoded; the first: ${bad[0]}`);
+  }
+  if (bad.length) process.stderr.write(`skipped ${bad.length} bad ${label}(s) of ${number}; the first: ${bad[0]}\n`);
 }
 
 process.stdout.on("error", (error) => {
