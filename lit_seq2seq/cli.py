@@ -48,10 +48,11 @@ def main(args: Sequence[str] | None = None) -> int:
     if command and command not in LIGHTNING_COMMANDS and command not in OWN_COMMANDS:
         print(f"lit-seq2seq: error: unknown command {command!r} (choose from {known})", file=sys.stderr)
         sys.exit(2)
-    if command in OWN_COMMANDS:
-        args = [command, *_underscored(_parser(command), args[1:])]
+    own = _parser(command) if command in OWN_COMMANDS else None  # built once: spellings, byte checks, parsing
+    if own is not None:
+        args = [command, *_underscored(own, args[1:])]
     try:
-        _check_flag_bytes(args)
+        _check_flag_bytes(args, own)
     except InputError as error:
         print(f"{_prog(command)}: error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -60,8 +61,8 @@ def main(args: Sequence[str] | None = None) -> int:
         # OpenMP reads this once, when torch loads it: so before any torch import. Its default, spin-waiting, made a
         # seed-task fit 7x slower on 2 cores shared with other work (benchmarks/omp_under_load.py); a user's value wins.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if command in OWN_COMMANDS:
-        parser = _parser(args[0])
+    if own is not None:
+        parser = own
         options = parser.parse_args(args[1:])
         from lit_seq2seq.contract import ModelFileError
 
@@ -653,14 +654,14 @@ def _check_argument_bytes(text: str, number: int) -> None:
         raise InputError(f"argument {number}: {bad}")
 
 
-def _check_flag_bytes(args: Sequence[str]) -> None:
+def _check_flag_bytes(args: Sequence[str], own: argparse.ArgumentParser | None = None) -> None:
     """InputError naming the first flag whose value was not UTF-8 (decode checks its texts itself, line by line): a
     folder name that is not UTF-8 failed deep inside jsonargparse or torch's ONNX exporter, in tens of lines. The
     word after an own command's switch (decode --skip_bad_lines TEXT) or unknown flag (argparse names it) is no value
-    of it."""
+    of it. `own`: the own command's parser (None for LightningCLI's commands)."""
     valued = None  # an own command's flags that take a value; LightningCLI's: every flag
-    if args and args[0] in OWN_COMMANDS:
-        valued = {flag for action in _parser(args[0])._actions if action.nargs != 0 for flag in action.option_strings}
+    if own is not None:
+        valued = {flag for action in own._actions if action.nargs != 0 for flag in action.option_strings}
     for i, arg in enumerate(args):
         if arg.startswith("--") and "=" in arg:
             flag, value = arg.split("=", 1)

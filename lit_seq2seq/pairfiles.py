@@ -373,6 +373,7 @@ def _json_int(text: str) -> int | float:
     return int(text) if len(text) <= 4300 else float(text)
 
 
+ARRAY_HINT = "; JSON Lines: one object per line, not a JSON array"  # a line holding a JSON array, or its start
 # a bad JSON line of a pair file: what the file's suffix made it (decode --jsonl gives its own hint)
 FILE_JSON_HINT = "; .jsonl and .json files are read as JSON Lines (source<TAB>target lines: .tsv or .txt)"
 
@@ -387,7 +388,7 @@ def parse_jsonl_line(
     Other keys are ignored. The texts are as given (not NFC). What training reads of a .jsonl line and `lit-seq2seq
     decode --jsonl` of each line."""
     if line.lstrip().startswith("["):
-        hint = "; JSON Lines: one object per line, not a JSON array"
+        hint = ARRAY_HINT
     try:
         row = json.loads(line, object_pairs_hook=_unique_keys, parse_constant=_no_constant, parse_int=_json_int)
     except _NotJson as error:
@@ -399,7 +400,7 @@ def parse_jsonl_line(
     except _DuplicateKey as error:  # json keeps the last of them silently: which one was meant?
         raise ValueError(f'{where}: the key "{error}" appears twice in one object') from None
     if not isinstance(row, dict):
-        array = "; JSON Lines: one object per line, not a JSON array" if isinstance(row, list) else ""
+        array = ARRAY_HINT if isinstance(row, list) else ""
         raise ValueError(f'{where}: expected a JSON object {{"source": ..., "target": ...}}{array}')
     alone = sources_alone and "target" not in row
     for key in ("source",) if alone else SIDES:

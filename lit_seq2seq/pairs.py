@@ -506,9 +506,7 @@ class PairDataModule(L.LightningDataModule):
             if getattr(default, field) != getattr(self.tokenizers[side], field) != getattr(tokenizer, field)
         ]
         if flags:
-            used = ", ".join(f"{side} {t.kind}{' lowercased' if t.lowercase else ''}" for side, t in trained.items())
-            not_flags = ", ".join(flags)
-            rank_zero_info(f"--data.text_from reads the files as the model was trained ({used}); not {not_flags}")
+            rank_zero_info(overridden_note(trained, flags))
 
     def _make_datasets(self, splits: dict[str, PairFile | None], spec: TextSpec) -> None:
         """The ids of every split given, with `spec` and the trained lengths (val/test/predict rows outside those are
@@ -833,6 +831,12 @@ def source_hashes(side: Side) -> np.ndarray:
     sums = np.zeros(len(lengths), np.uint64)
     np.add.at(sums, row, mixed)  # wraps modulo 2**64
     return _mix(sums ^ lengths.astype(np.uint64))
+
+
+def overridden_note(trained: dict[str, Tokenizer], flags: list[str]) -> str:
+    """What --data.text_from says of tokenizer `flags` it overrides with the `trained` tokenizers (by side)."""
+    used = ", ".join(f"{side} {t.kind}{' lowercased' if t.lowercase else ''}" for side, t in trained.items())
+    return f"--data.text_from reads the files as the model was trained ({used}); not {', '.join(flags)}"
 
 
 def _warn_repeated_pairs(pairs: PairFile) -> None:

@@ -41,11 +41,11 @@ from lit_seq2seq.cli import DATA_TO_NET, LIGHTNING_COMMANDS, linked_setting
 from lit_seq2seq.data import Seq2SeqDataModule
 from lit_seq2seq.model import upgrade_hparams
 from lit_seq2seq.module import EPOCH_METRICS, Seq2SeqModule
-from lit_seq2seq.pairs import FIT_TEXT_FROM, PairDataModule
+from lit_seq2seq.pairs import FIT_TEXT_FROM, PairDataModule, overridden_note
 from lit_seq2seq.runs import DEFAULT_ROOT_DIR, RESUMED_FROM
 from lit_seq2seq.search import TYPE_WORDS
 from lit_seq2seq.tasks import check_memory
-from lit_seq2seq.text import TEXT_KEY
+from lit_seq2seq.text import TEXT_KEY, Tokenizer
 
 # The sizes the data decides, linked into the net's config: a YAML never states them twice.
 # The data module of a config without a class_path (generated tasks); lit_seq2seq.pairs.PairDataModule reads files.
@@ -491,7 +491,8 @@ class Seq2SeqCLI(LightningCLI):
         given = sys.argv[1:] if args is None else args
         Seq2SeqArgumentParser.command = next((a for a in given if a in LIGHTNING_COMMANDS), "")
         words = [str(a) for a in given]
-        Seq2SeqArgumentParser.typed = frozenset(a.split("=", 1)[0] for a in words if a.startswith("--"))
+        # the flags typed on the command line: for the parser's messages, and the CLI's own checks (self._typed)
+        self._typed = Seq2SeqArgumentParser.typed = frozenset(a.split("=", 1)[0] for a in words if a.startswith("--"))
         Seq2SeqArgumentParser.configs = tuple(
             [b for a, b in zip(words, words[1:], strict=False) if a == "--config"]
             + [a.split("=", 1)[1] for a in words if a.startswith("--config=")]
@@ -552,8 +553,6 @@ class Seq2SeqCLI(LightningCLI):
         _leave_process_group()
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        given = sys.argv[1:] if args is None else args
-        self._typed = {str(a).split("=", 1)[0] for a in given if str(a).startswith("--")}  # flags on the command line
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand:
@@ -672,13 +671,9 @@ class Seq2SeqCLI(LightningCLI):
                 elif args.get("text_from") is not None and args[name] == _TEXT_DEFAULTS[name] != trained[name]:
                     ignored.append(f"--data.{name} {str(args[name]).lower()}")
             if ignored:
-                used = ", ".join(
-                    f"{side} {trained[f'{side}_tokenizer']}{' lowercased' if trained[f'{side}_lowercase'] else ''}"
-                    for side in ("source", "target")
-                )
-                rank_zero_info(
-                    f"--data.text_from reads the files as the model was trained ({used}); not {', '.join(ignored)}"
-                )
+                sides = ("source", "target")
+                tokenizers = {s: Tokenizer(trained[f"{s}_tokenizer"], bool(trained[f"{s}_lowercase"])) for s in sides}
+                rank_zero_info(overridden_note(tokenizers, ignored))
 
     def _set_seed(self) -> None:
         # Lightning's says "Seed set to N" here, before any check of the data or flags: an error then came second,

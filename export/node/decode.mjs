@@ -177,6 +177,7 @@ function parseIds(text, where) {
 // --jsonl: what Python's decode --jsonl reads of a line (lit_seq2seq/pairfiles.py parse_jsonl_line, the reader of
 // training's .jsonl files), with its messages: {source, reference}, reference null without "target".
 const JSONL_HINT = "; --jsonl reads one JSON object per line (SOURCE<TAB>REFERENCE lines: leave --jsonl out)";
+const ARRAY_HINT = "; JSON Lines: one object per line, not a JSON array"; // a line holding a JSON array, or its start
 const LEADING_SPACE = new RegExp(`^(?:${PY_SPACE.source})`, "u"); // Python's str.lstrip()
 const ALL_SPACE = new RegExp(`^(?:${PY_SPACE.source})?$`, "u"); // Python's `not text.strip()`
 
@@ -244,13 +245,13 @@ function parseJsonlLine(line, where) {
     row = JSON.parse(line);
   } catch (error) {
     const hint = line.replace(LEADING_SPACE, "").startsWith("[")
-      ? "; JSON Lines: one object per line, not a JSON array"
+      ? ARRAY_HINT
       : JSONL_HINT;
     throw new InputError(`${where}: bad JSON (${error.message})${hint}`);
   }
   const keys = objectKeys(line, where);
   if (row === null || typeof row !== "object" || Array.isArray(row)) {
-    const array = Array.isArray(row) ? "; JSON Lines: one object per line, not a JSON array" : "";
+    const array = Array.isArray(row) ? ARRAY_HINT : "";
     throw new InputError(`${where}: expected a JSON object {"source": ..., "target": ...}${array}`);
   }
   const alone = !Object.hasOwn(row, "target");
@@ -397,34 +398,6 @@ async function main() {
     : model.isText
       ? "empty text"
       : "source: empty sequence (source_len is 0)";
-  try {
-    for await (const line of sequences.length ? sequences : stdinLines()) {
-      if (line === "" && !sequences.length) {
-        blank++;
-        continue;
-      }
-      // the empty lines held back, then an empty argument (refused where it stands, even the last one): bad lines
-      for (blank += line === "" ? 1 : 0; blank > 0; blank--) {
-        number++;
-        if (!options.skipBadLines) throw new InputError(`${label} ${number}: ${empty}`);
-        bad.push(`${label} ${number}: ${empty}`);
-      }
-      if (line === "") continue;
-      number++;
-      try {
-        await readLine(line);
-      } catch (error) {
-        if (!(error instanceof InputError) || !options.skipBadLines) throw error;
-        bad.push(error.message); // nothing printed for it, pending sources untouched
-      }
-    }
-  } catch (error) {
-    if (error instanceof InputError) {
-      await finishPending(); // every line before a bad one is printed, none after it
-      await decodeBatch();
-    }
-    throw error;
-  }
 
   // One non-empty line: queued for decoding, or a reference more of the source before it; an InputError if bad.
   async function readLine(line) {
@@ -468,6 +441,36 @@ async function main() {
       unknown.push(`${label} ${number}`);
     }
   }
+
+  try {
+    for await (const line of sequences.length ? sequences : stdinLines()) {
+      if (line === "" && !sequences.length) {
+        blank++;
+        continue;
+      }
+      // the empty lines held back, then an empty argument (refused where it stands, even the last one): bad lines
+      for (blank += line === "" ? 1 : 0; blank > 0; blank--) {
+        number++;
+        if (!options.skipBadLines) throw new InputError(`${label} ${number}: ${empty}`);
+        bad.push(`${label} ${number}: ${empty}`);
+      }
+      if (line === "") continue;
+      number++;
+      try {
+        await readLine(line);
+      } catch (error) {
+        if (!(error instanceof InputError) || !options.skipBadLines) throw error;
+        bad.push(error.message); // nothing printed for it, pending sources untouched
+      }
+    }
+  } catch (error) {
+    if (error instanceof InputError) {
+      await finishPending(); // every line before a bad one is printed, none after it
+      await decodeBatch();
+    }
+    throw error;
+  }
+
   await finishPending();
   await decodeBatch();
   // Token error rate as Python's metrics.score: the edit distance to the closest reference (the first of the fewest
