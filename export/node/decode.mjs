@@ -2,7 +2,8 @@
 // decode.mjs: decode stdin lines (greedy or beam) with a lit-seq2seq export on onnxruntime-node (the Node consumer).
 //
 //   node export/node/decode.mjs MODEL_DIR [--two-graph] [--allow-untrained-lengths] [--batch-size N]
-//                                [--beam-size K [--length-penalty X]] [--jsonl] < lines
+//                                [--beam-size K [--length-penalty X]] [--jsonl] [--skip-bad-lines] [SEQUENCE ...]
+//   (no SEQUENCE: the lines of stdin)
 //
 // --beam-size K (K > 1) decodes by beam search over the two step graphs (the contract's "Beam search"), with the Python
 // runtime's tokens; 1 (the default) is greedy.
