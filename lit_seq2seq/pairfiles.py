@@ -12,6 +12,7 @@ import collections
 import hashlib
 import json
 import os
+import stat
 import sys
 import unicodedata
 import zipfile
@@ -106,11 +107,12 @@ def first_line(path: str | os.PathLike) -> str:
         return f.read(1024).split(b"\n", 1)[0].decode("utf-8", "replace").removeprefix("\ufeff").rstrip("\r")
 
 
-def header_line(path: str | os.PathLike) -> str | None:
-    """The first line of a TSV pair file when it reads as a header (source<TAB>target and the like), else None."""
+def header_line(path: str | os.PathLike, first: str | None = None) -> str | None:
+    """The first line of a TSV pair file (`first`, when read already) when it reads as a header (source<TAB>target
+    and the like), else None."""
     if file_format(path) != "tsv":
         return None
-    first = first_line(path)
+    first = first_line(path) if first is None else first
     fields = first.lower().strip().split("\t")
     if len(fields) == 2 and fields[0].strip() in HEADER_SOURCES and fields[1].strip() in HEADER_TARGETS:
         return first
@@ -176,8 +178,12 @@ def read_pairs(
 
 
 def _read(path: Path, where: str, how: Callable[[Path], T]) -> T:
-    """how(path), with a missing file, a folder or an unreadable file as a ValueError naming `where`."""
+    """how(path), with a missing file, a folder, a pipe or device, or an unreadable file as a ValueError naming
+    `where`."""
     try:
+        if not stat.S_ISREG(mode := path.stat().st_mode) and not stat.S_ISDIR(mode):
+            # a named pipe would be read once for the hash and then wait forever for a second writer
+            raise ValueError(f"{where}: not a regular file (a pipe or a device); save the pairs to a file")
         return how(path)
     except FileNotFoundError:
         raise ValueError(f"{where}: no such file{_cmudict_hint(path)}") from None

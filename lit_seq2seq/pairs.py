@@ -381,14 +381,15 @@ class PairDataModule(L.LightningDataModule):
         tokenizers = self.tokenizers["source"], self.tokenizers["target"]
         alone = flag == "--data.predict_file"
         pairs = read_pairs(name, *tokenizers, flag, self.cache, sources_alone=alone, header=self.header)
-        header = header_line(name)
+        first = first_line(name)
+        header = header_line(name, first)
         if header is not None and not self.header:
             rank_zero_warn(
                 f"{flag} {name}:1: {header!r} looks like a header line; it is read as a pair (delete it, or pass "
                 "--data.header true to skip line 1 of every file)"
             )
         elif self.header and header is None:  # a file without one loses a pair, unsaid
-            rank_zero_info(f"{flag} {name}:1: {first_line(name)!r} skipped as a header (--data.header true)")
+            rank_zero_info(f"{flag} {name}:1: {first!r} skipped as a header (--data.header true)")
         return pairs
 
     def load(self) -> None:

@@ -638,17 +638,26 @@ class Seq2SeqCLI(LightningCLI):
         except ValueError as error:
             self.parser.error(f"--ckpt_path {ckpt_path}: {error}")
         hparams.pop("_instantiator", None)
-        if hparams and subcommand != "fit":
-            self._refuse_other_model_flags(subcommand, hparams, ckpt_path)
-            # test/validate/predict take the model's settings from the checkpoint; a fit states them (a resume is
-            # checked against the checkpoint's, a fine-tune builds what its flags say)
-            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
         data = self.config[subcommand].data
         if subcommand != "fit" and self._checkpoint.get(TEXT_KEY) is not None and not _pair_data(data):
             self.parser.error(
                 f"--ckpt_path {ckpt_path}: its model was trained on text pairs; pass --data PairDataModule with the "
                 f"pair files to {subcommand} on (--data.test_file, ...)"
             )
+        if subcommand != "fit" and self._checkpoint.get(TEXT_KEY) is None and _pair_data(data):
+            # PairDataModule would ask for a training file to build vocabularies an id model cannot read
+            task = (self._checkpoint.get("datamodule_hyper_parameters") or {}).get("task")
+            what = f"the generated task {task!r}" if isinstance(task, str) else "token ids"
+            self.parser.error(
+                f"--ckpt_path {ckpt_path}: its model was trained on {what}, not on text pairs, so pair files cannot "
+                f"be read for it; {subcommand} it without --data PairDataModule"
+            )
+        if hparams and subcommand != "fit":
+            self._refuse_other_model_flags(subcommand, hparams, ckpt_path)
+            # test/validate/predict take the model's settings from the checkpoint; a fit states them (a resume is
+            # checked against the checkpoint's, a fine-tune builds what its flags say)
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+            data = self.config[subcommand].data  # parse_object returns a new namespace
         if subcommand != "fit" and self._checkpoint.get(TEXT_KEY) is not None and _pair_data(data):
             args = data.init_args
             if args.get("train_file") is None and args.get("file") is None and args.get("text_from") is None:

@@ -11,6 +11,7 @@ import random
 import re
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -221,6 +222,25 @@ def test_a_folder_is_not_a_pair_file(tmp_path):
     (tmp_path / "d.tsv").mkdir()
     with pytest.raises(ValueError, match=r"d\.tsv: is a folder"):
         read_pairs(tmp_path / "d.tsv", CHAR, CHAR)
+
+
+def test_a_named_pipe_is_refused_not_waited_on(tmp_path):
+    # A pair file is read twice (its hash, then its text): a FIFO named pairs.tsv hung on the second open, unsaid.
+    path = tmp_path / "pipe.tsv"
+    os.mkfifo(path)
+    outcome = []
+
+    def read() -> None:
+        try:
+            read_pairs(path, CHAR, CHAR, flag="--data.predict_file")
+        except ValueError as error:
+            outcome.append(str(error))
+
+    reader = threading.Thread(target=read, daemon=True)  # a hang (no writer) must fail the test, not stop the suite
+    reader.start()
+    reader.join(timeout=30)
+    assert outcome == [f"--data.predict_file {path}: not a regular file (a pipe or a device); save the pairs to a file"]
+    assert not cache_dir(path).exists()
 
 
 def test_unknown_token_error_names_row_position_and_token(tmp_path):

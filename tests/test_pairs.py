@@ -534,6 +534,8 @@ def test_validate_test_and_predict_without_the_training_file_read_the_checkpoint
                       "--trainer.max_epochs", "1", "--model.net.hidden_size", "8")  # fmt: skip
     ids_ckpt = ids_root / "version_0" / "checkpoints" / "last.ckpt"
     bad.append((["test", *no_train, *given[:2], "--data.text_from", ids_ckpt, *root_args(root)], "not trained on text"))
+    ids_model = f"--ckpt_path {ids_ckpt}: its model was trained on the generated task 'reverse_first', not on text "
+    bad.append((["test", *no_train, *given[:2], "--ckpt_path", ids_ckpt, *root_args(root)], ids_model))
     gone = ["--data.train_file", tmp_path / "absent.tsv"]
     bad.append((["test", *no_train, *gone, *given], "no such file; to test without it, pass --data.train_file null"))
     only_val = [*no_train, "--data.val_file", TINY_TEST, "--ckpt_path", ckpt, *root_args(root)]  # no test file
