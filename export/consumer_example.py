@@ -14,6 +14,7 @@ line on stderr, exit code 2. Nothing here imports lit_seq2seq; the metadata is r
 import argparse
 import hashlib
 import json
+import os
 import re
 import sys
 import unicodedata
@@ -295,6 +296,9 @@ def main() -> int:
     except Refused as error:
         print(f"consumer_example.py: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `... | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's flush at exit fails again
+        return 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import importlib.util
 import re
 import runpy
 import shutil
+import subprocess
+import sys
 import unicodedata
 
 import onnx
@@ -230,10 +232,15 @@ def test_the_runtime_does_not_need_the_contract_document(exported, tmp_path):
 # ------------------------------------------------------------------------------------- consumer example
 
 
+# export/consumer_example.py as a foreign app runs it: lit_seq2seq and torch cannot be imported
+AS_FOREIGN_APP = (
+    BLOCK_IMPORTS + "import runpy\nsys.argv = sys.argv[2:]\nrunpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
 def consumer(*args: str, stdin: str | None = None):
-    """export/consumer_example.py ARGS as a foreign app runs it: lit_seq2seq and torch cannot be imported."""
-    code = BLOCK_IMPORTS + "import runpy\nsys.argv = sys.argv[2:]\nrunpy.run_path(sys.argv[0], run_name='__main__')"
-    return run_python(code, "lit_seq2seq", str(CONSUMER), *map(str, args), stdin=stdin)
+    """export/consumer_example.py ARGS, as a foreign app runs it."""
+    return run_python(AS_FOREIGN_APP, "lit_seq2seq", str(CONSUMER), *map(str, args), stdin=stdin)
 
 
 def decode_output(model_dir, lines: str, capsys, *flags: str) -> list[str]:
@@ -266,7 +273,8 @@ def test_consumer_example_imports_only_the_standard_library_numpy_and_onnxruntim
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module.split(".")[0])
-    assert imported <= {"argparse", "hashlib", "json", "re", "sys", "unicodedata", "pathlib", "numpy", "onnxruntime"}
+    standard = {"argparse", "hashlib", "json", "os", "re", "sys", "unicodedata", "pathlib"}
+    assert imported <= standard | {"numpy", "onnxruntime"}
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru_bi_attention", "copy_trained"])
@@ -292,6 +300,19 @@ def test_consumer_example_prints_what_decode_prints(name, path, exported, capsys
     assert result.stdout.splitlines() == expected and len(expected) == 40
     sources = [line.partition("\t")[0] for line in lines.splitlines()[:3]]  # sources as arguments: the same
     assert consumer(model_dir, *sources, *flags).stdout.splitlines() == expected[:3]
+
+
+def test_consumer_example_into_a_closed_pipe_exits_0_quietly(exported):
+    """`consumer_example.py DIR < lines | head -1`, as decode does (it ended in a BrokenPipeError traceback)."""
+    args = [sys.executable, "-c", AS_FOREIGN_APP, "lit_seq2seq", str(CONSUMER), str(exported("lstm").model_dir)]
+    with subprocess.Popen(
+        args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        proc.stdin.write("2 3 4 5\n" * 30000)  # more output than a pipe holds
+        proc.stdin.close()
+        assert proc.stdout.readline().strip()
+        proc.stdout.close()
+        assert proc.wait(timeout=120) == 0 and proc.stderr.read() == ""
 
 
 def test_consumer_example_decodes_untrained_lengths_only_when_asked(exported, capsys):
