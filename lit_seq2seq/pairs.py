@@ -418,9 +418,7 @@ class PairDataModule(L.LightningDataModule):
             splits = {name: self._read(name) for name in SPLITS}
             if splits["predict"] is None:
                 splits["predict"] = splits["test"]
-            self._warn_seen_sources(splits)
         train = splits["train"]
-        _warn_repeated_pairs(train)
         self.train_sha256 = train.sha256 if self.file is None else hashlib.sha256(train.sha256.encode()).hexdigest()
         train = self._cap(train, "train", "source", self.caps["source"])
         splits["train"] = train = self._cap(train, "train", "target", self.caps["target"])
@@ -429,6 +427,11 @@ class PairDataModule(L.LightningDataModule):
                 f"{self._train_flag()}: --data.skip_long skipped all {self.skipped['train']} training pairs: every one "
                 "is longer than --data.max_source_tokens/--data.max_target_tokens; raise them"
             )
+        # after the caps: an over-long line is refused first, and pairs that --data.skip_long drops are not counted
+        trained = source_hashes(train.source)
+        if self.file is None:  # --data.file splits by source: no source is in two splits
+            self._warn_seen_sources(splits, trained)
+        _warn_repeated_pairs(train, trained)
         source_vocab = _vocab(train, "source", self.unknown_source == "unk")
         target_vocab = _vocab(train, "target", False)
         spec = TextSpec(self.tokenizers["source"], self.tokenizers["target"], source_vocab, target_vocab)
@@ -449,11 +452,10 @@ class PairDataModule(L.LightningDataModule):
         self._check_lengths(train, spec, splits)
         self._make_datasets(splits, spec)
 
-    def _warn_seen_sources(self, splits: dict[str, PairFile | None]) -> None:
-        """Warn of val/test sources that are training sources too (files split by line, not by source: a word's
-        alternate pronunciations on both sides): their scores flatter the model. --data.file splits by source."""
+    def _warn_seen_sources(self, splits: dict[str, PairFile | None], trained: np.ndarray) -> None:
+        """Warn of val/test sources that are training sources too (`trained`: their `source_hashes`; files split by
+        line, not by source: a word's alternate pronunciations on both sides): their scores flatter the model."""
         evaluated = [splits[name] for name in ("val", "test") if splits[name] is not None]
-        trained = source_hashes(splits["train"].source) if evaluated else None
         for pairs in evaluated:
             seen = np.isin(source_hashes(pairs.source), trained)
             if seen.any():
@@ -828,9 +830,10 @@ def source_hashes(side: Side) -> np.ndarray:
     position = (np.arange(len(side.ids)) - np.repeat(side.offsets[:-1], lengths)).astype(np.uint64)
     mixed = token_hash[side.ids] if len(token_hash) else np.zeros(0, np.uint64)
     mixed = _mix(mixed ^ (position * np.uint64(0x9E3779B97F4A7C15)))
-    row = np.repeat(np.arange(len(lengths)), lengths)
     sums = np.zeros(len(lengths), np.uint64)
-    np.add.at(sums, row, mixed)  # wraps modulo 2**64
+    rows = lengths > 0  # reduceat gives an empty row the next row's first element
+    if rows.any():
+        sums[rows] = np.add.reduceat(mixed, side.offsets[:-1][rows])  # wraps modulo 2**64
     return _mix(sums ^ lengths.astype(np.uint64))
 
 
@@ -840,10 +843,10 @@ def overridden_note(trained: dict[str, Tokenizer], flags: list[str]) -> str:
     return f"--data.text_from reads the files as the model was trained ({used}); not {', '.join(flags)}"
 
 
-def _warn_repeated_pairs(pairs: PairFile) -> None:
+def _warn_repeated_pairs(pairs: PairFile, sources: np.ndarray) -> None:
     """Warn of training pairs that repeat an earlier line's source and target (files concatenated or scraped twice):
-    each copy weighs once more in the loss, which a user rarely means."""
-    pair = _mix(source_hashes(pairs.source) ^ (source_hashes(pairs.target) * np.uint64(0x9E3779B97F4A7C15)))
+    each copy weighs once more in the loss, which a user rarely means. `sources`: the source_hashes of `pairs`."""
+    pair = _mix(sources ^ (source_hashes(pairs.target) * np.uint64(0x9E3779B97F4A7C15)))
     order = np.argsort(pair, kind="stable")  # equal hashes in row order: the first of each is the original
     again = np.flatnonzero(pair[order][1:] == pair[order][:-1]) + 1
     if not len(again):

@@ -728,6 +728,15 @@ def test_training_pairs_that_repeat_an_earlier_line_are_counted_in_a_warning(tmp
     ]
     unique = PairDataModule(train_file=write(tmp_path / "u.tsv", lines[:4]), target_tokenizer="space", cache=False)
     assert load_warnings(unique, "repeat an earlier line") == []
+    # counted after --data.skip_long (aab, twice, is skipped), and never ahead of the refusal of a long line
+    longer = write(tmp_path / "long.tsv", [*lines, "aab\tA B"])
+    capped = dict(train_file=longer, target_tokenizer="space", cache=False, max_source_tokens=2)
+    said = load_warnings(PairDataModule(**capped, skip_long=True), "repeat an earlier line")
+    assert len(said) == 1 and ":5: 3 of the 6 training pairs repeat" in said[0], said
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(ValueError, match=r"long\.tsv:4: the source"):
+        warnings.simplefilter("always")
+        PairDataModule(**capped).load()
+    assert not [w for w in caught if "repeat an earlier line" in str(w.message)]
 
 
 def test_val_and_test_sources_that_are_training_sources_are_named_in_a_warning(tmp_path):
