@@ -38,7 +38,7 @@ from lit_seq2seq import checkpoint, install_hint
 from lit_seq2seq.callbacks import LogProgress, PredictionWriter
 from lit_seq2seq.checkpoint import NonFiniteError, Seq2SeqCheckpoint, Seq2SeqCheckpointIO, read_checkpoint
 from lit_seq2seq.cli import DATA_TO_NET, LIGHTNING_COMMANDS, linked_setting
-from lit_seq2seq.data import Seq2SeqDataModule
+from lit_seq2seq.data import Seq2SeqDataModule, warn_no_validation
 from lit_seq2seq.model import upgrade_hparams
 from lit_seq2seq.module import EPOCH_METRICS, Seq2SeqModule
 from lit_seq2seq.pairs import FIT_TEXT_FROM, PairDataModule, overridden_note
@@ -431,6 +431,12 @@ def _check_trainer(trainer: Namespace, subcommand: str | None, error: Callable[[
     for flag in ("max_steps", "max_epochs"):  # a fit of nothing, leaving an empty run folder
         if subcommand == "fit" and trainer.get(flag) == 0:
             error(f"--trainer.{flag} 0 trains nothing: give a count, or -1 for no limit")
+    if subcommand == "fit":  # validation turned off by a flag: said as a fit without validation pairs is
+        every, epochs = trainer.get("check_val_every_n_epoch"), trainer.get("max_epochs")
+        if trainer.get("limit_val_batches") == 0:
+            warn_no_validation("--trainer.limit_val_batches 0 validates on none")
+        elif every is not None and epochs is not None and 0 < epochs < every:
+            warn_no_validation(f"--trainer.check_val_every_n_epoch {every} > --trainer.max_epochs {epochs}")
     interval = trainer.get("val_check_interval")
     if interval is not None and interval <= 0:  # 0: a modulo by zero after the first batch; 0.0: every batch
         error(
@@ -516,6 +522,10 @@ class Seq2SeqCLI(LightningCLI):
                 warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, .* \['Timer'\]\.$")
                 # Mixed precision keeps the weights in float32, so the summary's 32-bit size is the true one.
                 warnings.filterwarnings("ignore", message=r"Precision bf16-mixed is not supported by the model summary")
+                # A fit without validation says so itself (data.warn_no_validation); Lightning's words for it point
+                # at code the user never wrote ("HINT: Did you call log(...)").
+                warnings.filterwarnings("ignore", message=r"Total length of `\w+` across ranks is zero")
+                warnings.filterwarnings("ignore", message=r"`ModelCheckpoint\(monitor='val/exact_match'\)` could")
                 super().__init__(
                     Seq2SeqModule,
                     L.LightningDataModule,

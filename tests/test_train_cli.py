@@ -958,3 +958,21 @@ def test_a_misspelt_data_key_of_a_config_file_is_named_as_a_key_of_that_file(tmp
     )
     code, err = cli_exit(["fit", f"--config={config}", "--data.target_tokenizr", "x"], capsys)  # typed: the flag
     assert code == 2 and "error: --data.target_tokenizr: lit_seq2seq.pairs.PairDataModule has no such option" in err
+
+
+@pytest.mark.parametrize(
+    "flags, reason",
+    [
+        (["--data.val_size", "0"], "--data.val_size 0"),
+        (["--trainer.limit_val_batches", "0"], "--trainer.limit_val_batches 0 validates on none"),
+        (["--trainer.check_val_every_n_epoch", "3"], "--trainer.check_val_every_n_epoch 3 > --trainer.max_epochs 1"),
+    ],
+)
+def test_a_fit_that_never_validates_says_so_in_our_words_alone(tmp_path, recwarn, flags, reason):
+    """Lightning's own words were noise ("Total length of `list` across ranks is zero", "HINT: Did you call
+    log('val/exact_match', value) in the LightningModule?") or nothing at all (check_val_every_n_epoch)."""
+    assert run_cli(["fit", *TINY_TASK, *tiny_run(train=64, val=16, test=16), *flags, *root_args(tmp_path)]) == 0
+    said = [str(w.message) for w in recwarn]
+    assert f"fit without validation pairs ({reason}): no validation metrics and no best.ckpt" in said, said
+    assert not [m for m in said if "HINT" in m or "Total length" in m], said
+    assert not (tmp_path / "version_0" / "checkpoints" / "best.ckpt").exists()
