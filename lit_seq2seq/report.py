@@ -73,6 +73,18 @@ def read_metrics(log_dir: Path, empty_ok: bool = False) -> list[dict[str, float]
     return rows
 
 
+def evaluation_run(log_dir: str | os.PathLike) -> bool:
+    """Whether `log_dir` holds a validate or test run: a metrics.csv whose columns hold no training value, and no
+    checkpoints/ folder, which every fit has."""
+    log_dir = Path(log_dir)
+    path = log_dir / "metrics.csv"
+    if (log_dir / "checkpoints").exists() or not path.is_file():
+        return False
+    with path.open("rb") as f:
+        columns = f.readline().decode("utf-8", "replace").strip().split(",")
+    return columns != [""] and not any(column.startswith("train/") for column in columns)
+
+
 def run_history(log_dir: Path) -> tuple[list[dict[str, float]], list[tuple[float, Path]]]:
     """The rows of <log_dir>/metrics.csv preceded by those of the runs it resumed, each up to the step it was resumed
     at (a resumed fit logs into a new version folder; its checkpoints folder records what it continued); and the
@@ -206,5 +218,8 @@ def _figure(
         for step, _ in resumes:
             ax.axvline(step, color="grey", linestyle=":", linewidth=1)
     resumed = "; ".join(f"{run.name} to step {int(step)}" for step, run in resumes)
-    fig.suptitle(f"lit-seq2seq training report: {log_dir}" + (f" (resumed: {resumed}, dotted)" if resumed else ""))
+    if evaluation_run(log_dir):  # its metrics are logged at step 0, whatever the checkpoint's step
+        fig.suptitle(f"lit-seq2seq evaluation report: {log_dir} (a validate or test run: one point per metric)")
+    else:
+        fig.suptitle(f"lit-seq2seq training report: {log_dir}" + (f" (resumed: {resumed}, dotted)" if resumed else ""))
     return fig

@@ -176,17 +176,23 @@ def test_the_report_of_a_test_run_plots_its_test_metrics(tmp_path, monkeypatch):
 
     header = "epoch,step,test/loss,test/token_acc,test/exact_match,test/token_error_rate\n"
     (tmp_path / "metrics.csv").write_text(header + "0,0,0.5,0.9,0.6,0.1\n")
-    panels = []
+    panels, titles = [], []
     real = report._figure
 
     def spy(plt, curves, positions, log_dir, resumes):
         figure = real(plt, curves, positions, log_dir, resumes)
         panels.extend([line.get_label() for line in ax.lines] for ax in figure.axes)
+        titles.append(figure.get_suptitle())
         return figure
 
     monkeypatch.setattr(report, "_figure", spy)
     assert run_cli(["report", "--log_dir", tmp_path]) == 0
     assert panels == [["test/loss"], ["test/token_acc"], ["test/exact_match"], ["test/token_error_rate"]]
+    # not a "training report" of points at step 0 (the checkpoint's step is elsewhere)
+    assert titles == [f"lit-seq2seq evaluation report: {tmp_path} (a validate or test run: one point per metric)"]
+    (tmp_path / "checkpoints").mkdir()  # a fit's folder that logged no training value (log_every_n_steps)
+    assert run_cli(["report", "--log_dir", tmp_path]) == 0
+    assert titles[-1] == f"lit-seq2seq training report: {tmp_path}"
 
 
 # ----------------------------------------------------------------------------- resumed fits: the curves before
