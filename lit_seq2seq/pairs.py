@@ -186,7 +186,8 @@ class PairDataModule(L.LightningDataModule):
         split_fractions: Train, validation and test fractions for ``file``; a hash of each source decides its split,
             so every pair of one source lands in one split, the same on every run and machine.
         header: Skip line 1 of every pair file, a header such as ``word<TAB>pronunciation``. Without it, a line 1
-            that reads as one (``source<TAB>target`` and the like) is trained on, with a warning.
+            of usual column names (``source<TAB>target``, ``src<TAB>tgt`` and the like) is trained on, with a
+            warning; other names pass unwarned.
         source_tokenizer: ``char`` (each Unicode character a token, after NFC normalisation) or ``space``
             (whitespace-separated tokens).
         target_tokenizer: ``char`` or ``space``, as for the source.
