@@ -292,7 +292,9 @@ def run(argv: list[str]) -> int:
 
 def main() -> int:
     try:
-        return run(sys.argv[1:])
+        code = run(sys.argv[1:])
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except Refused as error:
         print(f"consumer_example.py: {error}", file=sys.stderr)
         return 2

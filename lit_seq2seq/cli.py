@@ -70,14 +70,17 @@ def main(args: Sequence[str] | None = None) -> int:
             print(f"{parser.prog}: error: stdout is closed: nowhere to write the output", file=sys.stderr)
             sys.exit(1)
         try:
-            return options.run(options)
+            code = options.run(options)
+            sys.stdout.flush()  # here, where a reader gone (`| head`) is caught, not at exit (exit code 120)
+            return code
         # Bad data or a bad flag's value: one line naming it and exit code 2, as parser.error exits (in-process
         # callers see the same SystemExit(2)); its usage block is for a command line argparse cannot read.
         except (InputError, ModelFileError, ValueError, TypeError) as error:
             print(f"{parser.prog}: error: {error}", file=sys.stderr)
             sys.exit(2)
         except BrokenPipeError:  # `... | head`: the reader left; not an error
-            sys.stderr.close()
+            # what is still buffered goes nowhere: Python's flush at exit would fail again (exit code 120)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
         except OSError as error:  # decode/sample's only writes: stdout (export reports its own failed writes)
             if command not in ("decode", "sample"):

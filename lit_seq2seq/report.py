@@ -74,15 +74,17 @@ def read_metrics(log_dir: Path, empty_ok: bool = False) -> list[dict[str, float]
 
 
 def evaluation_run(log_dir: str | os.PathLike) -> bool:
-    """Whether `log_dir` holds a validate or test run: a metrics.csv whose columns hold no training value, and no
-    checkpoints/ folder, which every fit has."""
-    log_dir = Path(log_dir)
-    path = log_dir / "metrics.csv"
-    if (log_dir / "checkpoints").exists() or not path.is_file():
-        return False
-    with path.open("rb") as f:
-        columns = f.readline().decode("utf-8", "replace").strip().split(",")
-    return columns != [""] and not any(column.startswith("train/") for column in columns)
+    """Whether `log_dir` holds a validate or test run: a metrics.csv with rows, all at step 0 and none holding a
+    training value. (A fit logs at the steps it reached, even one that logged no training loss: log_every_n_steps.)"""
+    try:
+        with (Path(log_dir) / "metrics.csv").open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if any(name.startswith("train/") for name in reader.fieldnames or []):
+                return False
+            steps = [row.get("step") for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False  # read_metrics says what is wrong when the report is drawn
+    return bool(steps) and all(step in ("0", "0.0") for step in steps)
 
 
 def run_history(log_dir: Path) -> tuple[list[dict[str, float]], list[tuple[float, Path]]]:

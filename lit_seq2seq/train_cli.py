@@ -431,12 +431,6 @@ def _check_trainer(trainer: Namespace, subcommand: str | None, error: Callable[[
     for flag in ("max_steps", "max_epochs"):  # a fit of nothing, leaving an empty run folder
         if subcommand == "fit" and trainer.get(flag) == 0:
             error(f"--trainer.{flag} 0 trains nothing: give a count, or -1 for no limit")
-    if subcommand == "fit":  # validation turned off by a flag: said as a fit without validation pairs is
-        every, epochs = trainer.get("check_val_every_n_epoch"), trainer.get("max_epochs")
-        if trainer.get("limit_val_batches") == 0:
-            warn_no_validation("--trainer.limit_val_batches 0 validates on none")
-        elif every is not None and epochs is not None and 0 < epochs < every:
-            warn_no_validation(f"--trainer.check_val_every_n_epoch {every} > --trainer.max_epochs {epochs}")
     interval = trainer.get("val_check_interval")
     if interval is not None and interval <= 0:  # 0: a modulo by zero after the first batch; 0.0: every batch
         error(
@@ -463,6 +457,13 @@ def _check_trainer(trainer: Namespace, subcommand: str | None, error: Callable[[
             "and last.ckpt, what --ckpt_path best|last and export read); to write no checkpoint files pass "
             "--checkpoint.save_top_k 0 --checkpoint.save_last false"
         )
+    if subcommand == "fit" and not trainer.get("fast_dev_run"):  # (fast_dev_run validates whatever the limits)
+        # validation turned off by a flag: said as a fit without validation pairs is, once every check has passed
+        every, epochs = trainer.get("check_val_every_n_epoch"), trainer.get("max_epochs")
+        if trainer.get("limit_val_batches") == 0:
+            warn_no_validation("--trainer.limit_val_batches 0 validates on none")
+        elif every is not None and epochs is not None and 0 < epochs < every:
+            warn_no_validation(f"--trainer.check_val_every_n_epoch {every} > --trainer.max_epochs {epochs}")
 
 
 def _is_run_logger(logger: Any) -> bool:
@@ -524,7 +525,7 @@ class Seq2SeqCLI(LightningCLI):
                 warnings.filterwarnings("ignore", message=r"Precision bf16-mixed is not supported by the model summary")
                 # A fit without validation says so itself (data.warn_no_validation); Lightning's words for it point
                 # at code the user never wrote ("HINT: Did you call log(...)").
-                warnings.filterwarnings("ignore", message=r"Total length of `\w+` across ranks is zero")
+                warnings.filterwarnings("ignore", message=r"Total length of `\w+` across ranks is zero\. Please")
                 warnings.filterwarnings("ignore", message=r"`ModelCheckpoint\(monitor='val/exact_match'\)` could")
                 super().__init__(
                     Seq2SeqModule,

@@ -190,7 +190,10 @@ def test_the_report_of_a_test_run_plots_its_test_metrics(tmp_path, monkeypatch):
     assert panels == [["test/loss"], ["test/token_acc"], ["test/exact_match"], ["test/token_error_rate"]]
     # not a "training report" of points at step 0 (the checkpoint's step is elsewhere)
     assert titles == [f"lit-seq2seq evaluation report: {tmp_path} (a validate or test run: one point per metric)"]
-    (tmp_path / "checkpoints").mkdir()  # a fit's folder that logged no training value (log_every_n_steps)
+    # a fit that logged no training value (fewer steps than log_every_n_steps), its checkpoints elsewhere: its
+    # validations are at the steps it reached
+    header = "epoch,step,val/loss,val/exact_match\n"
+    (tmp_path / "metrics.csv").write_text(header + "0,1,0.9,0.1\n1,3,0.7,0.3\n")
     assert run_cli(["report", "--log_dir", tmp_path]) == 0
     assert titles[-1] == f"lit-seq2seq training report: {tmp_path}"
 
