@@ -79,8 +79,7 @@ def main(args: Sequence[str] | None = None) -> int:
             print(f"{parser.prog}: error: {error}", file=sys.stderr)
             sys.exit(2)
         except BrokenPipeError:  # `... | head`: the reader left; not an error
-            # what is still buffered goes nowhere: Python's flush at exit would fail again (exit code 120)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _to_devnull(sys.stdout)  # else Python's flush at exit of what is still buffered fails again (exit 120)
             return 0
         except OSError as error:  # decode/sample's only writes: stdout (export reports its own failed writes)
             if command not in ("decode", "sample"):
@@ -126,22 +125,25 @@ class _PipeSafe:
         try:
             return self._stream.write(text)
         except BrokenPipeError:
-            self._to_devnull()
+            _to_devnull(self._stream)
             return len(text)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
         except BrokenPipeError:
-            self._to_devnull()
-
-    def _to_devnull(self) -> None:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, self._stream.fileno())  # what is still buffered goes there too, as does Python's exit flush
-        os.close(devnull)
+            _to_devnull(self._stream)
 
     def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, ...: the stream's
         return getattr(self._stream, name)
+
+
+def _to_devnull(stream: Any) -> None:
+    """Point a stream whose pipe reader has left at /dev/null: what is still buffered goes there too, as does Python's
+    flush at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)
 
 
 def _prog(command: str) -> str:

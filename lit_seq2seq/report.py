@@ -73,18 +73,11 @@ def read_metrics(log_dir: Path, empty_ok: bool = False) -> list[dict[str, float]
     return rows
 
 
-def evaluation_run(log_dir: str | os.PathLike) -> bool:
-    """Whether `log_dir` holds a validate or test run: a metrics.csv with rows, all at step 0 and none holding a
-    training value. (A fit logs at the steps it reached, even one that logged no training loss: log_every_n_steps.)"""
-    try:
-        with (Path(log_dir) / "metrics.csv").open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if any(name.startswith("train/") for name in reader.fieldnames or []):
-                return False
-            steps = [row.get("step") for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return False  # read_metrics says what is wrong when the report is drawn
-    return bool(steps) and all(step in ("0", "0.0") for step in steps)
+def evaluation_run(curves: dict[str, list[tuple[float, float]]]) -> bool:
+    """Whether `collect`'s curves are a validate or test run's: no training value, every point at step 0. (A fit logs
+    at the steps it reached, even one that logged no training loss: log_every_n_steps.)"""
+    steps = [step for points in curves.values() for step, _ in points]
+    return bool(steps) and all(step == 0 for step in steps) and not any(name.startswith("train/") for name in curves)
 
 
 def run_history(log_dir: Path) -> tuple[list[dict[str, float]], list[tuple[float, Path]]]:
@@ -220,7 +213,7 @@ def _figure(
         for step, _ in resumes:
             ax.axvline(step, color="grey", linestyle=":", linewidth=1)
     resumed = "; ".join(f"{run.name} to step {int(step)}" for step, run in resumes)
-    if evaluation_run(log_dir):  # its metrics are logged at step 0, whatever the checkpoint's step
+    if evaluation_run(curves):  # its metrics are logged at step 0, whatever the checkpoint's step
         fig.suptitle(f"lit-seq2seq evaluation report: {log_dir} (a validate or test run: one point per metric)")
     else:
         fig.suptitle(f"lit-seq2seq training report: {log_dir}" + (f" (resumed: {resumed}, dotted)" if resumed else ""))

@@ -114,6 +114,15 @@ def run_python(code: str, *args: str, stdin: str | None = None, timeout: float =
     )
 
 
+def into_closed_pipe(command: str, reader: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`COMMAND | READER` in bash (its exit code COMMAND's), READER one that leaves early (`true`, `head -1`), with
+    stdout buffered as a user's is: this environment sets PYTHONUNBUFFERED, under which a BrokenPipeError at Python's
+    flush at exit never shows."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    pipeline = ["bash", "-c", f"set -o pipefail; {command} | {reader}"]
+    return subprocess.run(pipeline, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
 # Prepended to run_python code: any import of these packages (and of sys.argv[1]) fails, as on a machine without
 # them.
 BLOCK_IMPORTS = """

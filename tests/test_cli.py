@@ -8,7 +8,6 @@ Models are the session's tiny exports (conftest.exported).
 from __future__ import annotations
 
 import io
-import os
 import re
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from conftest import (
     cli_exit,
     cli_output,
     damaged_checkpoint,
+    into_closed_pipe,
     pad_rows,
     root_args,
     run_cli,
@@ -462,10 +462,8 @@ def test_sample_and_decode_into_a_closed_pipe_exit_0_quietly(exported, tmp_path)
                 assert proc.wait(timeout=120) == 0 and proc.stderr.read() == ""
     # A little output left in Python's buffer (unbuffered here, a user's stdout is not) when the reader has gone: it
     # failed at exit, outside the handler (exit code 120, "Exception ignored ... BrokenPipeError").
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     for command in (f"sample -n 5 --model_dir {model_dir}", f"decode --model_dir {model_dir} < in.txt"):
-        done = subprocess.run(["bash", "-c", f"set -o pipefail; {CLI} {command} | true"], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        done = into_closed_pipe(f"{CLI} {command}", "true", tmp_path)
         assert (done.returncode, done.stderr) == (0, ""), command
 
 

@@ -7,19 +7,17 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
-import os
 import re
 import runpy
 import shlex
 import shutil
-import subprocess
 import sys
 import unicodedata
 
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import BLOCK_IMPORTS, REPO, cli_output, flip_bit, pad_rows, restamp, run_python
+from conftest import BLOCK_IMPORTS, REPO, cli_output, flip_bit, into_closed_pipe, pad_rows, restamp, run_python
 
 from lit_seq2seq import bundled, contract
 from lit_seq2seq.contract import ModelFileError, check_content_hash, stamp_content_hash
@@ -311,11 +309,7 @@ def test_consumer_example_into_a_closed_pipe_exits_0_quietly(exported, tmp_path,
     (tmp_path / "in.txt").write_text("2 3 4 5\n" * lines)
     args = " ".join(shlex.quote(a) for a in ("-c", AS_FOREIGN_APP, "lit_seq2seq", str(CONSUMER)))
     command = f"{shlex.quote(sys.executable)} {args} {shlex.quote(str(exported('lstm').model_dir))}"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    done = subprocess.run(
-        ["bash", "-c", f"set -o pipefail; {command} < in.txt | {reader}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    done = into_closed_pipe(f"{command} < in.txt", reader, tmp_path)
     assert (done.returncode, done.stderr) == (0, "")
 
 
