@@ -342,6 +342,13 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
         "to source_length); by default such a line is a bad line: the model answers it with confident garbage",
     )
     p.add_argument(
+        "--with_source",
+        action="store_true",
+        help="print each decoding after its source and a tab, SOURCE<TAB>DECODING (the source as read: the line's text "
+        'before any tab, or --jsonl\'s "source"), so each output line names its input whatever was skipped or merged; '
+        "the output is a pair file, as `sample` prints one",
+    )
+    p.add_argument(
         "--jsonl",
         action="store_true",
         help='read each line (and argument) as one JSON object {"source": SOURCE, "target": REFERENCE}, "target" '
@@ -403,7 +410,8 @@ def _run_decode(o: argparse.Namespace) -> int:
     if model.text is not None:
         return _decode_text(o, model)
     allow = o.allow_untrained_lengths
-    sources: list[list[int]] = []  # the batch being filled, and the expected answers of its lines
+    sources: list[list[int]] = []  # the batch being filled, its lines' source texts and their expected answers
+    texts: list[str] = []
     expected: list[list[int] | None] = []
     scored = hits = unscored = number = 0
     bad: list[str] = []
@@ -420,11 +428,11 @@ def _run_decode(o: argparse.Namespace) -> int:
         else:
             tokens = model.beam_search(batch, o.beam_size, o.length_penalty, allow_untrained_lengths=allow)[0]
         decoded = [model.strip(row) for row in tokens.tolist()]
-        sys.stdout.write("".join(" ".join(map(str, row)) + "\n" for row in decoded))
-        sys.stdout.flush()
+        _print_decoded([" ".join(map(str, row)) for row in decoded], texts if o.with_source else None)
         scored += sum(e is not None for e in expected)
         hits += sum(d == e for d, e in zip(decoded, expected))
         sources.clear()
+        texts.clear()
         expected.clear()
 
     label = "argument" if o.sequences else "line"
@@ -452,6 +460,7 @@ def _run_decode(o: argparse.Namespace) -> int:
             bad.append(str(error))
             continue
         sources.append(source)
+        texts.append(source_text)
         expected.append(reference)
         unscored += reference is None
         if len(sources) == o.batch_size:
@@ -460,6 +469,15 @@ def _run_decode(o: argparse.Namespace) -> int:
     if scored:
         print(f"exact match: {hits}/{scored} = {hits / scored:.2%}{_unscored(unscored, label)}", file=sys.stderr)
     return _skipped(bad, number, label)
+
+
+def _print_decoded(decodings: list[str], sources: list[str] | None) -> None:
+    """decode's output of one batch, one line per source: DECODING, or SOURCE<TAB>DECODING with --with_source."""
+    if sources is None:
+        sys.stdout.write("".join(d + "\n" for d in decodings))
+    else:
+        sys.stdout.write("".join(f"{s}\t{d}\n" for s, d in zip(sources, decodings, strict=True)))
+    sys.stdout.flush()
 
 
 class _Source:
@@ -561,8 +579,7 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
             tokens = model.greedy(source, allow_untrained_lengths=True)
         else:
             tokens = model.beam_search(source, o.beam_size, o.length_penalty, allow_untrained_lengths=True)[0]
-        sys.stdout.write("".join(t + "\n" for t in model.decode_ids(tokens)))
-        sys.stdout.flush()
+        _print_decoded(model.decode_ids(tokens), [s.text for s in batch] if o.with_source else None)
         for s, row in zip(batch, tokens.tolist(), strict=True):
             if s.references:
                 scores.add(s.ids, model.strip(row), s.references)

@@ -202,6 +202,20 @@ def test_skip_bad_lines_decodes_the_rest_and_counts_the_skipped(exported, runtim
     )
 
 
+def test_with_source_prints_each_decoding_after_its_source_as_read(exported, runtime_model, capsys):
+    """An id model's SOURCE<TAB>DECODING lines: `sample`'s pair format, the source as the line spelled it (a bad line
+    skipped: no line for it); decoded again, they score 100%."""
+    model = runtime_model("gru")
+    good = ["2 3", " 4  5 6 "]
+    expected = [" ".join(map(str, model.strip(model.greedy([int(t) for t in g.split()])))) for g in good]
+    args = ["decode", "--model_dir", exported("gru").model_dir, "--skip_bad_lines", "--with-source"]
+    code, out, _ = cli_output(args, capsys, f"{good[0]}\n2 x\n{good[1]}\t9 9\n")
+    assert code in (0, None)
+    assert out.splitlines() == [f"{g}\t{e}" for g, e in zip(good, expected, strict=True)]
+    code, again, err = cli_output(args[:3], capsys, out)
+    assert code in (0, None) and again.splitlines() == expected and "exact match: 2/2 = 100.00%" in err
+
+
 @pytest.mark.parametrize("flag", ["--beam_size", "--batch_size", "--threads"])
 def test_bad_decode_flags_exit_2(flag, exported, capsys):
     code, err = cli_exit(["decode", "--model_dir", exported("gru").model_dir, flag, "0", "2 3"], capsys)

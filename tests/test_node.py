@@ -844,6 +844,23 @@ def test_node_decode_skips_and_counts_bad_lines_as_pythons_decode(exported, text
     assert every.stdout == ""
 
 
+def test_node_decode_with_source_prints_as_pythons_decode(exported, text_exported, capsys):
+    """--with-source: the SOURCE<TAB>DECODING lines of Python's --with_source, a bad line skipped, references
+    merged, --jsonl's "source", for a text and an id model."""
+    cases = [
+        (text_exported("trained").model_dir, "abé\tAH BE É\nab\tAH\nab\tBE\n\nЖ\n", [], 3),
+        (text_exported("trained").model_dir, '{"source": "ab", "target": "AH"}\n{"source": "жж"}\n', ["--jsonl"], 2),
+        (exported("gru").model_dir, "2 3\t3 2\n\n 4  5 6\n", [], 2),
+    ]
+    for model_dir, stdin, flags, outputs in cases:
+        node = node_decode(model_dir, stdin, "--with-source", "--skip-bad-lines", *flags)
+        code, out, err = cli_output(
+            ["decode", "--model_dir", model_dir, "--with_source", "--skip_bad_lines", *flags], capsys, stdin=stdin
+        )
+        assert (node.returncode, node.stdout, node.stderr) == (code, out, err) and code == 0, (node.stderr, err)
+        assert all("\t" in line for line in out.splitlines()) and len(out.splitlines()) == outputs
+
+
 def _bad_jsonl_cases() -> list:
     from test_decode_jsonl import BAD_IDS, BAD_LINES
 

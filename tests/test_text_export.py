@@ -340,6 +340,24 @@ def test_decode_scores_references_grouped_by_source(text_exported, capsys):
     assert err == "exact match: 2/4 = 50.00% (WER 50.00%); token error rate: 2/8 = 25.00%\n"
 
 
+def test_decode_with_source_names_each_decodings_source_as_read(text_exported, capsys):
+    """--with_source: SOURCE<TAB>DECODING per output line, the source as the line gave it (before NFC and lowercasing),
+    so the output pairs with the input whatever was skipped or merged; read back by decode, it scores every line."""
+    lines = "abé\tAH BE É\nab\tAH\nab\tBE BE BE\nx\nЖ\tЖ Э\nb\u0065\u0301\n"  # x: unknown; "bé" decomposed
+    args = ["decode", "--model_dir", text_exported("trained").model_dir, "--skip_bad_lines", "--with_source"]
+    code, out, err = cli_output(args, capsys, lines)
+    assert code == 0 and "skipped 1 bad line(s) of 6; the first: line 4: " in err
+    plain = cli_output(args[:4], capsys, lines)[1].splitlines()  # the decodings without their sources
+    assert out.splitlines() == [f"{s}\t{d}" for s, d in zip(["abé", "ab", "Ж", "b\u0065\u0301"], plain, strict=True)]
+    code, again, err = cli_output(args[:3], capsys, out)  # a pair file: each source against its own decoding
+    assert (code, again.splitlines()) == (0, plain) and err.startswith("exact match: 4/4 = 100.00%")
+    # --jsonl: the "source" string; as arguments; beam search
+    jsonl = '{"source": "ab", "target": "AH"}\n{"id": 7, "source": "жж"}\n'
+    code, out, _ = cli_output([*args, "--jsonl", "--beam_size", "3"], capsys, jsonl)
+    assert (code, out) == (0, "ab\tAH BE\nжж\tЖ Э Ж Э\n")
+    assert cli_output([*args, "abé", "b"], capsys) == (0, "abé\tAH BE É\nb\tBE\n", "")
+
+
 def test_decode_holds_a_repeated_reference_once(text_exported, capsys):
     """A common word given thousands of times over (a word list, a corpus's pairs): the same lines out and the same
     figures as with its reference given once; held once (its arrays grew with the square of the repeats)."""

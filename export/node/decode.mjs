@@ -2,15 +2,16 @@
 // decode.mjs: decode stdin lines (greedy or beam) with a lit-seq2seq export on onnxruntime-node (the Node consumer).
 //
 //   node export/node/decode.mjs MODEL_DIR [--two-graph] [--allow-untrained-lengths] [--batch-size N]
-//                                [--beam-size K [--length-penalty X]] [--jsonl] [--skip-bad-lines] [SEQUENCE ...]
-//   (no SEQUENCE: the lines of stdin)
+//                                [--beam-size K [--length-penalty X]] [--jsonl] [--skip-bad-lines] [--with-source]
+//                                [SEQUENCE ...]   (no SEQUENCE: the lines of stdin)
 //
 // --beam-size K (K > 1) decodes by beam search over the two step graphs (the contract's "Beam search"), with the Python
 // runtime's tokens; 1 (the default) is greedy.
 // One source per line: space-separated token ids, or text for a text model (format_version 2 with source_tokens).
 // "SOURCE<TAB>EXPECTED" lines (what `lit-seq2seq sample` prints) are scored too: exact match (and a text model's token
 // error rate) goes to stderr, counted and printed as `lit-seq2seq decode` does. One decoded line out per line in (for
-// a text model, adjacent lines of one source are one source, as several references), printed a batch at a time.
+// a text model, adjacent lines of one source are one source, as several references), printed a batch at a time;
+// --with-source prints SOURCE<TAB>DECODING (the source as read), as Python's decode --with_source.
 // --jsonl: each line is a JSON object {"source": ..., "target": ...} ("target" optional, other keys ignored), read as
 // the line SOURCE<TAB>TARGET, with the checks and messages of `lit-seq2seq decode --jsonl` (why a line is not JSON is
 // worded by JSON.parse, not by Python's json). Bad input (a bad line, a missing/altered/mixed model file, a bad flag) ->
@@ -36,7 +37,7 @@ import {
 
 const USAGE =
   "usage: node decode.mjs MODEL_DIR [--two-graph] [--allow-untrained-lengths] [--batch-size N] [--beam-size K " +
-  "[--length-penalty X]] [--jsonl] [--skip-bad-lines] [SEQUENCE ...] (no SEQUENCE: the lines of stdin)";
+  "[--length-penalty X]] [--jsonl] [--skip-bad-lines] [--with-source] [SEQUENCE ...] (no SEQUENCE: the lines of stdin)";
 
 class UsageError extends Error {}
 
@@ -56,12 +57,14 @@ function parseArgs(args) {
     sequences: [], // texts or id lines given as arguments, decoded instead of stdin (as Python's decode takes them)
     jsonl: false, // each line one JSON object {"source": ..., "target": ...}, as Python's decode --jsonl
     skipBadLines: false, // bad lines skipped and counted, as Python's decode --skip_bad_lines
+    withSource: false, // SOURCE<TAB>DECODING lines out, as Python's decode --with_source
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === "--two-graph") options.twoGraph = true;
     else if (arg === "--jsonl") options.jsonl = true;
     else if (arg === "--skip-bad-lines" || arg === "--skip_bad_lines") options.skipBadLines = true;
+    else if (arg === "--with-source" || arg === "--with_source") options.withSource = true;
     else if (arg === "--allow-untrained-lengths" || arg === "--allow_untrained_lengths")
       options.allowUntrainedLengths = true;
     else if (arg === "--batch-size" || arg === "--batch_size") {
@@ -366,7 +369,8 @@ async function main() {
             .tokens;
     const tokens = model.isText ? rows.map((row) => model.decodeTokens(row)) : null;
     const out = model.isText ? tokens.map((row) => model.joinTokens(row)) : rows.map((row) => row.join(" "));
-    await write(out.map((line) => `${line}\n`).join(""));
+    const lines = options.withSource ? out.map((line, i) => `${batch[i].text}\t${line}`) : out;
+    await write(lines.map((line) => `${line}\n`).join(""));
     batch.forEach((s, i) => {
       if (s.references === null) return;
       if (!model.isText) {
