@@ -328,6 +328,14 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
         help="lines read, decoded and printed together (default 2048; decoded in length-sorted chunks of 256 sources, "
         "of max(1, 1024 // K) at beam size K > 4)",
     )
+    p.add_argument(
+        "--n_best",
+        type=int,
+        default=1,
+        help="beam search only: print the N best final beams of each source, best first, one line each (N lines a "
+        "source; with --with_source each after the source, so a source's lines read back as its references); the "
+        "best alone is scored (default 1)",
+    )
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     p.add_argument(
         "--skip_bad_lines",
@@ -399,6 +407,8 @@ def _run_decode(o: argparse.Namespace) -> int:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     if o.length_penalty is not None and o.beam_size == 1:  # greedy has no scores to rank: it would change nothing
         raise ValueError("--length_penalty applies to beam search only: add --beam_size K (K > 1)")
+    if o.n_best < 1 or o.n_best > o.beam_size:  # the final beams are all there is to rank
+        raise ValueError(f"--n_best must be in [1, --beam_size ({o.beam_size})], got {o.n_best}")
     try:  # here, not by the first beam_search, which runs after a batch of stdin was read
         o.beam_size, o.length_penalty = check_beam_settings(
             o.beam_size, 1.0 if o.length_penalty is None else o.length_penalty
@@ -423,12 +433,10 @@ def _run_decode(o: argparse.Namespace) -> int:
         if not sources:
             return
         batch = pad_batch(sources, model.pad_token)
-        if o.beam_size == 1:
-            tokens = model.greedy(batch, allow_untrained_lengths=allow)
-        else:
-            tokens = model.beam_search(batch, o.beam_size, o.length_penalty, allow_untrained_lengths=allow)[0]
-        decoded = [model.strip(row) for row in tokens.tolist()]
-        _print_decoded([" ".join(map(str, row)) for row in decoded], texts if o.with_source else None)
+        tokens = _decode(model, batch, o, allow)  # (B, N, steps)
+        ranked = [[" ".join(map(str, model.strip(beam))) for beam in row] for row in tokens.tolist()]
+        _print_decoded(ranked, texts if o.with_source else None)
+        decoded = [model.strip(row) for row in tokens[:, 0].tolist()]
         scored += sum(e is not None for e in expected)
         hits += sum(d == e for d, e in zip(decoded, expected))
         sources.clear()
@@ -471,12 +479,20 @@ def _run_decode(o: argparse.Namespace) -> int:
     return _skipped(bad, number, label)
 
 
-def _print_decoded(decodings: list[str], sources: list[str] | None) -> None:
-    """decode's output of one batch, one line per source: DECODING, or SOURCE<TAB>DECODING with --with_source."""
+def _decode(model, source, o: argparse.Namespace, allow: bool):  # noqa: ANN001, ANN202 - OnnxSeq2Seq, numpy
+    """decode's tokens of a padded batch, (batch, --n_best, steps): greedy's rows, or beam search's best beams."""
+    if o.beam_size == 1:
+        return model.greedy(source, allow_untrained_lengths=allow)[:, None]
+    return model.beam_search(source, o.beam_size, o.length_penalty, allow_untrained_lengths=allow, n_best=o.n_best)[0]
+
+
+def _print_decoded(ranked: list[list[str]], sources: list[str] | None) -> None:
+    """decode's output of one batch, a line per decoding of each source (--n_best of them, best first): DECODING, or
+    SOURCE<TAB>DECODING with --with_source."""
     if sources is None:
-        sys.stdout.write("".join(d + "\n" for d in decodings))
+        sys.stdout.write("".join(d + "\n" for row in ranked for d in row))
     else:
-        sys.stdout.write("".join(f"{s}\t{d}\n" for s, d in zip(sources, decodings, strict=True)))
+        sys.stdout.write("".join(f"{s}\t{d}\n" for s, row in zip(sources, ranked, strict=True) for d in row))
     sys.stdout.flush()
 
 
@@ -575,12 +591,11 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
         if not batch:
             return
         source = pad_batch([s.ids for s in batch], model.pad_token)
-        if o.beam_size == 1:  # lengths were checked line by line, with --allow_untrained_lengths as given
-            tokens = model.greedy(source, allow_untrained_lengths=True)
-        else:
-            tokens = model.beam_search(source, o.beam_size, o.length_penalty, allow_untrained_lengths=True)[0]
-        _print_decoded(model.decode_ids(tokens), [s.text for s in batch] if o.with_source else None)
-        for s, row in zip(batch, tokens.tolist(), strict=True):
+        tokens = _decode(model, source, o, True)  # (B, N, steps); lengths were checked line by line, as allowed
+        texts = model.decode_ids(tokens.reshape(-1, tokens.shape[-1]))
+        ranked = [texts[i : i + o.n_best] for i in range(0, len(texts), o.n_best)]
+        _print_decoded(ranked, [s.text for s in batch] if o.with_source else None)
+        for s, row in zip(batch, tokens[:, 0].tolist(), strict=True):
             if s.references:
                 scores.add(s.ids, model.strip(row), s.references)
         batch.clear()

@@ -22,7 +22,15 @@ import onnxruntime as ort
 from lit_seq2seq import contract
 from lit_seq2seq.contract import ModelFileError, check_content_hash
 from lit_seq2seq.metrics import answer_tokens
-from lit_seq2seq.search import MAX_STEPS, beam_search, check_beam_settings, check_max_len, greedy_search, is_integer
+from lit_seq2seq.search import (
+    MAX_STEPS,
+    beam_search,
+    check_beam_settings,
+    check_max_len,
+    check_n_best,
+    greedy_search,
+    is_integer,
+)
 from lit_seq2seq.text import EOS_ID, PAD_ID, TextSpec, check_printable
 
 __all__ = ["ModelFileError", "OnnxSeq2Seq", "pad_batch"]
@@ -549,10 +557,10 @@ class OnnxSeq2Seq:
         return tokens[0] if single else tokens
 
     def _in_chunks(self, source: np.ndarray, run: Any, size: int | None = None) -> tuple[np.ndarray, ...]:
-        """`run(rows)` -> (tokens (n, steps), ...further (n,) arrays) over a validated source: in one call up to
-        `size` (default CHUNK_ROWS) rows, else over length-sorted chunks, each cut to its longest row, with the results
-        put back in the caller's order and the tokens padded to the longest chunk's steps. Rows decode independently,
-        so the tokens are those of one call."""
+        """`run(rows)` -> (tokens (n, ..., steps), ...further (n, ...) arrays) over a validated source: in one call
+        up to `size` (default CHUNK_ROWS) rows, else over length-sorted chunks, each cut to its longest row, with the
+        results put back in the caller's order and the tokens padded to the longest chunk's steps. Rows decode
+        independently, so the tokens are those of one call."""
         size = size or CHUNK_ROWS
         if len(source) <= size:
             return run(source)
@@ -560,10 +568,11 @@ class OnnxSeq2Seq:
         order = np.argsort(lengths, kind="stable")
         chunks = [order[i : i + size] for i in range(0, len(order), size)]
         parts = [run(source[rows, : lengths[rows].max()]) for rows in chunks]
-        tokens = np.full((len(source), max(p[0].shape[1] for p in parts)), self.pad_token, dtype=np.int64)
-        rest = [np.empty(len(source), dtype=a.dtype) for a in parts[0][1:]]
+        steps = max(p[0].shape[-1] for p in parts)
+        tokens = np.full((len(source), *parts[0][0].shape[1:-1], steps), self.pad_token, dtype=np.int64)
+        rest = [np.empty((len(source), *a.shape[1:]), dtype=a.dtype) for a in parts[0][1:]]
         for rows, (part, *more) in zip(chunks, parts):
-            tokens[rows, : part.shape[1]] = part
+            tokens[rows, ..., : part.shape[-1]] = part
             for out, values in zip(rest, more):
                 out[rows] = values
         return (tokens, *rest)
@@ -592,14 +601,19 @@ class OnnxSeq2Seq:
         max_len: int | None = None,
         *,
         allow_untrained_lengths: bool = False,
+        n_best: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Beam search: best tokens (batch, steps) and their score, log-probability / length ** length_penalty.
+        """Beam search: best tokens (batch, steps) and their score, log-probability / length ** length_penalty; with
+        `n_best` N (1 <= N <= beam_size), the N best final beams of each row, best first: (batch, N, steps) and
+        (batch, N) (for one source: (N, steps) and (N,)).
 
         Rows of a length outside the trained range, and on a model without an end token a max_len past its answer
         length, are refused unless `allow_untrained_lengths` (see check_source).
         """
         source, single = self.check_source(source, allow_untrained_lengths=allow_untrained_lengths)
         beam_size, length_penalty = check_beam_settings(beam_size, length_penalty)  # before the encoder runs
+        if n_best is not None:
+            n_best = check_n_best(n_best, beam_size)
         max_len = self._max_len(max_len, allow_untrained_lengths)
 
         def run(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -610,6 +624,7 @@ class OnnxSeq2Seq:
                 max_len=max_len,
                 beam_size=beam_size,
                 length_penalty=length_penalty,
+                n_best=n_best,
                 **self.tokens,
             )
 
@@ -712,25 +727,32 @@ class OnnxSeq2Seq:
         max_len: int | None = None,
         *,
         allow_untrained_lengths: bool = False,
-    ) -> list[str]:
+        n_best: int | None = None,
+    ) -> list[str] | list[list[str]]:
         """Texts in, texts out, batched: greedy (beam_size None or 1; greedy.onnx when the export has it) or beam
         search (length_penalty: beam search only; None is 1.0). Every text and setting is checked before anything
-        is decoded (see encode_text); no texts, no answers."""
+        is decoded (see encode_text); no texts, no answers. With `n_best` N (N <= beam_size): a list of the N best
+        texts per input, best first (scores: beam_search with n_best)."""
         _check_texts(texts)
         self._require_text("translate")
         if beam_size is not None:
             beam_size, _ = check_beam_settings(beam_size, 1.0)
         if length_penalty is not None and (beam_size or 1) == 1:  # greedy ranks nothing: it would change nothing
             raise ValueError("length_penalty applies to beam search only: pass beam_size > 1")
+        if n_best is not None:
+            n_best = check_n_best(n_best, beam_size or 1)
         if len(texts) == 0:
             return []
         source = self.encode_texts(texts, allow_untrained_lengths=allow_untrained_lengths)
         if beam_size is None or beam_size == 1:
             tokens = self.greedy(source, max_len, allow_untrained_lengths=True)  # lengths were checked as text
-        else:
-            penalty = 1.0 if length_penalty is None else length_penalty
-            tokens = self.beam_search(source, beam_size, penalty, max_len, allow_untrained_lengths=True)[0]
-        return self.decode_ids(tokens)
+            return self.decode_ids(tokens) if n_best is None else [[t] for t in self.decode_ids(tokens)]
+        penalty = 1.0 if length_penalty is None else length_penalty
+        tokens = self.beam_search(source, beam_size, penalty, max_len, allow_untrained_lengths=True, n_best=n_best)[0]
+        if n_best is None:
+            return self.decode_ids(tokens)
+        texts_out = self.decode_ids(tokens.reshape(-1, tokens.shape[-1]))  # (B * N, steps): rows of source order
+        return [texts_out[i : i + n_best] for i in range(0, len(texts_out), n_best)]
 
     def strip(self, tokens: np.ndarray | Sequence[int]) -> list[int]:
         """One decoded row as a plain list: the tokens before the end token (padding removed). ValueError for a

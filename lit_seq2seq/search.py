@@ -89,6 +89,13 @@ def check_beam_settings(beam_size: Any, length_penalty: Any) -> tuple[int, float
     return int(beam_size), float(length_penalty)
 
 
+def check_n_best(n_best: Any, beam_size: int) -> int:
+    """n_best as an int in [1, beam_size] (the final beams are all there is to rank), or ValueError naming it."""
+    if not is_integer(n_best) or not 1 <= n_best <= beam_size:
+        raise ValueError(f"n_best must be an int in [1, beam_size ({beam_size})], got {n_best!r}")
+    return int(n_best)
+
+
 def to_width(tokens: np.ndarray, width: int, pad_token: int) -> np.ndarray:
     """Decoded tokens (B, T) -> (B, width), to compare with targets of that width: padded after an early stop,
     cut past `width`."""
@@ -152,15 +159,19 @@ def beam_search(
     eos_token: int | None,
     pad_token: int,
     length_penalty: float = 1.0,
+    n_best: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Beam search; returns the best sequence per row (batch, steps) and its score (batch,).
+    """Beam search; returns the best sequence per row (batch, steps) and its score (batch,); with `n_best` N, the N
+    best final beams per row, best first: (batch, N, steps) and (batch, N).
 
     The score is the sum of token log-probabilities (end token included) divided by length ** length_penalty;
     0 turns length normalisation off. Beams are ranked by raw sums while searching and by the normalised score
-    at the end. A finished beam keeps its score and is extended with padding only.
+    at the end (ties: the beam ranked first by raw sum). A finished beam keeps its score and is extended with
+    padding only.
     """
     max_len = check_max_len(max_len)
     k, length_penalty = check_beam_settings(beam_size, length_penalty)
+    n = 1 if n_best is None else check_n_best(n_best, k)
     state = select_rows(state, np.repeat(np.arange(batch_size), k))
     tokens = np.full(batch_size * k, start_token, dtype=np.int64)
     scores = np.full((batch_size, k), -np.inf)
@@ -189,12 +200,13 @@ def beam_search(
         if done.all():
             break
     normed = scores / np.maximum(lengths, 1) ** length_penalty if length_penalty else scores
-    pick = normed.argmax(axis=1)
-    rows = np.arange(batch_size)
+    pick = np.argsort(-normed, axis=1, kind="stable")[:, :n]  # (B, N); N = 1: argmax's pick, the first of ties
+    rows = np.arange(batch_size)[:, None]
     # Back along the parents: linear in the steps (gathering whole histories every step was quadratic: 25 s for one
     # source at beam 1,024 and 1,200 steps)
-    out, beam = np.empty((batch_size, len(picked)), dtype=np.int64), pick
+    out, beam = np.empty((batch_size, n, len(picked)), dtype=np.int64), pick
     for t in range(len(picked) - 1, -1, -1):
-        out[:, t] = picked[t][rows, beam]
+        out[:, :, t] = picked[t][rows, beam]
         beam = parents[t][rows, beam]
-    return out, normed[rows, pick]
+    best = normed[rows, pick]
+    return (out[:, 0], best[:, 0]) if n_best is None else (out, best)

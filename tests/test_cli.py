@@ -214,6 +214,11 @@ def test_with_source_prints_each_decoding_after_its_source_as_read(exported, run
     assert out.splitlines() == [f"{g}\t{e}" for g, e in zip(good, expected, strict=True)]
     code, again, err = cli_output(args[:3], capsys, out)
     assert code in (0, None) and again.splitlines() == expected and "exact match: 2/2 = 100.00%" in err
+    # --n_best: that many lines a source, the best first; an id model's too
+    code, out, err = cli_output([*args, "--beam_size", "3", "--n_best", "2"], capsys, "2 3\t9 9\n4 5 6\n")
+    beams = model.beam_search([2, 3], beam_size=3, n_best=2)[0]
+    assert code in (0, None) and out.splitlines()[:2] == [f"2 3\t{' '.join(map(str, model.strip(b)))}" for b in beams]
+    assert len(out.splitlines()) == 4 and "exact match: 0/1 = 0.00%" in err
 
 
 @pytest.mark.parametrize("flag", ["--beam_size", "--batch_size", "--threads"])

@@ -176,6 +176,59 @@ console.log(JSON.stringify(out));
         assert out[1]["tokens"] == [model.strip(row) for row in model.greedy(batch)]
 
 
+def test_node_module_n_best_gives_the_ranked_beams_and_scores_of_onnxseq2seq(exported, runtime_model, text_exported):
+    """beamSearch({nBest}): per row the N best final beams of OnnxSeq2Seq.beam_search(n_best=N), best first, with their
+    scores, in one call and over chunks (600 rows); beamText's N best texts are translate's; a bad nBest is named."""
+    model = runtime_model("copy_trained")
+    batch = pad_rows(sources(model, 600, seed=3))
+    code = """
+const m = await load(process.argv[1]);
+const src = JSON.parse(process.argv[2]);
+const out = [await m.beamSearch(ort, src, { beamSize: 4, nBest: 3 }), await m.beamSearch(ort, src[0], { nBest: 2 })];
+for (const nBest of [0, 5, 1.5]) {
+  try { await m.beamSearch(ort, src[0], { nBest }); } catch (error) { out.push(error.message); }
+}
+console.log(JSON.stringify(out));
+"""
+    ranked, single, *errors = json.loads(
+        node_script(code, str(exported("copy_trained").model_dir), json.dumps(batch.tolist())).stdout
+    )
+    tokens, scores = model.beam_search(batch, beam_size=4, n_best=3)
+    assert ranked["tokens"] == [[model.strip(beam) for beam in row] for row in tokens]
+    np.testing.assert_allclose(ranked["scores"], scores, rtol=1e-9, atol=1e-12)
+    tokens, scores = model.beam_search(batch[0], n_best=2)
+    assert single["tokens"] == [model.strip(beam) for beam in tokens]
+    np.testing.assert_allclose(single["scores"], scores, rtol=1e-9)
+    assert errors == [f"nBest must be an integer in [1, beamSize (4)], got {n}" for n in ("0", "5", "1.5")]
+    text = text_exported("trained")
+    code = """
+const m = await load(process.argv[1]);
+console.log(JSON.stringify(await m.beamText(ort, ["abé", "жж"], { beamSize: 4, nBest: 3 })));
+"""
+    from lit_seq2seq.runtime import OnnxSeq2Seq
+
+    got = json.loads(node_script(code, str(text.model_dir)).stdout)
+    assert got == OnnxSeq2Seq.load(text.model_dir).translate(["abé", "жж"], beam_size=4, n_best=3)
+
+
+def test_node_decode_n_best_prints_as_pythons_decode(exported, text_exported, capsys):
+    for model_dir, stdin, count in (
+        (text_exported("trained").model_dir, "abé\tAH BE É\nab\tAH\nab\tBE\nжж\n", 3),
+        (exported("copy_trained").model_dir, "2 3\t3 2\n4 5 3\n", 2),
+    ):
+        for flags in (["--beam-size", "4", "--n-best", "3"], ["--beam_size", "3", "--n_best", "2", "--with-source"]):
+            node = node_decode(model_dir, stdin, *flags)
+            code, out, err = cli_output(["decode", "--model_dir", model_dir, *flags], capsys, stdin=stdin)
+            assert (node.returncode, node.stdout, node.stderr) == (code, out, err) and code == 0, (node.stderr, err)
+            assert len(out.splitlines()) == count * int(flags[3])
+    for flags, message in (
+        (["--n-best", "2"], "--n-best must be in [1, --beam-size (1)], got 2"),
+        (["--beam-size", "2", "--n-best", "3"], "--n-best must be in [1, --beam-size (2)], got 3"),
+        (["--beam-size", "2", "--n-best", "x"], '--n-best must be an integer, got "x"'),
+    ):
+        assert_refused(node_decode(exported("gru").model_dir, "2 3\n", *flags), f"decode.mjs: {message}")
+
+
 def test_node_beam_search_in_chunks_and_through_decode_mjs(exported, runtime_model):
     """600 rows (length-sorted chunks of 256 sources x K beams, the answers in order), and `decode.mjs --beam-size`
     printing the lines of `lit-seq2seq decode --beam_size` (its --length-penalty too)."""
@@ -260,7 +313,7 @@ out.arrayBuffer = JSON.stringify(await fromBuffers.greedy(ort, src)) === JSON.st
 console.log(JSON.stringify(out));
 """
     out = json.loads(node_script(code, str(model_dir)).stdout)
-    beam_options = "the options are beamSize, lengthPenalty, allowUntrainedLengths, maxLen"
+    beam_options = "the options are beamSize, lengthPenalty, allowUntrainedLengths, maxLen, nBest"
     assert out == {
         "max_len": f"InputError: beamSearch: unknown option max_len; {beam_options}",
         "beam_size": f"InputError: beamSearch: unknown option beam_size; {beam_options}",
@@ -269,7 +322,7 @@ console.log(JSON.stringify(out));
         "textBeam": "InputError: greedyText: unknown option lengthPenalty; the options are twoGraph, "
         "allowUntrainedLengths, maxLen",
         "nullOptions": "TypeError: beamSearch: options must be an object ({beamSize, lengthPenalty, "
-        "allowUntrainedLengths, maxLen}), got null",
+        "allowUntrainedLengths, maxLen, nBest}), got null",
         "numberOptions": "TypeError: greedy: options must be an object ({twoGraph, allowUntrainedLengths, maxLen}), "
         "got 4",
         "noOrt": 'TypeError: ort: pass the onnxruntime module first (import ort from "onnxruntime-node", or '

@@ -158,6 +158,25 @@ def test_beam_rows_of_a_batch_decode_as_they_would_alone():
     assert [row[:3] for row in tokens.tolist()[:3]] == [[EOS, PAD, PAD], [4, 0, EOS], [4, EOS, PAD]]
 
 
+def test_n_best_ranks_the_final_beams_best_first_and_its_first_is_the_best():
+    # beam 3 over SHORT_OR_LONG (length penalty 1), by hand: "4 EOS" log(0.36) / 2 = -0.511; "4 4", cut unfinished
+    # by max_len 2, log(0.24) / 2 = -0.714; "EOS" log(0.4) = -0.916.
+    tokens, scores, _ = run_beam(SHORT_OR_LONG, max_len=2, beam_size=3, n_best=3)
+    assert tokens.shape == (1, 3, 2) and scores.shape == (1, 3)
+    assert tokens[0].tolist() == [[4, EOS], [4, 4], [EOS, PAD]]
+    assert scores[0] == pytest.approx([math.log(0.36) / 2, math.log(0.24) / 2, math.log(0.4)])
+    best, best_score, _ = run_beam(SHORT_OR_LONG, max_len=2, beam_size=3)
+    assert tokens[:, 0].tolist() == best.tolist() and scores[:, 0] == pytest.approx(best_score)
+    two, _, _ = run_beam(np.concatenate([ENDING, SHORT_OR_LONG]), max_len=6, beam_size=3, n_best=2)
+    assert two.shape[:2] == (3, 2) and two[2, 0, :2].tolist() == [4, EOS]  # rows of a batch rank their own beams
+
+
+@pytest.mark.parametrize("n_best", [0, 4, 1.0, True])
+def test_n_best_outside_1_to_beam_size_is_refused(n_best):
+    with pytest.raises(ValueError, match=rf"^n_best must be an int in \[1, beam_size \(3\)\], got {n_best!r}$"):
+        run_beam(SHORT_OR_LONG, max_len=2, beam_size=3, n_best=n_best, eos_token=None)
+
+
 def test_beam_without_an_end_token_runs_max_len_steps():
     tokens, scores, step = run_beam(ENDING, max_len=4, beam_size=2, eos_token=None)
     assert tokens.tolist() == [[EOS, 4, 0, 0], [4, 0, EOS, 0]] and len(step.fed) == 4

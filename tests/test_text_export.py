@@ -252,10 +252,32 @@ def test_large_batches_decode_in_length_sorted_chunks_with_the_tokens_of_one_bat
     assert model.translate(texts[:40], beam_size=3) == torch_translate(net, spec, texts[:40], beam_size=3)
     source = model.encode_texts(texts[:40])
     tokens, scores = model.beam_search(source, beam_size=3)
+    ranked, ranked_scores = model.beam_search(source, beam_size=3, n_best=3)  # chunked as the best alone
     monkeypatch.setattr(runtime, "CHUNK_ROWS", 10_000)
     whole_tokens, whole_scores = model.beam_search(source, beam_size=3)
     assert tokens.tolist() == whole_tokens.tolist()
     np.testing.assert_allclose(scores, whole_scores, rtol=1e-5)
+    whole_ranked, whole_ranked_scores = model.beam_search(source, beam_size=3, n_best=3)
+    assert ranked.shape[:2] == (len(source), 3) and ranked.tolist() == whole_ranked.tolist()
+    np.testing.assert_allclose(ranked_scores, whole_ranked_scores, rtol=1e-5)
+    assert ranked[:, 0, : tokens.shape[1]].tolist() == tokens.tolist() and (ranked[:, 0, tokens.shape[1] :] == 0).all()
+
+
+def test_translate_n_best_gives_the_ranked_beams_as_texts_the_first_the_best(text_model):
+    model, _, spec = text_model("trained")
+    texts = ["abé", "ABЖ", "жж"]
+    ranked = model.translate(texts, beam_size=4, n_best=3)
+    assert [r[0] for r in ranked] == model.translate(texts, beam_size=4) == ["AH BE É", "AH BE Ж Э", "Ж Э Ж Э"]
+    assert [len(set(r)) for r in ranked] == [3, 3, 3]  # three distinct beams each
+    tokens, scores = model.beam_search(model.encode_texts(texts), beam_size=4, n_best=3)
+    assert ranked == [model.decode_ids(row) for row in tokens] and (np.diff(scores, axis=1) <= 0).all()
+    assert model.translate(texts[:1], n_best=1) == [["AH BE É"]]  # greedy: its one answer, as a list
+    for kwargs, message in (
+        (dict(n_best=2), r"n_best must be an int in \[1, beam_size \(1\)\], got 2"),
+        (dict(beam_size=2, n_best=3), r"n_best must be an int in \[1, beam_size \(2\)\], got 3"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            model.translate(texts, **kwargs)
 
 
 def test_translate_refuses_what_beam_search_refuses(text_model):
@@ -356,6 +378,23 @@ def test_decode_with_source_names_each_decodings_source_as_read(text_exported, c
     code, out, _ = cli_output([*args, "--jsonl", "--beam_size", "3"], capsys, jsonl)
     assert (code, out) == (0, "ab\tAH BE\nжж\tЖ Э Ж Э\n")
     assert cli_output([*args, "abé", "b"], capsys) == (0, "abé\tAH BE É\nb\tBE\n", "")
+
+
+def test_decode_n_best_prints_each_sources_ranked_beams_and_scores_the_best(text_exported, capsys):
+    model_dir = text_exported("trained").model_dir
+    lines = "abé\tAH BE É\nab\tAH\nab\tBE BE BE\nж\tЖ Э\na\tAH Q\n"  # figures worked by hand above
+    best = cli_output(["decode", "--model_dir", model_dir, "--beam_size", "4"], capsys, lines)
+    args = ["decode", "--model_dir", model_dir, "--beam_size", "4", "--n_best", "3", "--with_source"]
+    code, out, err = cli_output(args, capsys, lines)
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert code == 0 and err == best[2]  # the best beams alone are scored
+    assert [s for s, _ in rows] == ["abé"] * 3 + ["ab"] * 3 + ["ж"] * 3 + ["a"] * 3
+    assert [d for _, d in rows[::3]] == best[1].splitlines() and len({d for _, d in rows[:3]}) == 3
+    code, out, _ = cli_output([*args[:-1], "abé"], capsys)  # without the sources: three lines
+    assert (code, out.splitlines()) == (0, [d for _, d in rows[:3]])
+    for flags, message in ((["--n_best", "2"], "(1)], got 2"), (["--beam_size", "2", "--n_best", "3"], "(2)], got 3")):
+        code, _, err = cli_output(["decode", "--model_dir", model_dir, *flags, "ab"], capsys)
+        assert (code, err) == (2, f"lit-seq2seq decode: error: --n_best must be in [1, --beam_size {message}\n")
 
 
 def test_decode_holds_a_repeated_reference_once(text_exported, capsys):

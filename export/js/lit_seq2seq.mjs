@@ -106,7 +106,7 @@ function checkOrt(ort) {
 
 const LOAD_OPTIONS = ["folder", "sessionOptions", "verifyHash"];
 const GREEDY_OPTIONS = ["twoGraph", "allowUntrainedLengths", "maxLen"];
-const BEAM_OPTIONS = ["beamSize", "lengthPenalty", "allowUntrainedLengths", "maxLen"];
+const BEAM_OPTIONS = ["beamSize", "lengthPenalty", "allowUntrainedLengths", "maxLen", "nBest"];
 const SOURCE_OPTIONS = ["allowUntrainedLengths"];
 
 // ---- protobuf: just enough to read ModelProto.metadata_props -----------------------------------------------------
@@ -715,6 +715,8 @@ export class Seq2Seq {
    * 1..1024 (default 4), `lengthPenalty` in [-10, 10] (default 1; 0 ranks by total log-probability); `maxLen` and
    * `allowUntrainedLengths` as in greedy. The tokens are the Python runtime's, except where two candidates differ only
    * by float64 rounding; the scores agree to rounding (the contract: ~1e-15 of the score in batches padded alike).
+   * `nBest` N (1..beamSize): per row the N best final beams instead, best first, as arrays of N token arrays and of
+   * N scores (Python's beam_search(..., n_best=N)).
    */
   async beamSearch(ort, source, options) {
     checkOrt(ort);
@@ -723,6 +725,7 @@ export class Seq2Seq {
       lengthPenalty = 1,
       allowUntrainedLengths = false,
       maxLen,
+      nBest,
     } = checkOptions(options, BEAM_OPTIONS, "beamSearch");
     const checked = this.checkSource(source, { allowUntrainedLengths });
     if (!Number.isInteger(beamSize) || beamSize < 1) {
@@ -738,16 +741,20 @@ export class Seq2Seq {
           `length ** lengthPenalty), got ${lengthPenalty}`,
       );
     }
+    if (nBest !== undefined && (!Number.isInteger(nBest) || nBest < 1 || nBest > beamSize)) {
+      throw new InputError(`nBest must be an integer in [1, beamSize (${beamSize})], got ${describe(nBest)}`);
+    }
     const steps = this._maxLen(maxLen, allowUntrainedLengths);
     const chunkRows = Math.max(1, Math.min(CHUNK_ROWS, Math.floor(BEAM_CHUNK_ROWS / beamSize)));
     const out = await this._inChunks(
       ort,
       checked,
-      (src, batch) => this._beam(ort, src, batch, steps, beamSize, lengthPenalty),
+      (src, batch) => this._beam(ort, src, batch, steps, beamSize, lengthPenalty, nBest ?? 1),
       chunkRows,
     );
-    const tokens = out.map((best) => this.strip(best.tokens));
-    const scores = out.map((best) => best.score);
+    const pick = (ranked, f) => (nBest === undefined ? f(ranked[0]) : ranked.map(f));
+    const tokens = out.map((ranked) => pick(ranked, (beam) => this.strip(beam.tokens)));
+    const scores = out.map((ranked) => pick(ranked, (beam) => beam.score));
     return checked.single ? { tokens: tokens[0], scores: scores[0] } : { tokens, scores };
   }
 
@@ -839,9 +846,9 @@ export class Seq2Seq {
   }
 
   // The contract's beam search ("Beam search (normative)") over `batch` source rows with K beams each: row b*K + j of
-  // the decoder state is beam j of source b. -> per source row {tokens (the steps run, padding after the end token),
-  // score}.
-  async _beam(ort, src, batch, steps, K, lengthPenalty) {
+  // the decoder state is beam j of source b. -> per source row its `n` best final beams, best first (ties: the lower
+  // j, as Python's stable sort), each {tokens (the steps run, padding after the end token), score}.
+  async _beam(ort, src, batch, steps, K, lengthPenalty, n) {
     const V = this.targetVocabSize;
     const pad = this.padToken;
     let state = gatherRows(ort, await this._encode(src), Array.from({ length: batch * K }, (_, i) => Math.floor(i / K)));
@@ -893,22 +900,22 @@ export class Seq2Seq {
     }
     const answers = [];
     for (let b = 0; b < batch; b++) {
-      let pick = -1;
-      let bestFinal = -Infinity;
-      for (let j = 0; j < K; j++) {
+      const finals = Array.from({ length: K }, (_, j) => {
         const row = b * K + j;
-        const final = lengthPenalty ? score[row] / Math.max(length[row], 1) ** lengthPenalty : score[row];
-        if (pick < 0 || final > bestFinal) {
-          pick = j;
-          bestFinal = final;
-        }
-      }
-      const tokens = new Array(picked.length);
-      for (let t = picked.length - 1, row = b * K + pick; t >= 0; t--) {
-        tokens[t] = picked[t][row];
-        row = parents[t][row];
-      }
-      answers.push({ tokens, score: bestFinal });
+        return { j, final: lengthPenalty ? score[row] / Math.max(length[row], 1) ** lengthPenalty : score[row] };
+      });
+      // descending, stable; -Infinity beside -Infinity compares equal (their difference is NaN)
+      finals.sort((x, y) => (x.final === y.final ? 0 : y.final - x.final || 0));
+      answers.push(
+        finals.slice(0, n).map(({ j, final }) => {
+          const tokens = new Array(picked.length);
+          for (let t = picked.length - 1, row = b * K + j; t >= 0; t--) {
+            tokens[t] = picked[t][row];
+            row = parents[t][row];
+          }
+          return { tokens, score: final };
+        }),
+      );
     }
     return answers;
   }
@@ -1014,11 +1021,15 @@ export class Seq2Seq {
     return typeof lines === "string" ? this.decodeText(rows) : rows.map((row) => this.decodeText(row));
   }
 
-  /** Text (one string, or an array of lines) -> decoded text by beam search (options as beamSearch's). */
+  /**
+   * Text (one string, or an array of lines) -> decoded text by beam search (options as beamSearch's; with `nBest`,
+   * an array of the N best texts for each, best first).
+   */
   async beamText(ort, lines, options) {
-    const { allowUntrainedLengths = false } = checkOptions(options, BEAM_OPTIONS, "beamText");
+    const { allowUntrainedLengths = false, nBest } = checkOptions(options, BEAM_OPTIONS, "beamText");
     const { tokens } = await this.beamSearch(ort, this.encodeText(lines, { allowUntrainedLengths }), options);
-    return typeof lines === "string" ? this.decodeText(tokens) : tokens.map((row) => this.decodeText(row));
+    const text = nBest === undefined ? (row) => this.decodeText(row) : (ranked) => ranked.map((r) => this.decodeText(r));
+    return typeof lines === "string" ? text(tokens) : tokens.map(text);
   }
 }
 

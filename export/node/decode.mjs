@@ -2,8 +2,8 @@
 // decode.mjs: decode stdin lines (greedy or beam) with a lit-seq2seq export on onnxruntime-node (the Node consumer).
 //
 //   node export/node/decode.mjs MODEL_DIR [--two-graph] [--allow-untrained-lengths] [--batch-size N]
-//                                [--beam-size K [--length-penalty X]] [--jsonl] [--skip-bad-lines] [--with-source]
-//                                [SEQUENCE ...]   (no SEQUENCE: the lines of stdin)
+//                                [--beam-size K [--length-penalty X] [--n-best N]] [--jsonl] [--skip-bad-lines]
+//                                [--with-source] [SEQUENCE ...]   (no SEQUENCE: the lines of stdin)
 //
 // --beam-size K (K > 1) decodes by beam search over the two step graphs (the contract's "Beam search"), with the Python
 // runtime's tokens; 1 (the default) is greedy.
@@ -11,7 +11,8 @@
 // "SOURCE<TAB>EXPECTED" lines (what `lit-seq2seq sample` prints) are scored too: exact match (and a text model's token
 // error rate) goes to stderr, counted and printed as `lit-seq2seq decode` does. One decoded line out per line in (for
 // a text model, adjacent lines of one source are one source, as several references), printed a batch at a time;
-// --with-source prints SOURCE<TAB>DECODING (the source as read), as Python's decode --with_source.
+// --with-source prints SOURCE<TAB>DECODING (the source as read), as Python's decode --with_source; --n-best N prints
+// the N best beams of each source, best first, as --n_best does.
 // --jsonl: each line is a JSON object {"source": ..., "target": ...} ("target" optional, other keys ignored), read as
 // the line SOURCE<TAB>TARGET, with the checks and messages of `lit-seq2seq decode --jsonl` (why a line is not JSON is
 // worded by JSON.parse, not by Python's json). Bad input (a bad line, a missing/altered/mixed model file, a bad flag) ->
@@ -37,7 +38,8 @@ import {
 
 const USAGE =
   "usage: node decode.mjs MODEL_DIR [--two-graph] [--allow-untrained-lengths] [--batch-size N] [--beam-size K " +
-  "[--length-penalty X]] [--jsonl] [--skip-bad-lines] [--with-source] [SEQUENCE ...] (no SEQUENCE: the lines of stdin)";
+  "[--length-penalty X] [--n-best N]] [--jsonl] [--skip-bad-lines] [--with-source] [SEQUENCE ...] (no SEQUENCE: the " +
+  "lines of stdin)";
 
 class UsageError extends Error {}
 
@@ -58,6 +60,7 @@ function parseArgs(args) {
     jsonl: false, // each line one JSON object {"source": ..., "target": ...}, as Python's decode --jsonl
     skipBadLines: false, // bad lines skipped and counted, as Python's decode --skip_bad_lines
     withSource: false, // SOURCE<TAB>DECODING lines out, as Python's decode --with_source
+    nBest: 1, // beams printed per source, as Python's decode --n_best
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
@@ -81,6 +84,12 @@ function parseArgs(args) {
         );
       }
       options.beamSize = Number(value);
+    } else if (arg === "--n-best" || arg === "--n_best") {
+      const value = argv[++i];
+      if (!/^\d+$/.test(value ?? "")) {
+        throw new UsageError(`--n-best must be an integer, got ${JSON.stringify(value ?? null)}`);
+      }
+      options.nBest = Number(value);
     } else if (arg === "--length-penalty" || arg === "--length_penalty") {
       const value = argv[++i];
       const number = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(value ?? "") ? Number(value) : NaN;
@@ -100,6 +109,10 @@ function parseArgs(args) {
   if (options.lengthPenalty !== null && options.beamSize === 1) {
     // greedy has no scores to rank: the flag would change nothing
     throw new UsageError("--length-penalty applies to beam search only: add --beam-size K (K > 1)");
+  }
+  if (options.nBest < 1 || options.nBest > options.beamSize) {
+    // the final beams are all there is to rank
+    throw new UsageError(`--n-best must be in [1, --beam-size (${options.beamSize})], got ${options.nBest}`);
   }
   return options;
 }
@@ -361,16 +374,26 @@ async function main() {
     if (batch.length === 0) return;
     const width = Math.max(...batch.map((s) => s.ids.length));
     const source = batch.map((s) => [...s.ids, ...new Array(width - s.ids.length).fill(model.padToken)]);
-    const { beamSize, lengthPenalty } = options;
-    const rows =
+    const { beamSize, lengthPenalty, nBest } = options;
+    // per source its nBest rows, best first (greedy: its one row)
+    const ranked =
       beamSize === 1
-        ? await model.greedy(ort, source, { twoGraph, allowUntrainedLengths })
-        : (await model.beamSearch(ort, source, { beamSize, lengthPenalty: lengthPenalty ?? 1, allowUntrainedLengths }))
-            .tokens;
-    const tokens = model.isText ? rows.map((row) => model.decodeTokens(row)) : null;
-    const out = model.isText ? tokens.map((row) => model.joinTokens(row)) : rows.map((row) => row.join(" "));
-    const lines = options.withSource ? out.map((line, i) => `${batch[i].text}\t${line}`) : out;
+        ? (await model.greedy(ort, source, { twoGraph, allowUntrainedLengths })).map((row) => [row])
+        : (
+            await model.beamSearch(ort, source, {
+              beamSize,
+              lengthPenalty: lengthPenalty ?? 1,
+              allowUntrainedLengths,
+              nBest,
+            })
+          ).tokens;
+    const show = (row) => (model.isText ? model.joinTokens(model.decodeTokens(row)) : row.join(" "));
+    const lines = ranked.flatMap((rows, i) =>
+      rows.map((row) => (options.withSource ? `${batch[i].text}\t${show(row)}` : show(row))),
+    );
     await write(lines.map((line) => `${line}\n`).join(""));
+    const tokens = model.isText ? ranked.map((rows) => model.decodeTokens(rows[0])) : null;
+    const out = ranked.map((rows) => show(rows[0])); // the best, scored
     batch.forEach((s, i) => {
       if (s.references === null) return;
       if (!model.isText) {
