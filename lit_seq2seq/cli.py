@@ -420,8 +420,10 @@ def _run_decode(o: argparse.Namespace) -> int:
     if model.text is not None:
         return _decode_text(o, model)
     allow = o.allow_untrained_lengths
-    sources: list[list[int]] = []  # the batch being filled, its lines' source texts and their expected answers
+    sources: list[list[int]] = []  # the batch being filled, its lines' source texts, names and expected answers
     texts: list[str] = []
+    wheres: list[str] = []
+    empty: list[str] = []  # the lines whose source decoded to an empty answer
     expected: list[list[int] | None] = []
     scored = hits = unscored = number = 0
     bad: list[str] = []
@@ -436,11 +438,13 @@ def _run_decode(o: argparse.Namespace) -> int:
         tokens = _decode(model, batch, o, allow)  # (B, N, steps)
         ranked = [[" ".join(map(str, model.strip(beam))) for beam in row] for row in tokens.tolist()]
         _print_decoded(ranked, texts if o.with_source else None)
+        empty.extend(where for where, row in zip(wheres, ranked) if "" in row)
         decoded = [model.strip(row) for row in tokens[:, 0].tolist()]
         scored += sum(e is not None for e in expected)
         hits += sum(d == e for d, e in zip(decoded, expected))
         sources.clear()
         texts.clear()
+        wheres.clear()
         expected.clear()
 
     label = "argument" if o.sequences else "line"
@@ -469,6 +473,7 @@ def _run_decode(o: argparse.Namespace) -> int:
             continue
         sources.append(source)
         texts.append(source_text)
+        wheres.append(f"{label} {number}")
         expected.append(reference)
         unscored += reference is None
         if len(sources) == o.batch_size:
@@ -476,6 +481,7 @@ def _run_decode(o: argparse.Namespace) -> int:
     decode_batch()
     if scored:
         print(f"exact match: {hits}/{scored} = {hits / scored:.2%}{_unscored(unscored, label)}", file=sys.stderr)
+    _note_empty(empty, o.with_source)
     return _skipped(bad, number, label)
 
 
@@ -500,8 +506,9 @@ class _Source:
     """One source text read by decode, with the references of its SOURCE<TAB>REFERENCE lines (adjacent lines of
     the same source are one source with several references)."""
 
-    def __init__(self, text: str, ids: list[int], references: list[str] | None) -> None:
+    def __init__(self, text: str, ids: list[int], references: list[str] | None, where: str) -> None:
         self.text, self.ids, self.references = text, ids, references  # references None: a line without a tab
+        self.where = where  # its first line, named as messages name it
 
 
 class _Scores:
@@ -585,6 +592,7 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
     number = unscored = 0
     label = "argument" if o.sequences else "line"
     unknown: list[str] = []  # sources with a token read as <unk> (a model trained with --data.unknown_source unk)
+    empty: list[str] = []  # the sources that decoded to an empty answer (their first lines)
     has_unk = model.text.source_vocab.has_unk
 
     def decode_batch() -> None:
@@ -595,6 +603,7 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
         texts = model.decode_ids(tokens.reshape(-1, tokens.shape[-1]))
         ranked = [texts[i : i + o.n_best] for i in range(0, len(texts), o.n_best)]
         _print_decoded(ranked, [s.text for s in batch] if o.with_source else None)
+        empty.extend(s.where for s, row in zip(batch, ranked) if "" in row)
         for s, row in zip(batch, tokens[:, 0].tolist(), strict=True):
             if s.references:
                 scores.add(s.ids, model.strip(row), s.references)
@@ -631,7 +640,7 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
             pending.references.append(reference)  # one more reference of the source just read
             continue
         finish_pending()
-        pending = _Source(text, ids, [reference] if tab else None)
+        pending = _Source(text, ids, [reference] if tab else None, f"{label} {number}")
         unscored += not tab
         if has_unk and UNK_ID in ids:
             unknown.append(f"{label} {number}")
@@ -646,7 +655,19 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
             f"{unknown[0]})",
             file=sys.stderr,
         )
+    _note_empty(empty, o.with_source)
     return _skipped(bad, number, label)
+
+
+def _note_empty(empty: list[str], with_source: bool) -> None:
+    """A note on stderr when sources decoded to an empty answer (the model's end token first): said, not silent,
+    and with --with_source its lines are no pair file there (a target may not be empty)."""
+    if empty:
+        printed = "nothing after the tab" if with_source else "an empty line"
+        print(
+            f"{len(empty)} source(s) decoded to an empty answer, printed as {printed} (the first: {empty[0]})",
+            file=sys.stderr,
+        )
 
 
 def _skipped(bad: list[str], number: int, label: str) -> int:

@@ -85,7 +85,7 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
         # jsonargparse words an unknown --data.* key as "Parser key "data": Does not validate against any of the Union
         # subtypes ..." with the key only in a nested line; name the flag first, as for any other unknown flag.
         unknown = message.startswith('Parser key "data"') and re.search(
-            r"Problem with given class_path '([\w.]+)':\s+Option '(\w+)' is not accepted", message
+            r"Problem with given class_path '([\w.]+)':\s+Option '([\w-]+)' is not accepted", message
         )
         if unknown:
             name, key = unknown.groups()
@@ -144,7 +144,7 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
             message = f"--{linked_setting(linked.group(1))}"
         optimizer = optimizer or _optimizer_message(message)  # (a wrong type: its words are composed above)
         message = optimizer or message
-        message += _ambiguous_hint(message)
+        message += _ambiguous_hint(message) + _dashed_hint(message)
         prog = self.settled or self.prog.replace(" [options]", "")
         # An unknown key in a --config file: the top parser says so about the subcommand, after its ~90-line usage.
         unknown_key = self.exit_on_error and re.fullmatch(r"Subcommand '(\w+)' does not accept option '(.+)'", message)
@@ -168,6 +168,15 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
         super().error(message, *args, **kwargs)
 
 
+def _dashed_hint(message: str) -> str:
+    """A hint for an unknown flag spelt with dashes (--data.train-file): LightningCLI's flags are Python names, with
+    underscores; export and decode take both spellings, so the dashed one is a natural guess here."""
+    dashed = re.search(r"--[\w.]*\w-[\w.-]*", message)
+    if dashed is None or not re.search(r"unrecognized arguments|no such option", message):
+        return ""
+    return f"; flags are spelt with underscores: --{dashed.group()[2:].replace('-', '_')}"
+
+
 OPTIMIZER_CLASSES = {  # what the two flags take by a short name
     "--model.optimizer": "a class of torch.optim, e.g. Adam or AdamW",
     "--model.lr_scheduler": "a class of torch.optim.lr_scheduler, e.g. StepLR or OneCycleLR",
@@ -186,7 +195,7 @@ def _optimizer_message(message: str) -> str | None:
     if loose:
         key, value = loose.groups()
         return f"{flag}.{key} {value}: no {flag} class is chosen to take it; give {flag} CLASS first"
-    unknown = re.search(r"Option '(\w+)' is not accepted", message)
+    unknown = re.search(r"Option '([\w-]+)' is not accepted", message)
     if unknown and given:
         return f"{flag}.{unknown.group(1)}: {given.group(1)} has no such option"
     wrong = re.search(r"must be (.+?), got (.+?)\. Got value:", message)

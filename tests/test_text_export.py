@@ -520,6 +520,35 @@ def test_decode_names_the_first_stdin_line_that_is_not_utf8_after_printing_those
     )
 
 
+@pytest.mark.parametrize("with_source", [False, True])
+def test_decode_notes_the_sources_that_decoded_to_an_empty_answer(
+    with_source, text_exported, exported, capsys, monkeypatch
+):
+    """An empty answer (the end token first) printed silently made `decode --with_source` lines that are no pair file
+    (`zero<TAB>`, refused when read back); it is counted on stderr, naming the first, for text and id models."""
+    from lit_seq2seq.runtime import OnnxSeq2Seq
+
+    greedy = OnnxSeq2Seq.greedy
+
+    def first_ends_at_once(self, source, *args, **kwargs):
+        tokens = greedy(self, source, *args, **kwargs)
+        tokens[-1] = self.eos_token  # the batch's last source answers nothing
+        return tokens
+
+    monkeypatch.setattr(OnnxSeq2Seq, "greedy", first_ends_at_once)
+    flags = ["--with_source"] if with_source else []
+    printed = "nothing after the tab" if with_source else "an empty line"
+    cases = [  # (model, stdin, the last line printed: its source's, when printed)
+        (text_exported("trained").model_dir, "жж\nab\tAH BE\nab\tAH\n", "ab"),
+        (exported("gru").model_dir, "2 3\n4 5 6\n", "4 5 6"),
+    ]
+    for model_dir, stdin, source in cases:
+        code, out, err = cli_output(["decode", "--model_dir", model_dir, *flags], capsys, stdin)
+        assert code in (0, None) and len(out.splitlines()) == 2
+        assert out.splitlines()[-1] == (f"{source}\t" if with_source else "")
+        assert err.endswith(f"1 source(s) decoded to an empty answer, printed as {printed} (the first: line 2)\n")
+
+
 def test_decode_scores_a_batch_whose_every_prediction_is_empty(text_exported):
     """A model that ends every text at once (untrained, say) is scored, not a crash on a zero-wide batch."""
     from lit_seq2seq.cli import _Scores

@@ -243,6 +243,23 @@ WRONG_TYPES = [
         "before the --data.* flags",
     ),
     (["--trainer.max_epoch", "3"], "unrecognized arguments: --trainer.max_epoch 3 (lit-seq2seq fit --help lists"),
+    # flags spelt with dashes, as export and decode take them: named with their underscored spelling
+    ([*PAIRS, "--data.train-file", "t.tsv"], "--data.train-file: lit_seq2seq.pairs.PairDataModule has no such option"),
+    (
+        [*PAIRS, "--data.batch-size", "8"],
+        "--data.batch-size: lit_seq2seq.pairs.PairDataModule has no such option (its options: lit-seq2seq fit "
+        "--data.help lit_seq2seq.pairs.PairDataModule); flags are spelt with underscores: --data.batch_size",
+    ),
+    (
+        ["--model.net.hidden-size", "8"],
+        "unrecognized arguments: --model.net.hidden-size 8; flags are spelt with "
+        "underscores: --model.net.hidden_size (lit-seq2seq fit --help lists",
+    ),
+    (
+        ["--model.optimizer", "Adam", "--model.optimizer.weight-decay", "0.1"],
+        "--model.optimizer.weight-decay: torch.optim.Adam has no such option; flags are spelt with underscores: "
+        "--model.optimizer.weight_decay",
+    ),
     # Union-typed trainer flags: the data module's unwrapping took the first subtype's complaint, without the flag
     (["--trainer.max_epochs", "x"], "--trainer.max_epochs must be an integer or null, got x"),
     (["--trainer.precision", "x"], "--trainer.precision must be one of 64, 32, 16, transformer-engine, transformer-"),

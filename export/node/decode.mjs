@@ -363,7 +363,8 @@ async function main() {
   // As Python's decode: an id line is scored on its own (its reference cut at the end token); a text model's adjacent
   // SOURCE<TAB>REFERENCE lines of one source are one source (one output line), and each distinct source is scored
   // once, right when its prediction equals any reference of all its lines.
-  let batch = []; // {ids, text, references}
+  let batch = []; // {ids, text, references, where}
+  const emptyAnswers = []; // sources decoded to an empty answer (their first lines), noted as Python's decode
   let pending = null; // the last source read: more reference lines of it may follow
   // text model: source ids -> {prediction, references: reference text -> its tokens}; each distinct reference once
   // (a repeat changes no score, and a common word given 50,000 times over would hold 50,000)
@@ -392,6 +393,9 @@ async function main() {
       rows.map((row) => (options.withSource ? `${batch[i].text}\t${show(row)}` : show(row))),
     );
     await write(lines.map((line) => `${line}\n`).join(""));
+    ranked.forEach((rows, i) => {
+      if (rows.some((row) => show(row) === "")) emptyAnswers.push(batch[i].where);
+    });
     const tokens = model.isText ? ranked.map((rows) => model.decodeTokens(rows[0])) : null;
     const out = ranked.map((rows) => show(rows[0])); // the best, scored
     batch.forEach((s, i) => {
@@ -463,7 +467,12 @@ async function main() {
       return;
     }
     await finishPending();
-    pending = { ids: source, text: sourceText, references: reference === null ? null : [reference] };
+    pending = {
+      ids: source,
+      text: sourceText,
+      references: reference === null ? null : [reference],
+      where: `${label} ${number}`,
+    };
     if (reference === null) unscored++;
     if (model.isText && model.unkToken !== null && source.some((id) => Number(id) === model.unkToken)) {
       unknown.push(`${label} ${number}`);
@@ -530,6 +539,11 @@ async function main() {
   if (unknown.length) {
     const first = `(the first: ${unknown[0]})`;
     process.stderr.write(`${unknown.length} source(s) held tokens the model does not know, each read as <unk> ${first}\n`);
+  }
+  if (emptyAnswers.length) {
+    const printed = options.withSource ? "nothing after the tab" : "an empty line";
+    const first = `(the first: ${emptyAnswers[0]})`;
+    process.stderr.write(`${emptyAnswers.length} source(s) decoded to an empty answer, printed as ${printed} ${first}\n`);
   }
   if (bad.length && bad.length === number) {
     // nothing decoded: a script reading the output would take an empty answer for a result (as Python's decode)
