@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
 import re
 import sys
@@ -205,6 +206,12 @@ def resolve(name: str, root: str | os.PathLike, subcommand: str) -> Path:
         if folder is None:  # resumed from a file outside this root: no earlier run folder to look in
             break
     others = [run / f"{name}.ckpt" for run in runs if (run / f"{name}.ckpt").is_file()]
+    if not others and name == "best" and (newest / "last.ckpt").is_file():  # a fit ran, but validated nothing
+        raise ValueError(
+            f"--ckpt_path best: the newest run, {newest.parent}, has no best.ckpt: it validated nothing (it stopped "
+            "before its first validation, e.g. by --trainer.max_steps, or had no validation pairs); its last state is "
+            "--ckpt_path last"
+        )
     if not others:
         raise _none_found(name, root, hint)
     why = "it stopped before writing one" if name != "best" else "it validated nothing: stopped before, or no val pairs"
@@ -259,6 +266,7 @@ def _lightning_classes() -> dict[str, type]:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loops.fit_loop import _FitLoop
     from lightning.pytorch.loops.loop import _Loop
+    from lightning.pytorch.utilities import rank_zero_warn
 
     class ExactResumeFitLoop(_FitLoop):
         """Lightning's fit loop, resuming a checkpoint written at an epoch's end into the next epoch also when
@@ -291,6 +299,26 @@ def _lightning_classes() -> dict[str, type]:
                     f"batches of an epoch{where}: lower it, give a share of an epoch (e.g. 0.5), or count batches "
                     "across epochs with --trainer.check_val_every_n_epoch null"
                 ) from error
+            self._warn_no_validation_before_max_steps()
+
+        def _warn_no_validation_before_max_steps(self) -> None:
+            """A new fit whose --trainer.max_steps comes before its first validation is a fit without validation
+            (no metrics, no best.ckpt): said, as data.warn_no_validation says it for a fit without validation pairs."""
+            trainer, batches = self.trainer, self.max_batches
+            if trainer.max_steps < 0 or trainer.global_step > 0 or not trainer.limit_val_batches:
+                return
+            if not (math.isfinite(batches) and math.isfinite(trainer.val_check_batch)):
+                return
+            every, accumulate = trainer.check_val_every_n_epoch, trainer.accumulate_grad_batches
+            steps = math.ceil(trainer.val_check_batch / accumulate)  # optimizer steps to the first validation
+            if every:  # the first validation lies in epoch `every`, after every step of the epochs before it
+                steps += (every - 1) * math.ceil(batches / accumulate)
+            if trainer.max_steps < steps:
+                rank_zero_warn(
+                    f"--trainer.max_steps {trainer.max_steps} ends the fit before its first validation (after "
+                    f"{steps} steps): no validation metrics and no best.ckpt; validate sooner with "
+                    "--trainer.val_check_interval (a count of batches, or a share of an epoch)"
+                )
 
         @_FitLoop.restarting.setter  # type: ignore[attr-defined]
         def restarting(self, restarting: bool) -> None:

@@ -993,3 +993,38 @@ def test_a_fit_that_never_validates_says_so_in_our_words_alone(tmp_path, recwarn
     assert f"fit without validation pairs ({reason}): no validation metrics and no best.ckpt" in said, said
     assert not [m for m in said if "HINT" in m or "Total length" in m], said
     assert not (tmp_path / "version_0" / "checkpoints" / "best.ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, warned",
+    [
+        (["--trainer.max_steps", "3"], "after 4 steps"),
+        (["--trainer.max_steps", "3", "--trainer.accumulate_grad_batches", "2"], None),  # steps of 2 batches
+        (
+            ["--trainer.max_steps", "5", "--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "2"],
+            "after 8 steps",
+        ),
+        (["--trainer.max_steps", "3", "--trainer.val_check_interval", "2"], None),
+        (["--trainer.max_steps", "4"], None),
+    ],
+)
+def test_a_fit_that_max_steps_ends_before_its_first_validation_says_so(tmp_path, recwarn, capsys, flags, warned):
+    """The trial's fit with --trainer.max_steps inside the first epoch validated nothing, wrote no best.ckpt and said
+    nothing; then `export --ckpt_path best` said "run fit first". Now both say what happened."""
+    fit = ["fit", *TINY_TASK, *tiny_run(train=256, val=16, test=16), "--data.batch_size", "64", *flags]
+    assert run_cli([*fit, *root_args(tmp_path)]) == 0
+    said = [str(w.message) for w in recwarn if "ends the fit before its first validation" in str(w.message)]
+    best = tmp_path / "version_0" / "checkpoints" / "best.ckpt"
+    if warned is None:
+        assert not said and best.is_file(), said
+        return
+    message = f"--trainer.max_steps {flags[1]} ends the fit before its first validation ({warned}): no validation "
+    message += "metrics and no best.ckpt; validate sooner with --trainer.val_check_interval (a count of batches, or a "
+    assert said == [message + "share of an epoch)"] and not best.exists()
+    code, err = cli_exit(
+        ["export", "--ckpt_path", "best", "--root_dir", tmp_path, "--output_dir", tmp_path / "o"], capsys
+    )
+    assert (
+        code == 2 and f"--ckpt_path best: the newest run, {tmp_path}/version_0, has no best.ckpt: it validated " in err
+    )
+    assert "its last state is --ckpt_path last" in err
