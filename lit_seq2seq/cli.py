@@ -63,6 +63,9 @@ def main(args: Sequence[str] | None = None) -> int:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if own is not None:
         parser = own
+        unknown = _unknown_flag(parser, args[1:])
+        if unknown:  # argparse names a missing required flag first: `--model_d DIR` said "--model_dir is required"
+            parser.error(f"unrecognized arguments: {unknown}")
         options = parser.parse_args(args[1:])
         from lit_seq2seq.contract import ModelFileError
 
@@ -239,6 +242,17 @@ def _underscored(parser: argparse.ArgumentParser, args: Sequence[str]) -> list[s
                 arg = underscored + sep + value
         out.append(arg)
     return out
+
+
+def _unknown_flag(parser: argparse.ArgumentParser, args: Sequence[str]) -> str | None:
+    """The first --flag in `args` that `parser` does not know (before a bare "--", after which all is positional)."""
+    for arg in args:
+        if arg == "--":
+            return None
+        name = arg.partition("=")[0] if isinstance(arg, str) and arg.startswith("--") else None
+        if name and name not in parser._option_string_actions:
+            return name
+    return None
 
 
 def _parser(command: str) -> argparse.ArgumentParser:

@@ -229,6 +229,21 @@ def test_node_decode_n_best_prints_as_pythons_decode(exported, text_exported, ca
         assert_refused(node_decode(exported("gru").model_dir, "2 3\n", *flags), f"decode.mjs: {message}")
 
 
+def test_node_decode_notes_empty_answers_as_pythons_decode(exported, runtime_model, capsys):
+    """The gru model (barely trained) answers nothing for some sources at beam 3 without length normalisation: both
+    decoders print the same lines and the same note, with and without --with-source."""
+    model_dir = exported("gru").model_dir
+    stdin = "2 3\n4 5 6\n7 2 2 6 5\n"
+    for flags in (
+        ["--beam-size", "3", "--length-penalty", "0"],
+        ["--beam-size", "3", "--length-penalty", "0", "--with-source"],
+    ):
+        node = node_decode(model_dir, stdin, *flags)
+        code, out, err = cli_output(["decode", "--model_dir", model_dir, *flags], capsys, stdin=stdin)
+        assert (node.returncode, node.stdout, node.stderr) == (code, out, err) and code == 0, (node.stderr, err)
+        assert "source(s) decoded to an empty answer, printed as " in err
+
+
 def test_node_beam_search_in_chunks_and_through_decode_mjs(exported, runtime_model):
     """600 rows (length-sorted chunks of 256 sources x K beams, the answers in order), and `decode.mjs --beam-size`
     printing the lines of `lit-seq2seq decode --beam_size` (its --length-penalty too)."""
