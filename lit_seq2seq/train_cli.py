@@ -82,6 +82,16 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
         optimizer = _optimizer_message(message)
         message = optimizer or message
         built = ""  # a class flag's own problem (_class_problem), named in one line
+        # --data NAME of no class: jsonargparse's "Expected a dot import path string: NAME", or its Union text
+        no_class = message.startswith('Parser key "data"') and (
+            re.search(r"Expected a dot import path string: (\S+)", message)
+            or re.search(r"class_path '([\w.]+)':\s+(?:module '[\w.]+' has no attribute|No module named)", message)
+        )
+        if no_class:
+            message = (
+                f"--data {no_class.group(1)}: no such class (PairDataModule for pair files, Seq2SeqDataModule for "
+                "generated tasks, or the import path of a LightningDataModule)"
+            )
         # jsonargparse words an unknown --data.* key as "Parser key "data": Does not validate against any of the Union
         # subtypes ..." with the key only in a nested line; name the flag first, as for any other unknown flag.
         unknown = message.startswith('Parser key "data"') and re.search(
@@ -187,14 +197,20 @@ def _optimizer_message(message: str) -> str | None:
     """A --model.optimizer / --model.lr_scheduler error in jsonargparse's words (the class's whole Namespace, the
     Callable type, the setting's key left out) -> one line naming the setting, or None for any other error."""
     group = re.search(r'(?:--|Parser key ")model\.(optimizer|lr_scheduler)\b', message)
-    if group is None:
+    # (a value of the wrong type names the bare key, "--betas must be ...", with the class's Namespace)
+    chosen = re.search(r"Namespace\(class_path='torch\.optim\.(lr_scheduler\.)?", message)
+    if group is None and chosen is None:
         return None
-    flag = f"--model.{group.group(1)}"
-    given = re.search(r"Namespace\(class_path='([\w.]+)', init_args=Namespace\((.*?)\)\)", message)
+    flag = f"--model.{group.group(1) if group else 'lr_scheduler' if chosen.group(1) else 'optimizer'}"
+    given = re.search(r"Namespace\(class_path='((?!typing\.)[\w.]+)', init_args=Namespace\((.*?)\)\)", message)
     loose = re.search(r"NestedArg\(key='(\w+)', val='(.*?)'\)", message)
-    if loose:
+    if loose and not given:
         key, value = loose.groups()
         return f"{flag}.{key} {value}: no {flag} class is chosen to take it; give {flag} CLASS first"
+    typed = re.search(r'Parser key "(\w+)":\s+Expected (.+?)\. Got value: (.*?)\. Got value: Namespace', message)
+    if typed and given:  # a value of the wrong type for the chosen class's argument
+        key, expected, value = typed.groups()
+        return f"{flag}.{key} must be {_expected(expected)}, got {value} ({given.group(1)})"
     unknown = re.search(r"Option '([\w-]+)' is not accepted", message)
     if unknown and given:
         return f"{flag}.{unknown.group(1)}: {given.group(1)} has no such option"

@@ -243,6 +243,15 @@ WRONG_TYPES = [
         "before the --data.* flags",
     ),
     (["--trainer.max_epoch", "3"], "unrecognized arguments: --trainer.max_epoch 3 (lit-seq2seq fit --help lists"),
+    # a wrong value for the chosen optimizer's or schedule's argument named the bare key, or said no class was chosen
+    (["--model.optimizer.betas", "0.9"], "--model.optimizer.betas must be a tuple, got 0.9 (torch.optim.Adam)"),
+    (
+        ["--model.lr_scheduler", "StepLR", "--model.lr_scheduler.step_size", "x"],
+        "--model.lr_scheduler.step_size must be an integer, got x (torch.optim.lr_scheduler.StepLR)",
+    ),
+    # a data module class that does not exist: jsonargparse's words, without the flag
+    (["--data", "PairDataModul"], "--data PairDataModul: no such class (PairDataModule for pair files, Seq2SeqData"),
+    (["--data", "lit_seq2seq.pairs.PairDataModul"], "--data lit_seq2seq.pairs.PairDataModul: no such class (PairD"),
     # flags spelt with dashes, as export and decode take them: named with their underscored spelling
     ([*PAIRS, "--data.train-file", "t.tsv"], "--data.train-file: lit_seq2seq.pairs.PairDataModule has no such option"),
     (
