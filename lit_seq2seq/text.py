@@ -39,6 +39,10 @@ def show_token(token: str) -> str:
     return f"{token[:SHOWN_CHARS]!r}... ({len(token):,} characters)"
 
 
+# A carriage return inside a line: most often the line ends of a file saved with CR alone (old Mac), read as one line
+CR_HINT = " (a carriage return inside a line: lines end at LF or CRLF; convert a file with CR line ends)"
+
+
 def describe_control(char: str) -> str:
     """'control character U+0007' or 'lone surrogate U+D800'."""
     kind = "lone surrogate" if 0xD800 <= ord(char) <= 0xDFFF else "control character"
@@ -50,8 +54,9 @@ def check_printable(text: str, where: str) -> None:
     position: a text holding one is refused, never tokenized."""
     bad = CONTROL.search(text)
     if bad:
+        why = CR_HINT if bad.group() == "\r" else ""
         raise ValueError(
-            f"{where}: {describe_control(bad.group())} at character {bad.start() + 1}; texts must be printable"
+            f"{where}: {describe_control(bad.group())} at character {bad.start() + 1}; texts must be printable{why}"
         )
 
 

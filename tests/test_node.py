@@ -591,7 +591,7 @@ TEXT_MODELS = {
         "lines": ["aéc", "E\u0301", "DaF", "ffe"],
         "ids": [[2, 3, 4], [3], [5, 2, 7], [7, 7, 6]],
         "unknown": ("ab", 'line 1: text: unknown token "b" at position 2 (not in the model\'s vocabulary)'),
-        "control": ("éa\x01c", "line 1: text: control character U+0001 at character 3; texts must be printable"),
+        "control": ("éa\x01c", "line 1: control character U+0001 at character 3; texts must be printable"),
     },
     # space tokens split as Python's str.split() does (an ideographic space too); target characters joined by ""
     "space": {
@@ -603,7 +603,7 @@ TEXT_MODELS = {
         "lines": ["one two", "  six\u3000five  ", "three"],
         "ids": [[2, 3], [7, 6], [4]],
         "unknown": ("one One", 'line 1: text: unknown token "One" at position 2 (not in the model\'s vocabulary)'),
-        "control": ("one\x0btwo", "line 1: text: control character U+000B at character 4; texts must be printable"),
+        "control": ("one\x0btwo", "line 1: control character U+000B at character 4; texts must be printable"),
         # a file without spaces is one token: its message shows 40 characters, as the Python runtime's does
         "long": (
             "one " + "ü" * 5000,
@@ -770,6 +770,22 @@ console.log(JSON.stringify(out));
     ]
     assert out[5] == "no error"
     assert out[6].startswith("InputError: decodeText: id 999 is not in the target vocabulary (0 to ")
+
+
+def test_node_decode_names_a_carriage_return_inside_a_line_as_python(text_exported, capsys):
+    """A file with CR line ends is one line: both name its first carriage return with a hint, not a bare control
+    character (pair files say "its lines end with a lone carriage return")."""
+    model_dir = text_exported("trained").model_dir
+    for stdin, at in (
+        ("ab\tAH BE\rb\tBE\r", "line 1 (reference): control character U+000D at character 6"),
+        ("ab\rb\n", "line 1: control character U+000D at character 3"),
+    ):
+        node = node_decode(model_dir, stdin)
+        code, out, err = cli_output(["decode", "--model_dir", model_dir], capsys, stdin=stdin)
+        assert (node.returncode, node.stdout, code, out) == (2, "", 2, "")
+        hint = "; texts must be printable (a carriage return inside a line: lines end at LF or CRLF; convert a file "
+        assert node.stderr.removeprefix("decode.mjs: ") == err.removeprefix("lit-seq2seq decode: error: ")
+        assert err == f"lit-seq2seq decode: error: {at}{hint}with CR line ends)\n"
 
 
 @pytest.mark.parametrize("line", ["3 4", "3 4 5 6 7"], ids=["shorter", "longer"])

@@ -277,8 +277,12 @@ export function checkPrintable(text, where) {
   const kind = code >= 0xd800 && code <= 0xdfff ? "lone surrogate" : "control character";
   const at = Array.from(text.slice(0, bad.index)).length + 1; // in code points, 1-based
   const hex = code.toString(16).toUpperCase().padStart(4, "0");
-  throw new InputError(`${where}: ${kind} U+${hex} at character ${at}; texts must be printable`);
+  const why = code === 0x0d ? CR_HINT : "";
+  throw new InputError(`${where}: ${kind} U+${hex} at character ${at}; texts must be printable${why}`);
 }
+
+// A carriage return inside a line: most often the line ends of a file saved with CR alone (as Python's text.CR_HINT)
+const CR_HINT = " (a carriage return inside a line: lines end at LF or CRLF; convert a file with CR line ends)";
 
 export const SHOWN_CHARS = 40; // an unknown token in a message is cut to this many characters, as in Python
 

@@ -460,7 +460,9 @@ async function main() {
     } catch (error) {
       if (!(error instanceof InputError)) throw error;
       const where = error.message.startsWith(`${label} `) ? "" : `${label} ${number}: `;
-      throw new InputError(hintJson(where + error.message, line, options.jsonl));
+      // encodeText names its input "text"; here the line is named instead, as Python's decode names it
+      const message = error.message.replace(/^text: (?=control character|lone surrogate)/, "");
+      throw new InputError(hintJson(where + message, line, options.jsonl));
     }
     if (same) {
       pending.references.push(reference); // one more reference of the source just read
