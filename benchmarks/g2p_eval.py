@@ -6,7 +6,9 @@ decode the same sources of FILE (SOURCE<TAB>REFERENCE lines; every line of one s
 G2P) of each, and how many sources got identical tokens from PyTorch and ONNX greedy. Exits 1 if any differ, 2 for a
 bad file, flag or folder, or a checkpoint and an export of different models.
 `--ignore_stress` adds the same rates with ARPAbet stress digits stripped from predictions and references (AH0, AH1
-and AH2 count as AH): the 39-phoneme scoring of the published CMUdict results.
+and AH2 count as AH): the 39-phoneme scoring of the published CMUdict results. `--n_best N` adds the oracle rates of
+beam search's N best beams (`decode --n_best N`): a source is right when any of them equals a reference, and its
+token errors are its closest beam's (what a user picking among N offered pronunciations could reach).
 
     .venv/bin/python benchmarks/g2p_eval.py --ckpt_path CKPT --model_dir DIR --file data/cmudict/test.tsv
 """
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 from lit_seq2seq.export import load_checkpoint
-from lit_seq2seq.metrics import score
+from lit_seq2seq.metrics import Scores, score
 from lit_seq2seq.runtime import OnnxSeq2Seq, pad_batch
 from lit_seq2seq.search import to_width
 from lit_seq2seq.text import input_lines
@@ -73,6 +75,23 @@ def stress_merged(tokens: tuple[str, ...]) -> np.ndarray:
     return np.array([*table, len(tokens)], dtype=np.int64)
 
 
+def best_of(
+    predicted: np.ndarray, refs: np.ndarray, mapped: np.ndarray | None, eos_token: int | None, pad_token: int
+) -> Scores:
+    """score() of predictions (S, width), or of each source's N beams (S, N, width) at once: right when any beam is,
+    with the token errors (and reference length) of its closest beam. `mapped`: a target id table applied to both
+    sides first (stress_merged); references keep -1 in their absent slots."""
+    if mapped is not None:
+        predicted, refs = mapped[predicted], np.where(refs < 0, refs, mapped[refs])
+    if predicted.ndim == 2:
+        return score(predicted, refs, eos_token, pad_token)
+    beams = [score(predicted[:, j], refs, eos_token, pad_token) for j in range(predicted.shape[1])]
+    errors = np.stack([b.errors for b in beams])  # (N, S)
+    closest, rows = errors.argmin(axis=0), np.arange(errors.shape[1])  # the first beam of the fewest errors
+    length = np.stack([b.length for b in beams])[closest, rows]
+    return Scores(exact=np.any([b.exact for b in beams], axis=0), errors=errors[closest, rows], length=length)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt_path", required=True)
@@ -81,10 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beam_size", type=int, default=4)
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--ignore_stress", action="store_true", help="also score with stress digits stripped")
+    parser.add_argument("--n_best", type=int, default=0, help="also the oracle rates of the N best beams (N <= beam)")
     o = parser.parse_args(argv)
     for flag, value in (("--beam_size", o.beam_size), ("--batch_size", o.batch_size)):
         if value < 1:
             parser.error(f"{flag} must be >= 1, got {value}")
+    if not 0 <= o.n_best <= o.beam_size:
+        parser.error(f"--n_best must be in [0, --beam_size ({o.beam_size})], got {o.n_best}")
     try:
         with harness.threads_pinned(1):
             return _evaluate(o)
@@ -111,6 +133,7 @@ def _evaluate(o: argparse.Namespace) -> int:
     width = model.max_target_length
     results: dict[str, list[np.ndarray]] = {"PyTorch greedy": [], "ONNX greedy": [], f"ONNX beam {o.beam_size}": []}
     seconds = dict.fromkeys(results, 0.0)
+    ranked: list[np.ndarray] = []  # (batch, N, width) parts: the N best beams of each source
     for start in range(0, len(sources), o.batch_size):
         ids = pad_batch(sources[start : start + o.batch_size], model.pad_token)
         for name, run in (
@@ -122,19 +145,26 @@ def _evaluate(o: argparse.Namespace) -> int:
             tokens = run(ids)
             seconds[name] += time.perf_counter() - begin
             results[name].append(to_width(tokens, width, model.pad_token))
+        if o.n_best:
+            beams = model.beam_search(ids, o.beam_size, allow_untrained_lengths=True, n_best=o.n_best)[0]
+            flat = to_width(beams.reshape(-1, beams.shape[-1]), width, model.pad_token)
+            ranked.append(flat.reshape(len(ids), o.n_best, width))
     tokens = {name: np.concatenate(parts) for name, parts in results.items()}
+    oracle = f"ONNX beam {o.beam_size}, {o.n_best}-best oracle"
+    if o.n_best:
+        tokens[oracle] = np.concatenate(ranked)
+        seconds[oracle] = float("nan")  # not timed: a second beam search of the same sources
     same = int((tokens["PyTorch greedy"] == tokens["ONNX greedy"]).all(1).sum())
+    if o.n_best and not (tokens[oracle][:, 0] == tokens[f"ONNX beam {o.beam_size}"]).all():
+        raise RuntimeError("the first of the N best beams is not beam search's answer")
     print(f"{o.file}: {len(sources)} sources, {sum(map(len, references))} references; {o.model_dir}")
     merge = stress_merged(model.text.target_vocab.tokens)
     for title, mapped in (("error rates", None), ("error rates, stress ignored", merge))[: 1 + o.ignore_stress]:
         rows = []
         for name, predicted in tokens.items():
-            if mapped is None:
-                s = score(predicted, refs, model.eos_token, model.pad_token)
-            else:  # references keep -1 in absent slots
-                s = score(mapped[predicted], np.where(refs < 0, refs, mapped[refs]), model.eos_token, model.pad_token)
+            s = best_of(predicted, refs, mapped, model.eos_token, model.pad_token)
             wer, per = f"{100 * (1 - s.exact_match):.2f}%", f"{100 * s.token_error_rate:.2f}%"
-            rows.append([name, wer, per, f"{seconds[name]:.1f}"])
+            rows.append([name, wer, per, "" if np.isnan(seconds[name]) else f"{seconds[name]:.1f}"])
         harness.table(title, ["decoder", "WER", "token error rate (PER)", "seconds"], rows)
     print(f"PyTorch and ONNX greedy tokens identical on {same}/{len(sources)} sources")
     return 0 if same == len(sources) else 1

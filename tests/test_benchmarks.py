@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -255,6 +256,26 @@ def test_g2p_eval_scores_pytorch_and_onnx_alike_with_and_without_stress(tmp_path
     rows = [[line.split()[-3:-1] for line in part.splitlines() if "%" in line] for part in (plain, stressless)]
     assert rows[0] == rows[1] and len(rows[0]) == 3  # WER and PER: these made-up phonemes carry no stress digits
     assert all(float(wer.rstrip("%")) < 50 for wer, _ in rows[0])  # the trained model knows the rules
+
+
+def test_g2p_eval_n_best_oracle_takes_any_right_beam_and_the_closest_beams_errors(tmp_path, text_exported, capsys):
+    # Worked by hand (end token 1, padding 0): source 0's second beam is its reference, "5 7" (its first, "5 6", is
+    # one substitution off); source 1's beams "5" and "7 7" are both 2 edits from "6 6": the first of them counts.
+    predicted = np.array([[[5, 6, 1], [5, 7, 1]], [[5, 1, 0], [7, 7, 1]]])
+    refs = np.array([[[5, 7, 1]], [[6, 6, 1]]])
+    scores = g2p_eval.best_of(predicted, refs, None, eos_token=1, pad_token=0)
+    assert (scores.exact.tolist(), scores.errors.tolist(), scores.length.tolist()) == ([True, False], [0, 2], [2, 2])
+    assert g2p_eval.best_of(predicted[:, 0], refs, None, 1, 0).exact.tolist() == [False, False]  # the best beams
+    built = text_exported("trained")
+    (tmp_path / "test.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in text_pairs(60, seed=4)), encoding="utf-8")
+    args = ["--ckpt_path", str(built.ckpt), "--model_dir", str(built.model_dir), "--file", str(tmp_path / "test.tsv")]
+    assert g2p_eval.main([*args, "--beam_size", "3", "--n_best", "3"]) == 0
+    rows = {line.strip().split("  ")[0]: line.split() for line in capsys.readouterr().out.splitlines() if "%" in line}
+    beam, oracle = rows["ONNX beam 3"], rows["ONNX beam 3, 3-best oracle"]
+    assert float(oracle[-2].rstrip("%")) <= float(beam[-3].rstrip("%"))  # WER: any of 3 is right at least as often
+    with pytest.raises(SystemExit) as exit_:
+        g2p_eval.main([*args, "--beam_size", "2", "--n_best", "3"])
+    assert exit_.value.code == 2 and "--n_best must be in [0, --beam_size (2)], got 3" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the RSS from /proc")
