@@ -146,7 +146,8 @@ def _evaluate(o: argparse.Namespace) -> int:
             seconds[name] += time.perf_counter() - begin
             results[name].append(to_width(tokens, width, model.pad_token))
         if o.n_best:
-            beams = model.beam_search(ids, o.beam_size, allow_untrained_lengths=True, n_best=o.n_best)[0]
+            beams, scores = model.beam_search(ids, o.beam_size, allow_untrained_lengths=True, n_best=o.n_best)
+            beams = np.where(np.isfinite(scores)[..., None], beams, beams[:, :1])  # fillers (-inf) offer nothing new
             flat = to_width(beams.reshape(-1, beams.shape[-1]), width, model.pad_token)
             ranked.append(flat.reshape(len(ids), o.n_best, width))
     tokens = {name: np.concatenate(parts) for name, parts in results.items()}

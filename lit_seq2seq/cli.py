@@ -249,7 +249,8 @@ def _unknown_flag(parser: argparse.ArgumentParser, args: Sequence[str]) -> str |
     for arg in args:
         if arg == "--":
             return None
-        name = arg.partition("=")[0] if isinstance(arg, str) and arg.startswith("--") else None
+        # (argparse reads an argument with a space as a positional one, a source such as "--x y")
+        name = arg.partition("=")[0] if isinstance(arg, str) and arg.startswith("--") and " " not in arg else None
         if name and name not in parser._option_string_actions:
             return name
     return None
@@ -346,9 +347,9 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
         "--n_best",
         type=int,
         default=1,
-        help="beam search only: print the N best final beams of each source, best first, one line each (N lines a "
-        "source; with --with_source each after the source, so a source's lines read back as its references); the "
-        "best alone is scored (default 1)",
+        help="beam search only: print up to N distinct answers of each source, best first, one line each (beams "
+        "answering alike print once; with --with_source each after its source, so a source's lines read back as its "
+        "references); the best alone is scored (default 1)",
     )
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     p.add_argument(
@@ -421,14 +422,16 @@ def _run_decode(o: argparse.Namespace) -> int:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     if o.length_penalty is not None and o.beam_size == 1:  # greedy has no scores to rank: it would change nothing
         raise ValueError("--length_penalty applies to beam search only: add --beam_size K (K > 1)")
-    if o.n_best < 1 or o.n_best > o.beam_size:  # the final beams are all there is to rank
-        raise ValueError(f"--n_best must be in [1, --beam_size ({o.beam_size})], got {o.n_best}")
     try:  # here, not by the first beam_search, which runs after a batch of stdin was read
         o.beam_size, o.length_penalty = check_beam_settings(
             o.beam_size, 1.0 if o.length_penalty is None else o.length_penalty
         )
     except ValueError as error:
         raise ValueError(f"--{error}") from None  # its messages start with the setting's name
+    if o.n_best != 1 and o.beam_size == 1:  # greedy has one answer
+        raise ValueError("--n_best applies to beam search only: add --beam_size K (K >= N)")
+    if not 1 <= o.n_best <= o.beam_size:  # the final beams are all there is to rank
+        raise ValueError(f"--n_best must be in [1, --beam_size ({o.beam_size})], got {o.n_best}")
     model = OnnxSeq2Seq.load(o.model_dir, intra_op_threads=o.threads)
     _note_file_arguments(o.sequences)
     if model.text is not None:
@@ -449,11 +452,11 @@ def _run_decode(o: argparse.Namespace) -> int:
         if not sources:
             return
         batch = pad_batch(sources, model.pad_token)
-        tokens = _decode(model, batch, o, allow)  # (B, N, steps)
-        ranked = [[" ".join(map(str, model.strip(beam))) for beam in row] for row in tokens.tolist()]
+        answers = _answers(model, batch, o, allow)
+        ranked = [[" ".join(map(str, answer)) for answer in row] for row in answers]
         _print_decoded(ranked, texts if o.with_source else None)
         empty.extend(where for where, row in zip(wheres, ranked) if "" in row)
-        decoded = [model.strip(row) for row in tokens[:, 0].tolist()]
+        decoded = [row[0] for row in answers]
         scored += sum(e is not None for e in expected)
         hits += sum(d == e for d, e in zip(decoded, expected))
         sources.clear()
@@ -499,16 +502,20 @@ def _run_decode(o: argparse.Namespace) -> int:
     return _skipped(bad, number, label)
 
 
-def _decode(model, source, o: argparse.Namespace, allow: bool):  # noqa: ANN001, ANN202 - OnnxSeq2Seq, numpy
-    """decode's tokens of a padded batch, (batch, --n_best, steps): greedy's rows, or beam search's best beams."""
+def _answers(model, source, o: argparse.Namespace, allow: bool) -> list[list[list[int]]]:  # noqa: ANN001
+    """decode's answers of a padded batch: per source its answer's ids, or with --n_best N up to N distinct ones, best
+    first (OnnxSeq2Seq.distinct)."""
     if o.beam_size == 1:
-        return model.greedy(source, allow_untrained_lengths=allow)[:, None]
-    return model.beam_search(source, o.beam_size, o.length_penalty, allow_untrained_lengths=allow, n_best=o.n_best)[0]
+        return [[model.strip(row)] for row in model.greedy(source, allow_untrained_lengths=allow)]
+    tokens, scores = model.beam_search(
+        source, o.beam_size, o.length_penalty, allow_untrained_lengths=allow, n_best=o.n_best
+    )
+    return [model.distinct(t, s) for t, s in zip(tokens, scores)]
 
 
 def _print_decoded(ranked: list[list[str]], sources: list[str] | None) -> None:
-    """decode's output of one batch, a line per decoding of each source (--n_best of them, best first): DECODING, or
-    SOURCE<TAB>DECODING with --with_source."""
+    """decode's output of one batch, a line per answer of each source (one, or up to --n_best, best first):
+    DECODING, or SOURCE<TAB>DECODING with --with_source."""
     if sources is None:
         sys.stdout.write("".join(d + "\n" for row in ranked for d in row))
     else:
@@ -613,14 +620,13 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
         if not batch:
             return
         source = pad_batch([s.ids for s in batch], model.pad_token)
-        tokens = _decode(model, source, o, True)  # (B, N, steps); lengths were checked line by line, as allowed
-        texts = model.decode_ids(tokens.reshape(-1, tokens.shape[-1]))
-        ranked = [texts[i : i + o.n_best] for i in range(0, len(texts), o.n_best)]
+        answers = _answers(model, source, o, True)  # lengths were checked line by line, as allowed
+        ranked = model.answer_texts(answers)
         _print_decoded(ranked, [s.text for s in batch] if o.with_source else None)
         empty.extend(s.where for s, row in zip(batch, ranked) if "" in row)
-        for s, row in zip(batch, tokens[:, 0].tolist(), strict=True):
+        for s, row in zip(batch, answers, strict=True):
             if s.references:
-                scores.add(s.ids, model.strip(row), s.references)
+                scores.add(s.ids, row[0], s.references)
         batch.clear()
 
     def finish_pending() -> None:
@@ -679,7 +685,7 @@ def _note_empty(empty: list[str], with_source: bool) -> None:
     if empty:
         printed = "nothing after the tab" if with_source else "an empty line"
         print(
-            f"{len(empty)} source(s) decoded to an empty answer, printed as {printed} (the first: {empty[0]})",
+            f"{len(empty)} source(s) had an empty answer, printed as {printed} (the first: {empty[0]})",
             file=sys.stderr,
         )
 
@@ -848,9 +854,10 @@ _COMMANDS = {
     ),
     "decode": (
         "Decode sequences with the exported graphs (onnxruntime, no torch). One sequence per line in and out (a text "
-        "model: texts; a line ends at a newline, a carriage return before it dropped); a line 'SOURCE<TAB>EXPECTED' "
-        "also scores the decoding (a text model: exact match and token error rate, each source once against the "
-        "references of all its lines, as `test` scores a file; adjacent lines of one source print one output). Lines "
+        "model: texts; --n_best N: up to N lines a source; a line ends at a newline, a carriage return before it "
+        "dropped); a line 'SOURCE<TAB>EXPECTED' also scores the decoding (a text model: exact match and token error "
+        "rate, each source once against the references of all its lines, as `test` scores a file; adjacent lines of "
+        "one source print one output). Lines "
         "are decoded and printed a batch at a time as they are read; a bad line (not "
         "token ids or text of the model, a length the model was not trained on, or a tab with no reference after "
         "it) stops decode with exit code 2 after every line before it was printed. --jsonl reads JSON Lines "

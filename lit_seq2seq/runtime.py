@@ -9,6 +9,7 @@ run on them, but answer with confident garbage.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import threading
@@ -731,8 +732,8 @@ class OnnxSeq2Seq:
     ) -> list[str] | list[list[str]]:
         """Texts in, texts out, batched: greedy (beam_size None or 1; greedy.onnx when the export has it) or beam
         search (length_penalty: beam search only; None is 1.0). Every text and setting is checked before anything
-        is decoded (see encode_text); no texts, no answers. With `n_best` N (N <= beam_size): a list of the N best
-        texts per input, best first (scores: beam_search with n_best)."""
+        is decoded (see encode_text); no texts, no answers. With `n_best` N (N <= beam_size): a list of up to N
+        distinct texts per input, best first (`distinct`; the beams and scores: beam_search with n_best)."""
         _check_texts(texts)
         self._require_text("translate")
         if beam_size is not None:
@@ -748,11 +749,30 @@ class OnnxSeq2Seq:
             tokens = self.greedy(source, max_len, allow_untrained_lengths=True)  # lengths were checked as text
             return self.decode_ids(tokens) if n_best is None else [[t] for t in self.decode_ids(tokens)]
         penalty = 1.0 if length_penalty is None else length_penalty
-        tokens = self.beam_search(source, beam_size, penalty, max_len, allow_untrained_lengths=True, n_best=n_best)[0]
+        tokens, scores = self.beam_search(
+            source, beam_size, penalty, max_len, allow_untrained_lengths=True, n_best=n_best
+        )
         if n_best is None:
             return self.decode_ids(tokens)
-        texts_out = self.decode_ids(tokens.reshape(-1, tokens.shape[-1]))  # (B * N, steps): rows of source order
-        return [texts_out[i : i + n_best] for i in range(0, len(texts_out), n_best)]
+        return self.answer_texts([self.distinct(t, s) for t, s in zip(tokens, scores)])
+
+    def distinct(self, beams: np.ndarray, scores: np.ndarray) -> list[list[int]]:
+        """One source's ranked beams (N, steps) and scores (N,), as beam_search(n_best=N) gives them -> its distinct
+        answers (strip), best first: a beam answering what a better one answers is left out (one ended by padding,
+        another by the end token), and so is a beam of score -inf (a filler of a search with fewer candidates than
+        beams). Up to N answers; the best is always there."""
+        out: list[list[int]] = []
+        for beam, score in zip(np.asarray(beams).tolist(), np.asarray(scores).tolist()):
+            answer = self.strip(beam)
+            if (math.isfinite(score) or not out) and answer not in out:
+                out.append(answer)
+        return out
+
+    def answer_texts(self, answers: list[list[list[int]]]) -> list[list[str]]:
+        """Each source's answers (lists of target ids before the end token, as distinct gives them) as texts."""
+        flat = [answer + [self.eos_token] for ranked in answers for answer in ranked]
+        texts = iter(self.decode_ids(pad_batch(flat, self.pad_token)) if flat else [])
+        return [[next(texts) for _ in ranked] for ranked in answers]
 
     def strip(self, tokens: np.ndarray | Sequence[int]) -> list[int]:
         """One decoded row as a plain list: the tokens before the end token (padding removed). ValueError for a

@@ -154,7 +154,7 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
             message = f"--{linked_setting(linked.group(1))}"
         optimizer = optimizer or _optimizer_message(message)  # (a wrong type: its words are composed above)
         message = optimizer or message
-        message += _ambiguous_hint(message) + _dashed_hint(message)
+        message += _ambiguous_hint(message) + _dashed_hint(message, set(self._option_string_actions))
         prog = self.settled or self.prog.replace(" [options]", "")
         # An unknown key in a --config file: the top parser says so about the subcommand, after its ~90-line usage.
         unknown_key = self.exit_on_error and re.fullmatch(r"Subcommand '(\w+)' does not accept option '(.+)'", message)
@@ -178,13 +178,23 @@ class Seq2SeqArgumentParser(LightningArgumentParser):
         super().error(message, *args, **kwargs)
 
 
-def _dashed_hint(message: str) -> str:
+def _dashed_hint(message: str, known: set[str]) -> str:
     """A hint for an unknown flag spelt with dashes (--data.train-file): LightningCLI's flags are Python names, with
-    underscores; export and decode take both spellings, so the dashed one is a natural guess here."""
+    underscores; export and decode take both spellings, so the dashed one is a natural guess here. Given when the
+    underscored flag exists: one of `known`, a data module's argument, or an optimizer's or schedule's (its class
+    decides; jsonargparse names the key it lacks, not the ones it has)."""
     dashed = re.search(r"--[\w.]*\w-[\w.-]*", message)
     if dashed is None or not re.search(r"unrecognized arguments|no such option", message):
         return ""
-    return f"; flags are spelt with underscores: --{dashed.group()[2:].replace('-', '_')}"
+    flag = "--" + dashed.group()[2:].replace("-", "_")
+    data = {
+        f"--data.{name}"
+        for module in (PairDataModule, Seq2SeqDataModule)
+        for name in inspect.signature(module).parameters
+    }
+    if flag in known or flag in data or flag.startswith(("--model.optimizer.", "--model.lr_scheduler.")):
+        return f"; flags are spelt with underscores: {flag}"
+    return ""
 
 
 OPTIMIZER_CLASSES = {  # what the two flags take by a short name

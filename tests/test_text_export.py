@@ -263,14 +263,14 @@ def test_large_batches_decode_in_length_sorted_chunks_with_the_tokens_of_one_bat
     assert ranked[:, 0, : tokens.shape[1]].tolist() == tokens.tolist() and (ranked[:, 0, tokens.shape[1] :] == 0).all()
 
 
-def test_translate_n_best_gives_the_ranked_beams_as_texts_the_first_the_best(text_model):
+def test_translate_n_best_gives_the_ranked_beams_distinct_answers_as_texts_the_first_the_best(text_model):
     model, _, spec = text_model("trained")
     texts = ["abé", "ABЖ", "жж"]
     ranked = model.translate(texts, beam_size=4, n_best=3)
     assert [r[0] for r in ranked] == model.translate(texts, beam_size=4) == ["AH BE É", "AH BE Ж Э", "Ж Э Ж Э"]
-    assert [len(set(r)) for r in ranked] == [3, 3, 3]  # three distinct beams each
     tokens, scores = model.beam_search(model.encode_texts(texts), beam_size=4, n_best=3)
-    assert ranked == [model.decode_ids(row) for row in tokens] and (np.diff(scores, axis=1) <= 0).all()
+    assert np.isfinite(scores).all() and (np.diff(scores, axis=1) <= 0).all()
+    assert ranked == [list(dict.fromkeys(model.decode_ids(row))) for row in tokens]  # each answer once, in rank order
     assert model.translate(texts[:1], n_best=1) == [["AH BE É"]]  # greedy: its one answer, as a list
     for kwargs, message in (
         (dict(n_best=2), r"n_best must be an int in \[1, beam_size \(1\)\], got 2"),
@@ -388,13 +388,19 @@ def test_decode_n_best_prints_each_sources_ranked_beams_and_scores_the_best(text
     code, out, err = cli_output(args, capsys, lines)
     rows = [line.split("\t") for line in out.splitlines()]
     assert code == 0 and err == best[2]  # the best beams alone are scored
-    assert [s for s, _ in rows] == ["abé"] * 3 + ["ab"] * 3 + ["ж"] * 3 + ["a"] * 3
-    assert [d for _, d in rows[::3]] == best[1].splitlines() and len({d for _, d in rows[:3]}) == 3
-    code, out, _ = cli_output([*args[:-1], "abé"], capsys)  # without the sources: three lines
-    assert (code, out.splitlines()) == (0, [d for _, d in rows[:3]])
-    for flags, message in ((["--n_best", "2"], "(1)], got 2"), (["--beam_size", "2", "--n_best", "3"], "(2)], got 3")):
+    by_source = {source: [d for s, d in rows if s == source] for source in ("abé", "ab", "ж", "a")}
+    assert [s for s, _ in rows] == [s for s, answers in by_source.items() for _ in answers]  # in input order
+    assert [answers[0] for answers in by_source.values()] == best[1].splitlines()  # the best first
+    assert all(1 <= len(a) == len(set(a)) <= 3 for a in by_source.values()) and len(by_source["abé"]) == 3
+    code, out, _ = cli_output([*args[:-1], "abé"], capsys)  # without the sources: its answers alone
+    assert (code, out.splitlines()) == (0, by_source["abé"])
+    for flags, message in (
+        (["--n_best", "2"], "--n_best applies to beam search only: add --beam_size K (K >= N)"),
+        (["--beam_size", "2", "--n_best", "3"], "--n_best must be in [1, --beam_size (2)], got 3"),
+        (["--beam_size", "2000", "--n_best", "3000"], "--beam_size must be <= 1024, got 2000"),
+    ):
         code, _, err = cli_output(["decode", "--model_dir", model_dir, *flags, "ab"], capsys)
-        assert (code, err) == (2, f"lit-seq2seq decode: error: --n_best must be in [1, --beam_size {message}\n")
+        assert (code, err) == (2, f"lit-seq2seq decode: error: {message}\n")
 
 
 def test_decode_holds_a_repeated_reference_once(text_exported, capsys):
@@ -520,6 +526,17 @@ def test_decode_names_the_first_stdin_line_that_is_not_utf8_after_printing_those
     )
 
 
+def test_distinct_keeps_each_answer_once_best_first_and_no_filler_beams(text_model):
+    """Beams "3 3 <end>" and "3 3 <pad>" answer alike (a pad before the end ends an answer too); a -inf beam is a
+    filler of a search with fewer candidates than beams. Both are left out of the answers offered; the best stays."""
+    model, _, _ = text_model("trained")
+    eos, pad = model.eos_token, model.pad_token
+    beams = np.array([[3, 3, eos], [3, 3, pad], [3, eos, pad], [4, 4, 4]])
+    assert model.distinct(beams, np.array([-1.0, -2.0, -3.0, -np.inf])) == [[3, 3], [3]]
+    assert model.distinct(beams[3:], np.array([-np.inf])) == [[4, 4, 4]]  # the best, whatever its score
+    assert model.answer_texts([[[3, 3], [3]], [[]]]) == [model.decode_ids([[3, 3, eos], [3, eos, pad]]), [""]]
+
+
 @pytest.mark.parametrize("with_source", [False, True])
 def test_decode_notes_the_sources_that_decoded_to_an_empty_answer(
     with_source, text_exported, exported, capsys, monkeypatch
@@ -546,7 +563,7 @@ def test_decode_notes_the_sources_that_decoded_to_an_empty_answer(
         code, out, err = cli_output(["decode", "--model_dir", model_dir, *flags], capsys, stdin)
         assert code in (0, None) and len(out.splitlines()) == 2
         assert out.splitlines()[-1] == (f"{source}\t" if with_source else "")
-        assert err.endswith(f"1 source(s) decoded to an empty answer, printed as {printed} (the first: line 2)\n")
+        assert err.endswith(f"1 source(s) had an empty answer, printed as {printed} (the first: line 2)\n")
 
 
 def test_decode_scores_a_batch_whose_every_prediction_is_empty(text_exported):

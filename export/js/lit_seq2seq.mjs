@@ -1027,14 +1027,32 @@ export class Seq2Seq {
 
   /**
    * Text (one string, or an array of lines) -> decoded text by beam search (options as beamSearch's; with `nBest`,
-   * an array of the N best texts for each, best first).
+   * an array of up to N distinct texts for each, best first: distinctAnswers).
    */
   async beamText(ort, lines, options) {
     const { allowUntrainedLengths = false, nBest } = checkOptions(options, BEAM_OPTIONS, "beamText");
-    const { tokens } = await this.beamSearch(ort, this.encodeText(lines, { allowUntrainedLengths }), options);
-    const text = nBest === undefined ? (row) => this.decodeText(row) : (ranked) => ranked.map((r) => this.decodeText(r));
-    return typeof lines === "string" ? text(tokens) : tokens.map(text);
+    const { tokens, scores } = await this.beamSearch(ort, this.encodeText(lines, { allowUntrainedLengths }), options);
+    if (nBest === undefined) {
+      return typeof lines === "string" ? this.decodeText(tokens) : tokens.map((row) => this.decodeText(row));
+    }
+    const texts = (ranked, s) => distinctAnswers(ranked, s).map((row) => this.decodeText(row));
+    return typeof lines === "string" ? texts(tokens, scores) : tokens.map((ranked, i) => texts(ranked, scores[i]));
   }
+}
+
+/**
+ * One source's ranked answers and scores, as beamSearch({nBest}) gives them -> its distinct answers, best first: an
+ * answer a better beam gave already is left out (one beam ended by padding, another by the end token), and so is a
+ * beam of score -Infinity (a filler of a search with fewer candidates than beams); the best is always kept. As the
+ * Python runtime's OnnxSeq2Seq.distinct.
+ */
+export function distinctAnswers(tokens, scores) {
+  const out = [];
+  tokens.forEach((answer, j) => {
+    const seen = out.some((kept) => kept.length === answer.length && kept.every((t, i) => t === answer[i]));
+    if ((Number.isFinite(scores[j]) || out.length === 0) && !seen) out.push(answer);
+  });
+  return out;
 }
 
 // Indices of the K largest values, largest first; equal values in index order (a stable descending sort's first K),

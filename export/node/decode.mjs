@@ -32,6 +32,7 @@ import {
   PY_SPACE,
   SHOWN_CHARS,
   checkPrintable,
+  distinctAnswers,
   loadModel,
   shown,
 } from "../js/lit_seq2seq.mjs";
@@ -109,6 +110,9 @@ function parseArgs(args) {
   if (options.lengthPenalty !== null && options.beamSize === 1) {
     // greedy has no scores to rank: the flag would change nothing
     throw new UsageError("--length-penalty applies to beam search only: add --beam-size K (K > 1)");
+  }
+  if (options.nBest !== 1 && options.beamSize === 1) {
+    throw new UsageError("--n-best applies to beam search only: add --beam-size K (K >= N)"); // greedy has one answer
   }
   if (options.nBest < 1 || options.nBest > options.beamSize) {
     // the final beams are all there is to rank
@@ -376,18 +380,19 @@ async function main() {
     const width = Math.max(...batch.map((s) => s.ids.length));
     const source = batch.map((s) => [...s.ids, ...new Array(width - s.ids.length).fill(model.padToken)]);
     const { beamSize, lengthPenalty, nBest } = options;
-    // per source its nBest rows, best first (greedy: its one row)
-    const ranked =
-      beamSize === 1
-        ? (await model.greedy(ort, source, { twoGraph, allowUntrainedLengths })).map((row) => [row])
-        : (
-            await model.beamSearch(ort, source, {
-              beamSize,
-              lengthPenalty: lengthPenalty ?? 1,
-              allowUntrainedLengths,
-              nBest,
-            })
-          ).tokens;
+    // per source its answer, or up to nBest distinct ones, best first (as Python's decode)
+    let ranked;
+    if (beamSize === 1) {
+      ranked = (await model.greedy(ort, source, { twoGraph, allowUntrainedLengths })).map((row) => [row]);
+    } else {
+      const beams = await model.beamSearch(ort, source, {
+        beamSize,
+        lengthPenalty: lengthPenalty ?? 1,
+        allowUntrainedLengths,
+        nBest,
+      });
+      ranked = beams.tokens.map((rows, i) => distinctAnswers(rows, beams.scores[i]));
+    }
     const show = (row) => (model.isText ? model.joinTokens(model.decodeTokens(row)) : row.join(" "));
     const lines = ranked.flatMap((rows, i) =>
       rows.map((row) => (options.withSource ? `${batch[i].text}\t${show(row)}` : show(row))),
@@ -545,7 +550,7 @@ async function main() {
   if (emptyAnswers.length) {
     const printed = options.withSource ? "nothing after the tab" : "an empty line";
     const first = `(the first: ${emptyAnswers[0]})`;
-    process.stderr.write(`${emptyAnswers.length} source(s) decoded to an empty answer, printed as ${printed} ${first}\n`);
+    process.stderr.write(`${emptyAnswers.length} source(s) had an empty answer, printed as ${printed} ${first}\n`);
   }
   if (bad.length && bad.length === number) {
     // nothing decoded: a script reading the output would take an empty answer for a result (as Python's decode)
