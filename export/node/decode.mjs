@@ -394,15 +394,14 @@ async function main() {
       ranked = beams.tokens.map((rows, i) => distinctAnswers(rows, beams.scores[i]));
     }
     const show = (row) => (model.isText ? model.joinTokens(model.decodeTokens(row)) : row.join(" "));
-    const lines = ranked.flatMap((rows, i) =>
-      rows.map((row) => (options.withSource ? `${batch[i].text}\t${show(row)}` : show(row))),
-    );
+    const shown = ranked.map((rows) => rows.map(show)); // each source's answers as printed
+    const lines = shown.flatMap((rows, i) => (options.withSource ? rows.map((d) => `${batch[i].text}\t${d}`) : rows));
     await write(lines.map((line) => `${line}\n`).join(""));
-    ranked.forEach((rows, i) => {
-      if (rows.some((row) => show(row) === "")) emptyAnswers.push(batch[i].where);
+    shown.forEach((rows, i) => {
+      if (rows.includes("")) emptyAnswers.push(batch[i].where);
     });
     const tokens = model.isText ? ranked.map((rows) => model.decodeTokens(rows[0])) : null;
-    const out = ranked.map((rows) => show(rows[0])); // the best, scored
+    const out = shown.map((rows) => rows[0]); // the best, scored
     batch.forEach((s, i) => {
       if (s.references === null) return;
       if (!model.isText) {
