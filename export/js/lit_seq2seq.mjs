@@ -108,6 +108,7 @@ const LOAD_OPTIONS = ["folder", "sessionOptions", "verifyHash"];
 const GREEDY_OPTIONS = ["twoGraph", "allowUntrainedLengths", "maxLen"];
 const BEAM_OPTIONS = ["beamSize", "lengthPenalty", "allowUntrainedLengths", "maxLen", "nBest"];
 const SOURCE_OPTIONS = ["allowUntrainedLengths"];
+const TEXT_OPTIONS = [...SOURCE_OPTIONS, "where"];
 
 // ---- protobuf: just enough to read ModelProto.metadata_props -----------------------------------------------------
 
@@ -286,17 +287,32 @@ const CR_HINT = " (a carriage return inside a line: lines end at LF or CRLF; con
 
 export const SHOWN_CHARS = 40; // an unknown token in a message is cut to this many characters, as in Python
 
-// A token as messages show it: quoted, with invisible characters (format, separators other than the space) escaped,
-// so that "\u{200B}a" does not read as "a"; a long one (a line without spaces is one token) cut.
+// A token as messages show it: as Python's repr() quotes it (the Python runtime's messages, byte for byte), so that
+// invisible characters are escaped ("\u200b" does not read as "a"); a long one (a line without spaces is one token)
+// cut after SHOWN_CHARS code points, its length given.
 export function shown(token) {
   const chars = Array.from(token);
   if (chars.length > SHOWN_CHARS) {
     const length = chars.length.toLocaleString("en-US");
-    return `${shown(chars.slice(0, SHOWN_CHARS).join(""))}... (${length} characters)`;
+    return `${pyRepr(chars.slice(0, SHOWN_CHARS))}... (${length} characters)`;
   }
-  return JSON.stringify(token).replace(/[\p{Cf}\p{Z}]/gu, (c) =>
-    c === " " ? c : `\\u{${c.codePointAt(0).toString(16).toUpperCase()}}`,
-  );
+  return pyRepr(chars);
+}
+
+// Python's repr() of a str given as code points: single quotes unless only double ones avoid escaping; \\, \t, \n, \r
+// and the quote escaped; what str.isprintable() calls unprintable (categories C and Z but the space) as \xhh, \uhhhh
+// or \Uhhhhhhhh. (Unassigned code points follow Node's Unicode version, which may be newer than Python's.)
+function pyRepr(chars) {
+  const quote = chars.includes("'") && !chars.includes('"') ? '"' : "'";
+  const escaped = chars.map((c) => {
+    if (c === quote || c === "\\") return `\\${c}`;
+    if (c === "\t" || c === "\n" || c === "\r") return { "\t": "\\t", "\n": "\\n", "\r": "\\r" }[c];
+    if (c === " " || !/[\p{C}\p{Z}]/u.test(c)) return c;
+    const code = c.codePointAt(0);
+    const [prefix, width] = code < 0x100 ? ["x", 2] : code < 0x10000 ? ["u", 4] : ["U", 8];
+    return `\\${prefix}${code.toString(16).padStart(width, "0")}`;
+  });
+  return `${quote}${escaped.join("")}${quote}`;
 }
 
 function splitText(text, tokenizer) {
@@ -934,42 +950,50 @@ export class Seq2Seq {
   }
 
   /**
-   * Text -> source ids per the export's normalisation, case and tokenizer: one string gives one row (named "text"
-   * in messages), an array of strings right-padded rows (named "texts[i]"). A text whose token count lies outside
-   * the trained source lengths is refused unless `allowUntrainedLengths`.
+   * Text -> source ids per the export's normalisation, case and tokenizer: one string gives one row (named `where`
+   * in messages, "text" by default: an app names its own input, e.g. "line 3"), an array of strings right-padded rows
+   * (named "texts[i]"). A text whose token count lies outside the trained source lengths is refused unless
+   * `allowUntrainedLengths`. Messages are the Python runtime's encode_text's, word for word.
    */
   encodeText(text, options) {
-    const { allowUntrainedLengths = false } = checkOptions(options, SOURCE_OPTIONS, "encodeText");
+    const { allowUntrainedLengths = false, where } = checkOptions(options, TEXT_OPTIONS, "encodeText");
     checkFlag(allowUntrainedLengths, "allowUntrainedLengths");
+    if (where !== undefined && (typeof where !== "string" || where === "")) {
+      throw new TypeError(`where must be a non-empty string, got ${JSON.stringify(where)}`);
+    }
     if (!this.isText) throw new InputError("this model reads token ids, not text (no source_tokens in its metadata)");
     const single = typeof text === "string";
     if (!single && !Array.isArray(text)) {
       throw new TypeError(`text must be a string or an array of strings, got ${typeof text}`);
     }
+    if (!single && where !== undefined) {
+      throw new InputError("encodeText: where names one text; a batch's are texts[i]");
+    }
     const lines = single ? [text] : text;
     const rows = lines.map((line, i) => {
-      const where = single ? "text" : `texts[${i}]`;
-      if (typeof line !== "string") throw new TypeError(`${where}: texts must be strings, got ${typeof line}`);
-      if (line === "") throw new InputError(`${where}: empty text`);
-      checkPrintable(line, where);
+      const name = single ? (where ?? "text") : `texts[${i}]`;
+      if (typeof line !== "string") throw new TypeError(`${name}: texts must be strings, got ${typeof line}`);
+      if (line === "") throw new InputError(`${name}: empty text`);
+      checkPrintable(line, name);
       const read = this._norm(line, this.meta.source_lowercase === "1");
-      const tokens = splitText(read, this.meta.source_tokenizer);
-      if (tokens.length === 0) throw new InputError(`${where}: no tokens (only whitespace)`);
+      const tokenizer = this.meta.source_tokenizer;
+      const tokens = splitText(read, tokenizer);
+      if (tokens.length === 0) {
+        throw new InputError(`${name}: no tokens (only whitespace; the ${tokenizer} tokenizer splits on it)`);
+      }
       const ids = tokens.map((tok, j) => {
         const id = this.sourceIds.get(tok);
         if (id !== undefined && id >= this.minToken) return id; // reserved ids (<pad>, </s>) are not typed in
         if (this.unkToken !== null) return this.unkToken;
-        throw new InputError(
-          `${where}: unknown token ${shown(tok)} at position ${j + 1} (not in the model's vocabulary)`,
-        );
+        throw new InputError(`${name}: unknown token ${shown(tok)} at position ${j + 1}${this._asRead(line, read)}`);
       });
-      const unit = this.meta.source_tokenizer === "char" ? "character" : "token";
+      const unit = tokenizer === "char" ? "character" : "token";
       if (ids.length > MAX_SOURCE_TOKENS) {
         const count = `${ids.length.toLocaleString("en-US")} ${unit}s`;
-        throw new InputError(`${where}: ${count}; at most ${MAX_SOURCE_TOKENS.toLocaleString("en-US")} are decoded`);
+        throw new InputError(`${name}: ${count}; at most ${MAX_SOURCE_TOKENS.toLocaleString("en-US")} are decoded`);
       }
       if (!allowUntrainedLengths && (ids.length < this.minSourceLength || ids.length > this.sourceLength)) {
-        throw new InputError(this._untrainedLength(where, ids.length, unit, this._asRead(line, read)));
+        throw new InputError(this._untrainedLength(name, ids.length, unit, this._asRead(line, read)));
       }
       return ids;
     });

@@ -450,7 +450,7 @@ async function main() {
     try {
       if (!same) {
         source = model.isText
-          ? model.encodeText(sourceText, { allowUntrainedLengths })
+          ? model.encodeText(sourceText, { allowUntrainedLengths, where: `${label} ${number}` })
           : parseIds(sourceText, `${label} ${number}`);
         if (source.length === 0) throw new InputError("source: empty sequence (source_len is 0)"); // as Python's
         model.checkSource(source, { allowUntrainedLengths });
@@ -464,9 +464,7 @@ async function main() {
     } catch (error) {
       if (!(error instanceof InputError)) throw error;
       const where = error.message.startsWith(`${label} `) ? "" : `${label} ${number}: `;
-      // encodeText names its input "text"; here the line is named instead, as Python's decode names it
-      const message = error.message.replace(/^text: (?=control character|lone surrogate)/, "");
-      throw new InputError(hintJson(where + message, line, options.jsonl));
+      throw new InputError(hintJson(where + error.message, line, options.jsonl));
     }
     if (same) {
       pending.references.push(reference); // one more reference of the source just read

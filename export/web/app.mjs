@@ -118,13 +118,14 @@ async function open(files, where, folder = "") {
   document.querySelector("th.text").hidden = !model.isText;
 }
 
-/** One line of the text box -> its source ids, checked as the runtime checks them (InputError naming the problem). */
-function parseLine(line, options) {
+/** Line `number` of the text box -> its source ids, checked as the runtime checks them (InputError naming the
+ * problem). */
+function parseLine(line, number, options) {
   if (line.trim() === "") throw new lit.InputError("empty source (a blank line)");
   try {
     // Ids: what is not an integer stays a string, so that checkSource names it ("x" is not an integer token id).
     const ids = model.isText
-      ? model.encodeText(line, options) // one string: one row, its errors named "text"
+      ? model.encodeText(line, { ...options, where: `line ${number}` }) // one string: one row
       : line
           .split(lit.PY_SPACE) // Python's whitespace, as lit-seq2seq decode reads a line of ids
           .filter(Boolean)
@@ -157,10 +158,11 @@ async function decodeAll() {
   const good = [];
   for (const result of results) {
     try {
-      rows.push(parseLine(result.input, options));
+      rows.push(parseLine(result.input, result.line, options));
       good.push(result);
     } catch (err) {
-      result.error = `line ${result.line}: ${err.message}`;
+      const named = err.message.startsWith(`line ${result.line}: `); // encodeText names the line itself
+      result.error = named ? err.message : `line ${result.line}: ${err.message}`;
     }
   }
   const picked = $("path").value;
