@@ -206,17 +206,19 @@ def resolve(name: str, root: str | os.PathLike, subcommand: str) -> Path:
         if folder is None:  # resumed from a file outside this root: no earlier run folder to look in
             break
     others = [run / f"{name}.ckpt" for run in runs if (run / f"{name}.ckpt").is_file()]
-    if not others and name == "best" and (newest / "last.ckpt").is_file():  # a fit ran, but validated nothing
-        raise ValueError(
-            f"--ckpt_path best: the newest run, {newest.parent}, has no best.ckpt: it validated nothing (it stopped "
-            "before its first validation, e.g. by --trainer.max_steps, or had no validation pairs); its last state is "
-            "--ckpt_path last"
+    missing = f"--ckpt_path {name}: the newest run, {newest.parent}, has no {name}.ckpt"
+    why = "it stopped before writing one"
+    if name == "best":  # best.ckpt is written at a validation only
+        why = (
+            "it validated nothing: it stopped before its first validation, e.g. by --trainer.max_steps, or had no "
+            "validation pairs"
         )
+        if not others and (newest / "last.ckpt").is_file():  # a fit ran: its own last state is the one to offer
+            raise ValueError(f"{missing} ({why}); its last state is --ckpt_path last")
     if not others:
         raise _none_found(name, root, hint)
-    why = "it stopped before writing one" if name != "best" else "it validated nothing: stopped before, or no val pairs"
     raise ValueError(
-        f"--ckpt_path {name}: the newest run, {newest.parent}, has no {name}.ckpt ({why}); "
+        f"{missing} ({why}); "
         f"{others[-1].parent.parent} has one but is another run, maybe with other settings: pass "
         f"--ckpt_path {others[-1]} to use it, or {hint}"
     )

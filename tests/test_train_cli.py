@@ -1034,6 +1034,6 @@ def test_a_fit_that_max_steps_ends_before_its_first_validation_says_so(tmp_path,
         ["export", "--ckpt_path", "best", "--root_dir", tmp_path, "--output_dir", tmp_path / "o"], capsys
     )
     assert (
-        code == 2 and f"--ckpt_path best: the newest run, {tmp_path}/version_0, has no best.ckpt: it validated " in err
+        code == 2 and f"--ckpt_path best: the newest run, {tmp_path}/version_0, has no best.ckpt (it validated " in err
     )
     assert "its last state is --ckpt_path last" in err
