@@ -437,11 +437,8 @@ def _run_decode(o: argparse.Namespace) -> int:
     if model.text is not None:
         return _decode_text(o, model)
     allow = o.allow_untrained_lengths
-    sources: list[list[int]] = []  # the batch being filled, its lines' source texts, names and expected answers
-    texts: list[str] = []
-    wheres: list[str] = []
+    batch: list[_Source] = []  # the batch being filled; each line's references: [its expected answer] or None
     empty: list[str] = []  # the lines whose source decoded to an empty answer
-    expected: list[list[int] | None] = []
     scored = hits = unscored = number = 0
     bad: list[str] = []
 
@@ -449,20 +446,17 @@ def _run_decode(o: argparse.Namespace) -> int:
         # Decode, print and score the lines read so far; printed as each batch is done, so a reader sees output
         # while decode still reads, and memory holds one batch whatever the input's size.
         nonlocal scored, hits
-        if not sources:
+        if not batch:
             return
-        batch = pad_batch(sources, model.pad_token)
-        answers = _answers(model, batch, o, allow)
+        answers = _answers(model, pad_batch([s.ids for s in batch], model.pad_token), o, allow)
         ranked = [[" ".join(map(str, answer)) for answer in row] for row in answers]
-        _print_decoded(ranked, texts if o.with_source else None)
-        empty.extend(where for where, row in zip(wheres, ranked) if "" in row)
-        decoded = [row[0] for row in answers]
-        scored += sum(e is not None for e in expected)
-        hits += sum(d == e for d, e in zip(decoded, expected))
-        sources.clear()
-        texts.clear()
-        wheres.clear()
-        expected.clear()
+        _print_decoded(ranked, [s.text for s in batch] if o.with_source else None)
+        empty.extend(s.where for s, row in zip(batch, ranked) if "" in row)
+        for s, row in zip(batch, answers, strict=True):
+            if s.references is not None:
+                scored += 1
+                hits += row[0] == s.references[0]
+        batch.clear()
 
     label = "argument" if o.sequences else "line"
     for number, line in enumerate(o.sequences or _stdin_lines(decode_batch), 1):
@@ -488,12 +482,9 @@ def _run_decode(o: argparse.Namespace) -> int:
                 raise
             bad.append(str(error))
             continue
-        sources.append(source)
-        texts.append(source_text)
-        wheres.append(f"{label} {number}")
-        expected.append(reference)
+        batch.append(_Source(source_text, source, None if reference is None else [reference], f"{label} {number}"))
         unscored += reference is None
-        if len(sources) == o.batch_size:
+        if len(batch) == o.batch_size:
             decode_batch()
     decode_batch()
     if scored:
@@ -524,10 +515,11 @@ def _print_decoded(ranked: list[list[str]], sources: list[str] | None) -> None:
 
 
 class _Source:
-    """One source text read by decode, with the references of its SOURCE<TAB>REFERENCE lines (adjacent lines of
-    the same source are one source with several references)."""
+    """One source read by decode: its text as read, its ids, and the references of its SOURCE<TAB>REFERENCE lines
+    (a text model's adjacent lines of one source are one source with several reference texts; an id model's line
+    holds one expected answer, its ids)."""
 
-    def __init__(self, text: str, ids: list[int], references: list[str] | None, where: str) -> None:
+    def __init__(self, text: str, ids: list[int], references: list[str] | list[list[int]] | None, where: str) -> None:
         self.text, self.ids, self.references = text, ids, references  # references None: a line without a tab
         self.where = where  # its first line, named as messages name it
 

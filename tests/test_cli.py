@@ -294,8 +294,9 @@ def test_decode_says_how_many_lines_had_no_reference(exported, runtime_model, ca
 
 
 def test_cli_returns_1_when_verification_fails(exported, tmp_path, monkeypatch, capsys):
+    ckpt = exported("lstm").ckpt  # built (and exported, verified) first: alone, this test would build it below
     monkeypatch.setattr(export_module, "PARITY_TOL", -1.0)
-    args = ["export", "--ckpt_path", exported("lstm").ckpt, "--output_dir", tmp_path / "m", "--verify_samples", "8"]
+    args = ["export", "--ckpt_path", ckpt, "--output_dir", tmp_path / "m", "--verify_samples", "8"]
     code, _, err = cli_output(args, capsys)
     assert code == 1
     assert "differ from PyTorch" in err
