@@ -27,6 +27,9 @@ DATA_TO_NET = ("source_vocab_size", "target_vocab_size", "max_target_length", "e
 # What the `train` extra brings that fit/validate/test/predict and export import (pyproject.toml).
 TRAIN_MODULES = ("torch", "lightning", "jsonargparse", "torchmetrics", "onnx")
 TRAIN_EXTRA = install_hint("train")
+# decode's notes on stderr for a stdin that is a terminal, and one that held no lines (export/node/decode.mjs's too)
+TERMINAL_NOTE = "decode: reading lines typed here, each decoded as it is entered; end with Ctrl-D"
+NO_INPUT_NOTE = "decode: stdin held no lines, nothing decoded (give sources as arguments, or as lines on stdin)"
 
 
 class InputError(ValueError):
@@ -353,6 +356,12 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     p.add_argument(
+        "--two_graph",
+        action="store_true",
+        help="greedy by the encoder + decoder-step loop even where the export has greedy.onnx (the same tokens; "
+        "to check the two graphs an app drives step by step)",
+    )
+    p.add_argument(
         "--skip_bad_lines",
         action="store_true",
         help="skip lines that are not valid sources (nothing is printed for them) and count them on stderr, "
@@ -428,12 +437,17 @@ def _run_decode(o: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise ValueError(f"--{error}") from None  # its messages start with the setting's name
+    if o.two_graph and o.beam_size > 1:
+        raise ValueError("--two_graph applies to greedy only: beam search always runs the two graphs")
     if o.n_best != 1 and o.beam_size == 1:  # greedy has one answer
         raise ValueError("--n_best applies to beam search only: add --beam_size K (K >= N)")
     if not 1 <= o.n_best <= o.beam_size:  # the final beams are all there is to rank
         raise ValueError(f"--n_best must be in [1, --beam_size ({o.beam_size})], got {o.n_best}")
     model = OnnxSeq2Seq.load(o.model_dir, intra_op_threads=o.threads)
     _note_file_arguments(o.sequences)
+    if not o.sequences and sys.stdin.isatty():  # a person typing: each line answered as it is entered
+        o.batch_size = 1
+        print(TERMINAL_NOTE, file=sys.stderr)
     if model.text is not None:
         return _decode_text(o, model)
     allow = o.allow_untrained_lengths
@@ -490,14 +504,15 @@ def _run_decode(o: argparse.Namespace) -> int:
     if scored:
         print(f"exact match: {hits}/{scored} = {hits / scored:.2%}{_unscored(unscored, label)}", file=sys.stderr)
     _note_empty(empty, o.with_source)
-    return _skipped(bad, number, label)
+    return _exit_code(bad, number, label)
 
 
 def _answers(model, source, o: argparse.Namespace, allow: bool) -> list[list[list[int]]]:  # noqa: ANN001
     """decode's answers of a padded batch: per source its answer's ids, or with --n_best N up to N distinct ones, best
     first (OnnxSeq2Seq.distinct)."""
     if o.beam_size == 1:
-        return [[model.strip(row)] for row in model.greedy(source, allow_untrained_lengths=allow)]
+        tokens = model.greedy(source, allow_untrained_lengths=allow, two_graph=o.two_graph)
+        return [[model.strip(row)] for row in tokens]
     tokens, scores = model.beam_search(
         source, o.beam_size, o.length_penalty, allow_untrained_lengths=allow, n_best=o.n_best
     )
@@ -654,6 +669,8 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
         finish_pending()
         pending = _Source(text, ids, [reference] if tab else None, f"{label} {number}")
         unscored += not tab
+        if not tab:  # no reference lines can follow it: into the batch now (typed at a terminal, decoded now)
+            finish_pending()
         if has_unk and UNK_ID in ids:
             unknown.append(f"{label} {number}")
     finish_pending()
@@ -668,7 +685,7 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
             file=sys.stderr,
         )
     _note_empty(empty, o.with_source)
-    return _skipped(bad, number, label)
+    return _exit_code(bad, number, label)
 
 
 def _note_empty(empty: list[str], with_source: bool) -> None:
@@ -682,9 +699,12 @@ def _note_empty(empty: list[str], with_source: bool) -> None:
         )
 
 
-def _skipped(bad: list[str], number: int, label: str) -> int:
-    """decode's exit code after --skip_bad_lines: 0, saying how many it skipped, or an InputError when every one was
-    bad (nothing decoded: a script reading the output would take an empty answer for a result)."""
+def _exit_code(bad: list[str], number: int, label: str) -> int:
+    """decode's exit code: 0, saying so when stdin held no lines or how many bad lines --skip_bad_lines skipped, or
+    an InputError when every one was bad (nothing decoded: a script reading the output would take an empty answer
+    for a result)."""
+    if number == 0:  # (arguments are never none: without any, decode reads stdin)
+        print(NO_INPUT_NOTE, file=sys.stderr)
     if bad and len(bad) == number:
         raise InputError(f"every {label} was bad ({number} skipped), nothing decoded; the first: {bad[0]}")
     if bad:

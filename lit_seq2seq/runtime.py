@@ -542,18 +542,22 @@ class OnnxSeq2Seq:
             )
         return max_len
 
-    def greedy(self, source: Any, max_len: int | None = None, *, allow_untrained_lengths: bool = False) -> np.ndarray:
+    def greedy(
+        self, source: Any, max_len: int | None = None, *, allow_untrained_lengths: bool = False, two_graph: bool = False
+    ) -> np.ndarray:
         """Greedy decoding, batched: (batch, source_len) -> (batch, steps) int64, padded after the end token.
 
         A single (source_len,) sequence gives a (steps,) array. Rows of a length outside the trained range, and on a
         model without an end token a max_len past its answer length, are refused unless `allow_untrained_lengths`
         (see check_source). Runs greedy.onnx where the export has one (as fast
         or faster at every batch size measured: 0.90x the two-graph loop's time at batch 1, 1.01x its throughput at
-        1024, benchmarks/decode_speed.py), else the two-graph loop.
+        1024, benchmarks/decode_speed.py), else (or with `two_graph`) the two-graph loop: the same tokens.
         """
+        if not isinstance(two_graph, (bool, np.bool_)):
+            raise TypeError(f"two_graph must be True or False, got {two_graph!r}")
         source, single = self.check_source(source, allow_untrained_lengths=allow_untrained_lengths)
         max_len = self._max_len(max_len, allow_untrained_lengths)
-        run = self._greedy_graph if self.greedy_graph is not None else self._greedy_steps
+        run = self._greedy_graph if self.greedy_graph is not None and not two_graph else self._greedy_steps
         (tokens,) = self._in_chunks(source, lambda rows: (run(rows, max_len),))
         return tokens[0] if single else tokens
 
@@ -740,6 +744,8 @@ class OnnxSeq2Seq:
             beam_size, _ = check_beam_settings(beam_size, 1.0)
         if length_penalty is not None and (beam_size or 1) == 1:  # greedy ranks nothing: it would change nothing
             raise ValueError("length_penalty applies to beam search only: pass beam_size > 1")
+        if n_best is not None and n_best != 1 and (beam_size or 1) == 1:  # greedy has one answer
+            raise ValueError(f"n_best applies to beam search only: pass beam_size=K (K >= {n_best!r})")
         if n_best is not None:
             n_best = check_n_best(n_best, beam_size or 1)
         if len(texts) == 0:

@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -1033,3 +1034,86 @@ def test_node_decode_jsonl_names_a_repeated_key_and_the_keys_as_python(text_expo
         node = node_decode(model_dir, f"{line}\n", "--jsonl")
         code, _, err = cli_output(["decode", "--model_dir", model_dir, "--jsonl"], capsys, stdin=f"{line}\n")
         assert code == 2 and node.stderr == err.replace("lit-seq2seq decode: error: ", "decode.mjs: "), line
+
+
+def _typed_at_a_terminal(command: list[str], lines: list[str]) -> tuple[list[str], str, int]:
+    """Run `command` with a pseudo-terminal as stdin: type each line and wait (10 s at most) for its answer on
+    stdout before typing the next, then Ctrl-D. The answers, stderr and the exit code."""
+    import os
+    import pty
+    import select
+
+    main_fd, terminal = pty.openpty()
+    process = subprocess.Popen(command, stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=NODE_DIR)
+    os.close(terminal)
+    answers = []
+    try:
+        for line in lines:
+            os.write(main_fd, f"{line}\n".encode())
+            ready, _, _ = select.select([process.stdout], [], [], 10)
+            answers.append(process.stdout.readline().decode().rstrip("\n") if ready else "(no answer before EOF)")
+        os.write(main_fd, b"\x04")  # Ctrl-D: the end of input
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        os.close(main_fd)
+    assert out == b""
+    return answers, err.decode(), process.returncode
+
+
+def test_decode_answers_each_line_typed_at_a_terminal_as_it_is_entered(text_exported):
+    """A person typing at a terminal got nothing back until Ctrl-D (answers came per batch of 2,048, a text source
+    one line late, as reference lines of it might follow): now each line's answer as it is entered, and a note
+    saying so, from Python's decode and decode.mjs alike."""
+    from lit_seq2seq.cli import TERMINAL_NOTE
+
+    model_dir = text_exported("trained").model_dir
+    python = [sys.executable, "-m", "lit_seq2seq", "decode", "--model_dir", str(model_dir)]
+    expected = subprocess.run([*python, "ab", "ba", "abé"], capture_output=True, text=True).stdout.splitlines()
+    for command in (python, ["node", str(DECODE), str(model_dir)]):
+        answers, err, code = _typed_at_a_terminal(command, ["ab", "ba", "abé"])
+        assert (answers, code) == (expected, 0), (command[0], err)
+        assert err == TERMINAL_NOTE + "\n"
+
+
+def test_decode_says_when_stdin_held_no_lines(exported, text_exported, capsys):
+    """An empty stdin (or only empty lines) decoded nothing and said nothing: exit 0, a note on stderr, alike."""
+    from lit_seq2seq.cli import NO_INPUT_NOTE
+
+    for model_dir in (text_exported("trained").model_dir, exported("gru").model_dir):
+        for stdin in ("", "\n\n"):
+            node = node_decode(model_dir, stdin)
+            code, out, err = cli_output(["decode", "--model_dir", model_dir], capsys, stdin=stdin)
+            assert (node.returncode, node.stdout, node.stderr) == (code, out, err) == (0, "", NO_INPUT_NOTE + "\n")
+
+
+@pytest.mark.parametrize(
+    "model, args, exit_code",
+    [
+        ("trained", ["--", "--ab", "-x"], 2),  # after "--": sources, whatever they start with (unknown tokens here)
+        ("trained", ["-"], 2),  # "-" alone: a source, as argparse reads it
+        ("gru", ["-3"], 2),  # a negative number: a source (its token out of range), as argparse reads it
+        ("trained", ["--threads", "2", "ab"], 0),
+        ("trained", ["--threads", "0", "ab"], 2),
+        ("trained", ["--two_graph", "ab", "ba"], 0),
+        ("gru", ["--two-graph", "2 3 4"], 0),
+        ("trained", ["--two_graph", "--beam_size", "2", "ab"], 2),  # beam search runs the two graphs anyway
+    ],
+    ids=["double dash", "dash", "negative", "threads", "threads 0", "two graph", "two graph ids", "two graph beam"],
+)
+def test_node_and_python_decode_take_the_same_command_line(model, args, exit_code, exported, text_exported, capsys):
+    """A trial found a script could not swap `lit-seq2seq decode` for decode.mjs: no --model_dir or --threads in
+    Node, no --two_graph in Python, and "--", "-" and "-3" refused by Node as unknown options. Now both take each
+    (in either spelling), with the same output and exit code; the flags named in messages are each tool's own."""
+    model_dir = text_exported(model).model_dir if model == "trained" else exported(model).model_dir
+    code, out, err = cli_output(["decode", "--model_dir", model_dir, *args], capsys)
+    assert code == exit_code, err
+    flagged = subprocess.run(
+        ["node", str(DECODE), "--model-dir", str(model_dir), *args], capture_output=True, text=True, timeout=120
+    )
+    for node in (node_decode(model_dir, "", *args), flagged):
+        assert (node.returncode, node.stdout) == (code, out), (node.stderr, err)
+        python, js = err.removeprefix("lit-seq2seq decode: error: "), node.stderr.removeprefix("decode.mjs: ")
+        if " must be " in python:  # a flag's value: worded by each tool's parser (Node quotes what it read)
+            python, js = python.split(" must be ")[0], js.split(" must be ")[0]
+        assert js.replace("-", "_") == python.replace("-", "_"), node.stderr

@@ -418,6 +418,11 @@ def test_greedy_runs_greedy_onnx_in_one_call_when_present(name, exported, monkey
         got = model.greedy(np.repeat(source, batch, 0))
         np.testing.assert_array_equal(got, np.repeat(expected, batch, 0))
     np.testing.assert_array_equal(model.greedy(source[0]), expected[0])  # one sequence in, one out
+    monkeypatch.undo()
+    monkeypatch.setattr(model, "_greedy_graph", None)  # two_graph: the loop alone, as decode --two_graph runs it
+    np.testing.assert_array_equal(model.greedy(source, two_graph=True), expected)
+    with pytest.raises(TypeError, match="^two_graph must be True or False, got 'yes'$"):
+        model.greedy(source, two_graph="yes")
 
 
 def test_an_export_without_greedy_onnx_loads_and_decodes_with_the_two_graphs(exported, tmp_path, capsys):

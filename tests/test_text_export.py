@@ -273,7 +273,7 @@ def test_translate_n_best_gives_the_ranked_beams_distinct_answers_as_texts_the_f
     assert ranked == [list(dict.fromkeys(model.decode_ids(row))) for row in tokens]  # each answer once, in rank order
     assert model.translate(texts[:1], n_best=1) == [["AH BE É"]]  # greedy: its one answer, as a list
     for kwargs, message in (
-        (dict(n_best=2), r"n_best must be an int in \[1, beam_size \(1\)\], got 2"),
+        (dict(n_best=2), r"^n_best applies to beam search only: pass beam_size=K \(K >= 2\)$"),  # as decode says it
         (dict(beam_size=2, n_best=3), r"n_best must be an int in \[1, beam_size \(2\)\], got 3"),
     ):
         with pytest.raises(ValueError, match=message):

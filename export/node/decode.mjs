@@ -38,20 +38,24 @@ import {
 } from "../js/lit_seq2seq.mjs";
 
 const USAGE =
-  "usage: node decode.mjs MODEL_DIR [--two-graph] [--allow-untrained-lengths] [--batch-size N] [--beam-size K " +
-  "[--length-penalty X] [--n-best N]] [--jsonl] [--skip-bad-lines] [--with-source] [SEQUENCE ...] (no SEQUENCE: the " +
-  "lines of stdin)";
+  "usage: node decode.mjs MODEL_DIR (or --model-dir MODEL_DIR) [--two-graph] [--allow-untrained-lengths] " +
+  "[--batch-size N] [--beam-size K [--length-penalty X] [--n-best N]] [--jsonl] [--skip-bad-lines] [--with-source] " +
+  "[--threads N] [--] [SEQUENCE ...] (no SEQUENCE: the lines of stdin; the flags also take Python's underscores)";
+// what argparse reads as a positional argument though it starts with "-": a negative number (and "-" alone)
+const NEGATIVE_NUMBER = /^-(\d+|\d*\.\d+)?$/;
 
 class UsageError extends Error {}
 
 function parseArgs(args) {
-  // --flag=value is --flag value, as Python's argparse reads it
-  const argv = args.flatMap((arg) => {
+  // --flag=value is --flag value, as Python's argparse reads it (not after "--": the rest are sources as given)
+  const end = args.includes("--") ? args.indexOf("--") : args.length;
+  const argv = args.slice(0, end).flatMap((arg) => {
     const eq = arg.indexOf("=");
     return arg.startsWith("--") && eq > 2 ? [arg.slice(0, eq), arg.slice(eq + 1)] : [arg];
   });
   const options = {
     modelDir: null,
+    threads: 1, // onnxruntime intra-op threads, as Python's decode --threads
     twoGraph: false,
     allowUntrainedLengths: false,
     batchSize: 2048, // lines read, decoded (in length-sorted chunks) and printed together, as Python's decode
@@ -63,9 +67,13 @@ function parseArgs(args) {
     withSource: false, // SOURCE<TAB>DECODING lines out, as Python's decode --with_source
     nBest: 1, // beams printed per source, as Python's decode --n_best
   };
+  const positional = (arg) => {
+    if (options.modelDir === null) options.modelDir = arg;
+    else options.sequences.push(arg);
+  };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
-    if (arg === "--two-graph") options.twoGraph = true;
+    if (arg === "--two-graph" || arg === "--two_graph") options.twoGraph = true;
     else if (arg === "--jsonl") options.jsonl = true;
     else if (arg === "--skip-bad-lines" || arg === "--skip_bad_lines") options.skipBadLines = true;
     else if (arg === "--with-source" || arg === "--with_source") options.withSource = true;
@@ -77,6 +85,17 @@ function parseArgs(args) {
         throw new UsageError(`--batch-size must be an integer >= 1, got ${JSON.stringify(value ?? null)}`);
       }
       options.batchSize = Number(value);
+    } else if (arg === "--threads") {
+      const value = argv[++i];
+      if (!/^\d+$/.test(value ?? "") || Number(value) < 1) {
+        throw new UsageError(`--threads must be an integer >= 1, got ${JSON.stringify(value ?? null)}`);
+      }
+      options.threads = Number(value);
+    } else if (arg === "--model-dir" || arg === "--model_dir") {
+      const value = argv[++i];
+      if (value === undefined) throw new UsageError(`${arg} needs a folder; ${USAGE}`);
+      if (options.modelDir !== null) throw new UsageError(`MODEL_DIR given twice (${options.modelDir}, ${value})`);
+      options.modelDir = value;
     } else if (arg === "--beam-size" || arg === "--beam_size") {
       const value = argv[++i];
       if (!/^\d+$/.test(value ?? "") || Number(value) < 1 || Number(value) > MAX_BEAM_SIZE) {
@@ -102,14 +121,18 @@ function parseArgs(args) {
     } else if (arg === "-h" || arg === "--help") {
       process.stdout.write(`${USAGE}\n`);
       process.exit(0);
-    } else if (arg.startsWith("-")) throw new UsageError(`unknown option ${arg}; ${USAGE}`);
-    else if (options.modelDir === null) options.modelDir = arg;
-    else options.sequences.push(arg);
+    } else if (arg.startsWith("-") && !NEGATIVE_NUMBER.test(arg)) {
+      throw new UsageError(`unknown option ${arg}; ${USAGE}`);
+    } else positional(arg);
   }
+  args.slice(end + 1).forEach(positional);
   if (options.modelDir === null) throw new UsageError(`MODEL_DIR missing; ${USAGE}`);
   if (options.lengthPenalty !== null && options.beamSize === 1) {
     // greedy has no scores to rank: the flag would change nothing
     throw new UsageError("--length-penalty applies to beam search only: add --beam-size K (K > 1)");
+  }
+  if (options.twoGraph && options.beamSize > 1) {
+    throw new UsageError("--two-graph applies to greedy only: beam search always runs the two graphs");
   }
   if (options.nBest !== 1 && options.beamSize === 1) {
     throw new UsageError("--n-best applies to beam search only: add --beam-size K (K >= N)"); // greedy has one answer
@@ -343,7 +366,7 @@ async function main() {
     decoder: await readModelFile(dir, DECODER_FILE, true),
     greedy: await readModelFile(dir, GREEDY_FILE, false),
   };
-  const sessionOptions = { intraOpNumThreads: 1, interOpNumThreads: 1 };
+  const sessionOptions = { intraOpNumThreads: options.threads, interOpNumThreads: 1 };
   const model = await loadModel(ort, files, { folder: dir.replace(/\/+$/, ""), sessionOptions });
   const { twoGraph, allowUntrainedLengths, sequences } = options;
   // as Python's decode: an argument naming a file is decoded as a text, and said (a model with <unk> answered it)
@@ -363,6 +386,10 @@ async function main() {
     );
   }
   const label = sequences.length ? "argument" : "line"; // what messages count, as in Python's decode
+  if (!sequences.length && process.stdin.isTTY) {
+    options.batchSize = 1; // a person typing: each line answered as it is entered (Python's cli.TERMINAL_NOTE)
+    process.stderr.write("decode: reading lines typed here, each decoded as it is entered; end with Ctrl-D\n");
+  }
 
   // As Python's decode: an id line is scored on its own (its reference cut at the end token); a text model's adjacent
   // SOURCE<TAB>REFERENCE lines of one source are one source (one output line), and each distinct source is scored
@@ -481,6 +508,7 @@ async function main() {
     if (model.isText && model.unkToken !== null && source.some((id) => Number(id) === model.unkToken)) {
       unknown.push(`${label} ${number}`);
     }
+    if (reference === null) await finishPending(); // no reference lines can follow it: into the batch now
   }
 
   try {
@@ -548,6 +576,11 @@ async function main() {
     const printed = options.withSource ? "nothing after the tab" : "an empty line";
     const first = `(the first: ${emptyAnswers[0]})`;
     process.stderr.write(`${emptyAnswers.length} source(s) had an empty answer, printed as ${printed} ${first}\n`);
+  }
+  if (number === 0) {
+    // (arguments are never none: without any, decode reads stdin); Python's cli.NO_INPUT_NOTE
+    const hint = "give sources as arguments, or as lines on stdin";
+    process.stderr.write(`decode: stdin held no lines, nothing decoded (${hint})\n`);
   }
   if (bad.length && bad.length === number) {
     // nothing decoded: a script reading the output would take an empty answer for a result (as Python's decode)
