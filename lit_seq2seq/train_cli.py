@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 import lightning as L
 import torch
 from jsonargparse import Namespace
+from jsonargparse._actions import _ActionPrintConfig  # private: tests/test_lightning_private.py guards it
 from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_info
@@ -599,8 +600,11 @@ class Seq2SeqCLI(LightningCLI):
         _leave_process_group()
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        super().parse_arguments(parser, args)
+        with _ActionPrintConfig.skip_print_config():  # --print_config: printed below, or after --ckpt_path is read
+            super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
+        if subcommand == "fit" or (self.config.get(subcommand or "") or {}).get("ckpt_path") is None:
+            _ActionPrintConfig.print_config_if_requested(parser, self.config)  # jsonargparse's own moment
         if subcommand:
             parser.settled = f"lit-seq2seq {subcommand}"  # parsed: what fails from here on is named in one line
         config = self.config.get(subcommand or "") or self.config
@@ -659,7 +663,14 @@ class Seq2SeqCLI(LightningCLI):
         """Replaces LightningCLI's own (which torch.loads --ckpt_path to take the model's hyperparameters from it):
         resolve `best|last`, read and check the file once (exit 2 naming it if it is bad), take the hyperparameters
         from that read, and hand the checkpoint to the trainer's checkpoint IO so the restore does not read it again.
+        Then validate/test/predict --print_config prints the config they run: the checkpoint's file, model and text
+        settings in it, not the defaults (a trial read `hidden_size: 128` for a model of 32).
         """
+        with _ActionPrintConfig.skip_print_config():  # its parse_object would print the config half-way
+            self._read_ckpt_path()
+        _ActionPrintConfig.print_config_if_requested(self.parser, self.config)
+
+    def _read_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return

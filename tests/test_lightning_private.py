@@ -433,3 +433,32 @@ def test_signal_connector_registers_the_sigterm_notifier_it_holds_then() -> None
         assert calls == ["ours", "earlier"], gone("_SignalConnector.register_signal_handlers reading it", user, port)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# --- jsonargparse's print_config: lit_seq2seq.train_cli.Seq2SeqCLI.parse_arguments / _parse_ckpt_path -----------------
+
+
+def test_jsonargparse_print_config_can_be_held_back_and_printed_later() -> None:
+    """validate/test/predict --print_config print the config after --ckpt_path is read (the checkpoint's model and
+    text settings): jsonargparse's _ActionPrintConfig.skip_print_config() holds the print back during parsing, and
+    print_config_if_requested(parser, cfg) prints it later, then exits."""
+    import io
+
+    import jsonargparse
+    from jsonargparse._actions import _ActionPrintConfig
+
+    user = "lit_seq2seq.train_cli.Seq2SeqCLI (--print_config of validate/test/predict shows the checkpoint's settings)"
+    port = "print the subcommand's config with parser.dump after the read"
+    parser = jsonargparse.ArgumentParser(exit_on_error=False)
+    parser.add_argument("--size", type=int, default=1)
+    parser.add_argument("--print_config", action=_ActionPrintConfig)
+    with _ActionPrintConfig.skip_print_config():
+        config = parser.parse_args(["--print_config"])
+    config.size = 7  # what --ckpt_path's read changes
+    out = io.StringIO()
+    with mock.patch.object(sys, "stdout", out), pytest.raises(SystemExit) as exited:
+        _ActionPrintConfig.print_config_if_requested(parser, config)
+    assert exited.value.code in (0, None) and out.getvalue() == "size: 7\n", (
+        f"jsonargparse {jsonargparse.__version__} changed _ActionPrintConfig, which {user} relies on; pin "
+        f"jsonargparse or {port}"
+    )

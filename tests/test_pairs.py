@@ -19,7 +19,8 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, cli_exit, fit_in, last_metric, read_metrics, root_args, run_cli, version_dirs
+import yaml
+from conftest import REPO, cli_exit, cli_output, fit_in, last_metric, read_metrics, root_args, run_cli, version_dirs
 
 from lit_seq2seq.pairfiles import read_pairs
 from lit_seq2seq.pairs import BucketSampler, PairDataModule, group_references, split_by_source
@@ -524,6 +525,15 @@ def test_validate_test_and_predict_without_the_training_file_read_the_checkpoint
     caplog.clear()  # the checkpoint's own settings (no_train types target_tokenizer space): nothing said
     assert run_cli(["test", *no_train, *given]) == 0
     assert "--data.text_from reads" not in caplog.text
+    # --print_config prints what test runs: the checkpoint's file, model and text settings (it printed the defaults:
+    # hidden_size 128, target_tokenizer char, text_from null), and starts no run
+    runs = version_dirs(root)
+    code, out, _ = cli_output(["test", "--data", "PairDataModule", *given[:2], "--ckpt_path", "last",
+                               *root_args(root), "--print_config"], capsys)  # fmt: skip
+    printed = yaml.safe_load(out)
+    assert (code, printed["ckpt_path"], printed["data"]["init_args"]["text_from"]) == (0, str(ckpt), str(ckpt))
+    assert (printed["model"]["net"]["hidden_size"], printed["model"]["net"]["attention"]) == (32, True)
+    assert printed["data"]["init_args"]["target_tokenizer"] == "space" and version_dirs(root) == runs
     # explicit, with a training file too, in a fit, from a model without text: each refused, naming the flag
     bad = [
         (["test", *TINY_FIT, *given, "--data.text_from", ckpt], "leave --data.train_file and --data.file unset"),
