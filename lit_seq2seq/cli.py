@@ -30,6 +30,8 @@ TRAIN_EXTRA = install_hint("train")
 # decode's notes on stderr for a stdin that is a terminal, and one that held no lines (export/node/decode.mjs's too)
 TERMINAL_NOTE = "decode: reading lines typed here, each decoded as it is entered; end with Ctrl-D"
 NO_INPUT_NOTE = "decode: stdin held no lines, nothing decoded (give sources as arguments, or as lines on stdin)"
+# The runtime's refusal of an untrained length names its argument and decode's flag: decode's names the flag alone
+_RUNTIME_HINT = "pass allow_untrained_lengths=True / --allow_untrained_lengths"
 
 
 class InputError(ValueError):
@@ -411,8 +413,9 @@ def _parse_tokens(text: str, where: str) -> list[int]:
 def _stdin_lines(flush: Callable[[], None]) -> Iterator[str]:
     """stdin's lines as they arrive, by text.input_lines' rules; a byte that is not UTF-8 is an InputError, raised
     after `flush` printed the lines before it (as a bad line's error is)."""
-    # the bytes (lines end at b"\n" alone); a text stream without them (an in-process caller's StringIO) as UTF-8
-    stream = getattr(sys.stdin, "buffer", None) or (line.encode("utf-8", "surrogatepass") for line in sys.stdin)
+    # the bytes (lines end at b"\n" alone); a text stream without them (an in-process caller's StringIO) as UTF-8;
+    # a closed one (`<&-`: None) as no lines, as Node reads it
+    stream = getattr(sys.stdin, "buffer", None) or (line.encode("utf-8", "surrogatepass") for line in sys.stdin or ())
     try:
         yield from input_lines(stream)
     except ValueError as error:
@@ -445,7 +448,7 @@ def _run_decode(o: argparse.Namespace) -> int:
         raise ValueError(f"--n_best must be in [1, --beam_size ({o.beam_size})], got {o.n_best}")
     model = OnnxSeq2Seq.load(o.model_dir, intra_op_threads=o.threads)
     _note_file_arguments(o.sequences)
-    if not o.sequences and sys.stdin.isatty():  # a person typing: each line answered as it is entered
+    if not o.sequences and getattr(sys.stdin, "isatty", bool)():  # a person typing: each answered as entered
         o.batch_size = 1
         print(TERMINAL_NOTE, file=sys.stderr)
     if model.text is not None:
@@ -485,7 +488,7 @@ def _run_decode(o: argparse.Namespace) -> int:
             try:
                 model.check_source(np.asarray(source, dtype=np.int64), allow_untrained_lengths=allow)
             except ValueError as error:
-                raise InputError(f"{label} {number}: {error}") from None
+                raise InputError(f"{label} {number}: {_flag_only(error)}") from None
             reference = None
             if tab:  # "8 14 21 1 0" (as a target row holds it) expects the answer "8 14 21"
                 _check_reference(target, f"{label} {number}")
@@ -660,8 +663,8 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
         except ValueError as error:
             if not o.skip_bad_lines:
                 flush()  # every line before the bad one is printed, none after it
-                raise InputError(_hint_json(str(error), line, o.jsonl)) from None
-            bad.append(str(error))
+                raise InputError(_hint_json(_flag_only(error), line, o.jsonl)) from None
+            bad.append(_flag_only(error))
             continue
         if same:
             pending.references.append(reference)  # one more reference of the source just read
@@ -686,6 +689,11 @@ def _decode_text(o: argparse.Namespace, model) -> int:  # noqa: ANN001 - OnnxSeq
         )
     _note_empty(empty, o.with_source)
     return _exit_code(bad, number, label)
+
+
+def _flag_only(error: Exception) -> str:
+    """The runtime's message, its hint naming decode's flag alone."""
+    return str(error).replace(_RUNTIME_HINT, "pass --allow_untrained_lengths")
 
 
 def _note_empty(empty: list[str], with_source: bool) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -713,8 +714,8 @@ def test_node_decode_refuses_empty_and_long_texts_as_pythons_decode(text_exporte
         node = node_decode(model_dir, stdin, "--beam-size=2")
         code, out, err = cli_output(["decode", "--model_dir", model_dir, "--beam_size=2"], capsys, stdin=stdin)
         assert code == 2 and node.stdout == out, (node.stdout, out)
-        python = err.split("error: ", 1)[1].split(" (pass", 1)[0]  # line N: ...; the flags named differ
-        assert_refused(node, python)
+        python = err.split("error: ", 1)[1].replace("--allow_untrained_lengths", "--allow-untrained-lengths")
+        assert_refused(node, python.replace("--beam_size", "--beam-size"))  # each command's spelling of its flags
 
 
 def test_node_decode_scores_references_as_pythons_decode(text_exported, capsys):
@@ -838,9 +839,10 @@ def test_node_decode_refuses_untrained_lengths_on_both_sides_as_python(line, exp
     """A model trained on exactly 4 tokens: a mutation that dropped the lower bound passed every Node and web test."""
     model_dir = exported("lstm").model_dir
     code, _, err = cli_output(["decode", "--model_dir", model_dir, line], capsys)
-    python = err.split("error: ", 1)[1].split(" (pass", 1)[0]  # the flags named differ
-    assert code == 2 and "this model was trained on sources of exactly 4 tokens" in python
-    assert_refused(node_decode(model_dir, f"{line}\n"), python.replace("argument 1", "line 1"))
+    python = err.split("error: ", 1)[1].rstrip("\n")  # the flag alone named: each command's own spelling
+    assert code == 2 and python.endswith("exactly 4 tokens (pass --allow_untrained_lengths to decode anyway)")
+    node = python.replace("argument 1", "line 1").replace("--allow_untrained_lengths", "--allow-untrained-lengths")
+    assert_refused(node_decode(model_dir, f"{line}\n"), node)
     assert node_decode(model_dir, f"{line}\n", "--allow-untrained-lengths").returncode == 0
 
 
@@ -1085,6 +1087,10 @@ def test_decode_says_when_stdin_held_no_lines(exported, text_exported, capsys):
             node = node_decode(model_dir, stdin)
             code, out, err = cli_output(["decode", "--model_dir", model_dir], capsys, stdin=stdin)
             assert (node.returncode, node.stdout, node.stderr) == (code, out, err) == (0, "", NO_INPUT_NOTE + "\n")
+    python = shlex.join([sys.executable, "-m", "lit_seq2seq", "decode", "--model_dir", str(model_dir)])
+    for command in (python, shlex.join(["node", str(DECODE), str(model_dir)])):  # a closed stdin (Python said "'NoneType' object ...")
+        closed = subprocess.run(["bash", "-c", f"{command} <&-"], capture_output=True, text=True, timeout=60)
+        assert (closed.returncode, closed.stdout, closed.stderr) == (0, "", NO_INPUT_NOTE + "\n")
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,8 @@ const USAGE =
   "usage: node decode.mjs MODEL_DIR (or --model-dir MODEL_DIR) [--two-graph] [--allow-untrained-lengths] " +
   "[--batch-size N] [--beam-size K [--length-penalty X] [--n-best N]] [--jsonl] [--skip-bad-lines] [--with-source] " +
   "[--threads N] [--] [SEQUENCE ...] (no SEQUENCE: the lines of stdin; the flags also take Python's underscores)";
+// The module's refusal of an untrained length names its option and this command's flag: here the flag alone
+const RUNTIME_HINT = "pass allowUntrainedLengths: true / --allow-untrained-lengths";
 // what argparse reads as a positional argument though it starts with "-": a negative number (and "-" alone)
 const NEGATIVE_NUMBER = /^-(\d+|\d*\.\d+)?$/;
 
@@ -491,7 +493,8 @@ async function main() {
     } catch (error) {
       if (!(error instanceof InputError)) throw error;
       const where = error.message.startsWith(`${label} `) ? "" : `${label} ${number}: `;
-      throw new InputError(hintJson(where + error.message, line, options.jsonl));
+      const message = error.message.replace(RUNTIME_HINT, "pass --allow-untrained-lengths"); // the flag alone
+      throw new InputError(hintJson(where + message, line, options.jsonl));
     }
     if (same) {
       pending.references.push(reference); // one more reference of the source just read
