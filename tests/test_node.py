@@ -1088,7 +1088,8 @@ def test_decode_says_when_stdin_held_no_lines(exported, text_exported, capsys):
             code, out, err = cli_output(["decode", "--model_dir", model_dir], capsys, stdin=stdin)
             assert (node.returncode, node.stdout, node.stderr) == (code, out, err) == (0, "", NO_INPUT_NOTE + "\n")
     python = shlex.join([sys.executable, "-m", "lit_seq2seq", "decode", "--model_dir", str(model_dir)])
-    for command in (python, shlex.join(["node", str(DECODE), str(model_dir)])):  # a closed stdin (Python said "'NoneType' object ...")
+    # a closed stdin: as no lines (Python said "'NoneType' object is not iterable")
+    for command in (python, shlex.join(["node", str(DECODE), str(model_dir)])):
         closed = subprocess.run(["bash", "-c", f"{command} <&-"], capture_output=True, text=True, timeout=60)
         assert (closed.returncode, closed.stdout, closed.stderr) == (0, "", NO_INPUT_NOTE + "\n")
 
