@@ -765,6 +765,8 @@ def _write_error(shown: Path, target: Path, error: OSError, previous: bool) -> E
             f"cannot write in {name} ({error.strerror}); an export is written beside its folder and then swapped in, "
             "so choose a --output_dir in a writable folder"
         )
+    elif error.errno == errno.ENOENT and Path(name).is_dir():  # it exists: a folder cannot be made there (/proc)
+        what = f"cannot make a folder in {name} ({error.strerror})"
     else:
         what = f"{error.strerror or error} ({name})"
     kept = "the previous export there is unchanged" if previous else "nothing was written"
@@ -803,10 +805,15 @@ def export_checkpoint(
         raise ValueError(f"--verify_samples must be in [1, {MAX_VERIFY_SAMPLES:,}], got {verify_samples}")
     if not 14 <= opset <= 20:
         raise ValueError(f"--opset must be in [14, 20], got {opset}")
+    if not os.fspath(output_dir):  # Path("") is ".": the working folder, refused below for what it holds
+        raise ValueError("--output_dir is empty: name the folder to write the export into")
     out = Path(output_dir)
     target = Path(os.path.realpath(out))  # a symlinked folder is replaced where it lies; the link stays
     if target.exists() and not target.is_dir():
         raise ValueError(f"--output_dir {out} exists and is not a folder")
+    above = next(p for p in target.parents if p.exists())  # mkdir said only "File exists" for a file above it
+    if not above.is_dir():
+        raise ValueError(f"--output_dir {out}: {above} is a file, not a folder")
     if os.path.ismount(target):
         raise ValueError(f"--output_dir {out} is a mount point, which cannot be replaced: use a folder inside it")
     note = clean_leftovers(out)

@@ -312,6 +312,22 @@ def test_a_first_export_into_a_folder_holding_other_files_is_refused(exported, t
     assert [p.name for p in (tmp_path / "model").iterdir()] == ["README"]
 
 
+def test_an_empty_output_dir_or_one_under_a_file_is_refused_by_name(exported, tmp_path, monkeypatch, capsys):
+    """A trial's `--output_dir ""` was read as the working folder, and a folder under a file said "File exists"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    for out, message in (
+        ("", "--output_dir is empty: name the folder to write the export into"),
+        ("afile/sub/deeper", f"--output_dir afile/sub/deeper: {tmp_path}/afile is a file, not a folder"),
+    ):
+        code, _, err = cli_output(["export", "--ckpt_path", str(exported("gru").ckpt), "--output_dir", out], capsys)
+        assert (code, err) == (2, f"lit-seq2seq export: error: {message}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    if os.path.isdir("/proc/self") and not os.path.exists("/proc/lit-seq2seq"):  # a folder where none can be made
+        code, _, err = cli_output(export_args(exported("gru").ckpt, Path("/proc/lit-seq2seq")), capsys)
+        assert code == 2 and "cannot make a folder in /proc (No such file or directory); nothing was written" in err
+
+
 def test_the_folder_keeps_its_permissions(exported, tmp_path):
     ckpt = exported("gru").ckpt
     plain = tmp_path / "plain"
