@@ -256,3 +256,15 @@ def test_a_fit_whose_output_pipes_close_trains_on_to_its_checkpoints(tmp_path):
     proc.stdout.close()
     assert proc.wait(timeout=300) == 0
     assert read_checkpoint(tmp_path / "version_0" / "checkpoints" / "last.ckpt")["global_step"] == 20
+
+
+def test_a_command_lines_warnings_are_one_line_each(tmp_path):
+    """A trial saw each warning with the file and line that raised it, then that line of code
+    (`.../lit_seq2seq/data.py:37: UserWarning: fit without ...` and `  rank_zero_warn(f"fit without ...`)."""
+    flags = ["--data.val_size", "0", "--trainer.max_steps", "2", *root_args(tmp_path)]
+    cmd = [sys.executable, "-m", "lit_seq2seq", "fit", *FIT, *flags]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "\nUserWarning: fit without validation pairs (--data.val_size 0): " in f"\n{done.stderr}", done.stderr
+    assert ".py:" not in done.stderr and "rank_zero_warn(" not in done.stderr, done.stderr
