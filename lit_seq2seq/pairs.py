@@ -746,7 +746,14 @@ class PairDataModule(L.LightningDataModule):
         self.load()
         differ = []
         if saved and saved != self.train_sha256:
-            differ.append(f"{self._train_flag()} changed since the checkpoint was written (other contents)")
+            key = "file" if self.file else "train_file"
+            fitted = (checkpoint.get("datamodule_hyper_parameters") or {}).get(key)  # the path the fit was given
+            now = self.file or self.files["train"]
+            if isinstance(fitted, str) and self.text_from is None and os.path.abspath(fitted) != os.path.abspath(now):
+                read = f"{fitted}, the file the checkpoint's fit read"
+                differ.append(f"{self._train_flag()} holds other pairs than {read}")
+            else:
+                differ.append(f"{self._train_flag()} changed since the checkpoint was written (other contents)")
         return differ + self.text_differences(checkpoint, lengths=True)
 
     def text_differences(self, checkpoint: dict[str, Any], lengths: bool = False) -> list[str]:
