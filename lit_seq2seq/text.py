@@ -134,8 +134,10 @@ class Vocab:
         ids = [self.id(t) for t in tokens]
         if None in ids:
             at = ids.index(None)
+            # a char model's space: the message alone read as a typo (" 猫" from a JSON line, a word with a space)
+            space = " (whitespace: no training source held it)" if tokens[at].isspace() else ""
             raise ValueError(
-                f"{where}{': ' if where else ''}unknown token {show_token(tokens[at])} at position {at + 1}"
+                f"{where}{': ' if where else ''}unknown token {show_token(tokens[at])}{space} at position {at + 1}"
             )
         return ids  # type: ignore[return-value]
 

@@ -809,7 +809,7 @@ console.log(JSON.stringify(out));
     out = json.loads(node_script(code, str(text_exported("trained").model_dir)).stdout)
     assert out[:5] == [
         "InputError: text: empty text",
-        "InputError: text: unknown token ' ' at position 1",  # a char model
+        "InputError: text: unknown token ' ' (whitespace: no training source held it) at position 1",  # a char model
         "TypeError: text must be a string or an array of strings, got number",
         "TypeError: texts[1]: texts must be strings, got number",
         "InputError: text: unknown token '\\u200b' at position 1",  # escaped as Python's repr escapes it

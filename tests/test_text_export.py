@@ -174,6 +174,9 @@ def test_encode_texts_and_decode_ids(text_model):
     "name,texts,message",
     [
         ("trained", ["ab", "axb"], r"texts\[1\]: unknown token 'x' at position 2"),
+        # a char model's space: said to be whitespace (the bare message read as a typo)
+        ("trained", ["A b"], r"texts\[0\]: unknown token ' ' \(whitespace: no training source held it\) at position 2"),
+        ("trained", ["a\u3000"], r"texts\[0\]: unknown token '\\u3000' \(whitespace: no training source held it\) at "),
         ("trained", ["ab", "a", ""], r"texts\[2\]: empty text"),
         ("space_source", ["a b", "   "], r"texts\[1\]: no tokens \(only whitespace; the space tokenizer splits on"),
         ("trained", ["a\tb"], r"texts\[0\]: control character U\+0009 at character 2"),

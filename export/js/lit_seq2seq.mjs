@@ -266,6 +266,9 @@ export async function checkContentHash(bytes, name = "model") {
 
 // Python's str.split() whitespace (str.isspace); JavaScript's \s differs (\x1c-\x1f, \x85 missing, \ufeff extra).
 export const PY_SPACE = /[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+/u;
+const ALL_PY_SPACE = new RegExp(`^${PY_SPACE.source}$`, "u");
+// a char model's space: the message alone read as a typo (" 猫" from a JSON line, a word with a space)
+const SPACE_HINT = " (whitespace: no training source held it)";
 
 // C0 and C1 control characters, DEL and lone surrogates (with the u flag a surrogate pair is one code point and never
 // matches): a text holding one is refused, as by the Python runtime (a tab or newline would silently split it).
@@ -985,7 +988,8 @@ export class Seq2Seq {
         const id = this.sourceIds.get(tok);
         if (id !== undefined && id >= this.minToken) return id; // reserved ids (<pad>, </s>) are not typed in
         if (this.unkToken !== null) return this.unkToken;
-        throw new InputError(`${name}: unknown token ${shown(tok)} at position ${j + 1}${this._asRead(line, read)}`);
+        const token = `${shown(tok)}${ALL_PY_SPACE.test(tok) ? SPACE_HINT : ""}`; // as the Python runtime's Vocab.encode
+        throw new InputError(`${name}: unknown token ${token} at position ${j + 1}${this._asRead(line, read)}`);
       });
       const unit = tokenizer === "char" ? "character" : "token";
       if (ids.length > MAX_SOURCE_TOKENS) {
