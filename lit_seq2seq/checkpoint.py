@@ -224,6 +224,26 @@ def resolve(name: str, root: str | os.PathLike, subcommand: str) -> Path:
     )
 
 
+def resolved_note(name: str, root: str | os.PathLike, path: Path) -> str:
+    """What `--ckpt_path best|last` resolved to, for stderr; naming the other fits under `root` (runs that are not the
+    newest one or the runs it resumed), whose files best|last never take: a second fit into one root changes them."""
+    runs = _runs(Path(root))
+    by_real_path = {run.resolve(): run for run in runs}
+    chain: set[Path] = set()
+    folder = runs[-1] if runs else None
+    while folder is not None and folder not in chain:
+        chain.add(folder)
+        record = resume_record(folder)
+        folder = by_real_path.get(record[0].parent.resolve()) if record else None
+    others = [run / f"{name}.ckpt" for run in runs if run not in chain and (run / f"{name}.ckpt").is_file()]
+    if not others:
+        return f"--ckpt_path {name}: {path}"
+    return (
+        f"--ckpt_path {name}: {path}, the newest fit's; {len(others)} other fit(s) under {root} (the latest: "
+        f"--ckpt_path {others[-1]})"
+    )
+
+
 def _runs(root: Path) -> list[Path]:
     """The checkpoints folders of the fits under root, oldest first (by version number: the order they started)."""
 

@@ -310,7 +310,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 def _run_export(o: argparse.Namespace) -> int:
     """Exit codes: 0 exported; 1 the graphs failed verification; 2 a bad flag or checkpoint, a refused --output_dir,
     or the output could not be written (full disk, read-only location). The folder is unchanged unless 0."""
-    from lit_seq2seq.checkpoint import NAMES, resolve
+    from lit_seq2seq.checkpoint import NAMES, resolve, resolved_note
     from lit_seq2seq.export import ExportVerificationError, ExportWriteError, export_checkpoint
 
     ckpt_path = o.ckpt_path
@@ -319,7 +319,7 @@ def _run_export(o: argparse.Namespace) -> int:
             ckpt_path = resolve(ckpt_path, o.root_dir, "export")
         except ValueError as error:
             raise ValueError(f"{error} (--root_dir {o.root_dir}: the fit's --trainer.default_root_dir)") from None
-        print(f"--ckpt_path {o.ckpt_path}: {ckpt_path}", file=sys.stderr)
+        print(resolved_note(o.ckpt_path, o.root_dir, ckpt_path), file=sys.stderr)
     try:
         report = export_checkpoint(ckpt_path, o.output_dir, o.opset, o.verify_samples, o.overwrite)
     except ExportVerificationError as error:

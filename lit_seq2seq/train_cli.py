@@ -684,7 +684,10 @@ class Seq2SeqCLI(LightningCLI):
         try:
             if ckpt_path in checkpoint.NAMES:
                 root = config.trainer.default_root_dir
-                config.ckpt_path = ckpt_path = str(checkpoint.resolve(ckpt_path, root, subcommand))
+                resolved = checkpoint.resolve(ckpt_path, root, subcommand)
+                if not _ActionPrintConfig.is_print_config_requested(self.parser):  # its stdout is the YAML alone
+                    rank_zero_info(checkpoint.resolved_note(ckpt_path, root, resolved))
+                config.ckpt_path = ckpt_path = str(resolved)
             # Lightning's own errors for a bad file are long tracebacks, and a checkpoint whose weights were altered
             # would load as a different model.
             self._checkpoint = read_checkpoint(ckpt_path)

@@ -285,6 +285,22 @@ def test_a_resumed_run_resolves_within_the_run_it_continues(tmp_path):
     assert resolve("last", tmp_path, "fit") == best.resolve()
 
 
+def test_the_note_of_best_or_last_names_other_fits_under_the_root_not_the_runs_it_resumed(tmp_path):
+    """A trial's second fit into one root silently changed what `test --ckpt_path best` tested (0% for its 97% model):
+    the note on stderr now names the other fits' files beside the one taken."""
+    from lit_seq2seq.checkpoint import resolved_note
+
+    first = _touch(tmp_path, 0, "best")
+    assert resolved_note("best", tmp_path, first) == f"--ckpt_path best: {first}"  # one fit: the path alone
+    _run_folder(tmp_path, 1, resumed_from=_touch(tmp_path, 0, "last"))  # resuming it: the same fit
+    assert resolved_note("best", tmp_path, resolve("best", tmp_path, "test")) == f"--ckpt_path best: {first}"
+    second = _touch(tmp_path, 2, "best")  # a second fit
+    assert resolved_note("best", tmp_path, resolve("best", tmp_path, "test")) == (
+        f"--ckpt_path best: {second}, the newest fit's; 1 other fit(s) under {tmp_path} (the latest: --ckpt_path "
+        f"{first})"
+    )
+
+
 def test_a_newer_run_without_the_file_is_refused_naming_both_folders(tmp_path):
     older = _touch(tmp_path, 0, "last")
     _touch(tmp_path, 0, "best")
