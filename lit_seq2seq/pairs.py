@@ -487,8 +487,9 @@ class PairDataModule(L.LightningDataModule):
             # the cap to suggest: the longest pair that is no outlier (the 99.9% mark would skip usual pairs too)
             cap = int(lengths[lengths <= outlier].max())
             rank_zero_warn(
-                f"{where}, is {lengths[longest] / cap:.0f}x the longest of the {int((lengths <= cap).sum())} other "
-                f"pairs up to {outlier} tokens ({cap}): every row is stored padded to it "
+                f"{where}, is {lengths[longest] / cap:.0f}x the longest pair without outliers ({cap} tokens; 99.9% "
+                f"of the {len(lengths)} pairs have at most {usual}, an outlier over {outlier}): every row is stored "
+                f"padded to it "
                 f"(~{rows * width * cell / 2**20:.0f} MiB) and its batch runs that many steps; "
                 f"--data.max_{side}_tokens {cap} --data.skip_long true would skip the {int((lengths > cap).sum())} "
                 "pair(s) above that"
