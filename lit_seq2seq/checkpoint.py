@@ -190,21 +190,12 @@ def resolve(name: str, root: str | os.PathLike, subcommand: str) -> Path:
     runs = _runs(root)
     if not runs:
         raise _none_found(name, root, hint)
-    by_real_path = {run.resolve(): run for run in runs}
-    newest, folder, seen = runs[-1], runs[-1], set()
-    while folder not in seen:
-        seen.add(folder)
+    newest = runs[-1]
+    for folder, source in _lineage(runs):
         if (folder / f"{name}.ckpt").is_file():
             return folder / f"{name}.ckpt"
-        record = resume_record(folder)
-        if record is None:
-            break
-        source = record[0]
-        if name == "last" and source.is_file():
+        if name == "last" and source is not None and source.is_file():
             return source  # the run stopped before its first write: its newest state is the one it started from
-        folder = by_real_path.get(source.parent.resolve())
-        if folder is None:  # resumed from a file outside this root: no earlier run folder to look in
-            break
     others = [run / f"{name}.ckpt" for run in runs if (run / f"{name}.ckpt").is_file()]
     missing = f"--ckpt_path {name}: the newest run, {newest.parent}, has no {name}.ckpt"
     why = "it stopped before writing one"
@@ -228,13 +219,7 @@ def resolved_note(name: str, root: str | os.PathLike, path: Path) -> str:
     """What `--ckpt_path best|last` resolved to, for stderr; naming the other fits under `root` (runs that are not the
     newest one or the runs it resumed), whose files best|last never take: a second fit into one root changes them."""
     runs = _runs(Path(root))
-    by_real_path = {run.resolve(): run for run in runs}
-    chain: set[Path] = set()
-    folder = runs[-1] if runs else None
-    while folder is not None and folder not in chain:
-        chain.add(folder)
-        record = resume_record(folder)
-        folder = by_real_path.get(record[0].parent.resolve()) if record else None
+    chain = {folder for folder, _ in _lineage(runs)}
     others = [run / f"{name}.ckpt" for run in runs if run not in chain and (run / f"{name}.ckpt").is_file()]
     if not others:
         return f"--ckpt_path {name}: {path}"
@@ -242,6 +227,20 @@ def resolved_note(name: str, root: str | os.PathLike, path: Path) -> str:
         f"--ckpt_path {name}: {path}, the newest fit's; {len(others)} other fit(s) under {root} (the latest: "
         f"--ckpt_path {others[-1]})"
     )
+
+
+def _lineage(runs: list[Path]) -> Iterator[tuple[Path, Path | None]]:
+    """The newest run's checkpoints folder, then those of the runs it continues, newest first: each with the file its
+    run resumed from (None: a new fit). It ends at a run resumed from a file outside `runs` (no earlier folder to look
+    in) or a loop."""
+    by_real_path = {run.resolve(): run for run in runs}
+    folder, seen = (runs[-1] if runs else None), set()
+    while folder is not None and folder not in seen:
+        seen.add(folder)
+        record = resume_record(folder)
+        source = record[0] if record else None
+        yield folder, source
+        folder = by_real_path.get(source.parent.resolve()) if source is not None else None
 
 
 def _runs(root: Path) -> list[Path]:

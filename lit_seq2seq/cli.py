@@ -29,7 +29,10 @@ DATA_TO_NET = ("source_vocab_size", "target_vocab_size", "max_target_length", "e
 TRAIN_MODULES = ("torch", "lightning", "jsonargparse", "torchmetrics", "onnx")
 TRAIN_EXTRA = install_hint("train")
 # decode's notes on stderr for a stdin that is a terminal, and one that held no lines (export/node/decode.mjs's too)
-TERMINAL_NOTE = "decode: reading lines typed here, each decoded as it is entered; end with Ctrl-D"
+TERMINAL_NOTE = (
+    "decode: reading lines typed here, each decoded as it is entered (one with a reference once the next line comes, "
+    "as more references of its source may follow); end with Ctrl-D"
+)
 NO_INPUT_NOTE = "decode: stdin held no lines, nothing decoded (give sources as arguments, or as lines on stdin)"
 # The runtime's refusal of an untrained length names its argument and decode's flag: decode's names the flag alone
 _RUNTIME_HINT = "pass allow_untrained_lengths=True / --allow_untrained_lengths"

@@ -756,6 +756,7 @@ def _fsync(path: Path) -> None:
 def _write_error(shown: Path, target: Path, error: OSError, previous: bool) -> ExportWriteError:
     """One line naming the folder, the cause and what to do."""
     name = os.fsdecode(error.filename) if error.filename else ""
+    made = name and Path(name).parent == target.parent  # the error was making the staging folder (or the folder)
     if not name or name.startswith(str(target.parent / f".{target.name}.")) or Path(name) == bundled.contract_path():
         name = str(target.parent)  # inside the staging folder (a path the user never sees), or the contract's source
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -765,7 +766,7 @@ def _write_error(shown: Path, target: Path, error: OSError, previous: bool) -> E
             f"cannot write in {name} ({error.strerror}); an export is written beside its folder and then swapped in, "
             "so choose a --output_dir in a writable folder"
         )
-    elif error.errno == errno.ENOENT and Path(name).is_dir():  # it exists: a folder cannot be made there (/proc)
+    elif error.errno == errno.ENOENT and made and Path(name).is_dir():  # it exists, yet no folder can be made in it
         what = f"cannot make a folder in {name} ({error.strerror})"
     else:
         what = f"{error.strerror or error} ({name})"
@@ -811,8 +812,8 @@ def export_checkpoint(
     target = Path(os.path.realpath(out))  # a symlinked folder is replaced where it lies; the link stays
     if target.exists() and not target.is_dir():
         raise ValueError(f"--output_dir {out} exists and is not a folder")
-    above = next(p for p in target.parents if p.exists())  # mkdir said only "File exists" for a file above it
-    if not above.is_dir():
+    above = next((p for p in out.parents if p.exists()), None)  # mkdir said only "File exists" for a file above it
+    if above is not None and not above.is_dir():
         raise ValueError(f"--output_dir {out}: {above} is a file, not a folder")
     if os.path.ismount(target):
         raise ValueError(f"--output_dir {out} is a mount point, which cannot be replaced: use a folder inside it")

@@ -143,7 +143,7 @@ def read_pairs(
         kind = file_format(path)
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
-    sha = _read(path, where, _sha256)
+    sha = _read(path, where, file_sha256)
     key = _cache_key(sha, source, target, sources_alone, header)
     cached = _load_cache(path, key) if cache else None
     if cached is not None:
@@ -200,7 +200,7 @@ def _cmudict_hint(path: Path) -> str:
     return f"; write the CMUdict splits with `python -m lit_seq2seq.cmudict --output_dir {path.parent}` (the g2p extra)"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     """The file's sha256, read in chunks (a cache hit never holds the whole file)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -6,6 +6,7 @@ import hashlib
 import math
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -20,6 +21,7 @@ from lit_seq2seq.pairfiles import (
     PairFile,
     Side,
     file_format,
+    file_sha256,
     first_line,
     header_line,
     pad_rows,
@@ -487,9 +489,9 @@ class PairDataModule(L.LightningDataModule):
             # the cap to suggest: the longest pair that is no outlier (the 99.9% mark would skip usual pairs too)
             cap = int(lengths[lengths <= outlier].max())
             rank_zero_warn(
-                f"{where}, is {lengths[longest] / cap:.0f}x the longest pair without outliers ({cap} tokens; 99.9% "
-                f"of the {len(lengths)} pairs have at most {usual}, an outlier over {outlier}): every row is stored "
-                f"padded to it "
+                f"{where}, is {lengths[longest] / cap:.0f}x the longest pair without outliers ({cap} tokens; all "
+                f"but the longest {top} of the {len(lengths)} pairs have at most {usual}, an outlier over {outlier}): "
+                f"every row is stored padded to it "
                 f"(~{rows * width * cell / 2**20:.0f} MiB) and its batch runs that many steps; "
                 f"--data.max_{side}_tokens {cap} --data.skip_long true would skip the {int((lengths > cap).sum())} "
                 "pair(s) above that"
@@ -747,15 +749,21 @@ class PairDataModule(L.LightningDataModule):
         self.load()
         differ = []
         if saved and saved != self.train_sha256:
-            key = "file" if self.file else "train_file"
-            fitted = (checkpoint.get("datamodule_hyper_parameters") or {}).get(key)  # the path the fit was given
-            now = self.file or self.files["train"]
-            if isinstance(fitted, str) and self.text_from is None and os.path.abspath(fitted) != os.path.abspath(now):
+            fitted = (checkpoint.get("datamodule_hyper_parameters") or {}).get("file" if self.file else "train_file")
+            if self._holds(fitted, saved):  # the fit's file is there as it was: this one is another file
                 read = f"{fitted}, the file the checkpoint's fit read"
                 differ.append(f"{self._train_flag()} holds other pairs than {read}")
             else:
                 differ.append(f"{self._train_flag()} changed since the checkpoint was written (other contents)")
         return differ + self.text_differences(checkpoint, lengths=True)
+
+    def _holds(self, path: Any, train_sha256: str) -> bool:
+        """Whether the file at `path` (as the fit was given it: relative to where that ran, so maybe not here) holds
+        the training pairs of `train_sha256`, as train_sha256 is made from a file's sha256."""
+        if not isinstance(path, str) or not os.path.isfile(path):
+            return False
+        sha = file_sha256(Path(path))
+        return train_sha256 == (sha if self.file is None else hashlib.sha256(sha.encode()).hexdigest())
 
     def text_differences(self, checkpoint: dict[str, Any], lengths: bool = False) -> list[str]:
         """Why the model in `checkpoint` cannot read this data's ids (empty: it can): its vocabularies or tokenizers

@@ -744,9 +744,9 @@ class OnnxSeq2Seq:
             beam_size, _ = check_beam_settings(beam_size, 1.0)
         if length_penalty is not None and (beam_size or 1) == 1:  # greedy ranks nothing: it would change nothing
             raise ValueError("length_penalty applies to beam search only: pass beam_size > 1")
-        if n_best is not None and n_best != 1 and (beam_size or 1) == 1:  # greedy has one answer
-            raise ValueError(f"n_best applies to beam search only: pass beam_size=K (K >= {n_best!r})")
         if n_best is not None:
+            if (beam_size or 1) == 1 and is_integer(n_best) and n_best > 1:  # greedy has one answer
+                raise ValueError(f"n_best applies to beam search only: pass beam_size=K (K >= {n_best})")
             n_best = check_n_best(n_best, beam_size or 1)
         if len(texts) == 0:
             return []

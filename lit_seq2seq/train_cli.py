@@ -610,7 +610,7 @@ class Seq2SeqCLI(LightningCLI):
         config = self.config.get(subcommand or "") or self.config
         if config.get("trainer") is not None and not config.trainer.get("default_root_dir"):
             config.trainer.default_root_dir = DEFAULT_ROOT_DIR  # before best|last are looked for, the logger is made
-        seed = config.get("seed_everything")
+        seed = self._seed_given = config.get("seed_everything")
         if seed is True:
             # Lightning 2.6 seeds `true` with 0 ("No seed found"), where --help promises a random seed. A DDP process
             # that Lightning started takes the seed its parent drew (PL_GLOBAL_SEED, set by the parent's seeding).
@@ -668,7 +668,10 @@ class Seq2SeqCLI(LightningCLI):
         """
         with _ActionPrintConfig.skip_print_config():  # its parse_object would print the config half-way
             self._read_ckpt_path()
-        _ActionPrintConfig.print_config_if_requested(self.parser, self.config)
+        if _ActionPrintConfig.is_print_config_requested(self.parser):
+            # as given: `true` draws a seed for a run (parse_arguments), not for a config to run again
+            self.config[self.config.subcommand].seed_everything = self._seed_given
+            _ActionPrintConfig.print_config_if_requested(self.parser, self.config)
 
     def _read_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")

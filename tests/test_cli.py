@@ -681,3 +681,13 @@ def test_own_commands_take_decode_mjs_dashed_flag_spellings(exported, capsys):
     assert dashed == plain and plain[0] == 0
     code, err = cli_exit(["decode", "--model_dir", model_dir, "--beam-siz", "3", "2 3"], capsys)  # no prefixes either
     assert code == 2 and err.endswith("error: unrecognized arguments: --beam-siz\n")
+
+
+def test_decode_two_graph_runs_the_step_loop_and_not_greedy_onnx(exported, monkeypatch, capsys):
+    """--two_graph (decode.mjs's --two-graph): the encoder + decoder-step loop, not greedy.onnx; the same answers."""
+    args = ["decode", "--model_dir", exported("gru").model_dir, "2 3 4", "5 6"]
+    monkeypatch.setattr(OnnxSeq2Seq, "_greedy_steps", lambda *_: pytest.fail("the two-graph loop ran"))
+    code, expected, _ = cli_output(args, capsys)
+    monkeypatch.undo()
+    monkeypatch.setattr(OnnxSeq2Seq, "_greedy_graph", lambda *_: pytest.fail("greedy.onnx ran"))
+    assert (code, cli_output([*args, "--two_graph"], capsys)[:2]) == (0, (0, expected)) and expected.count("\n") == 2

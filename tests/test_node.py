@@ -1105,8 +1105,19 @@ def test_decode_says_when_stdin_held_no_lines(exported, text_exported, capsys):
         ("trained", ["--two_graph", "ab", "ba"], 0),
         ("gru", ["--two-graph", "2 3 4"], 0),
         ("trained", ["--two_graph", "--beam_size", "2", "ab"], 2),  # beam search runs the two graphs anyway
+        ("trained", ["-a b"], 2),  # a dash with a space: a source, as argparse reads it
     ],
-    ids=["double dash", "dash", "negative", "threads", "threads 0", "two graph", "two graph ids", "two graph beam"],
+    ids=[
+        "double dash",
+        "dash",
+        "negative",
+        "threads",
+        "threads 0",
+        "two graph",
+        "two graph ids",
+        "two graph beam",
+        "dash space",
+    ],  # fmt: skip
 )
 def test_node_and_python_decode_take_the_same_command_line(model, args, exit_code, exported, text_exported, capsys):
     """A trial found a script could not swap `lit-seq2seq decode` for decode.mjs: no --model_dir or --threads in
@@ -1115,8 +1126,9 @@ def test_node_and_python_decode_take_the_same_command_line(model, args, exit_cod
     model_dir = text_exported(model).model_dir if model == "trained" else exported(model).model_dir
     code, out, err = cli_output(["decode", "--model_dir", model_dir, *args], capsys)
     assert code == exit_code, err
-    flagged = subprocess.run(
-        ["node", str(DECODE), "--model-dir", str(model_dir), *args], capture_output=True, text=True, timeout=120
+    by_flag = [*args, "--model_dir", str(model_dir)] if "--" not in args else ["--model-dir", str(model_dir), *args]
+    flagged = subprocess.run(  # the folder by flag, after the sources where it can (argparse takes either order)
+        ["node", str(DECODE), *by_flag], capture_output=True, text=True, timeout=120
     )
     for node in (node_decode(model_dir, "", *args), flagged):
         assert (node.returncode, node.stdout) == (code, out), (node.stderr, err)

@@ -278,6 +278,8 @@ def test_translate_n_best_gives_the_ranked_beams_distinct_answers_as_texts_the_f
     for kwargs, message in (
         (dict(n_best=2), r"^n_best applies to beam search only: pass beam_size=K \(K >= 2\)$"),  # as decode says it
         (dict(beam_size=2, n_best=3), r"n_best must be an int in \[1, beam_size \(2\)\], got 3"),
+        (dict(n_best=0), r"^n_best must be an int in \[1, beam_size \(1\)\], got 0$"),  # not "pass beam_size" for it
+        (dict(n_best=1.5), r"^n_best must be an int in \[1, beam_size \(1\)\], got 1.5$"),
     ):
         with pytest.raises(ValueError, match=message):
             model.translate(texts, **kwargs)

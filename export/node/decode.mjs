@@ -69,10 +69,8 @@ function parseArgs(args) {
     withSource: false, // SOURCE<TAB>DECODING lines out, as Python's decode --with_source
     nBest: 1, // beams printed per source, as Python's decode --n_best
   };
-  const positional = (arg) => {
-    if (options.modelDir === null) options.modelDir = arg;
-    else options.sequences.push(arg);
-  };
+  const positionals = []; // MODEL_DIR first unless --model-dir names it, then the sources, wherever they stand
+  const positional = (arg) => positionals.push(arg);
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === "--two-graph" || arg === "--two_graph") options.twoGraph = true;
@@ -96,8 +94,7 @@ function parseArgs(args) {
     } else if (arg === "--model-dir" || arg === "--model_dir") {
       const value = argv[++i];
       if (value === undefined) throw new UsageError(`${arg} needs a folder; ${USAGE}`);
-      if (options.modelDir !== null) throw new UsageError(`MODEL_DIR given twice (${options.modelDir}, ${value})`);
-      options.modelDir = value;
+      options.modelDir = value; // the last one given, as argparse takes a repeated flag
     } else if (arg === "--beam-size" || arg === "--beam_size") {
       const value = argv[++i];
       if (!/^\d+$/.test(value ?? "") || Number(value) < 1 || Number(value) > MAX_BEAM_SIZE) {
@@ -123,11 +120,14 @@ function parseArgs(args) {
     } else if (arg === "-h" || arg === "--help") {
       process.stdout.write(`${USAGE}\n`);
       process.exit(0);
-    } else if (arg.startsWith("-") && !NEGATIVE_NUMBER.test(arg)) {
+    } else if (arg.startsWith("-") && !NEGATIVE_NUMBER.test(arg) && !arg.includes(" ")) {
+      // (argparse reads "-a b", with a space, as a positional argument too)
       throw new UsageError(`unknown option ${arg}; ${USAGE}`);
     } else positional(arg);
   }
   args.slice(end + 1).forEach(positional);
+  if (options.modelDir === null) options.modelDir = positionals.shift() ?? null;
+  options.sequences = positionals;
   if (options.modelDir === null) throw new UsageError(`MODEL_DIR missing; ${USAGE}`);
   if (options.lengthPenalty !== null && options.beamSize === 1) {
     // greedy has no scores to rank: the flag would change nothing
@@ -390,7 +390,10 @@ async function main() {
   const label = sequences.length ? "argument" : "line"; // what messages count, as in Python's decode
   if (!sequences.length && process.stdin.isTTY) {
     options.batchSize = 1; // a person typing: each line answered as it is entered (Python's cli.TERMINAL_NOTE)
-    process.stderr.write("decode: reading lines typed here, each decoded as it is entered; end with Ctrl-D\n");
+    process.stderr.write(
+      "decode: reading lines typed here, each decoded as it is entered (one with a reference once the next line " +
+        "comes, as more references of its source may follow); end with Ctrl-D\n",
+    );
   }
 
   // As Python's decode: an id line is scored on its own (its reference cut at the end token); a text model's adjacent
