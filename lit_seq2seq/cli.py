@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import os
 import re
+import shlex
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -460,7 +461,7 @@ def _run_decode(o: argparse.Namespace) -> int:
     if not 1 <= o.n_best <= o.beam_size:  # the final beams are all there is to rank
         raise ValueError(f"--n_best must be in [1, --beam_size ({o.beam_size})], got {o.n_best}")
     model = OnnxSeq2Seq.load(o.model_dir, intra_op_threads=o.threads)
-    _note_file_arguments(o.sequences)
+    _note_file_arguments(o)
     if not o.sequences and getattr(sys.stdin, "isatty", bool)():  # a person typing: each answered as entered
         o.batch_size = 1
         print(TERMINAL_NOTE, file=sys.stderr)
@@ -609,15 +610,16 @@ class _Scores:
         return f"exact match: {exact}/{n} = {exact / n:.2%} (WER {1 - exact / n:.2%}); token error rate: {ter}"
 
 
-def _note_file_arguments(sequences: list[str]) -> None:
+def _note_file_arguments(o: argparse.Namespace) -> None:
     """A note on stderr when an argument names a file (`decode --model_dir M words.tsv`): it is decoded as a text, not
-    read; a model with <unk> printed an answer for the file name without a word."""
-    named = next((i for i, arg in enumerate(sequences, 1) if os.path.isfile(arg)), None)
+    read; a model with <unk> printed an answer for the file name without a word. It gives the command to run."""
+    named = next((i for i, arg in enumerate(o.sequences, 1) if os.path.isfile(arg)), None)
     if named is not None:
-        arg = sequences[named - 1]
+        arg = o.sequences[named - 1]
+        command = shlex.join(["lit-seq2seq", "decode", "--model_dir", o.model_dir, *(["--jsonl"] if o.jsonl else [])])
         print(
             f"note: argument {named} is the name of a file, {show_token(arg)}, decoded as a text; decode reads a "
-            f"file's lines from stdin: lit-seq2seq decode --model_dir DIR < {arg}",
+            f"file's lines from stdin: {command} < {shlex.quote(arg)}",
             file=sys.stderr,
         )
 

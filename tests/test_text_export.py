@@ -620,6 +620,6 @@ def test_decode_says_how_many_sources_it_read_in_part_as_unk_and_when_an_argumen
     assert code == 0 and out.count("\n") == 2
     assert err.splitlines() == [
         "note: argument 2 is the name of a file, 'w.tsv', decoded as a text; decode reads a file's lines from "
-        "stdin: lit-seq2seq decode --model_dir DIR < w.tsv",
+        f"stdin: lit-seq2seq decode --model_dir {model_dir} < w.tsv",  # the command to run, as given
         "1 source(s) held tokens the model does not know, each read as <unk> (the first: argument 2)",
     ]

@@ -48,6 +48,11 @@ const NEGATIVE_NUMBER = /^-(\d+|\d*\.\d+)?$/;
 
 class UsageError extends Error {}
 
+// A word as a POSIX shell reads it back, as Python's shlex.quote writes it
+function shellQuote(word) {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'"'"'`)}'`;
+}
+
 function parseArgs(args) {
   // --flag=value is --flag value, as Python's argparse reads it (not after "--": the rest are sources as given)
   const end = args.includes("--") ? args.indexOf("--") : args.length;
@@ -382,9 +387,10 @@ async function main() {
   const named = sequences.findIndex(isFile);
   if (named >= 0) {
     const arg = sequences[named];
+    const command = ["node", process.argv[1], dir, ...(options.jsonl ? ["--jsonl"] : [])].map(shellQuote).join(" ");
     process.stderr.write(
       `note: argument ${named + 1} is the name of a file, ${shown(arg)}, decoded as a text; decode reads a file's ` +
-        `lines from stdin: lit-seq2seq decode --model_dir DIR < ${arg}\n`,
+        `lines from stdin: ${command} < ${shellQuote(arg)}\n`,
     );
   }
   const label = sequences.length ? "argument" : "line"; // what messages count, as in Python's decode
