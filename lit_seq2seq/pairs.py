@@ -422,7 +422,7 @@ class PairDataModule(L.LightningDataModule):
             if splits["predict"] is None:
                 splits["predict"] = splits["test"]
         train = splits["train"]
-        self.train_sha256 = train.sha256 if self.file is None else hashlib.sha256(train.sha256.encode()).hexdigest()
+        self.train_sha256 = self._train_digest(train.sha256)
         train = self._cap(train, "train", "source", self.caps["source"])
         splits["train"] = train = self._cap(train, "train", "target", self.caps["target"])
         if len(train) == 0:  # --data.skip_long skipped them all
@@ -757,13 +757,16 @@ class PairDataModule(L.LightningDataModule):
                 differ.append(f"{self._train_flag()} changed since the checkpoint was written (other contents)")
         return differ + self.text_differences(checkpoint, lengths=True)
 
+    def _train_digest(self, sha: str) -> str:
+        """train_sha256 of a training file whose sha256 is `sha` (of --data.file: that sha256 hashed again)."""
+        return sha if self.file is None else hashlib.sha256(sha.encode()).hexdigest()
+
     def _holds(self, path: Any, train_sha256: str) -> bool:
         """Whether the file at `path` (as the fit was given it: relative to where that ran, so maybe not here) holds
-        the training pairs of `train_sha256`, as train_sha256 is made from a file's sha256."""
+        the training pairs of `train_sha256`."""
         if not isinstance(path, str) or not os.path.isfile(path):
             return False
-        sha = file_sha256(Path(path))
-        return train_sha256 == (sha if self.file is None else hashlib.sha256(sha.encode()).hexdigest())
+        return self._train_digest(file_sha256(Path(path))) == train_sha256
 
     def text_differences(self, checkpoint: dict[str, Any], lengths: bool = False) -> list[str]:
         """Why the model in `checkpoint` cannot read this data's ids (empty: it can): its vocabularies or tokenizers
