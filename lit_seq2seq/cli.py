@@ -39,8 +39,14 @@ NO_INPUT_NOTE = "decode: stdin held no lines, nothing decoded (give sources as a
 _RUNTIME_HINT = "pass allow_untrained_lengths=True / --allow_untrained_lengths"
 
 
-def _warning_line(message: Warning | str, category: type[Warning], *_: object, **__: object) -> str:
-    return f"{category.__name__}: {message}\n"
+def _show_warning(message: Warning | str, category: type[Warning], *_: object, file: Any = None, **__: object) -> None:
+    """warnings.showwarning for a command line: one line each (Category: message), not the path, line number and code
+    that raised it; it formats the line itself, so Lightning's warnings.formatwarning (path:line: message, set when
+    Lightning is imported) does not apply either."""
+    try:
+        (file or sys.stderr).write(f"{category.__name__}: {message}\n")
+    except OSError:  # stderr gone: a warning is not worth an error (as warnings' own showwarning)
+        pass
 
 
 class InputError(ValueError):
@@ -50,8 +56,8 @@ class InputError(ValueError):
 def main(args: Sequence[str] | None = None) -> int:
     """Run the command in `args` (default: sys.argv[1:]); returns the exit code for the own commands."""
     from_argv = args is None
-    if from_argv:  # a command line's warnings: one line each, not the file, line number and code that raised them
-        warnings.formatwarning = _warning_line
+    if from_argv:
+        warnings.showwarning = _show_warning
     args = list(sys.argv[1:] if from_argv else args)
     command = args[0] if args and not args[0].startswith("-") else ""
     known = ", ".join(repr(c) for c in (*LIGHTNING_COMMANDS, *OWN_COMMANDS))
@@ -111,9 +117,6 @@ def main(args: Sequence[str] | None = None) -> int:
     if from_argv:  # before Lightning's import: its log handler keeps the sys.stderr it finds then
         sys.stdout, sys.stderr = _PipeSafe(sys.stdout), _PipeSafe(sys.stderr)
     from lit_seq2seq.train_cli import Seq2SeqCLI, stopped_by_sigterm
-
-    if from_argv:  # again: importing Lightning set its own format (path:line: message) for its warnings
-        warnings.formatwarning = _warning_line
 
     if args and args[0] in ("-h", "--help"):
         print(f"Other commands: {', '.join(OWN_COMMANDS)} (lit-seq2seq COMMAND --help)\n")
